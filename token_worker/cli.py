@@ -1,0 +1,107 @@
+"""Command-line entry points: ``token-worker`` (and ``bin/token-worker``) and ``token-request``.
+
+Exit codes say what happened, so Kubernetes and operators can tell failures apart:
+0 stopped on request (SIGTERM/SIGINT, drained), 2 bad configuration or usage,
+3 NATS unreachable (connecting or reconnecting gave up), 4 a token request failed
+(``token-request`` only), 1 anything unexpected.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import uuid
+from collections.abc import Sequence
+
+from token_worker.config import load_config
+from token_worker.errors import ConfigError, ReconnectGaveUp, TokenRequestFailed
+from token_worker.logs import configure_logging
+from token_worker.messages import now_rfc3339
+from token_worker.naming import client_name
+
+EXIT_OK = 0
+EXIT_UNEXPECTED = 1
+EXIT_CONFIG = 2
+EXIT_NATS_GAVE_UP = 3
+EXIT_REQUEST_FAILED = 4
+
+log = logging.getLogger("token_worker")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run a worker until signalled; return the process exit code."""
+    from token_worker.worker import TokenWorker  # noqa: PLC0415 - keeps --help fast
+
+    arguments = sys.argv[1:] if argv is None else list(argv)
+    try:
+        config = load_config(arguments)
+    except ConfigError as error:
+        print(f"token-worker: {error}", file=sys.stderr)
+        return EXIT_CONFIG
+    except SystemExit as exit_:  # argparse: --help (0) or a usage error (2)
+        return int(exit_.code or 0)
+    configure_logging(config.log_level, client_name(config.name_suffix), config.environment)
+    try:
+        worker = TokenWorker(config)
+        log.info("starting", extra={"nats": ",".join(config.nats.urls),
+                                    "idp_token_url": config.idp.token_url})
+        worker.run()
+    except ReconnectGaveUp as error:
+        log.error("exiting: NATS unreachable", extra={"reason": str(error)})
+        print(f"token-worker: NATS unreachable, giving up: {error}", file=sys.stderr)
+        return EXIT_NATS_GAVE_UP
+    except Exception:
+        log.exception("exiting: unexpected error")
+        return EXIT_UNEXPECTED
+    return EXIT_OK
+
+
+def request_main(argv: Sequence[str] | None = None) -> int:
+    """``token-request``: ask the fleet for one token and print the reply as JSON.
+
+    For operators and the demo: ``token-request --client-id demo-service
+    --client-secret-env DEMO_SECRET``. The secret is read from an environment variable
+    or standard input, never from the command line, where ``ps`` would show it.
+    """
+    from token_worker.client import TokenClient  # noqa: PLC0415
+
+    parser = argparse.ArgumentParser(prog="token-request", description=request_main.__doc__)
+    parser.add_argument("--nats-url", default="nats://127.0.0.1:4222")
+    parser.add_argument("--subject", default="token.request")
+    parser.add_argument("--client-id", required=True)
+    parser.add_argument("--client-secret-env", metavar="VAR",
+                        help="environment variable holding the secret (default: read stdin)")
+    parser.add_argument("--scope", default=None)
+    parser.add_argument("--timeout", type=float, default=5.0)
+    parser.add_argument("--show-token", action="store_true",
+                        help="print the access token itself (default: only its first characters)")
+    try:
+        args = parser.parse_args(sys.argv[1:] if argv is None else list(argv))
+    except SystemExit as exit_:
+        return int(exit_.code or 0)
+    if args.client_secret_env:
+        secret = os.environ.get(args.client_secret_env, "")
+    else:
+        secret = sys.stdin.readline().rstrip("\n")
+    body = {"request_id": str(uuid.uuid4()), "client_id": args.client_id,
+            "client_secret": secret, "timestamp": now_rfc3339()}
+    if args.scope is not None:
+        body["scope"] = args.scope
+    try:
+        with TokenClient(args.nats_url, subject=args.subject, timeout=args.timeout,
+                         retries=0) as client:
+            reply = client.request(body)
+    except ReconnectGaveUp as error:
+        print(f"token-request: NATS unreachable: {error}", file=sys.stderr)
+        return EXIT_NATS_GAVE_UP
+    except TokenRequestFailed as error:
+        print(f"token-request: {error}", file=sys.stderr)
+        return EXIT_REQUEST_FAILED
+    token = reply.get("access_token")
+    if isinstance(token, str) and token and not args.show_token:
+        reply["access_token"] = token[:8] + "…"
+    print(json.dumps(reply, indent=2, ensure_ascii=False))
+    return EXIT_REQUEST_FAILED if reply.get("error") else EXIT_OK

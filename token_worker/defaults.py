@@ -1,0 +1,53 @@
+"""Every default in one place, each with what it is for.
+
+The names and values marked "original" are those of the service token-worker re-creates,
+so that a config written for it means the same here.
+"""
+
+from __future__ import annotations
+
+ENVIRONMENT = "dev"
+"""original: the deployment environment's name, logged with every line."""
+LOG_LEVEL = "info"
+"""original: the log level."""
+
+NATS_URL = "nats://localhost:4222"
+"""original: where NATS is; several URLs may be given separated by commas."""
+ALLOW_RECONNECT = True
+"""original: reconnect after losing the server."""
+MAX_RECONNECT = 10
+"""original: reconnect attempts before giving up (a round over every server is one
+attempt); negative means forever, as in nats.go."""
+RECONNECT_WAIT = 5.0
+"""original: seconds between reconnect attempts."""
+CONNECT_TIMEOUT = 2.0
+"""Seconds to open a TCP connection and finish the NATS handshake."""
+PING_INTERVAL = 20.0
+"""Seconds between keep-alive PINGs when the server is quiet."""
+MAX_PINGS_OUT = 2
+"""Unanswered PINGs after which the server counts as lost (nats.py and nats.go use 2)."""
+
+SUBJECT = "token.request"
+"""original: the request subject (env ``TOKEN_SUBJECT``)."""
+QUEUE_GROUP = "token-workers"
+"""original: the queue group every replica joins, so each request is answered once."""
+
+IDP_URL = "https://idp.example.com"
+"""original: the identity provider's base URL."""
+IDP_TOKEN_PATH = "/realms/phoenix/protocol/openid-connect/token"
+"""original: the token endpoint path, a Keycloak realm's."""
+IDP_TIMEOUT = 10.0
+"""original: seconds to wait for the IdP's answer."""
+IDP_AUTH_METHOD = "client_secret_post"
+"""How the client authenticates at the token endpoint (or ``client_secret_basic``)."""
+IDP_DEFAULT_SCOPE = "openid profile"
+"""original: the scope asked for when a request names none ("" asks for none)."""
+
+WORKERS = 8
+"""Threads that serve requests concurrently (each may wait on the IdP)."""
+BACKLOG = 256
+"""Requests that may wait for a free thread; past that a request gets ``overloaded``."""
+MAX_PAYLOAD = 64 * 1024
+"""Largest request body accepted, in bytes; larger ones get ``invalid_request``."""
+DRAIN_TIMEOUT = 30.0
+"""Seconds a stop waits for in-flight requests before closing anyway."""

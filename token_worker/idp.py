@@ -1,0 +1,136 @@
+"""The identity provider: one OAuth2 client-credentials call over pooled HTTP connections.
+
+It tells "the IdP refused" (an OAuth2 error, the code kept as the IdP sent it) apart from
+"the IdP could not be asked" (unreachable, 5xx, 429, an unreadable answer) and "the IdP
+did not answer in time". The client secret goes into the request and nowhere else.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import requests
+from requests.adapters import HTTPAdapter
+
+from token_worker.config import IdpConfig
+from token_worker.errors import IdpRefused, IdpTimeout, IdpUnavailable
+
+log = logging.getLogger(__name__)
+
+USER_AGENT = "token-worker"
+
+
+@dataclass(frozen=True)
+class IssuedToken:
+    """An access token as the IdP issued it, with the moment it was issued."""
+
+    access_token: str
+    token_type: str
+    expires_in: int
+    scope: str
+    issued_at: float
+    """``time.time()`` when the IdP's answer arrived."""
+
+    def __repr__(self) -> str:
+        return (f"IssuedToken(token_type={self.token_type!r}, expires_in={self.expires_in}, "
+                f"scope={self.scope!r}, access_token='********')")
+
+
+class IdpClient:
+    """Asks the token endpoint for client-credentials tokens; safe to share between threads.
+
+    One :class:`requests.Session` keeps a pool of up to ``pool_size`` kept-alive
+    connections, so a busy worker does not open a TCP (and TLS) connection per request.
+    """
+
+    def __init__(self, config: IdpConfig, *, pool_size: int = 10) -> None:
+        self._config = config
+        self.token_url = config.token_url
+        self._session = requests.Session()
+        adapter = HTTPAdapter(pool_connections=1, pool_maxsize=pool_size, max_retries=0)
+        self._session.mount("http://", adapter)
+        self._session.mount("https://", adapter)
+        self._session.headers.update({"User-Agent": USER_AGENT, "Accept": "application/json"})
+
+    def fetch_token(self, client_id: str, client_secret: str, scope: str) -> IssuedToken:
+        """Run the client-credentials grant; raise an :class:`~token_worker.IdpError`."""
+        form = {"grant_type": "client_credentials"}
+        if scope:
+            form["scope"] = scope
+        auth: tuple[str, str] | None = None
+        if self._config.auth_method == "client_secret_basic":
+            auth = (client_id, client_secret)
+        else:
+            form["client_id"] = client_id
+            form["client_secret"] = client_secret
+        started = time.monotonic()
+        try:
+            response = self._session.post(
+                self.token_url, data=form, auth=auth, timeout=self._config.timeout
+            )
+        except requests.Timeout:
+            raise IdpTimeout(f"identity provider did not answer within "
+                             f"{self._config.timeout:g} s") from None
+        except requests.RequestException as error:
+            raise IdpUnavailable(f"identity provider unreachable: {type(error).__name__}") from None
+        elapsed_ms = round((time.monotonic() - started) * 1000, 1)
+        log.debug("idp answered", extra={"status": response.status_code, "idp_ms": elapsed_ms})
+        return _read_token_response(response)
+
+    def close(self) -> None:
+        """Close the pooled connections."""
+        self._session.close()
+
+
+def _read_token_response(response: requests.Response) -> IssuedToken:
+    body = _json_or_none(response)
+    status = response.status_code
+    if status == 200:
+        return _issued_token(body, status)
+    if 400 <= status < 500 and status != 429 and body and isinstance(body.get("error"), str):
+        description = body.get("error_description")
+        raise IdpRefused(
+            body["error"],
+            description=description if isinstance(description, str) else "",
+            status=status,
+        )
+    if 400 <= status < 500 and status != 429:
+        raise IdpRefused("unauthorized_client" if status in (401, 403) else "invalid_request",
+                         description=f"HTTP {status} without an OAuth2 error body",
+                         status=status)
+    raise IdpUnavailable(f"identity provider failed: HTTP {status}", status=status)
+
+
+def _issued_token(body: dict[str, Any] | None, status: int) -> IssuedToken:
+    if body is None:
+        raise IdpUnavailable("identity provider answered 200 with a body that is not JSON",
+                             status=status)
+    token = body.get("access_token")
+    expires_in = body.get("expires_in", 0)
+    if not isinstance(token, str) or not token:
+        raise IdpUnavailable("identity provider answered 200 without an access_token",
+                             status=status)
+    if isinstance(expires_in, str) and expires_in.isdigit():
+        expires_in = int(expires_in)
+    if isinstance(expires_in, bool) or not isinstance(expires_in, int) or expires_in < 0:
+        raise IdpUnavailable("identity provider answered an invalid expires_in", status=status)
+    token_type = body.get("token_type")
+    scope = body.get("scope")
+    return IssuedToken(
+        access_token=token,
+        token_type=token_type if isinstance(token_type, str) and token_type else "Bearer",
+        expires_in=expires_in,
+        scope=scope if isinstance(scope, str) else "",
+        issued_at=time.time(),
+    )
+
+
+def _json_or_none(response: requests.Response) -> dict[str, Any] | None:
+    try:
+        body = response.json()
+    except ValueError:
+        return None
+    return body if isinstance(body, dict) else None

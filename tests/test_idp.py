@@ -40,7 +40,7 @@ class _FaultHandler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server: FaultyIdp
 
-    def do_POST(self) -> None:  # noqa: N802 - http.server's naming
+    def do_POST(self) -> None:
         self.rfile.read(int(self.headers.get("Content-Length", 0)))
         self.server.client_ports.append(self.client_address[1])
         if self.server.delay:
@@ -128,7 +128,7 @@ def test_faults_become_typed_errors(status, body, headers, error, code, faulty):
 
 def test_a_hanging_idp_is_a_timeout(faulty):
     server = faulty(body=b"{}", delay=10)
-    with pytest.raises(IdpTimeout, match="within 0.3 s"):
+    with pytest.raises(IdpTimeout, match=r"within 0\.3 s"):
         client_for(server.url, timeout=0.3).fetch_token("c", "s", "")
 
 
@@ -141,7 +141,7 @@ def test_the_secret_is_sent_only_in_the_body_or_header(faulty):
     captured: dict[str, str] = {}
 
     class Capture(_FaultHandler):
-        def do_POST(self) -> None:  # noqa: N802
+        def do_POST(self) -> None:
             captured["body"] = self.rfile.read(int(self.headers["Content-Length"])).decode()
             captured["path"] = self.path
             captured["auth"] = self.headers.get("Authorization", "")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -182,7 +183,7 @@ def _seconds(raw: Any, *, allow_zero: bool) -> float:
         value = float(raw)
     except ValueError:
         raise ValueError(f"must be a number of seconds, got {raw!r}") from None
-    if value != value or value in (float("inf"), float("-inf")):
+    if not math.isfinite(value):
         raise ValueError(f"must be a finite number of seconds, got {raw!r}")
     if value < 0 or (value == 0 and not allow_zero):
         bound = ">= 0" if allow_zero else "> 0"
@@ -384,7 +385,8 @@ def _read_file(path: str) -> dict[str, tuple[Any, str]]:
         with open(path, encoding="utf-8") as handle:
             document = json.load(handle)
     except OSError as error:
-        raise ConfigError("config", f"flag -config {path}", f"cannot read: {error.strerror}") from None
+        raise ConfigError("config", f"flag -config {path}",
+                          f"cannot read: {error.strerror}") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
         raise ConfigError("config", source, f"not valid JSON: {error}") from None
     if not isinstance(document, dict):

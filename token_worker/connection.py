@@ -42,6 +42,7 @@ from tenacity import (
     retry_if_exception_type,
     stop_after_attempt,
     stop_never,
+    stop_when_event_set,
     wait_fixed,
 )
 
@@ -127,13 +128,15 @@ class _HandshakeFailed(NatsConnectionError):
     """One attempt to connect to one server failed (retried by the reconnect policy)."""
 
 
-class _Handshake(pynats2.NATSNoSubscribeClient):  # type: ignore[misc]
+class _Handshake(pynats2.NATSNoSubscribeClient):  # type: ignore[misc,name-defined]
     """pynats2's connection set-up with three fixes.
 
     It keeps the server's INFO (pynats2 drops it), sends our CONNECT (protocol 1, so the
     server sends asynchronous INFO; credentials from the config rather than from the URL),
     and fails on a closed socket instead of spinning on empty reads.
     """
+
+    _socket_buffer: bytes
 
     def __init__(self, url: str, options: dict[str, Any], tls: Any, timeout: float) -> None:
         super().__init__(
@@ -155,15 +158,15 @@ class _Handshake(pynats2.NATSNoSubscribeClient):  # type: ignore[misc]
         return command, match
 
     def _readline(self, *, size: int | None = None) -> bytes:
-        while b"\r\n" not in self._socket_buffer:
+        buffer: bytes = self._socket_buffer
+        while b"\r\n" not in buffer:
             chunk = self._socket.recv(4096)
             if not chunk:
                 raise _HandshakeFailed("server closed the connection during the handshake")
-            self._socket_buffer += chunk
-        end = self._socket_buffer.index(b"\r\n") + 2
-        line: bytes = self._socket_buffer[:end]
-        self._socket_buffer = self._socket_buffer[end:]
-        return line
+            buffer += chunk
+        end = buffer.index(b"\r\n") + 2
+        self._socket_buffer = buffer[end:]
+        return buffer[:end]
 
     def _send_connect_command(self) -> None:
         self._send(pynats2.client.CONNECT_OP, json.dumps(self.connect_options))
@@ -303,7 +306,8 @@ class NatsConnection:
         if first and not config.allow_reconnect:
             rounds = 1
         retrying = Retrying(
-            stop=(stop_after_attempt(rounds) if rounds else stop_never) | self._stop_if_closing,
+            stop=(stop_after_attempt(rounds) if rounds else stop_never)
+            | stop_when_event_set(self._closing),
             wait=wait_fixed(config.reconnect_wait),
             retry=retry_if_exception_type(_HandshakeFailed),
             sleep=self._sleep_unless_closing,
@@ -318,9 +322,6 @@ class NatsConnection:
                 f"no NATS server reachable after {attempts} round(s) over "
                 f"{', '.join(config.urls)}: {error}"
             ) from None
-
-    def _stop_if_closing(self, _state: RetryCallState) -> bool:
-        return self._closing.is_set()
 
     def _sleep_unless_closing(self, seconds: float) -> None:
         self._closing.wait(seconds)
@@ -449,45 +450,45 @@ class NatsConnection:
         sock = self._sock
         if sock is None:
             return "no socket"
-        chunk = bytearray(READ_SIZE)
-        view = memoryview(chunk)
-        last_heard = time.monotonic()
-        pings_out = 0
+        view = memoryview(bytearray(READ_SIZE))
+        keepalive = _KeepAlive(time.monotonic())
         while not self._closing.is_set():
-            try:
-                count = sock.recv_into(view)
-            except TimeoutError:
-                count = -1
-            except OSError as error:
-                return f"socket error: {error}"
-            now = time.monotonic()
-            if count == 0:
-                return "server closed the connection"
-            if count > 0:
-                last_heard = now
-                pings_out = 0
-                self._buffer += view[:count]
-                problem = self._parse_buffer()
-                if problem:
-                    return problem
-                continue
-            if now - last_heard >= self._config.ping_interval:
-                if pings_out >= self._config.max_pings_out:
-                    return f"stale connection: {pings_out} PINGs unanswered"
-                pings_out += 1
-                last_heard = now
-                if not self._send_keepalive_ping():
-                    return "could not send PING"
+            problem = self._read_once(sock, view, keepalive)
+            if problem:
+                return problem
         return "closing"
 
-    def _send_keepalive_ping(self) -> bool:
+    def _read_once(self, sock: socket.socket, view: memoryview, keepalive: _KeepAlive) -> str:
+        """One read (or one quiet tick); return why the connection is lost, or ""."""
+        try:
+            count = sock.recv_into(view)
+        except TimeoutError:
+            return self._keep_alive(keepalive)
+        except OSError as error:
+            return f"socket error: {error}"
+        if count == 0:
+            return "server closed the connection"
+        keepalive.last_heard = time.monotonic()
+        keepalive.pings_out = 0
+        self._buffer += view[:count]
+        return self._parse_buffer()
+
+    def _keep_alive(self, keepalive: _KeepAlive) -> str:
+        """On a quiet tick: PING when the server was quiet too long; lost after too many."""
+        now = time.monotonic()
+        if now - keepalive.last_heard < self._config.ping_interval:
+            return ""
+        if keepalive.pings_out >= self._config.max_pings_out:
+            return f"stale connection: {keepalive.pings_out} PINGs unanswered"
+        keepalive.pings_out += 1
+        keepalive.last_heard = now
         with self._send_lock:
             try:
                 self._send_locked(b"PING\r\n")
             except NatsConnectionError:
-                return False
+                return "could not send PING"
             self._pending_pongs.append(None)
-            return True
+        return ""
 
     def _parse_buffer(self) -> str:
         """Handle every complete protocol line in the buffer; return a problem or ""."""
@@ -622,6 +623,14 @@ class NatsConnection:
                 self._on_state(state)
             except Exception:
                 log.exception("state listener failed")
+
+
+@dataclass
+class _KeepAlive:
+    """The reader's keep-alive clock: when the server was last heard, PINGs unanswered."""
+
+    last_heard: float
+    pings_out: int = 0
 
 
 def _sub_line(sub: Subscription) -> bytes:

@@ -34,7 +34,7 @@ QUEUE_GROUP = "token-workers"
 
 IDP_URL = "https://idp.example.com"
 """original: the identity provider's base URL."""
-IDP_TOKEN_PATH = "/realms/phoenix/protocol/openid-connect/token"
+IDP_TOKEN_PATH = "/realms/phoenix/protocol/openid-connect/token"  # noqa: S105 - a path
 """original: the token endpoint path, a Keycloak realm's."""
 IDP_TIMEOUT = 10.0
 """original: seconds to wait for the IdP's answer."""

@@ -67,7 +67,9 @@ class IdpError(TokenWorkerError):
 class IdpRefused(IdpError):
     """The IdP answered with an OAuth2 error (``invalid_client``, ``invalid_scope``, ...)."""
 
-    def __init__(self, error_code: str, *, description: str = "", status: int | None = None) -> None:
+    def __init__(
+        self, error_code: str, *, description: str = "", status: int | None = None
+    ) -> None:
         self.error_code = error_code
         text = f"identity provider refused the request: {error_code}"
         if description:

@@ -15,7 +15,7 @@ import logging
 import sys
 import threading
 from collections.abc import Iterator
-from typing import IO, Any
+from typing import IO, Any, ClassVar
 
 from pythonjsonlogger.json import JsonFormatter
 
@@ -54,8 +54,8 @@ class ContextFilter(logging.Filter):
 class RedactSecrets(logging.Filter):
     """Replaces registered secret values (the NATS password, token) in formatted lines."""
 
-    _secrets: set[str] = set()
-    _lock = threading.Lock()
+    _secrets: ClassVar[set[str]] = set()
+    _lock: ClassVar[threading.Lock] = threading.Lock()
 
     @classmethod
     def register(cls, secret: str) -> None:

@@ -80,12 +80,16 @@ def _import_pynats2() -> types.ModuleType:
         return types.SimpleNamespace(version=importlib.metadata.version(name))
 
     stand_in.get_distribution = get_distribution  # type: ignore[attr-defined]
+    missing = object()
+    previous = sys.modules.get("pkg_resources", missing)
     sys.modules["pkg_resources"] = stand_in
     try:
         return importlib.import_module("pynats2")
     finally:
-        if sys.modules.get("pkg_resources") is stand_in:
-            del sys.modules["pkg_resources"]
+        if previous is missing:
+            sys.modules.pop("pkg_resources", None)
+        else:
+            sys.modules["pkg_resources"] = previous  # type: ignore[assignment]
 
 
 pynats2 = _import_pynats2()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -163,3 +164,13 @@ def test_settings_table_covers_every_setting():
 )
 def test_client_name_suffix_order(suffix, env, host, expected):
     assert client_name(suffix, environ=env, hostname=lambda: host) == expected
+
+
+def test_readme_documents_every_setting():
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    for row in describe_settings():
+        assert f"`{row['key']}`" in readme, row["key"]
+        for variable in filter(None, row["env"].split(", ")):
+            assert f"`{variable}`" in readme, variable
+        if row["flag"]:
+            assert f"`{row['flag']}`" in readme, row["flag"]

@@ -366,7 +366,7 @@ class NatsConnection:
             with contextlib.suppress(Exception):
                 handshake._socket.close()
             raise
-        sock.settimeout(READ_TICK)
+        sock.settimeout(min(READ_TICK, self._config.ping_interval))
         with self._send_lock:
             self._sock = sock
             self._buffer = leftover

@@ -91,11 +91,8 @@ def test_permission_error_is_logged_and_does_not_silence_the_worker(start_worker
         }
     """).start()
     try:
-        config = make_config(server.url, nats={"username": "worker"})
-        from dataclasses import replace
-
-        from token_worker.config import Secret
-        config = replace(config, nats=replace(config.nats, password=Secret("worker-pass-123")))
+        config = make_config(server.url, nats={"username": "worker",
+                                               "password": Secret("worker-pass-123")})
         start_worker(config, ECHO)
         requester = requester_factory(
             f"nats://requester:requester-pass-456@127.0.0.1:{server.port}")

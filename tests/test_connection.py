@@ -18,7 +18,7 @@ import pytest
 
 from tests.conftest import make_config
 from tests.servers import NatsServer
-from token_worker.config import TlsConfig
+from token_worker.config import Secret, TlsConfig
 from token_worker.connection import Message, NatsConnection, State
 from token_worker.errors import NotConnected, ReconnectGaveUp
 
@@ -112,7 +112,6 @@ def test_permission_error_is_logged_and_does_not_silence_the_worker(start_worker
 def test_token_auth_and_wrong_credentials_name_the_servers_reason():
     server = NatsServer(config_text='authorization { token: "s3cret-token-value" }').start()
     try:
-        from token_worker.config import Secret
         good = NatsConnection(
             make_config(server.url, nats={"token": Secret("s3cret-token-value")}).nats, "ok")
         good.connect()

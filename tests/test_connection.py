@@ -272,10 +272,16 @@ def tls_files(tmp_path):
         subprocess.run(["openssl", *args], cwd=tmp_path, check=True, capture_output=True)
 
     run("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=test-ca",
+        "-addext", "basicConstraints=critical,CA:TRUE",
+        "-addext", "keyUsage=critical,keyCertSign,cRLSign",
         "-keyout", "ca.key", "-out", "ca.pem")
     run("req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=127.0.0.1",
         "-keyout", "server.key", "-out", "server.csr")
-    (tmp_path / "san.ext").write_text("subjectAltName=IP:127.0.0.1\n")
+    # Python 3.13 verifies strictly (VERIFY_X509_STRICT): the extensions a real CA sets.
+    (tmp_path / "san.ext").write_text(
+        "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\n"
+        "authorityKeyIdentifier=keyid,issuer\nsubjectKeyIdentifier=hash\n"
+        "keyUsage=critical,digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth\n")
     run("x509", "-req", "-in", "server.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
         "-CAcreateserial", "-days", "1", "-extfile", "san.ext", "-out", "server.pem")
     return tmp_path
@@ -288,7 +294,8 @@ def test_tls_with_the_configured_ca(tls_files, requester_factory):
     try:
         tls_url = f"tls://127.0.0.1:{server.port}"
         good = NatsConnection(make_config(tls_url, nats={
-            "tls": TlsConfig(ca_file=str(tls_files / "ca.pem"))}).nats, "tls-ok")
+            "tls": TlsConfig(ca_file=str(tls_files / "ca.pem")), "max_reconnect": 1}).nats,
+            "tls-ok")
         good.connect()
         try:
             seen = Collector()

@@ -8,13 +8,20 @@
 //   IDP_CLIENTS     JSON list of oidc-provider client metadata (defaults below)
 //   IDP_TOKEN_TTL   access token lifetime in seconds (default 300)
 //   IDP_DELAY_MS    delay added before every token answer, to play a slow IdP (default 0)
-//   IDP_TOKEN_PATH  token endpoint path (default the Keycloak realm path)
+//   IDP_REALM       realm name (default phoenix)
+// The provider is mounted under /realms/<realm>, as Keycloak lays a realm out: the issuer is
+// http://127.0.0.1:<port>/realms/<realm>, discovery is at <issuer>/.well-known/openid-configuration
+// and the token endpoint at <issuer>/protocol/openid-connect/token.
 // GET /_test/stats answers {"token_calls": N}: how many token requests arrived, so tests and
 // the benchmark can count IdP calls.
+import http from 'node:http';
 import Provider from 'oidc-provider';
 
 const port = Number(process.env.IDP_PORT ?? 9400);
-const tokenPath = process.env.IDP_TOKEN_PATH ?? '/realms/phoenix/protocol/openid-connect/token';
+const realm = process.env.IDP_REALM ?? 'phoenix';
+const mountPath = `/realms/${realm}`;
+const tokenRoute = '/protocol/openid-connect/token';
+const tokenPath = mountPath + tokenRoute;
 const ttl = Number(process.env.IDP_TOKEN_TTL ?? 300);
 const delayMs = Number(process.env.IDP_DELAY_MS ?? 0);
 const defaultClients = [
@@ -33,30 +40,41 @@ const clients = (process.env.IDP_CLIENTS ? JSON.parse(process.env.IDP_CLIENTS) :
   (client) => ({ grant_types: ['client_credentials'], redirect_uris: [], response_types: [], ...client }),
 );
 
-const issuer = `http://127.0.0.1:${port}/realms/phoenix`;
+const issuer = `http://127.0.0.1:${port}${mountPath}`;
 const provider = new Provider(issuer, {
   clients,
   scopes: ['openid', 'profile', 'email', 'read', 'write', 'admin'],
   features: { clientCredentials: { enabled: true }, devInteractions: { enabled: false } },
-  routes: { token: tokenPath },
+  routes: { token: tokenRoute },
   ttl: { ClientCredentials: ttl },
 });
 provider.proxy = false;
 
 let tokenCalls = 0;
 provider.use(async (ctx, next) => {
-  if (ctx.path === '/_test/stats') {
-    ctx.body = { token_calls: tokenCalls };
-    return;
-  }
-  if (ctx.path === tokenPath && ctx.method === 'POST') {
+  if (ctx.path === tokenRoute && ctx.method === 'POST') {
     tokenCalls += 1;
     if (delayMs > 0) await new Promise((resolve) => setTimeout(resolve, delayMs));
   }
   await next();
 });
 
-const server = provider.listen(port, '127.0.0.1', () => {
+const callback = provider.callback();
+const server = http.createServer((req, res) => {
+  if (req.url === '/_test/stats') {
+    res.writeHead(200, { 'content-type': 'application/json' });
+    res.end(JSON.stringify({ token_calls: tokenCalls }));
+  } else if (req.url === mountPath || req.url.startsWith(`${mountPath}/`)) {
+    req.originalUrl = req.url;
+    req.url = req.url.slice(mountPath.length) || '/';
+    callback(req, res);
+  } else {
+    res.writeHead(404, { 'content-type': 'application/json' });
+    res.end('{"error":"not_found"}');
+  }
+});
+server.keepAliveTimeout = 60_000;
+server.listen(port, '127.0.0.1', () => {
   const { port: bound } = server.address();
   console.log(JSON.stringify({ listening: `http://127.0.0.1:${bound}`, token_path: tokenPath }));
 });

@@ -13,6 +13,7 @@ from typing import Any
 import nats as nats_py
 import pytest
 
+from tests.faulty_idp import FaultyIdp
 from tests.servers import TOKEN_PATH, IdpServer, NatsServer
 from token_worker import Config, TokenWorker
 from token_worker.config import IdpConfig, NatsConfig
@@ -37,6 +38,24 @@ def idp() -> Iterator[IdpServer]:
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture
+def faulty() -> Iterator[Callable[..., FaultyIdp]]:
+    """Start FaultyIdp servers; all are shut down after the test."""
+    servers: list[FaultyIdp] = []
+
+    def make(**kwargs: Any) -> FaultyIdp:
+        server = FaultyIdp(**kwargs)
+        threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True).start()
+        servers.append(server)
+        return server
+
+    yield make
+    for server in servers:
+        server.release.set()
+        server.shutdown()
+        server.server_close()
 
 
 @pytest.fixture

@@ -4,73 +4,15 @@ for what a real IdP cannot do on demand (5xx, 429, hangs, garbage)."""
 from __future__ import annotations
 
 import json
-import threading
-from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
 from tests.conftest import BASIC, DEMO
+from tests.faulty_idp import FaultHandler
 from tests.servers import TOKEN_PATH, free_port
 from token_worker.config import IdpConfig
 from token_worker.errors import IdpRefused, IdpTimeout, IdpUnavailable
 from token_worker.idp import IdpClient
-
-
-class FaultyIdp(ThreadingHTTPServer):
-    """Answers every POST with ``status`` and ``body`` after ``delay`` seconds; records the
-    client ports it saw, to prove connection reuse."""
-
-    daemon_threads = True
-
-    def __init__(self, status: int = 200, body: bytes = b"", delay: float = 0.0,
-                 headers: dict[str, str] | None = None) -> None:
-        self.status, self.body, self.delay = status, body, delay
-        self.extra_headers = headers or {}
-        self.client_ports: list[int] = []
-        self.release = threading.Event()
-        super().__init__(("127.0.0.1", 0), _FaultHandler)
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.server_address[1]}"
-
-
-class _FaultHandler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    server: FaultyIdp
-
-    def do_POST(self) -> None:
-        self.rfile.read(int(self.headers.get("Content-Length", 0)))
-        self.server.client_ports.append(self.client_address[1])
-        if self.server.delay:
-            self.server.release.wait(self.server.delay)
-        self.send_response(self.server.status)
-        for name, value in self.server.extra_headers.items():
-            self.send_header(name, value)
-        self.send_header("Content-Length", str(len(self.server.body)))
-        self.end_headers()
-        self.wfile.write(self.server.body)
-
-    def log_message(self, *_args: object) -> None:
-        pass
-
-
-@pytest.fixture
-def faulty() -> Iterator[type[FaultyIdp]]:
-    servers: list[FaultyIdp] = []
-
-    def make(**kwargs) -> FaultyIdp:
-        server = FaultyIdp(**kwargs)
-        threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True).start()
-        servers.append(server)
-        return server
-
-    yield make  # type: ignore[misc]
-    for server in servers:
-        server.release.set()
-        server.shutdown()
-        server.server_close()
 
 
 def client_for(url: str, **overrides) -> IdpClient:
@@ -140,7 +82,7 @@ def test_an_unreachable_idp_is_unavailable_not_refused():
 def test_the_secret_is_sent_only_in_the_body_or_header(faulty):
     captured: dict[str, str] = {}
 
-    class Capture(_FaultHandler):
+    class Capture(FaultHandler):
         def do_POST(self) -> None:
             captured["body"] = self.rfile.read(int(self.headers["Content-Length"])).decode()
             captured["path"] = self.path

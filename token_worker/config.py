@@ -88,11 +88,26 @@ class IdpConfig:
     timeout: float = defaults.IDP_TIMEOUT
     auth_method: str = defaults.IDP_AUTH_METHOD
     default_scope: str = defaults.IDP_DEFAULT_SCOPE
+    issuer: str | None = None
+    """With an issuer, the token endpoint is read from its OIDC discovery document."""
+    deadline: float = defaults.IDP_DEADLINE
+    failure_threshold: int = defaults.IDP_FAILURE_THRESHOLD
+    cool_down: float = defaults.IDP_COOL_DOWN
 
     @property
     def token_url(self) -> str:
         """The token endpoint: base URL + token path."""
         return self.url.rstrip("/") + "/" + self.token_path.lstrip("/")
+
+
+@dataclass(frozen=True)
+class CacheConfig:
+    """The per-worker token cache."""
+
+    enabled: bool = defaults.CACHE_ENABLED
+    max_entries: int = defaults.CACHE_MAX_ENTRIES
+    expiry_margin: float = defaults.CACHE_EXPIRY_MARGIN
+    refresh_ahead: float = defaults.CACHE_REFRESH_AHEAD
 
 
 @dataclass(frozen=True)
@@ -111,6 +126,7 @@ class Config:
     drain_timeout: float = defaults.DRAIN_TIMEOUT
     nats: NatsConfig = field(default_factory=NatsConfig)
     idp: IdpConfig = field(default_factory=IdpConfig)
+    cache: CacheConfig = field(default_factory=CacheConfig)
 
 
 # --- value parsers: each takes the raw value (JSON value or string) and returns it typed, or
@@ -197,6 +213,17 @@ def _wait_seconds(raw: Any) -> float:
 
 def _timeout_seconds(raw: Any) -> float:
     return _seconds(raw, allow_zero=False)
+
+
+def _fraction(raw: Any) -> float:
+    value = _seconds(raw, allow_zero=True)
+    if value >= 1:
+        raise ValueError(f"must be a fraction from 0 to below 1, got {raw!r}")
+    return value
+
+
+def _optional_http_url(raw: Any) -> str | None:
+    return _http_url(raw) if _text(raw).strip() else None
 
 
 def _log_level(raw: Any) -> str:
@@ -329,6 +356,24 @@ SETTINGS: tuple[Setting, ...] = (
             help="client_secret_post or client_secret_basic"),
     Setting("idp.defaultScope", "idp.default_scope", _text, ("IDP_DEFAULT_SCOPE",), None,
             help="scope asked for when a request names none"),
+    Setting("idp.issuer", "idp.issuer", _optional_http_url, ("IDP_ISSUER",), "idp-issuer",
+            help="issuer URL: token endpoint from OIDC discovery (instead of url + tokenPath)"),
+    Setting("idp.deadline", "idp.deadline", _timeout_seconds, ("IDP_DEADLINE",), None,
+            help="seconds one token fetch may take, retries included"),
+    Setting("idp.failureThreshold", "idp.failure_threshold", _positive_integer,
+            ("IDP_FAILURE_THRESHOLD",), None,
+            help="consecutive IdP failures before failing fast"),
+    Setting("idp.coolDown", "idp.cool_down", _timeout_seconds, ("IDP_COOL_DOWN",), None,
+            help="seconds of failing fast before the IdP is tried again"),
+    Setting("cache.enabled", "cache.enabled", _boolean, ("CACHE_ENABLED",), None,
+            help="serve repeated requests from the token cache"),
+    Setting("cache.maxEntries", "cache.max_entries", _positive_integer,
+            ("CACHE_MAX_ENTRIES",), None, help="tokens kept (LRU)"),
+    Setting("cache.expiryMargin", "cache.expiry_margin", _wait_seconds,
+            ("CACHE_EXPIRY_MARGIN",), None,
+            help="seconds of life a cached token must have left to be served"),
+    Setting("cache.refreshAhead", "cache.refresh_ahead", _fraction, ("CACHE_REFRESH_AHEAD",),
+            None, help="last share of a token's life in which it is refreshed in the background"),
 )
 
 _BY_KEY = {setting.key: setting for setting in SETTINGS}

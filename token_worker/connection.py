@@ -207,6 +207,8 @@ class NatsConnection:
         self._pending_pongs: deque[threading.Event | None] = deque()
         self._closing = threading.Event()
         self._reader: threading.Thread | None = None
+        self._reader_ident = 0
+        self._outbox: list[bytes] | None = None
         self._state = State.DISCONNECTED
         self.server_url = ""
         self.server_info: dict[str, Any] = {}
@@ -266,11 +268,20 @@ class NatsConnection:
             self._subscriptions.pop(sub.sid, None)
 
     def publish(self, subject: str, payload: bytes, reply: str = "") -> None:
-        """Send one message; raises :class:`NotConnected` if it cannot go out now."""
+        """Send one message; raises :class:`NotConnected` if it cannot go out now.
+
+        Called from a subscription callback (the reader thread), the message joins the
+        others published while handling the same read, and all go out in one write.
+        """
         head = f"PUB {subject} {reply} {len(payload)}\r\n" if reply else (
             f"PUB {subject} {len(payload)}\r\n"
         )
-        self.send_raw(head.encode() + payload + b"\r\n")
+        data = head.encode() + payload + b"\r\n"
+        outbox = self._outbox
+        if outbox is not None and threading.get_ident() == self._reader_ident:
+            outbox.append(data)
+            return
+        self.send_raw(data)
 
     def send_raw(self, data: bytes) -> None:
         """Write already encoded protocol bytes (several PUBs at once, for instance)."""
@@ -434,6 +445,7 @@ class NatsConnection:
 
     def _read_forever(self) -> None:
         """The reader thread: read until lost, then reconnect; until closed or given up."""
+        self._reader_ident = threading.get_ident()
         while not self._closing.is_set():
             reason = self._read_until_lost()
             if self._closing.is_set():
@@ -475,7 +487,22 @@ class NatsConnection:
         keepalive.last_heard = time.monotonic()
         keepalive.pings_out = 0
         self._buffer += view[:count]
-        return self._parse_buffer()
+        self._outbox = []
+        try:
+            return self._parse_buffer()
+        finally:
+            self._send_outbox()
+
+    def _send_outbox(self) -> None:
+        """Write what callbacks published while one read was handled, in one write."""
+        outbox, self._outbox = self._outbox, None
+        if not outbox:
+            return
+        try:
+            self.send_raw(b"".join(outbox))
+        except NotConnected as error:
+            log.warning("messages lost: connection down", extra={"messages": len(outbox),
+                                                                 "error": str(error)})
 
     def _keep_alive(self, keepalive: _KeepAlive) -> str:
         """On a quiet tick: PING when the server was quiet too long; lost after too many."""

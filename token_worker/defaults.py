@@ -43,6 +43,23 @@ IDP_AUTH_METHOD = "client_secret_post"
 IDP_DEFAULT_SCOPE = "openid profile"
 """original: the scope asked for when a request names none ("" asks for none)."""
 
+IDP_DEADLINE = 8.0
+"""Seconds one token fetch may take with all its retries; keep it below requesters'
+timeouts so they get an answer rather than silence."""
+IDP_FAILURE_THRESHOLD = 5
+"""Consecutive transient IdP failures after which the worker stops asking for a cool-down."""
+IDP_COOL_DOWN = 10.0
+"""Seconds the IdP is not asked after the failure threshold (fail fast, no thread pile-up)."""
+
+CACHE_ENABLED = True
+"""Serve repeated requests for the same client, secret and scopes from memory."""
+CACHE_MAX_ENTRIES = 10_000
+"""Tokens kept per worker (least recently used go first): memory stays bounded."""
+CACHE_EXPIRY_MARGIN = 30.0
+"""Seconds of life a token must have left to be served from the cache."""
+CACHE_REFRESH_AHEAD = 0.2
+"""Share of a token's life, at its end, in which one background refresh replaces it."""
+
 WORKERS = 8
 """Threads that serve requests concurrently (each may wait on the IdP)."""
 BACKLOG = 256

@@ -58,9 +58,12 @@ class IdpError(TokenWorkerError):
 
     error_code = "idp_error"
 
-    def __init__(self, message: str, *, description: str = "", status: int | None = None) -> None:
+    def __init__(self, message: str, *, description: str = "", status: int | None = None,
+                 retry_after: float | None = None) -> None:
         self.description = description
         self.status = status
+        self.retry_after = retry_after
+        """Seconds the IdP asked us to wait (a 429's or 503's ``Retry-After``)."""
         super().__init__(message)
 
 

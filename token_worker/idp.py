@@ -8,6 +8,7 @@ did not answer in time". The client secret goes into the request and nowhere els
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -48,14 +49,40 @@ class IdpClient:
 
     def __init__(self, config: IdpConfig, *, pool_size: int = 10) -> None:
         self._config = config
-        self.token_url = config.token_url
+        self._token_url = "" if config.issuer else config.token_url
+        self._discovery_lock = threading.Lock()
         self._session = requests.Session()
         adapter = HTTPAdapter(pool_connections=1, pool_maxsize=pool_size, max_retries=0)
         self._session.mount("http://", adapter)
         self._session.mount("https://", adapter)
         self._session.headers.update({"User-Agent": USER_AGENT, "Accept": "application/json"})
 
-    def fetch_token(self, client_id: str, client_secret: str, scope: str) -> IssuedToken:
+    @property
+    def token_url(self) -> str:
+        """The token endpoint; with ``idp.issuer``, read once from OIDC discovery."""
+        if not self._token_url:
+            with self._discovery_lock:
+                if not self._token_url:
+                    self._token_url = self._discover()
+        return self._token_url
+
+    def _discover(self) -> str:
+        issuer = (self._config.issuer or "").rstrip("/")
+        url = issuer + "/.well-known/openid-configuration"
+        try:
+            response = self._session.get(url, timeout=self._config.timeout)
+        except requests.RequestException as error:
+            raise IdpUnavailable(f"OIDC discovery failed: {type(error).__name__}") from None
+        document = _json_or_none(response) if response.status_code == 200 else None
+        endpoint = document.get("token_endpoint") if document else None
+        if not isinstance(endpoint, str) or not endpoint.startswith(("https://", "http://")):
+            raise IdpUnavailable(f"OIDC discovery at {url} gave no token_endpoint "
+                                 f"(HTTP {response.status_code})")
+        log.info("token endpoint discovered", extra={"issuer": issuer, "token_url": endpoint})
+        return endpoint
+
+    def fetch_token(self, client_id: str, client_secret: str, scope: str, *,
+                    timeout: float | None = None) -> IssuedToken:
         """Run the client-credentials grant; raise an :class:`~token_worker.IdpError`."""
         form = {"grant_type": "client_credentials"}
         if scope:
@@ -66,14 +93,13 @@ class IdpClient:
         else:
             form["client_id"] = client_id
             form["client_secret"] = client_secret
+        token_url = self.token_url
+        limit = self._config.timeout if timeout is None else timeout
         started = time.monotonic()
         try:
-            response = self._session.post(
-                self.token_url, data=form, auth=auth, timeout=self._config.timeout
-            )
+            response = self._session.post(token_url, data=form, auth=auth, timeout=limit)
         except requests.Timeout:
-            raise IdpTimeout(f"identity provider did not answer within "
-                             f"{self._config.timeout:g} s") from None
+            raise IdpTimeout(f"identity provider did not answer within {limit:g} s") from None
         except requests.RequestException as error:
             raise IdpUnavailable(f"identity provider unreachable: {type(error).__name__}") from None
         elapsed_ms = round((time.monotonic() - started) * 1000, 1)
@@ -101,7 +127,14 @@ def _read_token_response(response: requests.Response) -> IssuedToken:
         raise IdpRefused("unauthorized_client" if status in (401, 403) else "invalid_request",
                          description=f"HTTP {status} without an OAuth2 error body",
                          status=status)
-    raise IdpUnavailable(f"identity provider failed: HTTP {status}", status=status)
+    raise IdpUnavailable(f"identity provider failed: HTTP {status}", status=status,
+                         retry_after=_retry_after(response))
+
+
+def _retry_after(response: requests.Response) -> float | None:
+    """A ``Retry-After`` given in seconds (the HTTP-date form is rare for token endpoints)."""
+    value = response.headers.get("Retry-After", "").strip()
+    return float(value) if value.isdigit() else None
 
 
 def _issued_token(body: dict[str, Any] | None, status: int) -> IssuedToken:

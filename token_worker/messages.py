@@ -9,6 +9,7 @@ anything but :class:`InvalidRequest`, whatever bytes arrive.
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
@@ -22,6 +23,7 @@ OVERLOADED = "overloaded"
 
 MAX_FIELD_LENGTH = 4096
 """Longest accepted value of any string field; longer is a bad request, not a big one."""
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
 class InvalidRequest(Exception):
@@ -42,6 +44,8 @@ class TokenRequest:
     scope: str | None = None
     """``None`` when the request names none (the configured default applies)."""
     timestamp: str = ""
+    skip_cache: bool = False
+    """Ask the IdP even if a cached token would do (the original front end's field)."""
 
     def __repr__(self) -> str:
         return (f"TokenRequest(request_id={self.request_id!r}, client_id={self.client_id!r}, "
@@ -66,6 +70,7 @@ def parse_request(payload: bytes, *, max_size: int) -> TokenRequest:
             client_secret=_required_text(document, "client_secret", secret=True),
             scope=_scope(document),
             timestamp=_optional_text(document, "timestamp"),
+            skip_cache=_optional_flag(document, "skip_cache"),
         )
     except ValueError as error:
         raise InvalidRequest(str(error), request_id=request_id) from None
@@ -99,7 +104,7 @@ def _required_text(document: dict[str, Any], name: str, *, secret: bool = False)
         raise ValueError(f"field {name} must not be empty")
     if len(value) > MAX_FIELD_LENGTH:
         raise ValueError(f"field {name} is longer than {MAX_FIELD_LENGTH} characters")
-    if not secret and any(ord(c) < 32 for c in value):
+    if not secret and _CONTROL.search(value):
         raise ValueError(f"field {name} must not contain control characters")
     return value
 
@@ -113,6 +118,13 @@ def _optional_text(document: dict[str, Any], name: str) -> str:
     return value
 
 
+def _optional_flag(document: dict[str, Any], name: str) -> bool:
+    value = document.get(name, False)
+    if not isinstance(value, bool):
+        raise ValueError(f"field {name} must be true or false, got {_json_type(value)}")
+    return value
+
+
 def _scope(document: dict[str, Any]) -> str | None:
     """Accept a space-separated string or a list of strings; ``None`` when absent."""
     value = document.get("scope")
@@ -122,7 +134,7 @@ def _scope(document: dict[str, Any]) -> str | None:
         value = " ".join(value)
     if not isinstance(value, str):
         raise ValueError("field scope must be a string or a list of strings")
-    if len(value) > MAX_FIELD_LENGTH or any(ord(c) < 32 and c != " " for c in value):
+    if len(value) > MAX_FIELD_LENGTH or _CONTROL.search(value):
         raise ValueError("field scope is not a valid scope string")
     return " ".join(value.split())
 

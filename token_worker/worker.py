@@ -22,7 +22,6 @@ from token_worker.config import Config
 from token_worker.connection import Message, NatsConnection, State, Subscription
 from token_worker.errors import NatsConnectionError, NotConnected, ReconnectGaveUp
 from token_worker.handler import TokenHandler
-from token_worker.idp import IdpClient
 from token_worker.logs import RedactSecrets, request_context
 from token_worker.naming import client_name
 from token_worker.pool import BoundedPool
@@ -47,12 +46,12 @@ class TokenWorker:
     def __init__(self, config: Config, handler: Handler | None = None) -> None:
         self.config = config
         self.client_name = client_name(config.name_suffix)
-        self._idp: IdpClient | None = None
+        self._token_handler: TokenHandler | None = None
         if handler is None:
-            self._idp = IdpClient(config.idp, pool_size=config.workers)
-            handler = TokenHandler(self._idp, default_scope=config.idp.default_scope,
-                                   max_payload=config.max_payload)
+            handler = self._token_handler = TokenHandler.from_config(config)
         self._handler = handler
+        self._answer_now: Callable[[bytes], bytes | None] | None = getattr(
+            handler, "answer_now", None)
         self._pool = BoundedPool(config.workers, config.backlog)
         self._connection = NatsConnection(
             config.nats, self.client_name, on_state=self._on_state, on_gave_up=self._on_gave_up
@@ -130,8 +129,8 @@ class TokenWorker:
                     self._connection.flush(max(0.1, min(2.0, deadline - time.monotonic())))
             self._pool.shutdown()
             self._connection.close()
-            if self._idp is not None:
-                self._idp.close()
+            if self._token_handler is not None:
+                self._token_handler.close()
             self._stopped.set()
             log.info("stopped", extra={"drained": drained, "failure": self.failure or None})
             return drained
@@ -164,11 +163,21 @@ class TokenWorker:
     # --- serving ------------------------------------------------------------------------
 
     def _on_message(self, message: Message) -> None:
-        """Runs on the reader thread: hand the request to the pool, never block."""
+        """Runs on the reader thread: answer what needs no I/O at once (the connection
+        sends all replies of one read together); hand the rest to the pool, never block."""
         if not message.reply:
             log.warning("request without reply subject dropped",
                         extra={"subject": message.subject, "bytes": len(message.payload)})
             return
+        if self._answer_now is not None:
+            try:
+                reply = self._answer_now(message.payload)
+            except Exception:
+                log.exception("fast path failed; serving on a pool thread")
+                reply = None
+            if reply is not None:
+                self._send_reply(message.reply, reply)
+                return
         if not self._pool.try_submit(lambda: self._serve(message)):
             self._reject_overloaded(message)
 

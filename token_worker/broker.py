@@ -1,0 +1,155 @@
+"""The token broker: cache, single-flight and refresh-ahead in front of the IdP.
+
+- A cache hit answers without I/O, so the worker can answer it on the reading thread.
+- Single-flight: however many concurrent requests miss for one key, one IdP call is made;
+  the others wait for its result (bounded by the IdP deadline) and share it, success or
+  error.
+- Refresh-ahead: a hit in the last part of a token's life starts one background refresh
+  (with the secret of the request that triggered it, which is never stored) while the
+  still-valid token keeps being served, so steady traffic never waits for the IdP. A
+  failed refresh leaves the valid token in place.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
+from dataclasses import dataclass
+
+from token_worker.cache import CacheKey, TokenCache, cache_key
+from token_worker.errors import IdpError, IdpTimeout
+from token_worker.idp import IssuedToken
+from token_worker.resilience import ResilientIdp
+
+log = logging.getLogger(__name__)
+
+FROM_CACHE = "cache"
+FROM_IDP = "idp"
+
+
+@dataclass(frozen=True)
+class Answer:
+    """A token for a requester: what to send and where it came from."""
+
+    token: IssuedToken
+    expires_in: int
+    """Seconds left now (recomputed for cached tokens)."""
+    source: str
+    """``cache`` or ``idp`` (the reply's ``token_source``)."""
+
+
+@dataclass(frozen=True)
+class TokenQuery:
+    """What a request asks for."""
+
+    client_id: str
+    client_secret: str
+    scope: str
+
+    def __repr__(self) -> str:
+        return f"TokenQuery(client_id={self.client_id!r}, scope={self.scope!r})"
+
+
+class TokenBroker:
+    """Gets tokens through the cache (if any), one IdP call per key at a time."""
+
+    def __init__(self, idp: ResilientIdp, cache: TokenCache | None, *, auth_method: str,
+                 follower_timeout: float) -> None:
+        self._idp = idp
+        self._cache = cache
+        self._auth_method = auth_method
+        self._follower_timeout = follower_timeout
+        self._in_flight: dict[CacheKey, Future[IssuedToken]] = {}
+        self._lock = threading.Lock()
+        self._refresher = ThreadPoolExecutor(max_workers=2, thread_name_prefix="refresh")
+        self.refreshes = 0
+
+    def cached(self, query: TokenQuery) -> Answer | None:
+        """A servable cached token, or None; never does I/O (safe on the reader thread)."""
+        if self._cache is None:
+            return None
+        key = self._key(query)
+        entry = self._cache.get(key)
+        if entry is None:
+            return None
+        now = self._cache.now()
+        if now >= entry.refresh_at:
+            self._refresh_in_background(key, query)
+        return Answer(entry.token, entry.expires_in(now), FROM_CACHE)
+
+    def fetch(self, query: TokenQuery, *, skip_cache: bool = False) -> Answer:
+        """A token from the cache or, once per key at a time, from the IdP."""
+        if not skip_cache:
+            answer = self.cached(query)
+            if answer is not None:
+                return answer
+        key = self._key(query)
+        future, leader = self._join_or_lead(key)
+        if leader:
+            self._call_idp(key, query, future)
+        try:
+            token = future.result(timeout=self._follower_timeout)
+        except FutureTimeout:
+            raise IdpTimeout("waited too long for the identity provider call in flight"
+                             ) from None
+        return Answer(token, token.expires_in, FROM_IDP)
+
+    def close(self) -> None:
+        """Stop background refreshes."""
+        self._refresher.shutdown(wait=False, cancel_futures=True)
+
+    def _key(self, query: TokenQuery) -> CacheKey:
+        return cache_key(self._idp.token_url, query.client_id, query.client_secret,
+                         query.scope, self._auth_method)
+
+    def _join_or_lead(self, key: CacheKey) -> tuple[Future[IssuedToken], bool]:
+        with self._lock:
+            future = self._in_flight.get(key)
+            if future is not None:
+                return future, False
+            future = self._in_flight[key] = Future()
+            return future, True
+
+    def _call_idp(self, key: CacheKey, query: TokenQuery, future: Future[IssuedToken]) -> None:
+        """The leader's call: its outcome goes to every waiter and, if good, to the cache."""
+        try:
+            token = self._idp.fetch_token(query.client_id, query.client_secret, query.scope)
+        except IdpError as error:
+            self._finish(key, future, error=error)
+        except Exception as error:
+            self._finish(key, future, error=error)
+            raise
+        else:
+            if self._cache is not None:
+                self._cache.put(key, token)
+            self._finish(key, future, token=token)
+
+    def _finish(self, key: CacheKey, future: Future[IssuedToken], *,
+                token: IssuedToken | None = None, error: BaseException | None = None) -> None:
+        with self._lock:
+            self._in_flight.pop(key, None)
+        if token is not None:
+            future.set_result(token)
+        else:
+            future.set_exception(error or RuntimeError("no token"))
+
+    def _refresh_in_background(self, key: CacheKey, query: TokenQuery) -> None:
+        future, leader = self._join_or_lead(key)
+        if not leader:
+            return  # a refresh (or a fetch) for this key is already under way
+        self.refreshes += 1
+        log.debug("refreshing ahead of expiry", extra={"client_id": query.client_id})
+        try:
+            self._refresher.submit(self._refresh, key, query, future)
+        except RuntimeError:  # shutting down
+            self._finish(key, future, error=RuntimeError("broker closed"))
+
+    def _refresh(self, key: CacheKey, query: TokenQuery, future: Future[IssuedToken]) -> None:
+        self._call_idp(key, query, future)
+        error = future.exception()
+        if error is not None:
+            log.warning("refresh ahead failed; the cached token is still served",
+                        extra={"client_id": query.client_id, "error": str(error)})
+

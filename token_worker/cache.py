@@ -1,0 +1,105 @@
+"""The per-worker token cache: bounded, keyed so that no secret can reach another's token.
+
+A key is the token endpoint, the ``client_id``, a keyed digest (HMAC-SHA256 under a random
+per-process key) of the ``client_secret``, the sorted scope set and the auth method. The
+secret itself is never stored, so a wrong or rotated secret can never hit another secret's
+entry. Only an allow-list of token fields is kept (as MSAL does). Entries are evicted
+least-recently-used first (``cachetools.LRUCache``), so memory stays bounded with any number
+of clients. Time is injected (``now``), so expiry is tested without sleeping.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from cachetools import LRUCache
+
+from token_worker.idp import IssuedToken
+
+
+@dataclass(frozen=True)
+class CacheKey:
+    """What makes two requests ask for the same token."""
+
+    token_url: str
+    client_id: str
+    secret_digest: bytes
+    scopes: tuple[str, ...]
+    auth_method: str
+
+
+@dataclass(frozen=True)
+class CachedToken:
+    """A cached token with the two moments that matter for it."""
+
+    token: IssuedToken
+    expires_at: float
+    """When the IdP said it expires."""
+    serve_until: float
+    """Last moment it may be served (``expires_at`` less the margin)."""
+    refresh_at: float
+    """From here on, one background refresh replaces it."""
+
+    def expires_in(self, now: float) -> int:
+        """Whole seconds of life left, never negative (the reply's ``expires_in``)."""
+        return max(0, int(self.expires_at - now))
+
+
+_DIGEST_KEY = secrets.token_bytes(32)
+"""Random per process: digests of secrets mean nothing outside it."""
+
+
+def cache_key(token_url: str, client_id: str, client_secret: str, scope: str,
+              auth_method: str) -> CacheKey:
+    """The key of a request; the secret enters only as a keyed digest, the scope as a sorted
+    set (``"b a a"`` and ``"a b"`` are the same request)."""
+    digest = hmac.new(_DIGEST_KEY, client_secret.encode(), hashlib.sha256).digest()
+    return CacheKey(token_url, client_id, digest, tuple(sorted(set(scope.split()))),
+                    auth_method)
+
+
+class TokenCache:
+    """A thread-safe LRU cache of tokens; ``now`` is the clock (``time.time`` in service)."""
+
+    def __init__(self, *, max_entries: int, expiry_margin: float, refresh_ahead: float,
+                 now: Callable[[], float]) -> None:
+        self._entries: LRUCache[CacheKey, CachedToken] = LRUCache(maxsize=max_entries)
+        self._lock = threading.Lock()
+        self._margin = expiry_margin
+        self._refresh_ahead = refresh_ahead
+        self.now = now
+
+    def get(self, key: CacheKey) -> CachedToken | None:
+        """The entry if it may still be served; an expired entry is dropped."""
+        with self._lock:
+            entry = self._entries.get(key)
+            if entry is None:
+                return None
+            if self.now() >= entry.serve_until:
+                del self._entries[key]
+                return None
+            return entry
+
+    def put(self, key: CacheKey, token: IssuedToken) -> CachedToken:
+        """Store a token the IdP just issued (unless too short-lived to serve); return its
+        entry. Its life is counted from now, on the cache's clock."""
+        expires_at = self.now() + token.expires_in
+        entry = CachedToken(
+            token=token,
+            expires_at=expires_at,
+            serve_until=expires_at - self._margin,
+            refresh_at=expires_at - token.expires_in * self._refresh_ahead,
+        )
+        if entry.serve_until > self.now():
+            with self._lock:
+                self._entries[key] = entry
+        return entry
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._entries)

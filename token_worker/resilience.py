@@ -1,0 +1,115 @@
+"""Asking the IdP through its bad moments: retries within a deadline, then a cool-down.
+
+Transient failures (unreachable, timeouts, 5xx, 429) are retried with tenacity, with
+exponential back-off and full jitter, never waiting less than a 429's ``Retry-After``. The
+whole fetch is bounded by ``idp.deadline``, which should be shorter than requesters'
+timeouts. OAuth2 refusals (4xx) are answers, never retried. After
+``idp.failureThreshold`` consecutive transient failures, a circuit breaker (pybreaker)
+fails fast for ``idp.coolDown`` seconds instead of piling threads up on a dead IdP, then
+lets one trial call through.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+import pybreaker
+from tenacity import RetryCallState, Retrying, retry_if_exception, wait_random_exponential
+
+from token_worker.config import IdpConfig
+from token_worker.errors import IdpError, IdpRefused, IdpTimeout, IdpUnavailable
+from token_worker.idp import IdpClient, IssuedToken
+
+log = logging.getLogger(__name__)
+
+SHORTEST_ATTEMPT = 0.05
+"""An attempt with less time than this left is not started."""
+
+
+class CircuitOpen(IdpUnavailable):
+    """The IdP failed repeatedly; it is not asked until the cool-down has passed."""
+
+
+class _BreakerLog(pybreaker.CircuitBreakerListener):
+    def state_change(self, _breaker: Any, old: Any, new: Any) -> None:
+        log.warning("idp circuit %s", new.name, extra={"from": old.name if old else None})
+
+
+class ResilientIdp:
+    """Wraps :class:`IdpClient` with the retry policy and the circuit breaker."""
+
+    def __init__(self, client: IdpClient, config: IdpConfig) -> None:
+        self._client = client
+        self._config = config
+        self._breaker = pybreaker.CircuitBreaker(
+            fail_max=config.failure_threshold,
+            reset_timeout=config.cool_down,
+            exclude=[IdpRefused],
+            listeners=[_BreakerLog()],
+            throw_new_error_on_trip=False,
+            name="idp",
+        )
+        self._backoff = wait_random_exponential(multiplier=0.1, max=2.0)
+        self.calls = 0
+        """Token calls sent to the IdP (attempts, retries included)."""
+
+    @property
+    def token_url(self) -> str:
+        """The token endpoint (after discovery, when configured)."""
+        return self._client.token_url
+
+    @property
+    def circuit_open(self) -> bool:
+        return bool(self._breaker.current_state == pybreaker.STATE_OPEN)
+
+    def fetch_token(self, client_id: str, client_secret: str, scope: str) -> IssuedToken:
+        """Fetch a token, retrying transient failures until the deadline."""
+        deadline = time.monotonic() + self._config.deadline
+        retrying = Retrying(
+            retry=retry_if_exception(_is_transient),
+            stop=lambda state: self._no_time_for_another(state, deadline),
+            wait=lambda state: min(self._wait(state), max(0.0, deadline - time.monotonic())),
+            before_sleep=self._log_retry,
+            reraise=True,
+        )
+        return retrying(self._attempt, client_id, client_secret, scope, deadline)
+
+    def _attempt(self, client_id: str, client_secret: str, scope: str,
+                 deadline: float) -> IssuedToken:
+        timeout = min(self._config.timeout, deadline - time.monotonic())
+        try:
+            token: IssuedToken = self._breaker.call(self._call, client_id, client_secret,
+                                                    scope, timeout)
+        except pybreaker.CircuitBreakerError:
+            raise CircuitOpen(f"identity provider failing; not asked for up to "
+                              f"{self._config.cool_down:g} s") from None
+        return token
+
+    def _call(self, client_id: str, client_secret: str, scope: str, timeout: float
+              ) -> IssuedToken:
+        self.calls += 1
+        return self._client.fetch_token(client_id, client_secret, scope, timeout=timeout)
+
+    def _wait(self, state: RetryCallState) -> float:
+        error = state.outcome.exception() if state.outcome else None
+        retry_after = getattr(error, "retry_after", None) or 0.0
+        return max(float(self._backoff(state)), retry_after)
+
+    def _no_time_for_another(self, state: RetryCallState, deadline: float) -> bool:
+        error = state.outcome.exception() if state.outcome else None
+        retry_after = getattr(error, "retry_after", None) or 0.0
+        return deadline - time.monotonic() <= max(SHORTEST_ATTEMPT, retry_after)
+
+    @staticmethod
+    def _log_retry(state: RetryCallState) -> None:
+        error = state.outcome.exception() if state.outcome else None
+        code = error.error_code if isinstance(error, IdpError) else type(error).__name__
+        log.info("idp attempt failed, retrying", extra={"attempt": state.attempt_number,
+                                                          "error_code": code})
+
+
+def _is_transient(error: BaseException) -> bool:
+    """Worth another try: the IdP could not answer. A refusal or an open circuit is not."""
+    return isinstance(error, IdpUnavailable | IdpTimeout) and not isinstance(error, CircuitOpen)

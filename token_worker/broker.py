@@ -66,6 +66,12 @@ class TokenBroker:
         self._refresher = ThreadPoolExecutor(max_workers=2, thread_name_prefix="refresh")
         self.refreshes = 0
 
+    @property
+    def in_flight(self) -> int:
+        """IdP calls under way (fetches and refreshes)."""
+        with self._lock:
+            return len(self._in_flight)
+
     def cached(self, query: TokenQuery) -> Answer | None:
         """A servable cached token, or None; never does I/O (safe on the reader thread)."""
         if self._cache is None:

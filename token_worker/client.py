@@ -5,7 +5,9 @@ one wildcard inbox subscription; every request gets its own reply subject under 
 replies are matched to waiting callers by that subject (never pynats2's ``request()``,
 which re-creates its reader thread twice per call). A request that no worker answers is
 retried with tenacity within the caller's time budget; an answer with an error raises a
-typed error carrying the reply's ``error_code``.
+typed error carrying the reply's ``error_code``. Tokens are kept (same cache as the
+worker's, keyed by a digest of the secret) until near expiry, so a service asking every
+second sends almost nothing over NATS.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import secrets
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,6 +30,7 @@ from tenacity import (
 )
 
 from token_worker import defaults
+from token_worker.cache import CachedToken, TokenCache, cache_key
 from token_worker.config import NatsConfig
 from token_worker.connection import Message, NatsConnection
 from token_worker.errors import (
@@ -35,6 +39,7 @@ from token_worker.errors import (
     RequestTimedOut,
     TokenRequestFailed,
 )
+from token_worker.idp import IssuedToken
 from token_worker.messages import now_rfc3339
 
 NO_RESPONDERS = 503
@@ -76,6 +81,7 @@ class TokenClient:
 
     ``timeout`` bounds one attempt, ``retries`` the attempts after the first one that found
     no worker or no answer, ``budget`` (default: enough for every attempt) the whole call.
+    ``cache`` keeps tokens until ``expiry_margin`` seconds before they expire.
     """
 
     def __init__(
@@ -86,6 +92,10 @@ class TokenClient:
         timeout: float = 5.0,
         retries: int = 2,
         name: str = "token-worker requester",
+        cache: bool = True,
+        expiry_margin: float = 30.0,
+        max_cached: int = 1000,
+        now: Callable[[], float] = time.time,
     ) -> None:
         self._config = nats if isinstance(nats, NatsConfig) else NatsConfig(
             urls=tuple(url.strip() for url in nats.split(",")))
@@ -96,6 +106,11 @@ class TokenClient:
         self._waiters: dict[str, _Waiter] = {}
         self._lock = threading.Lock()
         self._sequence = 0
+        self._now = now
+        self._cache = TokenCache(max_entries=max_cached, expiry_margin=expiry_margin,
+                                 refresh_ahead=0.0, now=now) if cache else None
+        self.requests_sent = 0
+        """Requests that went over NATS (cache hits send none)."""
         self._connection = NatsConnection(self._config, name, no_responders=True)
         self._connection.connect()
         self._connection.subscribe(f"{self._inbox}.*", self._on_reply)
@@ -115,13 +130,18 @@ class TokenClient:
             waiter.event.set()
 
     def get_token(self, client_id: str, client_secret: str, scope: str | None = None, *,
-                  budget: float | None = None) -> Token:
+                  budget: float | None = None, skip_cache: bool = False) -> Token:
         """Return a token for the client, or raise a :class:`TokenRequestFailed`.
 
         ``IdP refused``: ``TokenRequestFailed`` with the IdP's OAuth2 ``error_code``;
         nobody answered after the retries: :class:`NoWorkerAnswered`; the budget ran out:
-        :class:`RequestTimedOut`.
+        :class:`RequestTimedOut`. ``skip_cache`` asks for a fresh token (from the IdP).
         """
+        key = cache_key(self._subject, client_id, client_secret, scope or "", "nats")
+        if self._cache is not None and not skip_cache:
+            entry = self._cache.get(key)
+            if entry is not None:
+                return _token_from_entry(entry)
         body: dict[str, Any] = {
             "request_id": str(uuid.uuid4()),
             "client_id": client_id,
@@ -130,8 +150,13 @@ class TokenClient:
         }
         if scope is not None:
             body["scope"] = scope
+        if skip_cache:
+            body["skip_cache"] = True
         reply = self.request(body, budget=budget)
-        return _token_from_reply(reply, body["request_id"])
+        issued = _issued_from_reply(reply, body["request_id"], self._now())
+        if self._cache is None:
+            return _token(issued, issued.issued_at + issued.expires_in, body["request_id"])
+        return _token_from_entry(self._cache.put(key, issued), body["request_id"])
 
     def request(self, body: dict[str, Any], *, budget: float | None = None) -> dict[str, Any]:
         """Send one raw request body and return the reply as a dict (retrying no-answers)."""
@@ -162,6 +187,7 @@ class TokenClient:
             waiter = self._waiters[reply_subject] = _Waiter()
         try:
             try:
+                self.requests_sent += 1
                 self._connection.publish(self._subject, payload, reply=reply_subject)
             except NatsConnectionError as error:
                 raise NoWorkerAnswered(f"not connected to NATS: {error}",
@@ -194,19 +220,25 @@ class TokenClient:
             waiter.event.set()
 
 
-def _token_from_reply(reply: dict[str, Any], request_id: str) -> Token:
+def _issued_from_reply(reply: dict[str, Any], request_id: str, now: float) -> IssuedToken:
     if reply.get("error"):
         raise TokenRequestFailed(str(reply.get("error_code") or "error"), str(reply["error"]),
                                  request_id=request_id)
     token = reply.get("access_token")
     expires_in = reply.get("expires_in", 0)
-    if not isinstance(token, str) or not token or not isinstance(expires_in, int | float):
+    if (not isinstance(token, str) or not token or isinstance(expires_in, bool)
+            or not isinstance(expires_in, int)):
         raise TokenRequestFailed("bad_reply", "worker reply carries no token",
                                  request_id=request_id)
-    return Token(
-        access_token=token,
-        token_type=str(reply.get("token_type") or "Bearer"),
-        expires_at=time.time() + float(expires_in),
-        scope=str(reply.get("scope") or ""),
-        request_id=request_id,
-    )
+    return IssuedToken(access_token=token, token_type=str(reply.get("token_type") or "Bearer"),
+                       expires_in=expires_in, scope=str(reply.get("scope") or ""),
+                       issued_at=now)
+
+
+def _token(issued: IssuedToken, expires_at: float, request_id: str) -> Token:
+    return Token(access_token=issued.access_token, token_type=issued.token_type,
+                 expires_at=expires_at, scope=issued.scope, request_id=request_id)
+
+
+def _token_from_entry(entry: CachedToken, request_id: str = "") -> Token:
+    return _token(entry.token, entry.expires_at, request_id)

@@ -1,0 +1,256 @@
+"""The token broker against the real IdP: cache, single-flight, refresh-ahead, resilience.
+
+Time is injected: tests move a clock instead of sleeping for tokens to age.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from tests.conftest import DEMO, SCOPED, TEST_CLIENTS, make_config, token_request
+from tests.servers import TOKEN_PATH, IdpServer
+from token_worker.broker import FROM_CACHE, FROM_IDP, TokenBroker, TokenQuery
+from token_worker.cache import TokenCache
+from token_worker.config import IdpConfig
+from token_worker.errors import IdpRefused, IdpTimeout, IdpUnavailable
+from token_worker.idp import IdpClient
+from token_worker.resilience import CircuitOpen, ResilientIdp
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1_000_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def make_broker(url: str, *, clock: Clock | None = None, cache: bool = True,
+                margin: float = 30.0, refresh_ahead: float = 0.2, **idp_settings):
+    config = IdpConfig(url=url, token_path=TOKEN_PATH,
+                       **{"timeout": 2.0, "deadline": 4.0, **idp_settings})
+    idp = ResilientIdp(IdpClient(config), config)
+    token_cache = TokenCache(max_entries=100, expiry_margin=margin,
+                             refresh_ahead=refresh_ahead, now=clock or time.time) if cache else None
+    return TokenBroker(idp, token_cache, auth_method="client_secret_post",
+                       follower_timeout=config.deadline + 1), idp
+
+
+def query(client=DEMO, scope="openid profile") -> TokenQuery:
+    return TokenQuery(client[0], client[1], scope)
+
+
+def test_miss_then_hit_with_expires_in_recomputed(idp):
+    clock = Clock()
+    broker, upstream = make_broker(idp.url, clock=clock)
+    first = broker.fetch(query())
+    clock.now += 100
+    second = broker.fetch(query())
+    assert (first.source, second.source) == (FROM_IDP, FROM_CACHE)
+    assert second.token.access_token == first.token.access_token
+    assert (first.expires_in, second.expires_in) == (300, 200)
+    assert upstream.calls == 1
+
+
+def test_a_wrong_secret_never_gets_the_cached_token(idp):
+    broker, upstream = make_broker(idp.url)
+    good = broker.fetch(query())
+    with pytest.raises(IdpRefused) as refused:
+        broker.fetch(query((DEMO[0], "guessed-secret")))
+    assert refused.value.error_code == "invalid_client"
+    assert broker.cached(query((DEMO[0], "guessed-secret"))) is None
+    assert broker.fetch(query()).token.access_token == good.token.access_token
+    assert upstream.calls == 2
+
+
+def test_scope_sets_are_normalised(idp):
+    broker, upstream = make_broker(idp.url)
+    first = broker.fetch(query(scope="openid profile"))
+    assert broker.fetch(query(scope="profile  openid profile")).source == FROM_CACHE
+    assert broker.fetch(query(scope="openid")).source == FROM_IDP  # another scope set
+    assert first.token.scope == "openid profile"
+    assert upstream.calls == 2
+
+
+def test_tokens_are_not_served_inside_the_expiry_margin():
+    short_idp = IdpServer(clients=TEST_CLIENTS, ttl=60).start()
+    try:
+        clock = Clock()
+        broker, upstream = make_broker(short_idp.url, clock=clock, margin=20,
+                                       refresh_ahead=0.0)
+        first = broker.fetch(query())
+        clock.now += 39  # 21 s left: still served
+        assert broker.fetch(query()).token.access_token == first.token.access_token
+        clock.now += 2  # 19 s left: inside the margin
+        renewed = broker.fetch(query())
+        assert renewed.source == FROM_IDP
+        assert renewed.token.access_token != first.token.access_token
+        assert upstream.calls == 2
+        assert short_idp.token_calls() == 2
+    finally:
+        short_idp.stop()
+
+
+def test_fifty_threads_for_one_key_make_one_idp_call():
+    slow_idp = IdpServer(clients=TEST_CLIENTS, delay_ms=300).start()
+    try:
+        broker, upstream = make_broker(slow_idp.url)
+        barrier = threading.Barrier(50)
+
+        def ask(_: int):
+            barrier.wait()
+            return broker.fetch(query())
+
+        with ThreadPoolExecutor(50) as pool:
+            answers = list(pool.map(ask, range(50)))
+        assert {a.token.access_token for a in answers} == {answers[0].token.access_token}
+        assert upstream.calls == 1
+        assert slow_idp.token_calls() == 1
+    finally:
+        slow_idp.stop()
+
+
+def test_waiters_share_the_leaders_error_too(faulty):
+    server = faulty(status=400, body=b'{"error": "invalid_client"}', delay=0.3)
+    broker, upstream = make_broker(server.url)
+    barrier = threading.Barrier(10)
+
+    def ask(_: int):
+        barrier.wait()
+        try:
+            broker.fetch(query())
+        except IdpRefused as error:
+            return error.error_code
+        return "no error"
+
+    with ThreadPoolExecutor(10) as pool:
+        codes = list(pool.map(ask, range(10)))
+    assert codes == ["invalid_client"] * 10
+    assert server.calls == 1
+
+
+def test_refresh_ahead_replaces_the_token_while_requests_never_wait():
+    slow_idp = IdpServer(clients=TEST_CLIENTS, delay_ms=400).start()
+    try:
+        clock = Clock()
+        broker, upstream = make_broker(slow_idp.url, clock=clock, refresh_ahead=0.2)
+        old = broker.fetch(query()).token.access_token
+        clock.now += 250  # the last 20% of a 300 s life
+        started = time.monotonic()
+        during = broker.cached(query())
+        assert time.monotonic() - started < 0.05  # no waiting on the 400 ms IdP
+        assert during is not None
+        assert during.token.access_token == old
+        deadline = time.monotonic() + 5
+        while broker.cached(query()).token.access_token == old:
+            assert time.monotonic() < deadline, "refresh never landed"
+            time.sleep(0.02)
+        assert upstream.calls == 2
+        assert broker.refreshes == 1
+    finally:
+        slow_idp.stop()
+
+
+def test_a_failed_refresh_keeps_serving_the_valid_token():
+    own_idp = IdpServer(clients=TEST_CLIENTS).start()
+    clock = Clock()
+    broker, upstream = make_broker(own_idp.url, clock=clock, deadline=0.3)
+    token = broker.fetch(query()).token.access_token
+    own_idp.stop()  # the IdP goes away
+    clock.now += 260  # refresh window
+    assert broker.cached(query()).token.access_token == token
+    deadline = time.monotonic() + 5
+    while upstream.calls < 2 or broker.in_flight:
+        assert time.monotonic() < deadline, "refresh was never tried"
+        time.sleep(0.02)
+    assert broker.cached(query()).token.access_token == token  # still served
+
+
+def test_idp_down_with_a_warm_cache_still_serves(nats_server, start_worker, requester_factory):
+    own_idp = IdpServer(clients=TEST_CLIENTS).start()
+    try:
+        start_worker(make_config(nats_server.url, own_idp.url))
+        requester = requester_factory(nats_server.url)
+        warm = requester.request(token_request(DEMO, "w1"))
+        assert warm["token_source"] == "idp"
+    finally:
+        own_idp.stop()
+    served = requester.request(token_request(DEMO, "w2"))
+    assert served["token_source"] == "cache"
+    assert served["access_token"] == warm["access_token"]
+    cold = requester.request(token_request(SCOPED, "w3"))
+    assert cold["error_code"] == "idp_unavailable"
+
+
+def test_skip_cache_and_disabled_cache_ask_the_idp(nats_server, idp, start_worker,
+                                                   requester_factory):
+    start_worker(make_config(nats_server.url, idp.url))
+    requester = requester_factory(nats_server.url)
+    first = requester.request(token_request(DEMO))
+    fresh = requester.request(token_request(DEMO, skip_cache=True))
+    assert fresh["token_source"] == "idp"
+    assert fresh["access_token"] != first["access_token"]
+    assert requester.request(token_request(DEMO, skip_cache="yes"))["error_code"] == (
+        "invalid_request")
+
+
+def test_transient_failures_are_retried_then_succeed(faulty):
+    server = faulty(script=[(503, b"", {}), (502, b"", {}),
+                            (200, b'{"access_token": "t", "expires_in": 60}', {})])
+    broker, upstream = make_broker(server.url)
+    assert broker.fetch(query()).token.access_token == "t"
+    assert server.calls == 3
+
+
+def test_oauth2_refusals_are_never_retried(faulty):
+    server = faulty(status=401, body=b'{"error": "invalid_client"}')
+    broker, _ = make_broker(server.url)
+    with pytest.raises(IdpRefused):
+        broker.fetch(query())
+    assert server.calls == 1
+
+
+def test_retry_after_is_honoured(faulty):
+    server = faulty(script=[(429, b"", {"Retry-After": "1"}),
+                            (200, b'{"access_token": "t", "expires_in": 60}', {})])
+    broker, _ = make_broker(server.url)
+    started = time.monotonic()
+    broker.fetch(query())
+    assert time.monotonic() - started >= 1.0
+    assert server.calls == 2
+
+
+def test_a_hanging_idp_is_bounded_by_the_deadline(faulty):
+    server = faulty(body=b"{}", delay=30)
+    broker, _ = make_broker(server.url, timeout=0.4, deadline=1.0)
+    started = time.monotonic()
+    with pytest.raises(IdpTimeout):
+        broker.fetch(query())
+    assert time.monotonic() - started < 1.5
+
+
+def test_repeated_failures_open_the_circuit_and_fail_fast(faulty):
+    server = faulty(status=503)
+    broker, upstream = make_broker(server.url, deadline=0.5, failure_threshold=3,
+                                   cool_down=30)
+    with pytest.raises(IdpUnavailable):
+        broker.fetch(query())
+    calls = server.calls
+    assert calls >= 3
+    started = time.monotonic()
+    with pytest.raises(CircuitOpen):
+        broker.fetch(query())
+    assert time.monotonic() - started < 0.05
+    assert server.calls == calls  # the IdP was not asked
+
+
+def test_oidc_discovery_finds_the_token_endpoint(idp):
+    config = IdpConfig(url="https://unused.example", issuer=idp.url + "/realms/phoenix",
+                       timeout=2.0)
+    client = IdpClient(config)
+    assert client.token_url == idp.token_url
+    assert client.fetch_token(*DEMO, "").access_token

@@ -116,7 +116,7 @@ def test_fifty_threads_for_one_key_make_one_idp_call():
 
 def test_waiters_share_the_leaders_error_too(faulty):
     server = faulty(status=400, body=b'{"error": "invalid_client"}', delay=0.3)
-    broker, upstream = make_broker(server.url)
+    broker, _upstream = make_broker(server.url)
     barrier = threading.Barrier(10)
 
     def ask(_: int):
@@ -201,7 +201,7 @@ def test_skip_cache_and_disabled_cache_ask_the_idp(nats_server, idp, start_worke
 def test_transient_failures_are_retried_then_succeed(faulty):
     server = faulty(script=[(503, b"", {}), (502, b"", {}),
                             (200, b'{"access_token": "t", "expires_in": 60}', {})])
-    broker, upstream = make_broker(server.url)
+    broker, _upstream = make_broker(server.url)
     assert broker.fetch(query()).token.access_token == "t"
     assert server.calls == 3
 
@@ -235,7 +235,7 @@ def test_a_hanging_idp_is_bounded_by_the_deadline(faulty):
 
 def test_repeated_failures_open_the_circuit_and_fail_fast(faulty):
     server = faulty(status=503)
-    broker, upstream = make_broker(server.url, deadline=0.5, failure_threshold=3,
+    broker, _upstream = make_broker(server.url, deadline=0.5, failure_threshold=3,
                                    cool_down=30)
     with pytest.raises(IdpUnavailable):
         broker.fetch(query())

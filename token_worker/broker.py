@@ -16,7 +16,7 @@ import logging
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from token_worker.cache import CacheKey, TokenCache, cache_key
 from token_worker.errors import IdpError, IdpTimeout
@@ -29,8 +29,7 @@ FROM_CACHE = "cache"
 FROM_IDP = "idp"
 
 
-@dataclass(frozen=True)
-class Answer:
+class Answer(NamedTuple):
     """A token for a requester: what to send and where it came from."""
 
     token: IssuedToken
@@ -40,8 +39,7 @@ class Answer:
     """``cache`` or ``idp`` (the reply's ``token_source``)."""
 
 
-@dataclass(frozen=True)
-class TokenQuery:
+class TokenQuery(NamedTuple):
     """What a request asks for."""
 
     client_id: str

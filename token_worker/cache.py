@@ -1,34 +1,35 @@
 """The per-worker token cache: bounded, keyed so that no secret can reach another's token.
 
-A key is the token endpoint, the ``client_id``, a keyed digest (HMAC-SHA256 under a random
-per-process key) of the ``client_secret``, the sorted scope set and the auth method. The
-secret itself is never stored, so a wrong or rotated secret can never hit another secret's
-entry. Only an allow-list of token fields is kept (as MSAL does). Entries are evicted
-least-recently-used first (``cachetools.LRUCache``), so memory stays bounded with any number
-of clients. Time is injected (``now``), so expiry is tested without sleeping.
+A key is the token endpoint, the ``client_id``, a keyed digest (BLAKE2b in its MAC mode,
+under a random per-process key) of the ``client_secret``, the sorted scope set and the
+auth method. The secret itself is never stored, so a wrong or rotated secret can never hit
+another secret's entry. Only an allow-list of token fields is kept (as MSAL does). Entries
+are evicted least-recently-used first (``cachetools.LRUCache``), so memory stays bounded
+with any number of clients. Time is injected (``now``), so expiry is tested without sleeping.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
-import hmac
 import secrets
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from cachetools import LRUCache
 
 from token_worker.idp import IssuedToken
 
 
-@dataclass(frozen=True)
-class CacheKey:
-    """What makes two requests ask for the same token."""
+class CacheKey(NamedTuple):
+    """What makes two requests ask for the same token (a tuple: hashed on every request)."""
 
     token_url: str
     client_id: str
     secret_digest: bytes
+    """Keyed BLAKE2b of the secret: equal for equal secrets, useless outside the process."""
     scopes: tuple[str, ...]
     auth_method: str
 
@@ -58,9 +59,14 @@ def cache_key(token_url: str, client_id: str, client_secret: str, scope: str,
               auth_method: str) -> CacheKey:
     """The key of a request; the secret enters only as a keyed digest, the scope as a sorted
     set (``"b a a"`` and ``"a b"`` are the same request)."""
-    digest = hmac.new(_DIGEST_KEY, client_secret.encode(), hashlib.sha256).digest()
-    return CacheKey(token_url, client_id, digest, tuple(sorted(set(scope.split()))),
-                    auth_method)
+    digest = hashlib.blake2b(client_secret.encode(), key=_DIGEST_KEY, digest_size=32).digest()
+    return CacheKey(token_url, client_id, digest, scope_set(scope), auth_method)
+
+
+@functools.lru_cache(maxsize=4096)
+def scope_set(scope: str) -> tuple[str, ...]:
+    """A scope string as a sorted set; memoised, as a fleet asks for few distinct scopes."""
+    return tuple(sorted(set(scope.split())))
 
 
 class TokenCache:

@@ -12,7 +12,6 @@ second sends almost nothing over NATS.
 
 from __future__ import annotations
 
-import json
 import secrets
 import threading
 import time
@@ -40,7 +39,7 @@ from token_worker.errors import (
     TokenRequestFailed,
 )
 from token_worker.idp import IssuedToken
-from token_worker.messages import now_rfc3339
+from token_worker.messages import decode, encode, now_rfc3339
 
 NO_RESPONDERS = 503
 """The status the server sends back at once when nobody is subscribed to the subject."""
@@ -160,7 +159,7 @@ class TokenClient:
 
     def request(self, body: dict[str, Any], *, budget: float | None = None) -> dict[str, Any]:
         """Send one raw request body and return the reply as a dict (retrying no-answers)."""
-        payload = json.dumps(body).encode()
+        payload = encode(body)
         total = budget if budget is not None else self._timeout * (self._retries + 1) + 1.0
         retrying = Retrying(
             stop=stop_after_attempt(self._retries + 1) | stop_after_delay(total),
@@ -203,7 +202,7 @@ class TokenClient:
             raise NoWorkerAnswered(f"no worker is subscribed to {self._subject}",
                                    request_id=request_id)
         try:
-            reply = json.loads(message.payload)
+            reply = decode(message.payload)
         except ValueError:
             raise TokenRequestFailed("bad_reply", "worker reply is not JSON",
                                      request_id=request_id) from None

@@ -34,7 +34,7 @@ import types
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from tenacity import (
     RetryCallState,
@@ -104,9 +104,8 @@ class State(enum.Enum):
     CLOSED = "closed"
 
 
-@dataclass(frozen=True)
-class Message:
-    """One message delivered to a subscription."""
+class Message(NamedTuple):
+    """One message delivered to a subscription (a tuple: built for every message)."""
 
     subject: str
     reply: str

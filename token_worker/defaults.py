@@ -60,8 +60,9 @@ CACHE_EXPIRY_MARGIN = 30.0
 CACHE_REFRESH_AHEAD = 0.2
 """Share of a token's life, at its end, in which one background refresh replaces it."""
 
-WORKERS = 8
-"""Threads that serve requests concurrently (each may wait on the IdP)."""
+WORKERS = 32
+"""Threads that serve requests needing the IdP (cache hits need none): they mostly wait
+on the network, so there are more of them than cores."""
 BACKLOG = 256
 """Requests that may wait for a free thread; past that a request gets ``overloaded``."""
 MAX_PAYLOAD = 64 * 1024

@@ -1,18 +1,22 @@
 """The wire contract: token requests and replies as JSON, compatible with the original.
 
 A request is ``{"request_id", "client_id", "client_secret", "timestamp"}`` plus the optional
-``scope``. A reply echoes ``request_id`` and carries either the token fields or a
-human-readable ``error`` with a machine-readable ``error_code``. Parsing never raises
-anything but :class:`InvalidRequest`, whatever bytes arrive.
+``scope`` and ``skip_cache``. A reply echoes ``request_id`` and carries either the token
+fields or a human-readable ``error`` with a machine-readable ``error_code``. Parsing never
+raises anything but :class:`InvalidRequest`, whatever bytes arrive.
+
+JSON goes through orjson: every request is parsed and every reply encoded on the hot path,
+where it is six times faster than the standard library, and it refuses what a token
+request never is (invalid UTF-8, NaN, nesting deeper than 1024).
 """
 
 from __future__ import annotations
 
-import json
 import re
-from dataclasses import dataclass
-from datetime import datetime, timezone
-from typing import Any
+import time
+from typing import Any, NamedTuple
+
+import orjson
 
 # Codes of token-worker's own (the IdP's OAuth2 codes pass through unchanged).
 INVALID_REQUEST = "invalid_request"
@@ -34,8 +38,7 @@ class InvalidRequest(Exception):
         super().__init__(message)
 
 
-@dataclass(frozen=True)
-class TokenRequest:
+class TokenRequest(NamedTuple):
     """A parsed, valid token request."""
 
     request_id: str
@@ -57,8 +60,8 @@ def parse_request(payload: bytes, *, max_size: int) -> TokenRequest:
     if len(payload) > max_size:
         raise InvalidRequest(f"request is {len(payload)} bytes, the limit is {max_size}")
     try:
-        document = json.loads(payload)
-    except (ValueError, RecursionError):
+        document = orjson.loads(payload)
+    except orjson.JSONDecodeError:
         raise InvalidRequest("Invalid request format: not a JSON object") from None
     if not isinstance(document, dict):
         raise InvalidRequest("Invalid request format: not a JSON object")
@@ -81,8 +84,8 @@ def peek_request_id(payload: bytes, *, max_size: int) -> str:
     if len(payload) > max_size:
         return ""
     try:
-        document = json.loads(payload)
-    except (ValueError, RecursionError):
+        document = orjson.loads(payload)
+    except orjson.JSONDecodeError:
         return ""
     return _readable_request_id(document) if isinstance(document, dict) else ""
 
@@ -145,9 +148,31 @@ def _json_type(value: Any) -> str:
     return names.get(type(value), type(value).__name__)
 
 
+_second_text: tuple[int, str] = (0, "")
+
+
 def now_rfc3339() -> str:
-    """The current UTC time in RFC 3339 with microseconds, as Go marshals ``time.Time``."""
-    return datetime.now(timezone.utc).isoformat(timespec="microseconds").replace("+00:00", "Z")
+    """The current UTC time in RFC 3339 with microseconds, as Go marshals ``time.Time``.
+
+    Built for every reply, so the formatted second is reused until the clock moves on."""
+    global _second_text  # noqa: PLW0603 - a one-entry memo, replaced whole (thread-safe)
+    now = time.time()
+    second = int(now)
+    memo = _second_text
+    if memo[0] != second:
+        memo = _second_text = (second, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second)))
+    return f"{memo[1]}.{int((now - second) * 1_000_000):06d}Z"
+
+
+
+def encode(body: dict[str, Any]) -> bytes:
+    """A JSON body as compact UTF-8 bytes."""
+    return orjson.dumps(body)
+
+
+def decode(payload: bytes) -> Any:
+    """A JSON body; raises ``ValueError`` for anything that is not JSON."""
+    return orjson.loads(payload)
 
 
 def token_reply(
@@ -170,7 +195,7 @@ def token_reply(
         body["scope"] = scope
     body.update(extra)
     body["timestamp"] = now_rfc3339()
-    return json.dumps(body, separators=(",", ":")).encode()
+    return orjson.dumps(body)
 
 
 def error_reply(request_id: str, error_code: str, error: str, *, description: str = "") -> bytes:
@@ -183,4 +208,4 @@ def error_reply(request_id: str, error_code: str, error: str, *, description: st
     if description:
         body["error_description"] = description
     body["timestamp"] = now_rfc3339()
-    return json.dumps(body, separators=(",", ":")).encode()
+    return orjson.dumps(body)

@@ -45,7 +45,7 @@ CLIENTS = [{"client_id": f"bench-{i:03d}", "client_secret": f"bench-secret-{i:03
 
 # --- the baseline: a plain nats-py asyncio worker ---------------------------------------
 
-def run_baseline_worker(nats_url: str, idp_token_url: str) -> None:
+def run_baseline_worker(nats_url: str, idp_token_url: str, subject: str) -> None:
     """What a careful engineer writes in an afternoon with nats-py: a queue subscription,
     JSON validation, a dict cache with expiry, the IdP through a pooled requests.Session
     on a thread (nats-py runs one subscription's callbacks one at a time)."""
@@ -95,7 +95,7 @@ def run_baseline_worker(nats_url: str, idp_token_url: str) -> None:
                      "timestamp": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
             await msg.respond(json.dumps(reply).encode())
 
-        await nc.subscribe("token.request", queue="token-workers", cb=handle)
+        await nc.subscribe(subject, queue="token-workers", cb=handle)
         stop = asyncio.Event()
         loop.add_signal_handler(signal.SIGTERM, stop.set)
         print("serving", flush=True)
@@ -143,9 +143,10 @@ def token_worker(nats: NatsServer, idp: IdpServer, **env: str) -> WorkerProcess:
     return WorkerProcess([sys.executable, str(ROOT / "bin" / "token-worker")], settings)
 
 
-def baseline_worker(nats: NatsServer, idp: IdpServer) -> WorkerProcess:
+def baseline_worker(nats: NatsServer, idp: IdpServer, subject: str = "token.request"
+                    ) -> WorkerProcess:
     return WorkerProcess([sys.executable, __file__, "--baseline-worker", nats.url,
-                          idp.token_url], {})
+                          idp.token_url, subject], {})
 
 
 # --- load generation ------------------------------------------------------------------------
@@ -163,6 +164,11 @@ class Result:
     def rate(self) -> float:
         return self.requests / self.seconds
 
+    @property
+    def cpu_per_request(self) -> float:
+        """Worker CPU microseconds per request."""
+        return self.worker_cpu / self.requests * 1e6
+
     def percentile(self, share: float) -> float:
         ordered = sorted(self.latencies)
         return ordered[min(len(ordered) - 1, int(share * len(ordered)))] * 1000
@@ -170,7 +176,7 @@ class Result:
     def row(self, label: str, concurrency: int) -> str:
         return (f"| {label} | {concurrency} | {self.rate:,.0f} | {self.percentile(0.5):.2f} | "
                 f"{self.percentile(0.99):.2f} | {self.idp_calls} | {self.errors} | "
-                f"{self.worker_cpu / self.seconds * 100:.0f}% |")
+                f"{self.worker_cpu / self.seconds * 100:.0f}% | {self.cpu_per_request:.0f} |")
 
 
 def payloads(count: int, *, scope_churn: int = 0) -> list[bytes]:
@@ -185,8 +191,8 @@ def payloads(count: int, *, scope_churn: int = 0) -> list[bytes]:
     return bodies
 
 
-async def generate(nats_url: str, bodies: list[bytes], concurrency: int) -> tuple[
-        float, list[float], int]:
+async def generate(nats_url: str, bodies: list[bytes], concurrency: int,
+                   subject: str = "token.request") -> tuple[float, list[float], int]:
     import nats
 
     nc = await nats.connect(nats_url, name="bench-load")
@@ -201,7 +207,7 @@ async def generate(nats_url: str, bodies: list[bytes], concurrency: int) -> tupl
             next_index += 1
             started = time.perf_counter()
             try:
-                reply = await nc.request("token.request", body, timeout=10)
+                reply = await nc.request(subject, body, timeout=10)
                 if b'"access_token"' not in reply.data:
                     errors += 1
             except Exception:
@@ -215,20 +221,21 @@ async def generate(nats_url: str, bodies: list[bytes], concurrency: int) -> tupl
     return elapsed, latencies, errors
 
 
-def measure(nats: NatsServer, idp: IdpServer, worker: WorkerProcess, bodies: list[bytes],
-            concurrency: int) -> Result:
+def measure(nats: NatsServer, idp: IdpServer, worker: WorkerProcess, bodies: list[bytes],  # noqa: PLR0917
+            concurrency: int, subject: str = "token.request") -> Result:
     calls_before, cpu_before = idp.token_calls(), worker.cpu_seconds()
-    elapsed, latencies, errors = asyncio.run(generate(nats.url, bodies, concurrency))
+    elapsed, latencies, errors = asyncio.run(generate(nats.url, bodies, concurrency, subject))
     return Result(len(bodies), elapsed, latencies, errors, idp.token_calls() - calls_before,
                   worker.cpu_seconds() - cpu_before)
 
 
-def wait_serving(nats: NatsServer, worker: WorkerProcess) -> None:
+def wait_serving(nats: NatsServer, worker: WorkerProcess, subject: str = "token.request"
+                 ) -> None:
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline:
         if worker.process.poll() is not None:
             raise RuntimeError("worker exited at start")
-        _, _, errors = asyncio.run(generate(nats.url, payloads(1), 1))
+        _, _, errors = asyncio.run(generate(nats.url, payloads(1), 1, subject))
         if not errors:
             return
         time.sleep(0.2)
@@ -236,36 +243,51 @@ def wait_serving(nats: NatsServer, worker: WorkerProcess) -> None:
 
 
 HEADER = ("| worker | concurrency | req/s | p50 ms | p99 ms | IdP calls | errors | "
-          "worker CPU |\n|---|---|---|---|---|---|---|---|")
+          "worker CPU | CPU µs/req |\n|---|---|---|---|---|---|---|---|---|")
 
 
-def throughput(nats: NatsServer, idp: IdpServer, requests: int) -> dict[tuple[str, int], Result]:
-    results: dict[tuple[str, int], Result] = {}
-    cases = [
-        ("(a) token-worker, cache warm", lambda: token_worker(nats, idp)),
-        ("(b) token-worker, cache off", lambda: token_worker(nats, idp, CACHE_ENABLED="false")),
-        ("(c) nats-py baseline, cache warm", lambda: baseline_worker(nats, idp)),
-    ]
+def throughput(nats: NatsServer, idp: IdpServer, requests: int, rounds: int) -> None:
+    """(a) and (c) run side by side on two subjects and are measured in alternation,
+    ``rounds`` times each, so both see the same machine; the median run by rate is shown."""
+    subjects = {"(a)": "bench.a", "(c)": "bench.c"}
+    workers = {"(a)": token_worker(nats, idp, TOKEN_SUBJECT=subjects["(a)"]),
+               "(c)": baseline_worker(nats, idp, subjects["(c)"])}
+    labels = {"(a)": "(a) token-worker, cache warm", "(c)": "(c) nats-py baseline, cache warm"}
+    medians: dict[tuple[str, int], Result] = {}
     print(HEADER)
-    for label, start in cases:
-        worker = start()
-        try:
-            wait_serving(nats, worker)
-            asyncio.run(generate(nats.url, payloads(len(CLIENTS)), 8))  # warm every client
-            for concurrency in (1, 16, 64):
-                count = requests // 4 if concurrency == 1 else requests
-                if label.startswith("(b)"):
-                    count = min(count, 3000)  # every request is an IdP call
-                result = measure(nats, idp, worker, payloads(count), concurrency)
-                results[(label[:3], concurrency)] = result
-                print(result.row(label, concurrency), flush=True)
-        finally:
+    try:
+        for name, worker in workers.items():
+            wait_serving(nats, worker, subjects[name])
+            asyncio.run(generate(nats.url, payloads(len(CLIENTS)), 8, subjects[name]))
+        for concurrency in (1, 16, 64):
+            count = requests // 4 if concurrency == 1 else requests
+            runs: dict[str, list[Result]] = {name: [] for name in workers}
+            for _ in range(rounds):
+                for name, worker in workers.items():
+                    runs[name].append(measure(nats, idp, worker, payloads(count),
+                                              concurrency, subjects[name]))
+            for name in workers:
+                medians[(name, concurrency)] = sorted(runs[name], key=lambda r: r.rate)[
+                    rounds // 2]
+    finally:
+        for worker in workers.values():
             worker.stop()
+    for name in workers:
+        for concurrency in (1, 16, 64):
+            print(medians[(name, concurrency)].row(labels[name], concurrency))
+    worker = token_worker(nats, idp, CACHE_ENABLED="false")
+    try:
+        wait_serving(nats, worker)
+        for concurrency in (1, 16, 64):
+            result = measure(nats, idp, worker, payloads(min(requests, 3000)), concurrency)
+            print(result.row("(b) token-worker, cache off", concurrency), flush=True)
+    finally:
+        worker.stop()
     for concurrency in (1, 16, 64):
-        a, c = results[("(a)", concurrency)], results[("(c)", concurrency)]
-        print(f"ratio a/c at concurrency {concurrency}: {a.rate / c.rate:.2f} "
+        a, c = medians[("(a)", concurrency)], medians[("(c)", concurrency)]
+        print(f"ratio a/c at concurrency {concurrency}: {a.rate / c.rate:.2f} req/s, "
+              f"{c.cpu_per_request / a.cpu_per_request:.2f} CPU per request "
               f"(p99 {a.percentile(0.99):.2f} ms vs {c.percentile(0.99):.2f} ms)")
-    return results
 
 
 def cold_cache(nats: NatsServer) -> None:
@@ -332,8 +354,8 @@ def requester(nats: NatsServer, idp: IdpServer, calls: int) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="fewer requests")
-    parser.add_argument("--baseline-worker", nargs=2, metavar=("NATS_URL", "TOKEN_URL"),
-                        help=argparse.SUPPRESS)
+    parser.add_argument("--baseline-worker", nargs=3,
+                        metavar=("NATS_URL", "TOKEN_URL", "SUBJECT"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.baseline_worker:
         run_baseline_worker(*args.baseline_worker)
@@ -344,7 +366,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     nats = NatsServer().start()
     idp = IdpServer(clients=CLIENTS).start()
     try:
-        throughput(nats, idp, requests)
+        throughput(nats, idp, requests, rounds=1 if args.quick else 3)
         cold_cache(nats)
         memory(nats, idp, 2500 if args.quick else 10000)
         requester(nats, idp, 2000 if args.quick else 10000)

@@ -125,9 +125,11 @@ def test_unique_client_names_in_connz_for_flag_env_pod_name_and_host(nats_server
     host = os.uname().nodename
     assert names == sorted(["Token Worker-from-flag", "Token Worker-from-env",
                             "Token Worker-token-worker-5d4f9b8c7d", f"Token Worker-{host}"])
-    queue_groups = {sub["qgroup"] for conn in nats_server.connz()
-                    for sub in conn.get("subscriptions_list_detail", [])}
-    assert queue_groups == {"token-workers"}
+    token_subscriptions = [sub for conn in nats_server.connz()
+                           for sub in conn.get("subscriptions_list_detail", [])
+                           if sub["subject"] == "token.request"]
+    assert len(token_subscriptions) == 4
+    assert {sub["qgroup"] for sub in token_subscriptions} == {"token-workers"}
     for worker in workers:
         worker.process.send_signal(signal.SIGTERM)
         assert worker.finish() == 0

@@ -20,9 +20,8 @@ from token_worker.errors import (
     TokenWorkerError,
 )
 from token_worker.naming import client_name
+from token_worker.version import __version__
 from token_worker.worker import TokenWorker
-
-__version__ = "0.1.0"
 
 __all__ = [
     "Config",

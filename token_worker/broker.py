@@ -21,6 +21,7 @@ from typing import NamedTuple
 from token_worker.cache import CacheKey, TokenCache, cache_key
 from token_worker.errors import IdpError, IdpTimeout
 from token_worker.idp import IssuedToken
+from token_worker.metrics import Metrics
 from token_worker.resilience import ResilientIdp
 
 log = logging.getLogger(__name__)
@@ -54,7 +55,8 @@ class TokenBroker:
     """Gets tokens through the cache (if any), one IdP call per key at a time."""
 
     def __init__(self, idp: ResilientIdp, cache: TokenCache | None, *, auth_method: str,
-                 follower_timeout: float) -> None:
+                 follower_timeout: float, metrics: Metrics | None = None) -> None:
+        self._metrics = metrics
         self._idp = idp
         self._cache = cache
         self._auth_method = auth_method
@@ -77,7 +79,9 @@ class TokenBroker:
         key = self._key(query)
         entry = self._cache.get(key)
         if entry is None:
+            self._count("miss")
             return None
+        self._count("hit")
         now = self._cache.now()
         if now >= entry.refresh_at:
             self._refresh_in_background(key, query)
@@ -99,6 +103,10 @@ class TokenBroker:
             raise IdpTimeout("waited too long for the identity provider call in flight"
                              ) from None
         return Answer(token, token.expires_in, FROM_IDP)
+
+    def _count(self, event: str) -> None:
+        if self._metrics is not None:
+            self._metrics.cache_events.labels(event).inc()
 
     def close(self) -> None:
         """Stop background refreshes."""
@@ -144,6 +152,7 @@ class TokenBroker:
         if not leader:
             return  # a refresh (or a fetch) for this key is already under way
         self.refreshes += 1
+        self._count("refresh")
         log.debug("refreshing ahead of expiry", extra={"client_id": query.client_id})
         try:
             self._refresher.submit(self._refresh, key, query, future)

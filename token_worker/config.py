@@ -111,6 +111,16 @@ class CacheConfig:
 
 
 @dataclass(frozen=True)
+class HealthConfig:
+    """The optional HTTP listener for probes and metrics."""
+
+    port: int | None = None
+    """``None``: off (the library's default; the image turns it on); 0: any free port."""
+    host: str = "0.0.0.0"  # noqa: S104 - kubelet and Prometheus reach the pod's address
+    """Address to listen on."""
+
+
+@dataclass(frozen=True)
 class Config:
     """Everything a :class:`~token_worker.TokenWorker` needs."""
 
@@ -127,6 +137,7 @@ class Config:
     nats: NatsConfig = field(default_factory=NatsConfig)
     idp: IdpConfig = field(default_factory=IdpConfig)
     cache: CacheConfig = field(default_factory=CacheConfig)
+    health: HealthConfig = field(default_factory=HealthConfig)
 
 
 # --- value parsers: each takes the raw value (JSON value or string) and returns it typed, or
@@ -224,6 +235,15 @@ def _fraction(raw: Any) -> float:
 
 def _optional_http_url(raw: Any) -> str | None:
     return _http_url(raw) if _text(raw).strip() else None
+
+
+def _port(raw: Any) -> int | None:
+    if raw == "" or raw is None:
+        return None
+    value = _integer(raw)
+    if not 0 <= value <= 65535:
+        raise ValueError(f"must be a TCP port from 0 to 65535, got {value}")
+    return value
 
 
 def _log_level(raw: Any) -> str:
@@ -365,6 +385,10 @@ SETTINGS: tuple[Setting, ...] = (
             help="consecutive IdP failures before failing fast"),
     Setting("idp.coolDown", "idp.cool_down", _timeout_seconds, ("IDP_COOL_DOWN",), None,
             help="seconds of failing fast before the IdP is tried again"),
+    Setting("health.port", "health.port", _port, ("HEALTH_PORT",), "health-port",
+            help="port of /healthz, /readyz and /metrics (off when unset; 0: any free port)"),
+    Setting("health.host", "health.host", _text, ("HEALTH_HOST",), None,
+            help="address the health listener binds"),
     Setting("cache.enabled", "cache.enabled", _boolean, ("CACHE_ENABLED",), None,
             help="serve repeated requests from the token cache"),
     Setting("cache.maxEntries", "cache.max_entries", _positive_integer,

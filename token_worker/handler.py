@@ -23,6 +23,7 @@ from token_worker.config import Config
 from token_worker.errors import IdpError, IdpRefused
 from token_worker.idp import IdpClient
 from token_worker.logs import request_context
+from token_worker.metrics import Metrics
 from token_worker.resilience import ResilientIdp
 
 log = logging.getLogger(__name__)
@@ -39,17 +40,19 @@ class TokenHandler:
         self._on_close = on_close
 
     @classmethod
-    def from_config(cls, config: Config) -> TokenHandler:
+    def from_config(cls, config: Config, metrics: Metrics | None = None) -> TokenHandler:
         """Wire IdP client, retry policy, cache and broker as the config says."""
         client = IdpClient(config.idp, pool_size=config.workers + 2)
-        idp = ResilientIdp(client, config.idp)
+        idp = ResilientIdp(client, config.idp, metrics)
+        if metrics is not None:
+            metrics.circuit_open.set_function(lambda: 1.0 if idp.circuit_open else 0.0)
         cache = None
         if config.cache.enabled:
             cache = TokenCache(max_entries=config.cache.max_entries,
                                expiry_margin=config.cache.expiry_margin,
                                refresh_ahead=config.cache.refresh_ahead, now=time.time)
         broker = TokenBroker(idp, cache, auth_method=config.idp.auth_method,
-                             follower_timeout=config.idp.deadline + 1.0)
+                             follower_timeout=config.idp.deadline + 1.0, metrics=metrics)
 
         def close() -> None:
             broker.close()

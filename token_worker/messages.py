@@ -165,6 +165,20 @@ def now_rfc3339() -> str:
 
 
 
+_ERROR_CODE_FIELD = b'"error_code":"'
+
+
+def error_code_of(reply: bytes) -> str:
+    """The ``error_code`` of an encoded reply, "" for a success (a scan, not a parse: it
+    runs for every reply, to count outcomes)."""
+    start = reply.find(_ERROR_CODE_FIELD)
+    if start < 0:
+        return ""
+    start += len(_ERROR_CODE_FIELD)
+    end = reply.find(b'"', start)
+    return reply[start:end].decode("utf-8", "replace") if end > start else "error"
+
+
 def encode(body: dict[str, Any]) -> bytes:
     """A JSON body as compact UTF-8 bytes."""
     return orjson.dumps(body)

@@ -24,6 +24,7 @@ from tenacity import RetryCallState, Retrying, retry_if_exception, wait_random_e
 from token_worker.config import IdpConfig
 from token_worker.errors import IdpError, IdpTimeout, IdpUnavailable
 from token_worker.idp import IdpClient, IssuedToken
+from token_worker.metrics import Metrics, outcome_label
 
 log = logging.getLogger(__name__)
 
@@ -38,9 +39,11 @@ class CircuitOpen(IdpUnavailable):
 class ResilientIdp:
     """Wraps :class:`IdpClient` with the retry policy and the circuit breaker."""
 
-    def __init__(self, client: IdpClient, config: IdpConfig) -> None:
+    def __init__(self, client: IdpClient, config: IdpConfig, metrics: Metrics | None = None
+                 ) -> None:
         self._client = client
         self._config = config
+        self._metrics = metrics
         self._breaker = CircuitBreaker(
             failure_threshold=config.failure_threshold,
             recovery_timeout=config.cool_down,
@@ -67,7 +70,8 @@ class ResilientIdp:
         retrying = Retrying(
             retry=retry_if_exception(_is_transient),
             stop=lambda state: self._no_time_for_another(state, deadline),
-            wait=lambda state: min(self._wait(state), max(0.0, deadline - time.monotonic())),
+            wait=lambda state: min(self._wait(state),
+                                   max(0.0, deadline - time.monotonic() - SHORTEST_ATTEMPT)),
             before_sleep=self._log_retry,
             reraise=True,
         )
@@ -79,6 +83,9 @@ class ResilientIdp:
             raise CircuitOpen(f"identity provider failing; not asked for up to "
                               f"{self._config.cool_down:g} s")
         timeout = min(self._config.timeout, deadline - time.monotonic())
+        if timeout < SHORTEST_ATTEMPT:
+            raise IdpTimeout(f"identity provider gave no token within the "
+                             f"{self._config.deadline:g} s deadline")
         try:
             token: IssuedToken = self._breaker.call(self._call, client_id, client_secret,
                                                     scope, timeout)
@@ -92,7 +99,17 @@ class ResilientIdp:
     def _call(self, client_id: str, client_secret: str, scope: str, timeout: float
               ) -> IssuedToken:
         self.calls += 1
-        return self._client.fetch_token(client_id, client_secret, scope, timeout=timeout)
+        started = time.monotonic()
+        outcome = "ok"
+        try:
+            return self._client.fetch_token(client_id, client_secret, scope, timeout=timeout)
+        except IdpError as error:
+            outcome = outcome_label(error.error_code)
+            raise
+        finally:
+            if self._metrics is not None:
+                self._metrics.idp_calls.labels(outcome).inc()
+                self._metrics.idp_seconds.observe(time.monotonic() - started)
 
     def _wait(self, state: RetryCallState) -> float:
         error = state.outcome.exception() if state.outcome else None

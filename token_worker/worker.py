@@ -22,9 +22,13 @@ from token_worker.config import Config
 from token_worker.connection import Message, NatsConnection, State, Subscription
 from token_worker.errors import NatsConnectionError, NotConnected, ReconnectGaveUp
 from token_worker.handler import TokenHandler
+from token_worker.health import HealthServer
 from token_worker.logs import RedactSecrets, request_context
+from token_worker.metrics import Metrics
 from token_worker.naming import client_name
 from token_worker.pool import BoundedPool
+from token_worker.service import ServiceResponder
+from token_worker.version import __version__
 
 log = logging.getLogger(__name__)
 
@@ -46,16 +50,25 @@ class TokenWorker:
     def __init__(self, config: Config, handler: Handler | None = None) -> None:
         self.config = config
         self.client_name = client_name(config.name_suffix)
+        self.metrics = Metrics()
+        """This worker's numbers (a registry of its own, served at ``/metrics``)."""
         self._token_handler: TokenHandler | None = None
         if handler is None:
-            handler = self._token_handler = TokenHandler.from_config(config)
+            handler = self._token_handler = TokenHandler.from_config(config, self.metrics)
         self._handler = handler
         self._answer_now: Callable[[bytes], bytes | None] | None = getattr(
             handler, "answer_now", None)
         self._pool = BoundedPool(config.workers, config.backlog)
+        self.metrics.in_flight.set_function(lambda: self._pool.admitted)
+        self.metrics.capacity.set(self._pool.capacity)
         self._connection = NatsConnection(
             config.nats, self.client_name, on_state=self._on_state, on_gave_up=self._on_gave_up
         )
+        self._service = ServiceResponder(
+            self._connection, version=__version__, subject=config.subject, queue=config.queue,
+            stats=self.metrics.service, metadata={"client_name": self.client_name})
+        self._health: HealthServer | None = None
+        self._last_state = State.DISCONNECTED
         self._subscription: Subscription | None = None
         self._stop_requested = threading.Event()
         self._cold_stop = threading.Event()
@@ -73,13 +86,16 @@ class TokenWorker:
     def start(self) -> None:
         """Connect, subscribe, and return with the worker serving in background threads.
 
-        Raises :class:`~token_worker.errors.ReconnectGaveUp` if NATS cannot be reached
-        within the reconnect policy.
+        The health listener (if configured) starts first, so liveness holds while NATS is
+        still being reached. Raises :class:`~token_worker.errors.ReconnectGaveUp` if NATS
+        cannot be reached within the reconnect policy.
         """
+        self._start_health()
         self._connection.connect()
         self._subscription = self._connection.subscribe(
             self.config.subject, self._on_message, self.config.queue
         )
+        self._service.start()
         with contextlib.suppress(NatsConnectionError):
             self._connection.flush(SUBSCRIBE_CONFIRM_TIMEOUT)
         log.info("serving", extra={"subject": self.config.subject, "queue": self.config.queue,
@@ -131,6 +147,8 @@ class TokenWorker:
             self._connection.close()
             if self._token_handler is not None:
                 self._token_handler.close()
+            if self._health is not None:
+                self._health.stop()
             self._stopped.set()
             log.info("stopped", extra={"drained": drained, "failure": self.failure or None})
             return drained
@@ -144,6 +162,16 @@ class TokenWorker:
         """Connected, subscribed and not draining: a requester's message would be served."""
         return (self._connection.is_connected and self._subscription is not None
                 and not self._draining)
+
+    @property
+    def instance_id(self) -> str:
+        """This worker's id in the NATS services API (``$SRV``)."""
+        return self._service.instance_id
+
+    @property
+    def health_port(self) -> int | None:
+        """The port the health listener got (``health.port`` 0 picks a free one)."""
+        return self._health.port if self._health is not None else None
 
     @property
     def connection_state(self) -> State:
@@ -165,6 +193,7 @@ class TokenWorker:
     def _on_message(self, message: Message) -> None:
         """Runs on the reader thread: answer what needs no I/O at once (the connection
         sends all replies of one read together); hand the rest to the pool, never block."""
+        received = time.perf_counter()
         if not message.reply:
             log.warning("request without reply subject dropped",
                         extra={"subject": message.subject, "bytes": len(message.payload)})
@@ -176,12 +205,12 @@ class TokenWorker:
                 log.exception("fast path failed; serving on a pool thread")
                 reply = None
             if reply is not None:
-                self._send_reply(message.reply, reply)
+                self._send_reply(message.reply, reply, received)
                 return
-        if not self._pool.try_submit(lambda: self._serve(message)):
-            self._reject_overloaded(message)
+        if not self._pool.try_submit(lambda: self._serve(message, received)):
+            self._reject_overloaded(message, received)
 
-    def _serve(self, message: Message) -> None:
+    def _serve(self, message: Message, received: float) -> None:
         try:
             reply = self._handler(message.payload)
         except Exception:
@@ -191,25 +220,55 @@ class TokenWorker:
                 log.exception("handler failed")
             reply = messages.error_reply(request_id, messages.INTERNAL_ERROR,
                                          "internal error while serving the request")
-        self._send_reply(message.reply, reply)
+        self._send_reply(message.reply, reply, received)
 
-    def _reject_overloaded(self, message: Message) -> None:
+    def _reject_overloaded(self, message: Message, received: float) -> None:
         request_id = messages.peek_request_id(message.payload, max_size=self.config.max_payload)
         with request_context(request_id):
             log.warning("overloaded: request rejected", extra={"capacity": self._pool.capacity})
         self._send_reply(message.reply, messages.error_reply(
-            request_id, messages.OVERLOADED, "worker overloaded, retry shortly"))
+            request_id, messages.OVERLOADED, "worker overloaded, retry shortly"), received)
 
-    def _send_reply(self, subject: str, reply: bytes) -> None:
+    def _send_reply(self, subject: str, reply: bytes, received: float) -> None:
         try:
             self._connection.publish(subject, reply)
         except NotConnected as error:
             log.warning("reply lost: NATS connection down", extra={"error": str(error)})
+        self.metrics.count_reply(messages.error_code_of(reply),
+                                 time.perf_counter() - received)
 
     # --- events ---------------------------------------------------------------------------
 
     def _on_state(self, state: State) -> None:
         log.debug("connection state", extra={"state": state.value})
+        if state is State.CONNECTED and self._last_state is State.RECONNECTING:
+            self.metrics.reconnects.inc()
+        self._last_state = state
+        self.metrics.connection_state.state(state.value)
+
+    def _start_health(self) -> None:
+        port = self.config.health.port
+        if port is None or self._health is not None:
+            return
+        self._health = HealthServer(self.config.health.host, port, alive=self._alive,
+                                    ready=self._ready, registry=self.metrics.registry)
+        self._health.start()
+
+    def _alive(self) -> tuple[bool, str]:
+        if self.failure:
+            return False, self.failure
+        if self._connection.state is State.CLOSED and not self._draining:
+            return False, "connection closed"
+        return True, self._connection.state.value
+
+    def _ready(self) -> tuple[bool, str]:
+        if self._draining:
+            return False, "draining"
+        if self._subscription is None:
+            return False, "not subscribed yet"
+        if not self._connection.is_connected:
+            return False, f"nats {self._connection.state.value}"
+        return True, "serving"
 
     def _on_gave_up(self, reason: str) -> None:
         self.failure = reason

@@ -1,0 +1,108 @@
+"""The worker's numbers, for Prometheus (``/metrics``) and the NATS services API (``$SRV.STATS``).
+
+One :class:`Metrics` per worker, in its own registry, so several workers in one process
+(tests, embedding services) never collide. Outcome labels are a closed set, never the
+IdP's free-form codes, so the number of series stays bounded.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+
+from prometheus_client import CollectorRegistry, Counter, Enum, Gauge, Histogram
+
+from token_worker.messages import (
+    IDP_TIMEOUT,
+    IDP_UNAVAILABLE,
+    INTERNAL_ERROR,
+    INVALID_REQUEST,
+    OVERLOADED,
+)
+
+OK = "ok"
+IDP_REFUSED = "idp_refused"
+"""Outcome label of every OAuth2 refusal (the codes themselves go to logs and replies)."""
+_OUTCOMES = frozenset({OK, INVALID_REQUEST, IDP_UNAVAILABLE, IDP_TIMEOUT, INTERNAL_ERROR,
+                       OVERLOADED})
+
+LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+                   2.5, 5.0, 10.0)
+
+
+def outcome_label(error_code: str) -> str:
+    """The label for a reply: ``ok``, one of token-worker's codes, or ``idp_refused``."""
+    if not error_code:
+        return OK
+    return error_code if error_code in _OUTCOMES else IDP_REFUSED
+
+
+class Metrics:
+    """Counters, histograms and gauges of one worker."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        registry = self.registry
+        self.requests = Counter("token_worker_requests", "Requests answered, by outcome",
+                                ["outcome"], registry=registry)
+        self.reply_seconds = Histogram(
+            "token_worker_reply_seconds", "From request received to reply sent",
+            buckets=LATENCY_BUCKETS, registry=registry)
+        self.cache_events = Counter("token_worker_cache_events",
+                                    "Token cache hits, misses and refreshes ahead of expiry",
+                                    ["event"], registry=registry)
+        self.idp_calls = Counter("token_worker_idp_calls", "Token calls to the IdP, by outcome",
+                                 ["outcome"], registry=registry)
+        self.idp_seconds = Histogram("token_worker_idp_seconds", "IdP token call latency",
+                                     buckets=LATENCY_BUCKETS, registry=registry)
+        self.reconnects = Counter("token_worker_nats_reconnects",
+                                  "Times the NATS connection was re-established",
+                                  registry=registry)
+        self.connection_state = Enum(
+            "token_worker_nats_connection", "State of the NATS connection",
+            states=["disconnected", "connected", "reconnecting", "closed"], registry=registry)
+        self.in_flight = Gauge("token_worker_in_flight",
+                               "Requests running or waiting for a handler thread",
+                               registry=registry)
+        self.capacity = Gauge("token_worker_capacity",
+                              "Requests that may be running or waiting (workers + backlog)",
+                              registry=registry)
+        self.circuit_open = Gauge("token_worker_idp_circuit_open",
+                                  "1 while the IdP is not asked after repeated failures",
+                                  registry=registry)
+        self.service = ServiceStats()
+
+    def count_reply(self, error_code: str, seconds: float) -> None:
+        """One reply sent: its outcome and how long it took."""
+        self.requests.labels(outcome_label(error_code)).inc()
+        self.reply_seconds.observe(seconds)
+        self.service.record(error_code, seconds)
+
+
+
+class ServiceStats:
+    """Per-endpoint numbers in the shape of the NATS services API (ADR-32)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.started = time.time()
+        self.num_requests = 0
+        self.num_errors = 0
+        self.processing_ns = 0
+        self.last_error = ""
+
+    def record(self, error_code: str, seconds: float) -> None:
+        with self._lock:
+            self.num_requests += 1
+            self.processing_ns += int(seconds * 1e9)
+            if error_code:
+                self.num_errors += 1
+                self.last_error = error_code
+
+    def snapshot(self) -> dict[str, int | str]:
+        """The endpoint fields of a ``$SRV.STATS`` response."""
+        with self._lock:
+            average = self.processing_ns // self.num_requests if self.num_requests else 0
+            return {"num_requests": self.num_requests, "num_errors": self.num_errors,
+                    "last_error": self.last_error, "processing_time": self.processing_ns,
+                    "average_processing_time": average}

@@ -110,6 +110,8 @@ class TokenClient:
                                  refresh_ahead=0.0, now=now) if cache else None
         self.requests_sent = 0
         """Requests that went over NATS (cache hits send none)."""
+        self.attempts_unanswered = 0
+        """Attempts that got no answer (and were retried while the budget allowed)."""
         self._connection = NatsConnection(self._config, name, no_responders=True)
         self._connection.connect()
         self._connection.subscribe(f"{self._inbox}.*", self._on_reply)
@@ -192,6 +194,7 @@ class TokenClient:
                 raise NoWorkerAnswered(f"not connected to NATS: {error}",
                                        request_id=request_id) from None
             if not waiter.event.wait(timeout) or waiter.message is None:
+                self.attempts_unanswered += 1
                 raise NoWorkerAnswered(f"no worker answered within {timeout:g} s",
                                        request_id=request_id)
         finally:

@@ -1,0 +1,157 @@
+"""What operators rely on: health and readiness, Prometheus metrics, NATS service discovery
+with a client nobody here wrote (nats.js), and deploy/ matching the config it ships."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import DEMO, make_config, token_request
+from tests.servers import ROOT
+from tests.test_connection import wait_until
+from token_worker.config import HealthConfig
+
+SVC_CLIENT = ROOT / "dev" / "svc-client"
+
+
+def get(port: int, path: str) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as response:
+            return response.status, response.read().decode()
+    except urllib.error.HTTPError as error:
+        return error.code, error.read().decode()
+
+
+def with_health(config):
+    from dataclasses import replace
+    return replace(config, health=HealthConfig(port=0, host="127.0.0.1"))
+
+
+def test_readiness_follows_the_connection_and_the_drain(nats_server, start_worker):
+    worker = start_worker(with_health(make_config(nats_server.url, nats={
+        "reconnect_wait": 0.1})), lambda payload: b"{}")
+    port = worker.health_port
+    assert get(port, "/healthz")[0] == 200
+    assert get(port, "/readyz") == (200, '{"status":"ok","reason":"serving"}')
+
+    nats_server.kill()
+    wait_until(lambda: get(port, "/readyz")[0] == 503, what="not ready while reconnecting")
+    assert "reconnecting" in get(port, "/readyz")[1]
+    assert get(port, "/healthz")[0] == 200  # alive: restarting would not bring NATS back
+
+    nats_server.start()
+    wait_until(lambda: get(port, "/readyz")[0] == 200, what="ready after reconnecting")
+    worker._draining = True  # what stop() sets first
+    assert get(port, "/readyz") == (503, '{"status":"unavailable","reason":"draining"}')
+    worker._draining = False
+
+
+def test_metrics_count_what_happened(nats_server, idp, start_worker, requester_factory):
+    worker = start_worker(with_health(make_config(nats_server.url, idp.url, nats={
+        "reconnect_wait": 0.1})))
+    requester = requester_factory(nats_server.url)
+    requester.request(token_request(DEMO))
+    requester.request(token_request(DEMO))
+    requester.request(token_request((DEMO[0], "wrong")))
+    requester.request(b"not json")
+    requester.close()
+    nats_server.restart()
+    wait_until(lambda: worker.is_ready, what="reconnect")
+
+    status, text = get(worker.health_port, "/metrics")
+    assert status == 200
+    samples = {line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1])
+               for line in text.splitlines() if line and not line.startswith("#")}
+    assert samples['token_worker_requests_total{outcome="ok"}'] == 2
+    assert samples['token_worker_requests_total{outcome="idp_refused"}'] == 1
+    assert samples['token_worker_requests_total{outcome="invalid_request"}'] == 1
+    assert samples["token_worker_reply_seconds_count"] == 4
+    assert samples['token_worker_cache_events_total{event="hit"}'] == 1
+    assert samples['token_worker_idp_calls_total{outcome="ok"}'] == 1
+    assert samples['token_worker_idp_calls_total{outcome="idp_refused"}'] == 1
+    assert samples["token_worker_nats_reconnects_total"] == 1
+    assert samples['token_worker_nats_connection{token_worker_nats_connection="connected"}'] == 1
+    assert samples["token_worker_in_flight"] == 0
+    assert samples["token_worker_capacity"] == 32 + 256
+    assert samples["token_worker_idp_circuit_open"] == 0
+
+
+def discover(url: str, *selector: str) -> dict:
+    result = subprocess.run(["node", str(SVC_CLIENT / "discover.mjs"), url, *selector],
+                            capture_output=True, text=True, timeout=30, check=True)
+    return json.loads(result.stdout)
+
+
+def test_nats_js_services_client_lists_three_replicas(nats_server, idp, start_worker,
+                                                      requester_factory):
+    if not (SVC_CLIENT / "node_modules" / "nats").exists():
+        pytest.fail("dev/svc-client is not installed: run `npm ci --prefix dev/svc-client`")
+    workers = [start_worker(make_config(nats_server.url, idp.url, name_suffix=f"r{i}"))
+               for i in range(3)]
+    requester = requester_factory(nats_server.url)
+    for i in range(6):
+        requester.request(token_request(DEMO, f"s{i}"))
+    requester.request(b"{}")
+
+    found = discover(nats_server.url)
+    ids = {worker.instance_id for worker in workers}
+    assert {p["id"] for p in found["ping"]} == ids
+    assert len(ids) == 3
+    for ping in found["ping"]:
+        assert ping["type"] == "io.nats.micro.v1.ping_response"
+        assert (ping["name"], ping["version"]) == ("token-worker", "0.1.0")
+    for info in found["info"]:
+        assert info["type"] == "io.nats.micro.v1.info_response"
+        assert info["endpoints"][0]["subject"] == "token.request"
+        assert info["endpoints"][0]["queue_group"] == "token-workers"
+    stats = found["stats"]
+    assert {s["type"] for s in stats} == {"io.nats.micro.v1.stats_response"}
+    assert sum(s["endpoints"][0]["num_requests"] for s in stats) == 7
+    assert sum(s["endpoints"][0]["num_errors"] for s in stats) == 1
+    assert all(s["endpoints"][0]["processing_time"] > 0 for s in stats
+               if s["endpoints"][0]["num_requests"])
+
+    by_name = discover(nats_server.url, "token-worker")
+    assert {p["id"] for p in by_name["ping"]} == ids
+    one = workers[1].instance_id
+    by_id = discover(nats_server.url, "token-worker", one)
+    assert [p["id"] for p in by_id["ping"]] == [one]
+    assert discover(nats_server.url, "other-service")["ping"] == []
+
+
+def test_deploy_config_map_is_etc_app_json():
+    import yaml  # noqa: PLC0415 - only this test reads YAML
+
+    config_map = yaml.safe_load((ROOT / "deploy" / "configmap.yaml").read_text())
+    shipped = json.loads((ROOT / "etc" / "app.json").read_text())
+    assert json.loads(config_map["data"]["app.json"]) == shipped
+
+
+def test_deployment_runs_the_guides_command_with_probes_and_a_long_enough_grace():
+    import yaml  # noqa: PLC0415
+
+    deployment = yaml.safe_load((ROOT / "deploy" / "deployment.yaml").read_text())
+    spec = deployment["spec"]["template"]["spec"]
+    container = spec["containers"][0]
+    assert deployment["spec"]["replicas"] == 3
+    assert container["command"] == ["/app/token-worker"]
+    assert container["args"] == ["-config", "/app/configs/app.json", "-queue", "token-workers",
+                                 "-name-suffix", "$(POD_NAME)"]
+    env = {e["name"]: e for e in container["env"]}
+    assert env["POD_NAME"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"
+    assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
+    assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    assert spec["terminationGracePeriodSeconds"] > 30  # drainTimeout
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    assert spec["securityContext"]["runAsNonRoot"] is True
+    assert container["volumeMounts"][0]["mountPath"] == "/app/configs"
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    assert "/app/token-worker" in dockerfile
+    assert "USER 10001" in dockerfile
+    assert Path(ROOT / "deploy" / "kustomization.yaml").exists()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future
@@ -17,6 +18,7 @@ from tests.faulty_idp import FaultyIdp
 from tests.servers import TOKEN_PATH, IdpServer, NatsServer
 from token_worker import Config, TokenWorker
 from token_worker.config import IdpConfig, NatsConfig
+from token_worker.logs import ContextFilter, RedactSecrets, json_formatter
 
 DEMO = ("demo-service", "demo-secret-for-tests")
 BASIC = ("basic-service", "basic-secret-for-tests")
@@ -29,6 +31,46 @@ TEST_CLIENTS = [
     {"client_id": SCOPED[0], "client_secret": SCOPED[1],
      "token_endpoint_auth_method": "client_secret_post", "scope": "read"},
 ]
+
+
+# --- every log line of the suite, scanned for secrets by tests/test_zz_secrets.py --------
+
+CAPTURED_LOG_LINES: list[str] = []
+"""Every log line the suite produced: in-process records (formatted as the CLI formats
+them) and the stderr lines of worker processes."""
+KNOWN_SECRETS: set[str] = {client["client_secret"] for client in TEST_CLIENTS}
+"""Client secrets, NATS passwords and access tokens the suite used or received."""
+
+
+def remember_secret(*values: str) -> None:
+    """Register values that must never appear in a log line."""
+    KNOWN_SECRETS.update(value for value in values if len(value) >= 8)
+
+
+class _CaptureEveryLine(logging.Handler):
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            CAPTURED_LOG_LINES.append(self.format(record))
+        except Exception:
+            CAPTURED_LOG_LINES.append(record.getMessage())
+
+
+@pytest.fixture(scope="session", autouse=True)
+def capture_every_log_line() -> Iterator[None]:
+    """Log at DEBUG into a handler set up as the CLI sets up its own."""
+    handler = _CaptureEveryLine(logging.DEBUG)
+    handler.setFormatter(json_formatter())
+    handler.addFilter(ContextFilter("Token Worker-tests", "test"))
+    handler.addFilter(RedactSecrets())
+    root = logging.getLogger()
+    previous = root.level
+    root.addHandler(handler)
+    root.setLevel(logging.DEBUG)
+    try:
+        yield
+    finally:
+        root.removeHandler(handler)
+        root.setLevel(previous)
 
 
 @pytest.fixture(scope="session")
@@ -117,8 +159,12 @@ class Requester:
 
     def request(self, body: Any, **kwargs: Any) -> dict[str, Any]:
         raw = body if isinstance(body, bytes) else json.dumps(body).encode()
+        if isinstance(body, dict) and isinstance(body.get("client_secret"), str):
+            remember_secret(body["client_secret"])
         reply = json.loads(self.request_raw(raw, **kwargs))
         assert isinstance(reply, dict)
+        if isinstance(reply.get("access_token"), str):
+            remember_secret(reply["access_token"])
         return reply
 
     def publish(self, subject: str, payload: bytes, reply: str = "") -> None:

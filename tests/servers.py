@@ -113,8 +113,8 @@ class IdpServer:
     """The oidc-provider IdP of dev/idp, on a free loopback port."""
 
     def __init__(self, *, clients: list[dict[str, Any]] | None = None, ttl: int = 300,
-                 delay_ms: int = 0) -> None:
-        self.port = free_port()
+                 delay_ms: int = 0, port: int | None = None) -> None:
+        self.port = port or free_port()
         self._env = dict(os.environ, IDP_PORT=str(self.port), IDP_TOKEN_TTL=str(ttl),
                          IDP_DELAY_MS=str(delay_ms))
         if clients is not None:

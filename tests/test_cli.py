@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import DEMO, TEST_CLIENTS, token_request
+from tests.conftest import CAPTURED_LOG_LINES, DEMO, TEST_CLIENTS, remember_secret, token_request
 from tests.servers import ROOT, IdpServer, NatsServer
 
 SCRIPT = ROOT / "bin" / "token-worker"
@@ -38,6 +38,7 @@ class WorkerProcess:
         assert self.process.stderr is not None
         for line in self.process.stderr:
             self.lines.append(line.rstrip("\n"))
+            CAPTURED_LOG_LINES.append(line.rstrip("\n"))
 
     def records(self) -> list[dict]:
         return [json.loads(line) for line in self.lines if line.startswith("{")]
@@ -182,6 +183,7 @@ def test_no_server_at_start_exits_3(run_worker):
 
 def test_logs_are_json_with_context_and_never_carry_secrets(nats_server, idp, run_worker,
                                                             requester_factory):
+    remember_secret("nats-pa55-secret", "pa55word-xyz")
     nats_secret_server = NatsServer(
         config_text='authorization { user: tw, password: "nats-pa55-secret" }').start()
     try:

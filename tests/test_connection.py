@@ -16,7 +16,7 @@ import time
 
 import pytest
 
-from tests.conftest import make_config
+from tests.conftest import make_config, remember_secret
 from tests.servers import NatsServer
 from token_worker.config import Secret, TlsConfig
 from token_worker.connection import Message, NatsConnection, State
@@ -80,6 +80,7 @@ def test_subscribe_publish_and_late_messages_for_removed_subscriptions(nats_serv
 
 def test_permission_error_is_logged_and_does_not_silence_the_worker(start_worker,
                                                                      requester_factory, caplog):
+    remember_secret("worker-pass-123", "requester-pass-456")
     server = NatsServer(config_text="""
         authorization {
           users = [
@@ -110,6 +111,7 @@ def test_permission_error_is_logged_and_does_not_silence_the_worker(start_worker
 
 
 def test_token_auth_and_wrong_credentials_name_the_servers_reason():
+    remember_secret("s3cret-token-value")
     server = NatsServer(config_text='authorization { token: "s3cret-token-value" }').start()
     try:
         good = NatsConnection(

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -126,7 +125,7 @@ def test_nats_js_services_client_lists_three_replicas(nats_server, idp, start_wo
 
 
 def test_deploy_config_map_is_etc_app_json():
-    import yaml  # noqa: PLC0415 - only this test reads YAML
+    import yaml
 
     config_map = yaml.safe_load((ROOT / "deploy" / "configmap.yaml").read_text())
     shipped = json.loads((ROOT / "etc" / "app.json").read_text())
@@ -134,7 +133,7 @@ def test_deploy_config_map_is_etc_app_json():
 
 
 def test_deployment_runs_the_guides_command_with_probes_and_a_long_enough_grace():
-    import yaml  # noqa: PLC0415
+    import yaml
 
     deployment = yaml.safe_load((ROOT / "deploy" / "deployment.yaml").read_text())
     spec = deployment["spec"]["template"]["spec"]

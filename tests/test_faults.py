@@ -13,12 +13,13 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 
 import psutil
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tests.conftest import DEMO, TEST_CLIENTS, make_config, token_request
-from tests.test_cli import WorkerProcess
 from tests.servers import IdpServer, free_port
+from tests.test_cli import WorkerProcess
 from tests.test_connection import wait_until
 from token_worker import NoWorkerAnswered, TokenClient
 from token_worker.config import NatsConfig
@@ -127,7 +128,7 @@ def test_three_nats_restarts_under_load_cost_no_caller_a_failure(nats_server, id
                 try:
                     client.get_token(*DEMO, budget=10.0)
                     answered[0] += 1
-                except Exception as error:  # noqa: BLE001 - every failure is the finding
+                except Exception as error:
                     failures.append(repr(error))
 
         with ThreadPoolExecutor(8) as pool:
@@ -203,17 +204,25 @@ def test_idp_stopped_slow_and_garbage_give_bounded_errors_then_recovery(nats_ser
     assert worker.is_ready and worker_slow.is_ready and worker_garbage.is_ready
 
 
-def test_a_flood_past_capacity_is_bounded_and_never_a_slow_consumer(nats_server,
-                                                                    start_worker,
+def test_a_flood_past_capacity_is_bounded_and_never_a_slow_consumer(nats_server, faulty,
                                                                     requester_factory):
-    def slow(payload: bytes) -> bytes:
-        time.sleep(0.002)
-        return b'{"ok": true}'
+    slow_idp = faulty(body=b'{"access_token": "flood-token-value", "expires_in": 300}',
+                      delay=0.005)
+    worker = WorkerProcess(env={"NATS_URL": nats_server.url, "IDP_URL": slow_idp.url,
+                                "WORKERS": "2", "BACKLOG": "50", "LOG_LEVEL": "info",
+                                "WORKER_NAME_SUFFIX": "flood"})
+    try:
+        worker.wait_for_log("serving")
+        _flood(worker, nats_server, requester_factory(nats_server.url))
+    finally:
+        worker.process.send_signal(signal.SIGTERM)
+        assert worker.finish() == 0
 
-    worker = start_worker(make_config(nats_server.url, workers=2, backlog=50), slow)
-    requester = requester_factory(nats_server.url)
-    process = psutil.Process()
+
+def _flood(worker: WorkerProcess, nats_server, requester) -> None:
+    process = psutil.Process(worker.process.pid)
     flood = 20_000
+    body = json.dumps(token_request(DEMO, "flood", skip_cache=True)).encode()
 
     async def blast(count: int) -> dict[str, int]:
         nc = requester._nc
@@ -222,7 +231,7 @@ def test_a_flood_past_capacity_is_bounded_and_never_a_slow_consumer(nats_server,
         done = asyncio.Event()
 
         async def on_reply(msg) -> None:
-            if b'"ok"' in msg.data:
+            if b'"access_token"' in msg.data:
                 counts["ok"] += 1
             elif b"overloaded" in msg.data:
                 counts["overloaded"] += 1
@@ -232,7 +241,6 @@ def test_a_flood_past_capacity_is_bounded_and_never_a_slow_consumer(nats_server,
                 done.set()
 
         sub = await nc.subscribe(inbox + ".*", cb=on_reply, pending_msgs_limit=count * 2)
-        body = json.dumps({"request_id": "flood"}).encode()
         for i in range(count):
             await nc.publish("token.request", body, reply=f"{inbox}.{i}")
         await nc.flush()
@@ -244,24 +252,23 @@ def test_a_flood_past_capacity_is_bounded_and_never_a_slow_consumer(nats_server,
     rss_before = process.memory_info().rss
     second = requester._run(blast(flood), 90)
     growth_mib = (process.memory_info().rss - rss_before) / 2**20
-    connections = nats_server.connz()
-    varz_slow = _slow_consumers(nats_server)
+    slow_consumers = _slow_consumers(nats_server)
+    overload_lines = [r for r in worker.records() if r["message"].startswith("overloaded")]
     print(f"\nFIGURE flood of {flood} requests at capacity 52: {second['ok']} served, "
-          f"{second['overloaded']} answered overloaded, RSS growth {growth_mib:+.1f} MiB, "
-          f"slow consumers {varz_slow}")
+          f"{second['overloaded']} answered overloaded, worker RSS growth {growth_mib:+.1f} "
+          f"MiB, slow consumers {slow_consumers}, {len(overload_lines)} overload log lines")
     assert sum(first.values()) == flood // 4
     assert second["other"] == 0
     assert second["ok"] + second["overloaded"] == flood  # every request answered
-    assert second["overloaded"] > 0
-    assert worker._pool.admitted == 0 or worker._pool.admitted <= worker._pool.capacity
-    assert growth_mib < 30
-    assert varz_slow == 0
-    assert any(c.get("name") == "Token Worker-test" for c in connections)
-    assert worker.is_ready
+    assert second["overloaded"] > flood // 2
+    assert growth_mib < 5
+    assert slow_consumers == 0
+    assert len(overload_lines) < 30  # rate-limited, not one per rejected request
+    assert "Token Worker-flood" in nats_server.client_names()
 
 
 def _slow_consumers(nats_server) -> int:
-    import urllib.request  # noqa: PLC0415
+    import urllib.request
 
     with urllib.request.urlopen(f"http://127.0.0.1:{nats_server.monitor_port}/varz",
                                 timeout=5) as response:
@@ -271,8 +278,6 @@ def _slow_consumers(nats_server) -> int:
 def test_no_worker_at_all_fails_fast_not_after_the_budget(nats_server):
     with TokenClient(nats_server.url, timeout=2, retries=2, cache=False) as client:
         started = time.monotonic()
-        try:
+        with pytest.raises(NoWorkerAnswered, match="no worker is subscribed"):
             client.get_token(*DEMO)
-        except NoWorkerAnswered:
-            pass
-        assert time.monotonic() - started < 2.5
+        assert time.monotonic() - started < 2.5  # the retries' back-off, not 3 x 2 s

@@ -36,6 +36,8 @@ Handler = Callable[[bytes], bytes]
 """Turns a request body into a reply body. It should not raise; if it does, the requester
 gets an ``internal_error`` reply and the exception is logged."""
 
+OVERLOAD_LOG_INTERVAL = 1.0
+"""Seconds between two ``overloaded`` log lines (each counts the rejections since the last)."""
 SUBSCRIBE_CONFIRM_TIMEOUT = 5.0
 """Seconds :meth:`TokenWorker.start` waits for the server to confirm the subscription."""
 
@@ -69,6 +71,8 @@ class TokenWorker:
             stats=self.metrics.service, metadata={"client_name": self.client_name})
         self._health: HealthServer | None = None
         self._last_state = State.DISCONNECTED
+        self._last_overload_log = -OVERLOAD_LOG_INTERVAL
+        self._rejected_since_log = 0
         self._subscription: Subscription | None = None
         self._stop_requested = threading.Event()
         self._cold_stop = threading.Event()
@@ -223,9 +227,16 @@ class TokenWorker:
         self._send_reply(message.reply, reply, received)
 
     def _reject_overloaded(self, message: Message, received: float) -> None:
+        """Answer ``overloaded`` at once; log at most once a second, with a count, so that
+        a flood of requests does not become a flood of log lines too."""
         request_id = messages.peek_request_id(message.payload, max_size=self.config.max_payload)
-        with request_context(request_id):
-            log.warning("overloaded: request rejected", extra={"capacity": self._pool.capacity})
+        self._rejected_since_log += 1
+        if received - self._last_overload_log >= OVERLOAD_LOG_INTERVAL:
+            with request_context(request_id):
+                log.warning("overloaded: requests rejected", extra={
+                    "capacity": self._pool.capacity, "rejected": self._rejected_since_log})
+            self._last_overload_log = received
+            self._rejected_since_log = 0
         self._send_reply(message.reply, messages.error_reply(
             request_id, messages.OVERLOADED, "worker overloaded, retry shortly"), received)
 

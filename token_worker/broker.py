@@ -81,7 +81,7 @@ class TokenBroker:
         if entry is None:
             self._count("miss")
             return None
-        self._count("hit")
+        self._count_hit()
         now = self._cache.now()
         if now >= entry.refresh_at:
             self._refresh_in_background(key, query)
@@ -107,6 +107,10 @@ class TokenBroker:
     def _count(self, event: str) -> None:
         if self._metrics is not None:
             self._metrics.cache_events.labels(event).inc()
+
+    def _count_hit(self) -> None:
+        if self._metrics is not None:
+            self._metrics.cache_hit.inc()
 
     def close(self) -> None:
         """Stop background refreshes."""

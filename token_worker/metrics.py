@@ -7,7 +7,6 @@ IdP's free-form codes, so the number of series stays bounded.
 
 from __future__ import annotations
 
-import threading
 import time
 
 from prometheus_client import CollectorRegistry, Counter, Enum, Gauge, Histogram
@@ -38,7 +37,11 @@ def outcome_label(error_code: str) -> str:
 
 
 class Metrics:
-    """Counters, histograms and gauges of one worker."""
+    """Counters, histograms and gauges of one worker.
+
+    Label children are resolved once, here: every reply counts itself, so the hot path
+    only increments (``labels()`` costs a lock and a lookup per call).
+    """
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
@@ -70,39 +73,31 @@ class Metrics:
         self.circuit_open = Gauge("token_worker_idp_circuit_open",
                                   "1 while the IdP is not asked after repeated failures",
                                   registry=registry)
-        self.service = ServiceStats()
+        self._by_outcome = {label: self.requests.labels(label)
+                            for label in (*_OUTCOMES, IDP_REFUSED)}
+        self.cache_hit = self.cache_events.labels("hit")
+        self.cache_miss = self.cache_events.labels("miss")
+        self.cache_refresh = self.cache_events.labels("refresh")
+        self.started = time.time()
+        self.last_error = ""
 
     def count_reply(self, error_code: str, seconds: float) -> None:
         """One reply sent: its outcome and how long it took."""
-        self.requests.labels(outcome_label(error_code)).inc()
+        self._by_outcome[outcome_label(error_code)].inc()
         self.reply_seconds.observe(seconds)
-        self.service.record(error_code, seconds)
+        if error_code:
+            self.last_error = error_code
 
-
-
-class ServiceStats:
-    """Per-endpoint numbers in the shape of the NATS services API (ADR-32)."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self.started = time.time()
-        self.num_requests = 0
-        self.num_errors = 0
-        self.processing_ns = 0
-        self.last_error = ""
-
-    def record(self, error_code: str, seconds: float) -> None:
-        with self._lock:
-            self.num_requests += 1
-            self.processing_ns += int(seconds * 1e9)
-            if error_code:
-                self.num_errors += 1
-                self.last_error = error_code
-
-    def snapshot(self) -> dict[str, int | str]:
-        """The endpoint fields of a ``$SRV.STATS`` response."""
-        with self._lock:
-            average = self.processing_ns // self.num_requests if self.num_requests else 0
-            return {"num_requests": self.num_requests, "num_errors": self.num_errors,
-                    "last_error": self.last_error, "processing_time": self.processing_ns,
-                    "average_processing_time": average}
+    def endpoint_stats(self) -> dict[str, int | str]:
+        """The endpoint fields of a NATS services ``$SRV.STATS`` response, read from the
+        same counters Prometheus scrapes."""
+        sample = self.registry.get_sample_value
+        counts = {label: sample("token_worker_requests_total", {"outcome": label}) or 0.0
+                  for label in self._by_outcome}
+        requests = sum(counts.values())
+        errors = requests - counts[OK]
+        seconds = sample("token_worker_reply_seconds_sum") or 0.0
+        processing_ns = int(seconds * 1e9)
+        return {"num_requests": int(requests), "num_errors": int(errors),
+                "last_error": self.last_error, "processing_time": processing_ns,
+                "average_processing_time": processing_ns // int(requests) if requests else 0}

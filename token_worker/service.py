@@ -18,7 +18,7 @@ from typing import Any
 from token_worker import messages
 from token_worker.connection import Message, NatsConnection
 from token_worker.errors import NotConnected
-from token_worker.metrics import ServiceStats
+from token_worker.metrics import Metrics
 
 SERVICE_NAME = "token-worker"
 ENDPOINT_NAME = "token"
@@ -35,9 +35,9 @@ class ServiceResponder:
     """Answers the services API for one worker instance."""
 
     def __init__(self, connection: NatsConnection, *, version: str, subject: str, queue: str,
-                 stats: ServiceStats, metadata: dict[str, str]) -> None:
+                 metrics: Metrics, metadata: dict[str, str]) -> None:
         self._connection = connection
-        self._stats = stats
+        self._metrics = metrics
         self.instance_id = new_instance_id()
         self._identity = {"name": SERVICE_NAME, "id": self.instance_id, "version": version,
                           "metadata": metadata}
@@ -68,7 +68,7 @@ class ServiceResponder:
                 "description": DESCRIPTION, "endpoints": [self._endpoint]}
 
     def _stats_response(self) -> dict[str, Any]:
-        started = datetime.fromtimestamp(self._stats.started, timezone.utc)
+        started = datetime.fromtimestamp(self._metrics.started, timezone.utc)
         return {"type": "io.nats.micro.v1.stats_response", **self._identity,
                 "started": started.isoformat().replace("+00:00", "Z"),
-                "endpoints": [{**self._endpoint, **self._stats.snapshot()}]}
+                "endpoints": [{**self._endpoint, **self._metrics.endpoint_stats()}]}

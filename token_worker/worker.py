@@ -1,8 +1,9 @@
 """The worker: a queue subscription feeding a bounded pool of handler threads.
 
-Data flows one way: the connection's reader thread hands each request to the pool (or
-answers ``overloaded`` at once when the pool is full), a pool thread runs the handler, and
-the handler's reply goes back over the connection. The worker owns the subscription, the
+Data flows one way: the connection's reader thread answers what needs no I/O itself (a
+cache hit, a bad request) and hands everything else to the pool (or answers
+``overloaded`` at once when the pool is full); a pool thread runs the handler, and the
+handler's reply goes back over the connection. The worker owns the subscription, the
 pool and the order of shutdown: unsubscribe, let in-flight requests finish and reply,
 then close the connection (as dramatiq stops its consumers before its broker).
 """
@@ -68,7 +69,7 @@ class TokenWorker:
         )
         self._service = ServiceResponder(
             self._connection, version=__version__, subject=config.subject, queue=config.queue,
-            stats=self.metrics.service, metadata={"client_name": self.client_name})
+            metrics=self.metrics, metadata={"client_name": self.client_name})
         self._health: HealthServer | None = None
         self._last_state = State.DISCONNECTED
         self._last_overload_log = -OVERLOAD_LOG_INTERVAL
@@ -94,8 +95,12 @@ class TokenWorker:
         still being reached. Raises :class:`~token_worker.errors.ReconnectGaveUp` if NATS
         cannot be reached within the reconnect policy.
         """
-        self._start_health()
-        self._connection.connect()
+        try:
+            self._start_health()
+            self._connection.connect()
+        except BaseException:
+            self.stop(timeout=0)  # release the health listener, pool and IdP connections
+            raise
         self._subscription = self._connection.subscribe(
             self.config.subject, self._on_message, self.config.queue
         )

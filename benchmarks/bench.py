@@ -47,19 +47,23 @@ CLIENTS = [{"client_id": f"bench-{i:03d}", "client_secret": f"bench-secret-{i:03
 
 def run_baseline_worker(nats_url: str, idp_token_url: str, subject: str) -> None:
     """What a careful engineer writes in an afternoon with nats-py: a queue subscription,
-    JSON validation, a dict cache with expiry, the IdP through a pooled requests.Session
-    on a thread (nats-py runs one subscription's callbacks one at a time)."""
-    import nats
-    import requests
+    JSON validation, a dict cache with expiry, the IdP through a urllib3 connection pool
+    (as token-worker does) on a thread (nats-py runs one subscription's callbacks one at
+    a time)."""
+    from urllib.parse import urlencode
 
-    session = requests.Session()
+    import nats
+    import urllib3
+
+    http = urllib3.PoolManager(maxsize=8)
     cache: dict[tuple[str, str, str], tuple[float, dict]] = {}
 
     def fetch(client_id: str, secret: str, scope: str) -> dict:
         form = {"grant_type": "client_credentials", "client_id": client_id,
                 "client_secret": secret, "scope": scope}
-        response = session.post(idp_token_url, data=form, timeout=10)
-        return {"status": response.status_code, **response.json()}
+        response = http.request("POST", idp_token_url, body=urlencode(form), timeout=10,
+                                headers={"Content-Type": "application/x-www-form-urlencoded"})
+        return {"status": response.status, **json.loads(response.data)}
 
     async def main() -> None:
         nc = await nats.connect(nats_url, name="baseline-worker")

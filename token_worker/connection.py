@@ -127,6 +127,10 @@ class Subscription:
     callback: MessageCallback
 
 
+class _ProtocolError(NatsConnectionError):
+    """The server sent something that is not the NATS protocol: the stream is broken."""
+
+
 class _HandshakeFailed(NatsConnectionError):
     """One attempt to connect to one server failed (retried by the reconnect policy)."""
 
@@ -522,35 +526,44 @@ class NatsConnection:
 
     def _parse_buffer(self) -> str:
         """Handle every complete protocol line in the buffer; return a problem or ""."""
-        buffer = self._buffer
+        data = bytes(self._buffer)  # one copy per read; slicing bytes is cheap
         pos = 0
-        size = len(buffer)
-        while pos < size:
-            end = buffer.find(b"\r\n", pos)
-            if end < 0:
-                if size - pos > MAX_CONTROL_LINE:
-                    return "protocol line too long"
-                break
-            op = bytes(buffer[pos : pos + 4]).upper()
-            if op in (b"MSG ", b"HMSG"):
-                with_headers = op == b"HMSG"
-                header = bytes(buffer[pos + 4 + with_headers : end]).split()
-                counts = 2 if with_headers else 1
-                if len(header) - counts not in (2, 3) or not all(
-                        part.isdigit() for part in header[-counts:]):
-                    return f"bad message line: {bytes(buffer[pos:end])[:200]!r}"
-                length = int(header[-1])
-                if end + 2 + length + 2 > size:
-                    break  # payload not complete yet
-                body = bytes(buffer[end + 2 : end + 2 + length])
-                pos = end + 2 + length + 2
-                self._deliver(header, counts, body)
-                continue
-            line = bytes(buffer[pos:end])
-            pos = end + 2
-            self._handle_line(op, line)
-        del buffer[:pos]
+        size = len(data)
+        try:
+            while pos < size:
+                end = data.find(b"\r\n", pos)
+                if end < 0:
+                    if size - pos > MAX_CONTROL_LINE:
+                        return "protocol line too long"
+                    break
+                op = data[pos : pos + 4]
+                if op in (b"MSG ", b"HMSG"):
+                    after = self._take_message(data, pos + 4 + (op == b"HMSG"), end, op)
+                    if after < 0:
+                        break  # payload not complete yet
+                    pos = after
+                else:
+                    self._handle_line(op.upper(), data[pos:end])
+                    pos = end + 2
+        except _ProtocolError as error:
+            return str(error)
+        finally:
+            del self._buffer[:pos]
         return ""
+
+    def _take_message(self, data: bytes, start: int, end: int, op: bytes) -> int:
+        """Deliver the MSG/HMSG whose control line is ``data[start:end]``; return where the
+        next line starts, or -1 when the payload has not fully arrived yet."""
+        header = data[start:end].split()
+        counts = 2 if op == b"HMSG" else 1
+        if len(header) - counts not in (2, 3) or not all(
+                part.isdigit() for part in header[-counts:]):
+            raise _ProtocolError(f"bad message line: {data[start:end][:200]!r}")
+        length = int(header[-1])
+        if end + 2 + length + 2 > len(data):
+            return -1
+        self._deliver(header, counts, data[end + 2 : end + 2 + length])
+        return end + 2 + length + 2
 
     def _handle_line(self, op: bytes, line: bytes) -> None:
         if op == b"PING":

@@ -65,7 +65,6 @@ def parse_request(payload: bytes, *, max_size: int) -> TokenRequest:
         raise InvalidRequest("Invalid request format: not a JSON object") from None
     if not isinstance(document, dict):
         raise InvalidRequest("Invalid request format: not a JSON object")
-    request_id = _readable_request_id(document)
     try:
         return TokenRequest(
             request_id=_required_text(document, "request_id"),
@@ -76,7 +75,7 @@ def parse_request(payload: bytes, *, max_size: int) -> TokenRequest:
             skip_cache=_optional_flag(document, "skip_cache"),
         )
     except ValueError as error:
-        raise InvalidRequest(str(error), request_id=request_id) from None
+        raise InvalidRequest(str(error), request_id=_readable_request_id(document)) from None
 
 
 def peek_request_id(payload: bytes, *, max_size: int) -> str:

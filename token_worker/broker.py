@@ -79,9 +79,11 @@ class TokenBroker:
         key = self._key(query)
         entry = self._cache.get(key)
         if entry is None:
-            self._count("miss")
+            if self._metrics is not None:
+                self._metrics.cache_miss.inc()
             return None
-        self._count_hit()
+        if self._metrics is not None:
+            self._metrics.cache_hit.inc()
         now = self._cache.now()
         if now >= entry.refresh_at:
             self._refresh_in_background(key, query)
@@ -103,14 +105,6 @@ class TokenBroker:
             raise IdpTimeout("waited too long for the identity provider call in flight"
                              ) from None
         return Answer(token, token.expires_in, FROM_IDP)
-
-    def _count(self, event: str) -> None:
-        if self._metrics is not None:
-            self._metrics.cache_events.labels(event).inc()
-
-    def _count_hit(self) -> None:
-        if self._metrics is not None:
-            self._metrics.cache_hit.inc()
 
     def close(self) -> None:
         """Stop background refreshes."""
@@ -156,7 +150,8 @@ class TokenBroker:
         if not leader:
             return  # a refresh (or a fetch) for this key is already under way
         self.refreshes += 1
-        self._count("refresh")
+        if self._metrics is not None:
+            self._metrics.cache_refresh.inc()
         log.debug("refreshing ahead of expiry", extra={"client_id": query.client_id})
         try:
             self._refresher.submit(self._refresh, key, query, future)

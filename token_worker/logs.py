@@ -15,7 +15,7 @@ import logging
 import sys
 import threading
 from collections.abc import Iterator
-from typing import IO, Any, ClassVar
+from typing import IO, ClassVar
 
 from pythonjsonlogger.json import JsonFormatter
 
@@ -116,7 +116,3 @@ def configure_logging(
     logging.getLogger("urllib3").setLevel(max(root.level, logging.INFO))
     return handler
 
-
-def extra(**fields: Any) -> dict[str, Any]:
-    """Build ``extra=`` for a log call, dropping empty values."""
-    return {key: value for key, value in fields.items() if value not in (None, "")}

@@ -33,6 +33,23 @@ TEST_CLIENTS = [
 ]
 
 
+# --- figures: measured values the tests print at the end of the run --------------------
+
+FIGURES: list[str] = []
+
+
+def report_figure(text: str) -> None:
+    """Keep a measured figure for the summary at the end of the run (shown in CI too)."""
+    FIGURES.append(text)
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    if FIGURES:
+        terminalreporter.section("figures measured by this run")
+        for line in FIGURES:
+            terminalreporter.write_line(line)
+
+
 # --- every log line of the suite, scanned for secrets by tests/test_zz_secrets.py --------
 
 CAPTURED_LOG_LINES: list[str] = []

@@ -16,7 +16,7 @@ import time
 
 import pytest
 
-from tests.conftest import make_config, remember_secret
+from tests.conftest import make_config, remember_secret, report_figure
 from tests.servers import NatsServer
 from token_worker.config import Secret, TlsConfig
 from token_worker.connection import Message, NatsConnection, State
@@ -148,7 +148,7 @@ def test_killed_server_is_detected_at_once_and_restart_reconnects_and_resubscrib
     assert answers(requester_factory, nats_server.url)  # resubscribed in the queue group
     assert worker.reconnects == 1
     assert "reconnected" in caplog.messages
-    print(f"\nFIGURE dead server detected in {detect_s * 1000:.0f} ms; "
+    report_figure(f"dead server detected in {detect_s * 1000:.0f} ms; "
           f"reconnected {reconnect_s * 1000:.0f} ms after restart")
 
 
@@ -161,7 +161,7 @@ def test_little_cpu_while_the_server_is_down(nats_server, start_worker):
     time.sleep(3)
     cpu_share = (time.process_time() - cpu_before) / (time.monotonic() - wall_before)
 
-    print(f"\nFIGURE CPU while the server is down: {cpu_share * 100:.2f}% of one core")
+    report_figure(f"CPU while the server is down: {cpu_share * 100:.2f}% of one core")
     assert cpu_share < 0.05  # pynats2's reader alone burns 100% here
 
 
@@ -174,7 +174,7 @@ def test_stale_connection_is_detected_by_missing_pongs(nats_server, start_worker
                              timeout=10, what="stale detection")
     finally:
         os.kill(nats_server.process.pid, signal.SIGCONT)
-    print(f"\nFIGURE silent server detected as stale in {stale_s:.2f} s")
+    report_figure(f"silent server detected as stale in {stale_s:.2f} s")
     assert 0.9 < stale_s < 4.0
     wait_until(lambda: worker.is_ready, what="reconnect after the server woke up")
 

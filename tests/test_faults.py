@@ -17,7 +17,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.conftest import DEMO, TEST_CLIENTS, make_config, token_request
+from tests.conftest import DEMO, TEST_CLIENTS, make_config, report_figure, token_request
 from tests.servers import IdpServer, free_port
 from tests.test_cli import WorkerProcess
 from tests.test_connection import wait_until
@@ -97,13 +97,13 @@ def _fuzz(worker: WorkerProcess, requester) -> None:
         assert "access_token" not in reply
         seen["count"] += 1
         seen["codes"].add(reply["error_code"])
-        if seen["count"] == 500:
+        if seen["count"] == min(500, FUZZ_EXAMPLES // 5):
             rss_after_warmup.append(process.memory_info().rss)
 
     check()
     growth_mib = (process.memory_info().rss - rss_after_warmup[0]) / 2**20
     threads_after = process.num_threads()
-    print(f"\nFIGURE fuzz: {seen['count']} payloads, all answered with error replies "
+    report_figure(f"fuzz: {seen['count']} payloads, all answered with error replies "
           f"{sorted(seen['codes'])}; worker RSS growth after warm-up {growth_mib:+.1f} MiB; "
           f"worker threads {threads_before} -> {threads_after}")
     assert seen["count"] == FUZZ_EXAMPLES
@@ -145,7 +145,7 @@ def test_three_nats_restarts_under_load_cost_no_caller_a_failure(nats_server, id
                 time.sleep(0.5)
             stop.set()
         unanswered = client.attempts_unanswered
-    print(f"\nFIGURE 3 NATS restarts under 8 requester threads: {answered[0]} tokens, "
+    report_figure(f"3 NATS restarts under 8 requester threads: {answered[0]} tokens, "
           f"{len(failures)} caller failures, {unanswered} attempts lost and retried "
           f"({unanswered / 3:.1f} per outage)")
     assert failures == []
@@ -254,7 +254,7 @@ def _flood(worker: WorkerProcess, nats_server, requester) -> None:
     growth_mib = (process.memory_info().rss - rss_before) / 2**20
     slow_consumers = _slow_consumers(nats_server)
     overload_lines = [r for r in worker.records() if r["message"].startswith("overloaded")]
-    print(f"\nFIGURE flood of {flood} requests at capacity 52: {second['ok']} served, "
+    report_figure(f"flood of {flood} requests at capacity 52: {second['ok']} served, "
           f"{second['overloaded']} answered overloaded, worker RSS growth {growth_mib:+.1f} "
           f"MiB, slow consumers {slow_consumers}, {len(overload_lines)} overload log lines")
     assert sum(first.values()) == flood // 4

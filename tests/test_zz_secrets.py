@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.conftest import CAPTURED_LOG_LINES, KNOWN_SECRETS
+from tests.conftest import CAPTURED_LOG_LINES, KNOWN_SECRETS, report_figure
 
 
 def test_no_client_secret_access_token_or_nats_password_in_any_log_line():
@@ -14,5 +14,5 @@ def test_no_client_secret_access_token_or_nats_password_in_any_log_line():
     assert len(KNOWN_SECRETS) > 20  # secrets and tokens of many tests were registered
     leaked = sorted(secret for secret in KNOWN_SECRETS if secret in text)
     assert leaked == []
-    print(f"\nFIGURE scanned {len(CAPTURED_LOG_LINES)} log lines for "
+    report_figure(f"scanned {len(CAPTURED_LOG_LINES)} log lines for "
           f"{len(KNOWN_SECRETS)} secrets and tokens: none found")

@@ -71,3 +71,13 @@ def test_refusal_carries_the_oauth2_code(nats_server, idp, start_worker):
         client.get_token(DEMO[0], "bad-secret")
     assert caught.value.error_code == "invalid_client"
     assert "bad-secret" not in str(caught.value)
+
+
+def test_no_server_fails_at_once_instead_of_retrying_for_minutes():
+    from tests.servers import free_port
+    from token_worker.errors import ReconnectGaveUp
+
+    started = time.monotonic()
+    with pytest.raises(ReconnectGaveUp, match="no NATS server reachable"):
+        TokenClient(f"nats://127.0.0.1:{free_port()}")
+    assert time.monotonic() - started < 2

@@ -97,7 +97,8 @@ class TokenClient:
         now: Callable[[], float] = time.time,
     ) -> None:
         self._config = nats if isinstance(nats, NatsConfig) else NatsConfig(
-            urls=tuple(url.strip() for url in nats.split(",")))
+            urls=tuple(url.strip() for url in nats.split(",")), reconnect_wait=1.0,
+            max_reconnect=-1)
         self._subject = subject
         self._timeout = timeout
         self._retries = retries
@@ -112,7 +113,8 @@ class TokenClient:
         """Requests that went over NATS (cache hits send none)."""
         self.attempts_unanswered = 0
         """Attempts that got no answer (and were retried while the budget allowed)."""
-        self._connection = NatsConnection(self._config, name, no_responders=True)
+        self._connection = NatsConnection(self._config, name, no_responders=True,
+                                          first_connect_rounds=1)
         self._connection.connect()
         self._connection.subscribe(f"{self._inbox}.*", self._on_reply)
 

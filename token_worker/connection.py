@@ -183,7 +183,9 @@ class NatsConnection:
     """A NATS connection that is either working or reconnecting, until closed.
 
     ``on_state`` is called with every :class:`State` change; ``on_gave_up`` once, with the
-    reason, when the reconnect policy is exhausted (the connection is then closed).
+    reason, when the reconnect policy is exhausted (the connection is then closed). The
+    first connect follows the reconnect policy too (a worker may start before NATS), unless
+    ``first_connect_rounds`` bounds it (a requester wants to know at once).
     Callbacks run on the reader thread: keep them short and hand work off.
     """
 
@@ -195,10 +197,12 @@ class NatsConnection:
         on_state: Callable[[State], None] | None = None,
         on_gave_up: Callable[[str], None] | None = None,
         no_responders: bool = False,
+        first_connect_rounds: int | None = None,
     ) -> None:
         self._config = config
         self._name = name
         self._no_responders = no_responders
+        self._first_connect_rounds = first_connect_rounds
         self._on_state = on_state
         self._on_gave_up = on_gave_up
         self._servers: deque[str] = deque(config.urls)
@@ -321,8 +325,10 @@ class NatsConnection:
         if not first and (not config.allow_reconnect or config.max_reconnect == 0):
             raise ReconnectGaveUp("reconnecting is disabled (allowReconnect/maxReconnect)")
         rounds = config.max_reconnect if config.max_reconnect > 0 else None
-        if first and not config.allow_reconnect:
+        if first and (not config.allow_reconnect or config.max_reconnect == 0):
             rounds = 1
+        if first and self._first_connect_rounds is not None:
+            rounds = self._first_connect_rounds
         retrying = Retrying(
             stop=(stop_after_attempt(rounds) if rounds else stop_never)
             | stop_when_event_set(self._closing),

@@ -186,17 +186,18 @@ class TokenClient:
             raise NoWorkerAnswered("time budget spent", request_id=request_id)
         with self._lock:
             self._sequence += 1
+            self.requests_sent += 1
             reply_subject = f"{self._inbox}.{self._sequence}"
             waiter = self._waiters[reply_subject] = _Waiter()
         try:
             try:
-                self.requests_sent += 1
                 self._connection.publish(self._subject, payload, reply=reply_subject)
             except NatsConnectionError as error:
                 raise NoWorkerAnswered(f"not connected to NATS: {error}",
                                        request_id=request_id) from None
             if not waiter.event.wait(timeout) or waiter.message is None:
-                self.attempts_unanswered += 1
+                with self._lock:
+                    self.attempts_unanswered += 1
                 raise NoWorkerAnswered(f"no worker answered within {timeout:g} s",
                                        request_id=request_id)
         finally:

@@ -315,3 +315,20 @@ def test_tls_with_the_configured_ca(tls_files, requester_factory):
             plain.connect()
     finally:
         server.cleanup()
+
+
+def test_lame_duck_mode_moves_the_worker_to_another_server(start_worker, requester_factory):
+    first, second = NatsServer().start(), NatsServer().start()
+    try:
+        worker = start_worker(make_config(f"{first.url},{second.url}"), ECHO)
+        assert worker.server_url == first.url
+        first.process.send_signal(signal.SIGUSR2)  # nats-server: enter lame duck mode
+        moved_s = wait_until(lambda: worker.is_ready and worker.server_url == second.url,
+                             timeout=10, what="the move away from the lame duck")
+        assert first.process.poll() is None  # it was still up: the worker left on its own
+        assert answers(requester_factory, second.url)
+        report_figure(f"left a lame-duck server for the next one in {moved_s * 1000:.0f} ms")
+    finally:
+        first.kill()  # a lame duck takes minutes to finish on SIGTERM
+        first.cleanup()
+        second.cleanup()

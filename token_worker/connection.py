@@ -131,6 +131,10 @@ class _ProtocolError(NatsConnectionError):
     """The server sent something that is not the NATS protocol: the stream is broken."""
 
 
+class _LeaveServer(_ProtocolError):
+    """The server asked its clients to go elsewhere (lame duck mode)."""
+
+
 class _HandshakeFailed(NatsConnectionError):
     """One attempt to connect to one server failed (retried by the reconnect policy)."""
 
@@ -620,8 +624,12 @@ class NatsConnection:
             log.warning("unreadable INFO from server")
             return
         self._add_discovered_servers(info)
+        if info.get("ldm") and len(self._servers) > 1:
+            log.warning("nats server entering lame duck mode: moving to another server",
+                        extra={"server": self.server_url})
+            raise _LeaveServer("server entered lame duck mode")
         if info.get("ldm"):
-            log.warning("nats server entering lame duck mode; will reconnect elsewhere",
+            log.warning("nats server entering lame duck mode and no other server is known",
                         extra={"server": self.server_url})
 
     # --- losing and giving up -----------------------------------------------------------

@@ -254,3 +254,19 @@ def test_oidc_discovery_finds_the_token_endpoint(idp):
     client = IdpClient(config)
     assert client.token_url == idp.token_url
     assert client.fetch_token(*DEMO, "").access_token
+
+
+def test_discovery_never_blocks_the_reading_thread(nats_server, faulty, start_worker,
+                                                   requester_factory):
+    hanging = faulty(body=b"{}", delay=30)  # discovery will hang until its timeout
+    start_worker(make_config(nats_server.url, idp={
+        "issuer": hanging.url + "/realms/phoenix", "timeout": 1.0, "deadline": 1.0}))
+    requester = requester_factory(nats_server.url)
+    with ThreadPoolExecutor(2) as pool:
+        slow = pool.submit(requester.request, token_request(DEMO, "needs-discovery"))
+        time.sleep(0.1)
+        started = time.monotonic()
+        bad = requester.request(b"{broken")  # answered on the reading thread
+        assert time.monotonic() - started < 0.3
+        assert bad["error_code"] == "invalid_request"
+        assert slow.result(10)["error_code"] in ("idp_unavailable", "idp_timeout")

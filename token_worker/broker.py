@@ -74,9 +74,10 @@ class TokenBroker:
 
     def cached(self, query: TokenQuery) -> Answer | None:
         """A servable cached token, or None; never does I/O (safe on the reader thread)."""
-        if self._cache is None:
-            return None
-        key = self._key(query)
+        token_url = self._idp.known_token_url
+        if self._cache is None or not token_url:
+            return None  # no cache, or discovery not done yet (it is I/O: not here)
+        key = self._key(query, token_url)
         entry = self._cache.get(key)
         if entry is None:
             if self._metrics is not None:
@@ -95,7 +96,7 @@ class TokenBroker:
             answer = self.cached(query)
             if answer is not None:
                 return answer
-        key = self._key(query)
+        key = self._key(query, self._idp.token_url)
         future, leader = self._join_or_lead(key)
         if leader:
             self._call_idp(key, query, future)
@@ -110,9 +111,9 @@ class TokenBroker:
         """Stop background refreshes."""
         self._refresher.shutdown(wait=False, cancel_futures=True)
 
-    def _key(self, query: TokenQuery) -> CacheKey:
-        return cache_key(self._idp.token_url, query.client_id, query.client_secret,
-                         query.scope, self._auth_method)
+    def _key(self, query: TokenQuery, token_url: str) -> CacheKey:
+        return cache_key(token_url, query.client_id, query.client_secret, query.scope,
+                         self._auth_method)
 
     def _join_or_lead(self, key: CacheKey) -> tuple[Future[IssuedToken], bool]:
         with self._lock:
@@ -126,11 +127,10 @@ class TokenBroker:
         """The leader's call: its outcome goes to every waiter and, if good, to the cache."""
         try:
             token = self._idp.fetch_token(query.client_id, query.client_secret, query.scope)
-        except IdpError as error:
-            self._finish(key, future, error=error)
         except Exception as error:
-            self._finish(key, future, error=error)
-            raise
+            self._finish(key, future, error=error)  # every waiter gets the same answer
+            if not isinstance(error, IdpError):
+                raise
         else:
             if self._cache is not None:
                 self._cache.put(key, token)

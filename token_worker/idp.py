@@ -64,6 +64,11 @@ class IdpClient:
             headers={"User-Agent": USER_AGENT, "Accept": "application/json"})
 
     @property
+    def known_token_url(self) -> str:
+        """The token endpoint if known without I/O, else ""."""
+        return self._token_url
+
+    @property
     def token_url(self) -> str:
         """The token endpoint; with ``idp.issuer``, read once from OIDC discovery."""
         if not self._token_url:

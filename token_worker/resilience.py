@@ -56,8 +56,13 @@ class ResilientIdp:
 
     @property
     def token_url(self) -> str:
-        """The token endpoint (after discovery, when configured)."""
+        """The token endpoint (after discovery, when configured: may do I/O once)."""
         return self._client.token_url
+
+    @property
+    def known_token_url(self) -> str:
+        """The token endpoint if known without I/O, else "" (discovery still to come)."""
+        return self._client.known_token_url
 
     @property
     def circuit_open(self) -> bool:

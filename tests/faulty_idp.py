@@ -60,5 +60,7 @@ class FaultHandler(BaseHTTPRequestHandler):
         except (BrokenPipeError, ConnectionResetError):
             pass  # the client gave up waiting, as a hanging IdP's clients do
 
+    do_GET = do_POST
+
     def log_message(self, *_args: object) -> None:
         pass

@@ -75,7 +75,8 @@ def request_main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--client-secret-env", metavar="VAR",
                         help="environment variable holding the secret (default: read stdin)")
     parser.add_argument("--scope", default=None)
-    parser.add_argument("--timeout", type=float, default=5.0)
+    parser.add_argument("--timeout", type=float, default=10.0,
+                        help="seconds to wait for the answer (the IdP deadline is 8 s)")
     parser.add_argument("--show-token", action="store_true",
                         help="print the access token itself (default: only its first characters)")
     try:

@@ -78,8 +78,9 @@ class _Waiter:
 class TokenClient:
     """Requests tokens from the worker fleet; share one instance between threads.
 
-    ``timeout`` bounds one attempt, ``retries`` the attempts after the first one that found
-    no worker or no answer, ``budget`` (default: enough for every attempt) the whole call.
+    ``timeout`` bounds one attempt (10 s: longer than the workers' 8 s ``idp.deadline``, so
+    a slow IdP yields an answer, not a timeout), ``retries`` the attempts after the first
+    one that found no worker or no answer, ``budget`` (default: enough for every attempt) the whole call.
     ``cache`` keeps tokens until ``expiry_margin`` seconds before they expire.
     """
 
@@ -88,7 +89,7 @@ class TokenClient:
         nats: NatsConfig | str = defaults.NATS_URL,
         *,
         subject: str = defaults.SUBJECT,
-        timeout: float = 5.0,
+        timeout: float = 10.0,
         retries: int = 2,
         name: str = "token-worker requester",
         cache: bool = True,

@@ -80,8 +80,9 @@ class TokenClient:
 
     ``timeout`` bounds one attempt (10 s: longer than the workers' 8 s ``idp.deadline``, so
     a slow IdP yields an answer, not a timeout), ``retries`` the attempts after the first
-    one that found no worker or no answer, ``budget`` (default: enough for every attempt) the whole call.
-    ``cache`` keeps tokens until ``expiry_margin`` seconds before they expire.
+    one that found no worker or no answer, ``budget`` (default: enough for every attempt)
+    the whole call. ``cache`` keeps tokens until ``expiry_margin`` seconds before they
+    expire.
     """
 
     def __init__(

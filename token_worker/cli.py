@@ -13,13 +13,11 @@ import json
 import logging
 import os
 import sys
-import uuid
 from collections.abc import Sequence
 
 from token_worker.config import load_config
 from token_worker.errors import ConfigError, ReconnectGaveUp, TokenRequestFailed
 from token_worker.logs import configure_logging
-from token_worker.messages import now_rfc3339
 from token_worker.naming import client_name
 
 EXIT_OK = 0
@@ -66,7 +64,7 @@ def request_main(argv: Sequence[str] | None = None) -> int:
     --client-secret-env DEMO_SECRET``. The secret is read from an environment variable
     or standard input, never from the command line, where ``ps`` would show it.
     """
-    from token_worker.client import TokenClient  # noqa: PLC0415
+    from token_worker.client import TokenClient, request_body  # noqa: PLC0415
 
     parser = argparse.ArgumentParser(prog="token-request", description=request_main.__doc__)
     parser.add_argument("--nats-url", default="nats://127.0.0.1:4222")
@@ -87,10 +85,7 @@ def request_main(argv: Sequence[str] | None = None) -> int:
         secret = os.environ.get(args.client_secret_env, "")
     else:
         secret = sys.stdin.readline().rstrip("\n")
-    body = {"request_id": str(uuid.uuid4()), "client_id": args.client_id,
-            "client_secret": secret, "timestamp": now_rfc3339()}
-    if args.scope is not None:
-        body["scope"] = args.scope
+    body = request_body(args.client_id, secret, args.scope)
     try:
         with TokenClient(args.nats_url, subject=args.subject, timeout=args.timeout,
                          retries=0) as client:

@@ -147,16 +147,7 @@ class TokenClient:
             entry = self._cache.get(key)
             if entry is not None:
                 return _token_from_entry(entry)
-        body: dict[str, Any] = {
-            "request_id": str(uuid.uuid4()),
-            "client_id": client_id,
-            "client_secret": client_secret,
-            "timestamp": now_rfc3339(),
-        }
-        if scope is not None:
-            body["scope"] = scope
-        if skip_cache:
-            body["skip_cache"] = True
+        body = request_body(client_id, client_secret, scope, skip_cache=skip_cache)
         reply = self.request(body, budget=budget)
         issued = _issued_from_reply(reply, body["request_id"], self._now())
         if self._cache is None:
@@ -225,6 +216,22 @@ class TokenClient:
         if waiter is not None:
             waiter.message = message
             waiter.event.set()
+
+
+def request_body(client_id: str, client_secret: str, scope: str | None = None, *,
+                 skip_cache: bool = False) -> dict[str, Any]:
+    """A token request as the wire contract has it, with a fresh ``request_id``."""
+    body: dict[str, Any] = {
+        "request_id": str(uuid.uuid4()),
+        "client_id": client_id,
+        "client_secret": client_secret,
+        "timestamp": now_rfc3339(),
+    }
+    if scope is not None:
+        body["scope"] = scope
+    if skip_cache:
+        body["skip_cache"] = True
+    return body
 
 
 def _issued_from_reply(reply: dict[str, Any], request_id: str, now: float) -> IssuedToken:

@@ -83,8 +83,9 @@ class TokenCache:
     def get(self, key: CacheKey) -> CachedToken | None:
         """The entry if it may still be served; an expired entry is dropped."""
         with self._lock:
-            entry = self._entries.get(key)
-            if entry is None:
+            try:
+                entry = self._entries[key]  # one lookup (get() looks up twice)
+            except KeyError:
                 return None
             if self.now() >= entry.serve_until:
                 del self._entries[key]

@@ -55,8 +55,8 @@ READ_SIZE = 64 * 1024
 """Bytes asked of the socket per read: many messages per system call under load."""
 MAX_CONTROL_LINE = 64 * 1024
 """A protocol line longer than this is a broken stream, not a slow one."""
-READ_TICK = 1.0
-"""Longest the reader blocks before checking its keep-alive clock (no busy loop)."""
+KEEPALIVE_TICK = 1.0
+"""Longest the keep-alive thread sleeps between looks at its clock (no busy loop)."""
 
 
 def _import_pynats2() -> types.ModuleType:
@@ -220,6 +220,9 @@ class NatsConnection:
         self._reader: threading.Thread | None = None
         self._reader_ident = 0
         self._outbox: list[bytes] | None = None
+        self._last_heard = 0.0
+        self._pings_out = 0
+        self._loss_reason = ""
         self._state = State.DISCONNECTED
         self.server_url = ""
         self.server_info: dict[str, Any] = {}
@@ -250,6 +253,8 @@ class NatsConnection:
             target=self._read_forever, name=f"nats-reader[{self._name}]", daemon=True
         )
         self._reader.start()
+        threading.Thread(target=self._keep_alive_forever, name=f"nats-keepalive[{self._name}]",
+                         daemon=True).start()
 
     def subscribe(self, subject: str, callback: MessageCallback, queue: str = "") -> Subscription:
         """Subscribe; the subscription survives reconnects."""
@@ -390,8 +395,13 @@ class NatsConnection:
             with contextlib.suppress(Exception):
                 handshake._socket.close()
             raise
-        sock.settimeout(min(READ_TICK, self._config.ping_interval))
+        # Blocking from here on: a socket with a timeout costs a poll() before every recv
+        # and send. Keep-alive and stale detection run on their own thread instead.
+        sock.settimeout(None)
         with self._send_lock:
+            self._last_heard = time.monotonic()
+            self._pings_out = 0
+            self._loss_reason = ""
             self._sock = sock
             self._buffer = leftover
             self._pending_pongs.clear()
@@ -480,25 +490,22 @@ class NatsConnection:
         if sock is None:
             return "no socket"
         view = memoryview(bytearray(READ_SIZE))
-        keepalive = _KeepAlive(time.monotonic())
         while not self._closing.is_set():
-            problem = self._read_once(sock, view, keepalive)
+            problem = self._read_once(sock, view)
             if problem:
-                return problem
+                return self._loss_reason or problem
         return "closing"
 
-    def _read_once(self, sock: socket.socket, view: memoryview, keepalive: _KeepAlive) -> str:
-        """One read (or one quiet tick); return why the connection is lost, or ""."""
+    def _read_once(self, sock: socket.socket, view: memoryview) -> str:
+        """One read; return why the connection is lost, or ""."""
         try:
             count = sock.recv_into(view)
-        except TimeoutError:
-            return self._keep_alive(keepalive)
         except OSError as error:
             return f"socket error: {error}"
         if count == 0:
             return "server closed the connection"
-        keepalive.last_heard = time.monotonic()
-        keepalive.pings_out = 0
+        self._last_heard = time.monotonic()
+        self._pings_out = 0
         self._buffer += view[:count]
         self._outbox = []
         try:
@@ -517,22 +524,26 @@ class NatsConnection:
             log.warning("messages lost: connection down", extra={"messages": len(outbox),
                                                                  "error": str(error)})
 
-    def _keep_alive(self, keepalive: _KeepAlive) -> str:
-        """On a quiet tick: PING when the server was quiet too long; lost after too many."""
-        now = time.monotonic()
-        if now - keepalive.last_heard < self._config.ping_interval:
-            return ""
-        if keepalive.pings_out >= self._config.max_pings_out:
-            return f"stale connection: {keepalive.pings_out} PINGs unanswered"
-        keepalive.pings_out += 1
-        keepalive.last_heard = now
-        with self._send_lock:
-            try:
-                self._send_locked(b"PING\r\n")
-            except NatsConnectionError:
-                return "could not send PING"
-            self._pending_pongs.append(None)
-        return ""
+    def _keep_alive_forever(self) -> None:
+        """The keep-alive thread: PING a quiet server; after ``maxPingsOut`` unanswered
+        PINGs, shut the socket so the blocked reader wakes up and reconnects."""
+        tick = min(KEEPALIVE_TICK, self._config.ping_interval)
+        while not self._closing.wait(tick):
+            with self._send_lock:
+                if self._sock is None:
+                    continue
+                now = time.monotonic()
+                if now - self._last_heard < self._config.ping_interval:
+                    continue
+                if self._pings_out >= self._config.max_pings_out:
+                    self._loss_reason = f"stale connection: {self._pings_out} PINGs unanswered"
+                    self._drop_socket()
+                    continue
+                self._pings_out += 1
+                self._last_heard = now
+                with contextlib.suppress(NatsConnectionError):
+                    self._send_locked(b"PING\r\n")
+                    self._pending_pongs.append(None)
 
     def _parse_buffer(self) -> str:
         """Handle every complete protocol line in the buffer; return a problem or ""."""
@@ -680,14 +691,6 @@ class NatsConnection:
                 self._on_state(state)
             except Exception:
                 log.exception("state listener failed")
-
-
-@dataclass
-class _KeepAlive:
-    """The reader's keep-alive clock: when the server was last heard, PINGs unanswered."""
-
-    last_heard: float
-    pings_out: int = 0
 
 
 def _sub_line(sub: Subscription) -> bytes:

@@ -75,7 +75,8 @@ class TokenHandler:
             return request
         if request.skip_cache:
             return None
-        answer = self._broker.cached(self._query(request))
+        scope = self._default_scope if request.scope is None else request.scope
+        answer = self._broker.cached(TokenQuery(request.client_id, request.client_secret, scope))
         if answer is None:
             return None
         if log.isEnabledFor(logging.DEBUG):

@@ -195,9 +195,10 @@ def token_reply(
     token_type: str,
     expires_in: int,
     scope: str = "",
-    **extra: Any,
+    token_source: str = "",
 ) -> bytes:
-    """A success reply, in the original's shape (``scope`` omitted when empty)."""
+    """A success reply, in the original's shape (``scope`` and ``token_source`` omitted
+    when empty)."""
     body: dict[str, Any] = {
         "request_id": request_id,
         "access_token": access_token,
@@ -206,7 +207,8 @@ def token_reply(
     }
     if scope:
         body["scope"] = scope
-    body.update(extra)
+    if token_source:
+        body["token_source"] = token_source
     body["timestamp"] = now_rfc3339()
     return orjson.dumps(body)
 

@@ -75,6 +75,8 @@ class Metrics:
                                   registry=registry)
         self._by_outcome = {label: self.requests.labels(label)
                             for label in (*_OUTCOMES, IDP_REFUSED)}
+        self._by_error_code = {"": self._by_outcome[OK], **self._by_outcome}
+        """Reply error code -> its counter child; any other code counts as ``idp_refused``."""
         self.cache_hit = self.cache_events.labels("hit")
         self.cache_miss = self.cache_events.labels("miss")
         self.cache_refresh = self.cache_events.labels("refresh")
@@ -83,7 +85,8 @@ class Metrics:
 
     def count_reply(self, error_code: str, seconds: float) -> None:
         """One reply sent: its outcome and how long it took."""
-        self._by_outcome[outcome_label(error_code)].inc()
+        counter = self._by_error_code.get(error_code) or self._by_outcome[IDP_REFUSED]
+        counter.inc()
         self.reply_seconds.observe(seconds)
         if error_code:
             self.last_error = error_code

@@ -10,12 +10,13 @@ asynchronous INFO.
 
 So this module uses pynats2 for what it does well, the handshake (URL, socket, INFO, TLS
 wrapping, CONNECT), and owns everything after it: one reader thread per connection that
-parses the protocol from 64 KiB reads, answers PINGs, sends keep-alive PINGs and counts the
-missing PONGs, logs ``-ERR`` lines with their text and keeps serving through permission
-errors, and on any loss reconnects with tenacity (``reconnectWait`` between rounds over
-the servers, at most ``maxReconnect`` rounds) and re-creates every subscription. The rest
-of token-worker sees a connection that is either working or reconnecting, and is told when
-it gives up.
+blocks on the socket, parses the protocol from 64 KiB reads, answers PINGs, logs ``-ERR``
+lines with their text and keeps serving through permission errors, follows a server's
+lame-duck notice to the next server, and on any loss reconnects with tenacity
+(``reconnectWait`` between rounds over the servers, at most ``maxReconnect`` rounds) and
+re-creates every subscription; and one keep-alive thread that PINGs a quiet server and
+shuts the socket when PONGs stop coming. The rest of token-worker sees a connection that
+is either working or reconnecting, and is told when it gives up.
 """
 
 from __future__ import annotations

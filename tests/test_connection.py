@@ -332,3 +332,38 @@ def test_lame_duck_mode_moves_the_worker_to_another_server(start_worker, request
         first.kill()  # a lame duck takes minutes to finish on SIGTERM
         first.cleanup()
         second.cleanup()
+
+
+def test_mutual_tls_with_a_client_certificate(tls_files):
+    def run(*args: str) -> None:
+        subprocess.run(["openssl", *args], cwd=tls_files, check=True, capture_output=True)
+
+    run("req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=token-worker",
+        "-keyout", "client.key", "-out", "client.csr")
+    (tls_files / "client.ext").write_text(
+        "basicConstraints=CA:FALSE\nauthorityKeyIdentifier=keyid,issuer\n"
+        "subjectKeyIdentifier=hash\nkeyUsage=critical,digitalSignature,keyEncipherment\n"
+        "extendedKeyUsage=clientAuth\n")
+    run("x509", "-req", "-in", "client.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
+        "-CAcreateserial", "-days", "1", "-extfile", "client.ext", "-out", "client.pem")
+    server = NatsServer(config_text=f"""
+        tls {{
+          cert_file: "{tls_files / 'server.pem'}", key_file: "{tls_files / 'server.key'}"
+          ca_file: "{tls_files / 'ca.pem'}", verify: true
+        }}
+    """).start()
+    try:
+        tls_url = f"tls://127.0.0.1:{server.port}"
+        ca = str(tls_files / "ca.pem")
+        with_cert = NatsConnection(make_config(tls_url, nats={"max_reconnect": 1, "tls": TlsConfig(
+            ca_file=ca, cert_file=str(tls_files / "client.pem"),
+            key_file=str(tls_files / "client.key"))}).nats, "mtls-ok")
+        with_cert.connect()
+        assert with_cert.is_connected
+        with_cert.close()
+        without_cert = NatsConnection(make_config(tls_url, nats={
+            "max_reconnect": 1, "tls": TlsConfig(ca_file=ca)}).nats, "mtls-missing")
+        with pytest.raises(ReconnectGaveUp):
+            without_cert.connect()
+    finally:
+        server.cleanup()

@@ -249,7 +249,10 @@ def test_callback_exceptions_are_logged_not_lost(nats_server, caplog):
         connection.publish("boom", b"1")
         connection.publish("boom", b"2")
         wait_until(lambda: len(seen.messages) == 2, what="both messages despite the error")
-        assert caplog.text.count("ValueError: callback bug") == 2
+        # The log line follows the callback's return on the reader thread: wait for it too.
+        wait_until(lambda: caplog.text.count("ValueError: callback bug") == 2,
+                   timeout=2, what="one traceback per failed callback")
+        assert connection.is_connected
     finally:
         connection.close()
 

@@ -108,13 +108,15 @@ def test_request_without_reply_subject_is_logged_and_dropped(nats_server, idp, s
     requester = requester_factory(nats_server.url)
     caplog.set_level("WARNING")
 
+    calls_before = idp.token_calls()
     requester.publish("token.request", json.dumps(token_request(DEMO)).encode())
     deadline = time.monotonic() + 5
     while "request without reply subject dropped" not in caplog.text:
         assert time.monotonic() < deadline
         time.sleep(0.02)
-    assert idp.token_calls() >= 0  # IdP untouched is not observable here; serving is:
-    assert requester.request(token_request(DEMO))["access_token"]
+    assert idp.token_calls() == calls_before  # dropped before any IdP work
+    assert requester.request(token_request(DEMO))["access_token"]  # and still serving
+    assert idp.token_calls() == calls_before + 1
 
 
 def test_custom_handler_replaces_the_exchange_and_its_crash_is_an_internal_error(

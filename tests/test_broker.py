@@ -142,7 +142,7 @@ def test_refresh_ahead_replaces_the_token_while_requests_never_wait():
         clock.now += 250  # the last 20% of a 300 s life
         started = time.monotonic()
         during = broker.cached(query())
-        assert time.monotonic() - started < 0.05  # no waiting on the 400 ms IdP
+        assert time.monotonic() - started < 0.2  # no waiting on the 400 ms IdP
         assert during is not None
         assert during.token.access_token == old
         deadline = time.monotonic() + 5
@@ -244,7 +244,7 @@ def test_repeated_failures_open_the_circuit_and_fail_fast(faulty):
     started = time.monotonic()
     with pytest.raises(CircuitOpen):
         broker.fetch(query())
-    assert time.monotonic() - started < 0.05
+    assert time.monotonic() - started < 0.2  # no call, no back-off
     assert server.calls == calls  # the IdP was not asked
 
 
@@ -267,6 +267,6 @@ def test_discovery_never_blocks_the_reading_thread(nats_server, faulty, start_wo
         time.sleep(0.1)
         started = time.monotonic()
         bad = requester.request(b"{broken")  # answered on the reading thread
-        assert time.monotonic() - started < 0.3
+        assert time.monotonic() - started < 0.5  # not behind the 1 s discovery timeout
         assert bad["error_code"] == "invalid_request"
         assert slow.result(10)["error_code"] in ("idp_unavailable", "idp_timeout")

@@ -246,12 +246,14 @@ class TokenWorker:
             request_id, messages.OVERLOADED, "worker overloaded, retry shortly"), received)
 
     def _send_reply(self, subject: str, reply: bytes, received: float) -> None:
+        """Count the reply, then send it: whoever reads the metrics or ``$SRV.STATS`` after
+        getting the reply sees it counted."""
+        self.metrics.count_reply(messages.error_code_of(reply),
+                                 time.perf_counter() - received)
         try:
             self._connection.publish(subject, reply)
         except NotConnected as error:
             log.warning("reply lost: NATS connection down", extra={"error": str(error)})
-        self.metrics.count_reply(messages.error_code_of(reply),
-                                 time.perf_counter() - received)
 
     # --- events ---------------------------------------------------------------------------
 

@@ -61,7 +61,8 @@ def test_metrics_count_what_happened(nats_server, idp, start_worker, requester_f
     requester.request(b"not json")
     requester.close()
     nats_server.restart()
-    wait_until(lambda: worker.is_ready, what="reconnect")
+    # ``reconnects`` is counted after the state change and its listeners: wait for it.
+    wait_until(lambda: worker.reconnects == 1 and worker.is_ready, what="reconnect")
 
     status, text = get(worker.health_port, "/metrics")
     assert status == 200

@@ -149,6 +149,18 @@ def test_settings_table_covers_every_setting():
     assert all(row["env"] or row["flag"] for row in rows)
 
 
+def test_readme_documents_every_setting_with_its_env_and_flag():
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text().splitlines()
+    for row in describe_settings():
+        lines = [line for line in readme if line.startswith(f"| `{row['key']}` |")]
+        assert len(lines) == 1, f"{row['key']} is not in the README's settings table"
+        names = row["env"].split(", ") if row["env"] else []
+        if row["flag"]:
+            names.append(row["flag"])
+        for name in names:
+            assert f"`{name}`" in lines[0], f"{row['key']}: README row lacks {name}"
+
+
 @pytest.mark.parametrize(
     ("suffix", "env", "host", "expected"),
     [

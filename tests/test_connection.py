@@ -235,6 +235,52 @@ def test_close_never_hangs_even_while_reconnecting(nats_server):
         connection.publish("x", b"y")
 
 
+def test_what_is_published_while_reconnecting_goes_out_after_resubscribing(nats_server,
+                                                                           caplog):
+    caplog.set_level(logging.INFO, logger="token_worker")
+    connection = connect(nats_server.url, reconnect_wait=0.1)
+    try:
+        seen = Collector()
+        connection.subscribe("held", seen)  # NATS echoes our own messages back to us
+        connection.flush(2)
+        nats_server.kill()
+        wait_until(lambda: connection.state is State.RECONNECTING, what="loss detection")
+        for i in range(3):
+            connection.publish("held", b"during outage %d" % i)
+        nats_server.start()
+        # The SUB goes out before the buffered PUBs, so all three come back, in order.
+        wait_until(lambda: len(seen.messages) == 3, what="the buffered messages")
+        assert [m.payload for m in seen.messages] == [b"during outage %d" % i for i in range(3)]
+        assert "sent messages published while reconnecting" in caplog.messages
+    finally:
+        connection.close()
+
+
+def test_reconnect_buffer_is_bounded_and_can_be_turned_off(nats_server):
+    bounded = connect(nats_server.url, reconnect_wait=30, reconnect_buffer_size=100)
+    unbuffered = connect(nats_server.url, reconnect_wait=30, reconnect_buffer_size=0)
+    try:
+        nats_server.kill()
+        wait_until(lambda: bounded.state is State.RECONNECTING
+                   and unbuffered.state is State.RECONNECTING, what="loss detection")
+        bounded.publish("s", b"x" * 40)  # 52 bytes with its PUB line: kept
+        with pytest.raises(NotConnected, match=r"reconnect buffer \(100 bytes\) is full"):
+            bounded.publish("s", b"x" * 40)
+        with pytest.raises(NotConnected):
+            unbuffered.publish("s", b"x")
+    finally:
+        bounded.close()
+        unbuffered.close()
+
+
+def test_nothing_is_buffered_when_the_connection_will_not_come_back(nats_server):
+    connection = connect(nats_server.url, allow_reconnect=False)
+    nats_server.kill()
+    wait_until(lambda: connection.state is State.CLOSED, what="giving up")
+    with pytest.raises(NotConnected):
+        connection.publish("s", b"x")
+
+
 def test_callback_exceptions_are_logged_not_lost(nats_server, caplog):
     connection = connect(nats_server.url)
     try:

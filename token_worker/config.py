@@ -73,6 +73,8 @@ class NatsConfig:
     connect_timeout: float = defaults.CONNECT_TIMEOUT
     ping_interval: float = defaults.PING_INTERVAL
     max_pings_out: int = defaults.MAX_PINGS_OUT
+    reconnect_buffer_size: int = defaults.RECONNECT_BUFFER_SIZE
+    """Bytes published while reconnecting that are kept for the next server; 0: none."""
     username: str | None = None
     password: Secret | None = None
     token: Secret | None = None
@@ -352,6 +354,9 @@ SETTINGS: tuple[Setting, ...] = (
             ("NATS_PING_INTERVAL",), None, help="seconds between keep-alive PINGs"),
     Setting("nats.maxPingsOut", "nats.max_pings_out", _positive_integer,
             ("NATS_MAX_PINGS_OUT",), None, help="unanswered PINGs before the server is lost"),
+    Setting("nats.reconnectBufSize", "nats.reconnect_buffer_size", _non_negative_integer,
+            ("NATS_RECONNECT_BUF_SIZE",), None,
+            help="bytes published while reconnecting, sent once back; 0: fail at once"),
     Setting("nats.username", "nats.username", _optional_text, ("NATS_USER",), None,
             help="NATS user"),
     Setting("nats.password", "nats.password", _secret, ("NATS_PASS",), None, secret=True,

@@ -15,8 +15,10 @@ lines with their text and keeps serving through permission errors, follows a ser
 lame-duck notice to the next server, and on any loss reconnects with tenacity
 (``reconnectWait`` between rounds over the servers, at most ``maxReconnect`` rounds) and
 re-creates every subscription; and one keep-alive thread that PINGs a quiet server and
-shuts the socket when PONGs stop coming. The rest of token-worker sees a connection that
-is either working or reconnecting, and is told when it gives up.
+shuts the socket when PONGs stop coming. What is published while reconnecting waits in a
+bounded buffer and goes to the next server after the subscriptions, as in nats.go. The
+rest of token-worker sees a connection that is either working or reconnecting, and is
+told when it gives up.
 """
 
 from __future__ import annotations
@@ -221,6 +223,8 @@ class NatsConnection:
         self._reader: threading.Thread | None = None
         self._reader_ident = 0
         self._outbox: list[bytes] | None = None
+        self._reconnect_buffer: list[bytes] = []
+        self._reconnect_buffered = 0
         self._last_heard = 0.0
         self._pings_out = 0
         self._loss_reason = ""
@@ -241,6 +245,11 @@ class NatsConnection:
     def is_connected(self) -> bool:
         """True while publishes can go out."""
         return self._state is State.CONNECTED
+
+    @property
+    def buffered_bytes(self) -> int:
+        """Bytes published while reconnecting that wait for the next server."""
+        return self._reconnect_buffered
 
     def connect(self) -> None:
         """Connect (retrying as the reconnect policy allows) and start the reader thread.
@@ -301,11 +310,56 @@ class NatsConnection:
         self.send_raw(data)
 
     def send_raw(self, data: bytes) -> None:
-        """Write already encoded protocol bytes (several PUBs at once, for instance)."""
+        """Write already encoded protocol bytes (several PUBs at once, for instance).
+
+        While reconnecting, the bytes wait in the reconnect buffer for the next server
+        (``nats.reconnectBufSize``), so a reply finished during a short outage still
+        reaches its requester; :class:`NotConnected` only when they cannot wait.
+        """
         with self._send_lock:
-            if self._sock is None:
-                raise NotConnected(f"not connected (state {self._state.value})")
-            self._send_locked(data)
+            if self._sock is not None:
+                try:
+                    self._send_locked(data)
+                    return
+                except NotConnected:
+                    if not self._will_reconnect():
+                        raise
+            self._keep_for_reconnect(data)
+
+    def _will_reconnect(self) -> bool:
+        config = self._config
+        return (not self._closing.is_set() and config.allow_reconnect
+                and config.max_reconnect != 0
+                and self._state in (State.CONNECTED, State.RECONNECTING))
+
+    def _keep_for_reconnect(self, data: bytes) -> None:
+        """Hold ``data`` for the next server (call with the send lock), or refuse it."""
+        if not self._will_reconnect():
+            raise NotConnected(f"not connected (state {self._state.value})")
+        limit = self._config.reconnect_buffer_size
+        if self._reconnect_buffered + len(data) > limit:
+            raise NotConnected(f"not connected, and the reconnect buffer ({limit} bytes) "
+                               "is full")
+        self._reconnect_buffer.append(data)
+        self._reconnect_buffered += len(data)
+
+    def _send_reconnect_buffer_locked(self) -> int:
+        """After re-subscribing: send what was published while reconnecting, in one write,
+        and return how many writes it held (call with the send lock)."""
+        held = len(self._reconnect_buffer)
+        if held:
+            self._send_locked(b"".join(self._reconnect_buffer))
+            self._reconnect_buffer.clear()
+            self._reconnect_buffered = 0
+        return held
+
+    def _discard_reconnect_buffer(self) -> None:
+        with self._send_lock:
+            held, self._reconnect_buffer = self._reconnect_buffer, []
+            self._reconnect_buffered = 0
+        if held:
+            log.warning("messages lost: published while reconnecting, never sent",
+                        extra={"writes": len(held), "bytes": sum(map(len, held))})
 
     def flush(self, timeout: float) -> None:
         """Wait until the server has processed everything sent so far (a PING round-trip)."""
@@ -326,6 +380,7 @@ class NatsConnection:
         if self._reader is not None and self._reader is not threading.current_thread():
             self._reader.join(timeout)
         self._set_state(State.CLOSED)
+        self._discard_reconnect_buffer()
 
     # --- connecting -------------------------------------------------------------------
 
@@ -411,9 +466,13 @@ class NatsConnection:
             self._add_discovered_servers(handshake.server_info)
             for sub in self._subscriptions.values():
                 self._send_locked(_sub_line(sub))
+            sent_from_buffer = self._send_reconnect_buffer_locked()
         self._set_state(State.CONNECTED)
         log.info("nats connected", extra={"server": url,
                                            "server_id": handshake.server_info.get("server_id")})
+        if sent_from_buffer:
+            log.info("sent messages published while reconnecting",
+                     extra={"writes": sent_from_buffer})
 
     def _connect_options(self) -> dict[str, Any]:
         config = self._config
@@ -680,6 +739,7 @@ class NatsConnection:
         self.gave_up_reason = reason
         log.error("nats reconnect gave up", extra={"reason": reason})
         self._set_state(State.CLOSED)
+        self._discard_reconnect_buffer()
         if self._on_gave_up is not None:
             self._on_gave_up(reason)
 

@@ -26,6 +26,9 @@ PING_INTERVAL = 20.0
 """Seconds between keep-alive PINGs when the server is quiet."""
 MAX_PINGS_OUT = 2
 """Unanswered PINGs after which the server counts as lost (nats.py and nats.go use 2)."""
+RECONNECT_BUFFER_SIZE = 8 * 1024 * 1024
+"""Bytes of messages published while reconnecting that are kept and sent once connected
+again (nats.go's ``ReconnectBufSize`` default); past it, a publish fails at once."""
 
 SUBJECT = "token.request"
 """original: the request subject (env ``TOKEN_SUBJECT``)."""

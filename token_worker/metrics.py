@@ -49,7 +49,7 @@ class Metrics:
         self.requests = Counter("token_worker_requests", "Requests answered, by outcome",
                                 ["outcome"], registry=registry)
         self.reply_seconds = Histogram(
-            "token_worker_reply_seconds", "From request received to reply sent",
+            "token_worker_reply_seconds", "From request received to reply ready to send",
             buckets=LATENCY_BUCKETS, registry=registry)
         self.cache_events = Counter("token_worker_cache_events",
                                     "Token cache hits, misses and refreshes ahead of expiry",
@@ -70,6 +70,10 @@ class Metrics:
         self.capacity = Gauge("token_worker_capacity",
                               "Requests that may be running or waiting (workers + backlog)",
                               registry=registry)
+        self.reconnect_buffer = Gauge(
+            "token_worker_nats_reconnect_buffer_bytes",
+            "Bytes published while reconnecting, waiting for the next server",
+            registry=registry)
         self.circuit_open = Gauge("token_worker_idp_circuit_open",
                                   "1 while the IdP is not asked after repeated failures",
                                   registry=registry)

@@ -67,6 +67,7 @@ class TokenWorker:
         self._connection = NatsConnection(
             config.nats, self.client_name, on_state=self._on_state, on_gave_up=self._on_gave_up
         )
+        self.metrics.reconnect_buffer.set_function(lambda: self._connection.buffered_bytes)
         self._service = ServiceResponder(
             self._connection, version=__version__, subject=config.subject, queue=config.queue,
             metrics=self.metrics, metadata={"client_name": self.client_name})

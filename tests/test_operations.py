@@ -17,6 +17,7 @@ from tests.test_connection import wait_until
 from token_worker.config import HealthConfig
 
 SVC_CLIENT = ROOT / "dev" / "svc-client"
+PROMTOOL = ROOT / ".tools" / "bin" / "promtool"
 
 
 def get(port: int, path: str) -> tuple[int, str]:
@@ -80,6 +81,22 @@ def test_metrics_count_what_happened(nats_server, idp, start_worker, requester_f
     assert samples["token_worker_in_flight"] == 0
     assert samples["token_worker_capacity"] == 32 + 256
     assert samples["token_worker_idp_circuit_open"] == 0
+    assert samples["token_worker_nats_reconnect_buffer_bytes"] == 0
+
+
+def test_metrics_pass_the_prometheus_linter(nats_server, idp, start_worker, requester_factory):
+    """``promtool check metrics``: names, units, suffixes and help texts as Prometheus
+    expects them, on what a real worker serves."""
+    if not PROMTOOL.exists():
+        pytest.fail("promtool is not installed: run `scripts/fetch-promtool`")
+    worker = start_worker(with_health(make_config(nats_server.url, idp.url)))
+    requester_factory(nats_server.url).request(token_request(DEMO))
+    status, text = get(worker.health_port, "/metrics")
+    assert status == 200 and "token_worker_requests_total" in text
+    result = subprocess.run([str(PROMTOOL), "check", "metrics"], input=text, check=False,
+                            capture_output=True, text=True, timeout=30)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout + result.stderr == ""
 
 
 def discover(url: str, *selector: str) -> dict:

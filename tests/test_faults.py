@@ -67,6 +67,7 @@ PAYLOADS = st.one_of(
 )
 
 
+@pytest.mark.timeout(600)  # 10,000 round trips: about 45 s here, minutes on a loaded machine
 def test_fuzzed_payloads_all_get_well_formed_error_replies(nats_server, faulty,
                                                           requester_factory):
     refusing_idp = faulty(status=401, body=b'{"error": "invalid_client"}')

@@ -316,25 +316,33 @@ def test_client_name_is_what_the_server_shows(nats_server):
         connection.close()
 
 
+def _openssl(directory, *args: str) -> None:
+    subprocess.run(["openssl", *args], cwd=directory, check=True, capture_output=True)
+
+
+def _issue_certificate(directory, name: str, subject: str, *extensions: str) -> None:
+    """``<name>.key`` and ``<name>.pem``, signed by the test CA in ``directory``. Python
+    3.13 verifies strictly (VERIFY_X509_STRICT): the extensions a real CA sets."""
+    _openssl(directory, "req", "-newkey", "rsa:2048", "-nodes", "-subj", subject,
+             "-keyout", f"{name}.key", "-out", f"{name}.csr")
+    (directory / f"{name}.ext").write_text("\n".join((
+        "basicConstraints=CA:FALSE", "authorityKeyIdentifier=keyid,issuer",
+        "subjectKeyIdentifier=hash", "keyUsage=critical,digitalSignature,keyEncipherment",
+        *extensions)) + "\n")
+    _openssl(directory, "x509", "-req", "-in", f"{name}.csr", "-CA", "ca.pem",
+             "-CAkey", "ca.key", "-CAcreateserial", "-days", "1",
+             "-extfile", f"{name}.ext", "-out", f"{name}.pem")
+
+
 @pytest.fixture
 def tls_files(tmp_path):
     """A CA and a server certificate for 127.0.0.1, made with the openssl CLI."""
-    def run(*args: str) -> None:
-        subprocess.run(["openssl", *args], cwd=tmp_path, check=True, capture_output=True)
-
-    run("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=test-ca",
-        "-addext", "basicConstraints=critical,CA:TRUE",
-        "-addext", "keyUsage=critical,keyCertSign,cRLSign",
-        "-keyout", "ca.key", "-out", "ca.pem")
-    run("req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=127.0.0.1",
-        "-keyout", "server.key", "-out", "server.csr")
-    # Python 3.13 verifies strictly (VERIFY_X509_STRICT): the extensions a real CA sets.
-    (tmp_path / "san.ext").write_text(
-        "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\n"
-        "authorityKeyIdentifier=keyid,issuer\nsubjectKeyIdentifier=hash\n"
-        "keyUsage=critical,digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth\n")
-    run("x509", "-req", "-in", "server.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
-        "-CAcreateserial", "-days", "1", "-extfile", "san.ext", "-out", "server.pem")
+    _openssl(tmp_path, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+             "-subj", "/CN=test-ca", "-addext", "basicConstraints=critical,CA:TRUE",
+             "-addext", "keyUsage=critical,keyCertSign,cRLSign",
+             "-keyout", "ca.key", "-out", "ca.pem")
+    _issue_certificate(tmp_path, "server", "/CN=127.0.0.1", "subjectAltName=IP:127.0.0.1",
+                       "extendedKeyUsage=serverAuth")
     return tmp_path
 
 
@@ -384,17 +392,7 @@ def test_lame_duck_mode_moves_the_worker_to_another_server(start_worker, request
 
 
 def test_mutual_tls_with_a_client_certificate(tls_files):
-    def run(*args: str) -> None:
-        subprocess.run(["openssl", *args], cwd=tls_files, check=True, capture_output=True)
-
-    run("req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=token-worker",
-        "-keyout", "client.key", "-out", "client.csr")
-    (tls_files / "client.ext").write_text(
-        "basicConstraints=CA:FALSE\nauthorityKeyIdentifier=keyid,issuer\n"
-        "subjectKeyIdentifier=hash\nkeyUsage=critical,digitalSignature,keyEncipherment\n"
-        "extendedKeyUsage=clientAuth\n")
-    run("x509", "-req", "-in", "client.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
-        "-CAcreateserial", "-days", "1", "-extfile", "client.ext", "-out", "client.pem")
+    _issue_certificate(tls_files, "client", "/CN=token-worker", "extendedKeyUsage=clientAuth")
     server = NatsServer(config_text=f"""
         tls {{
           cert_file: "{tls_files / 'server.pem'}", key_file: "{tls_files / 'server.key'}"

@@ -13,56 +13,11 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import CAPTURED_LOG_LINES, DEMO, TEST_CLIENTS, remember_secret, token_request
+from tests.conftest import DEMO, TEST_CLIENTS, remember_secret, token_request
+from tests.helpers import WorkerProcess
 from tests.servers import ROOT, IdpServer, NatsServer
 
 SCRIPT = ROOT / "bin" / "token-worker"
-
-
-class WorkerProcess:
-    """``bin/token-worker`` in a child process; its stderr (JSON logs) is collected."""
-
-    def __init__(self, *args: str, env: dict[str, str] | None = None) -> None:
-        full_env = {k: v for k, v in os.environ.items()
-                    if k not in ("POD_NAME", "WORKER_NAME_SUFFIX")}
-        full_env.update(env or {})
-        self.process = subprocess.Popen(
-            [sys.executable, str(SCRIPT), *args], env=full_env,
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        )
-        self.lines: list[str] = []
-        self._reader = threading.Thread(target=self._collect, daemon=True)
-        self._reader.start()
-
-    def _collect(self) -> None:
-        assert self.process.stderr is not None
-        for line in self.process.stderr:
-            self.lines.append(line.rstrip("\n"))
-            CAPTURED_LOG_LINES.append(line.rstrip("\n"))
-
-    def records(self) -> list[dict]:
-        return [json.loads(line) for line in self.lines if line.startswith("{")]
-
-    def wait_for_log(self, message: str, timeout: float = 10) -> dict:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            for record in self.records():
-                if record.get("message") == message:
-                    return record
-            if self.process.poll() is not None and not self._reader.is_alive():
-                break
-            time.sleep(0.02)
-        pytest.fail(f"no log line {message!r}; got: {self.lines[-10:]}")
-
-    def finish(self, timeout: float = 15) -> int:
-        code = self.process.wait(timeout)
-        self._reader.join(5)
-        return code
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.kill()
-            self.process.wait(10)
 
 
 @pytest.fixture

@@ -17,22 +17,13 @@ import time
 import pytest
 
 from tests.conftest import make_config, remember_secret, report_figure
+from tests.helpers import wait_until
 from tests.servers import NatsServer
 from token_worker.config import Secret, TlsConfig
 from token_worker.connection import Message, NatsConnection, State
 from token_worker.errors import NotConnected, ReconnectGaveUp
 
 ECHO = lambda payload: payload  # noqa: E731 - the smallest handler there is
-
-
-def wait_until(predicate, timeout: float = 10.0, what: str = "condition") -> float:
-    """Poll ``predicate``; return the seconds it took, fail the test after ``timeout``."""
-    started = time.monotonic()
-    while not predicate():
-        if time.monotonic() - started > timeout:
-            pytest.fail(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(0.01)
-    return time.monotonic() - started
 
 
 def answers(requester_factory, url: str, *, subject: str = "token.request") -> bool:

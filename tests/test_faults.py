@@ -18,10 +18,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tests.conftest import DEMO, TEST_CLIENTS, make_config, report_figure, token_request
+from tests.helpers import WorkerProcess, wait_until
 from tests.proxy import PartitionProxy
 from tests.servers import IdpServer, free_port
-from tests.test_cli import WorkerProcess
-from tests.test_connection import wait_until
 from token_worker import NoWorkerAnswered, TokenClient
 from token_worker.config import NatsConfig
 from token_worker.connection import State

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import DEMO, make_config, token_request
+from tests.helpers import wait_until
 from tests.servers import ROOT
-from tests.test_connection import wait_until
 from token_worker.config import HealthConfig
 
 SVC_CLIENT = ROOT / "dev" / "svc-client"

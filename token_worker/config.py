@@ -1,10 +1,19 @@
 """Configuration: one typed object from defaults, a JSON file, environment and flags.
 
-Sources rise in precedence in that order. Every setting is declared once in ``SETTINGS``
-with its JSON key, environment variables and flag, so the loader, the error messages and
-the README table cannot drift apart. A bad value raises :class:`ConfigError` naming the
-field and its source (``file /app/configs/app.json``, ``env RECONNECT_WAIT``, ``flag
--idp-url``); secret values are never shown.
+Sources rise in precedence in that order. Each setting is declared once, as the dataclass
+field it fills::
+
+    reconnect_wait: float = setting(
+        "nats.reconnectWait", _wait_seconds, default=defaults.RECONNECT_WAIT,
+        env="RECONNECT_WAIT", help="seconds between reconnect rounds")
+
+The declaration holds the JSON key, environment variables, flag, parser, help and default;
+the loader, the flag parser, :func:`describe_settings` (the README table) and the types
+derive from it. Validation lives in the types: every section runs its parsers in
+``__post_init__``, so a config built in code fails as one read from a file does, naming
+the field (``invalid config nats.reconnectWait (from code): ...``). The loader names the
+source instead (``file /app/configs/app.json``, ``env RECONNECT_WAIT``, ``flag -idp-url``).
+Secret values are never shown.
 """
 
 from __future__ import annotations
@@ -13,13 +22,18 @@ import argparse
 import json
 import math
 import os
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
-from typing import Any
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import MISSING, dataclass, field, fields, is_dataclass, replace
+from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 from token_worker import defaults
 from token_worker.errors import ConfigError
+
+T = TypeVar("T")
+
+CODE = "code"
+"""The source named by errors about values given to a config type in code."""
 
 
 class Secret:
@@ -46,104 +60,9 @@ class Secret:
         return hash(self._value)
 
 
-@dataclass(frozen=True)
-class TlsConfig:
-    """TLS towards NATS; used when a URL has the ``tls://`` scheme."""
-
-    ca_file: str | None = None
-    """CA bundle that signs the server's certificate."""
-    cert_file: str | None = None
-    """Client certificate, for servers that verify clients."""
-    key_file: str | None = None
-    """Key of the client certificate."""
-    verify: bool = True
-    """Verify the server's certificate (turn off only for local experiments)."""
-
-
-@dataclass(frozen=True)
-class NatsConfig:
-    """How to reach NATS and how to behave when it goes away."""
-
-    urls: tuple[str, ...] = (defaults.NATS_URL,)
-    """Servers, tried in turn."""
-    allow_reconnect: bool = defaults.ALLOW_RECONNECT
-    max_reconnect: int = defaults.MAX_RECONNECT
-    """Rounds over the servers before giving up; negative is forever, 0 is none."""
-    reconnect_wait: float = defaults.RECONNECT_WAIT
-    connect_timeout: float = defaults.CONNECT_TIMEOUT
-    ping_interval: float = defaults.PING_INTERVAL
-    max_pings_out: int = defaults.MAX_PINGS_OUT
-    reconnect_buffer_size: int = defaults.RECONNECT_BUFFER_SIZE
-    """Bytes published while reconnecting that are kept for the next server; 0: none."""
-    username: str | None = None
-    password: Secret | None = None
-    token: Secret | None = None
-    tls: TlsConfig = field(default_factory=TlsConfig)
-
-
-@dataclass(frozen=True)
-class IdpConfig:
-    """Where and how to ask the identity provider for tokens."""
-
-    url: str = defaults.IDP_URL
-    token_path: str = defaults.IDP_TOKEN_PATH
-    timeout: float = defaults.IDP_TIMEOUT
-    auth_method: str = defaults.IDP_AUTH_METHOD
-    default_scope: str = defaults.IDP_DEFAULT_SCOPE
-    issuer: str | None = None
-    """With an issuer, the token endpoint is read from its OIDC discovery document."""
-    deadline: float = defaults.IDP_DEADLINE
-    failure_threshold: int = defaults.IDP_FAILURE_THRESHOLD
-    cool_down: float = defaults.IDP_COOL_DOWN
-
-    @property
-    def token_url(self) -> str:
-        """The token endpoint: base URL + token path."""
-        return self.url.rstrip("/") + "/" + self.token_path.lstrip("/")
-
-
-@dataclass(frozen=True)
-class CacheConfig:
-    """The per-worker token cache."""
-
-    enabled: bool = defaults.CACHE_ENABLED
-    max_entries: int = defaults.CACHE_MAX_ENTRIES
-    expiry_margin: float = defaults.CACHE_EXPIRY_MARGIN
-    refresh_ahead: float = defaults.CACHE_REFRESH_AHEAD
-
-
-@dataclass(frozen=True)
-class HealthConfig:
-    """The optional HTTP listener for probes and metrics."""
-
-    port: int | None = None
-    """``None``: off (the library's default; the image turns it on); 0: any free port."""
-    host: str = "0.0.0.0"  # noqa: S104 - kubelet and Prometheus reach the pod's address
-    """Address to listen on."""
-
-
-@dataclass(frozen=True)
-class Config:
-    """Everything a :class:`~token_worker.TokenWorker` needs."""
-
-    environment: str = defaults.ENVIRONMENT
-    log_level: str = defaults.LOG_LEVEL
-    name_suffix: str | None = None
-    """Client name suffix; ``None`` falls back to WORKER_NAME_SUFFIX, POD_NAME, host name."""
-    subject: str = defaults.SUBJECT
-    queue: str = defaults.QUEUE_GROUP
-    workers: int = defaults.WORKERS
-    backlog: int = defaults.BACKLOG
-    max_payload: int = defaults.MAX_PAYLOAD
-    drain_timeout: float = defaults.DRAIN_TIMEOUT
-    nats: NatsConfig = field(default_factory=NatsConfig)
-    idp: IdpConfig = field(default_factory=IdpConfig)
-    cache: CacheConfig = field(default_factory=CacheConfig)
-    health: HealthConfig = field(default_factory=HealthConfig)
-
-
-# --- value parsers: each takes the raw value (JSON value or string) and returns it typed, or
-# raises ValueError with a sentence that completes "invalid config X (from Y): ..."
+# --- value parsers: each takes the raw value (JSON value, string, or a value given in code)
+# and returns it typed and normalised, or raises ValueError with a sentence that completes
+# "invalid config X (from Y): ...". Each is idempotent: a parsed value parses to itself.
 
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 AUTH_METHODS = ("client_secret_post", "client_secret_basic")
@@ -167,6 +86,8 @@ def _optional_text(raw: Any) -> str | None:
 
 
 def _secret(raw: Any) -> Secret | None:
+    if isinstance(raw, Secret):
+        return raw if raw.reveal() else None
     if not isinstance(raw, str):
         raise ValueError(f"must be a string, got {type(raw).__name__}")
     return Secret(raw) if raw else None
@@ -267,10 +188,10 @@ def _auth_method(raw: Any) -> str:
 def _http_url(raw: Any) -> str:
     value = _text(raw).strip()
     parts = urlsplit(value)
+    if parts.username or parts.password:  # checked first: the error must not quote them
+        raise ValueError("must not carry credentials; clients authenticate per request")
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ValueError(f"must be an http:// or https:// URL with a host, got {value!r}")
-    if parts.username or parts.password:
-        raise ValueError("must not carry credentials; clients authenticate per request")
     return value.rstrip("/")
 
 
@@ -281,10 +202,16 @@ def _url_path(raw: Any) -> str:
     return value
 
 
-def _nats_urls(raw: Any) -> tuple[str, ...]:
-    """Parse one URL or several separated by commas; credentials in a URL are refused, so
-    that a password never sits where URLs get logged (use nats.username/password)."""
-    items = raw if isinstance(raw, list) else _text(raw).split(",")
+def parse_nats_urls(raw: str | Sequence[str]) -> tuple[str, ...]:
+    """Normalise NATS server URLs as ``nats.url`` is read: one string with URLs separated by
+    commas, or a list or tuple of URLs; ``nats://`` is the default scheme and 4222 the
+    default port (``host`` becomes ``nats://host:4222``).
+
+    Credentials in a URL are refused, so that a password never sits where URLs get logged
+    (use nats.username/password or token). Raises ``ValueError`` with a sentence that
+    completes "invalid config nats.url: ..." and never quotes a URL holding credentials.
+    """
+    items = raw if isinstance(raw, list | tuple) else _text(raw).split(",")
     urls = []
     for item in items:
         url = _text(item).strip()
@@ -293,120 +220,364 @@ def _nats_urls(raw: Any) -> tuple[str, ...]:
         if "://" not in url:
             url = "nats://" + url
         parts = urlsplit(url)
+        if parts.username or parts.password:  # checked first: the error must not quote them
+            raise ValueError("must not carry credentials: use nats.username/password or token")
         try:
             port = parts.port
         except ValueError:
             raise ValueError(f"has a bad port in {url!r}") from None
         if parts.scheme not in ("nats", "tls") or not parts.hostname:
             raise ValueError(f"must be nats://host:port or tls://host:port, got {url!r}")
-        if parts.username or parts.password:
-            raise ValueError("must not carry credentials: use nats.username/password or token")
         urls.append(f"{parts.scheme}://{parts.hostname}:{port or 4222}")
     if not urls:
         raise ValueError("must name at least one server")
     return tuple(urls)
 
 
+_nats_urls = parse_nats_urls
+"""The former private name, kept while callers move to :func:`parse_nats_urls`."""
+
+
+# --- one declaration per setting ----------------------------------------------------------
+
+_SETTING = "token_worker.setting"
+"""The key under which a dataclass field's metadata holds its :class:`Setting`."""
+
+
 @dataclass(frozen=True)
 class Setting:
-    """One configurable value: where it lives in the JSON file, env and flags."""
+    """One configurable value: its JSON key, environment variables, flag, parser and help.
+
+    Made by :func:`setting` next to the field it fills; :data:`SETTINGS` lists them all
+    with ``path`` (the attribute path in :class:`Config`) filled in.
+    """
 
     key: str
-    """Dotted JSON key, e.g. ``nats.reconnectWait``."""
-    target: str
-    """Dotted attribute of :class:`Config`, e.g. ``nats.reconnect_wait``."""
+    """Dotted JSON key, e.g. ``nats.reconnectWait``; its prefix is the section's path."""
     parse: Callable[[Any], Any]
+    """Raw value (JSON value, string or value given in code) to typed value, or ValueError."""
+    default: Any
     env: tuple[str, ...] = ()
+    """Environment variables, the first set one wins."""
     flag: str | None = None
+    """Flag name without dashes; ``-name`` and ``--name`` both work."""
     secret: bool = False
+    """Never show the value, not even in an error."""
     help: str = ""
+    path: tuple[str, ...] = ()
+    """Attributes from :class:`Config` to the field, e.g. ``("nats", "reconnect_wait")``."""
+
+    def read(self, value: Any, source: str) -> Any:
+        """The typed value, or :class:`ConfigError` naming this setting and ``source``.
+
+        ``None`` is accepted where the default is ``None`` (the setting is off or unset).
+        """
+        if value is None and self.default is None:
+            return None
+        try:
+            return self.parse(value)
+        except (TypeError, ValueError) as error:
+            problem = "invalid secret value" if self.secret else str(error)
+            raise ConfigError(self.key, source, problem) from None
 
 
-SETTINGS: tuple[Setting, ...] = (
-    Setting("environment", "environment", _text, ("APP_ENV",), "env",
-            help="deployment environment, logged with every line"),
-    Setting("logLevel", "log_level", _log_level, ("LOG_LEVEL", "APP_LOG_LEVEL"), "log-level",
-            help="debug, info, warning, error"),
-    Setting("nameSuffix", "name_suffix", _optional_text, ("WORKER_NAME_SUFFIX",), "name-suffix",
-            help="client name suffix (else POD_NAME, else host name)"),
-    Setting("subject", "subject", _name, ("TOKEN_SUBJECT",), "subject",
-            help="request subject"),
-    Setting("queue", "queue", _name, ("QUEUE_GROUP",), "queue", help="queue group"),
-    Setting("workers", "workers", _positive_integer, ("WORKERS",), "workers",
-            help="requests served at once"),
-    Setting("backlog", "backlog", _non_negative_integer, ("BACKLOG",), None,
-            help="requests that may wait for a thread before 'overloaded'"),
-    Setting("maxPayload", "max_payload", _positive_integer, ("MAX_PAYLOAD",), None,
-            help="largest request accepted, bytes"),
-    Setting("drainTimeout", "drain_timeout", _wait_seconds, ("DRAIN_TIMEOUT",), None,
-            help="seconds a stop waits for in-flight requests"),
-    Setting("nats.url", "nats.urls", _nats_urls, ("NATS_URL",), "nats-url",
-            help="server URL(s), comma-separated"),
-    Setting("nats.allowReconnect", "nats.allow_reconnect", _boolean, ("ALLOW_RECONNECT",),
-            None, help="reconnect after losing the server"),
-    Setting("nats.maxReconnect", "nats.max_reconnect", _integer, ("MAX_RECONNECT",), None,
-            help="reconnect rounds before giving up; negative: forever"),
-    Setting("nats.reconnectWait", "nats.reconnect_wait", _wait_seconds, ("RECONNECT_WAIT",),
-            None, help="seconds between reconnect rounds"),
-    Setting("nats.connectTimeout", "nats.connect_timeout", _timeout_seconds,
-            ("NATS_CONNECT_TIMEOUT",), None, help="seconds for TCP connect and handshake"),
-    Setting("nats.pingInterval", "nats.ping_interval", _timeout_seconds,
-            ("NATS_PING_INTERVAL",), None, help="seconds between keep-alive PINGs"),
-    Setting("nats.maxPingsOut", "nats.max_pings_out", _positive_integer,
-            ("NATS_MAX_PINGS_OUT",), None, help="unanswered PINGs before the server is lost"),
-    Setting("nats.reconnectBufSize", "nats.reconnect_buffer_size", _non_negative_integer,
-            ("NATS_RECONNECT_BUF_SIZE",), None,
-            help="bytes published while reconnecting, sent once back; 0: fail at once"),
-    Setting("nats.username", "nats.username", _optional_text, ("NATS_USER",), None,
-            help="NATS user"),
-    Setting("nats.password", "nats.password", _secret, ("NATS_PASS",), None, secret=True,
-            help="NATS password"),
-    Setting("nats.token", "nats.token", _secret, ("NATS_TOKEN",), None, secret=True,
-            help="NATS auth token"),
-    Setting("nats.tls.caFile", "nats.tls.ca_file", _optional_text, ("NATS_TLS_CA",), None,
-            help="CA bundle for tls:// servers"),
-    Setting("nats.tls.certFile", "nats.tls.cert_file", _optional_text, ("NATS_TLS_CERT",),
-            None, help="client certificate"),
-    Setting("nats.tls.keyFile", "nats.tls.key_file", _optional_text, ("NATS_TLS_KEY",), None,
-            help="client key"),
-    Setting("nats.tls.verify", "nats.tls.verify", _boolean, ("NATS_TLS_VERIFY",), None,
-            help="verify the server certificate"),
-    Setting("idp.url", "idp.url", _http_url, ("IDP_URL",), "idp-url",
-            help="identity provider base URL"),
-    Setting("idp.tokenPath", "idp.token_path", _url_path, ("IDP_TOKEN_PATH",),
-            "idp-token-path", help="token endpoint path"),
-    Setting("idp.timeout", "idp.timeout", _timeout_seconds, ("IDP_TIMEOUT",), None,
-            help="seconds to wait for the IdP"),
-    Setting("idp.authMethod", "idp.auth_method", _auth_method, ("IDP_AUTH_METHOD",), None,
-            help="client_secret_post or client_secret_basic"),
-    Setting("idp.defaultScope", "idp.default_scope", _text, ("IDP_DEFAULT_SCOPE",), None,
-            help="scope asked for when a request names none"),
-    Setting("idp.issuer", "idp.issuer", _optional_http_url, ("IDP_ISSUER",), "idp-issuer",
-            help="issuer URL: token endpoint from OIDC discovery (instead of url + tokenPath)"),
-    Setting("idp.deadline", "idp.deadline", _timeout_seconds, ("IDP_DEADLINE",), None,
-            help="seconds one token fetch may take, retries included"),
-    Setting("idp.failureThreshold", "idp.failure_threshold", _positive_integer,
-            ("IDP_FAILURE_THRESHOLD",), None,
-            help="consecutive IdP failures before failing fast"),
-    Setting("idp.coolDown", "idp.cool_down", _timeout_seconds, ("IDP_COOL_DOWN",), None,
-            help="seconds of failing fast before the IdP is tried again"),
-    Setting("health.port", "health.port", _port, ("HEALTH_PORT",), "health-port",
-            help="port of /healthz, /readyz and /metrics (off when unset; 0: any free port)"),
-    Setting("health.host", "health.host", _text, ("HEALTH_HOST",), None,
-            help="address the health listener binds"),
-    Setting("cache.enabled", "cache.enabled", _boolean, ("CACHE_ENABLED",), None,
-            help="serve repeated requests from the token cache"),
-    Setting("cache.maxEntries", "cache.max_entries", _positive_integer,
-            ("CACHE_MAX_ENTRIES",), None, help="tokens kept (LRU)"),
-    Setting("cache.expiryMargin", "cache.expiry_margin", _wait_seconds,
-            ("CACHE_EXPIRY_MARGIN",), None,
-            help="seconds of life a cached token must have left to be served"),
-    Setting("cache.refreshAhead", "cache.refresh_ahead", _fraction, ("CACHE_REFRESH_AHEAD",),
-            None, help="last share of a token's life in which it is refreshed in the background"),
-)
+def setting(
+    key: str,
+    parse: Callable[[Any], T],
+    *,
+    default: T,
+    env: str | tuple[str, ...] = (),
+    flag: str | None = None,
+    secret: bool = False,
+    help: str,
+) -> T:
+    """Declare a setting as the dataclass field it fills (see the module docstring)."""
+    spec = Setting(key=key, parse=parse, default=default,
+                   env=(env,) if isinstance(env, str) else env, flag=flag, secret=secret,
+                   help=help)
+    return field(default=default, metadata={_SETTING: spec})
+
+
+_LAYOUTS: dict[type, tuple[tuple[str, Setting | type], ...]] = {}
+
+
+def _layout(cls: type) -> tuple[tuple[str, Setting | type], ...]:
+    """Each field of a config type with its :class:`Setting`, or the type of its section."""
+    if cls not in _LAYOUTS:
+        _LAYOUTS[cls] = _read_layout(cls)
+    return _LAYOUTS[cls]
+
+
+def _read_layout(cls: type) -> tuple[tuple[str, Setting | type], ...]:
+    layout: list[tuple[str, Setting | type]] = []
+    for item in fields(cls):
+        spec = item.metadata.get(_SETTING)
+        factory = item.default_factory
+        if isinstance(spec, Setting):
+            layout.append((item.name, spec))
+        elif factory is not MISSING and isinstance(factory, type) and is_dataclass(factory):
+            layout.append((item.name, factory))
+        else:
+            raise TypeError(f"{cls.__name__}.{item.name} is neither a setting(...) nor a "
+                            "section (field(default_factory=SomeConfig))")
+    return tuple(layout)
+
+
+_SECTION_KEYS: dict[type, str] = {}
+"""JSON path of each section type (``TlsConfig``: ``nats.tls``), filled from :class:`Config`."""
+
+
+class _Section:
+    """Base of the config types: validates every field however the object was built."""
+
+    def __post_init__(self) -> None:
+        for name, spec in _layout(type(self)):
+            value = getattr(self, name)
+            if isinstance(spec, Setting):
+                typed = spec.read(value, CODE)
+                if not (type(typed) is type(value) and typed == value):
+                    object.__setattr__(self, name, typed)  # normalised, e.g. "WARN" -> "warning"
+            elif not isinstance(value, spec):
+                raise ConfigError(_SECTION_KEYS.get(spec, name), CODE,
+                                  f"must be a {spec.__name__}, got {type(value).__name__}")
+        self._check()
+
+    def _check(self) -> None:
+        """Rules between fields of this section; raise :meth:`_invalid` errors."""
+
+    def _key(self, name: str) -> str:
+        """The JSON key of this section's field ``name``."""
+        spec = dict(_layout(type(self)))[name]
+        return spec.key if isinstance(spec, Setting) else _SECTION_KEYS[spec]
+
+    def _invalid(self, name: str | None, problem: str) -> ConfigError:
+        """An error naming field ``name``, or the section itself for ``None``."""
+        key = _SECTION_KEYS[type(self)] if name is None else self._key(name)
+        return ConfigError(key, CODE, problem)
+
+
+# --- the config types ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TlsConfig(_Section):
+    """TLS towards NATS; used when a URL has the ``tls://`` scheme."""
+
+    ca_file: str | None = setting(
+        "nats.tls.caFile", _optional_text, default=None, env="NATS_TLS_CA",
+        help="CA bundle for tls:// servers")
+    """CA bundle that signs the server's certificate."""
+    cert_file: str | None = setting(
+        "nats.tls.certFile", _optional_text, default=None, env="NATS_TLS_CERT",
+        help="client certificate")
+    """Client certificate, for servers that verify clients."""
+    key_file: str | None = setting(
+        "nats.tls.keyFile", _optional_text, default=None, env="NATS_TLS_KEY",
+        help="client key")
+    """Key of the client certificate."""
+    verify: bool = setting(
+        "nats.tls.verify", _boolean, default=defaults.NATS_TLS_VERIFY, env="NATS_TLS_VERIFY",
+        help="verify the server certificate")
+    """Verify the server's certificate (turn off only for local experiments)."""
+
+    def _check(self) -> None:
+        if bool(self.cert_file) != bool(self.key_file):
+            raise self._invalid(None, "certFile and keyFile go together")
+
+
+@dataclass(frozen=True)
+class NatsConfig(_Section):
+    """How to reach NATS and how to behave when it goes away."""
+
+    urls: tuple[str, ...] = setting(
+        "nats.url", parse_nats_urls, default=(defaults.NATS_URL,), env="NATS_URL",
+        flag="nats-url", help="server URL(s), comma-separated")
+    """Servers, tried in turn."""
+    allow_reconnect: bool = setting(
+        "nats.allowReconnect", _boolean, default=defaults.ALLOW_RECONNECT,
+        env="ALLOW_RECONNECT", help="reconnect after losing the server")
+    max_reconnect: int = setting(
+        "nats.maxReconnect", _integer, default=defaults.MAX_RECONNECT, env="MAX_RECONNECT",
+        help="reconnect rounds before giving up; negative: forever")
+    """Rounds over the servers before giving up; negative is forever, 0 is none."""
+    reconnect_wait: float = setting(
+        "nats.reconnectWait", _wait_seconds, default=defaults.RECONNECT_WAIT,
+        env="RECONNECT_WAIT", help="seconds between reconnect rounds")
+    connect_timeout: float = setting(
+        "nats.connectTimeout", _timeout_seconds, default=defaults.CONNECT_TIMEOUT,
+        env="NATS_CONNECT_TIMEOUT", help="seconds for TCP connect and handshake")
+    ping_interval: float = setting(
+        "nats.pingInterval", _timeout_seconds, default=defaults.PING_INTERVAL,
+        env="NATS_PING_INTERVAL", help="seconds between keep-alive PINGs")
+    max_pings_out: int = setting(
+        "nats.maxPingsOut", _positive_integer, default=defaults.MAX_PINGS_OUT,
+        env="NATS_MAX_PINGS_OUT", help="unanswered PINGs before the server is lost")
+    reconnect_buffer_size: int = setting(
+        "nats.reconnectBufSize", _non_negative_integer, default=defaults.RECONNECT_BUFFER_SIZE,
+        env="NATS_RECONNECT_BUF_SIZE",
+        help="bytes published while reconnecting, sent once back; 0: fail at once")
+    """Bytes published while reconnecting that are kept for the next server; 0: none."""
+    username: str | None = setting(
+        "nats.username", _optional_text, default=None, env="NATS_USER", help="NATS user")
+    password: Secret | None = setting(  # noqa: RUF009 - setting() returns a dataclass field
+        "nats.password", _secret, default=None, env="NATS_PASS", secret=True,
+        help="NATS password")
+    token: Secret | None = setting(  # noqa: RUF009 - setting() returns a dataclass field
+        "nats.token", _secret, default=None, env="NATS_TOKEN", secret=True,
+        help="NATS auth token")
+    tls: TlsConfig = field(default_factory=TlsConfig)
+
+    def _check(self) -> None:
+        if self.password and not self.username:
+            raise self._invalid("password", f"needs {self._key('username')}")
+
+
+@dataclass(frozen=True)
+class IdpConfig(_Section):
+    """Where and how to ask the identity provider for tokens."""
+
+    url: str = setting(
+        "idp.url", _http_url, default=defaults.IDP_URL, env="IDP_URL", flag="idp-url",
+        help="identity provider base URL")
+    token_path: str = setting(
+        "idp.tokenPath", _url_path, default=defaults.IDP_TOKEN_PATH, env="IDP_TOKEN_PATH",
+        flag="idp-token-path", help="token endpoint path")
+    timeout: float = setting(
+        "idp.timeout", _timeout_seconds, default=defaults.IDP_TIMEOUT, env="IDP_TIMEOUT",
+        help="seconds to wait for the IdP")
+    auth_method: str = setting(
+        "idp.authMethod", _auth_method, default=defaults.IDP_AUTH_METHOD,
+        env="IDP_AUTH_METHOD", help="client_secret_post or client_secret_basic")
+    default_scope: str = setting(
+        "idp.defaultScope", _text, default=defaults.IDP_DEFAULT_SCOPE,
+        env="IDP_DEFAULT_SCOPE", help="scope asked for when a request names none")
+    issuer: str | None = setting(
+        "idp.issuer", _optional_http_url, default=None, env="IDP_ISSUER", flag="idp-issuer",
+        help="issuer URL: token endpoint from OIDC discovery (instead of url + tokenPath)")
+    """With an issuer, the token endpoint is read from its OIDC discovery document."""
+    deadline: float = setting(
+        "idp.deadline", _timeout_seconds, default=defaults.IDP_DEADLINE, env="IDP_DEADLINE",
+        help="seconds one token fetch may take, retries included")
+    failure_threshold: int = setting(
+        "idp.failureThreshold", _positive_integer, default=defaults.IDP_FAILURE_THRESHOLD,
+        env="IDP_FAILURE_THRESHOLD", help="consecutive IdP failures before failing fast")
+    cool_down: float = setting(
+        "idp.coolDown", _timeout_seconds, default=defaults.IDP_COOL_DOWN, env="IDP_COOL_DOWN",
+        help="seconds of failing fast before the IdP is tried again")
+
+    @property
+    def token_url(self) -> str:
+        """The token endpoint: base URL + token path."""
+        return self.url.rstrip("/") + "/" + self.token_path.lstrip("/")
+
+
+@dataclass(frozen=True)
+class CacheConfig(_Section):
+    """The per-worker token cache."""
+
+    enabled: bool = setting(
+        "cache.enabled", _boolean, default=defaults.CACHE_ENABLED, env="CACHE_ENABLED",
+        help="serve repeated requests from the token cache")
+    max_entries: int = setting(
+        "cache.maxEntries", _positive_integer, default=defaults.CACHE_MAX_ENTRIES,
+        env="CACHE_MAX_ENTRIES", help="tokens kept (LRU)")
+    expiry_margin: float = setting(
+        "cache.expiryMargin", _wait_seconds, default=defaults.CACHE_EXPIRY_MARGIN,
+        env="CACHE_EXPIRY_MARGIN",
+        help="seconds of life a cached token must have left to be served")
+    refresh_ahead: float = setting(
+        "cache.refreshAhead", _fraction, default=defaults.CACHE_REFRESH_AHEAD,
+        env="CACHE_REFRESH_AHEAD",
+        help="last share of a token's life in which it is refreshed in the background")
+
+
+@dataclass(frozen=True)
+class HealthConfig(_Section):
+    """The optional HTTP listener for probes and metrics."""
+
+    port: int | None = setting(
+        "health.port", _port, default=None, env="HEALTH_PORT", flag="health-port",
+        help="port of /healthz, /readyz and /metrics (off when unset; 0: any free port)")
+    """``None``: off (the library's default; the image turns it on); 0: any free port."""
+    host: str = setting(
+        "health.host", _text, default=defaults.HEALTH_HOST, env="HEALTH_HOST",
+        help="address the health listener binds")
+    """Address to listen on."""
+
+
+@dataclass(frozen=True)
+class Config(_Section):
+    """Everything a :class:`~token_worker.TokenWorker` needs."""
+
+    environment: str = setting(
+        "environment", _text, default=defaults.ENVIRONMENT, env="APP_ENV", flag="env",
+        help="deployment environment, logged with every line")
+    log_level: str = setting(
+        "logLevel", _log_level, default=defaults.LOG_LEVEL, env=("LOG_LEVEL", "APP_LOG_LEVEL"),
+        flag="log-level", help="debug, info, warning, error")
+    name_suffix: str | None = setting(
+        "nameSuffix", _optional_text, default=None, env="WORKER_NAME_SUFFIX",
+        flag="name-suffix", help="client name suffix (else POD_NAME, else host name)")
+    """Client name suffix; ``None`` falls back to WORKER_NAME_SUFFIX, POD_NAME, host name."""
+    subject: str = setting(
+        "subject", _name, default=defaults.SUBJECT, env="TOKEN_SUBJECT", flag="subject",
+        help="request subject")
+    queue: str = setting(
+        "queue", _name, default=defaults.QUEUE_GROUP, env="QUEUE_GROUP", flag="queue",
+        help="queue group")
+    workers: int = setting(
+        "workers", _positive_integer, default=defaults.WORKERS, env="WORKERS", flag="workers",
+        help="requests served at once")
+    backlog: int = setting(
+        "backlog", _non_negative_integer, default=defaults.BACKLOG, env="BACKLOG",
+        help="requests that may wait for a thread before 'overloaded'")
+    max_payload: int = setting(
+        "maxPayload", _positive_integer, default=defaults.MAX_PAYLOAD, env="MAX_PAYLOAD",
+        help="largest request accepted, bytes")
+    drain_timeout: float = setting(
+        "drainTimeout", _wait_seconds, default=defaults.DRAIN_TIMEOUT, env="DRAIN_TIMEOUT",
+        help="seconds a stop waits for in-flight requests")
+    nats: NatsConfig = field(default_factory=NatsConfig)
+    idp: IdpConfig = field(default_factory=IdpConfig)
+    cache: CacheConfig = field(default_factory=CacheConfig)
+    health: HealthConfig = field(default_factory=HealthConfig)
+
+
+# --- the settings, derived from the types ----------------------------------------------------
+
+
+def _collect(cls: type, path: tuple[str, ...], prefix: str) -> Iterator[Setting]:
+    """Every setting under ``cls``, in field order, with its path filled in."""
+    for name, spec in _layout(cls):
+        if isinstance(spec, Setting):
+            if spec.key.rpartition(".")[0] != prefix:
+                raise TypeError(f"setting {spec.key!r} is declared in {cls.__name__}, whose "
+                                f"keys start with {prefix + '.' if prefix else 'no section'}")
+            yield replace(spec, path=(*path, name))
+        else:
+            section_key = f"{prefix}.{name}" if prefix else name
+            _SECTION_KEYS[spec] = section_key
+            yield from _collect(spec, (*path, name), section_key)
+
+
+def _declared_once(settings: tuple[Setting, ...]) -> tuple[Setting, ...]:
+    """Refuse a key, environment variable or flag that two settings claim."""
+    names = [s.key for s in settings] + [v for s in settings for v in s.env]
+    names += [f"-{s.flag}" for s in settings if s.flag]
+    twice = sorted({name for name in names if names.count(name) > 1})
+    if twice:
+        raise TypeError(f"declared by more than one setting: {', '.join(twice)}")
+    return settings
+
+
+SETTINGS: tuple[Setting, ...] = _declared_once(tuple(_collect(Config, (), "")))
+"""Every setting, in the order of the fields of :class:`Config`."""
 
 _BY_KEY = {setting.key: setting for setting in SETTINGS}
-_SECTIONS = {key.rsplit(".", 1)[0] for key in _BY_KEY if "." in key}
+_SECTIONS = set(_SECTION_KEYS.values())
+
+
+# --- the loader --------------------------------------------------------------------------------
 
 
 def load_config(
@@ -445,10 +616,11 @@ def build_flag_parser() -> argparse.ArgumentParser:
         allow_abbrev=False,
     )
     parser.add_argument("-config", "--config", metavar="PATH", help="JSON config file")
-    for setting in SETTINGS:
-        if setting.flag:
+    for setting_ in SETTINGS:
+        if setting_.flag:
             parser.add_argument(
-                f"-{setting.flag}", f"--{setting.flag}", dest=setting.flag, help=setting.help
+                f"-{setting_.flag}", f"--{setting_.flag}", dest=setting_.flag,
+                help=setting_.help,
             )
     return parser
 
@@ -486,67 +658,68 @@ def _flatten(node: dict[str, Any], prefix: str, source: str, found: dict[str, An
 
 def _read_env(env: Mapping[str, str]) -> dict[str, tuple[Any, str]]:
     found: dict[str, tuple[Any, str]] = {}
-    for setting in SETTINGS:
+    for setting_ in SETTINGS:
         # Earlier names win: LOG_LEVEL over APP_LOG_LEVEL.
-        for variable in reversed(setting.env):
+        for variable in reversed(setting_.env):
             if env.get(variable):
-                found[setting.key] = (env[variable], f"env {variable}")
+                found[setting_.key] = (env[variable], f"env {variable}")
     return found
 
 
 def _read_flags(flags: Mapping[str, Any]) -> dict[str, tuple[Any, str]]:
     return {
-        setting.key: (flags[setting.flag], f"flag -{setting.flag}")
-        for setting in SETTINGS
-        if setting.flag and setting.flag in flags
+        setting_.key: (flags[setting_.flag], f"flag -{setting_.flag}")
+        for setting_ in SETTINGS
+        if setting_.flag and setting_.flag in flags
     }
 
 
 def _build(raw: Mapping[str, tuple[Any, str]]) -> Config:
-    config = Config()
+    """Parse each value naming its source, then build the types (which check it all again,
+    cheaply: a parsed value parses to itself); a rule between fields names the source of the
+    field it blames."""
+    values = {}
     for key, (value, source) in raw.items():
-        setting = _BY_KEY[key]
-        try:
-            typed = setting.parse(value)
-        except ValueError as error:
-            problem = "invalid secret value" if setting.secret else str(error)
-            raise ConfigError(key, source, problem) from None
-        config = _set(config, setting.target.split("."), typed)
-    _check_consistency(config)
-    return config
+        setting_ = _BY_KEY[key]
+        values[setting_.path] = setting_.read(value, source)
+    try:
+        return _construct(Config, (), values)
+    except ConfigError as error:
+        if error.source != CODE:
+            raise
+        raise ConfigError(error.field, _source_of(error.field, raw), error.problem) from None
 
 
-def _set(node: Any, path: list[str], value: Any) -> Any:
-    if len(path) == 1:
-        return replace(node, **{path[0]: value})
-    child = getattr(node, path[0])
-    return replace(node, **{path[0]: _set(child, path[1:], value)})
+def _construct(cls: type[T], path: tuple[str, ...], values: Mapping[tuple[str, ...], Any]) -> T:
+    """An instance of ``cls`` with the parsed values under ``path`` (defaults elsewhere)."""
+    kwargs: dict[str, Any] = {}
+    for name, spec in _layout(cls):
+        where = (*path, name)
+        if isinstance(spec, Setting):
+            if where in values:
+                kwargs[name] = values[where]
+        else:
+            kwargs[name] = _construct(spec, where, values)
+    return cls(**kwargs)
 
 
-def _check_consistency(config: Config) -> None:
-    tls = config.nats.tls
-    if bool(tls.cert_file) != bool(tls.key_file):
-        raise ConfigError("nats.tls", "config", "certFile and keyFile go together")
-    if config.nats.password and not config.nats.username:
-        raise ConfigError("nats.password", "config", "needs nats.username")
+def _source_of(key: str, raw: Mapping[str, tuple[Any, str]]) -> str:
+    """Where the value of ``key`` (or of a setting in section ``key``) came from."""
+    if key in raw:
+        return raw[key][1]
+    inside = [source for name, (_, source) in raw.items() if name.startswith(key + ".")]
+    return inside[-1] if inside else "config"
 
 
 def describe_settings() -> list[dict[str, str]]:
     """The settings as rows (key, env, flag, default), for documentation and ``--help``."""
-    rows = []
-    base = Config()
-    for setting in SETTINGS:
-        default: Any = base
-        for part in setting.target.split("."):
-            default = getattr(default, part)
-        rows.append(
-            {
-                "key": setting.key,
-                "env": ", ".join(setting.env),
-                "flag": f"-{setting.flag}" if setting.flag else "",
-                "default": "" if default is None else str(default),
-                "help": setting.help,
-            }
-        )
-    return rows
-
+    return [
+        {
+            "key": setting_.key,
+            "env": ", ".join(setting_.env),
+            "flag": f"-{setting_.flag}" if setting_.flag else "",
+            "default": "" if setting_.default is None else str(setting_.default),
+            "help": setting_.help,
+        }
+        for setting_ in SETTINGS
+    ]

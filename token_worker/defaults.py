@@ -72,3 +72,8 @@ MAX_PAYLOAD = 64 * 1024
 """Largest request body accepted, in bytes; larger ones get ``invalid_request``."""
 DRAIN_TIMEOUT = 30.0
 """Seconds a stop waits for in-flight requests before closing anyway."""
+
+NATS_TLS_VERIFY = True
+"""Verify the NATS server's certificate on ``tls://`` URLs (off only for local experiments)."""
+HEALTH_HOST = "0.0.0.0"  # noqa: S104 - kubelet and Prometheus reach the pod's address
+"""Address the health and metrics listener binds (its port is off unless set)."""

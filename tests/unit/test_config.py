@@ -1,0 +1,414 @@
+"""Settings without servers: declared once, validated by the types however they are built.
+
+A config built in code must fail as one read from a file does, naming the field; the
+defaults, keys, environment variables and flags of the original must stay as they were.
+"""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+import inspect
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from token_worker import ConfigError, defaults, load_config
+from token_worker import config as config_module
+from token_worker.config import (
+    SETTINGS,
+    Config,
+    IdpConfig,
+    NatsConfig,
+    Secret,
+    TlsConfig,
+    describe_settings,
+    parse_nats_urls,
+)
+
+ORIGINAL = {
+    # key: (default, environment variables, flag), as the three-place declaration had them
+    "environment": ("dev", ("APP_ENV",), "env"),
+    "logLevel": ("info", ("LOG_LEVEL", "APP_LOG_LEVEL"), "log-level"),
+    "nameSuffix": (None, ("WORKER_NAME_SUFFIX",), "name-suffix"),
+    "subject": ("token.request", ("TOKEN_SUBJECT",), "subject"),
+    "queue": ("token-workers", ("QUEUE_GROUP",), "queue"),
+    "workers": (32, ("WORKERS",), "workers"),
+    "backlog": (256, ("BACKLOG",), None),
+    "maxPayload": (65536, ("MAX_PAYLOAD",), None),
+    "drainTimeout": (30.0, ("DRAIN_TIMEOUT",), None),
+    "nats.url": (("nats://localhost:4222",), ("NATS_URL",), "nats-url"),
+    "nats.allowReconnect": (True, ("ALLOW_RECONNECT",), None),
+    "nats.maxReconnect": (10, ("MAX_RECONNECT",), None),
+    "nats.reconnectWait": (5.0, ("RECONNECT_WAIT",), None),
+    "nats.connectTimeout": (2.0, ("NATS_CONNECT_TIMEOUT",), None),
+    "nats.pingInterval": (20.0, ("NATS_PING_INTERVAL",), None),
+    "nats.maxPingsOut": (2, ("NATS_MAX_PINGS_OUT",), None),
+    "nats.reconnectBufSize": (8388608, ("NATS_RECONNECT_BUF_SIZE",), None),
+    "nats.username": (None, ("NATS_USER",), None),
+    "nats.password": (None, ("NATS_PASS",), None),
+    "nats.token": (None, ("NATS_TOKEN",), None),
+    "nats.tls.caFile": (None, ("NATS_TLS_CA",), None),
+    "nats.tls.certFile": (None, ("NATS_TLS_CERT",), None),
+    "nats.tls.keyFile": (None, ("NATS_TLS_KEY",), None),
+    "nats.tls.verify": (True, ("NATS_TLS_VERIFY",), None),
+    "idp.url": ("https://idp.example.com", ("IDP_URL",), "idp-url"),
+    "idp.tokenPath": ("/realms/phoenix/protocol/openid-connect/token", ("IDP_TOKEN_PATH",),
+                      "idp-token-path"),
+    "idp.timeout": (10.0, ("IDP_TIMEOUT",), None),
+    "idp.authMethod": ("client_secret_post", ("IDP_AUTH_METHOD",), None),
+    "idp.defaultScope": ("openid profile", ("IDP_DEFAULT_SCOPE",), None),
+    "idp.issuer": (None, ("IDP_ISSUER",), "idp-issuer"),
+    "idp.deadline": (8.0, ("IDP_DEADLINE",), None),
+    "idp.failureThreshold": (5, ("IDP_FAILURE_THRESHOLD",), None),
+    "idp.coolDown": (10.0, ("IDP_COOL_DOWN",), None),
+    "health.port": (None, ("HEALTH_PORT",), "health-port"),
+    "health.host": ("0.0.0.0", ("HEALTH_HOST",), None),
+    "cache.enabled": (True, ("CACHE_ENABLED",), None),
+    "cache.maxEntries": (10000, ("CACHE_MAX_ENTRIES",), None),
+    "cache.expiryMargin": (30.0, ("CACHE_EXPIRY_MARGIN",), None),
+    "cache.refreshAhead": (0.2, ("CACHE_REFRESH_AHEAD",), None),
+}
+
+ORIGINAL_DEFAULT_NAMES = {
+    "ENVIRONMENT": "dev", "LOG_LEVEL": "info", "NATS_URL": "nats://localhost:4222",
+    "ALLOW_RECONNECT": True, "MAX_RECONNECT": 10, "RECONNECT_WAIT": 5.0,
+    "CONNECT_TIMEOUT": 2.0, "PING_INTERVAL": 20.0, "MAX_PINGS_OUT": 2,
+    "RECONNECT_BUFFER_SIZE": 8388608, "SUBJECT": "token.request",
+    "QUEUE_GROUP": "token-workers", "IDP_URL": "https://idp.example.com",
+    "IDP_TOKEN_PATH": "/realms/phoenix/protocol/openid-connect/token",
+    "IDP_TIMEOUT": 10.0, "IDP_AUTH_METHOD": "client_secret_post",
+    "IDP_DEFAULT_SCOPE": "openid profile", "IDP_DEADLINE": 8.0, "IDP_FAILURE_THRESHOLD": 5,
+    "IDP_COOL_DOWN": 10.0, "CACHE_ENABLED": True, "CACHE_MAX_ENTRIES": 10000,
+    "CACHE_EXPIRY_MARGIN": 30.0, "CACHE_REFRESH_AHEAD": 0.2, "WORKERS": 32, "BACKLOG": 256,
+    "MAX_PAYLOAD": 65536, "DRAIN_TIMEOUT": 30.0,
+}
+
+BY_KEY = {setting.key: setting for setting in SETTINGS}
+
+
+def value_at(config: Any, path: tuple[str, ...]) -> Any:
+    for name in path:
+        config = getattr(config, name)
+    return config
+
+
+def built_in_code(key: str, value: Any) -> Any:
+    """The section holding ``key``, built in code with ``value`` for it (the rest default)."""
+    *sections, name = BY_KEY[key].path
+    section = value_at(Config(), tuple(sections))
+    return dataclasses.replace(section, **{name: value})
+
+
+def as_document(key: str, value: Any) -> dict[str, Any]:
+    """``{"nats": {"reconnectWait": value}}`` for ``nats.reconnectWait``."""
+    *sections, name = key.split(".")
+    document: dict[str, Any] = {name: list(value) if isinstance(value, tuple) else value}
+    for section in reversed(sections):
+        document = {section: document}
+    return document
+
+
+# --- declared once --------------------------------------------------------------------------
+
+
+def test_defaults_keys_env_and_flags_are_the_originals():
+    config = Config()
+    for key, (default, env, flag) in ORIGINAL.items():
+        setting = BY_KEY[key]
+        assert value_at(config, setting.path) == default, key
+        assert (setting.env, setting.flag) == (env, flag), key
+    assert load_config([], {}) == config
+    for name, value in ORIGINAL_DEFAULT_NAMES.items():
+        assert getattr(defaults, name) == value, name
+
+
+def test_describe_settings_covers_every_field_exactly_once():
+    def leaves(node: Any, path: tuple[str, ...]) -> list[tuple[str, ...]]:
+        found = []
+        for item in dataclasses.fields(node):
+            value = getattr(node, item.name)
+            if dataclasses.is_dataclass(value):
+                found += leaves(value, (*path, item.name))
+            else:
+                found.append((*path, item.name))
+        return found
+
+    fields = leaves(Config(), ())
+    rows = describe_settings()
+    assert len(rows) == len(SETTINGS) == len(fields)
+    assert [setting.path for setting in SETTINGS] == fields
+    assert [row["key"] for row in rows] == [setting.key for setting in SETTINGS]
+    for row, setting in zip(rows, SETTINGS, strict=True):
+        default = value_at(Config(), setting.path)
+        assert row["default"] == ("" if default is None else str(default))
+        assert row["help"], setting.key
+
+
+def test_no_setting_is_declared_twice():
+    keys = [setting.key for setting in SETTINGS]
+    env = [name for setting in SETTINGS for name in setting.env]
+    flags = [setting.flag for setting in SETTINGS if setting.flag]
+    assert len(set(keys)) == len(keys)
+    assert len(set(env)) == len(env)
+    assert len(set(flags)) == len(flags)
+    # Each key is written once in the source: in its declaration, nowhere else (a flag may
+    # be spelled as its key: "queue", "-queue").
+    tree = ast.parse(inspect.getsource(config_module))
+    flag_values = {id(keyword.value) for node in ast.walk(tree) if isinstance(node, ast.Call)
+                   for keyword in node.keywords if keyword.arg == "flag"}
+    literals = [node.value for node in ast.walk(tree)
+                if isinstance(node, ast.Constant) and isinstance(node.value, str)
+                and id(node) not in flag_values]
+    for key in keys:
+        assert literals.count(key) == 1, f"{key} is written {literals.count(key)} times"
+
+
+def test_every_default_parses_to_itself():
+    for setting in SETTINGS:
+        if setting.default is not None:
+            assert setting.parse(setting.default) == setting.default, setting.key
+
+
+# --- validation inside the types --------------------------------------------------------------
+
+
+@pytest.mark.parametrize("key", sorted(BY_KEY))
+def test_every_setting_refuses_a_value_of_the_wrong_type_in_code(key):
+    with pytest.raises(ConfigError) as caught:
+        built_in_code(key, object())
+    assert (caught.value.field, caught.value.source) == (key, "code")
+    assert f"invalid config {key} (from code)" in str(caught.value)
+
+
+INVALID = [
+    ("environment", 5, "must be a string"),
+    ("logLevel", "loud", "must be one of debug"),
+    ("subject", "a b", "without spaces"),
+    ("queue", "", "non-empty"),
+    ("workers", 0, "at least 1"),
+    ("backlog", -1, "0 or more"),
+    ("maxPayload", 0, "at least 1"),
+    ("drainTimeout", -1, ">= 0"),
+    ("nats.url", ("http://x:4222",), "nats://host:port"),
+    ("nats.url", ("nats://x:port",), "bad port"),
+    ("nats.url", (), "at least one server"),
+    ("nats.allowReconnect", "perhaps", "true or false"),
+    ("nats.maxReconnect", 2.5, "whole number"),
+    ("nats.reconnectWait", -1, ">= 0"),
+    ("nats.reconnectWait", "soon", "number of seconds"),
+    ("nats.connectTimeout", 0, "> 0"),
+    ("nats.pingInterval", math.inf, "finite"),
+    ("nats.maxPingsOut", 0, "at least 1"),
+    ("nats.reconnectBufSize", -1, "0 or more"),
+    ("nats.password", 12345, "invalid secret value"),
+    ("nats.tls.verify", "sometimes", "true or false"),
+    ("idp.url", "ftp://x", "http:// or https://"),
+    ("idp.url", "not a url", "http:// or https://"),
+    ("idp.tokenPath", "no-slash", "starting with '/'"),
+    ("idp.timeout", 0, "> 0"),
+    ("idp.authMethod", "private_key_jwt", "client_secret_post"),
+    ("idp.issuer", "ftp://x", "http:// or https://"),
+    ("idp.deadline", math.nan, "finite"),
+    ("idp.failureThreshold", 0, "at least 1"),
+    ("idp.coolDown", -5, "> 0"),
+    ("cache.enabled", "maybe", "true or false"),
+    ("cache.maxEntries", 0, "at least 1"),
+    ("cache.expiryMargin", -1, ">= 0"),
+    ("cache.refreshAhead", 1.0, "below 1"),
+    ("health.port", 70000, "0 to 65535"),
+    ("health.host", 8080, "must be a string"),
+]
+
+
+@pytest.mark.parametrize(("key", "value", "problem"), INVALID)
+def test_invalid_values_fail_the_same_way_in_code_and_in_a_file(key, value, problem, tmp_path):
+    with pytest.raises(ConfigError) as in_code:
+        built_in_code(key, value)
+    assert (in_code.value.field, in_code.value.source) == (key, "code")
+    assert problem in in_code.value.problem
+    if isinstance(value, float) and not math.isfinite(value):
+        return  # not JSON
+    path = tmp_path / "app.json"
+    path.write_text(json.dumps(as_document(key, value)))
+    with pytest.raises(ConfigError) as in_file:
+        load_config(["-config", str(path)], {})
+    assert in_file.value.field == key
+    assert in_file.value.source == f"file {path}"
+    assert in_file.value.problem == in_code.value.problem
+
+
+def test_every_validated_setting_has_an_invalid_case():
+    checked = {key for key, _, _ in INVALID}
+    # Free text (anything is fine) and optional file names have no invalid value but a type.
+    free = {"nameSuffix", "idp.defaultScope", "nats.username", "nats.token",
+            "nats.tls.caFile", "nats.tls.certFile", "nats.tls.keyFile"}
+    assert set(BY_KEY) - free == checked
+
+
+def test_rules_between_fields_name_the_field_in_code_and_the_source_when_loaded():
+    with pytest.raises(ConfigError, match="certFile and keyFile go together") as caught:
+        TlsConfig(cert_file="client.pem")
+    assert (caught.value.field, caught.value.source) == ("nats.tls", "code")
+    with pytest.raises(ConfigError, match="certFile and keyFile go together"):
+        TlsConfig(key_file="client.key")
+    with pytest.raises(ConfigError, match=r"needs nats\.username") as caught:
+        NatsConfig(password=Secret("p"))
+    assert (caught.value.field, caught.value.source) == ("nats.password", "code")
+    with pytest.raises(ConfigError, match=r"needs nats\.username") as caught:
+        NatsConfig(username="", password=Secret("p"))
+
+    with pytest.raises(ConfigError) as caught:
+        load_config([], {"NATS_PASS": "p"})
+    assert (caught.value.field, caught.value.source) == ("nats.password", "env NATS_PASS")
+    with pytest.raises(ConfigError) as caught:
+        load_config([], {"NATS_TLS_KEY": "client.key"})
+    assert (caught.value.field, caught.value.source) == ("nats.tls", "env NATS_TLS_KEY")
+    assert TlsConfig(cert_file="c.pem", key_file="c.key").key_file == "c.key"
+
+
+def test_a_section_of_the_wrong_type_is_refused():
+    with pytest.raises(ConfigError) as caught:
+        Config(nats="nats://x:4222")  # type: ignore[arg-type]
+    assert (caught.value.field, caught.value.source) == ("nats", "code")
+    with pytest.raises(ConfigError) as caught:
+        NatsConfig(tls={"verify": False})  # type: ignore[arg-type]
+    assert caught.value.field == "nats.tls"
+
+
+@pytest.mark.parametrize("url", [
+    "nats://user:hunter2-secret@x:4222",
+    "nats://user:hunter2-secret@x:bad",    # the old parser quoted it in "bad port"
+    "http://user:hunter2-secret@x:4222",   # the old parser quoted it in "must be nats://"
+])
+def test_secrets_never_appear_in_errors_from_code_or_loader(url):
+    with pytest.raises(ConfigError) as in_code:
+        NatsConfig(urls=(url,))
+    with pytest.raises(ConfigError) as loaded:
+        load_config([], {"NATS_URL": url})
+    for error in (in_code.value, loaded.value):
+        assert "hunter2-secret" not in str(error)
+        assert "credentials" in error.problem
+
+
+def test_idp_urls_with_credentials_are_refused_without_quoting_them():
+    for url in ("https://u:hunter2-secret@idp", "ftp://u:hunter2-secret@idp"):
+        with pytest.raises(ConfigError) as caught:
+            IdpConfig(url=url)
+        assert "hunter2-secret" not in str(caught.value)
+
+
+def test_secrets_stay_secret_when_built_in_code():
+    secret = Secret("hunter2-secret")
+    nats = NatsConfig(username="u", password=secret, token="tok-secret-9")  # type: ignore[arg-type]
+    assert nats.password is secret
+    assert isinstance(nats.token, Secret) and nats.token.reveal() == "tok-secret-9"
+    assert "hunter2-secret" not in repr(nats) and "tok-secret-9" not in repr(nats)
+    assert NatsConfig(token=Secret("")).token is None
+
+
+# --- what code-built values become ------------------------------------------------------------
+
+
+def test_values_already_right_are_kept_as_given():
+    urls = ("nats://a:1", "tls://b:4443")
+    nats = NatsConfig(urls=urls, reconnect_wait=0.5, max_reconnect=-1)
+    assert nats.urls is urls
+    assert dataclasses.replace(nats, max_reconnect=3).urls is urls
+    assert NatsConfig(reconnect_wait=1).reconnect_wait == 1.0
+    config = Config(log_level="debug", subject="tokens.get", workers=4)
+    assert dataclasses.replace(config) == config
+
+
+def test_values_given_loosely_in_code_are_normalised_as_the_loader_does():
+    nats = NatsConfig(urls="a, nats://b:5")  # type: ignore[arg-type]
+    assert nats.urls == ("nats://a:4222", "nats://b:5")
+    assert NatsConfig(urls=["c"]).urls == ("nats://c:4222",)  # type: ignore[arg-type]
+    assert Config(log_level="WARN").log_level == "warning"
+    assert IdpConfig(url="https://idp.example/").url == "https://idp.example"
+
+
+def test_a_loaded_config_equals_the_same_config_built_in_code():
+    env = {"NATS_URL": "n1,tls://n2:4443", "RECONNECT_WAIT": "0.5", "NATS_USER": "u",
+           "NATS_PASS": "p", "LOG_LEVEL": "WARN", "IDP_URL": "http://127.0.0.1:8080/",
+           "HEALTH_PORT": "0", "CACHE_REFRESH_AHEAD": "0"}
+    built = Config(
+        log_level="warning",
+        nats=NatsConfig(urls=("nats://n1:4222", "tls://n2:4443"), reconnect_wait=0.5,
+                        username="u", password=Secret("p")),
+        idp=IdpConfig(url="http://127.0.0.1:8080"),
+        health=dataclasses.replace(Config().health, port=0),
+        cache=dataclasses.replace(Config().cache, refresh_ahead=0.0),
+    )
+    assert load_config([], env) == built
+
+
+@pytest.mark.parametrize(("raw", "expected"), [
+    ("localhost", ("nats://localhost:4222",)),
+    ("tls://x", ("tls://x:4222",)),
+    (" nats://a:1 , ,b:2 ", ("nats://a:1", "nats://b:2")),
+    (["nats://a:1", "b"], ("nats://a:1", "nats://b:4222")),
+    (("nats://a:1",), ("nats://a:1",)),
+])
+def test_parse_nats_urls(raw, expected):
+    assert parse_nats_urls(raw) == expected
+    assert parse_nats_urls(expected) == expected
+    assert config_module._nats_urls is parse_nats_urls
+
+
+# --- precedence -------------------------------------------------------------------------------
+
+FLAGGED = {
+    # key: (from the file, from env, from a flag) -- each valid
+    "environment": ("f", "e", "x"),
+    "logLevel": ("debug", "error", "critical"),
+    "nameSuffix": ("f", "e", "x"),
+    "subject": ("s.f", "s.e", "s.x"),
+    "queue": ("qf", "qe", "qx"),
+    "workers": (2, "3", "4"),
+    "nats.url": ("nats://f:1", "nats://e:2", "nats://x:3"),
+    "idp.url": ("https://f", "https://e", "https://x"),
+    "idp.tokenPath": ("/f", "/e", "/x"),
+    "idp.issuer": ("https://f/i", "https://e/i", "https://x/i"),
+    "health.port": (1, "2", "3"),
+}
+
+
+def test_every_flag_has_a_precedence_case():
+    assert {setting.key for setting in SETTINGS if setting.flag} == set(FLAGGED)
+
+
+@pytest.mark.parametrize("key", sorted(FLAGGED))
+def test_flags_beat_env_beats_file_beats_default(key, tmp_path):
+    setting = BY_KEY[key]
+    in_file, in_env, in_flag = FLAGGED[key]
+    path = tmp_path / "app.json"
+    path.write_text(json.dumps(as_document(key, in_file)))
+    file_arg = ["-config", str(path)]
+    env = {setting.env[0]: in_env}
+    flag = [f"--{setting.flag}", in_flag]
+
+    def loaded(argv: list[str], environ: dict[str, str]) -> Any:
+        return value_at(load_config(argv, environ), setting.path)
+
+    assert loaded([], {}) == setting.default
+    assert loaded(file_arg, {}) == setting.parse(in_file)
+    assert loaded(file_arg, env) == setting.parse(in_env)
+    assert loaded([*file_arg, *flag], env) == setting.parse(in_flag)
+    assert setting.parse(in_file) != setting.parse(in_env) != setting.parse(in_flag)
+
+
+def test_env_only_settings_beat_the_file(tmp_path):
+    path = tmp_path / "app.json"
+    path.write_text(json.dumps({"nats": {"maxReconnect": 3}, "backlog": 7}))
+    config = load_config(["-config", str(path)], {"MAX_RECONNECT": "-1"})
+    assert (config.nats.max_reconnect, config.backlog) == (-1, 7)
+
+
+def test_the_readme_table_lists_each_key_once():
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text().splitlines()
+    for row in describe_settings():
+        assert sum(line.startswith(f"| `{row['key']}` |") for line in readme) == 1, row["key"]

@@ -14,6 +14,14 @@ derive from it. Validation lives in the types: every section runs its parsers in
 the field (``invalid config nats.reconnectWait (from code): ...``). The loader names the
 source instead (``file /app/configs/app.json``, ``env RECONNECT_WAIT``, ``flag -idp-url``).
 Secret values are never shown.
+
+To add a setting, add one ``setting(...)`` field to the section its key names (``nats.*`` in
+:class:`NatsConfig`; a key without a dot in :class:`Config`), with its default in
+:mod:`token_worker.defaults` (or ``None`` for "unset"), ``secret=True`` for a secret, and a
+README row. A new section is a frozen dataclass deriving from ``_Section``, added to its
+parent as ``field(default_factory=...)``; its JSON name is the attribute name. A rule
+between fields goes in the section's ``_check``. A key in the wrong section, or a key,
+variable or flag claimed twice, fails at import.
 """
 
 from __future__ import annotations

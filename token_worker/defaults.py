@@ -1,5 +1,7 @@
 """Every default in one place, each with what it is for.
 
+Each setting is declared once, in :mod:`token_worker.config`, and takes its default from here.
+
 The names and values marked "original" are those of the service token-worker re-creates,
 so that a config written for it means the same here.
 """

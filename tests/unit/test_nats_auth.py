@@ -138,7 +138,8 @@ def test_nkey_seed_file_answers_with_the_public_key(tmp_path: Path) -> None:
 def test_nkey_file_may_be_a_creds_style_seed_block(tmp_path: Path) -> None:
     user = new_user()
     path = tmp_path / "user.nk"
-    path.write_text(f"-----BEGIN USER NKEY SEED-----\n{user.seed}\n------END USER NKEY SEED------\n")
+    path.write_text(
+        f"-----BEGIN USER NKEY SEED-----\n{user.seed}\n------END USER NKEY SEED------\n")
     assert load_nkey_file(path).read() == user.public
 
 

@@ -237,3 +237,29 @@ def test_readers_never_see_a_torn_credential_during_200_swaps(
                   f"{len(seen)} versions seen, {len(failures)} torn or missing")
     assert failures == []
     assert len(seen) > 10
+
+
+def test_the_deployment_projects_each_credential_secret_into_its_own_folder() -> None:
+    """deploy/: every Secret of credentials-secret.yaml reaches CREDENTIALS_DIR as
+    ``<name>/<file>`` with names and files the store reads, mounted whole (no subPath)."""
+    import yaml
+
+    from tests.servers import ROOT
+
+    deployment = yaml.safe_load((ROOT / "deploy" / "deployment.yaml").read_text())
+    secrets = list(yaml.safe_load_all((ROOT / "deploy" / "credentials-secret.yaml").read_text()))
+    spec = deployment["spec"]["template"]["spec"]
+    container = spec["containers"][0]
+    env = {item["name"]: item.get("value") for item in container["env"]}
+    mount = next(m for m in container["volumeMounts"] if m["name"] == "credentials")
+    assert mount["mountPath"] == env["CREDENTIALS_DIR"] and "subPath" not in mount
+    volume = next(v for v in spec["volumes"] if v["name"] == "credentials")
+    sources = {s["secret"]["name"]: s["secret"] for s in volume["projected"]["sources"]}
+    for secret in secrets:
+        source = sources[secret["metadata"]["name"]]
+        folders = {item["path"].split("/")[0] for item in source["items"]}
+        assert len(folders) == 1 and is_valid_name(folders.pop())
+        assert {item["key"] for item in source["items"]} >= set(secret["stringData"])
+        for item in source["items"]:
+            assert item["path"].split("/", 1)[1] == item["key"]
+            assert item["key"] in {"client_id", "client_secret", "scope", "auth_method"}

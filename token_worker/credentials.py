@@ -185,7 +185,9 @@ class CredentialStore:
     """Named credentials from a directory, reloaded in the background.
 
     ``get`` never does I/O. ``close`` stops the reload thread. Construct it at
-    config-load time: a missing or unreadable directory raises CredentialsDirError.
+    config-load time (``start=False`` defers the thread to :meth:`start`): a missing or
+    unreadable directory raises CredentialsDirError. ``on_change(event, name)`` is called
+    on the reload thread for each ``added``/``changed``/``removed`` credential.
     """
 
     def __init__(self, directory: Path | str, *, interval: float = RELOAD_INTERVAL,
@@ -207,6 +209,11 @@ class CredentialStore:
         self._snapshot = Snapshot({}, {})
         self._apply(first)
         if start:
+            self.start()
+
+    def start(self) -> None:
+        """Start the reload thread (done by the constructor unless ``start=False``)."""
+        if self._thread is None and not self._stop.is_set():
             self._thread = threading.Thread(target=self._run, name="credentials-reload",
                                             daemon=True)
             self._thread.start()

@@ -182,6 +182,21 @@ def test_the_reload_thread_picks_up_a_rotation_within_5_s(
     assert max(pickups) < 5
 
 
+def test_get_reads_nothing_from_disk_between_reloads(
+        volume: KubeletVolume, stores: list[CredentialStore]) -> None:
+    """The hot path is a lookup in the last snapshot: files changing under it do not
+    matter until the next reload."""
+    volume.write(credential_files("orders", "id-1", "secret-1"))
+    changes: list[tuple[str, str]] = []
+    store = open_store(stores, volume.root, start=False,
+                       on_change=lambda event, name: changes.append((event, name)))
+    volume.write(credential_files("billing", "id-2", "secret-2"))
+    assert store.get("orders") is not None and store.get("billing") is None
+    store.reload()
+    assert store.get("orders") is None and store.get("billing") is not None
+    assert changes == [("added", "orders"), ("added", "billing"), ("removed", "orders")]
+
+
 def test_close_stops_the_reload_thread(volume: KubeletVolume) -> None:
     volume.write(credential_files("orders", "id", "secret"))
     store = CredentialStore(volume.root, interval=0.01)
@@ -225,6 +240,7 @@ def test_readers_never_see_a_torn_credential_during_200_swaps(
         for version in range(1, 201):
             volume.write(credential_files("orders", f"id-{version}", f"secret-{version}",
                                           scope=f"scope-{version}"))
+            time.sleep(0.002)  # pacing, not waiting: lets reloads land between swaps
         wait_until(lambda: store.get("orders") is not None
                    and store.get("orders").client_id == "id-200",  # type: ignore[union-attr]
                    timeout=5, what="the last version")

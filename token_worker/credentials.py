@@ -10,12 +10,13 @@ a projected volume of several Secrets) whose items have paths ``<name>/client_id
 Files: ``client_id``, ``client_secret``, optional ``scope`` and ``auth_method``; one
 trailing newline is stripped. Dot-entries are the kubelet's, never credentials.
 
-A background thread re-reads the directory every ``interval`` seconds and swaps in a new
-immutable snapshot, so :meth:`CredentialStore.get` on the hot path is one dict lookup
-with no I/O and no lock. A snapshot is one consistent set: with ``..data`` everything is
-read from the one timestamped directory it pointed to, and kept only if ``..data`` still
-points there afterwards (the kubelet writes a new directory, then swaps); without
-``..data`` (a plain directory) the set is read until two reads in a row agree.
+A background thread looks at the directory every ``interval`` seconds (with ``..data``,
+one ``readlink`` unless it moved) and swaps in a new immutable snapshot, so
+:meth:`CredentialStore.get` on the hot path is one dict lookup with no I/O and no lock.
+A snapshot is one consistent set: with ``..data`` everything is read from the one
+timestamped directory it pointed to, and kept only if ``..data`` still points there
+afterwards (the kubelet writes a new directory, then swaps); without ``..data`` (a plain
+directory) the set is read until two reads in a row agree.
 """
 
 from __future__ import annotations
@@ -161,23 +162,29 @@ def _read_set(root: Path) -> Snapshot:
     return Snapshot(credentials, problems)
 
 
-def read_directory(directory: Path) -> Snapshot:
-    """One consistent snapshot of ``directory``; raises OSError if it is unreadable and
-    :class:`_Torn` if it kept changing for :data:`STABLE_READS` attempts."""
+def data_target(directory: Path) -> str | None:
+    """Where the kubelet's ``..data`` points now, or None for a plain directory."""
     link = directory / DATA_LINK
+    return os.readlink(link) if link.is_symlink() else None
+
+
+def read_directory(directory: Path) -> tuple[Snapshot, str | None]:
+    """One consistent snapshot of ``directory`` and the ``..data`` target it was read from
+    (None for a plain directory); raises OSError if it is unreadable and :class:`_Torn` if
+    it kept changing for :data:`STABLE_READS` attempts."""
     for _ in range(STABLE_READS):
-        if link.is_symlink():
-            target = os.readlink(link)
+        target = data_target(directory)
+        if target is not None:
             try:
                 snapshot = _read_set(directory / target)
             except _Torn:
                 continue
-            if os.path.islink(link) and os.readlink(link) == target:
-                return snapshot
+            if data_target(directory) == target:
+                return snapshot, target
         else:
             first = _read_set(directory)
             if first == _read_set(directory):
-                return first
+                return first, None
     raise _Torn()
 
 
@@ -200,8 +207,9 @@ class CredentialStore:
         self._thread: threading.Thread | None = None
         if not self.directory.is_dir():
             raise CredentialsDirError(self.directory, "is not a directory")
+        self._target: str | None = None
         try:
-            first = read_directory(self.directory)
+            first, self._target = read_directory(self.directory)
         except PermissionError:
             raise CredentialsDirError(self.directory, "is not readable") from None
         except (OSError, _Torn):
@@ -236,10 +244,13 @@ class CredentialStore:
         return dict(self._snapshot.problems)
 
     def reload(self) -> bool:
-        """Read the directory now; return whether anything changed. Keeps the previous
-        snapshot (and logs a warning) when the directory cannot be read consistently."""
+        """Look at the directory now; return whether anything changed. With ``..data``
+        only the link is read unless it moved. Keeps the previous snapshot (and logs a
+        warning) when the directory cannot be read consistently."""
         try:
-            snapshot = read_directory(self.directory)
+            if self._target is not None and data_target(self.directory) == self._target:
+                return False
+            snapshot, self._target = read_directory(self.directory)
         except (OSError, _Torn) as error:
             logger.warning("credentials directory not reloaded, keeping the previous set",
                            extra={"directory": str(self.directory),

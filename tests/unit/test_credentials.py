@@ -279,3 +279,16 @@ def test_the_deployment_projects_each_credential_secret_into_its_own_folder() ->
         for item in source["items"]:
             assert item["path"].split("/", 1)[1] == item["key"]
             assert item["key"] in {"client_id", "client_secret", "scope", "auth_method"}
+
+
+def test_a_plain_directory_without_data_link_is_reloaded_too(
+        tmp_path: Path, stores: list[CredentialStore]) -> None:
+    folder = tmp_path / "orders"
+    folder.mkdir()
+    (folder / "client_id").write_text("orders-id\n")
+    (folder / "client_secret").write_text("secret-1\n")
+    store = open_store(stores, tmp_path, start=False)
+    (folder / "client_secret").write_text("secret-2\n")
+    assert store.reload() is True
+    credential = store.get("orders")
+    assert credential is not None and credential.client_secret.reveal() == "secret-2"

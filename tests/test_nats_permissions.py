@@ -20,6 +20,7 @@ import pytest
 from nats.aio.msg import Msg
 from nats.errors import NoRespondersError
 
+from tests.conftest import remember_secret
 from tests.nats_jwt import OperatorMode, creds_text, new_account, new_user, user_jwt
 from tests.servers import ROOT, NatsServer
 from token_worker.nats_auth import NatsAuth, load_creds_file, load_nkey_file
@@ -30,6 +31,7 @@ PASSWORDS = {"token-worker": "worker-pass-for-tests", "orders": "orders-pass-for
 ENV = {"TOKEN_WORKER_PASSWORD": PASSWORDS["token-worker"],
        "ORDERS_PASSWORD": PASSWORDS["orders"], "BILLING_PASSWORD": PASSWORDS["billing"],
        "MONITOR_PASSWORD": PASSWORDS["monitor"]}
+remember_secret(*PASSWORDS.values())
 WAIT = 0.5
 """Seconds to let a message that must not arrive have its chance to arrive."""
 

@@ -85,6 +85,18 @@ def is_valid_name(name: str) -> bool:
     return NAME_PATTERN.fullmatch(name) is not None
 
 
+def name_from_subject(subject: str, prefix: str) -> str:
+    """The credential a named request asks for: the one subject token after ``prefix``
+    (``token.named.orders`` -> ``orders``). Only the subject decides; nothing in the body
+    can. Raises InvalidCredentialName (answer ``invalid_request``) for anything else."""
+    head, dot, name = subject.rpartition(".")
+    if not dot or head != prefix or not is_valid_name(name):
+        raise InvalidCredentialName(
+            f"subject {subject[:200]!r} does not name a credential as {prefix}.<name> "
+            "with <name> in [A-Za-z0-9_-]")
+    return name
+
+
 class _Torn(Exception):
     """The directory changed under a read; read again."""
 

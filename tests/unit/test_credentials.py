@@ -20,6 +20,7 @@ from token_worker.credentials import (
     CredentialStore,
     InvalidCredentialName,
     is_valid_name,
+    name_from_subject,
 )
 
 
@@ -292,3 +293,12 @@ def test_a_plain_directory_without_data_link_is_reloaded_too(
     assert store.reload() is True
     credential = store.get("orders")
     assert credential is not None and credential.client_secret.reveal() == "secret-2"
+
+
+def test_the_subject_alone_names_the_credential() -> None:
+    assert name_from_subject("token.named.orders", "token.named") == "orders"
+    assert name_from_subject("acme.tokens.billing-eu_2", "acme.tokens") == "billing-eu_2"
+    for subject in ("token.named.", "token.named", "token.request", "token.named.a.b",
+                    "other.named.orders", "token.named.ordérs", "token.named.*"):
+        with pytest.raises(InvalidCredentialName):
+            name_from_subject(subject, "token.named")

@@ -208,23 +208,12 @@ class CredsFileAuth:
     def read(self) -> UserJwtInfo:
         """Read and check the file: both blocks present, the JWT a user JWT, the seed a
         user seed whose public key is the JWT's subject. Returns the JWT's public facts."""
-        content = _read_bytes(self.path)
-        try:
-            jwt, seed = _creds_blocks(self.path, content)
-            try:
-                info = _jwt_info(self.path, bytes(jwt))
-                public = _seed_public_key(self.path, seed, role="seed")
-            finally:
-                _wipe(seed)
-        finally:
-            _wipe(content)
-        if public != info.user:
-            raise NatsCredentialsError(
-                self.path, f"the seed is for user {public}, the JWT for user {info.user}")
+        info, _ = self._read_and_sign(None)
         return info
 
     def connect_auth_fields(self, server_info: Mapping[str, Any]) -> dict[str, str]:
-        """``{"jwt", "sig"}`` for this INFO, from the file as it is now.
+        """``{"jwt", "sig"}`` for this INFO, from the file as it is now (checked as
+        :meth:`read` checks it, so a bad rotated file fails this connect attempt clearly).
 
         A server that asks no nonce uses neither NKeys nor JWTs: the JWT then stays off the
         wire and the result is empty.
@@ -232,11 +221,21 @@ class CredsFileAuth:
         nonce = server_info.get("nonce")
         if not isinstance(nonce, str) or not nonce:
             return AuthFields()
+        _, fields = self._read_and_sign(nonce)
+        return fields
+
+    def _read_and_sign(self, nonce: str | None) -> tuple[UserJwtInfo, AuthFields]:
         content = _read_bytes(self.path)
         try:
             jwt, seed = _creds_blocks(self.path, content)
             try:
-                _seed_public_key(self.path, seed, role="seed")
+                info = _jwt_info(self.path, bytes(jwt))
+                public = _seed_public_key(self.path, seed, role="seed")
+                if public != info.user:
+                    raise NatsCredentialsError(
+                        self.path, f"the seed is for user {public}, the JWT for user {info.user}")
+                if nonce is None:
+                    return info, AuthFields()
                 signature = _signed_nonce(seed, nonce)
             finally:
                 _wipe(seed)
@@ -244,7 +243,7 @@ class CredsFileAuth:
             _wipe(content)
         text = jwt.decode("ascii")
         RedactSecrets.register(text)
-        return AuthFields(jwt=text, sig=signature)
+        return info, AuthFields(jwt=text, sig=signature)
 
     def describe(self) -> str:
         return f"creds file {self.path}"

@@ -195,3 +195,17 @@ def test_the_same_nonce_signed_twice_gives_the_same_signature(tmp_path: Path) ->
     auth = NkeySeedFileAuth(path)
     assert auth.connect_auth_fields({"nonce": NONCE}) == auth.connect_auth_fields(
         {"nonce": NONCE})
+
+
+def test_a_bad_rotated_file_fails_the_connect_attempt_with_a_typed_error(
+        tmp_path: Path, mode: OperatorMode) -> None:
+    path, user = mode.user_creds(tmp_path, "worker")
+    auth = load_creds_file(path)
+    other = new_user()
+    path.write_text(creds_text(user_jwt(user, mode.account), other.seed))
+    with pytest.raises(NatsCredentialsError, match="the seed is for user") as caught:
+        auth.connect_auth_fields({"nonce": NONCE})
+    assert other.seed not in str(caught.value)
+    path.unlink()
+    with pytest.raises(NatsCredentialsError, match="file does not exist"):
+        auth.connect_auth_fields({"nonce": NONCE})

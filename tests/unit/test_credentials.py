@@ -1,0 +1,304 @@
+"""CredentialStore on a directory the kubelet way: ``..data`` swaps, timestamped dirs,
+top-level symlinks; rotation, removal, bad entries, and no torn read under load."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import report_figure
+from tests.helpers import wait_until
+from tests.kubelet_volume import KubeletVolume, credential_files
+from token_worker.credentials import (
+    Credential,
+    CredentialsDirError,
+    CredentialStore,
+    InvalidCredentialName,
+    is_valid_name,
+    name_from_subject,
+)
+
+
+@pytest.fixture
+def volume(tmp_path: Path) -> KubeletVolume:
+    return KubeletVolume(tmp_path / "credentials")
+
+
+@pytest.fixture
+def stores() -> Iterator[list[CredentialStore]]:
+    made: list[CredentialStore] = []
+    yield made
+    for store in made:
+        store.close()
+
+
+def open_store(stores: list[CredentialStore], directory: Path, **kwargs: object) -> CredentialStore:
+    store = CredentialStore(directory, **kwargs)  # type: ignore[arg-type]
+    stores.append(store)
+    return store
+
+
+def test_reads_the_kubelet_layout_and_ignores_dot_entries(
+        volume: KubeletVolume, stores: list[CredentialStore]) -> None:
+    volume.write({**credential_files("orders", "orders-id", "orders-secret",
+                                     scope="read write", auth_method="client_secret_basic"),
+                  **credential_files("billing", "billing-id", "billing-secret")})
+    store = open_store(stores, volume.root, start=False)
+
+    orders = store.get("orders")
+    assert orders is not None
+    assert (orders.name, orders.client_id, orders.client_secret.reveal(), orders.scope,
+            orders.auth_method) == ("orders", "orders-id", "orders-secret", "read write",
+                                    "client_secret_basic")
+    billing = store.get("billing")
+    assert billing is not None
+    assert (billing.scope, billing.auth_method) == (None, None)
+    assert store.names() == ["billing", "orders"]
+    assert store.problems() == {}
+    assert any(entry.name.startswith("..") for entry in volume.root.iterdir())
+
+
+def test_only_one_trailing_newline_is_stripped(tmp_path: Path,
+                                               stores: list[CredentialStore]) -> None:
+    folder = tmp_path / "orders"
+    folder.mkdir()
+    (folder / "client_id").write_text("orders-id")
+    (folder / "client_secret").write_text("secret ends in space \n\n")
+    store = open_store(stores, tmp_path, start=False)
+    credential = store.get("orders")
+    assert credential is not None
+    assert credential.client_id == "orders-id"
+    assert credential.client_secret.reveal() == "secret ends in space \n"
+
+
+def test_unknown_is_none_and_a_bad_name_is_a_distinct_error(
+        volume: KubeletVolume, stores: list[CredentialStore]) -> None:
+    volume.write(credential_files("orders", "id", "secret"))
+    store = open_store(stores, volume.root, start=False)
+    assert store.get("billing") is None
+    for bad in ("", "..data", "a.b", "a*", ">", "orders ", "ordérs", "a/b", "x" * 2 + "\n"):
+        assert not is_valid_name(bad)
+        with pytest.raises(InvalidCredentialName):
+            store.get(bad)
+    assert is_valid_name("Orders_v2-eu")
+
+
+def test_repr_never_shows_the_secret(volume: KubeletVolume,
+                                     stores: list[CredentialStore]) -> None:
+    volume.write(credential_files("orders", "orders-id", "orders-secret-value"))
+    store = open_store(stores, volume.root, start=False)
+    credential = store.get("orders")
+    assert isinstance(credential, Credential)
+    shown = repr(credential) + str(credential) + repr(store) + repr(credential.client_secret)
+    assert "orders-secret-value" not in shown
+    assert "orders-id" in shown
+
+
+def test_change_add_and_remove_are_picked_up_and_logged_by_name_only(
+        volume: KubeletVolume, stores: list[CredentialStore],
+        caplog: pytest.LogCaptureFixture) -> None:
+    volume.write({**credential_files("orders", "orders-id", "old-secret-1"),
+                  **credential_files("billing", "billing-id", "billing-secret-1")})
+    store = open_store(stores, volume.root, start=False)
+    caplog.set_level(logging.INFO, logger="token_worker.credentials")
+    caplog.clear()
+
+    volume.write({**credential_files("orders", "orders-id", "new-secret-2"),
+                  **credential_files("audit", "audit-id", "audit-secret-3")})
+    assert store.reload() is True
+
+    orders = store.get("orders")
+    assert orders is not None and orders.client_secret.reveal() == "new-secret-2"
+    assert store.get("billing") is None
+    assert store.get("audit") is not None
+    events = sorted((r.getMessage(), getattr(r, "credential", None)) for r in caplog.records)
+    assert events == [("credential added", "audit"), ("credential changed", "orders"),
+                      ("credential removed", "billing")]
+    text = " ".join(f"{r.getMessage()} {r.__dict__}" for r in caplog.records)
+    for value in ("old-secret-1", "new-secret-2", "billing-secret-1", "audit-secret-3",
+                  "orders-id", "audit-id"):
+        assert value not in text
+    assert store.reload() is False
+
+
+def test_unusable_entries_are_not_credentials_and_say_why(
+        tmp_path: Path, stores: list[CredentialStore], caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.WARNING, logger="token_worker.credentials")
+    (tmp_path / "no-secret").mkdir()
+    (tmp_path / "no-secret" / "client_id").write_text("id")
+    (tmp_path / "bad-method").mkdir()
+    (tmp_path / "bad-method" / "client_id").write_text("id")
+    (tmp_path / "bad-method" / "client_secret").write_text("do-not-log-me")
+    (tmp_path / "bad-method" / "auth_method").write_text("private_key_jwt")
+    (tmp_path / "bad.name").mkdir()
+    (tmp_path / "stray-file").write_text("x")
+    store = open_store(stores, tmp_path, start=False)
+
+    assert store.names() == []
+    problems = store.problems()
+    assert problems["no-secret"] == "client_secret is missing or empty"
+    assert "auth_method" in problems["bad-method"]
+    assert "bad.name" in problems and "stray-file" in problems
+    assert {getattr(r, "credential", None) for r in caplog.records} == set(problems)
+    assert "do-not-log-me" not in " ".join(str(r.__dict__) for r in caplog.records)
+
+
+def test_a_missing_directory_is_a_config_error(tmp_path: Path) -> None:
+    with pytest.raises(CredentialsDirError, match="is not a directory") as caught:
+        CredentialStore(tmp_path / "nope")
+    assert isinstance(caught.value, ValueError)
+
+
+def test_an_unreadable_round_keeps_the_previous_set(
+        tmp_path: Path, stores: list[CredentialStore]) -> None:
+    volume = KubeletVolume(tmp_path / "credentials")
+    volume.write(credential_files("orders", "id", "secret"))
+    store = open_store(stores, volume.root, start=False)
+    volume.root.rename(tmp_path / "moved")
+    assert store.reload() is False
+    assert store.get("orders") is not None
+
+
+def test_the_reload_thread_picks_up_a_rotation_within_5_s(
+        volume: KubeletVolume, stores: list[CredentialStore]) -> None:
+    """Default interval (1 s): the time from the kubelet's swap to get() seeing it."""
+    volume.write(credential_files("orders", "orders-id", "secret-before"))
+    store = open_store(stores, volume.root)
+    pickups = []
+    for round_ in range(3):
+        volume.write(credential_files("orders", "orders-id", f"secret-after-{round_}"))
+
+        def rotated(expected: str = f"secret-after-{round_}") -> bool:
+            credential = store.get("orders")
+            return credential is not None and credential.client_secret.reveal() == expected
+
+        pickups.append(wait_until(rotated, timeout=5, what="the rotated secret"))
+    report_figure(f"credential rotation pickup (reload every 1 s): "
+                  f"{', '.join(f'{p:.2f}' for p in pickups)} s (limit 5 s)")
+    assert max(pickups) < 5
+
+
+def test_get_reads_nothing_from_disk_between_reloads(
+        volume: KubeletVolume, stores: list[CredentialStore]) -> None:
+    """The hot path is a lookup in the last snapshot: files changing under it do not
+    matter until the next reload."""
+    volume.write(credential_files("orders", "id-1", "secret-1"))
+    changes: list[tuple[str, str]] = []
+    store = open_store(stores, volume.root, start=False,
+                       on_change=lambda event, name: changes.append((event, name)))
+    volume.write(credential_files("billing", "id-2", "secret-2"))
+    assert store.get("orders") is not None and store.get("billing") is None
+    store.reload()
+    assert store.get("orders") is None and store.get("billing") is not None
+    assert changes == [("added", "orders"), ("added", "billing"), ("removed", "orders")]
+
+
+def test_close_stops_the_reload_thread(volume: KubeletVolume) -> None:
+    volume.write(credential_files("orders", "id", "secret"))
+    store = CredentialStore(volume.root, interval=0.01)
+    assert any(t.name == "credentials-reload" for t in threading.enumerate())
+    store.close()
+    store.close()
+    assert not any(t.name == "credentials-reload" for t in threading.enumerate())
+
+
+def test_readers_never_see_a_torn_credential_during_200_swaps(
+        volume: KubeletVolume, stores: list[CredentialStore]) -> None:
+    """Readers hammer get() while the kubelet swaps ``..data`` 200 times and the store
+    reloads continuously: every pair read is (id-N, secret-N) of one version, and the
+    credential is never missing."""
+    volume.write(credential_files("orders", "id-0", "secret-0", scope="scope-0"))
+    store = open_store(stores, volume.root, interval=0.0)
+    stop = threading.Event()
+    failures: list[str] = []
+    reads = [0, 0]
+    seen: set[str] = set()
+
+    def reader(slot: int) -> None:
+        while not stop.is_set():
+            credential = store.get("orders")
+            reads[slot] += 1
+            if credential is None:
+                failures.append("missing")
+                continue
+            version = credential.client_id.removeprefix("id-")
+            seen.add(version)
+            if (credential.client_secret.reveal(), credential.scope) != (
+                    f"secret-{version}", f"scope-{version}"):
+                failures.append(f"torn read of version {version}")
+            time.sleep(0)  # let the writer and the reload thread have the GIL too
+
+    threads = [threading.Thread(target=reader, args=(slot,)) for slot in range(2)]
+    for thread in threads:
+        thread.start()
+    started = time.monotonic()
+    try:
+        for version in range(1, 201):
+            volume.write(credential_files("orders", f"id-{version}", f"secret-{version}",
+                                          scope=f"scope-{version}"))
+            time.sleep(0.002)  # pacing, not waiting: lets reloads land between swaps
+        wait_until(lambda: store.get("orders") is not None
+                   and store.get("orders").client_id == "id-200",  # type: ignore[union-attr]
+                   timeout=5, what="the last version")
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join(5)
+    elapsed = time.monotonic() - started
+    report_figure(f"credential swaps: 200 kubelet swaps in {elapsed:.2f} s, {sum(reads)} reads, "
+                  f"{len(seen)} versions seen, {len(failures)} torn or missing")
+    assert failures == []
+    assert len(seen) > 10
+
+
+def test_the_deployment_projects_each_credential_secret_into_its_own_folder() -> None:
+    """deploy/: every Secret of credentials-secret.yaml reaches CREDENTIALS_DIR as
+    ``<name>/<file>`` with names and files the store reads, mounted whole (no subPath)."""
+    import yaml
+
+    from tests.servers import ROOT
+
+    deployment = yaml.safe_load((ROOT / "deploy" / "deployment.yaml").read_text())
+    secrets = list(yaml.safe_load_all((ROOT / "deploy" / "credentials-secret.yaml").read_text()))
+    spec = deployment["spec"]["template"]["spec"]
+    container = spec["containers"][0]
+    env = {item["name"]: item.get("value") for item in container["env"]}
+    mount = next(m for m in container["volumeMounts"] if m["name"] == "credentials")
+    assert mount["mountPath"] == env["CREDENTIALS_DIR"] and "subPath" not in mount
+    volume = next(v for v in spec["volumes"] if v["name"] == "credentials")
+    sources = {s["secret"]["name"]: s["secret"] for s in volume["projected"]["sources"]}
+    for secret in secrets:
+        source = sources[secret["metadata"]["name"]]
+        folders = {item["path"].split("/")[0] for item in source["items"]}
+        assert len(folders) == 1 and is_valid_name(folders.pop())
+        assert {item["key"] for item in source["items"]} >= set(secret["stringData"])
+        for item in source["items"]:
+            assert item["path"].split("/", 1)[1] == item["key"]
+            assert item["key"] in {"client_id", "client_secret", "scope", "auth_method"}
+
+
+def test_a_plain_directory_without_data_link_is_reloaded_too(
+        tmp_path: Path, stores: list[CredentialStore]) -> None:
+    folder = tmp_path / "orders"
+    folder.mkdir()
+    (folder / "client_id").write_text("orders-id\n")
+    (folder / "client_secret").write_text("secret-1\n")
+    store = open_store(stores, tmp_path, start=False)
+    (folder / "client_secret").write_text("secret-2\n")
+    assert store.reload() is True
+    credential = store.get("orders")
+    assert credential is not None and credential.client_secret.reveal() == "secret-2"
+
+
+def test_the_subject_alone_names_the_credential() -> None:
+    assert name_from_subject("token.named.orders", "token.named") == "orders"
+    assert name_from_subject("acme.tokens.billing-eu_2", "acme.tokens") == "billing-eu_2"
+    for subject in ("token.named.", "token.named", "token.request", "token.named.a.b",
+                    "other.named.orders", "token.named.ordérs", "token.named.*"):
+        with pytest.raises(InvalidCredentialName):
+            name_from_subject(subject, "token.named")

@@ -95,6 +95,10 @@ class IdpConfig:
     deadline: float = defaults.IDP_DEADLINE
     failure_threshold: int = defaults.IDP_FAILURE_THRESHOLD
     cool_down: float = defaults.IDP_COOL_DOWN
+    default_expires_in: int = defaults.IDP_DEFAULT_EXPIRES_IN
+    """Seconds of life of a token whose answer has no ``expires_in`` (RFC 6749 5.1)."""
+    max_response_bytes: int = defaults.IDP_MAX_RESPONSE_BYTES
+    """Largest token endpoint answer read; a larger one is refused unread."""
 
     @property
     def token_url(self) -> str:
@@ -110,6 +114,8 @@ class CacheConfig:
     max_entries: int = defaults.CACHE_MAX_ENTRIES
     expiry_margin: float = defaults.CACHE_EXPIRY_MARGIN
     refresh_ahead: float = defaults.CACHE_REFRESH_AHEAD
+    max_ttl: float = defaults.CACHE_MAX_TTL
+    """Longest life a cached token is given, whatever ``expires_in`` the IdP said."""
 
 
 @dataclass(frozen=True)
@@ -390,6 +396,12 @@ SETTINGS: tuple[Setting, ...] = (
             help="consecutive IdP failures before failing fast"),
     Setting("idp.coolDown", "idp.cool_down", _timeout_seconds, ("IDP_COOL_DOWN",), None,
             help="seconds of failing fast before the IdP is tried again"),
+    Setting("idp.defaultExpiresIn", "idp.default_expires_in", _non_negative_integer,
+            ("IDP_DEFAULT_EXPIRES_IN",), None,
+            help="seconds of life of a token whose answer has no expires_in"),
+    Setting("idp.maxResponseBytes", "idp.max_response_bytes", _positive_integer,
+            ("IDP_MAX_RESPONSE_BYTES",), None,
+            help="largest token endpoint answer read, bytes; a larger one is refused"),
     Setting("health.port", "health.port", _port, ("HEALTH_PORT",), "health-port",
             help="port of /healthz, /readyz and /metrics (off when unset; 0: any free port)"),
     Setting("health.host", "health.host", _text, ("HEALTH_HOST",), None,
@@ -403,6 +415,8 @@ SETTINGS: tuple[Setting, ...] = (
             help="seconds of life a cached token must have left to be served"),
     Setting("cache.refreshAhead", "cache.refresh_ahead", _fraction, ("CACHE_REFRESH_AHEAD",),
             None, help="last share of a token's life in which it is refreshed in the background"),
+    Setting("cache.maxTtl", "cache.max_ttl", _timeout_seconds, ("CACHE_MAX_TTL",), None,
+            help="longest life in seconds a cached token is given (and replies say)"),
 )
 
 _BY_KEY = {setting.key: setting for setting in SETTINGS}

@@ -3,6 +3,7 @@ answers on demand, which a real IdP cannot produce when a test wants it."""
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -81,10 +82,8 @@ class FaultHandler(BaseHTTPRequestHandler):
         answer = self.server.next_answer(self.client_address[1])
         if self.server.delay or answer.delay:
             self.server.release.wait(self.server.delay + answer.delay)
-        try:
-            self._send(answer)
-        except (BrokenPipeError, ConnectionResetError):
-            pass  # the client gave up, as a hanging or oversized IdP's clients do
+        with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+            self._send(answer)  # the client may give up, as a hanging IdP's clients do
 
     do_GET = do_POST
 

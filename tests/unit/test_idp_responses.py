@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import email.utils
 import logging
+import socket
 import threading
 import time
 
@@ -191,8 +192,6 @@ def test_a_500_stays_idp_unavailable_when_the_deadline_ends_the_retries(faulty):
 
 
 def test_an_unreachable_idp_names_the_network_error(caplog):
-    import socket
-
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
@@ -218,7 +217,7 @@ def test_a_retry_after_beyond_the_deadline_makes_the_worker_fail_fast(when, faul
     assert str(first.value) in ("identity provider asked to wait 120 s",
                                 "identity provider asked to wait 119 s")
     started = time.monotonic()
-    with pytest.raises(AskedToWait, match="not asking it again for 1[12][0-9] s"):
+    with pytest.raises(AskedToWait, match=r"not asking it again for 1[12][0-9] s"):
         idp.fetch_token("c", "s", "")
     assert time.monotonic() - started < 0.05
     assert server.calls == 1

@@ -108,11 +108,11 @@ class ResilientIdp:
             end = min(end, deadline)
         failures: list[IdpError] = []
         while True:
-            self._fail_fast(failures, started)
+            self._fail_fast(failures, started, end)
             left = end - time.monotonic()
             if left < SHORTEST_ATTEMPT:
                 if failures:
-                    raise self._give_up(failures, started)
+                    raise self._give_up(failures, started, end)
                 raise IdpTimeout("no time left to ask the identity provider within the "
                                  "deadline", reason="deadline reached before the call")
             try:
@@ -130,20 +130,21 @@ class ResilientIdp:
         transient = isinstance(error, IdpUnavailable | IdpTimeout)
         left = end - time.monotonic()
         asked = error.retry_after if transient else None
-        if asked is not None and asked > left - SHORTEST_ATTEMPT:
+        room = left - 2 * SHORTEST_ATTEMPT  # the longest pause that leaves time to try again
+        if asked is not None and asked > room:
             self._log_failure(error, len(failures), started, retrying=False)
             self._hold(asked)
             raise AskedToWait(f"identity provider asked to wait {asked:.0f} s",
                               status=error.status, retry_after=asked, reason=error.reason,
                               body=error.body) from None
-        pause = min(max(_backoff(len(failures)), asked or 0.0), left - SHORTEST_ATTEMPT)
+        pause = min(max(_backoff(len(failures)), asked or 0.0), room)
         retrying = transient and pause >= 0
         self._log_failure(error, len(failures), started, retrying=retrying)
         if not retrying:
-            raise self._give_up(failures, started) from None
+            raise self._give_up(failures, started, end) from None
         time.sleep(pause)
 
-    def _fail_fast(self, failures: list[IdpError], started: float) -> None:
+    def _fail_fast(self, failures: list[IdpError], started: float, end: float) -> None:
         """Raise instead of calling while the IdP asked to wait or the circuit is open."""
         wait = self._hold_until - time.monotonic()
         if wait > 0:
@@ -155,7 +156,7 @@ class ResilientIdp:
                                 f"{self._config.cool_down:g} s", reason="circuit open")
         else:
             return
-        raise self._give_up(failures, started) if failures else error
+        raise self._give_up(failures, started, end) if failures else error
 
     def _hold(self, retry_after: float) -> None:
         """Remember a ``Retry-After`` longer than the time left: fail fast until then."""
@@ -166,15 +167,21 @@ class ResilientIdp:
                                                               "failing_fast_s": seconds})
 
     @staticmethod
-    def _give_up(failures: list[IdpError], started: float) -> IdpError:
+    def _give_up(failures: list[IdpError], started: float, end: float) -> IdpError:
         """The most telling failure, with the attempts and the time spent: an HTTP 5xx or
-        429 rather than a later timeout of a retry the deadline cut short."""
+        429 rather than a later timeout of a retry the deadline cut short; a timeout that
+        used up the deadline says the deadline, not the last attempt's shortened budget."""
         chosen = failures[-1]
+        spent = time.monotonic() >= end - 2 * SHORTEST_ATTEMPT
         if isinstance(chosen, IdpTimeout):
             answered = [f for f in failures if isinstance(f, IdpUnavailable) and f.status]
-            chosen = answered[-1] if answered else chosen
-        if len(failures) > 1:
-            ended = "; the deadline ended the retries" if chosen is not failures[-1] else ""
+            if answered:
+                chosen = answered[-1]
+            elif spent:
+                chosen = IdpTimeout(f"identity provider gave no token within the "
+                                    f"{end - started:.3g} s deadline", reason=chosen.reason)
+        if len(failures) > 1 or chosen is not failures[-1]:
+            ended = "; the deadline ended the retries" if spent else ""
             chosen.add_context(f"{len(failures)} attempts in "
                                f"{time.monotonic() - started:.1f} s{ended}")
         return chosen

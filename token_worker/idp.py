@@ -287,8 +287,10 @@ def _read_answer(response: urllib3.BaseHTTPResponse, max_bytes: int) -> _Answer:
 
 def _read_capped(response: urllib3.BaseHTTPResponse, max_bytes: int) -> bytes | None:
     length = response.headers.get("Content-Length", "")
-    if length.isdigit() and int(length) > max_bytes:
-        return None  # refused without reading a byte of it
+    if length.isdigit() and not response.headers.get("Content-Encoding"):
+        if int(length) > max_bytes:
+            return None  # refused without reading a byte of it
+        return response.read()  # exactly Content-Length bytes, at most max_bytes
     chunks: list[bytes] = []
     total = 0
     while chunk := response.read(READ_CHUNK):

@@ -5,10 +5,12 @@ logged, and the bounds on time and size."""
 from __future__ import annotations
 
 import email.utils
+import gzip
 import logging
 import socket
 import threading
 import time
+import zlib
 
 import psutil
 import pytest
@@ -304,3 +306,27 @@ def test_a_caller_whose_deadline_has_passed_never_calls(faulty):
     with pytest.raises(IdpTimeout, match="no time left"):
         resilient(server.url).fetch_token("c", "s", "", deadline=time.monotonic() - 1)
     assert server.calls == 0
+
+
+def gzip_of_spaces(size: int) -> bytes:
+    """A gzip stream of ``size`` spaces (a decompression bomb), made without holding them."""
+    packer = zlib.compressobj(9, zlib.DEFLATED, 31)
+    chunk = b" " * (1024 * 1024)
+    parts = [packer.compress(chunk) for _ in range(size // len(chunk))]
+    return b"".join([*parts, packer.flush()])
+
+
+def test_a_gzip_answer_is_read_and_a_gzip_bomb_is_cut_at_the_limit(faulty):
+    gzip_header = {"Content-Encoding": "gzip"}
+    bomb = gzip_of_spaces(200 * 1024 * 1024)
+    server = faulty(script=[(200, gzip.compress(TOKEN), gzip_header),
+                            (200, bomb, gzip_header)])
+    idp = resilient(server.url)
+    assert idp.fetch_token("c", "s", "").access_token == "tok-abc"
+    process = psutil.Process()
+    before = process.memory_info().rss
+    with pytest.raises(IdpBadResponse, match="larger than 1048576 bytes"):
+        idp.fetch_token("c", "s", "")
+    grown = (process.memory_info().rss - before) / 1024 / 1024
+    report_figure(f"gzip bomb ({len(bomb) // 1024} KiB -> 200 MiB): RSS +{grown:.1f} MB")
+    assert grown < 8

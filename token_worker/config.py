@@ -382,7 +382,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("idp.tokenPath", "idp.token_path", _url_path, ("IDP_TOKEN_PATH",),
             "idp-token-path", help="token endpoint path"),
     Setting("idp.timeout", "idp.timeout", _timeout_seconds, ("IDP_TIMEOUT",), None,
-            help="seconds to wait for the IdP"),
+            help="seconds one IdP attempt may take: connect, headers and body"),
     Setting("idp.authMethod", "idp.auth_method", _auth_method, ("IDP_AUTH_METHOD",), None,
             help="client_secret_post or client_secret_basic"),
     Setting("idp.defaultScope", "idp.default_scope", _text, ("IDP_DEFAULT_SCOPE",), None,

@@ -99,8 +99,8 @@ class TokenBroker:
         if self._metrics is not None:
             self._metrics.cache_hit.inc()
         now = self._cache.now()
-        if now >= entry.refresh_at:
-            self._refresh_in_background(key, query)
+        if now >= entry.refresh_at and not self._idp.failing_fast:
+            self._refresh_in_background(key, query)  # not while it would only fail at once
         return Answer(entry.token, entry.expires_in(now), FROM_CACHE)
 
     def fetch(self, query: TokenQuery, *, skip_cache: bool = False,

@@ -98,6 +98,11 @@ class ResilientIdp:
         """True while the IdP is not asked (the cool-down after repeated failures)."""
         return bool(self._breaker.opened)
 
+    @property
+    def failing_fast(self) -> bool:
+        """True while fetches fail without a call (circuit open, or a Retry-After running)."""
+        return self._hold_until > time.monotonic() or self.circuit_open
+
     def fetch_token(self, client_id: str, client_secret: str, scope: str, *,
                     deadline: float | None = None) -> IssuedToken:
         """Fetch a token, retrying transient failures until ``idp.deadline`` or the caller's

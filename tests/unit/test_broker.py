@@ -32,6 +32,7 @@ class FakeIdp:
     """Issues ``token-N`` tokens at once; ``gate``, when set, holds calls until opened."""
 
     known_token_url = token_url = "https://idp.test/token"
+    failing_fast = False
 
     def __init__(self, expires_in: int = 45) -> None:
         self.expires_in = expires_in
@@ -188,3 +189,17 @@ def test_a_huge_expires_in_is_capped_in_replies_and_cache():
     assert broker.fetch(QUERY).expires_in == 86_400
     clock.now += 100
     assert broker.fetch(QUERY).expires_in == 86_300
+
+
+def test_no_refresh_is_queued_while_the_idp_fails_fast():
+    clock, idp = Clock(), FakeIdp(300)
+    broker, refresher = make(idp, clock)
+    broker.fetch(QUERY)
+    clock.now += 250
+    idp.failing_fast = True  # circuit open or a Retry-After running
+    for _ in range(100):
+        assert broker.cached(QUERY).source == FROM_CACHE  # still served
+    assert refresher.queued == []  # and no refresh that could only fail (and log) at once
+    idp.failing_fast = False
+    broker.cached(QUERY)
+    assert len(refresher.queued) == 1

@@ -270,3 +270,23 @@ def test_discovery_never_blocks_the_reading_thread(nats_server, faulty, start_wo
         assert time.monotonic() - started < 0.5  # not behind the 1 s discovery timeout
         assert bad["error_code"] == "invalid_request"
         assert slow.result(10)["error_code"] in ("idp_unavailable", "idp_timeout")
+
+
+def test_a_non_json_200_costs_one_call_and_healthy_clients_are_served_at_once(
+        nats_server, faulty, start_worker, requester_factory):
+    server = faulty(script=[(200, b"<html>maintenance</html>", {}),
+                            (200, b'{"access_token": "good-token-300", "expires_in": 300.0}',
+                             {})])
+    start_worker(make_config(nats_server.url, server.url, idp={"failure_threshold": 1}))
+    requester = requester_factory(nats_server.url)
+    bad = requester.request(token_request(DEMO, "bad"))
+    assert bad["error_code"] == "idp_bad_response"
+    assert bad["error"] == ("unusable answer from the identity provider (HTTP 200): not JSON")
+    assert server.calls == 1
+    started = time.monotonic()
+    healthy = requester.request(token_request(SCOPED, "healthy"))
+    assert time.monotonic() - started < 1.0  # no circuit opened, no back-off
+    assert (healthy["access_token"], healthy["expires_in"]) == ("good-token-300", 300)
+    again = requester.request(token_request(SCOPED, "again"))
+    assert again["token_source"] == "cache"  # expires_in 300.0 is cached
+    assert server.calls == 2

@@ -4,15 +4,17 @@ for what a real IdP cannot do on demand (5xx, 429, hangs, garbage)."""
 from __future__ import annotations
 
 import json
+import time
 
 import pytest
 
-from tests.conftest import BASIC, DEMO
-from tests.faulty_idp import FaultHandler
+from tests.conftest import BASIC, DEMO, report_figure
+from tests.faulty_idp import FaultHandler, Scripted
 from tests.servers import TOKEN_PATH, free_port
 from token_worker.config import IdpConfig
-from token_worker.errors import IdpRefused, IdpTimeout, IdpUnavailable
+from token_worker.errors import IdpBadResponse, IdpRefused, IdpTimeout, IdpUnavailable
 from token_worker.idp import IdpClient
+from token_worker.resilience import ResilientIdp
 
 
 def client_for(url: str, **overrides) -> IdpClient:
@@ -52,13 +54,15 @@ def test_connections_are_pooled(faulty):
         (500, b"oops", {}, IdpUnavailable, "idp_unavailable"),
         (503, b'{"error": "temporarily_unavailable"}', {}, IdpUnavailable, "idp_unavailable"),
         (429, b"", {"Retry-After": "3"}, IdpUnavailable, "idp_unavailable"),
-        (200, b"<html>surprise</html>", {}, IdpUnavailable, "idp_unavailable"),
-        (200, b'{"token_type": "Bearer"}', {}, IdpUnavailable, "idp_unavailable"),
-        (200, b'{"access_token": "t", "expires_in": -5}', {}, IdpUnavailable,
-         "idp_unavailable"),
+        (200, b"<html>surprise</html>", {}, IdpBadResponse, "idp_bad_response"),
+        (200, b'{"token_type": "Bearer"}', {}, IdpBadResponse, "idp_bad_response"),
+        (200, b'{"access_token": "t", "expires_in": -5}', {}, IdpBadResponse,
+         "idp_bad_response"),
+        (302, b"", {"Location": "https://elsewhere.example/token"}, IdpBadResponse,
+         "idp_bad_response"),
         (400, b'{"error": "invalid_scope", "error_description": "nope"}', {}, IdpRefused,
          "invalid_scope"),
-        (401, b"", {}, IdpRefused, "unauthorized_client"),
+        (401, b"", {}, IdpRefused, "invalid_client"),
     ],
 )
 def test_faults_become_typed_errors(status, body, headers, error, code, faulty):
@@ -66,6 +70,21 @@ def test_faults_become_typed_errors(status, body, headers, error, code, faulty):
     with pytest.raises(error) as caught:
         client_for(server.url).fetch_token("c", "s", "")
     assert caught.value.error_code == code
+
+
+def test_a_trickled_token_is_cut_at_the_deadline(faulty):
+    """The issue's case: timeout 2, deadline 4, one byte per 100 ms (was: 7.1 s, accepted)."""
+    trickle = Scripted(body=b'{"access_token": "trickled", "expires_in": 60}', trickle=0.1)
+    server = faulty(script=[trickle])
+    config = IdpConfig(url=server.url, token_path=TOKEN_PATH, timeout=2.0, deadline=4.0)
+    idp = ResilientIdp(IdpClient(config), config)
+    started = time.monotonic()
+    with pytest.raises(IdpTimeout):
+        idp.fetch_token("c", "s", "")
+    elapsed = time.monotonic() - started
+    report_figure(f"trickled token (1 byte / 100 ms), timeout 2 s, deadline 4 s: cut after "
+                  f"{elapsed:.2f} s, {server.calls} attempts")
+    assert elapsed < 4.2
 
 
 def test_a_hanging_idp_is_a_timeout(faulty):

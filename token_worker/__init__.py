@@ -9,6 +9,7 @@ from token_worker.client import Token, TokenClient
 from token_worker.config import Config, load_config
 from token_worker.errors import (
     ConfigError,
+    IdpBadResponse,
     IdpError,
     IdpRefused,
     IdpTimeout,
@@ -26,6 +27,7 @@ from token_worker.worker import TokenWorker
 __all__ = [
     "Config",
     "ConfigError",
+    "IdpBadResponse",
     "IdpError",
     "IdpRefused",
     "IdpTimeout",

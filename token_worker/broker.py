@@ -4,17 +4,24 @@
 - Single-flight: however many concurrent requests miss for one key, one IdP call is made;
   the others wait for its result (bounded by the IdP deadline) and share it, success or
   error.
-- Refresh-ahead: a hit in the last part of a token's life starts one background refresh
-  (with the secret of the request that triggered it, which is never stored) while the
-  still-valid token keeps being served, so steady traffic never waits for the IdP. A
-  failed refresh leaves the valid token in place.
+- Refresh-ahead: a hit past the entry's refresh point (inside its servable life, see
+  :mod:`token_worker.cache`) queues one background refresh (with the secret of the request
+  that triggered it, held only by the queued task) while the still-valid token keeps being
+  served, so steady traffic never waits for the IdP. A failed refresh leaves the valid
+  token in place. A queued refresh takes the key's in-flight slot only when its thread
+  starts: a fetch never waits behind a refresh that has not begun.
+- Deadlines: a caller may pass the moment (``time.monotonic()``) its request must be
+  answered by; the IdP call and the wait for another request's call end by then.
+- Counting: each lookup counts one hit or one miss; ``fetch(skip_cache=True)`` looks
+  nothing up and counts nothing.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
-from concurrent.futures import Future, ThreadPoolExecutor
+import time
+from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from typing import NamedTuple
 
@@ -55,16 +62,22 @@ class TokenBroker:
     """Gets tokens through the cache (if any), one IdP call per key at a time."""
 
     def __init__(self, idp: ResilientIdp, cache: TokenCache | None, *, auth_method: str,
-                 follower_timeout: float, metrics: Metrics | None = None) -> None:
+                 follower_timeout: float, metrics: Metrics | None = None,
+                 refresher: Executor | None = None) -> None:
+        """``refresher`` runs background refreshes (two threads by default; tests pass one
+        that runs tasks when they say)."""
         self._metrics = metrics
         self._idp = idp
         self._cache = cache
         self._auth_method = auth_method
         self._follower_timeout = follower_timeout
         self._in_flight: dict[CacheKey, Future[IssuedToken]] = {}
+        self._refresh_queued: set[CacheKey] = set()
         self._lock = threading.Lock()
-        self._refresher = ThreadPoolExecutor(max_workers=2, thread_name_prefix="refresh")
+        self._refresher = refresher or ThreadPoolExecutor(max_workers=2,
+                                                          thread_name_prefix="refresh")
         self.refreshes = 0
+        """Background refreshes queued."""
 
     @property
     def in_flight(self) -> int:
@@ -86,26 +99,45 @@ class TokenBroker:
         if self._metrics is not None:
             self._metrics.cache_hit.inc()
         now = self._cache.now()
-        if now >= entry.refresh_at:
-            self._refresh_in_background(key, query)
+        if now >= entry.refresh_at and not self._idp.failing_fast:
+            self._refresh_in_background(key, query)  # not while it would only fail at once
         return Answer(entry.token, entry.expires_in(now), FROM_CACHE)
 
-    def fetch(self, query: TokenQuery, *, skip_cache: bool = False) -> Answer:
-        """A token from the cache or, once per key at a time, from the IdP."""
+    def fetch(self, query: TokenQuery, *, skip_cache: bool = False,
+              deadline: float | None = None) -> Answer:
+        """A token from the cache or, once per key at a time, from the IdP.
+
+        ``skip_cache`` goes to the IdP without a lookup (and counts no miss: a caller that
+        already looked up with :meth:`cached` passes it). ``deadline`` is the
+        ``time.monotonic()`` moment the answer is due; past it, :class:`IdpTimeout`."""
         if not skip_cache:
             answer = self.cached(query)
             if answer is not None:
                 return answer
+        if deadline is not None and deadline - time.monotonic() <= 0:
+            raise IdpTimeout("the request's deadline passed before the identity provider "
+                             "could be asked", reason="deadline passed while queued")
         key = self._key(query, self._idp.token_url)
         future, leader = self._join_or_lead(key)
         if leader:
-            self._call_idp(key, query, future)
+            self._call_idp(key, query, future, deadline)
+        wait = self._follower_timeout
+        if deadline is not None:
+            wait = max(0.0, min(wait, deadline - time.monotonic()))
         try:
-            token = future.result(timeout=self._follower_timeout)
+            token = future.result(timeout=wait)
         except FutureTimeout:
-            raise IdpTimeout("waited too long for the identity provider call in flight"
-                             ) from None
-        return Answer(token, token.expires_in, FROM_IDP)
+            raise IdpTimeout(f"waited {wait:.3g} s for the identity provider call in flight",
+                             reason="follower wait ended") from None
+        return Answer(token, self._expires_in(token), FROM_IDP)
+
+    def discard(self, query: TokenQuery) -> bool:
+        """Drop the cached token of ``query`` (one the worker cannot send, for instance);
+        True if there was one. Never does I/O."""
+        token_url = self._idp.known_token_url
+        if self._cache is None or not token_url:
+            return False
+        return self._cache.discard(self._key(query, token_url))
 
     def close(self) -> None:
         """Stop background refreshes."""
@@ -123,10 +155,19 @@ class TokenBroker:
             future = self._in_flight[key] = Future()
             return future, True
 
-    def _call_idp(self, key: CacheKey, query: TokenQuery, future: Future[IssuedToken]) -> None:
+    def _expires_in(self, token: IssuedToken) -> int:
+        """What a reply says of a fresh token: its life as the cache keeps it (capped at
+        ``cache.maxTtl``), so the first reply and later hits agree."""
+        if self._cache is None:
+            return token.expires_in
+        return min(token.expires_in, int(self._cache.max_ttl))
+
+    def _call_idp(self, key: CacheKey, query: TokenQuery, future: Future[IssuedToken],
+                  deadline: float | None = None) -> None:
         """The leader's call: its outcome goes to every waiter and, if good, to the cache."""
         try:
-            token = self._idp.fetch_token(query.client_id, query.client_secret, query.scope)
+            token = self._idp.fetch_token(query.client_id, query.client_secret, query.scope,
+                                          deadline=deadline)
         except Exception as error:
             self._finish(key, future, error=error)  # every waiter gets the same answer
             if not isinstance(error, IdpError):
@@ -146,22 +187,39 @@ class TokenBroker:
             future.set_exception(error or RuntimeError("no token"))
 
     def _refresh_in_background(self, key: CacheKey, query: TokenQuery) -> None:
-        future, leader = self._join_or_lead(key)
-        if not leader:
-            return  # a refresh (or a fetch) for this key is already under way
+        """Queue one refresh for ``key``; it takes the in-flight slot only when it starts."""
+        with self._lock:
+            if key in self._refresh_queued or key in self._in_flight:
+                return  # a refresh (or a fetch) for this key is already coming
+            self._refresh_queued.add(key)
         self.refreshes += 1
         if self._metrics is not None:
             self._metrics.cache_refresh.inc()
         log.debug("refreshing ahead of expiry", extra={"client_id": query.client_id})
         try:
-            self._refresher.submit(self._refresh, key, query, future)
+            self._refresher.submit(self._refresh, key, query)
         except RuntimeError:  # shutting down
-            self._finish(key, future, error=RuntimeError("broker closed"))
+            with self._lock:
+                self._refresh_queued.discard(key)
 
-    def _refresh(self, key: CacheKey, query: TokenQuery, future: Future[IssuedToken]) -> None:
+    def _still_due(self, key: CacheKey) -> bool:
+        """The cached token still needs this refresh (no fetch replaced it meanwhile)."""
+        if self._cache is None:
+            return False
+        entry = self._cache.get(key)
+        return entry is not None and self._cache.now() >= entry.refresh_at
+
+    def _refresh(self, key: CacheKey, query: TokenQuery) -> None:
+        """The refresh, on a refresher thread: lead the key's IdP call now, unless a fetch
+        already leads one (its token lands in the cache all the same)."""
+        with self._lock:
+            self._refresh_queued.discard(key)
+            if key in self._in_flight or not self._still_due(key):
+                return
+            future: Future[IssuedToken] = Future()
+            self._in_flight[key] = future
         self._call_idp(key, query, future)
         error = future.exception()
         if error is not None:
             log.warning("refresh ahead failed; the cached token is still served",
                         extra={"client_id": query.client_id, "error": str(error)})
-

@@ -6,6 +6,12 @@ auth method. The secret itself is never stored, so a wrong or rotated secret can
 another secret's entry. Only an allow-list of token fields is kept (as MSAL does). Entries
 are evicted least-recently-used first (``cachetools.LRUCache``), so memory stays bounded
 with any number of clients. Time is injected (``now``), so expiry is tested without sleeping.
+
+A token's servable life runs from its arrival to ``expiryMargin`` before its expiry (and is
+never longer than ``maxTtl``). Its refresh point lies inside that servable life, the last
+``refreshAhead`` share of it, so refresh-ahead works for any lifetime: a 45 s token with a
+30 s margin is served for 15 s and refreshed from its 12th second (a share of the full
+lifetime would put the refresh point after serving had stopped).
 """
 
 from __future__ import annotations
@@ -20,7 +26,12 @@ from typing import NamedTuple
 
 from cachetools import LRUCache
 
+from token_worker import defaults
 from token_worker.idp import IssuedToken
+
+MIN_REFRESH_LEAD = 2.0
+"""Seconds a refresh is started at least before serving stops (an IdP round trip), but
+never earlier than half-way through the servable life."""
 
 
 class CacheKey(NamedTuple):
@@ -44,7 +55,7 @@ class CachedToken:
     serve_until: float
     """Last moment it may be served (``expires_at`` less the margin)."""
     refresh_at: float
-    """From here on, one background refresh replaces it."""
+    """From here on, one background refresh replaces it (always before ``serve_until``)."""
 
     def expires_in(self, now: float) -> int:
         """Whole seconds of life left, never negative (the reply's ``expires_in``)."""
@@ -73,11 +84,13 @@ class TokenCache:
     """A thread-safe LRU cache of tokens; ``now`` is the clock (``time.time`` in service)."""
 
     def __init__(self, *, max_entries: int, expiry_margin: float, refresh_ahead: float,
-                 now: Callable[[], float]) -> None:
+                 now: Callable[[], float], max_ttl: float = defaults.CACHE_MAX_TTL) -> None:
         self._entries: LRUCache[CacheKey, CachedToken] = LRUCache(maxsize=max_entries)
         self._lock = threading.Lock()
         self._margin = expiry_margin
         self._refresh_ahead = refresh_ahead
+        self.max_ttl = max_ttl
+        """Longest life an entry is given, whatever the token's ``expires_in``."""
         self.now = now
 
     def get(self, key: CacheKey) -> CachedToken | None:
@@ -94,18 +107,28 @@ class TokenCache:
 
     def put(self, key: CacheKey, token: IssuedToken) -> CachedToken:
         """Store a token the IdP just issued (unless too short-lived to serve); return its
-        entry. Its life is counted from now, on the cache's clock."""
-        expires_at = self.now() + token.expires_in
-        entry = CachedToken(
-            token=token,
-            expires_at=expires_at,
-            serve_until=expires_at - self._margin,
-            refresh_at=expires_at - token.expires_in * self._refresh_ahead,
-        )
-        if entry.serve_until > self.now():
+        entry. Its life is counted from now, on the cache's clock, and capped at ``max_ttl``."""
+        now = self.now()
+        expires_at = now + min(token.expires_in, self.max_ttl)
+        serve_until = expires_at - self._margin
+        entry = CachedToken(token=token, expires_at=expires_at, serve_until=serve_until,
+                            refresh_at=serve_until - self._refresh_lead(serve_until - now))
+        if serve_until > now:
             with self._lock:
                 self._entries[key] = entry
         return entry
+
+    def _refresh_lead(self, servable: float) -> float:
+        """How long before ``serve_until`` the refresh point lies; 0 turns refreshes off."""
+        if self._refresh_ahead <= 0 or servable <= 0:
+            return 0.0
+        floor = min(MIN_REFRESH_LEAD, servable / 2)
+        return min(max(self._refresh_ahead * servable, floor), servable)
+
+    def discard(self, key: CacheKey) -> bool:
+        """Drop the entry of ``key``; True if there was one."""
+        with self._lock:
+            return self._entries.pop(key, None) is not None
 
     def __len__(self) -> int:
         with self._lock:

@@ -452,7 +452,7 @@ class IdpConfig(_Section):
         flag="idp-token-path", help="token endpoint path")
     timeout: float = setting(
         "idp.timeout", _timeout_seconds, default=defaults.IDP_TIMEOUT, env="IDP_TIMEOUT",
-        help="seconds to wait for the IdP")
+        help="seconds one IdP attempt may take: connect, headers and body")
     auth_method: str = setting(
         "idp.authMethod", _auth_method, default=defaults.IDP_AUTH_METHOD,
         env="IDP_AUTH_METHOD", help="client_secret_post or client_secret_basic")
@@ -472,6 +472,15 @@ class IdpConfig(_Section):
     cool_down: float = setting(
         "idp.coolDown", _timeout_seconds, default=defaults.IDP_COOL_DOWN, env="IDP_COOL_DOWN",
         help="seconds of failing fast before the IdP is tried again")
+    default_expires_in: int = setting(
+        "idp.defaultExpiresIn", _non_negative_integer, default=defaults.IDP_DEFAULT_EXPIRES_IN,
+        env="IDP_DEFAULT_EXPIRES_IN",
+        help="seconds of life of a token whose answer has no expires_in")
+    """Seconds of life of a token whose answer has no ``expires_in`` (RFC 6749 5.1)."""
+    max_response_bytes: int = setting(
+        "idp.maxResponseBytes", _positive_integer, default=defaults.IDP_MAX_RESPONSE_BYTES,
+        env="IDP_MAX_RESPONSE_BYTES",
+        help="largest token endpoint answer read, bytes; a larger one is refused")
 
     @property
     def token_url(self) -> str:
@@ -496,7 +505,10 @@ class CacheConfig(_Section):
     refresh_ahead: float = setting(
         "cache.refreshAhead", _fraction, default=defaults.CACHE_REFRESH_AHEAD,
         env="CACHE_REFRESH_AHEAD",
-        help="last share of a token's life in which it is refreshed in the background")
+        help="last share of a token's servable life in which it is refreshed in the background")
+    max_ttl: float = setting(
+        "cache.maxTtl", _timeout_seconds, default=defaults.CACHE_MAX_TTL, env="CACHE_MAX_TTL",
+        help="longest life in seconds a cached token is given (and replies say)")
 
 
 @dataclass(frozen=True)

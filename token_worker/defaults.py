@@ -55,6 +55,11 @@ IDP_FAILURE_THRESHOLD = 5
 """Consecutive transient IdP failures after which the worker stops asking for a cool-down."""
 IDP_COOL_DOWN = 10.0
 """Seconds the IdP is not asked after the failure threshold (fail fast, no thread pile-up)."""
+IDP_DEFAULT_EXPIRES_IN = 3600
+"""Seconds of life of a token whose answer has no ``expires_in`` (RFC 6749 5.1 leaves it to
+the server's documentation; MSAL assumes about an hour)."""
+IDP_MAX_RESPONSE_BYTES = 1024 * 1024
+"""Largest token endpoint answer read (x/oauth2's limit); a larger one is refused unread."""
 
 CACHE_ENABLED = True
 """Serve repeated requests for the same client, secret and scopes from memory."""
@@ -64,6 +69,8 @@ CACHE_EXPIRY_MARGIN = 30.0
 """Seconds of life a token must have left to be served from the cache."""
 CACHE_REFRESH_AHEAD = 0.2
 """Share of a token's life, at its end, in which one background refresh replaces it."""
+CACHE_MAX_TTL = 86_400.0
+"""Longest life a cached token is given (a day), whatever ``expires_in`` the IdP said."""
 
 WORKERS = 32
 """Threads that serve requests needing the IdP (cache hits need none): they mostly wait

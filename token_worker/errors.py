@@ -11,8 +11,9 @@ a requester error keeps the reply's ``error_code``. Catch the branch you mean::
     │   └── ReconnectGaveUp         every reconnect attempt failed (exit code 3)
     ├── IdpError                    the identity provider did not issue a token
     │   ├── IdpRefused              it answered with an OAuth2 error (never retried)
-    │   ├── IdpUnavailable          unreachable, 5xx, 429 or an unreadable answer
-    │   └── IdpTimeout              no answer within ``idp.timeout``
+    │   ├── IdpUnavailable          unreachable, 5xx or 429: it may work on a retry
+    │   ├── IdpTimeout              no answer within ``idp.timeout`` / ``idp.deadline``
+    │   └── IdpBadResponse          an answer no retry can fix (not a token, a redirect)
     └── TokenRequestFailed          requester side: a worker answered with an error
         ├── NoWorkerAnswered        nobody is subscribed, or nobody answered in time
         └── RequestTimedOut         the request's time budget ran out
@@ -53,43 +54,68 @@ class ReconnectGaveUp(NatsConnectionError):
 class IdpError(TokenWorkerError):
     """The identity provider did not issue a token.
 
-    ``error_code`` is the machine-readable code sent to the requester.
+    ``error_code`` is the machine-readable code sent to the requester; the message is one
+    sentence that says why (it becomes the reply's ``error``). ``reason`` is the short
+    cause for the log line (``HTTP 503``, ``not JSON``, ``ConnectionRefusedError: ...``),
+    ``status`` the HTTP status if there was an answer, and ``body`` the start of an error
+    answer's body (never of a 2xx, which may hold a token).
     """
 
     error_code = "idp_error"
 
     def __init__(self, message: str, *, description: str = "", status: int | None = None,
-                 retry_after: float | None = None) -> None:
+                 retry_after: float | None = None, reason: str = "", body: str = "") -> None:
         self.description = description
         self.status = status
         self.retry_after = retry_after
-        """Seconds the IdP asked us to wait (a 429's or 503's ``Retry-After``)."""
+        """Seconds the IdP asked us to wait (a 429's or 5xx's ``Retry-After``)."""
+        self.reason = reason or message
+        self.body = body
         super().__init__(message)
+
+    def add_context(self, text: str) -> None:
+        """Append what the retry policy knows (attempts, time spent) to the message."""
+        self.args = (f"{self.args[0]} ({text})",) if self.args else (text,)
 
 
 class IdpRefused(IdpError):
     """The IdP answered with an OAuth2 error (``invalid_client``, ``invalid_scope``, ...)."""
 
-    def __init__(
-        self, error_code: str, *, description: str = "", status: int | None = None
-    ) -> None:
+    def __init__(self, error_code: str, *, description: str = "", status: int | None = None,
+                 body: str = "") -> None:
         self.error_code = error_code
         text = f"identity provider refused the request: {error_code}"
         if description:
             text += f" ({description})"
-        super().__init__(text, description=description, status=status)
+        reason = f"HTTP {status} {error_code}" if status else error_code
+        super().__init__(text, description=description, status=status, reason=reason,
+                         body=body)
 
 
 class IdpUnavailable(IdpError):
-    """The IdP could not be reached, failed (5xx, 429), or answered something unreadable."""
+    """The IdP could not be reached or said it is failing (5xx, 429): worth a retry."""
 
     error_code = "idp_unavailable"
 
 
 class IdpTimeout(IdpError):
-    """The IdP did not answer within the configured timeout."""
+    """The IdP did not answer within the attempt's timeout or the fetch's deadline."""
 
     error_code = "idp_timeout"
+
+
+class IdpBadResponse(IdpError):
+    """The IdP answered something no retry can turn into a token: a 2xx that is not a usable
+    token response, a redirect (never followed: the secret stays with the configured host),
+    an answer larger than ``idp.maxResponseBytes``. Not retried; it does not count towards
+    failing fast, since the IdP is evidently up."""
+
+    error_code = "idp_bad_response"
+
+    def __init__(self, reason: str, *, status: int | None = None, body: str = "") -> None:
+        where = f" (HTTP {status})" if status is not None else ""
+        super().__init__(f"unusable answer from the identity provider{where}: {reason}",
+                         status=status, reason=reason, body=body)
 
 
 class TokenRequestFailed(TokenWorkerError):

@@ -52,7 +52,8 @@ class TokenHandler:
         if config.cache.enabled:
             cache = TokenCache(max_entries=config.cache.max_entries,
                                expiry_margin=config.cache.expiry_margin,
-                               refresh_ahead=config.cache.refresh_ahead, now=time.time)
+                               refresh_ahead=config.cache.refresh_ahead, now=time.time,
+                               max_ttl=config.cache.max_ttl)
         broker = TokenBroker(idp, cache, auth_method=config.idp.auth_method,
                              follower_timeout=config.idp.deadline + 1.0, metrics=metrics)
 

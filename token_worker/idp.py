@@ -1,8 +1,26 @@
 """The identity provider: one OAuth2 client-credentials call over pooled HTTP connections.
 
-It tells "the IdP refused" (an OAuth2 error, the code kept as the IdP sent it) apart from
-"the IdP could not be asked" (unreachable, 5xx, 429, an unreadable answer) and "the IdP
-did not answer in time". The client secret goes into the request and nowhere else.
+Every answer is classified by what a retry could change (:mod:`token_worker.resilience`
+decides the retries):
+
+- transient: unreachable, timed out, 5xx, 429 (:class:`IdpUnavailable`, :class:`IdpTimeout`);
+- refused: a 4xx, with the OAuth2 code the IdP sent, or, for a bare 400/401/403, the code
+  RFC 6749 5.2 gives that status (:class:`IdpRefused`);
+- unusable: a 2xx that is not a usable token response, any redirect (never followed, so the
+  secret never reaches another host), an answer over ``idp.maxResponseBytes``, an unknown
+  token type (:class:`IdpBadResponse`).
+
+It reads liberally what RFC 6749 5.1 allows: ``expires_in`` as any JSON number or a
+numeric string (rounded down; missing means ``idp.defaultExpiresIn``), ``token_type`` in
+any case (normalised to ``Bearer``), a missing ``scope`` as the scope asked for, and
+form-encoded answers (as golang.org/x/oauth2 does). Only the allow-listed fields are kept:
+refresh and id tokens are dropped unread.
+
+Each attempt is bounded as a whole: ``timeout`` covers connect, headers and body, however
+slowly the bytes trickle (each socket read waits only for the time left), and the body is
+read in chunks up to ``idp.maxResponseBytes`` (a larger ``Content-Length`` is refused
+unread). The client secret goes into the request and nowhere else; the body of a 2xx is
+never logged or quoted (it may hold a token), error bodies only as a 200-character excerpt.
 
 HTTP is urllib3's connection pool, used directly: measured against the test IdP, a token
 call costs 0.5 ms of CPU this way against 1.4 ms through requests (built on the same
@@ -12,23 +30,50 @@ urllib3), which matters on every cache miss.
 from __future__ import annotations
 
 import base64
+import email.utils
+import http.client
+import io
 import logging
+import math
+import re
+import socket
 import threading
 import time
 from dataclasses import dataclass
-from typing import Any
-from urllib.parse import quote, urlencode
+from datetime import datetime, timezone
+from typing import TYPE_CHECKING, Any, cast
+from urllib.parse import parse_qsl, quote, urlencode, urljoin, urlsplit
 
 import orjson
 import urllib3
-from urllib3.exceptions import HTTPError, NewConnectionError, TimeoutError
+from urllib3.connection import HTTPConnection, HTTPSConnection
+from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
+from urllib3.exceptions import ConnectTimeoutError, HTTPError, NewConnectionError, ProtocolError
+from urllib3.exceptions import TimeoutError as HttpTimeout
 
 from token_worker.config import IdpConfig
-from token_worker.errors import IdpRefused, IdpTimeout, IdpUnavailable
+from token_worker.errors import IdpBadResponse, IdpError, IdpRefused, IdpTimeout, IdpUnavailable
+
+if TYPE_CHECKING:
+    from _typeshed import WriteableBuffer
 
 log = logging.getLogger(__name__)
 
 USER_AGENT = "token-worker"
+EXCERPT_CHARS = 200
+"""Characters of an error answer's body kept for the log line."""
+READ_CHUNK = 64 * 1024
+"""Bytes read from a body at a time."""
+LONGEST_EXPIRES_IN = 2**31 - 1
+"""``expires_in`` is clamped here, so any number the IdP sends fits a reply."""
+BARE_STATUS_CODES = {400: "invalid_request", 401: "invalid_client", 403: "unauthorized_client"}
+"""The OAuth2 code of a 4xx without an OAuth2 error body (RFC 6749 5.2: ``invalid_client``
+is failed client authentication, answered with 401)."""
+
+_NUMBER = re.compile(r"[0-9]+(\.[0-9]*)?([eE][+-]?[0-9]+)?")
+_ERROR_CODE = re.compile(r"[\x20\x21\x23-\x5b\x5d-\x7e]{1,128}")
+"""RFC 6749 5.2: an ``error`` is printable ASCII without ``"`` and ``\\``."""
+_UNPRINTABLE = re.compile(r"[\x00-\x1f\x7f]+")
 
 
 @dataclass(frozen=True)
@@ -47,6 +92,16 @@ class IssuedToken:
                 f"scope={self.scope!r}, access_token='********')")
 
 
+@dataclass(frozen=True)
+class _Answer:
+    """An HTTP answer read within its bounds; ``content`` is None when it was too large or
+    not read (a redirect)."""
+
+    status: int
+    headers: urllib3.HTTPHeaderDict
+    content: bytes | None
+
+
 class IdpClient:
     """Asks the token endpoint for client-credentials tokens; safe to share between threads.
 
@@ -62,6 +117,7 @@ class IdpClient:
         self._http = urllib3.PoolManager(
             num_pools=4, maxsize=pool_size, retries=False,
             headers={"User-Agent": USER_AGENT, "Accept": "application/json"})
+        self._http.pool_classes_by_scheme = {"http": _BoundedPool, "https": _BoundedHttpsPool}
 
     @property
     def known_token_url(self) -> str:
@@ -81,20 +137,23 @@ class IdpClient:
         issuer = (self._config.issuer or "").rstrip("/")
         url = issuer + "/.well-known/openid-configuration"
         try:
-            response = self._http.request("GET", url, timeout=self._config.timeout)
-        except HTTPError as error:
-            raise IdpUnavailable(f"OIDC discovery failed: {type(error).__name__}") from None
-        document = _json_or_none(response.data) if response.status == 200 else None
+            answer = self._exchange("GET", url, self._config.timeout)
+        except IdpError as error:
+            raise IdpUnavailable(f"OIDC discovery at {url} failed: {error.reason}",
+                                 reason=error.reason, status=error.status) from None
+        document = _json_object(answer.content) if answer.status == 200 else None
         endpoint = document.get("token_endpoint") if document else None
         if not isinstance(endpoint, str) or not endpoint.startswith(("https://", "http://")):
             raise IdpUnavailable(f"OIDC discovery at {url} gave no token_endpoint "
-                                 f"(HTTP {response.status})")
+                                 f"(HTTP {answer.status})", status=answer.status,
+                                 reason=f"HTTP {answer.status}, no token_endpoint")
         log.info("token endpoint discovered", extra={"issuer": issuer, "token_url": endpoint})
         return endpoint
 
     def fetch_token(self, client_id: str, client_secret: str, scope: str, *,
                     timeout: float | None = None) -> IssuedToken:
-        """Run the client-credentials grant; raise an :class:`~token_worker.IdpError`."""
+        """Run the client-credentials grant once, within ``timeout`` seconds (connect, headers
+        and body; default ``idp.timeout``); raise an :class:`~token_worker.IdpError`."""
         form = {"grant_type": "client_credentials"}
         if scope:
             form["scope"] = scope
@@ -107,23 +166,142 @@ class IdpClient:
         token_url = self.token_url
         limit = self._config.timeout if timeout is None else timeout
         started = time.monotonic()
-        try:
-            response = self._http.request("POST", token_url, body=urlencode(form),
-                                          headers=headers, timeout=limit)
-        except NewConnectionError as error:  # refused; urllib3 files it under timeouts
-            raise IdpUnavailable(f"identity provider unreachable: {type(error).__name__}") from None
-        except TimeoutError:
-            raise IdpTimeout(f"identity provider did not answer within {limit:g} s") from None
-        except HTTPError as error:
-            raise IdpUnavailable(f"identity provider unreachable: {type(error).__name__}") from None
-        elapsed_ms = round((time.monotonic() - started) * 1000, 1)
-        log.debug("idp answered", extra={"status": response.status, "idp_ms": elapsed_ms})
-        return _read_token_response(response)
+        answer = self._exchange("POST", token_url, limit, body=urlencode(form), headers=headers)
+        log.debug("idp answered", extra={"status": answer.status,
+                                         "idp_ms": round((time.monotonic() - started) * 1000, 1)})
+        if 200 <= answer.status < 300:
+            return _issued_token(answer, scope, self._config)
+        raise _error_for(answer, token_url, self._config.max_response_bytes)
 
     def close(self) -> None:
         """Close the pooled connections."""
         self._http.clear()
 
+    def _exchange(self, method: str, url: str, limit: float, *, body: str | None = None,
+                  headers: dict[str, str] | None = None) -> _Answer:
+        """One HTTP exchange, finished within ``limit`` seconds, body capped, never
+        following a redirect; network failures become :class:`IdpError`."""
+        _attempt.deadline = time.monotonic() + limit
+        try:
+            response = self._http.request(
+                method, url, body=body, headers=headers, redirect=False,
+                timeout=urllib3.Timeout(connect=limit, read=limit), preload_content=False)
+            return _read_answer(response, self._config.max_response_bytes)
+        except NewConnectionError as error:  # refused, unresolved: urllib3 files it as timeout
+            reason = _network_reason(error)
+            raise IdpUnavailable(f"identity provider unreachable: {reason}",
+                                 reason=reason) from None
+        except HttpTimeout as error:
+            what = "connect" if isinstance(error, ConnectTimeoutError) else "complete answer"
+            reason = f"no {what} within {limit:.3g} s"
+            raise IdpTimeout(f"identity provider gave {reason}", reason=reason) from None
+        except (HTTPError, OSError, http.client.HTTPException) as error:
+            reason = _network_reason(error)
+            raise IdpUnavailable(f"identity provider unreachable: {reason}",
+                                 reason=reason) from None
+        finally:
+            _attempt.deadline = None
+
+
+# --- bounded reading ------------------------------------------------------------------
+
+_attempt = threading.local()
+"""``deadline``: the monotonic end of the HTTP attempt running on this thread, if any."""
+
+
+class _DeadlineReader(io.RawIOBase):
+    """A socket's reading end that gives up at a deadline however slowly bytes trickle:
+    each read waits only for the time left (urllib3's read timeout is per read)."""
+
+    def __init__(self, sock: socket.socket, deadline: float) -> None:
+        super().__init__()
+        self._sock = sock
+        self._raw = sock.makefile("rb", buffering=0)  # holds the socket open, as makefile does
+        self._deadline = deadline
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: WriteableBuffer) -> int | None:
+        left = self._deadline - time.monotonic()
+        if left <= 0:
+            raise TimeoutError("the attempt's time is up")  # socket.timeout: urllib3 knows it
+        self._sock.settimeout(left)
+        return self._raw.readinto(buffer)
+
+    def close(self) -> None:
+        self._raw.close()
+        super().close()
+
+
+class _DeadlineSocket:
+    """What http.client's response reads through: the socket, bounded by a deadline."""
+
+    def __init__(self, sock: socket.socket, deadline: float) -> None:
+        self._sock = sock
+        self._deadline = deadline
+
+    def makefile(self, mode: str, *_args: Any, **_kwargs: Any) -> io.BufferedReader:
+        return io.BufferedReader(_DeadlineReader(self._sock, self._deadline))
+
+
+class _BoundedResponse(http.client.HTTPResponse):
+    """http.client's response, reading headers and body within the attempt's deadline."""
+
+    def __init__(self, sock: socket.socket, *args: Any, **kwargs: Any) -> None:
+        deadline: float | None = getattr(_attempt, "deadline", None)
+        if deadline is not None:
+            sock = cast(socket.socket, _DeadlineSocket(sock, deadline))
+        super().__init__(sock, *args, **kwargs)
+
+
+class _BoundedConnection(HTTPConnection):
+    response_class = _BoundedResponse
+
+
+class _BoundedHttpsConnection(HTTPSConnection):
+    response_class = _BoundedResponse
+
+
+class _BoundedPool(HTTPConnectionPool):
+    ConnectionCls = _BoundedConnection
+
+
+class _BoundedHttpsPool(HTTPSConnectionPool):
+    ConnectionCls = _BoundedHttpsConnection
+
+
+def _read_answer(response: urllib3.BaseHTTPResponse, max_bytes: int) -> _Answer:
+    """Read the body in chunks up to ``max_bytes``; a redirect's body is not read. The
+    connection goes back to the pool only when the body was read to its end."""
+    content: bytes | None = None
+    try:
+        if not 300 <= response.status < 400:
+            content = _read_capped(response, max_bytes)
+    finally:
+        if content is None:
+            response.close()  # unread bytes left: the connection cannot be reused
+        response.release_conn()
+    return _Answer(response.status, response.headers, content)
+
+
+def _read_capped(response: urllib3.BaseHTTPResponse, max_bytes: int) -> bytes | None:
+    length = response.headers.get("Content-Length", "")
+    if length.isdigit() and not response.headers.get("Content-Encoding"):
+        if int(length) > max_bytes:
+            return None  # refused without reading a byte of it
+        return response.read()  # exactly Content-Length bytes, at most max_bytes
+    chunks: list[bytes] = []
+    total = 0
+    while chunk := response.read(READ_CHUNK):
+        total += len(chunk)
+        if total > max_bytes:
+            return None
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+# --- reading the answer ------------------------------------------------------------------
 
 def _basic_auth(client_id: str, client_secret: str) -> str:
     """RFC 6749 2.3.1: both parts form-encoded, then Basic (as Keycloak expects)."""
@@ -131,59 +309,197 @@ def _basic_auth(client_id: str, client_secret: str) -> str:
     return "Basic " + base64.b64encode(pair.encode()).decode()
 
 
-def _read_token_response(response: urllib3.BaseHTTPResponse) -> IssuedToken:
-    body = _json_or_none(response.data)
-    status = response.status
-    if status == 200:
-        return _issued_token(body, status)
-    if 400 <= status < 500 and status != 429 and body and isinstance(body.get("error"), str):
-        description = body.get("error_description")
-        raise IdpRefused(
-            body["error"],
-            description=description if isinstance(description, str) else "",
-            status=status,
-        )
-    if 400 <= status < 500 and status != 429:
-        raise IdpRefused("unauthorized_client" if status in (401, 403) else "invalid_request",
-                         description=f"HTTP {status} without an OAuth2 error body",
-                         status=status)
-    raise IdpUnavailable(f"identity provider failed: HTTP {status}", status=status,
-                         retry_after=_retry_after(response))
-
-
-def _retry_after(response: urllib3.BaseHTTPResponse) -> float | None:
-    """A ``Retry-After`` given in seconds (the HTTP-date form is rare for token endpoints)."""
-    value = response.headers.get("Retry-After", "").strip()
-    return float(value) if value.isdigit() else None
-
-
-def _issued_token(body: dict[str, Any] | None, status: int) -> IssuedToken:
-    if body is None:
-        raise IdpUnavailable("identity provider answered 200 with a body that is not JSON",
-                             status=status)
-    token = body.get("access_token")
-    expires_in = body.get("expires_in", 0)
-    if not isinstance(token, str) or not token:
-        raise IdpUnavailable("identity provider answered 200 without an access_token",
-                             status=status)
-    if isinstance(expires_in, str) and expires_in.isdigit():
-        expires_in = int(expires_in)
-    if isinstance(expires_in, bool) or not isinstance(expires_in, int) or expires_in < 0:
-        raise IdpUnavailable("identity provider answered an invalid expires_in", status=status)
-    token_type = body.get("token_type")
-    scope = body.get("scope")
+def _issued_token(answer: _Answer, scope: str, config: IdpConfig) -> IssuedToken:
+    """The token of a 2xx answer, or :class:`IdpBadResponse` saying what is wrong with it."""
+    status = answer.status
+    if answer.content is None:
+        raise IdpBadResponse(f"larger than {config.max_response_bytes} bytes", status=status)
+    fields = _token_fields(answer.content, answer.headers.get("Content-Type", ""), status)
+    token = fields.get("access_token")
+    if token is None:
+        raise IdpBadResponse("no access_token", status=status)
+    if not isinstance(token, str):
+        raise IdpBadResponse("access_token not a string", status=status)
+    if not token:
+        raise IdpBadResponse("access_token empty", status=status)
+    if _UNPRINTABLE.search(token) or token.strip() != token:
+        raise IdpBadResponse("access_token has spaces or control characters", status=status)
     return IssuedToken(
         access_token=token,
-        token_type=token_type if isinstance(token_type, str) and token_type else "Bearer",
-        expires_in=expires_in,
-        scope=scope if isinstance(scope, str) else "",
+        token_type=_token_type(fields.get("token_type"), status),
+        expires_in=_expires_in(fields, config.default_expires_in, status),
+        scope=_scope(fields.get("scope"), scope, status),
         issued_at=time.time(),
     )
 
 
-def _json_or_none(data: bytes) -> dict[str, Any] | None:
+def _token_fields(content: bytes, content_type: str, status: int) -> dict[str, Any]:
+    """The answer's fields: form-encoded if it says so (as x/oauth2 reads them), else JSON."""
+    media = content_type.split(";", 1)[0].strip().lower()
+    if media == "application/x-www-form-urlencoded":
+        try:
+            return dict(parse_qsl(content.decode("utf-8"), keep_blank_values=True))
+        except UnicodeDecodeError:
+            raise IdpBadResponse("form-encoded body not UTF-8", status=status) from None
+    if not content.strip():
+        raise IdpBadResponse("empty body", status=status)
     try:
-        body = orjson.loads(data)
+        document = orjson.loads(content)
+    except orjson.JSONDecodeError:
+        raise IdpBadResponse("not JSON", status=status) from None
+    if not isinstance(document, dict):
+        raise IdpBadResponse(f"a JSON {_json_kind(document)}, not an object", status=status)
+    return document
+
+
+def _token_type(value: object, status: int) -> str:
+    """``Bearer`` in any case (x/oauth2 normalises it too); a missing type is taken as
+    Bearer. DPoP, mac and others need a proof the worker never makes: not usable."""
+    if value is None or value == "":
+        return "Bearer"
+    if not isinstance(value, str):
+        raise IdpBadResponse("token_type not a string", status=status)
+    if value.strip().lower() != "bearer":
+        raise IdpBadResponse(f"token type {_printable(value, 40)} cannot be used without a "
+                             f"proof", status=status)
+    return "Bearer"
+
+
+def _expires_in(fields: dict[str, Any], default: int, status: int) -> int:
+    """Whole seconds (rounded down) from any JSON number or numeric string; missing is
+    ``default`` (RFC 6749 5.1: the server's documented default applies)."""
+    if "expires_in" not in fields:
+        return default
+    value = fields["expires_in"]
+    if isinstance(value, str) and _NUMBER.fullmatch(value.strip()):
+        value = float(value)
+    if isinstance(value, bool) or not isinstance(value, int | float) or (
+            isinstance(value, float) and not math.isfinite(value)):
+        raise IdpBadResponse("expires_in not a number", status=status)
+    if value < 0:
+        raise IdpBadResponse("expires_in negative", status=status)
+    return min(math.floor(value), LONGEST_EXPIRES_IN)
+
+
+def _scope(value: object, requested: str, status: int) -> str:
+    """The granted scope; omitted means as requested (RFC 6749 5.1)."""
+    if value is None:
+        return requested
+    if isinstance(value, str):
+        return value
+    if isinstance(value, list) and all(isinstance(item, str) for item in value):
+        return " ".join(value)
+    raise IdpBadResponse("scope not a string", status=status)
+
+
+def _error_for(answer: _Answer, token_url: str, max_bytes: int) -> IdpError:
+    """The error a non-2xx answer means."""
+    status = answer.status
+    excerpt = _excerpt(answer.content)
+    if 300 <= status < 400:
+        return IdpBadResponse(_redirect_reason(answer.headers.get("Location"), token_url),
+                              status=status)
+    if status == 429 or 500 <= status < 600:
+        retry_after = _retry_after(answer.headers.get("Retry-After"))
+        said = f" (Retry-After {retry_after:.0f} s)" if retry_after is not None else ""
+        what = "is rate limiting" if status == 429 else "failed"
+        return IdpUnavailable(f"identity provider {what}: HTTP {status}{said}", status=status,
+                              retry_after=retry_after, reason=f"HTTP {status}", body=excerpt)
+    if 400 <= status < 500:
+        return _refusal(answer, excerpt)
+    if answer.content is None:
+        return IdpBadResponse(f"larger than {max_bytes} bytes", status=status)
+    return IdpBadResponse(f"unexpected HTTP status {status}", status=status, body=excerpt)
+
+
+def _refusal(answer: _Answer, excerpt: str) -> IdpError:
+    """A 4xx: the OAuth2 error it carries, the code its bare status means, or unusable."""
+    status = answer.status
+    fields = _error_fields(answer)
+    code = fields.get("error")
+    if isinstance(code, str) and _ERROR_CODE.fullmatch(code):
+        description = fields.get("error_description")
+        return IdpRefused(code, status=status, body=excerpt, description=_printable(
+            description, EXCERPT_CHARS) if isinstance(description, str) else "")
+    if status in BARE_STATUS_CODES:
+        return IdpRefused(BARE_STATUS_CODES[status], status=status, body=excerpt,
+                          description=f"HTTP {status} without an OAuth2 error body")
+    return IdpBadResponse(f"HTTP {status} without an OAuth2 error body", status=status,
+                          body=excerpt)
+
+
+def _error_fields(answer: _Answer) -> dict[str, Any]:
+    if not answer.content:
+        return {}
+    media = answer.headers.get("Content-Type", "").split(";", 1)[0].strip().lower()
+    if media == "application/x-www-form-urlencoded":
+        return dict(parse_qsl(answer.content.decode("utf-8", "replace")))
+    return _json_object(answer.content) or {}
+
+
+def _redirect_reason(location: str | None, token_url: str) -> str:
+    """``redirect to <host>``: the host is named, the rest of the target is not."""
+    if not location:
+        return "redirect without a Location"
+    parts = urlsplit(urljoin(token_url, location.strip()))
+    try:
+        port = parts.port
+    except ValueError:
+        port = None
+    host = (parts.hostname or "?") + (f":{port}" if port else "")
+    return f"redirect to {_printable(host, 100)}"
+
+
+def _retry_after(value: str | None) -> float | None:
+    """``Retry-After`` in seconds, from delay-seconds or an HTTP-date (RFC 9110 10.2.3)."""
+    text = (value or "").strip()
+    if not text:
+        return None
+    if text.isascii() and text.isdigit():
+        return float(text)
+    try:
+        when = email.utils.parsedate_to_datetime(text)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=timezone.utc)
+    return max(0.0, (when - datetime.now(timezone.utc)).total_seconds())
+
+
+def _network_reason(error: BaseException) -> str:
+    """``ConnectionRefusedError: Connection refused``: the cause under urllib3's wrapping."""
+    cause: BaseException = error
+    if isinstance(error, ProtocolError) and len(error.args) > 1 and isinstance(
+            error.args[1], BaseException):
+        cause = error.args[1]
+    elif error.__cause__ is not None:
+        cause = error.__cause__
+    detail = cause.strerror if isinstance(cause, OSError) and cause.strerror else str(cause)
+    text = f"{type(cause).__name__}: {detail}" if detail else type(cause).__name__
+    return _printable(text, EXCERPT_CHARS)
+
+
+def _excerpt(content: bytes | None) -> str:
+    """The start of an error answer's body, for the log line."""
+    if not content:
+        return ""
+    return _printable(content[:EXCERPT_CHARS * 4].decode("utf-8", "replace"), EXCERPT_CHARS)
+
+
+def _printable(text: str, limit: int) -> str:
+    """``text`` on one line, cut to ``limit`` characters."""
+    flat = _UNPRINTABLE.sub(" ", text).strip()
+    return flat if len(flat) <= limit else flat[:limit - 1] + "…"
+
+
+def _json_object(data: bytes | None) -> dict[str, Any] | None:
+    try:
+        body = orjson.loads(data or b"")
     except orjson.JSONDecodeError:
         return None
     return body if isinstance(body, dict) else None
+
+
+def _json_kind(value: object) -> str:
+    kinds = {list: "array", str: "string", bool: "boolean", int: "number", float: "number"}
+    return "null" if value is None else kinds.get(type(value), type(value).__name__)

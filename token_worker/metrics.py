@@ -22,8 +22,10 @@ from token_worker.messages import (
 OK = "ok"
 IDP_REFUSED = "idp_refused"
 """Outcome label of every OAuth2 refusal (the codes themselves go to logs and replies)."""
+IDP_BAD_RESPONSE = "idp_bad_response"
+"""The IdP answered something no retry can fix (not a token, a redirect, too large)."""
 _OUTCOMES = frozenset({OK, INVALID_REQUEST, IDP_UNAVAILABLE, IDP_TIMEOUT, INTERNAL_ERROR,
-                       OVERLOADED})
+                       OVERLOADED, IDP_BAD_RESPONSE})
 
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
                    2.5, 5.0, 10.0)

@@ -1,0 +1,332 @@
+"""What the IdP client and its retry policy make of every kind of answer, against a scripted
+HTTP IdP on 127.0.0.1 (no NATS, no Node): what is retried, what fails at once, what is
+logged, and the bounds on time and size."""
+
+from __future__ import annotations
+
+import email.utils
+import gzip
+import logging
+import socket
+import threading
+import time
+import zlib
+
+import psutil
+import pytest
+
+from tests.conftest import report_figure
+from tests.faulty_idp import Scripted
+from tests.helpers import wait_until
+from token_worker.config import IdpConfig
+from token_worker.errors import (
+    IdpBadResponse,
+    IdpError,
+    IdpRefused,
+    IdpTimeout,
+    IdpUnavailable,
+)
+from token_worker.idp import IdpClient
+from token_worker.resilience import AskedToWait, ResilientIdp
+
+TOKEN = b'{"access_token": "tok-abc", "token_type": "Bearer", "expires_in": 60}'
+SECRET_TOKEN = "secret-token-never-logged-0123456789"
+
+
+def resilient(url: str, **settings) -> ResilientIdp:
+    config = IdpConfig(url=url, token_path="/token",
+                       **{"timeout": 2.0, "deadline": 4.0, "failure_threshold": 1, **settings})
+    return ResilientIdp(IdpClient(config), config)
+
+
+def failure_lines(caplog) -> list[logging.LogRecord]:
+    return [r for r in caplog.records if r.getMessage() == "idp call failed"]
+
+
+# --- unusable answers: one call, no retry, circuit untouched ----------------------------
+
+@pytest.mark.parametrize(
+    ("answer", "reason"),
+    [
+        (Scripted(body=b"<html>surprise</html>"), "not JSON"),
+        (Scripted(body=b""), "empty body"),
+        (Scripted(body=b'["' + SECRET_TOKEN.encode() + b'"]'), "a JSON array, not an object"),
+        (Scripted(body=b'{"token_type": "Bearer"}'), "no access_token"),
+        (Scripted(body=b'{"access_token": ""}'), "access_token empty"),
+        (Scripted(body=b'{"access_token": 12345}'), "access_token not a string"),
+        (Scripted(body=b'{"access_token": "t", "expires_in": null}'), "expires_in not a number"),
+        (Scripted(body=b'{"access_token": "t", "expires_in": true}'), "expires_in not a number"),
+        (Scripted(body=b'{"access_token": "t", "expires_in": "soon"}'),
+         "expires_in not a number"),
+        (Scripted(body=b'{"access_token": "t", "expires_in": -5}'), "expires_in negative"),
+        (Scripted(body=b'{"access_token": "t", "scope": 5}'), "scope not a string"),
+        (Scripted(body=b'{"access_token": "%s", "token_type": "DPoP"}' % SECRET_TOKEN.encode()),
+         "token type DPoP cannot be used without a proof"),
+        (Scripted(body=b'{"access_token": "t", "token_type": "mac"}'),
+         "token type mac cannot be used without a proof"),
+        (Scripted(302, headers={"Location": "https://evil.example/steal?x=1"}),
+         "redirect to evil.example"),
+        (Scripted(307, headers={"Location": "/elsewhere"}), "redirect to 127.0.0.1:"),
+        (Scripted(301), "redirect without a Location"),
+        (Scripted(404, b"<html>Not Found</html>"), "HTTP 404 without an OAuth2 error body"),
+    ],
+)
+def test_an_unusable_answer_costs_one_call_and_names_its_cause(answer, reason, faulty, caplog):
+    server = faulty(script=[answer, Scripted(body=TOKEN)])
+    idp = resilient(server.url)
+    with pytest.raises(IdpBadResponse) as caught:
+        idp.fetch_token("c", "s", "")
+    error = caught.value
+    assert error.error_code == "idp_bad_response"
+    assert reason in str(error)
+    assert str(error).startswith("unusable answer from the identity provider (HTTP ")
+    assert server.calls == 1  # no retry
+    assert not idp.circuit_open  # threshold 1, yet not opened: the IdP is up
+    assert idp.fetch_token("c", "s", "").access_token == "tok-abc"  # next caller served
+    [line] = failure_lines(caplog)
+    assert (line.status, line.attempt, line.retrying) == (answer.status, 1, False)
+    assert reason in line.reason
+    assert line.elapsed_ms >= 0
+    if answer.status == 200:
+        assert not hasattr(line, "body")  # a 2xx body may hold a token
+    for record in caplog.records:
+        assert SECRET_TOKEN not in record.getMessage()
+        assert SECRET_TOKEN not in str(record.__dict__)
+    assert SECRET_TOKEN not in str(error)
+
+
+def test_a_redirect_is_never_followed(faulty):
+    target = faulty(body=TOKEN)
+    server = faulty(status=302, headers={"Location": target.url + "/token"})
+    with pytest.raises(IdpBadResponse, match=r"redirect to 127\.0\.0\.1:\d+"):
+        resilient(server.url).fetch_token("c", "secret", "")
+    assert target.calls == 0  # the secret never went there
+
+
+# --- liberal reading (RFC 6749 5.1) -----------------------------------------------------
+
+@pytest.mark.parametrize(
+    ("body", "expires_in"),
+    [
+        (b'{"access_token": "t", "expires_in": 300.0}', 300),
+        (b'{"access_token": "t", "expires_in": 299.7}', 299),
+        (b'{"access_token": "t", "expires_in": "300"}', 300),
+        (b'{"access_token": "t", "expires_in": "299.5"}', 299),
+        (b'{"access_token": "t", "expires_in": 0}', 0),
+        (b'{"access_token": "t", "expires_in": 1e300}', 2**31 - 1),
+        (b'{"access_token": "t"}', 1234),  # idp.defaultExpiresIn
+    ],
+)
+def test_expires_in_of_any_number_type(body, expires_in, faulty):
+    server = faulty(body=body)
+    token = resilient(server.url, default_expires_in=1234).fetch_token("c", "s", "")
+    assert token.expires_in == expires_in
+
+
+def test_token_type_and_scope_are_read_liberally(faulty):
+    server = faulty(script=[
+        (200, b'{"access_token": "t", "token_type": "bearer"}', {}),
+        (200, b'{"access_token": "t", "token_type": "BEARER", "scope": "read"}', {}),
+    ])
+    idp = resilient(server.url)
+    first = idp.fetch_token("c", "s", "read write")
+    assert (first.token_type, first.scope) == ("Bearer", "read write")  # omitted: as asked
+    second = idp.fetch_token("c", "s", "read write")
+    assert (second.token_type, second.scope) == ("Bearer", "read")  # narrowed by the IdP
+
+
+def test_a_form_encoded_token_response_is_read_by_its_content_type(faulty):
+    server = faulty(body=b"access_token=form-token&token_type=bearer&expires_in=120&scope=a+b",
+                    headers={"Content-Type": "application/x-www-form-urlencoded"})
+    token = resilient(server.url).fetch_token("c", "s", "")
+    assert (token.access_token, token.token_type, token.expires_in, token.scope) == (
+        "form-token", "Bearer", 120, "a b")
+
+
+# --- refusals ---------------------------------------------------------------------------
+
+@pytest.mark.parametrize(
+    ("status", "body", "code"),
+    [
+        (401, b"", "invalid_client"),  # RFC 6749 5.2: failed client authentication
+        (400, b"", "invalid_request"),
+        (403, b"<html>Forbidden</html>", "unauthorized_client"),
+        (400, b'{"error": "invalid_scope", "error_description": "no such scope"}',
+         "invalid_scope"),
+    ],
+)
+def test_refusals_keep_their_code_and_are_not_retried(status, body, code, faulty, caplog):
+    server = faulty(status=status, body=body)
+    idp = resilient(server.url)
+    with pytest.raises(IdpRefused) as caught:
+        idp.fetch_token("c", "s", "")
+    assert caught.value.error_code == code
+    assert server.calls == 1
+    assert not idp.circuit_open
+    [line] = failure_lines(caplog)
+    assert (line.status, line.levelname) == (status, "INFO")
+
+
+# --- transient failures -----------------------------------------------------------------
+
+def test_a_5xx_is_retried_and_logged_once_per_attempt_with_an_excerpt(faulty, caplog):
+    server = faulty(script=[(503, b"x" * 5000, {}), (502, b"bad gateway", {}),
+                            (200, TOKEN, {})])
+    idp = resilient(server.url, failure_threshold=10)
+    assert idp.fetch_token("c", "s", "").access_token == "tok-abc"
+    lines = failure_lines(caplog)
+    assert [(r.status, r.attempt, r.retrying) for r in lines] == [(503, 1, True),
+                                                                   (502, 2, True)]
+    assert len(lines[0].body) <= 200
+    assert lines[1].body == "bad gateway"
+    assert all(r.error_code == "idp_unavailable" and r.reason.startswith("HTTP 5")
+               for r in lines)
+
+
+def test_a_500_stays_idp_unavailable_when_the_deadline_ends_the_retries(faulty):
+    server = faulty(script=[Scripted(500, b"oops"), Scripted(body=TOKEN, delay=30)])
+    with pytest.raises(IdpUnavailable) as caught:
+        resilient(server.url, timeout=0.3, deadline=0.8,
+                  failure_threshold=10).fetch_token("c", "s", "")
+    assert caught.value.error_code == "idp_unavailable"
+    assert "HTTP 500" in str(caught.value)
+    assert "the deadline ended the retries" in str(caught.value)
+
+
+def test_an_unreachable_idp_names_the_network_error(caplog):
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    with pytest.raises(IdpUnavailable, match="ConnectionRefusedError"):
+        resilient(f"http://127.0.0.1:{port}", deadline=0.3,
+                  failure_threshold=10).fetch_token("c", "s", "")
+    line = failure_lines(caplog)[0]
+    assert line.network_error == "ConnectionRefusedError: Connection refused"
+    assert not hasattr(line, "status")
+
+
+# --- Retry-After ------------------------------------------------------------------------
+
+@pytest.mark.parametrize("when", ["120", "http-date"])
+def test_a_retry_after_beyond_the_deadline_makes_the_worker_fail_fast(when, faulty):
+    value = when if when != "http-date" else email.utils.formatdate(time.time() + 120,
+                                                                    usegmt=True)
+    server = faulty(status=429, headers={"Retry-After": value})
+    idp = resilient(server.url, deadline=1.0, failure_threshold=10)
+    with pytest.raises(AskedToWait) as first:
+        idp.fetch_token("c", "s", "")
+    assert first.value.error_code == "idp_unavailable"
+    assert str(first.value) in ("identity provider asked to wait 120 s",
+                                "identity provider asked to wait 119 s")
+    started = time.monotonic()
+    with pytest.raises(AskedToWait, match=r"not asking it again for 1[12][0-9] s"):
+        idp.fetch_token("c", "s", "")
+    assert time.monotonic() - started < 0.05
+    assert server.calls == 1
+
+
+def test_the_idp_is_asked_again_once_its_retry_after_has_passed(faulty):
+    server = faulty(script=[(429, b"", {"Retry-After": "1"}), (200, TOKEN, {})])
+    idp = resilient(server.url, deadline=0.5, failure_threshold=10)
+    started = time.monotonic()
+    with pytest.raises(AskedToWait):
+        idp.fetch_token("c", "s", "")
+
+    def served() -> bool:
+        try:
+            return idp.fetch_token("c", "s", "").access_token == "tok-abc"
+        except AskedToWait:
+            return False
+
+    waited = wait_until(served, timeout=5, what="the hold to end")
+    assert time.monotonic() - started >= 1.0 > waited - 0.5
+    assert server.calls == 2
+
+
+# --- bounded in time and size -----------------------------------------------------------
+
+@pytest.mark.parametrize("headers_too", [False, True])
+def test_a_trickled_answer_is_cut_at_the_deadline(headers_too, faulty, caplog):
+    server = faulty(script=[Scripted(body=TOKEN + b" " * 200, trickle=0.05,
+                                     trickle_headers=headers_too)])
+    idp = resilient(server.url, timeout=0.5, deadline=1.2, failure_threshold=10)
+    started = time.monotonic()
+    with pytest.raises(IdpTimeout):
+        idp.fetch_token("c", "s", "")
+    elapsed = time.monotonic() - started
+    report_figure(f"trickled {'headers' if headers_too else 'body'} (1 byte / 50 ms), "
+                  f"timeout 0.5 s, deadline 1.2 s: cut after {elapsed:.2f} s")
+    assert 1.0 < elapsed < 1.5
+    assert all(r.elapsed_ms < 1500 for r in failure_lines(caplog))
+
+
+@pytest.mark.parametrize("content_length", [True, False])
+def test_a_100_mb_answer_is_refused_without_reading_it(content_length, faulty):
+    huge = Scripted(size=100 * 1024 * 1024, content_length=content_length)
+    server = faulty(script=[huge, huge, huge, huge, Scripted(body=TOKEN)])
+    idp = resilient(server.url, timeout=10, deadline=20)
+    process = psutil.Process()
+    before = process.memory_info().rss
+    started = time.monotonic()
+    errors: list[BaseException] = []
+
+    def fetch() -> None:
+        try:
+            idp.fetch_token("c", "s", "")
+        except IdpError as error:
+            errors.append(error)
+
+    threads = [threading.Thread(target=fetch) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    grown = (process.memory_info().rss - before) / 1024 / 1024
+    elapsed = time.monotonic() - started
+    report_figure(f"4 concurrent 100 MB answers ({'with' if content_length else 'without'} "
+                  f"Content-Length): RSS +{grown:.1f} MB, {elapsed:.2f} s")
+    assert [str(e) for e in errors] == [
+        "unusable answer from the identity provider (HTTP 200): larger than 1048576 bytes"] * 4
+    assert grown < 8
+    assert server.calls == 4
+    assert idp.fetch_token("c", "s", "").access_token == "tok-abc"  # the pool recovered
+
+
+def test_the_callers_deadline_shortens_the_fetch(faulty):
+    server = faulty(body=TOKEN, delay=30)
+    idp = resilient(server.url, timeout=5, deadline=8, failure_threshold=10)
+    started = time.monotonic()
+    with pytest.raises(IdpTimeout):
+        idp.fetch_token("c", "s", "", deadline=time.monotonic() + 0.4)
+    assert time.monotonic() - started < 0.7
+
+
+def test_a_caller_whose_deadline_has_passed_never_calls(faulty):
+    server = faulty(body=TOKEN)
+    with pytest.raises(IdpTimeout, match="no time left"):
+        resilient(server.url).fetch_token("c", "s", "", deadline=time.monotonic() - 1)
+    assert server.calls == 0
+
+
+def gzip_of_spaces(size: int) -> bytes:
+    """A gzip stream of ``size`` spaces (a decompression bomb), made without holding them."""
+    packer = zlib.compressobj(9, zlib.DEFLATED, 31)
+    chunk = b" " * (1024 * 1024)
+    parts = [packer.compress(chunk) for _ in range(size // len(chunk))]
+    return b"".join([*parts, packer.flush()])
+
+
+def test_a_gzip_answer_is_read_and_a_gzip_bomb_is_cut_at_the_limit(faulty):
+    gzip_header = {"Content-Encoding": "gzip"}
+    bomb = gzip_of_spaces(200 * 1024 * 1024)
+    server = faulty(script=[(200, gzip.compress(TOKEN), gzip_header),
+                            (200, bomb, gzip_header)])
+    idp = resilient(server.url)
+    assert idp.fetch_token("c", "s", "").access_token == "tok-abc"
+    process = psutil.Process()
+    before = process.memory_info().rss
+    with pytest.raises(IdpBadResponse, match="larger than 1048576 bytes"):
+        idp.fetch_token("c", "s", "")
+    grown = (process.memory_info().rss - before) / 1024 / 1024
+    report_figure(f"gzip bomb ({len(bomb) // 1024} KiB -> 200 MiB): RSS +{grown:.1f} MB")
+    assert grown < 8

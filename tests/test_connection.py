@@ -191,7 +191,8 @@ def test_allow_reconnect_false_gives_up_at_once(nats_server, start_worker):
 def test_several_servers_are_tried_in_turn(start_worker, requester_factory):
     first, second = NatsServer().start(), NatsServer().start()
     try:
-        worker = start_worker(make_config(f"{first.url},{second.url}"), ECHO)
+        worker = start_worker(make_config(f"{first.url},{second.url}",
+                                          nats={"no_randomize": True}), ECHO)
         assert worker.server_url == first.url
         first.kill()
         wait_until(lambda: worker.is_ready and worker.server_url == second.url,
@@ -368,7 +369,8 @@ def test_tls_with_the_configured_ca(tls_files, requester_factory):
 def test_lame_duck_mode_moves_the_worker_to_another_server(start_worker, requester_factory):
     first, second = NatsServer().start(), NatsServer().start()
     try:
-        worker = start_worker(make_config(f"{first.url},{second.url}"), ECHO)
+        worker = start_worker(make_config(f"{first.url},{second.url}",
+                                          nats={"no_randomize": True}), ECHO)
         assert worker.server_url == first.url
         first.process.send_signal(signal.SIGUSR2)  # nats-server: enter lame duck mode
         moved_s = wait_until(lambda: worker.is_ready and worker.server_url == second.url,

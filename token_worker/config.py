@@ -75,6 +75,8 @@ class NatsConfig:
     max_pings_out: int = defaults.MAX_PINGS_OUT
     reconnect_buffer_size: int = defaults.RECONNECT_BUFFER_SIZE
     """Bytes published while reconnecting that are kept for the next server; 0: none."""
+    no_randomize: bool = False
+    """Try the servers in the given order (else shuffled every round, as nats.go does)."""
     username: str | None = None
     password: Secret | None = None
     token: Secret | None = None
@@ -357,6 +359,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("nats.reconnectBufSize", "nats.reconnect_buffer_size", _non_negative_integer,
             ("NATS_RECONNECT_BUF_SIZE",), None,
             help="bytes published while reconnecting, sent once back; 0: fail at once"),
+    Setting("nats.noRandomize", "nats.no_randomize", _boolean, ("NATS_NO_RANDOMIZE",), None,
+            help="try servers in the given order instead of shuffled"),
     Setting("nats.username", "nats.username", _optional_text, ("NATS_USER",), None,
             help="NATS user"),
     Setting("nats.password", "nats.password", _secret, ("NATS_PASS",), None, secret=True,

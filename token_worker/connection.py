@@ -28,7 +28,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any
 
 from tenacity import (
     RetryCallState,
@@ -629,10 +629,12 @@ class NatsConnection:
         self._outbox = []
         self._outbox_largest = 0
         subscriptions = self._subscriptions
+        sid: int
+        message: Message
         try:
             for event in events:
                 if type(event) is tuple:  # a Delivery; the other events are subclasses
-                    sid, message = cast(protocol.Delivery, event)
+                    sid, message = event  # type: ignore[assignment,misc]
                     sub = subscriptions.get(sid)
                     if sub is None:
                         log.debug("message for a removed subscription dropped",

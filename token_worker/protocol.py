@@ -130,7 +130,7 @@ class Parser:
         self._pending = self._needed = 0
         events.append(ProtocolError(reason))
 
-    def _parse(self, data: bytes, events: list[Event]) -> bytes:
+    def _parse(self, data: bytes, events: list[Event]) -> bytes:  # noqa: PLR0912 - hot loop
         """Append the events of every complete item in ``data``; return the incomplete
         rest (empty after a protocol error)."""
         pos = 0
@@ -146,34 +146,49 @@ class Parser:
                     return b""
                 break
             op = data[pos : pos + 4]
-            if op in _MESSAGE_OPS or op.upper() in _MESSAGE_OPS:
+            parts = data[pos + 4 : end].split(b" ") if op == b"MSG " else None
+            if parts is not None and 3 <= len(parts) <= 4 and b"" not in parts and (
+                    parts[1].isdigit() and parts[-1].isdigit()
+                    and len(parts[1]) <= _MAX_DIGITS and len(parts[-1]) <= _MAX_DIGITS):
+                # the hot path, inlined: a well-formed MSG, as servers send them
+                headed = False
+                sid = int(parts[1])
+                total = int(parts[-1])
+                if total > MAX_MESSAGE_SIZE:
+                    self._fail(events, "bad message size in message line")
+                    return b""
+                subject = parts[0].decode("utf-8", "surrogateescape")
+                reply = parts[2].decode("utf-8", "surrogateescape") if len(parts) == 4 else ""
+                header_size = 0
+            elif op in _MESSAGE_OPS or op.upper() in _MESSAGE_OPS:
                 headed = op[0] in b"Hh"
                 parsed = _message_line(data[pos + 3 + headed : end], headed)
                 if isinstance(parsed, str):
                     self._fail(events, parsed)
                     return b""
                 subject, sid, reply, header_size, total = parsed
-                start = end + 2
-                stop = start + total
-                if stop + 2 > size:
-                    self._needed = stop + 2 - pos
-                    break
-                if data[stop : stop + 2] != b"\r\n":
-                    self._fail(events, "message payload not followed by CRLF")
+            else:
+                problem = _control_line(data[pos:end], append)
+                if problem:
+                    self._fail(events, problem)
                     return b""
-                if headed:
-                    headers = data[start : start + header_size]
-                    append((sid, Message(subject, reply, data[start + header_size : stop],
-                                         _status_of(headers), headers)))
-                else:
-                    append((sid, Message(subject, reply, data[start:stop])))
-                pos = stop + 2
+                pos = end + 2
                 continue
-            problem = _control_line(data[pos:end], append)
-            if problem:
-                self._fail(events, problem)
+            start = end + 2
+            stop = start + total
+            if stop + 2 > size:
+                self._needed = stop + 2 - pos
+                break
+            if data[stop : stop + 2] != b"\r\n":
+                self._fail(events, "message payload not followed by CRLF")
                 return b""
-            pos = end + 2
+            if headed:
+                headers = data[start : start + header_size]
+                append((sid, Message(subject, reply, data[start + header_size : stop],
+                                     _status_of(headers), headers)))
+            else:
+                append((sid, Message(subject, reply, data[start:stop])))
+            pos = stop + 2
         return data[pos:]
 
 

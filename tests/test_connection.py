@@ -467,20 +467,21 @@ def test_odd_messages_from_a_raw_client_are_served_and_the_next_request_too(
         connection.close()
 
 
+@pytest.mark.parametrize("failure", [RuntimeError("parser bug"), SystemExit("exit in parser")])
 def test_a_parser_or_reader_failure_is_a_lost_connection_not_a_dead_reader(
-        nats_server, requester_factory, monkeypatch, caplog):
+        nats_server, requester_factory, monkeypatch, caplog, failure):
     connection = connect(nats_server.url, reconnect_wait=0.05)
     try:
         echo_on(connection)
         connection.flush(2)
         assert connection.is_serving
         feed = protocol.Parser.feed
-        failures = iter([RuntimeError("parser bug")])
+        failures = iter([failure])
 
         def failing_feed(self, data):
-            failure = next(failures, None)
-            if failure is not None:
-                raise failure
+            raised = next(failures, None)
+            if raised is not None:
+                raise raised
             return feed(self, data)
 
         monkeypatch.setattr(protocol.Parser, "feed", failing_feed)
@@ -488,7 +489,7 @@ def test_a_parser_or_reader_failure_is_a_lost_connection_not_a_dead_reader(
         requester.publish("token.request", b"trigger")
         wait_until(lambda: connection.reconnects == 1 and connection.is_serving,
                    what="the reconnect after the reader failure")
-        assert "parser bug" in caplog.text
+        assert str(failure) in caplog.text
         assert requester.request_raw(b"again", timeout=3) == b"again"
     finally:
         connection.close()

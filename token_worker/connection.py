@@ -606,7 +606,7 @@ class NatsConnection:
             while not problem and not self._closing.is_set():
                 problem = self._read_once(sock, view)
             return self._loss_reason or problem or "closing"
-        except Exception as error:
+        except BaseException as error:  # even SystemExit from a callback: the reader lives
             log.exception("nats reader failed: the connection counts as lost")
             return f"reader failure: {type(error).__name__}: {error}"
         finally:

@@ -20,6 +20,7 @@ import pytest
 
 from tests.conftest import make_config, remember_secret, report_figure
 from tests.helpers import wait_until
+from tests.proxy import PartitionProxy
 from tests.servers import NatsServer, free_port
 from token_worker import protocol
 from token_worker.config import Secret, TlsConfig
@@ -665,3 +666,33 @@ def test_server_lists_are_shuffled_unless_no_randomize():
     finally:
         for server in servers:
             server.cleanup()
+
+
+def test_a_silent_partition_of_one_client_with_full_buffers_is_detected(nats_server):
+    """The proxy stops reading both ways (no FIN, no RST) while the client publishes:
+    only keep-alive can tell, and the blocked write must not stop it."""
+    proxy = PartitionProxy(nats_server.port).start()
+    connection = connect(proxy.url, ping_interval=1.0, max_pings_out=2, reconnect_wait=0.1,
+                         reconnect_buffer_size=0)
+    bystander = connect(nats_server.url)
+    try:
+        proxy.stall()
+        stalled = time.monotonic()
+        publisher, last = _publish_until_blocked(connection)
+        wait_until(lambda: time.monotonic() - last[0] > 0.3 or last[1] is not None,
+                   what="the send buffers to fill")
+        wait_until(lambda: connection.state is State.RECONNECTING, timeout=10,
+                   what="stale detection behind a stalled proxy")
+        detect_s = time.monotonic() - stalled
+        publisher.join(5)
+        assert not publisher.is_alive()
+        assert bystander.is_serving  # the server and everyone else were fine all along
+        proxy.resume()
+        wait_until(lambda: connection.is_serving, what="reconnect through the proxy")
+        report_figure(f"silent one-client partition (proxy stopped reading), send buffers "
+                      f"full: stale in {detect_s:.2f} s with pingInterval 1 s")
+        assert detect_s < 5.0
+    finally:
+        connection.close()
+        bystander.close()
+        proxy.close()

@@ -284,7 +284,8 @@ class NatsConnection:
         outbox = self._outbox
         if outbox is not None and threading.get_ident() == self._reader_ident:
             outbox.append(data)
-            self._outbox_largest = max(self._outbox_largest, size)
+            if size > self._outbox_largest:  # noqa: PLR1730 - cheaper than max() per reply
+                self._outbox_largest = size
             return
         self._write(data, size)
 

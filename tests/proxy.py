@@ -14,7 +14,9 @@ class PartitionProxy:
     """Forwards 127.0.0.1:``port`` to 127.0.0.1:``target_port``.
 
     ``cut()`` closes every forwarded connection and refuses new ones until ``restore()``;
-    the server behind it never notices anything but a client that went away.
+    the server behind it never notices anything but a client that went away. ``stall()``
+    is the silent kind of partition: connections stay open but nothing is read or
+    forwarded either way (send buffers fill up) until ``resume()``.
     """
 
     def __init__(self, target_port: int) -> None:
@@ -23,6 +25,8 @@ class PartitionProxy:
         self._listener: socket.socket | None = None
         self._sockets: list[socket.socket] = []
         self._lock = threading.Lock()
+        self._flowing = threading.Event()
+        self._flowing.set()
 
     @property
     def url(self) -> str:
@@ -50,6 +54,13 @@ class PartitionProxy:
     def restore(self) -> None:
         self.start()
 
+    def stall(self) -> None:
+        """Stop reading and forwarding, both ways, without closing anything."""
+        self._flowing.clear()
+
+    def resume(self) -> None:
+        self._flowing.set()
+
     close = cut
 
     def _accept(self, listener: socket.socket) -> None:
@@ -66,13 +77,17 @@ class PartitionProxy:
             with self._lock:
                 self._sockets += [client, upstream]
             for source, sink in ((client, upstream), (upstream, client)):
-                threading.Thread(target=_pump, args=(source, sink), daemon=True).start()
+                threading.Thread(target=_pump, args=(source, sink, self._flowing),
+                                 daemon=True).start()
 
 
-def _pump(source: socket.socket, sink: socket.socket) -> None:
-    """Copy bytes one way until either side ends, then end both."""
+def _pump(source: socket.socket, sink: socket.socket, flowing: threading.Event) -> None:
+    """Copy bytes one way until either side ends, then end both; while ``flowing`` is
+    clear, read nothing (at most the read already under way gets through)."""
     with contextlib.suppress(OSError):
-        while data := source.recv(65536):
+        while flowing.wait() and (data := source.recv(65536)):
+            if not flowing.is_set():
+                flowing.wait()
             sink.sendall(data)
     for sock in (source, sink):
         with contextlib.suppress(OSError):

@@ -6,10 +6,12 @@ after ``-ERR``, late messages, hanging close) turned into behaviour that must ho
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import signal
+import socket
 import subprocess
 import threading
 import time
@@ -18,10 +20,12 @@ import pytest
 
 from tests.conftest import make_config, remember_secret, report_figure
 from tests.helpers import wait_until
-from tests.servers import NatsServer
+from tests.proxy import PartitionProxy
+from tests.servers import NatsServer, free_port
+from token_worker import protocol
 from token_worker.config import Secret, TlsConfig
 from token_worker.connection import Message, NatsConnection, State
-from token_worker.errors import NotConnected, ReconnectGaveUp
+from token_worker.errors import ConnectionClosed, NotConnected, PayloadTooLarge, ReconnectGaveUp
 
 ECHO = lambda payload: payload  # noqa: E731 - the smallest handler there is
 
@@ -191,7 +195,8 @@ def test_allow_reconnect_false_gives_up_at_once(nats_server, start_worker):
 def test_several_servers_are_tried_in_turn(start_worker, requester_factory):
     first, second = NatsServer().start(), NatsServer().start()
     try:
-        worker = start_worker(make_config(f"{first.url},{second.url}"), ECHO)
+        worker = start_worker(make_config(f"{first.url},{second.url}",
+                                          nats={"no_randomize": True}), ECHO)
         assert worker.server_url == first.url
         first.kill()
         wait_until(lambda: worker.is_ready and worker.server_url == second.url,
@@ -368,7 +373,8 @@ def test_tls_with_the_configured_ca(tls_files, requester_factory):
 def test_lame_duck_mode_moves_the_worker_to_another_server(start_worker, requester_factory):
     first, second = NatsServer().start(), NatsServer().start()
     try:
-        worker = start_worker(make_config(f"{first.url},{second.url}"), ECHO)
+        worker = start_worker(make_config(f"{first.url},{second.url}",
+                                          nats={"no_randomize": True}), ECHO)
         assert worker.server_url == first.url
         first.process.send_signal(signal.SIGUSR2)  # nats-server: enter lame duck mode
         moved_s = wait_until(lambda: worker.is_ready and worker.server_url == second.url,
@@ -405,3 +411,288 @@ def test_mutual_tls_with_a_client_certificate(tls_files):
             without_cert.connect()
     finally:
         server.cleanup()
+
+
+# --- the reader can't die, writes can't block, close() always wins --------------------
+
+
+def echo_on(connection: NatsConnection, subject: str = "token.request") -> None:
+    """Subscribe a callback answering every message with its own payload."""
+    connection.subscribe(subject, lambda m: connection.publish(m.reply, m.payload) if m.reply
+                         else None, queue="q")
+
+
+def raw_client(port: int) -> socket.socket:
+    sock = socket.create_connection(("127.0.0.1", port), 5)
+    sock.settimeout(5)
+    sock.recv(4096)  # INFO
+    sock.sendall(b'CONNECT {"verbose": false, "headers": true, "protocol": 1}\r\n')
+    return sock
+
+
+def read_until(sock: socket.socket, needle: bytes) -> bytes:
+    data = b""
+    while needle not in data:
+        chunk = sock.recv(65536)
+        if not chunk:
+            break
+        data += chunk
+    return data
+
+
+def test_odd_messages_from_a_raw_client_are_served_and_the_next_request_too(
+        nats_server, requester_factory):
+    connection = connect(nats_server.url)
+    try:
+        echo_on(connection)
+        connection.flush(2)
+        raw = raw_client(nats_server.port)
+        odd_reply = b"_INBOX.\xff\xfe\xc3(.1"  # not UTF-8: killed the reader before
+        long_reply = b"_INBOX." + b"r" * 3000
+        garbage = b"NATS/1.0 503\r\nStatus: 503\r\n\x00\xff: \xfe\r\n\r\n"
+        raw.sendall(b"SUB %s 1\r\nSUB %s 2\r\n" % (odd_reply, long_reply)
+                    + b"PUB token.request %s 3\r\nodd\r\n" % odd_reply
+                    + b"HPUB token.request %s %d %d\r\n%sspoofed\r\n" % (
+                        long_reply, len(garbage), len(garbage) + 7, garbage)
+                    + b"PING\r\n")
+        answers_seen = read_until(raw, b"spoofed\r\n")
+        assert b"MSG %s 1 3\r\nodd\r\n" % odd_reply in answers_seen  # the same bytes back
+        assert b"MSG %s 2 7\r\nspoofed\r\n" % long_reply in answers_seen
+        started = time.monotonic()
+        requester = requester_factory(nats_server.url)
+        assert requester.request_raw(b"normal", timeout=3) == b"normal"
+        assert time.monotonic() - started < 3
+        assert connection.is_serving and connection.reconnects == 0
+        raw.close()
+    finally:
+        connection.close()
+
+
+@pytest.mark.parametrize("failure", [RuntimeError("parser bug"), SystemExit("exit in parser")])
+def test_a_parser_or_reader_failure_is_a_lost_connection_not_a_dead_reader(
+        nats_server, requester_factory, monkeypatch, caplog, failure):
+    connection = connect(nats_server.url, reconnect_wait=0.05)
+    try:
+        echo_on(connection)
+        connection.flush(2)
+        assert connection.is_serving
+        feed = protocol.Parser.feed
+        failures = iter([failure])
+
+        def failing_feed(self, data):
+            raised = next(failures, None)
+            if raised is not None:
+                raise raised
+            return feed(self, data)
+
+        monkeypatch.setattr(protocol.Parser, "feed", failing_feed)
+        requester = requester_factory(nats_server.url)
+        requester.publish("token.request", b"trigger")
+        wait_until(lambda: connection.reconnects == 1 and connection.is_serving,
+                   what="the reconnect after the reader failure")
+        assert str(failure) in caplog.text
+        assert requester.request_raw(b"again", timeout=3) == b"again"
+    finally:
+        connection.close()
+    assert not connection.is_serving
+
+
+def _publish_until_blocked(connection: NatsConnection) -> tuple[threading.Thread, list]:
+    """A thread publishing 100 KB messages until a write fails; its last success time."""
+    last = [time.monotonic(), None]
+
+    def run() -> None:
+        try:
+            while True:
+                connection.publish("fill", b"x" * 100_000)
+                last[0] = time.monotonic()
+        except Exception as error:
+            last[1] = error
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return thread, last
+
+
+def test_a_peer_that_stops_reading_is_stale_even_while_a_write_blocks(nats_server):
+    connection = connect(nats_server.url, ping_interval=0.5, max_pings_out=2,
+                         reconnect_wait=0.1, reconnect_buffer_size=0)
+    os.kill(nats_server.process.pid, signal.SIGSTOP)  # socket open, server neither reads nor talks
+    stopped = time.monotonic()
+    try:
+        publisher, last = _publish_until_blocked(connection)
+        wait_until(lambda: time.monotonic() - last[0] > 0.3 or last[1] is not None,
+                   what="the send buffers to fill")
+        detect_s = wait_until(lambda: connection.state is State.RECONNECTING, timeout=10,
+                              what="stale detection with a blocked write")
+        publisher.join(5)
+        assert not publisher.is_alive()  # the blocked write was woken, not left hanging
+    finally:
+        os.kill(nats_server.process.pid, signal.SIGCONT)
+    total_s = time.monotonic() - stopped
+    report_figure(f"peer that stopped reading, send buffers full: stale in {total_s:.2f} s "
+                  f"after SIGSTOP ({detect_s:.2f} s after the write blocked; pingInterval 0.5)")
+    assert total_s < 4.0
+    wait_until(lambda: connection.is_serving, what="reconnect after the server woke up")
+    connection.close()
+
+
+def test_close_does_not_wait_for_a_blocked_write(nats_server):
+    connection = connect(nats_server.url, ping_interval=60, reconnect_buffer_size=0)
+    os.kill(nats_server.process.pid, signal.SIGSTOP)
+    try:
+        publisher, last = _publish_until_blocked(connection)
+        wait_until(lambda: time.monotonic() - last[0] > 0.3, what="a blocked write")
+        started = time.monotonic()
+        connection.close()
+        close_s = time.monotonic() - started
+        publisher.join(5)
+        assert not publisher.is_alive() and isinstance(last[1], NotConnected)
+    finally:
+        os.kill(nats_server.process.pid, signal.SIGCONT)
+    report_figure(f"close() with a write blocked on full buffers: {close_s * 1000:.0f} ms")
+    assert close_s < 1.0
+
+
+def test_close_ends_a_first_connect_that_is_still_retrying(caplog):
+    unreachable = f"nats://127.0.0.1:{free_port()}"
+    connection = NatsConnection(make_config(unreachable, nats={"reconnect_wait": 30}).nats, "x")
+    outcome: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            connection.connect()
+        except BaseException as error:
+            outcome.append(error)
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    wait_until(lambda: "nats connect round failed, retrying" in caplog.messages,
+               what="the first failed round (the next is 30 s away)")
+    started = time.monotonic()
+    connection.close()
+    thread.join(5)
+    took = time.monotonic() - started
+    assert not thread.is_alive() and isinstance(outcome[0], ConnectionClosed)
+    assert isinstance(outcome[0], ReconnectGaveUp)  # what callers already catch
+    report_figure(f"close() ended a retrying first connect in {took * 1000:.0f} ms")
+    assert took < 1.0
+
+
+def test_a_handshake_finishing_after_close_leaves_no_socket_open():
+    """A server that answers the handshake only after close(): the client's socket must
+    end (the server sees it closed), and connect() must not report a connection."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+    port = listener.getsockname()[1]
+    closed = threading.Event()
+    accepted = threading.Event()
+    peer_saw_eof = threading.Event()
+
+    def slow_server() -> None:
+        client, _ = listener.accept()
+        accepted.set()
+        closed.wait(5)
+        with contextlib.suppress(OSError):
+            client.sendall(b'INFO {"server_id": "slow", "max_payload": 1048576}\r\n')
+            client.settimeout(5)
+            while data := client.recv(4096):
+                if b"PING" in data:
+                    client.sendall(b"PONG\r\n")
+            peer_saw_eof.set()
+        client.close()
+
+    threading.Thread(target=slow_server, daemon=True).start()
+    connection = NatsConnection(make_config(f"nats://127.0.0.1:{port}", nats={
+        "connect_timeout": 5, "max_reconnect": 1}).nats, "late")
+    outcome: list[BaseException] = []
+    thread = threading.Thread(target=lambda: _record(connection.connect, outcome))
+    thread.start()
+    assert accepted.wait(5)  # connect() now waits for INFO
+    connection.close()
+    closed.set()
+    thread.join(5)
+    assert isinstance(outcome[0], ConnectionClosed)
+    assert peer_saw_eof.wait(5), "the handshake's socket was left open"
+    assert connection.state is State.CLOSED
+    listener.close()
+
+
+def _record(call, outcome: list) -> None:
+    try:
+        call()
+    except BaseException as error:
+        outcome.append(error)
+
+
+def test_max_payload_comes_from_the_server_and_oversized_messages_are_refused():
+    server = NatsServer(config_text="max_payload: 2000").start()
+    try:
+        connection = connect(server.url, reconnect_wait=30)
+        assert connection.max_payload == 2000
+        with pytest.raises(PayloadTooLarge, match=r"2001 bytes exceeds .* 2000") as caught:
+            connection.publish("s", b"x" * 2001)
+        assert not isinstance(caught.value, NotConnected)
+        with pytest.raises(PayloadTooLarge):
+            connection.send_raw(protocol.pub("a", b"1") + protocol.pub("b", b"y" * 2500))
+        connection.send_raw(protocol.pub("a", b"x" * 1500) * 3)  # a batch of small ones
+        connection.flush(2)
+        assert connection.is_connected and len(server.connz()) == 1  # the server kept us
+        server.kill()
+        wait_until(lambda: connection.state is State.RECONNECTING, what="loss detection")
+        with pytest.raises(PayloadTooLarge):
+            connection.publish("s", b"x" * 2001)
+        assert connection.buffered_bytes == 0  # never held for the next server
+        connection.close()
+    finally:
+        server.cleanup()
+
+
+def test_server_lists_are_shuffled_unless_no_randomize():
+    servers = [NatsServer().start() for _ in range(3)]
+    urls = ",".join(server.url for server in servers)
+    try:
+        used = []
+        for randomize in (True, False):
+            chosen = []
+            for _ in range(60):  # P(one server never chosen when shuffled) < 1e-10
+                connection = connect(urls, no_randomize=not randomize)
+                chosen.append(connection.server_url)
+                connection.close()
+            used.append(chosen)
+        assert set(used[0]) == {server.url for server in servers}
+        assert set(used[1]) == {servers[0].url}
+    finally:
+        for server in servers:
+            server.cleanup()
+
+
+def test_a_silent_partition_of_one_client_with_full_buffers_is_detected(nats_server):
+    """The proxy stops reading both ways (no FIN, no RST) while the client publishes:
+    only keep-alive can tell, and the blocked write must not stop it."""
+    proxy = PartitionProxy(nats_server.port).start()
+    connection = connect(proxy.url, ping_interval=1.0, max_pings_out=2, reconnect_wait=0.1,
+                         reconnect_buffer_size=0)
+    bystander = connect(nats_server.url)
+    try:
+        proxy.stall()
+        stalled = time.monotonic()
+        publisher, last = _publish_until_blocked(connection)
+        wait_until(lambda: time.monotonic() - last[0] > 0.3 or last[1] is not None,
+                   what="the send buffers to fill")
+        wait_until(lambda: connection.state is State.RECONNECTING, timeout=10,
+                   what="stale detection behind a stalled proxy")
+        detect_s = time.monotonic() - stalled
+        publisher.join(5)
+        assert not publisher.is_alive()
+        assert bystander.is_serving  # the server and everyone else were fine all along
+        proxy.resume()
+        wait_until(lambda: connection.is_serving, what="reconnect through the proxy")
+        report_figure(f"silent one-client partition (proxy stopped reading), send buffers "
+                      f"full: stale in {detect_s:.2f} s with pingInterval 1 s")
+        assert detect_s < 5.0
+    finally:
+        connection.close()
+        bystander.close()
+        proxy.close()

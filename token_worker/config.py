@@ -400,7 +400,7 @@ class NatsConfig(_Section):
     urls: tuple[str, ...] = setting(
         "nats.url", parse_nats_urls, default=(defaults.NATS_URL,), env="NATS_URL",
         flag="nats-url", help="server URL(s), comma-separated")
-    """Servers, tried in turn."""
+    """Servers; shuffled every round unless ``no_randomize`` (as nats.go does)."""
     allow_reconnect: bool = setting(
         "nats.allowReconnect", _boolean, default=defaults.ALLOW_RECONNECT,
         env="ALLOW_RECONNECT", help="reconnect after losing the server")
@@ -425,6 +425,10 @@ class NatsConfig(_Section):
         env="NATS_RECONNECT_BUF_SIZE",
         help="bytes published while reconnecting, sent once back; 0: fail at once")
     """Bytes published while reconnecting that are kept for the next server; 0: none."""
+    no_randomize: bool = setting(
+        "nats.noRandomize", _boolean, default=defaults.NATS_NO_RANDOMIZE,
+        env="NATS_NO_RANDOMIZE", help="try servers in the given order instead of shuffled")
+    """Try the servers in the given order (else shuffled every round, as nats.go does)."""
     username: str | None = setting(
         "nats.username", _optional_text, default=None, env="NATS_USER", help="NATS user")
     password: Secret | None = setting(  # noqa: RUF009 - setting() returns a dataclass field

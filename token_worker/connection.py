@@ -1,43 +1,34 @@
-"""The NATS connection: the one module that touches pynats2.
+"""The NATS connection: the socket's life, from connect to close.
 
-pynats2 0.9.0 is the required NATS client, and it has traps (measured against a real
-server): it imports ``pkg_resources`` (gone from setuptools 82+); its reader thread spins a
-core forever once the server goes away and tells nobody; any ``-ERR`` kills the reader
-while the socket stays open (a deaf worker that looks alive); a late message for a removed
-subscription kills it too; its ``close()`` can hang; callback exceptions vanish; its
-callback queue is unbounded; it announces protocol 0, so servers never send it
-asynchronous INFO.
+One reader thread per connection blocks on the socket, feeds 64 KiB reads to the protocol
+parser (:mod:`token_worker.protocol`) and hands messages to subscription callbacks; what
+they publish while one read is handled goes out in one write. Any loss (the server
+closing, a socket error, a protocol error, a lame-duck notice, a stale connection, even a
+bug in a callback or the parser) ends in the same place: the reconnect policy (tenacity:
+``reconnectWait`` between rounds over the servers, at most ``maxReconnect`` rounds), after
+which every subscription is re-created and the reconnect buffer (:mod:`token_worker.pending`)
+is sent. The handshake comes from pynats2 (:mod:`token_worker._pynats2`), keep-alive runs
+on its own thread (:mod:`token_worker.keepalive`).
 
-So this module uses pynats2 for what it does well, the handshake (URL, socket, INFO, TLS
-wrapping, CONNECT), and owns everything after it: one reader thread per connection that
-blocks on the socket, parses the protocol from 64 KiB reads, answers PINGs, logs ``-ERR``
-lines with their text and keeps serving through permission errors, follows a server's
-lame-duck notice to the next server, and on any loss reconnects with tenacity
-(``reconnectWait`` between rounds over the servers, at most ``maxReconnect`` rounds) and
-re-creates every subscription; and one keep-alive thread that PINGs a quiet server and
-shuts the socket when PONGs stop coming. What is published while reconnecting waits in a
-bounded buffer and goes to the next server after the subscriptions, as in nats.go. The
-rest of token-worker sees a connection that is either working or reconnecting, and is
-told when it gives up.
+Locks: ``_send_lock`` serialises writes and is held across ``sendall``; ``_sock_lock``
+guards which socket is current and is never held across I/O. Keep-alive and ``close()``
+take only the second, so a write blocked on a peer that stopped reading can neither hide
+a stale connection nor hang a close: they shut the socket, which wakes the writer.
 """
 
 from __future__ import annotations
 
 import contextlib
 import enum
-import importlib
-import importlib.metadata
-import json
 import logging
+import random
 import socket
-import sys
 import threading
 import time
-import types
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import Any
 
 from tenacity import (
     RetryCallState,
@@ -49,53 +40,31 @@ from tenacity import (
     wait_fixed,
 )
 
+from token_worker import protocol
+from token_worker._pynats2 import Handshake, HandshakeFailed, connect_options, pynats2
 from token_worker.config import NatsConfig
-from token_worker.errors import NatsConnectionError, NotConnected, ReconnectGaveUp
+from token_worker.errors import (
+    ConnectionClosed,
+    NatsConnectionError,
+    NotConnected,
+    PayloadTooLarge,
+    ReconnectGaveUp,
+)
+from token_worker.keepalive import KeepAlive
+from token_worker.pending import PendingWrites
+from token_worker.protocol import Control, Info, Message, ProtocolError, ServerError
+
+__all__ = ["Message", "MessageCallback", "NatsConnection", "ServerPool", "State",
+           "Subscription", "pynats2"]
 
 log = logging.getLogger(__name__)
 
 READ_SIZE = 64 * 1024
 """Bytes asked of the socket per read: many messages per system call under load."""
-MAX_CONTROL_LINE = 64 * 1024
-"""A protocol line longer than this is a broken stream, not a slow one."""
-KEEPALIVE_TICK = 1.0
-"""Longest the keep-alive thread sleeps between looks at its clock (no busy loop)."""
-
-
-def _import_pynats2() -> types.ModuleType:
-    """Import pynats2 even where setuptools no longer ships ``pkg_resources``.
-
-    pynats2 only calls ``pkg_resources.get_distribution("pynats2").version``. Where the real
-    module is missing, a stand-in answering that one call from ``importlib.metadata`` is
-    put in ``sys.modules`` for the duration of the import and removed afterwards, so no
-    other library in the process ever sees it.
-    """
-    try:
-        importlib.import_module("pkg_resources")
-    except ImportError:
-        pass
-    else:
-        return importlib.import_module("pynats2")
-
-    stand_in = types.ModuleType("pkg_resources")
-
-    def get_distribution(name: str) -> Any:
-        return types.SimpleNamespace(version=importlib.metadata.version(name))
-
-    stand_in.get_distribution = get_distribution  # type: ignore[attr-defined]
-    missing = object()
-    previous = sys.modules.get("pkg_resources", missing)
-    sys.modules["pkg_resources"] = stand_in
-    try:
-        return importlib.import_module("pynats2")
-    finally:
-        if previous is missing:
-            sys.modules.pop("pkg_resources", None)
-        else:
-            sys.modules["pkg_resources"] = previous  # type: ignore[assignment]
-
-
-pynats2 = _import_pynats2()
+DEFAULT_MAX_PAYLOAD = 1024 * 1024
+"""nats-server's default ``max_payload``: assumed until a server says otherwise."""
+RETIRE_WAIT = 5.0
+"""Longest the reader waits for a writer (woken by the shut socket) before closing it."""
 
 
 class State(enum.Enum):
@@ -105,16 +74,6 @@ class State(enum.Enum):
     CONNECTED = "connected"
     RECONNECTING = "reconnecting"
     CLOSED = "closed"
-
-
-class Message(NamedTuple):
-    """One message delivered to a subscription (a tuple: built for every message)."""
-
-    subject: str
-    reply: str
-    payload: bytes
-    status: int = 0
-    """A server status from a header block (503: no responders), else 0."""
 
 
 MessageCallback = Callable[[Message], None]
@@ -130,60 +89,49 @@ class Subscription:
     callback: MessageCallback
 
 
-class _ProtocolError(NatsConnectionError):
-    """The server sent something that is not the NATS protocol: the stream is broken."""
+class ServerPool:
+    """The servers to try, in the order of the next round.
 
-
-class _LeaveServer(_ProtocolError):
-    """The server asked its clients to go elsewhere (lame duck mode)."""
-
-
-class _HandshakeFailed(NatsConnectionError):
-    """One attempt to connect to one server failed (retried by the reconnect policy)."""
-
-
-class _Handshake(pynats2.NATSNoSubscribeClient):  # type: ignore[misc,name-defined]
-    """pynats2's connection set-up with three fixes.
-
-    It keeps the server's INFO (pynats2 drops it), sends our CONNECT (protocol 1, so the
-    server sends asynchronous INFO; credentials from the config rather than from the URL),
-    and fails on a closed socket instead of spinning on empty reads.
+    As in nats.go: each server tried goes to the end of the list, so a lost server is
+    tried last; unless ``randomize`` is off, the list (with servers learned from the
+    cluster's ``connect_urls``) is shuffled before every round, so a fleet given the same
+    list spreads over the nodes instead of all landing on the first.
     """
 
-    _socket_buffer: bytes
+    def __init__(self, urls: tuple[str, ...], *, randomize: bool,
+                 rng: random.Random | None = None) -> None:
+        self._urls = list(urls)
+        self._randomize = randomize
+        self._rng = rng or random.Random()  # noqa: S311 - load spreading, not secrecy
+        self._last = ""
 
-    def __init__(self, url: str, options: dict[str, Any], tls: Any, timeout: float) -> None:
-        super().__init__(
-            url,
-            name=options["name"],
-            tls_cacert=tls.ca_file,
-            tls_client_cert=tls.cert_file,
-            tls_client_key=tls.key_file,
-            tls_verify=tls.verify,
-            socket_timeout=timeout,
-        )
-        self.connect_options = options
-        self.server_info: dict[str, Any] = {}
+    @property
+    def urls(self) -> list[str]:
+        """Every known server, in the current order."""
+        return list(self._urls)
 
-    def _recv(self, *commands: Any) -> Any:
-        command, match = super()._recv(*commands)
-        if match is not None and command is pynats2.client.INFO_RE:
-            self.server_info = json.loads(match.group(1))
-        return command, match
+    def round(self) -> list[str]:
+        """The order for the next connect round (the server used last comes last)."""
+        if self._randomize:
+            self._rng.shuffle(self._urls)
+            if self._last in self._urls and len(self._urls) > 1:
+                self._urls.remove(self._last)
+                self._urls.append(self._last)
+        return list(self._urls)
 
-    def _readline(self, *, size: int | None = None) -> bytes:
-        buffer: bytes = self._socket_buffer
-        while b"\r\n" not in buffer:
-            chunk = self._socket.recv(4096)
-            if not chunk:
-                raise _HandshakeFailed("server closed the connection during the handshake")
-            buffer += chunk
-        end = buffer.index(b"\r\n") + 2
-        self._socket_buffer = buffer[end:]
-        return buffer[:end]
+    def tried(self, url: str) -> None:
+        """``url`` is being tried: it goes to the end of the list."""
+        self._last = url
+        if url in self._urls:
+            self._urls.remove(url)
+            self._urls.append(url)
 
-    def _send_connect_command(self) -> None:
-        self._send(pynats2.client.CONNECT_OP, json.dumps(self.connect_options))
+    def add(self, url: str) -> bool:
+        """Remember a server learned from INFO; True if it was new."""
+        if url in self._urls:
+            return False
+        self._urls.append(url)
+        return True
 
 
 class NatsConnection:
@@ -212,23 +160,30 @@ class NatsConnection:
         self._first_connect_rounds = first_connect_rounds
         self._on_state = on_state
         self._on_gave_up = on_gave_up
-        self._servers: deque[str] = deque(config.urls)
+        self._pool = ServerPool(config.urls, randomize=not config.no_randomize)
         self._subscriptions: dict[int, Subscription] = {}
         self._next_sid = 1
         self._send_lock = threading.Lock()
+        self._sock_lock = threading.Lock()
         self._sock: socket.socket | None = None
-        self._buffer = bytearray()
+        """The socket writes go to; None while there is none (or it was shut)."""
+        self._installed: socket.socket | None = None
+        """The socket the reader serves, until its file descriptor is closed."""
+        self._handshake_sock: socket.socket | None = None
+        self._parser = protocol.Parser()
+        self._early_events: list[protocol.Event] = []
         self._pending_pongs: deque[threading.Event | None] = deque()
         self._closing = threading.Event()
         self._reader: threading.Thread | None = None
         self._reader_ident = 0
+        self._serving = False
         self._outbox: list[bytes] | None = None
-        self._reconnect_buffer: list[bytes] = []
-        self._reconnect_buffered = 0
-        self._last_heard = 0.0
-        self._pings_out = 0
+        self._outbox_largest = 0
+        self._pending = PendingWrites(config.reconnect_buffer_size)
+        self._keepalive = KeepAlive(config.ping_interval, config.max_pings_out)
         self._loss_reason = ""
         self._state = State.DISCONNECTED
+        self._max_payload = DEFAULT_MAX_PAYLOAD
         self.server_url = ""
         self.server_info: dict[str, Any] = {}
         self.reconnects = 0
@@ -247,33 +202,54 @@ class NatsConnection:
         return self._state is State.CONNECTED
 
     @property
+    def is_serving(self) -> bool:
+        """True only while the reader thread is alive and reading a connected socket:
+        what readiness should ask (a connection can't be ready with a dead reader)."""
+        reader = self._reader
+        return (self._serving and self._state is State.CONNECTED and reader is not None
+                and reader.is_alive())
+
+    @property
     def buffered_bytes(self) -> int:
         """Bytes published while reconnecting that wait for the next server."""
-        return self._reconnect_buffered
+        return self._pending.size
+
+    @property
+    def max_payload(self) -> int:
+        """The largest message the current server accepts (its INFO ``max_payload``,
+        refreshed on every connect and asynchronous INFO; 1 MiB before the first)."""
+        return self._max_payload
 
     def connect(self) -> None:
         """Connect (retrying as the reconnect policy allows) and start the reader thread.
 
-        Raises :class:`ReconnectGaveUp` when no server could be reached.
+        Raises :class:`ReconnectGaveUp` when no server could be reached, and its subclass
+        :class:`ConnectionClosed` when ``close()`` was called meanwhile (from another
+        thread: a stop requested while NATS is unreachable ends the wait at once).
         """
         if self._reader is not None:
             raise NatsConnectionError("connect() was already called")
-        self._connect_with_policy(first=True)
         self._reader = threading.Thread(
             target=self._read_forever, name=f"nats-reader[{self._name}]", daemon=True
         )
+        self._connect_with_policy(first=True)
         self._reader.start()
-        threading.Thread(target=self._keep_alive_forever, name=f"nats-keepalive[{self._name}]",
-                         daemon=True).start()
+        threading.Thread(
+            target=self._keepalive.run, name=f"nats-keepalive[{self._name}]", daemon=True,
+            args=(self._closing, lambda: self._sock is not None, self._ping_if_free,
+                  self._lose_current),
+        ).start()
 
     def subscribe(self, subject: str, callback: MessageCallback, queue: str = "") -> Subscription:
         """Subscribe; the subscription survives reconnects."""
+        protocol.sub(subject, 1, queue)  # a bad subject or queue fails before it is kept
         with self._send_lock:
             sub = Subscription(self._next_sid, subject, queue, callback)
             self._next_sid += 1
             self._subscriptions[sub.sid] = sub
-            if self._sock is not None:
-                self._send_locked(_sub_line(sub))
+            sock = self._sock
+            if sock is not None:
+                self._sendall(sock, protocol.sub(subject, sub.sid, queue))
         return sub
 
     def unsubscribe(self, sub: Subscription, *, drain_timeout: float = 0.0) -> None:
@@ -284,9 +260,10 @@ class NatsConnection:
         processed the UNSUB.
         """
         with self._send_lock:
-            if self._sock is not None:
+            sock = self._sock
+            if sock is not None:
                 with contextlib.suppress(NatsConnectionError):
-                    self._send_locked(b"UNSUB %d\r\n" % sub.sid)
+                    self._sendall(sock, protocol.unsub(sub.sid))
         if drain_timeout > 0:
             with contextlib.suppress(NatsConnectionError):
                 self.flush(drain_timeout)
@@ -294,20 +271,23 @@ class NatsConnection:
             self._subscriptions.pop(sub.sid, None)
 
     def publish(self, subject: str, payload: bytes, reply: str = "") -> None:
-        """Send one message; raises :class:`NotConnected` if it cannot go out now.
+        """Send one message; raises :class:`NotConnected` if it cannot go out now, and
+        :class:`PayloadTooLarge` (never buffered) if the server would refuse it.
 
         Called from a subscription callback (the reader thread), the message joins the
         others published while handling the same read, and all go out in one write.
         """
-        head = f"PUB {subject} {reply} {len(payload)}\r\n" if reply else (
-            f"PUB {subject} {len(payload)}\r\n"
-        )
-        data = head.encode() + payload + b"\r\n"
+        size = len(payload)
+        if size > self._max_payload:
+            raise PayloadTooLarge(size, self._max_payload)
+        data = protocol.pub(subject, payload, reply)
         outbox = self._outbox
         if outbox is not None and threading.get_ident() == self._reader_ident:
             outbox.append(data)
+            if size > self._outbox_largest:  # noqa: PLR1730 - cheaper than max() per reply
+                self._outbox_largest = size
             return
-        self.send_raw(data)
+        self._write(data, size)
 
     def send_raw(self, data: bytes) -> None:
         """Write already encoded protocol bytes (several PUBs at once, for instance).
@@ -315,16 +295,74 @@ class NatsConnection:
         While reconnecting, the bytes wait in the reconnect buffer for the next server
         (``nats.reconnectBufSize``), so a reply finished during a short outage still
         reaches its requester; :class:`NotConnected` only when they cannot wait.
+        :class:`PayloadTooLarge` when a message in ``data`` exceeds ``max_payload``.
         """
+        largest = protocol.largest_payload(data) if len(data) > self._max_payload else 0
+        if largest > self._max_payload:
+            raise PayloadTooLarge(largest, self._max_payload)
+        self._write(data, largest)
+
+    def flush(self, timeout: float) -> None:
+        """Wait until the server has processed everything sent so far (a PING round-trip)."""
+        pong = threading.Event()
+        if not self._send_lock.acquire(timeout=timeout):
+            raise NatsConnectionError(f"a write is blocked: no PING sent within {timeout:g} s")
+        try:
+            sock = self._sock
+            if sock is None:
+                raise NotConnected(f"not connected (state {self._state.value})")
+            with self._sock_lock:
+                self._pending_pongs.append(pong)
+            self._sendall(sock, b"PING\r\n")
+        finally:
+            self._send_lock.release()
+        if not pong.wait(timeout):
+            raise NatsConnectionError(f"no PONG within {timeout:g} s")
+
+    def close(self, timeout: float = 5.0) -> None:
+        """Close for good: stop the reader thread and the socket. Never hangs, never
+        waits for a blocked write, and ends a ``connect()`` still trying."""
+        self._closing.set()
+        with self._sock_lock:
+            sock, handshake_sock = self._sock, self._handshake_sock
+        self._drop(sock, "closing")
+        _shut(handshake_sock)
+        reader = self._reader
+        if reader is not None and reader.is_alive() and reader is not threading.current_thread():
+            reader.join(timeout)
+        if reader is None or not reader.is_alive():
+            self._retire()
+        self._set_state(State.CLOSED)
+        self._discard_pending()
+
+    # --- writing ----------------------------------------------------------------------
+
+    def _write(self, data: bytes, largest: int) -> None:
         with self._send_lock:
-            if self._sock is not None:
+            sock = self._sock
+            if sock is not None:
                 try:
-                    self._send_locked(data)
+                    self._sendall(sock, data)
                     return
                 except NotConnected:
                     if not self._will_reconnect():
                         raise
-            self._keep_for_reconnect(data)
+            if not self._will_reconnect():
+                raise NotConnected(f"not connected (state {self._state.value})")
+            self._pending.add(data, largest)
+
+    def _sendall(self, sock: socket.socket, data: bytes) -> None:
+        """Write (with the send lock held); a failed write marks the connection lost. The
+        keep-alive thread sees how long the write has been blocked."""
+        keepalive = self._keepalive
+        keepalive.write_started = time.monotonic()
+        try:
+            sock.sendall(data)
+        except OSError as error:
+            self._drop(sock, f"connection lost while sending: {error}")
+            raise NotConnected(f"connection lost while sending: {error}") from None
+        finally:
+            keepalive.write_started = 0.0
 
     def _will_reconnect(self) -> bool:
         config = self._config
@@ -332,55 +370,29 @@ class NatsConnection:
                 and config.max_reconnect != 0
                 and self._state in (State.CONNECTED, State.RECONNECTING))
 
-    def _keep_for_reconnect(self, data: bytes) -> None:
-        """Hold ``data`` for the next server (call with the send lock), or refuse it."""
-        if not self._will_reconnect():
-            raise NotConnected(f"not connected (state {self._state.value})")
-        limit = self._config.reconnect_buffer_size
-        if self._reconnect_buffered + len(data) > limit:
-            raise NotConnected(f"not connected, and the reconnect buffer ({limit} bytes) "
-                               "is full")
-        self._reconnect_buffer.append(data)
-        self._reconnect_buffered += len(data)
-
-    def _send_reconnect_buffer_locked(self) -> int:
-        """After re-subscribing: send what was published while reconnecting, in one write,
-        and return how many writes it held (call with the send lock)."""
-        held = len(self._reconnect_buffer)
-        if held:
-            self._send_locked(b"".join(self._reconnect_buffer))
-            self._reconnect_buffer.clear()
-            self._reconnect_buffered = 0
-        return held
-
-    def _discard_reconnect_buffer(self) -> None:
+    def _discard_pending(self) -> None:
         with self._send_lock:
-            held, self._reconnect_buffer = self._reconnect_buffer, []
-            self._reconnect_buffered = 0
-        if held:
+            writes, size = self._pending.discard()
+        if writes:
             log.warning("messages lost: published while reconnecting, never sent",
-                        extra={"writes": len(held), "bytes": sum(map(len, held))})
+                        extra={"writes": writes, "bytes": size})
 
-    def flush(self, timeout: float) -> None:
-        """Wait until the server has processed everything sent so far (a PING round-trip)."""
-        pong = threading.Event()
-        with self._send_lock:
-            if self._sock is None:
-                raise NotConnected(f"not connected (state {self._state.value})")
-            self._pending_pongs.append(pong)
-            self._send_locked(b"PING\r\n")
-        if not pong.wait(timeout):
-            raise NatsConnectionError(f"no PONG within {timeout:g} s")
-
-    def close(self, timeout: float = 5.0) -> None:
-        """Close for good: stop the reader thread and the socket. Never hangs."""
-        self._closing.set()
-        with self._send_lock:
-            self._drop_socket()
-        if self._reader is not None and self._reader is not threading.current_thread():
-            self._reader.join(timeout)
-        self._set_state(State.CLOSED)
-        self._discard_reconnect_buffer()
+    def _ping_if_free(self) -> bool:
+        """The keep-alive PING; skipped (False) when a write holds the send lock."""
+        if not self._send_lock.acquire(timeout=0.1):
+            return False
+        try:
+            sock = self._sock
+            if sock is None:
+                return False
+            with self._sock_lock:
+                self._pending_pongs.append(None)
+            self._sendall(sock, b"PING\r\n")
+            return True
+        except NotConnected:
+            return False
+        finally:
+            self._send_lock.release()
 
     # --- connecting -------------------------------------------------------------------
 
@@ -398,18 +410,20 @@ class NatsConnection:
             stop=(stop_after_attempt(rounds) if rounds else stop_never)
             | stop_when_event_set(self._closing),
             wait=wait_fixed(config.reconnect_wait),
-            retry=retry_if_exception_type(_HandshakeFailed),
+            retry=retry_if_exception_type(HandshakeFailed),
             sleep=self._sleep_unless_closing,
             before_sleep=self._log_failed_round,
             reraise=True,
         )
         try:
             retrying(self._connect_round)
-        except _HandshakeFailed as error:
+        except HandshakeFailed as error:
+            if self._closing.is_set():
+                raise ConnectionClosed("closed while connecting to NATS") from None
             attempts = retrying.statistics.get("attempt_number", 1)
             raise ReconnectGaveUp(
                 f"no NATS server reachable after {attempts} round(s) over "
-                f"{', '.join(config.urls)}: {error}"
+                f"{', '.join(self._pool.urls)}: {error}"
             ) from None
 
     def _sleep_unless_closing(self, seconds: float) -> None:
@@ -425,136 +439,179 @@ class NatsConnection:
         )
 
     def _connect_round(self) -> None:
-        """Try every server once, starting with the next in turn."""
-        if self._closing.is_set():
-            raise _HandshakeFailed("connection is closing")
+        """Try every server once, in the pool's order."""
         errors = []
-        for _ in range(len(self._servers)):
-            url = self._servers[0]
-            self._servers.rotate(-1)
+        for url in self._pool.round():
+            if self._closing.is_set():
+                raise HandshakeFailed("connection is closing")
+            self._pool.tried(url)
             try:
                 self._connect_to(url)
                 return
-            except (OSError, NatsConnectionError, pynats2.NATSError, ValueError) as error:
-                errors.append(f"{url}: {error or type(error).__name__}")
-        raise _HandshakeFailed("; ".join(errors))
+            except Exception as error:
+                errors.append(f"{url}: {str(error) or type(error).__name__}")
+        if self._closing.is_set():
+            raise HandshakeFailed("connection is closing")
+        raise HandshakeFailed("; ".join(errors))
 
     def _connect_to(self, url: str) -> None:
-        handshake = _Handshake(url, self._connect_options(), self._config.tls,
-                               self._config.connect_timeout)
+        handshake = Handshake(url, self._config, self._options_for, self._show_handshake_socket)
+        parser = protocol.Parser()
         try:
             handshake.connect()
-            sock: socket.socket = handshake._socket
-            leftover = bytearray(handshake._socket_buffer)
-            self._await_first_pong(sock, leftover)
+            sock = handshake.socket
+            early = self._await_first_pong(sock, parser, handshake.leftover)
+            sock.settimeout(None)  # blocking: a timeout costs a poll() per recv and send
+            self._install(url, sock, parser, early, handshake.server_info)
         except BaseException:
             with contextlib.suppress(Exception):
-                handshake._socket.close()
+                handshake.socket.close()
             raise
-        # Blocking from here on: a socket with a timeout costs a poll() before every recv
-        # and send. Keep-alive and stale detection run on their own thread instead.
-        sock.settimeout(None)
-        with self._send_lock:
-            self._last_heard = time.monotonic()
-            self._pings_out = 0
-            self._loss_reason = ""
-            self._sock = sock
-            self._buffer = leftover
-            self._pending_pongs.clear()
-            self.server_url = url
-            self.server_info = handshake.server_info
-            self._add_discovered_servers(handshake.server_info)
-            for sub in self._subscriptions.values():
-                self._send_locked(_sub_line(sub))
-            sent_from_buffer = self._send_reconnect_buffer_locked()
+        finally:
+            with self._sock_lock:
+                self._handshake_sock = None
         self._set_state(State.CONNECTED)
         log.info("nats connected", extra={"server": url,
-                                           "server_id": handshake.server_info.get("server_id")})
-        if sent_from_buffer:
-            log.info("sent messages published while reconnecting",
-                     extra={"writes": sent_from_buffer})
+                                           "server_id": self.server_info.get("server_id")})
 
-    def _connect_options(self) -> dict[str, Any]:
-        config = self._config
-        options: dict[str, Any] = {
-            "name": self._name,
-            "lang": "python",
-            "version": importlib.metadata.version("pynats2"),
-            "protocol": 1,
-            "verbose": False,
-            "pedantic": False,
-            "echo": True,
-            # Requesters ask for headers so the server tells them at once (a 503 status)
-            # when nobody listens on the subject; workers need neither.
-            "headers": self._no_responders,
-            "no_responders": self._no_responders,
-        }
-        if config.username:
-            options["user"] = config.username
-            options["pass"] = config.password.reveal() if config.password else ""
-        if config.token:
-            options["auth_token"] = config.token.reveal()
-        return options
+    def _options_for(self, server_info: dict[str, Any]) -> dict[str, Any]:
+        return connect_options(self._config, self._name, no_responders=self._no_responders,
+                               server_info=server_info)
 
-    def _await_first_pong(self, sock: socket.socket, buffer: bytearray) -> None:
-        """Prove the server accepted CONNECT: PING must come back as PONG, not as -ERR."""
+    def _show_handshake_socket(self, sock: socket.socket) -> None:
+        """Called by the handshake before it blocks: ``close()`` can then cut it."""
+        with self._sock_lock:
+            if self._closing.is_set():
+                raise HandshakeFailed("connection is closing")
+            self._handshake_sock = sock
+
+    def _await_first_pong(self, sock: socket.socket, parser: protocol.Parser,
+                          leftover: bytes) -> list[protocol.Event]:
+        """Prove the server accepted CONNECT: PING must come back as PONG, not as -ERR.
+        Returns what came after the PONG in the same read, for the reader."""
         sock.sendall(b"PING\r\n")
         deadline = time.monotonic() + self._config.connect_timeout
+        events = parser.feed(leftover)
         while True:
-            end = buffer.find(b"\r\n")
-            if end >= 0:
-                line = bytes(buffer[:end])
-                del buffer[: end + 2]
-                if line.startswith(b"PONG"):
-                    return
-                if line.startswith(b"-ERR"):
-                    raise _HandshakeFailed(f"server refused the connection: {_err_text(line)}")
-                continue  # +OK, INFO or PING before our PONG
+            for index, event in enumerate(events):
+                if event is Control.PONG:
+                    return events[index + 1:]
+                if isinstance(event, ServerError):
+                    raise HandshakeFailed(f"server refused the connection: {event.text}")
+                if isinstance(event, ProtocolError):
+                    raise HandshakeFailed(f"not the NATS protocol: {event.reason}")
             if time.monotonic() > deadline:
-                raise _HandshakeFailed("no PONG after CONNECT")
+                raise HandshakeFailed("no PONG after CONNECT")
             chunk = sock.recv(READ_SIZE)
             if not chunk:
-                raise _HandshakeFailed("server closed the connection after CONNECT")
-            buffer += chunk
+                raise HandshakeFailed("server closed the connection after CONNECT")
+            events = parser.feed(chunk)
 
-    def _add_discovered_servers(self, info: dict[str, Any]) -> None:
+    def _install(self, url: str, sock: socket.socket, parser: protocol.Parser,
+                 early: list[protocol.Event], info: dict[str, Any]) -> None:
+        """Make ``sock`` the connection's socket: re-subscribe, send the reconnect buffer.
+        Refused once ``close()`` was called, so a late handshake leaks no socket."""
+        with self._send_lock:
+            with self._sock_lock:
+                if self._closing.is_set():
+                    raise HandshakeFailed("connection is closing")
+                self._sock = self._installed = sock
+                self._pending_pongs.clear()
+            self._loss_reason = ""
+            self._parser = parser
+            self._early_events = early
+            self._keepalive.reset()
+            self.server_url = url
+            self.server_info = info
+            self._learn(info)
+            subscriptions = b"".join(protocol.sub(s.subject, s.sid, s.queue)
+                                     for s in self._subscriptions.values())
+            try:
+                if subscriptions:
+                    self._sendall(sock, subscriptions)
+                data, writes, dropped = self._pending.take(self._max_payload)
+                if data:
+                    self._sendall(sock, data)
+            except NotConnected as error:
+                with self._sock_lock:
+                    self._installed = None if self._installed is sock else self._installed
+                raise HandshakeFailed(str(error)) from None
+        if dropped:
+            log.warning("messages lost: larger than this server's max_payload",
+                        extra={"writes": dropped, "max_payload": self._max_payload})
+        if writes:
+            log.info("sent messages published while reconnecting", extra={"writes": writes})
+
+    def _learn(self, info: dict[str, Any]) -> None:
+        """Take what an INFO says: the payload limit and the cluster's other servers."""
+        limit = info.get("max_payload")
+        if isinstance(limit, int) and not isinstance(limit, bool) and limit > 0:
+            self._max_payload = limit
+        scheme = self.server_url.split("://", 1)[0] if "://" in self.server_url else "nats"
         for address in info.get("connect_urls") or ():
-            url = address if "://" in address else f"nats://{address}"
-            if url not in self._servers:
-                self._servers.append(url)
+            if not isinstance(address, str) or not address:
+                continue
+            url = address if "://" in address else f"{scheme}://{address}"
+            if self._pool.add(url):
                 log.info("nats server discovered", extra={"server": url})
 
     # --- reading ----------------------------------------------------------------------
 
     def _read_forever(self) -> None:
-        """The reader thread: read until lost, then reconnect; until closed or given up."""
+        """The reader thread: serve until lost, then reconnect; until closed or given up.
+        Nothing that happens while serving can end this thread but ``close()`` or the
+        reconnect policy giving up."""
         self._reader_ident = threading.get_ident()
+        try:
+            while True:
+                reason = self._serve()
+                self._retire()
+                if self._closing.is_set():
+                    return
+                self._lose_connection(reason)
+                if not self._reconnect():
+                    return
+        except BaseException:  # pragma: no cover - the last line of defence
+            log.critical("nats reader thread ended unexpectedly", exc_info=True)
+            raise
+
+    def _reconnect(self) -> bool:
+        """Reconnect as the policy allows; False when given up (or closing)."""
         while not self._closing.is_set():
-            reason = self._read_until_lost()
-            if self._closing.is_set():
-                break
-            self._lose_connection(reason)
             try:
                 self._connect_with_policy(first=False)
             except ReconnectGaveUp as error:
                 if not self._closing.is_set():
                     self._give_up(str(error))
-                return
+                return False
+            except Exception:
+                log.exception("nats reconnect failed unexpectedly; trying again")
+                self._closing.wait(self._config.reconnect_wait)
+                continue
             self.reconnects += 1
             log.info("reconnected", extra={"server": self.server_url,
                                              "reconnects": self.reconnects})
+            return True
+        return False
 
-    def _read_until_lost(self) -> str:
-        """Serve the current socket; return why it was lost."""
+    def _serve(self) -> str:
+        """Serve the current socket; return why it was lost. Never raises."""
         sock = self._sock
         if sock is None:
-            return "no socket"
-        view = memoryview(bytearray(READ_SIZE))
-        while not self._closing.is_set():
-            problem = self._read_once(sock, view)
-            if problem:
-                return self._loss_reason or problem
-        return "closing"
+            return self._loss_reason or "no socket"
+        self._serving = True
+        try:
+            early, self._early_events = self._early_events, []
+            problem = self._handle(early) if early else ""
+            view = memoryview(bytearray(READ_SIZE))
+            while not problem and not self._closing.is_set():
+                problem = self._read_once(sock, view)
+            return self._loss_reason or problem or "closing"
+        except BaseException as error:  # even SystemExit from a callback: the reader lives
+            log.exception("nats reader failed: the connection counts as lost")
+            return f"reader failure: {type(error).__name__}: {error}"
+        finally:
+            self._serving = False
 
     def _read_once(self, sock: socket.socket, view: memoryview) -> str:
         """One read; return why the connection is lost, or ""."""
@@ -564,14 +621,57 @@ class NatsConnection:
             return f"socket error: {error}"
         if count == 0:
             return "server closed the connection"
-        self._last_heard = time.monotonic()
-        self._pings_out = 0
-        self._buffer += view[:count]
+        self._keepalive.heard(time.monotonic())
+        return self._handle(self._parser.feed(view[:count]))
+
+    def _handle(self, events: list[protocol.Event]) -> str:
+        """Deliver messages and act on the rest; what callbacks publish meanwhile goes out
+        in one write. Returns why the connection must be dropped, or ""."""
         self._outbox = []
+        self._outbox_largest = 0
+        subscriptions = self._subscriptions
+        sid: int
+        message: Message
         try:
-            return self._parse_buffer()
+            for event in events:
+                if type(event) is tuple:  # a Delivery; the other events are subclasses
+                    sid, message = event  # type: ignore[assignment,misc]
+                    sub = subscriptions.get(sid)
+                    if sub is None:
+                        log.debug("message for a removed subscription dropped",
+                                  extra={"sid": sid})
+                        continue
+                    try:
+                        sub.callback(message)
+                    except Exception:
+                        log.exception("subscription callback failed",
+                                      extra={"subject": sub.subject})
+                else:
+                    problem = self._act_on(event)
+                    if problem:
+                        return problem
+            return ""
         finally:
             self._send_outbox()
+
+    def _act_on(self, event: protocol.Event) -> str:
+        if event is Control.PING:
+            assert self._outbox is not None
+            self._outbox.append(b"PONG\r\n")
+        elif event is Control.PONG:
+            with self._sock_lock:
+                waiter = self._pending_pongs.popleft() if self._pending_pongs else None
+            if waiter is not None:
+                waiter.set()
+        elif isinstance(event, ServerError):
+            _log_server_error(event.text)
+        elif isinstance(event, Info):
+            return self._async_info(event)
+        elif isinstance(event, ProtocolError):
+            log.error("nats protocol error: dropping the connection",
+                      extra={"reason": event.reason, "server": self.server_url})
+            return f"protocol error: {event.reason}"
+        return ""  # +OK needs nothing (verbose is off)
 
     def _send_outbox(self) -> None:
         """Write what callbacks published while one read was handled, in one write."""
@@ -579,159 +679,65 @@ class NatsConnection:
         if not outbox:
             return
         try:
-            self.send_raw(b"".join(outbox))
+            self._write(b"".join(outbox), self._outbox_largest)
         except NotConnected as error:
             log.warning("messages lost: connection down", extra={"messages": len(outbox),
                                                                  "error": str(error)})
 
-    def _keep_alive_forever(self) -> None:
-        """The keep-alive thread: PING a quiet server; after ``maxPingsOut`` unanswered
-        PINGs, shut the socket so the blocked reader wakes up and reconnects."""
-        tick = min(KEEPALIVE_TICK, self._config.ping_interval)
-        while not self._closing.wait(tick):
-            with self._send_lock:
-                if self._sock is None:
-                    continue
-                now = time.monotonic()
-                if now - self._last_heard < self._config.ping_interval:
-                    continue
-                if self._pings_out >= self._config.max_pings_out:
-                    self._loss_reason = f"stale connection: {self._pings_out} PINGs unanswered"
-                    self._drop_socket()
-                    continue
-                self._pings_out += 1
-                self._last_heard = now
-                with contextlib.suppress(NatsConnectionError):
-                    self._send_locked(b"PING\r\n")
-                    self._pending_pongs.append(None)
-
-    def _parse_buffer(self) -> str:
-        """Handle every complete protocol line in the buffer; return a problem or ""."""
-        data = bytes(self._buffer)  # one copy per read; slicing bytes is cheap
-        pos = 0
-        size = len(data)
-        try:
-            while pos < size:
-                end = data.find(b"\r\n", pos)
-                if end < 0:
-                    if size - pos > MAX_CONTROL_LINE:
-                        return "protocol line too long"
-                    break
-                op = data[pos : pos + 4]
-                if op in (b"MSG ", b"HMSG"):
-                    after = self._take_message(data, pos + 4 + (op == b"HMSG"), end, op)
-                    if after < 0:
-                        break  # payload not complete yet
-                    pos = after
-                else:
-                    self._handle_line(op.upper(), data[pos:end])
-                    pos = end + 2
-        except _ProtocolError as error:
-            return str(error)
-        finally:
-            del self._buffer[:pos]
-        return ""
-
-    def _take_message(self, data: bytes, start: int, end: int, op: bytes) -> int:
-        """Deliver the MSG/HMSG whose control line is ``data[start:end]``; return where the
-        next line starts, or -1 when the payload has not fully arrived yet."""
-        header = data[start:end].split()
-        counts = 2 if op == b"HMSG" else 1
-        if len(header) - counts not in (2, 3) or not all(
-                part.isdigit() for part in header[-counts:]):
-            raise _ProtocolError(f"bad message line: {data[start:end][:200]!r}")
-        length = int(header[-1])
-        if end + 2 + length + 2 > len(data):
-            return -1
-        self._deliver(header, counts, data[end + 2 : end + 2 + length])
-        return end + 2 + length + 2
-
-    def _handle_line(self, op: bytes, line: bytes) -> None:
-        if op == b"PING":
-            with self._send_lock, contextlib.suppress(NatsConnectionError):
-                self._send_locked(b"PONG\r\n")
-        elif op == b"PONG":
-            with self._send_lock:
-                waiter = self._pending_pongs.popleft() if self._pending_pongs else None
-            if waiter is not None:
-                waiter.set()
-        elif op == b"-ERR":
-            self._log_server_error(line)
-        elif op == b"INFO":
-            self._handle_async_info(line)
-        # +OK needs nothing (verbose is off)
-
-    def _deliver(self, header: list[bytes], counts: int, body: bytes) -> None:
-        """Hand one MSG (counts=1) or HMSG (counts=2) to its subscription's callback."""
-        sid = int(header[1])
-        sub = self._subscriptions.get(sid)
-        if sub is None:
-            log.debug("message for a removed subscription dropped", extra={"sid": sid})
-            return
-        reply = header[2].decode() if len(header) - counts == 3 else ""
-        status = 0
-        payload = body
-        if counts == 2:
-            header_length = int(header[-2])
-            status = _status_of(body[:header_length])
-            payload = body[header_length:]
-        try:
-            sub.callback(Message(header[0].decode(), reply, payload, status))
-        except Exception:
-            log.exception("subscription callback failed", extra={"subject": sub.subject})
-
-    def _log_server_error(self, line: bytes) -> None:
-        text = _err_text(line)
-        if "permissions violation" in text.lower():
-            log.error("nats server refused an operation (connection kept): %s", text,
-                      extra={"server_error": text})
-        else:
-            log.error("nats server error: %s", text, extra={"server_error": text})
-
-    def _handle_async_info(self, line: bytes) -> None:
-        try:
-            info = json.loads(line[5:])
-        except ValueError:
-            log.warning("unreadable INFO from server")
-            return
-        self._add_discovered_servers(info)
-        if info.get("ldm") and len(self._servers) > 1:
+    def _async_info(self, event: Info) -> str:
+        info = event.info
+        if info is None:
+            log.warning("unreadable INFO from server", extra={"error": event.error})
+            return ""
+        self._learn(info)
+        if info.get("ldm") and len(self._pool.urls) > 1:
             log.warning("nats server entering lame duck mode: moving to another server",
                         extra={"server": self.server_url})
-            raise _LeaveServer("server entered lame duck mode")
+            return "server entered lame duck mode"
         if info.get("ldm"):
             log.warning("nats server entering lame duck mode and no other server is known",
                         extra={"server": self.server_url})
+        return ""
 
-    # --- losing and giving up -----------------------------------------------------------
+    # --- losing and giving up ---------------------------------------------------------
 
-    def _send_locked(self, data: bytes) -> None:
-        """Write with the send lock held; a failed write marks the connection lost."""
-        sock = self._sock
+    def _drop(self, sock: socket.socket | None, reason: str) -> None:
+        """Shut ``sock`` (if it is still current, it no longer is) so a blocked reader and
+        a blocked writer wake at once. Needs no send lock; the reader closes the file."""
         if sock is None:
-            raise NotConnected("not connected")
-        try:
-            sock.sendall(data)
-        except OSError as error:
-            self._drop_socket()
-            raise NotConnected(f"connection lost while sending: {error}") from None
-
-    def _drop_socket(self) -> None:
-        """Shut the socket so a blocked reader wakes at once (call with the send lock)."""
-        sock, self._sock = self._sock, None
-        if sock is not None:
-            with contextlib.suppress(OSError):
-                sock.shutdown(socket.SHUT_RDWR)
-            with contextlib.suppress(OSError):
-                sock.close()
-        for waiter in self._pending_pongs:
+            return
+        with self._sock_lock:
+            if self._sock is sock:
+                self._sock = None
+                self._loss_reason = self._loss_reason or reason
+            waiters = list(self._pending_pongs)
+            self._pending_pongs.clear()
+        _shut(sock)
+        for waiter in waiters:
             if waiter is not None:
                 waiter.set()
-        self._pending_pongs.clear()
+
+    def _lose_current(self, reason: str) -> None:
+        """Keep-alive's verdict: the current connection is stale."""
+        self._drop(self._sock, reason)
+
+    def _retire(self) -> None:
+        """Shut and close the served socket, once no write uses it any more."""
+        with self._sock_lock:
+            sock, self._installed = self._installed, None
+        if sock is None:
+            return
+        self._drop(sock, "retired")
+        if self._send_lock.acquire(timeout=RETIRE_WAIT):
+            try:
+                with contextlib.suppress(OSError):
+                    sock.close()
+            finally:
+                self._send_lock.release()
+        else:  # a write still blocked on a shut socket: leave the file to the collector
+            log.warning("nats socket left open: a write did not end after shutdown")
 
     def _lose_connection(self, reason: str) -> None:
-        with self._send_lock:
-            self._drop_socket()
         log.warning("nats disconnected", extra={"server": self.server_url, "reason": reason})
         self._set_state(State.RECONNECTING)
 
@@ -739,13 +745,13 @@ class NatsConnection:
         self.gave_up_reason = reason
         log.error("nats reconnect gave up", extra={"reason": reason})
         self._set_state(State.CLOSED)
-        self._discard_reconnect_buffer()
+        self._discard_pending()
         if self._on_gave_up is not None:
             self._on_gave_up(reason)
 
     def _set_state(self, state: State) -> None:
-        if state is self._state:
-            return
+        if state is self._state or self._state is State.CLOSED:
+            return  # closed is final: a late handshake or loss does not reopen it
         self._state = state
         if self._on_state is not None:
             try:
@@ -754,19 +760,15 @@ class NatsConnection:
                 log.exception("state listener failed")
 
 
-def _sub_line(sub: Subscription) -> bytes:
-    if sub.queue:
-        return f"SUB {sub.subject} {sub.queue} {sub.sid}\r\n".encode()
-    return f"SUB {sub.subject} {sub.sid}\r\n".encode()
+def _shut(sock: socket.socket | None) -> None:
+    if sock is not None:
+        with contextlib.suppress(OSError):
+            sock.shutdown(socket.SHUT_RDWR)
 
 
-def _status_of(headers: bytes) -> int:
-    """The status code of a ``NATS/1.0 503`` header block, else 0."""
-    first = headers.split(b"\r\n", 1)[0].split()
-    return int(first[1]) if len(first) > 1 and first[1].isdigit() else 0
-
-
-def _err_text(line: bytes) -> str:
-    text = line[4:].decode("utf-8", "replace").strip()
-    return text.strip("'") or "(no text)"
-
+def _log_server_error(text: str) -> None:
+    if "permissions violation" in text.lower():
+        log.error("nats server refused an operation (connection kept): %s", text,
+                  extra={"server_error": text})
+    else:
+        log.error("nats server error: %s", text, extra={"server_error": text})

@@ -28,6 +28,9 @@ PING_INTERVAL = 20.0
 """Seconds between keep-alive PINGs when the server is quiet."""
 MAX_PINGS_OUT = 2
 """Unanswered PINGs after which the server counts as lost (nats.py and nats.go use 2)."""
+NATS_NO_RANDOMIZE = False
+"""Try the servers in the order given; by default each round shuffles them (as nats.go does),
+so a fleet given one list spreads over the cluster instead of piling onto its first node."""
 RECONNECT_BUFFER_SIZE = 8 * 1024 * 1024
 """Bytes of messages published while reconnecting that are kept and sent once connected
 again (nats.go's ``ReconnectBufSize`` default); past it, a publish fails at once."""

@@ -8,7 +8,9 @@ a requester error keeps the reply's ``error_code``. Catch the branch you mean::
     ├── ConfigError                 bad configuration (exit code 2)
     ├── NatsConnectionError         the NATS connection is not usable
     │   ├── NotConnected            publish while disconnected or reconnecting
+    │   ├── PayloadTooLarge         a message larger than the server's max_payload
     │   └── ReconnectGaveUp         every reconnect attempt failed (exit code 3)
+    │       └── ConnectionClosed    close() was called before a connection was made
     ├── IdpError                    the identity provider did not issue a token
     │   ├── IdpRefused              it answered with an OAuth2 error (never retried)
     │   ├── IdpUnavailable          unreachable, 5xx or 429: it may work on a retry
@@ -49,6 +51,22 @@ class NotConnected(NatsConnectionError):
 
 class ReconnectGaveUp(NatsConnectionError):
     """Every (re)connect attempt allowed by the config failed; the connection is closed."""
+
+
+class ConnectionClosed(ReconnectGaveUp):
+    """``close()`` was called (a stop, a signal) while ``connect()`` was still trying."""
+
+
+class PayloadTooLarge(NatsConnectionError):
+    """A message larger than the server's ``max_payload``: never sent, never buffered
+    (the server would drop the connection over it). Not :class:`NotConnected`: retrying
+    the same message cannot help."""
+
+    def __init__(self, size: int, limit: int) -> None:
+        self.size = size
+        self.limit = limit
+        super().__init__(f"message of {size} bytes exceeds the server's max_payload of "
+                         f"{limit} bytes")
 
 
 class IdpError(TokenWorkerError):

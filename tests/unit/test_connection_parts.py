@@ -1,0 +1,68 @@
+"""The connection's pure parts: server order, the reconnect buffer, keep-alive verdicts."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from token_worker.connection import ServerPool
+from token_worker.errors import NotConnected
+from token_worker.keepalive import Verdict, judge
+from token_worker.pending import PendingWrites
+
+URLS = ("nats://a:1", "nats://b:1", "nats://c:1")
+
+
+def test_no_randomize_keeps_the_order_and_tries_the_lost_server_last():
+    pool = ServerPool(URLS, randomize=False)
+    assert pool.round() == list(URLS)
+    pool.tried("nats://a:1")  # connected to a, which is then lost
+    assert pool.round() == ["nats://b:1", "nats://c:1", "nats://a:1"]
+
+
+def test_shuffled_rounds_vary_and_put_the_last_server_last():
+    pool = ServerPool(URLS, randomize=True, rng=random.Random(7))
+    firsts = set()
+    for _ in range(30):
+        order = pool.round()
+        assert sorted(order) == sorted(URLS)
+        firsts.add(order[0])
+        pool.tried(order[0])
+        assert pool.round()[-1] == order[0]
+    assert firsts == set(URLS)
+
+
+def test_discovered_servers_join_the_shuffle():
+    pool = ServerPool(URLS[:1], randomize=True, rng=random.Random(1))
+    assert pool.add("nats://d:1") and not pool.add("nats://d:1")
+    assert {tuple(pool.round()) for _ in range(20)} == {("nats://a:1", "nats://d:1"),
+                                                       ("nats://d:1", "nats://a:1")}
+
+
+def test_pending_writes_are_bounded_and_dropped_when_too_large_for_the_next_server():
+    pending = PendingWrites(100)
+    pending.add(b"x" * 40, 30)
+    pending.add(b"y" * 50, 45)
+    with pytest.raises(NotConnected, match=r"reconnect buffer \(100 bytes\) is full"):
+        pending.add(b"z" * 20, 10)
+    assert pending.size == 90 and len(pending) == 2
+    data, writes, dropped = pending.take(max_payload=40)
+    assert (data, writes, dropped) == (b"x" * 40, 1, 1)
+    assert pending.size == 0
+    pending.add(b"a", 1)
+    assert pending.discard() == (1, 1)
+
+
+@pytest.mark.parametrize(("now", "last_heard", "pings_out", "write_started", "verdict"), [
+    (10.0, 9.8, 0, 0.0, Verdict.WAIT),    # heard from recently
+    (10.0, 9.0, 0, 0.0, Verdict.PING),    # quiet for an interval
+    (10.0, 9.0, 2, 0.0, Verdict.STALE),   # PINGs unanswered
+    (10.0, 9.9, 0, 9.0, Verdict.STALE),   # a write blocked longer than the interval
+    (10.0, 9.9, 0, 9.8, Verdict.WAIT),    # a write in progress, not yet suspicious
+])
+def test_keepalive_verdicts(now, last_heard, pings_out, write_started, verdict):
+    got, reason = judge(now, last_heard=last_heard, pings_out=pings_out,
+                        write_started=write_started, ping_interval=0.5, max_pings_out=2)
+    assert got is verdict
+    assert bool(reason) == (verdict is Verdict.STALE)

@@ -550,3 +550,7 @@ def describe_settings() -> list[dict[str, str]]:
         )
     return rows
 
+
+
+parse_nats_urls = _nats_urls
+"""Public name of the NATS URL parser, for TokenClient (same normalisation as the worker)."""

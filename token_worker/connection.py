@@ -436,7 +436,7 @@ class NatsConnection:
                 self._connect_to(url)
                 return
             except (OSError, NatsConnectionError, pynats2.NATSError, ValueError) as error:
-                errors.append(f"{url}: {error or type(error).__name__}")
+                errors.append(f"{url}: {_describe_connect_error(error)}")
         raise _HandshakeFailed("; ".join(errors))
 
     def _connect_to(self, url: str) -> None:
@@ -770,3 +770,18 @@ def _err_text(line: bytes) -> str:
     text = line[4:].decode("utf-8", "replace").strip()
     return text.strip("'") or "(no text)"
 
+
+
+def _describe_connect_error(error: BaseException) -> str:
+    """Why one connect attempt failed. pynats2's exceptions have empty messages (their text
+    sits in ``.line``, and "connection failed" means no INFO came), so ``str()`` alone
+    said nothing."""
+    if isinstance(error, OSError) and error.strerror:
+        return f"{type(error).__name__} [errno {error.errno}]: {error.strerror}"
+    line = getattr(error, "line", None)
+    if line == "connection failed":
+        return ("no NATS greeting (INFO) within the connect timeout: "
+                "not a NATS server, or it does not answer")
+    if isinstance(line, bytes):
+        return f"unexpected answer {line[:80]!r}: not a NATS server"
+    return f"{type(error).__name__}: {str(error) or line or repr(error)}"

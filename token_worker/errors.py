@@ -13,9 +13,11 @@ a requester error keeps the reply's ``error_code``. Catch the branch you mean::
     │   ├── IdpRefused              it answered with an OAuth2 error (never retried)
     │   ├── IdpUnavailable          unreachable, 5xx, 429 or an unreadable answer
     │   └── IdpTimeout              no answer within ``idp.timeout``
-    └── TokenRequestFailed          requester side: a worker answered with an error
-        ├── NoWorkerAnswered        nobody is subscribed, or nobody answered in time
-        └── RequestTimedOut         the request's time budget ran out
+    ├── TokenRequestFailed          requester side: a worker answered with an error
+    │   ├── NoWorkerAnswered        nobody is subscribed, or nobody answered in time
+    │   ├── RequestTimedOut         the request's time budget ran out
+    │   └── NatsUnavailable         the NATS connection was lost and not back in time
+    └── ClientClosed                requester side: the TokenClient was closed
 """
 
 from __future__ import annotations
@@ -117,3 +119,16 @@ class RequestTimedOut(TokenRequestFailed):
 
     def __init__(self, message: str, *, request_id: str = "") -> None:
         super().__init__("timeout", message, request_id=request_id)
+
+
+class NatsUnavailable(TokenRequestFailed):
+    """Requester side: the NATS connection was lost (or gave up) and did not come back
+    within the request's budget; nothing says the workers are at fault."""
+
+    def __init__(self, message: str, *, request_id: str = "") -> None:
+        super().__init__("nats_unavailable", message, request_id=request_id)
+
+
+class ClientClosed(TokenWorkerError):
+    """Requester side: the :class:`~token_worker.TokenClient` was closed; it sends nothing
+    more (raised at once, never retried)."""

@@ -107,6 +107,10 @@ class _Unanswered(_AttemptFailed):
         super().__init__(message)
 
 
+class _BudgetSpent(Exception):
+    """No time is left for another attempt (the previous outcome says why)."""
+
+
 class _Waiter:
     """One call waiting for its reply; the reader thread hands it messages."""
 
@@ -353,13 +357,16 @@ class TokenClient:
         subjects: list[str] = []
         unanswered = 0
         pause = BACKOFF_FIRST
+        failure: _AttemptFailed = _Unanswered("time budget spent", dropped=0)
         try:
             while True:
                 try:
                     return self._attempt(call, waiter, subjects)
+                except _BudgetSpent:
+                    raise self._final_error(call, failure) from None
                 except _Unanswered as outcome:
                     unanswered += 1
-                    failure: _AttemptFailed = outcome
+                    failure = outcome
                     delay = 0.0 if outcome.dropped else random.uniform(0, pause)  # noqa: S311
                     give_up = unanswered > self._retries
                 except (_NoResponders, _ConnectionLost) as outcome:
@@ -392,7 +399,7 @@ class TokenClient:
         open, so a late genuine reply to one of them is still taken."""
         timeout = min(self._timeout, call.remaining())
         if timeout <= 0:
-            raise _Unanswered("time budget spent", dropped=0)
+            raise _BudgetSpent
         reply_subject = self._inbox.new_subject(waiter)
         subjects.append(reply_subject)
         with waiter.condition:

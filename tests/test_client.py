@@ -356,6 +356,17 @@ def test_a_nats_outage_says_so_and_is_bridged_when_short(nats_server, idp, start
         assert client.get_token(*DEMO, skip_cache=True, budget=10).access_token
 
 
+def test_a_connection_that_gave_up_fails_the_call_at_once(nats_server):
+    config = NatsConfig(urls=(nats_server.url,), reconnect_wait=0.1, max_reconnect=1,
+                        connect_timeout=0.5)
+    with TokenClient(config) as client:
+        nats_server.kill()
+        started = time.monotonic()
+        with pytest.raises(NatsUnavailable, match="gave up: no NATS server reachable"):
+            client.get_token(*DEMO, budget=20)
+        assert time.monotonic() - started < 3
+
+
 def test_a_closed_client_says_so_at_once(nats_server, start_worker):
     release = threading.Event()
     start_worker(make_config(nats_server.url), lambda payload: (release.wait(5), b"{}")[1])

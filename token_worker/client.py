@@ -411,6 +411,9 @@ class TokenClient:
         except NatsConnectionError as error:
             if self._closed.is_set():
                 raise ClientClosed("the TokenClient is closed") from None
+            if self._connection.state is State.CLOSED:  # gave up: nothing to wait for
+                raise NatsUnavailable(self._lost_reason(error),
+                                      request_id=call.request_id) from None
             raise _ConnectionLost(self._lost_reason(error)) from None
         return self._await_reply(call, waiter, reply_subject, time.monotonic() + timeout)
 
@@ -418,6 +421,8 @@ class TokenClient:
         connection = self._connection
         if connection.state is State.CLOSED and connection.gave_up_reason:
             return f"NATS connection gave up: {connection.gave_up_reason}"
+        if connection.state is State.RECONNECTING:
+            return "NATS connection lost (reconnecting)"
         return f"NATS connection lost ({connection.state.value}): {error}"
 
     def _await_reply(self, call: _Call, waiter: _Waiter, reply_subject: str,

@@ -13,7 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from tests.conftest import DEMO, make_config, report_figure
+from tests.conftest import DEMO, make_config, remember_secret, report_figure
 from tests.helpers import wait_until
 from tests.rogue import FORGED_PREFIX, Responder, forge, imitate_worker, spray
 from tests.servers import NatsServer
@@ -160,6 +160,7 @@ def test_rogue_spraying_guessed_inboxes_wins_nothing(nats_server, idp, start_wor
             ThreadPoolExecutor(8) as pool:
         tokens = list(pool.map(lambda _: client.get_token(*DEMO, skip_cache=True),
                                range(calls)))
+        remember_secret(*(t.access_token for t in tokens))
         forged = sum(t.access_token.startswith(FORGED_PREFIX) for t in tokens)
         assert forged == 0
         assert rogue.seen and rogue.published > 64 * len(rogue.seen) // 2
@@ -203,6 +204,7 @@ def test_nats_permissions_can_give_a_service_a_private_reply_space(responders):
         ] }
     """).start()
     try:
+        remember_secret("worker-pass", "orders-pass")
         base = f"127.0.0.1:{server.port}"
         responders(f"nats://worker:worker-pass@{base}", imitate_worker())
         config = NatsConfig(urls=(f"nats://{base}",), username="orders",

@@ -10,9 +10,11 @@ object and echoes the request's ``request_id`` (and, for a named credential, its
 Anything else is dropped and counted (:attr:`TokenClient.replies_dropped`), never returned
 or cached, and the attempt keeps waiting for the genuine reply.
 
-Retries follow what happened: "no worker subscribed" (the server's 503) and a lost NATS
-connection are retried with back-off for the whole budget (a worker restart or a short
-outage is bridged); an attempt that got no answer counts against ``retries`` and is tried
+Retries follow what happened: "no worker subscribed" (the server's 503) is retried with
+back-off for as long as one attempt may wait for an answer (``timeout``, within the budget:
+a worker restart is bridged, a fleet that is gone is reported without using the whole
+budget); a lost NATS connection is retried with back-off for the whole budget, and said to
+be the cause; an attempt that got no answer counts against ``retries`` and is tried
 again at once when a forged reply was dropped. Tokens are kept (the worker's cache: keyed by
 a digest of the secret, bounded, capped at ``max_ttl``) until near expiry, so a service
 asking every second sends almost nothing over NATS.
@@ -107,6 +109,44 @@ class _Unanswered(_AttemptFailed):
         super().__init__(message)
 
 
+class _RetryPolicy:
+    """What one call does after an attempt failed: the pause before the next attempt, or
+    None when the call ends.
+
+    An attempt with no answer counts against ``retries`` (tried again at once when a forged
+    reply was dropped: the genuine one may have gone to a rogue). "No worker subscribed"
+    and a lost connection cost nothing and are retried with exponential back-off (jittered,
+    at most ``BACKOFF_MAX``, each on its own); "no worker" for at most ``timeout`` from the
+    first such answer, a lost connection for the whole budget (a reconnect ends its pause
+    early). ``retries=0``: nothing is retried.
+    """
+
+    def __init__(self, retries: int, timeout: float) -> None:
+        self._retries = retries
+        self._timeout = timeout
+        self._unanswered = 0
+        self._pauses: dict[type[_AttemptFailed], float] = {}
+        self._nobody_since = 0.0
+
+    def pause_after(self, outcome: _AttemptFailed) -> float | None:
+        if self._retries == 0:
+            return None
+        if isinstance(outcome, _Unanswered):
+            self._unanswered += 1
+            if self._unanswered > self._retries:
+                return None
+            return 0.0 if outcome.dropped else random.uniform(0, BACKOFF_FIRST)  # noqa: S311
+        pause = self._pauses.get(type(outcome), BACKOFF_FIRST)
+        self._pauses[type(outcome)] = min(pause * 2, BACKOFF_MAX)
+        delay = random.uniform(pause / 2, pause)  # noqa: S311 - jitter only
+        if isinstance(outcome, _NoResponders):
+            now = time.monotonic()
+            self._nobody_since = self._nobody_since or now
+            if now + delay >= self._nobody_since + self._timeout:
+                return None
+        return delay
+
+
 class _BudgetSpent(Exception):
     """No time is left for another attempt (the previous outcome says why)."""
 
@@ -140,6 +180,8 @@ class _Inbox:
         self._waiters: dict[str, _Waiter] = {}
         self._closed = False
         self.dropped = 0
+        self.usable = threading.Event()
+        """Set while connected, or once closed: ends a back-off early."""
 
     def new_subject(self, waiter: _Waiter) -> str:
         """A fresh, unguessable reply subject routed to ``waiter``."""
@@ -173,12 +215,17 @@ class _Inbox:
 
     def on_state(self, state: State) -> None:
         """Connection listener: replies in flight are lost with the connection."""
-        if state in (State.RECONNECTING, State.CLOSED):
+        if state is State.CONNECTED:
+            self.usable.set()
+        elif state in (State.RECONNECTING, State.CLOSED):
+            if not self._closed:
+                self.usable.clear()
             self._wake_all(lost=f"NATS connection lost ({state.value})")
 
     def close(self) -> None:
         with self._lock:
             self._closed = True
+        self.usable.set()
         self._wake_all(closed=True)
 
     def _wake_all(self, *, lost: str = "", closed: bool = False) -> None:
@@ -201,9 +248,10 @@ class TokenClient:
     """Requests tokens from the worker fleet; share one instance between threads.
 
     ``timeout`` bounds one attempt (10 s: longer than the workers' 8 s ``idp.deadline``, so
-    a slow IdP yields an answer, not a timeout), ``retries`` the attempts after the first
-    one that got no answer (0: exactly one attempt, nothing retried), ``budget`` (default:
-    enough for every attempt) the whole call. ``cache`` keeps tokens until
+    a slow IdP yields an answer, not a timeout, and the longest a call waits for a worker to
+    subscribe), ``retries`` the attempts after the first one that got no answer (0: exactly
+    one attempt, nothing retried), ``budget`` (default: enough for every attempt) the whole
+    call. ``cache`` keeps tokens until
     ``expiry_margin`` seconds before they expire, and never longer than ``max_ttl``.
     ``inbox_prefix`` is where replies are awaited (``<inbox_prefix>.<random>.<random>``), so
     NATS permissions can give each service a private reply space. ``max_reply_size``
@@ -355,8 +403,7 @@ class TokenClient:
         """Attempt until a genuine reply, a final outcome or the end of the budget."""
         waiter = _Waiter()
         subjects: list[str] = []
-        unanswered = 0
-        pause = BACKOFF_FIRST
+        retries = _RetryPolicy(self._retries, self._timeout)
         failure: _AttemptFailed = _Unanswered("time budget spent", dropped=0)
         try:
             while True:
@@ -364,19 +411,16 @@ class TokenClient:
                     return self._attempt(call, waiter, subjects)
                 except _BudgetSpent:
                     raise self._final_error(call, failure) from None
-                except _Unanswered as outcome:
-                    unanswered += 1
+                except _AttemptFailed as outcome:
                     failure = outcome
-                    delay = 0.0 if outcome.dropped else random.uniform(0, pause)  # noqa: S311
-                    give_up = unanswered > self._retries
-                except (_NoResponders, _ConnectionLost) as outcome:
-                    failure = outcome
-                    delay = random.uniform(pause / 2, pause)  # noqa: S311 - jitter
-                    pause = min(pause * 2, BACKOFF_MAX)
-                    give_up = self._retries == 0
-                if give_up or call.remaining() <= delay:
+                delay = retries.pause_after(failure)
+                if delay is None or call.remaining() <= delay:
                     raise self._final_error(call, failure) from None
-                if self._closed.wait(delay):
+                if isinstance(failure, _ConnectionLost):
+                    self._inbox.usable.wait(delay)
+                else:
+                    self._closed.wait(delay)
+                if self._closed.is_set():
                     raise ClientClosed("the TokenClient is closed")
         finally:
             self._inbox.forget(subjects)

@@ -9,12 +9,17 @@ import re
 import pytest
 
 from token_worker.client import (
+    BACKOFF_MAX,
     MAX_TTL,
     TokenClient,
+    _ConnectionLost,
     _credential,
     _genuine,
     _Inbox,
     _issued_from_reply,
+    _NoResponders,
+    _RetryPolicy,
+    _Unanswered,
     _Waiter,
     named_request_body,
     request_body,
@@ -170,3 +175,32 @@ def test_connect_errors_are_described():
                                                                   "scheme: http")) == (
         "NATSInvalidSchemeError: got unsupported URI scheme: http")
     assert _describe_connect_error(TimeoutError("timed out")) == "TimeoutError: timed out"
+
+
+# --- retries that follow what happened -------------------------------------------------------
+
+def test_nothing_is_retried_with_retries_zero():
+    policy = _RetryPolicy(0, 10.0)
+    for outcome in (_NoResponders(""), _ConnectionLost(""), _Unanswered("", dropped=1)):
+        assert policy.pause_after(outcome) is None
+
+
+def test_unanswered_attempts_count_and_a_forged_one_is_retried_at_once():
+    policy = _RetryPolicy(2, 10.0)
+    assert policy.pause_after(_Unanswered("", dropped=3)) == 0.0
+    assert 0 <= policy.pause_after(_Unanswered("", dropped=0)) <= 0.05
+    assert policy.pause_after(_Unanswered("", dropped=1)) is None  # the third: retries spent
+
+
+def test_no_worker_and_lost_connections_back_off_and_do_not_use_up_retries():
+    policy = _RetryPolicy(1, 3600.0)
+    pauses = [policy.pause_after(_ConnectionLost("")) for _ in range(10)]
+    pauses += [policy.pause_after(_NoResponders("")) for _ in range(10)]
+    assert all(p is not None and 0 < p <= BACKOFF_MAX for p in pauses)
+    assert pauses[0] <= 0.05 and pauses[-1] >= BACKOFF_MAX / 2
+    assert policy.pause_after(_Unanswered("", dropped=0)) is not None
+
+
+def test_no_worker_is_waited_for_at_most_one_timeout():
+    assert _RetryPolicy(5, 0.0).pause_after(_NoResponders("")) is None
+    assert _RetryPolicy(5, 0.0).pause_after(_ConnectionLost("")) is not None

@@ -410,12 +410,15 @@ class TokenClient:
                 try:
                     return self._attempt(call, waiter, subjects)
                 except _BudgetSpent:
-                    raise self._final_error(call, failure) from None
+                    raise self._final_error(call, failure, budget_spent=True) from None
                 except _AttemptFailed as outcome:
                     failure = outcome
                 delay = retries.pause_after(failure)
-                if delay is None or call.remaining() <= delay:
-                    raise self._final_error(call, failure) from None
+                if delay is None:
+                    raise self._final_error(call, failure,
+                                            budget_spent=call.remaining() <= 0) from None
+                if call.remaining() <= delay:
+                    raise self._final_error(call, failure, budget_spent=True) from None
                 if isinstance(failure, _ConnectionLost):
                     self._inbox.usable.wait(delay)
                 else:
@@ -425,7 +428,8 @@ class TokenClient:
         finally:
             self._inbox.forget(subjects)
 
-    def _final_error(self, call: _Call, failure: _AttemptFailed) -> TokenRequestFailed:
+    def _final_error(self, call: _Call, failure: _AttemptFailed, *,
+                     budget_spent: bool) -> TokenRequestFailed:
         spent = time.monotonic() - call.started
         if isinstance(failure, _NoResponders):
             return NoWorkerAnswered(f"no worker is subscribed to {call.subject} "
@@ -433,7 +437,7 @@ class TokenClient:
         if isinstance(failure, _ConnectionLost):
             return NatsUnavailable(f"{failure}; not back within {spent:.2f} s",
                                    request_id=call.request_id)
-        if call.remaining() <= 0:
+        if budget_spent:
             return RequestTimedOut(f"no reply within the {call.budget:g} s budget ({failure})",
                                    request_id=call.request_id)
         return NoWorkerAnswered(str(failure), request_id=call.request_id)

@@ -148,7 +148,8 @@ class Handshake(pynats2.NATSNoSubscribeClient):  # type: ignore[misc,name-define
         sock.connect((options["hostname"], options["port"]))
         _command, result = self._recv(pynats2.client.INFO_RE)
         if result is None:
-            raise HandshakeFailed("no INFO from the server")
+            raise HandshakeFailed("no NATS greeting (INFO) within the connect timeout: not a NATS "
+                                  "server, or it does not answer")
         if bool(self.server_info.get("tls_required", False)) != options["tls"]:
             raise HandshakeFailed("server requires TLS: use a tls:// URL" if not options["tls"]
                                   else "server does not offer TLS: use a nats:// URL")
@@ -173,3 +174,20 @@ class Handshake(pynats2.NATSNoSubscribeClient):  # type: ignore[misc,name-define
         end = buffer.index(b"\r\n") + 2
         self._socket_buffer = buffer[end:]
         return buffer[:end]
+
+
+def describe_connect_error(error: BaseException) -> str:
+    """Why one connect attempt failed. pynats2's exceptions have empty messages (their text
+    sits in ``.line``, and "connection failed" means no INFO came), so ``str()`` alone
+    said nothing."""
+    if isinstance(error, NatsConnectionError) and str(error):
+        return str(error)
+    if isinstance(error, OSError) and error.strerror:
+        return f"{type(error).__name__} [errno {error.errno}]: {error.strerror}"
+    line = getattr(error, "line", None)
+    if line == "connection failed":
+        return ("no NATS greeting (INFO) within the connect timeout: "
+                "not a NATS server, or it does not answer")
+    if isinstance(line, bytes):
+        return f"unexpected answer {line[:80]!r}: not a NATS server"
+    return f"{type(error).__name__}: {str(error) or line or repr(error)}"

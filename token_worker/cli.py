@@ -61,39 +61,45 @@ def request_main(argv: Sequence[str] | None = None) -> int:
     """``token-request``: ask the fleet for one token and print the reply as JSON.
 
     For operators and the demo: ``token-request --client-id demo-service
-    --client-secret-env DEMO_SECRET``. The secret is read from an environment variable
-    or standard input, never from the command line, where ``ps`` would show it.
+    --client-secret-env DEMO_SECRET``, or ``token-request --credential orders`` for a
+    credential the workers hold (no secret is read). A secret is read from an environment
+    variable or standard input, never from the command line, where ``ps`` would show it.
     """
-    from token_worker.client import TokenClient, request_body  # noqa: PLC0415
+    from token_worker.client import (  # noqa: PLC0415 - keeps --help fast
+        TokenClient,
+        named_request_body,
+        request_body,
+    )
+    from token_worker.errors import ClientClosed  # noqa: PLC0415
 
-    parser = argparse.ArgumentParser(prog="token-request", description=request_main.__doc__)
-    parser.add_argument("--nats-url", default="nats://127.0.0.1:4222")
-    parser.add_argument("--subject", default="token.request")
-    parser.add_argument("--client-id", required=True)
-    parser.add_argument("--client-secret-env", metavar="VAR",
-                        help="environment variable holding the secret (default: read stdin)")
-    parser.add_argument("--scope", default=None)
-    parser.add_argument("--timeout", type=float, default=10.0,
-                        help="seconds to wait for the answer (the IdP deadline is 8 s)")
-    parser.add_argument("--show-token", action="store_true",
-                        help="print the access token itself (default: only its first characters)")
+    parser = _request_parser(request_main.__doc__)
     try:
         args = parser.parse_args(sys.argv[1:] if argv is None else list(argv))
     except SystemExit as exit_:
         return int(exit_.code or 0)
-    if args.client_secret_env:
-        secret = os.environ.get(args.client_secret_env, "")
+    if (args.credential is None) == (args.client_id is None):
+        print("token-request: give either --client-id or --credential", file=sys.stderr)
+        return EXIT_CONFIG
+    if args.credential is not None:
+        body = named_request_body(args.scope)
     else:
-        secret = sys.stdin.readline().rstrip("\n")
-    body = request_body(args.client_id, secret, args.scope)
+        if args.client_secret_env:
+            secret = os.environ.get(args.client_secret_env, "")
+        else:
+            secret = sys.stdin.readline().rstrip("\n")
+        body = request_body(args.client_id, secret, args.scope)
     try:
         with TokenClient(args.nats_url, subject=args.subject, timeout=args.timeout,
-                         retries=0) as client:
-            reply = client.request(body)
+                         inbox_prefix=args.inbox_prefix,
+                         named_subject=args.named_subject) as client:
+            reply = client.request(body, budget=args.timeout, credential=args.credential)
+    except ValueError as error:
+        print(f"token-request: {error}", file=sys.stderr)
+        return EXIT_CONFIG
     except ReconnectGaveUp as error:
         print(f"token-request: NATS unreachable: {error}", file=sys.stderr)
         return EXIT_NATS_GAVE_UP
-    except TokenRequestFailed as error:
+    except (TokenRequestFailed, ClientClosed) as error:
         print(f"token-request: {error}", file=sys.stderr)
         return EXIT_REQUEST_FAILED
     token = reply.get("access_token")
@@ -101,3 +107,24 @@ def request_main(argv: Sequence[str] | None = None) -> int:
         reply["access_token"] = token[:8] + "…"
     print(json.dumps(reply, indent=2, ensure_ascii=False))
     return EXIT_REQUEST_FAILED if reply.get("error") else EXIT_OK
+
+
+def _request_parser(description: str | None) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="token-request", description=description)
+    parser.add_argument("--nats-url", default="nats://127.0.0.1:4222")
+    parser.add_argument("--subject", default="token.request")
+    parser.add_argument("--client-id", default=None)
+    parser.add_argument("--client-secret-env", metavar="VAR",
+                        help="environment variable holding the secret (default: read stdin)")
+    parser.add_argument("--credential", metavar="NAME", default=None,
+                        help="a credential the workers hold (no secret is read or sent)")
+    parser.add_argument("--named-subject", default="token.named",
+                        help="prefix of named-credential subjects")
+    parser.add_argument("--inbox-prefix", default="_INBOX",
+                        help="subject prefix of this requester's reply inboxes")
+    parser.add_argument("--scope", default=None)
+    parser.add_argument("--timeout", type=float, default=10.0,
+                        help="seconds to wait for the answer (the IdP deadline is 8 s)")
+    parser.add_argument("--show-token", action="store_true",
+                        help="print the access token itself (default: only its first characters)")
+    return parser

@@ -1,40 +1,49 @@
 """The requester side: ask the worker fleet for a token in one call.
 
 :class:`TokenClient` is safe to share between threads. It holds one NATS connection with
-one wildcard inbox subscription; every request gets its own reply subject under it, and
-replies are matched to waiting callers by that subject (never pynats2's ``request()``,
-which re-creates its reader thread twice per call). A request that no worker answers is
-retried with tenacity within the caller's time budget; an answer with an error raises a
-typed error carrying the reply's ``error_code``. Tokens are kept (same cache as the
-worker's, keyed by a digest of the secret) until near expiry, so a service asking every
-second sends almost nothing over NATS.
+one wildcard inbox subscription, ``<inbox_prefix>.<22 random characters>.*``; every attempt
+gets its own reply subject under it, ending in another random token (as nats.go builds
+them), so no other connection can guess where a reply is awaited.
+
+A reply is believed only if it arrives on an attempt's subject, fits the size cap, is a JSON
+object and echoes the request's ``request_id`` (and, for a named credential, its name).
+Anything else is dropped and counted (:attr:`TokenClient.replies_dropped`), never returned
+or cached, and the attempt keeps waiting for the genuine reply.
+
+Retries follow what happened: "no worker subscribed" (the server's 503) is retried with
+back-off for as long as one attempt may wait for an answer (``timeout``, within the budget:
+a worker restart is bridged, a fleet that is gone is reported without using the whole
+budget); a lost NATS connection is retried with back-off for the whole budget, and said to
+be the cause; an attempt that got no answer counts against ``retries`` and is tried
+again at once when a forged reply was dropped. Tokens are kept (the worker's cache: keyed by
+a digest of the secret, bounded, capped at ``max_ttl``) until near expiry, so a service
+asking every second sends almost nothing over NATS.
 """
 
 from __future__ import annotations
 
+import collections
+import random
+import re
 import secrets
 import threading
 import time
 import uuid
+import weakref
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
-from tenacity import (
-    Retrying,
-    retry_if_exception_type,
-    stop_after_attempt,
-    stop_after_delay,
-    wait_random_exponential,
-)
-
 from token_worker import defaults
-from token_worker.cache import CachedToken, TokenCache, cache_key
-from token_worker.config import NatsConfig
-from token_worker.connection import Message, NatsConnection
+from token_worker.cache import CachedToken, CacheKey, TokenCache, cache_key
+from token_worker.config import NatsConfig, parse_nats_urls
+from token_worker.connection import Message, NatsConnection, State
 from token_worker.errors import (
+    ClientClosed,
     NatsConnectionError,
+    NatsUnavailable,
     NoWorkerAnswered,
+    PayloadTooLarge,
     RequestTimedOut,
     TokenRequestFailed,
 )
@@ -43,6 +52,19 @@ from token_worker.messages import decode, encode, now_rfc3339
 
 NO_RESPONDERS = 503
 """The status the server sends back at once when nobody is subscribed to the subject."""
+NAMED_SUBJECT = "token.named"
+"""Prefix of the named-credential subjects: ``token.named.<credential>``."""
+MAX_REPLY_SIZE = 1024 * 1024
+"""Largest reply believed, in bytes (1 MiB, as x/oauth2 caps a token response)."""
+MAX_TTL = 86400.0
+"""Longest a token is kept by the client, whatever ``expires_in`` says (one day)."""
+CREDENTIAL_NAME = re.compile(r"[A-Za-z0-9_-]{1,255}")
+"""A credential name: what the worker accepts as the last token of its subject."""
+_SUBJECT_TOKEN = re.compile(r"[^\s.*>]+")
+BACKOFF_FIRST = 0.05
+"""First pause before asking again when no worker is subscribed or NATS is away."""
+BACKOFF_MAX = 1.0
+"""Longest pause between such attempts (they go on for the whole budget)."""
 
 
 @dataclass(frozen=True)
@@ -65,24 +87,176 @@ class Token:
                 f"scope={self.scope!r}, access_token='********')")
 
 
-class _Waiter:
-    """One caller waiting for the reply on its reply subject."""
+# --- what one attempt can end with (internal: request() turns them into public errors) --
 
-    __slots__ = ("event", "message")
+class _AttemptFailed(Exception):
+    """An attempt ended without a believable reply."""
+
+
+class _NoResponders(_AttemptFailed):
+    """The server said nobody is subscribed (retried with back-off for the whole budget)."""
+
+
+class _ConnectionLost(_AttemptFailed):
+    """NATS is away (retried with back-off for the whole budget)."""
+
+
+class _Unanswered(_AttemptFailed):
+    """No genuine reply within the attempt's timeout (counts against ``retries``)."""
+
+    def __init__(self, message: str, *, dropped: int) -> None:
+        self.dropped = dropped
+        """Replies dropped as not genuine during the attempt: retry at once."""
+        super().__init__(message)
+
+
+class _RetryPolicy:
+    """What one call does after an attempt failed: the pause before the next attempt, or
+    None when the call ends.
+
+    An attempt with no answer counts against ``retries`` (tried again at once when a forged
+    reply was dropped: the genuine one may have gone to a rogue). "No worker subscribed"
+    and a lost connection cost nothing and are retried with exponential back-off (jittered,
+    at most ``BACKOFF_MAX``, each on its own); "no worker" for at most ``timeout`` from the
+    first such answer, a lost connection for the whole budget (a reconnect ends its pause
+    early). ``retries=0``: nothing is retried.
+    """
+
+    def __init__(self, retries: int, timeout: float) -> None:
+        self._retries = retries
+        self._timeout = timeout
+        self._unanswered = 0
+        self._pauses: dict[type[_AttemptFailed], float] = {}
+        self._nobody_since = 0.0
+
+    def pause_after(self, outcome: _AttemptFailed) -> float | None:
+        if self._retries == 0:
+            return None
+        if isinstance(outcome, _Unanswered):
+            self._unanswered += 1
+            if self._unanswered > self._retries:
+                return None
+            return 0.0 if outcome.dropped else random.uniform(0, BACKOFF_FIRST)  # noqa: S311
+        pause = self._pauses.get(type(outcome), BACKOFF_FIRST)
+        self._pauses[type(outcome)] = min(pause * 2, BACKOFF_MAX)
+        delay = random.uniform(pause / 2, pause)  # noqa: S311 - jitter only
+        if isinstance(outcome, _NoResponders):
+            now = time.monotonic()
+            self._nobody_since = self._nobody_since or now
+            if now + delay >= self._nobody_since + self._timeout:
+                return None
+        return delay
+
+
+class _BudgetSpent(Exception):
+    """No time is left for another attempt (the previous outcome says why)."""
+
+
+class _Waiter:
+    """One call waiting for its reply; the reader thread hands it messages."""
+
+    __slots__ = ("closed", "condition", "lost", "messages")
 
     def __init__(self) -> None:
-        self.event = threading.Event()
-        self.message: Message | None = None
+        self.condition = threading.Condition(threading.Lock())
+        self.messages: collections.deque[Message] = collections.deque()
+        self.lost = ""
+        """Why the connection was lost while waiting ("" while it holds)."""
+        self.closed = False
+
+
+class _Inbox:
+    """The client's reply space: hands each reply to the call waiting on its subject.
+
+    Deliberately holds no reference to the :class:`TokenClient`, so that the connection's
+    threads (which call :meth:`deliver` and :meth:`on_state`) never keep a dropped client
+    alive.
+    """
+
+    def __init__(self, prefix: str, max_reply_size: int) -> None:
+        self.prefix = f"{prefix}.{secrets.token_urlsafe(16)}"
+        """Unguessable per client: 22 random characters after the configured prefix."""
+        self._max_reply_size = max_reply_size
+        self._lock = threading.Lock()
+        self._waiters: dict[str, _Waiter] = {}
+        self._closed = False
+        self.dropped = 0
+        self.usable = threading.Event()
+        """Set while connected, or once closed: ends a back-off early."""
+
+    def new_subject(self, waiter: _Waiter) -> str:
+        """A fresh, unguessable reply subject routed to ``waiter``."""
+        subject = f"{self.prefix}.{secrets.token_urlsafe(16)}"
+        with self._lock:
+            if self._closed:
+                raise ClientClosed("the TokenClient is closed")
+            self._waiters[subject] = waiter
+        return subject
+
+    def forget(self, subjects: list[str]) -> None:
+        with self._lock:
+            for subject in subjects:
+                self._waiters.pop(subject, None)
+
+    def count_dropped(self) -> None:
+        with self._lock:
+            self.dropped += 1
+
+    def deliver(self, message: Message) -> None:
+        """Subscription callback (reader thread): route, or drop what nobody awaits and
+        anything over the size cap before anyone parses it."""
+        with self._lock:
+            waiter = self._waiters.get(message.subject)
+            if waiter is None or len(message.payload) > self._max_reply_size:
+                self.dropped += 1
+                return
+        with waiter.condition:
+            waiter.messages.append(message)
+            waiter.condition.notify()
+
+    def on_state(self, state: State) -> None:
+        """Connection listener: replies in flight are lost with the connection."""
+        if state is State.CONNECTED:
+            self.usable.set()
+        elif state in (State.RECONNECTING, State.CLOSED):
+            if not self._closed:
+                self.usable.clear()
+            self._wake_all(lost=f"NATS connection lost ({state.value})")
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+        self.usable.set()
+        self._wake_all(closed=True)
+
+    def _wake_all(self, *, lost: str = "", closed: bool = False) -> None:
+        with self._lock:
+            waiters = set(self._waiters.values())
+        for waiter in waiters:
+            with waiter.condition:
+                waiter.lost = waiter.lost or lost
+                waiter.closed = waiter.closed or closed
+                waiter.condition.notify()
+
+
+def _shut(connection: NatsConnection, inbox: _Inbox) -> None:
+    """Close what a client owns; also run by its finaliser when it is dropped unclosed."""
+    inbox.close()
+    connection.close()
 
 
 class TokenClient:
     """Requests tokens from the worker fleet; share one instance between threads.
 
     ``timeout`` bounds one attempt (10 s: longer than the workers' 8 s ``idp.deadline``, so
-    a slow IdP yields an answer, not a timeout), ``retries`` the attempts after the first
-    one that found no worker or no answer, ``budget`` (default: enough for every attempt)
-    the whole call. ``cache`` keeps tokens until ``expiry_margin`` seconds before they
-    expire.
+    a slow IdP yields an answer, not a timeout, and the longest a call waits for a worker to
+    subscribe), ``retries`` the attempts after the first one that got no answer (0: exactly
+    one attempt, nothing retried), ``budget`` (default: enough for every attempt) the whole
+    call. ``cache`` keeps tokens until
+    ``expiry_margin`` seconds before they expire, and never longer than ``max_ttl``.
+    ``inbox_prefix`` is where replies are awaited (``<inbox_prefix>.<random>.<random>``), so
+    NATS permissions can give each service a private reply space. ``max_reply_size``
+    bounds a believed reply; ``named_subject`` is the prefix of named-credential requests.
     """
 
     def __init__(
@@ -97,28 +271,52 @@ class TokenClient:
         expiry_margin: float = 30.0,
         max_cached: int = 1000,
         now: Callable[[], float] = time.time,
+        inbox_prefix: str = "_INBOX",
+        named_subject: str = NAMED_SUBJECT,
+        max_reply_size: int = MAX_REPLY_SIZE,
+        max_ttl: float = MAX_TTL,
     ) -> None:
-        self._config = nats if isinstance(nats, NatsConfig) else NatsConfig(
-            urls=tuple(url.strip() for url in nats.split(",")), reconnect_wait=1.0,
-            max_reconnect=-1)
+        _check_subject("inbox_prefix", inbox_prefix)
+        _check_subject("named_subject", named_subject)
+        if max_reply_size <= 0 or max_ttl <= 0:
+            raise ValueError("max_reply_size and max_ttl must be positive")
+        config = nats if isinstance(nats, NatsConfig) else NatsConfig(
+            urls=_urls(nats), reconnect_wait=1.0, max_reconnect=-1)
+        # Requests never wait in the reconnect buffer: the client retries them itself
+        # within the budget, so a request is neither sent twice nor held out of sight.
+        self._config = replace(config, reconnect_buffer_size=0)
         self._subject = subject
+        self._named_subject = named_subject
         self._timeout = timeout
         self._retries = retries
-        self._inbox = f"_INBOX.{secrets.token_hex(11)}"
-        self._waiters: dict[str, _Waiter] = {}
+        self._max_ttl = max_ttl
         self._lock = threading.Lock()
-        self._sequence = 0
+        self._closed = threading.Event()
         self._now = now
         self._cache = TokenCache(max_entries=max_cached, expiry_margin=expiry_margin,
                                  refresh_ahead=0.0, now=now) if cache else None
+        self._inbox = _Inbox(inbox_prefix, max_reply_size)
         self.requests_sent = 0
         """Requests that went over NATS (cache hits send none)."""
         self.attempts_unanswered = 0
-        """Attempts that got no answer (and were retried while the budget allowed)."""
+        """Attempts that got no genuine answer in time."""
         self._connection = NatsConnection(self._config, name, no_responders=True,
-                                          first_connect_rounds=1)
+                                          first_connect_rounds=1,
+                                          on_state=self._inbox.on_state)
         self._connection.connect()
-        self._connection.subscribe(f"{self._inbox}.*", self._on_reply)
+        self._connection.subscribe(f"{self._inbox.prefix}.*", self._inbox.deliver)
+        self._finalizer = weakref.finalize(self, _shut, self._connection, self._inbox)
+
+    @property
+    def replies_dropped(self) -> int:
+        """Replies not believed (other or no ``request_id``, not JSON, too large, late,
+        for no pending request): dropped, never returned or cached."""
+        return self._inbox.dropped
+
+    @property
+    def inbox(self) -> str:
+        """This client's reply space: replies arrive on ``<inbox>.<random token>``."""
+        return self._inbox.prefix
 
     def __enter__(self) -> TokenClient:
         return self
@@ -127,95 +325,243 @@ class TokenClient:
         self.close()
 
     def close(self) -> None:
-        """Close the connection; callers still waiting get ``NoWorkerAnswered``."""
-        self._connection.close()
-        with self._lock:
-            waiters, self._waiters = list(self._waiters.values()), {}
-        for waiter in waiters:
-            waiter.event.set()
+        """Close the connection; calls waiting or made later raise :class:`ClientClosed`."""
+        self._closed.set()
+        self._finalizer()
 
-    def get_token(self, client_id: str, client_secret: str, scope: str | None = None, *,
+    def get_token(self, client_id: str | None = None, client_secret: str | None = None,
+                  scope: str | None = None, *, credential: str | None = None,
                   budget: float | None = None, skip_cache: bool = False) -> Token:
-        """Return a token for the client, or raise a :class:`TokenRequestFailed`.
+        """Return a token, or raise a :class:`TokenRequestFailed`.
 
+        Either ``client_id`` and ``client_secret`` (sent to the worker), or ``credential``,
+        the name of a credential the worker holds (no secret leaves this process).
+        ``scope=None`` asks for the worker's default scope, ``""`` for none.
         ``IdP refused``: ``TokenRequestFailed`` with the IdP's OAuth2 ``error_code``;
         nobody answered after the retries: :class:`NoWorkerAnswered`; the budget ran out:
-        :class:`RequestTimedOut`. ``skip_cache`` asks for a fresh token (from the IdP).
+        :class:`RequestTimedOut`; NATS away: :class:`NatsUnavailable`; after
+        :meth:`close`: :class:`ClientClosed`. ``skip_cache`` asks for a fresh token.
         """
-        key = cache_key(self._subject, client_id, client_secret, scope or "", "nats")
+        if self._closed.is_set():
+            raise ClientClosed("the TokenClient is closed")
+        if credential is not None:
+            if client_id is not None or client_secret is not None:
+                raise TypeError("give either credential or client_id and client_secret")
+            body = named_request_body(scope, skip_cache=skip_cache)
+            key = self._key(f"{self._named_subject}.{_credential(credential)}", "", "", scope)
+        else:
+            if client_id is None or client_secret is None:
+                raise TypeError("give client_id and client_secret, or credential")
+            body = request_body(client_id, client_secret, scope, skip_cache=skip_cache)
+            key = self._key(self._subject, client_id, client_secret, scope)
         if self._cache is not None and not skip_cache:
             entry = self._cache.get(key)
             if entry is not None:
                 return _token_from_entry(entry)
-        body = request_body(client_id, client_secret, scope, skip_cache=skip_cache)
-        reply = self.request(body, budget=budget)
-        issued = _issued_from_reply(reply, body["request_id"], self._now())
+        reply = self.request(body, budget=budget, credential=credential)
+        issued = _issued_from_reply(reply, body["request_id"], self._now(), self._max_ttl)
         if self._cache is None:
             return _token(issued, issued.issued_at + issued.expires_in, body["request_id"])
         return _token_from_entry(self._cache.put(key, issued), body["request_id"])
 
-    def request(self, body: dict[str, Any], *, budget: float | None = None) -> dict[str, Any]:
-        """Send one raw request body and return the reply as a dict (retrying no-answers)."""
-        payload = encode(body)
-        total = budget if budget is not None else self._timeout * (self._retries + 1) + 1.0
-        retrying = Retrying(
-            stop=stop_after_attempt(self._retries + 1) | stop_after_delay(total),
-            wait=wait_random_exponential(multiplier=0.1, max=1.0),
-            retry=retry_if_exception_type(NoWorkerAnswered),
-            reraise=True,
-        )
-        started = time.monotonic()
-        try:
-            return retrying(self._attempt, payload, started + total, body.get("request_id", ""))
-        except NoWorkerAnswered:
-            if time.monotonic() - started >= total:
-                raise RequestTimedOut(f"no reply within the {total:g} s budget",
-                                      request_id=str(body.get("request_id", ""))) from None
-            raise
+    @staticmethod
+    def _key(subject: str, client_id: str, secret: str, scope: str | None) -> CacheKey:
+        # None (the worker's default scope) and "" (no scope) are different requests.
+        marker = "default-scope" if scope is None else "scope"
+        return cache_key(subject, client_id, secret, scope or "", marker)
 
-    def _attempt(self, payload: bytes, deadline: float, request_id: str) -> dict[str, Any]:
-        timeout = min(self._timeout, deadline - time.monotonic())
-        if timeout <= 0:
-            raise NoWorkerAnswered("time budget spent", request_id=request_id)
-        with self._lock:
-            self._sequence += 1
-            self.requests_sent += 1
-            reply_subject = f"{self._inbox}.{self._sequence}"
-            waiter = self._waiters[reply_subject] = _Waiter()
+    def request(self, body: dict[str, Any], *, budget: float | None = None,
+                credential: str | None = None) -> dict[str, Any]:
+        """Send one raw request body and return the genuine reply as a dict.
+
+        With ``credential`` the body goes to ``<named_subject>.<credential>`` and the reply
+        must name that credential. A body without ``request_id`` gets one (on a copy): the
+        reply is matched by it.
+        """
+        if self._closed.is_set():
+            raise ClientClosed("the TokenClient is closed")
+        if not isinstance(body.get("request_id"), str) or not body["request_id"]:
+            body = {**body, "request_id": str(uuid.uuid4())}
+        request_id: str = body["request_id"]
+        subject = self._subject if credential is None else (
+            f"{self._named_subject}.{_credential(credential)}")
+        payload = encode(body)
+        self._check_size(payload, request_id)
+        total = budget if budget is not None else self._timeout * (self._retries + 1) + 1.0
+        return self._call(_Call(subject, payload, request_id, credential,
+                                time.monotonic(), total))
+
+    def _check_size(self, payload: bytes, request_id: str) -> None:
+        """A request larger than the server takes would only cost a disconnect."""
+        limit = self._connection.max_payload
+        if len(payload) > limit:
+            raise TokenRequestFailed(
+                "request_too_large",
+                f"request is {len(payload)} bytes, the NATS server's max_payload is {limit}",
+                request_id=request_id)
+
+    def _call(self, call: _Call) -> dict[str, Any]:
+        """Attempt until a genuine reply, a final outcome or the end of the budget."""
+        waiter = _Waiter()
+        subjects: list[str] = []
+        retries = _RetryPolicy(self._retries, self._timeout)
+        failure: _AttemptFailed = _Unanswered("time budget spent", dropped=0)
         try:
-            try:
-                self._connection.publish(self._subject, payload, reply=reply_subject)
-            except NatsConnectionError as error:
-                raise NoWorkerAnswered(f"not connected to NATS: {error}",
-                                       request_id=request_id) from None
-            if not waiter.event.wait(timeout) or waiter.message is None:
+            while True:
+                try:
+                    return self._attempt(call, waiter, subjects)
+                except _BudgetSpent:
+                    raise self._final_error(call, failure, budget_spent=True) from None
+                except _AttemptFailed as outcome:
+                    failure = outcome
+                delay = retries.pause_after(failure)
+                if delay is None:
+                    raise self._final_error(call, failure,
+                                            budget_spent=call.remaining() <= 0) from None
+                if call.remaining() <= delay:
+                    raise self._final_error(call, failure, budget_spent=True) from None
+                if isinstance(failure, _ConnectionLost):
+                    self._inbox.usable.wait(delay)
+                else:
+                    self._closed.wait(delay)
+                if self._closed.is_set():
+                    raise ClientClosed("the TokenClient is closed")
+        finally:
+            self._inbox.forget(subjects)
+
+    def _final_error(self, call: _Call, failure: _AttemptFailed, *,
+                     budget_spent: bool) -> TokenRequestFailed:
+        spent = time.monotonic() - call.started
+        if isinstance(failure, _NoResponders):
+            return NoWorkerAnswered(f"no worker is subscribed to {call.subject} "
+                                    f"(asked for {spent:.2f} s)", request_id=call.request_id)
+        if isinstance(failure, _ConnectionLost):
+            return NatsUnavailable(f"{failure}; not back within {spent:.2f} s",
+                                   request_id=call.request_id)
+        if budget_spent:
+            return RequestTimedOut(f"no reply within the {call.budget:g} s budget ({failure})",
+                                   request_id=call.request_id)
+        return NoWorkerAnswered(str(failure), request_id=call.request_id)
+
+    def _attempt(self, call: _Call, waiter: _Waiter, subjects: list[str]) -> dict[str, Any]:
+        """Publish once and wait for the genuine reply; earlier attempts' subjects stay
+        open, so a late genuine reply to one of them is still taken."""
+        timeout = min(self._timeout, call.remaining())
+        if timeout <= 0:
+            raise _BudgetSpent
+        reply_subject = self._inbox.new_subject(waiter)
+        subjects.append(reply_subject)
+        with waiter.condition:
+            waiter.lost = ""
+        with self._lock:
+            self.requests_sent += 1
+        try:
+            self._connection.publish(call.subject, call.payload, reply=reply_subject)
+        except PayloadTooLarge as error:  # the server's limit shrank since _check_size
+            raise TokenRequestFailed("request_too_large", str(error),
+                                     request_id=call.request_id) from None
+        except NatsConnectionError as error:
+            if self._closed.is_set():
+                raise ClientClosed("the TokenClient is closed") from None
+            if self._connection.state is State.CLOSED:  # gave up: nothing to wait for
+                raise NatsUnavailable(self._lost_reason(error),
+                                      request_id=call.request_id) from None
+            raise _ConnectionLost(self._lost_reason(error)) from None
+        return self._await_reply(call, waiter, reply_subject, time.monotonic() + timeout)
+
+    def _lost_reason(self, error: Exception) -> str:
+        connection = self._connection
+        if connection.state is State.CLOSED and connection.gave_up_reason:
+            return f"NATS connection gave up: {connection.gave_up_reason}"
+        if connection.state is State.RECONNECTING:
+            return "NATS connection lost (reconnecting)"
+        return f"NATS connection lost ({connection.state.value}): {error}"
+
+    def _await_reply(self, call: _Call, waiter: _Waiter, reply_subject: str,
+                     until: float) -> dict[str, Any]:
+        dropped = 0
+        while True:
+            message = self._next_message(waiter, until)
+            if message is None:
                 with self._lock:
                     self.attempts_unanswered += 1
-                raise NoWorkerAnswered(f"no worker answered within {timeout:g} s",
-                                       request_id=request_id)
-        finally:
-            with self._lock:
-                self._waiters.pop(reply_subject, None)
-        message = waiter.message
-        if message.status == NO_RESPONDERS:
-            raise NoWorkerAnswered(f"no worker is subscribed to {self._subject}",
-                                   request_id=request_id)
-        try:
-            reply = decode(message.payload)
-        except ValueError:
-            raise TokenRequestFailed("bad_reply", "worker reply is not JSON",
-                                     request_id=request_id) from None
-        if not isinstance(reply, dict):
-            raise TokenRequestFailed("bad_reply", "worker reply is not a JSON object",
-                                     request_id=request_id)
-        return reply
+                raise _Unanswered(f"no worker answered within {self._timeout:g} s"
+                                  + (f" ({dropped} forged replies dropped)" if dropped else ""),
+                                  dropped=dropped)
+            if message.status == NO_RESPONDERS and not message.payload:
+                if message.subject == reply_subject:
+                    raise _NoResponders(f"no worker is subscribed to {call.subject}")
+                continue  # an earlier attempt's: says nothing about this one
+            reply = _genuine(message.payload, call.request_id, call.credential)
+            if reply is not None:
+                return reply
+            dropped += 1
+            self._inbox.count_dropped()
 
-    def _on_reply(self, message: Message) -> None:
-        with self._lock:
-            waiter = self._waiters.get(message.subject)
-        if waiter is not None:
-            waiter.message = message
-            waiter.event.set()
+    def _next_message(self, waiter: _Waiter, until: float) -> Message | None:
+        """The next delivered message, or None when the attempt's time is up."""
+        with waiter.condition:
+            while not waiter.messages:
+                if waiter.closed or self._closed.is_set():
+                    raise ClientClosed("the TokenClient is closed")
+                if waiter.lost:
+                    raise _ConnectionLost(waiter.lost)
+                left = until - time.monotonic()
+                if left <= 0:
+                    return None
+                waiter.condition.wait(left)
+            return waiter.messages.popleft()
+
+
+@dataclass(frozen=True)
+class _Call:
+    """One ``request()``: what is sent where, and its time budget."""
+
+    subject: str
+    payload: bytes
+    request_id: str
+    credential: str | None
+    started: float
+    budget: float
+
+    def remaining(self) -> float:
+        return self.started + self.budget - time.monotonic()
+
+
+def _genuine(payload: bytes, request_id: str, credential: str | None) -> dict[str, Any] | None:
+    """The reply if it is the answer to this request, else None (to be dropped)."""
+    try:
+        reply = decode(payload)
+    except ValueError:
+        return None
+    if not isinstance(reply, dict) or reply.get("request_id") != request_id:
+        return None
+    if credential is not None:
+        named = reply.get("credential")
+        if named != credential and (named is not None or "access_token" in reply):
+            return None
+    return reply
+
+
+def _urls(raw: str) -> tuple[str, ...]:
+    """The worker's URL normalisation (``host:port`` becomes ``nats://host:port``)."""
+    try:
+        return parse_nats_urls(raw)
+    except ValueError as error:
+        raise ValueError(f"NATS URL {error}") from None
+
+
+def _check_subject(field: str, value: str) -> None:
+    """A subject prefix: dot-separated tokens, no wildcards, no whitespace."""
+    if not value or not all(_SUBJECT_TOKEN.fullmatch(part) for part in value.split(".")):
+        raise ValueError(f"{field} must be dot-separated subject tokens without wildcards "
+                         f"or spaces, got {value!r}")
+
+
+def _credential(name: str) -> str:
+    if not isinstance(name, str) or not CREDENTIAL_NAME.fullmatch(name):
+        raise ValueError(f"credential must match [A-Za-z0-9_-]{{1,255}}, got {name!r}")
+    return name
 
 
 def request_body(client_id: str, client_secret: str, scope: str | None = None, *,
@@ -234,19 +580,34 @@ def request_body(client_id: str, client_secret: str, scope: str | None = None, *
     return body
 
 
-def _issued_from_reply(reply: dict[str, Any], request_id: str, now: float) -> IssuedToken:
+def named_request_body(scope: str | None = None, *, skip_cache: bool = False) -> dict[str, Any]:
+    """A named-credential request: no client id, no secret (the worker holds them)."""
+    body: dict[str, Any] = {"request_id": str(uuid.uuid4()), "timestamp": now_rfc3339()}
+    if scope is not None:
+        body["scope"] = scope
+    if skip_cache:
+        body["skip_cache"] = True
+    return body
+
+
+def _issued_from_reply(reply: dict[str, Any], request_id: str, now: float,
+                       max_ttl: float) -> IssuedToken:
+    """A well-formed token from a genuine reply (``expires_in`` capped at ``max_ttl``), or
+    the reply's error as :class:`TokenRequestFailed`."""
     if reply.get("error"):
         raise TokenRequestFailed(str(reply.get("error_code") or "error"), str(reply["error"]),
                                  request_id=request_id)
     token = reply.get("access_token")
     expires_in = reply.get("expires_in", 0)
+    token_type = reply.get("token_type") or "Bearer"
+    scope = reply.get("scope") or ""
     if (not isinstance(token, str) or not token or isinstance(expires_in, bool)
-            or not isinstance(expires_in, int)):
-        raise TokenRequestFailed("bad_reply", "worker reply carries no token",
+            or not isinstance(expires_in, int | float) or not expires_in >= 0
+            or not isinstance(token_type, str) or not isinstance(scope, str)):
+        raise TokenRequestFailed("bad_reply", "worker reply carries no well-formed token",
                                  request_id=request_id)
-    return IssuedToken(access_token=token, token_type=str(reply.get("token_type") or "Bearer"),
-                       expires_in=expires_in, scope=str(reply.get("scope") or ""),
-                       issued_at=now)
+    return IssuedToken(access_token=token, token_type=token_type,
+                       expires_in=int(min(expires_in, max_ttl)), scope=scope, issued_at=now)
 
 
 def _token(issued: IssuedToken, expires_at: float, request_id: str) -> Token:

@@ -41,7 +41,13 @@ from tenacity import (
 )
 
 from token_worker import protocol
-from token_worker._pynats2 import Handshake, HandshakeFailed, connect_options, pynats2
+from token_worker._pynats2 import (
+    Handshake,
+    HandshakeFailed,
+    connect_options,
+    describe_connect_error,
+    pynats2,
+)
 from token_worker.config import NatsConfig
 from token_worker.errors import (
     ConnectionClosed,
@@ -449,7 +455,7 @@ class NatsConnection:
                 self._connect_to(url)
                 return
             except Exception as error:
-                errors.append(f"{url}: {str(error) or type(error).__name__}")
+                errors.append(f"{url}: {describe_connect_error(error)}")
         if self._closing.is_set():
             raise HandshakeFailed("connection is closing")
         raise HandshakeFailed("; ".join(errors))

@@ -16,9 +16,11 @@ a requester error keeps the reply's ``error_code``. Catch the branch you mean::
     │   ├── IdpUnavailable          unreachable, 5xx or 429: it may work on a retry
     │   ├── IdpTimeout              no answer within ``idp.timeout`` / ``idp.deadline``
     │   └── IdpBadResponse          an answer no retry can fix (not a token, a redirect)
-    └── TokenRequestFailed          requester side: a worker answered with an error
-        ├── NoWorkerAnswered        nobody is subscribed, or nobody answered in time
-        └── RequestTimedOut         the request's time budget ran out
+    ├── TokenRequestFailed          requester side: a worker answered with an error
+    │   ├── NoWorkerAnswered        nobody is subscribed, or nobody answered in time
+    │   ├── RequestTimedOut         the request's time budget ran out
+    │   └── NatsUnavailable         the NATS connection was lost and not back in time
+    └── ClientClosed                requester side: the TokenClient was closed
 """
 
 from __future__ import annotations
@@ -161,3 +163,16 @@ class RequestTimedOut(TokenRequestFailed):
 
     def __init__(self, message: str, *, request_id: str = "") -> None:
         super().__init__("timeout", message, request_id=request_id)
+
+
+class NatsUnavailable(TokenRequestFailed):
+    """Requester side: the NATS connection was lost (or gave up) and did not come back
+    within the request's budget; nothing says the workers are at fault."""
+
+    def __init__(self, message: str, *, request_id: str = "") -> None:
+        super().__init__("nats_unavailable", message, request_id=request_id)
+
+
+class ClientClosed(TokenWorkerError):
+    """Requester side: the :class:`~token_worker.TokenClient` was closed; it sends nothing
+    more (raised at once, never retried)."""

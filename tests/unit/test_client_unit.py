@@ -1,0 +1,207 @@
+"""The requester's decisions without any server: which replies are believed, which tokens
+are well formed, how inboxes are named and routed, how connect failures are described."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+
+from token_worker._pynats2 import describe_connect_error
+from token_worker.client import (
+    BACKOFF_MAX,
+    MAX_TTL,
+    TokenClient,
+    _ConnectionLost,
+    _credential,
+    _genuine,
+    _Inbox,
+    _issued_from_reply,
+    _NoResponders,
+    _RetryPolicy,
+    _Unanswered,
+    _Waiter,
+    named_request_body,
+    request_body,
+)
+from token_worker.connection import Message, State, pynats2
+from token_worker.errors import ClientClosed, TokenRequestFailed
+
+
+def _reply(**fields: object) -> bytes:
+    return json.dumps(fields).encode()
+
+
+TOKEN = {"access_token": "at", "token_type": "Bearer", "expires_in": 300}
+
+
+# --- which replies are believed ------------------------------------------------------------
+
+def test_only_a_reply_echoing_the_request_id_is_genuine():
+    assert _genuine(_reply(request_id="r-1", **TOKEN), "r-1", None) == {"request_id": "r-1",
+                                                                         **TOKEN}
+    for forged in (_reply(request_id="r-2", **TOKEN), _reply(**TOKEN), b"not json",
+                   b'[{"request_id": "r-1"}]', b"", _reply(request_id=None, **TOKEN)):
+        assert _genuine(forged, "r-1", None) is None
+
+
+def test_a_named_reply_must_name_the_credential_asked_for():
+    assert _genuine(_reply(request_id="r", credential="orders", **TOKEN), "r", "orders")
+    assert _genuine(_reply(request_id="r", credential="billing", **TOKEN), "r", "orders") is None
+    assert _genuine(_reply(request_id="r", **TOKEN), "r", "orders") is None  # a token: must name
+    error = _reply(request_id="r", error="no such credential", error_code="unknown_credential")
+    assert _genuine(error, "r", "orders")  # an error reply need not name it
+
+
+# --- which tokens are well formed ----------------------------------------------------------
+
+def test_expires_in_is_capped_by_max_ttl_and_may_be_a_float():
+    assert _issued_from_reply({**TOKEN, "expires_in": 10**12}, "r", 0.0, MAX_TTL).expires_in \
+        == 86400
+    assert _issued_from_reply({**TOKEN, "expires_in": 300.0}, "r", 0.0, MAX_TTL).expires_in \
+        == 300
+    assert _issued_from_reply({**TOKEN, "expires_in": 299.7}, "r", 0.0, 60).expires_in == 60
+
+
+@pytest.mark.parametrize("bent", [
+    {"expires_in": -5}, {"expires_in": True}, {"expires_in": "300"}, {"expires_in": None},
+    {"access_token": ""}, {"access_token": 5}, {"access_token": None}, {"token_type": 7},
+    {"scope": ["read"]},
+])
+def test_a_malformed_token_is_a_bad_reply(bent):
+    with pytest.raises(TokenRequestFailed) as caught:
+        _issued_from_reply({**TOKEN, **bent}, "r", 0.0, MAX_TTL)
+    assert caught.value.error_code == "bad_reply"
+
+
+def test_an_error_reply_keeps_its_code():
+    with pytest.raises(TokenRequestFailed) as caught:
+        _issued_from_reply({"error": "refused", "error_code": "invalid_client"}, "r-9", 0.0, 1)
+    assert (caught.value.error_code, caught.value.request_id) == ("invalid_client", "r-9")
+
+
+# --- request bodies and cache keys ---------------------------------------------------------
+
+def test_a_named_request_carries_no_client_id_or_secret():
+    assert set(named_request_body()) == {"request_id", "timestamp"}
+    assert named_request_body("read", skip_cache=True)["scope"] == "read"
+    inline = request_body("id", "secret", "")
+    assert inline["scope"] == "" and inline["client_secret"] == "secret"
+    assert named_request_body()["request_id"] != named_request_body()["request_id"]
+
+
+def test_no_scope_and_empty_scope_have_different_cache_keys():
+    def key(scope: str | None) -> object:
+        return TokenClient._key("token.request", "id", "secret", scope)
+
+    assert key(None) != key("")
+    assert key("b a") == key("a b")
+    assert TokenClient._key("token.named.orders", "", "", None) != TokenClient._key(
+        "token.named.billing", "", "", None)
+
+
+@pytest.mark.parametrize("name", ["", "a.b", "a*", "a>", "a b", "ü", "x" * 256])
+def test_a_bad_credential_name_is_refused_locally(name):
+    with pytest.raises(ValueError, match="credential"):
+        _credential(name)
+
+
+@pytest.mark.parametrize(("field", "value"), [
+    ("inbox_prefix", ""), ("inbox_prefix", "_INBOX.*"), ("inbox_prefix", "_INBOX.>"),
+    ("inbox_prefix", "a b"), ("inbox_prefix", "a..b"), ("inbox_prefix", "a\tb"),
+    ("named_subject", "token.*"),
+])
+def test_a_bad_subject_prefix_is_refused_before_connecting(field, value):
+    with pytest.raises(ValueError, match=field):
+        TokenClient("nats://127.0.0.1:9", **{field: value})
+
+
+def test_a_bad_nats_url_is_refused_before_connecting():
+    with pytest.raises(ValueError, match="NATS URL must be nats://host:port"):
+        TokenClient("http://127.0.0.1:4222")
+
+
+# --- inboxes ---------------------------------------------------------------------------------
+
+def test_inbox_subjects_are_random_under_the_prefix():
+    inbox = _Inbox("svc.orders", 1024)
+    waiter = _Waiter()
+    subjects = {inbox.new_subject(waiter) for _ in range(1000)}
+    assert len(subjects) == 1000
+    pattern = re.compile(r"svc\.orders\.[A-Za-z0-9_-]{22}\.[A-Za-z0-9_-]{22}")
+    assert all(pattern.fullmatch(subject) for subject in subjects)
+    assert {s.rsplit(".", 1)[0] for s in subjects} == {inbox.prefix}
+    assert _Inbox("svc.orders", 1024).prefix != inbox.prefix
+
+
+def test_the_inbox_drops_what_nobody_awaits_and_what_is_too_large():
+    inbox = _Inbox("_INBOX", 10)
+    waiter = _Waiter()
+    subject = inbox.new_subject(waiter)
+    inbox.deliver(Message(subject, "", b"0123456789"))
+    inbox.deliver(Message(subject, "", b"0123456789+"))
+    inbox.deliver(Message(inbox.prefix + ".guessed", "", b"{}"))
+    assert [m.payload for m in waiter.messages] == [b"0123456789"]
+    assert inbox.dropped == 2
+    inbox.forget([subject])
+    inbox.deliver(Message(subject, "", b"late"))
+    assert inbox.dropped == 3
+
+
+def test_a_lost_connection_and_a_close_wake_the_waiters():
+    inbox = _Inbox("_INBOX", 10)
+    waiter = _Waiter()
+    inbox.new_subject(waiter)
+    inbox.on_state(State.CONNECTED)
+    assert not waiter.lost
+    inbox.on_state(State.RECONNECTING)
+    assert waiter.lost == "NATS connection lost (reconnecting)"
+    inbox.close()
+    assert waiter.closed
+    with pytest.raises(ClientClosed):
+        inbox.new_subject(_Waiter())
+
+
+# --- connect failures say why ----------------------------------------------------------------
+
+def test_connect_errors_are_described():
+    assert "no NATS greeting" in describe_connect_error(
+        pynats2.NATSConnectionError("connection failed"))
+    assert describe_connect_error(pynats2.NATSUnexpectedResponse(b"HTTP/1.1 400")) == (
+        "unexpected answer b'HTTP/1.1 400': not a NATS server")
+    assert describe_connect_error(ConnectionRefusedError(111, "Connection refused")) == (
+        "ConnectionRefusedError [errno 111]: Connection refused")
+    assert describe_connect_error(pynats2.NATSInvalidSchemeError("got unsupported URI "
+                                                                  "scheme: http")) == (
+        "NATSInvalidSchemeError: got unsupported URI scheme: http")
+    assert describe_connect_error(TimeoutError("timed out")) == "TimeoutError: timed out"
+
+
+# --- retries that follow what happened -------------------------------------------------------
+
+def test_nothing_is_retried_with_retries_zero():
+    policy = _RetryPolicy(0, 10.0)
+    for outcome in (_NoResponders(""), _ConnectionLost(""), _Unanswered("", dropped=1)):
+        assert policy.pause_after(outcome) is None
+
+
+def test_unanswered_attempts_count_and_a_forged_one_is_retried_at_once():
+    policy = _RetryPolicy(2, 10.0)
+    assert policy.pause_after(_Unanswered("", dropped=3)) == 0.0
+    assert 0 <= policy.pause_after(_Unanswered("", dropped=0)) <= 0.05
+    assert policy.pause_after(_Unanswered("", dropped=1)) is None  # the third: retries spent
+
+
+def test_no_worker_and_lost_connections_back_off_and_do_not_use_up_retries():
+    policy = _RetryPolicy(1, 3600.0)
+    pauses = [policy.pause_after(_ConnectionLost("")) for _ in range(10)]
+    pauses += [policy.pause_after(_NoResponders("")) for _ in range(10)]
+    assert all(p is not None and 0 < p <= BACKOFF_MAX for p in pauses)
+    assert pauses[0] <= 0.05 and pauses[-1] >= BACKOFF_MAX / 2
+    assert policy.pause_after(_Unanswered("", dropped=0)) is not None
+
+
+def test_no_worker_is_waited_for_at_most_one_timeout():
+    assert _RetryPolicy(5, 0.0).pause_after(_NoResponders("")) is None
+    assert _RetryPolicy(5, 0.0).pause_after(_ConnectionLost("")) is not None

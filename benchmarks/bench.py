@@ -34,6 +34,7 @@ import asyncio
 import json
 import multiprocessing
 import os
+import queue
 import shutil
 import signal
 import socket
@@ -376,7 +377,18 @@ def generate(port: int, bodies: list[bytes], concurrency: int, subject: str,
             port, subject.encode(), share, window, start, results)))
     for child in children:
         child.start()
-    outcomes = [results.get(timeout=120) for _ in children]
+    outcomes = []
+    while len(outcomes) < len(children):
+        try:
+            outcomes.append(results.get(timeout=1))
+        except queue.Empty:
+            running = sum(child.exitcode is None for child in children)
+            if running < len(children) - len(outcomes):  # one ended without a result
+                try:
+                    outcomes.append(results.get(timeout=2))  # unless it is on its way
+                except queue.Empty:
+                    raise RuntimeError("a load generator process failed (its traceback is "
+                                       "above)") from None
     for child in children:
         child.join(10)
     latencies: list[float] = []

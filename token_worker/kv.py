@@ -557,7 +557,14 @@ class MemoryKeyValue:
         with self._lock:
             return self._live(key)
 
-    def keys(self) -> list[str]:
+    @property
+    def watching(self) -> int:
+        """Watches open now (a test waits for a waiter to be watching)."""
+        with self._lock:
+            return len(self._watches)
+
+    def stored_keys(self) -> list[str]:
+        """The keys that hold something (values or markers) now."""
         with self._lock:
             return [key for key in list(self._entries) if self._live(key) is not None]
 

@@ -64,7 +64,9 @@ def nats_server_binary() -> str:
 class NatsServer:
     """A real nats-server on loopback; can be stopped, killed and restarted on its port."""
 
-    def __init__(self, config_text: str = "") -> None:
+    def __init__(self, config_text: str = "", extra_args: tuple[str, ...] = ()) -> None:
+        self.extra_args = extra_args
+        """More command-line arguments (``("-js", "-sd", dir)`` for JetStream)."""
         self.port = free_port()
         self.monitor_port = free_port()
         self._config_text = config_text
@@ -82,6 +84,7 @@ class NatsServer:
             path = Path(self._dir) / "server.conf"
             path.write_text(self._config_text)
             command += ["-c", str(path)]
+        command += list(self.extra_args)
         log = open(Path(self._dir) / "server.log", "ab")  # noqa: SIM115 - lives with the process
         self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
         log.close()

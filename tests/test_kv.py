@@ -1,0 +1,279 @@
+"""kv.py and the shared tier against a real ``nats-server -js`` (store under tmp_path)."""
+
+from __future__ import annotations
+
+import logging
+import statistics
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import report_figure
+from tests.helpers import wait_until
+from tests.servers import NatsServer
+from token_worker.config import NatsConfig
+from token_worker.connection import NatsConnection
+from token_worker.idp import IssuedToken
+from token_worker.kv import KeyValue, KvTimeout, KvUnavailable
+from token_worker.shared_cache import SharedTier
+
+BUCKET = "tokens"
+FLEET_KEY = b"fleet-key-from-a-kubernetes-secret-0123456789"
+CLIENT_ID = "kv-test-client-5d1e"
+SECRET = "kv-test-secret-5d1e-do-not-store"
+ACCESS_TOKEN = "kv-test-access-token-5d1e-body"
+URL = "http://127.0.0.1:9/token"
+
+
+@pytest.fixture
+def js_server(tmp_path: Path) -> Iterator[NatsServer]:
+    server = NatsServer(extra_args=("-js", "-sd", str(tmp_path / "jetstream"))).start()
+    try:
+        yield server
+    finally:
+        server.cleanup()
+
+
+@pytest.fixture
+def connect() -> Iterator[Callable[[str], NatsConnection]]:
+    """Connections as the shared tier needs them (announcing headers); all closed after."""
+    made: list[NatsConnection] = []
+
+    def make(url: str) -> NatsConnection:
+        connection = NatsConnection(
+            NatsConfig(urls=(url,), connect_timeout=1.0, reconnect_wait=0.2), "kv-test",
+            no_responders=True, first_connect_rounds=1)
+        connection.connect()
+        made.append(connection)
+        return connection
+
+    yield make
+    for connection in made:
+        connection.close()
+
+
+@pytest.fixture
+def kv(js_server: NatsServer, connect: Callable[[str], NatsConnection]) -> KeyValue:
+    bucket = KeyValue(connect(js_server.url), BUCKET, timeout=2.0)
+    bucket.ensure_bucket(history=1, max_age=600)
+    return bucket
+
+
+def token(expires_in: int = 300) -> IssuedToken:
+    return IssuedToken(access_token=ACCESS_TOKEN, token_type="Bearer", expires_in=expires_in,
+                       scope="read", issued_at=time.time())
+
+
+def test_a_missing_bucket_is_created_with_history_1_and_the_max_age(
+        js_server: NatsServer, connect: Callable[[str], NatsConnection]) -> None:
+    bucket = KeyValue(connect(js_server.url), BUCKET)
+    assert bucket.info() is None
+
+    created = bucket.ensure_bucket(history=1, max_age=900, replicas=1)
+    again = KeyValue(connect(js_server.url), BUCKET).ensure_bucket(history=1, max_age=900)
+
+    assert (created.history, created.max_age, created.replicas) == (1, 900.0, 1)
+    assert created.allow_msg_ttl
+    assert created.allow_direct
+    assert again == created
+
+
+def test_put_get_and_delete(kv: KeyValue) -> None:
+    assert kv.get("a.tok") is None
+    first = kv.put("a.tok", b"one")
+    second = kv.put("a.tok", b"two")
+    entry = kv.get("a.tok")
+
+    assert second > first
+    assert entry is not None
+    assert (entry.value, entry.revision) == (b"two", second)
+    kv.delete("a.tok")
+    assert kv.get("a.tok") is None
+    info = kv.info()
+    assert info is not None
+    assert info.messages == 1  # history 1: only the deletion marker is left
+
+
+def race_creates(buckets: list[KeyValue], key: str) -> list[int | None]:
+    """Every bucket creates ``key`` at the same moment; their results."""
+    start = threading.Barrier(len(buckets))
+    results: list[int | None] = []
+
+    def create(bucket: KeyValue) -> None:
+        start.wait(5)
+        results.append(bucket.create(key, b"", ttl=30))
+
+    threads = [threading.Thread(target=create, args=(bucket,)) for bucket in buckets]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(10)
+    assert len(results) == len(buckets)
+    return results
+
+
+def test_of_concurrent_creates_exactly_one_wins(
+        js_server: NatsServer, kv: KeyValue, connect: Callable[[str], NatsConnection]) -> None:
+    buckets = [KeyValue(connect(js_server.url), BUCKET) for _ in range(4)]
+    for round_number in range(10):
+        results = race_creates(buckets, f"race{round_number}.lease")
+        assert sum(result is not None for result in results) == 1, results
+
+
+def test_a_lease_expires_by_its_ttl_and_can_be_taken_again(kv: KeyValue) -> None:
+    assert kv.create("k.lease", b"", ttl=1) is not None
+    assert kv.create("k.lease", b"", ttl=1) is None
+
+    took = wait_until(lambda: kv.get("k.lease") is None, timeout=5, what="the lease's TTL")
+
+    assert 0.5 < took < 4
+    assert kv.create("k.lease", b"", ttl=1) is not None
+
+
+def test_a_deleted_key_can_be_created_again_and_a_stale_delete_is_refused(
+        kv: KeyValue) -> None:
+    first = kv.create("d.lease", b"", ttl=30)
+    assert first is not None
+    assert kv.delete("d.lease", last_revision=first) is not None
+    second = kv.create("d.lease", b"", ttl=30)
+    assert second is not None
+
+    assert kv.delete("d.lease", last_revision=first) is None  # not ours any more
+    assert kv.get("d.lease") is not None
+
+
+def test_wait_for_returns_the_value_another_connection_puts(
+        js_server: NatsServer, kv: KeyValue, connect: Callable[[str], NatsConnection]) -> None:
+    other = KeyValue(connect(js_server.url), BUCKET)
+    got: list[object] = []
+    waiter = threading.Thread(target=lambda: got.append(kv.wait_for("w.tok", timeout=10)))
+    waiter.start()
+    wait_until(lambda: any(sub["subject"] == f"$KV.{BUCKET}.w.tok"
+                           for conn in js_server.connz()
+                           for sub in conn.get("subscriptions_list_detail") or ()),
+               what="the waiter's subscription")
+    started = time.monotonic()
+    other.put("w.tok", b"value")
+    waiter.join(10)
+
+    assert len(got) == 1
+    entry = got[0]
+    assert entry is not None
+    assert entry.value == b"value"  # type: ignore[attr-defined]
+    assert time.monotonic() - started < 2
+
+
+def test_wait_for_times_out_without_a_put(kv: KeyValue) -> None:
+    started = time.monotonic()
+    assert kv.wait_for("nobody.tok", timeout=0.3) is None
+    assert 0.3 <= time.monotonic() - started < 2
+
+
+def test_a_server_without_jetstream_answers_no_responders_at_once(
+        nats_server: NatsServer, connect: Callable[[str], NatsConnection]) -> None:
+    bucket = KeyValue(connect(nats_server.url), BUCKET, timeout=5)
+    started = time.monotonic()
+    with pytest.raises(KvUnavailable, match="is JetStream on"):
+        bucket.ensure_bucket(max_age=60)
+    assert time.monotonic() - started < 1
+
+
+def test_a_stopped_server_gives_a_timeout_not_a_hang(
+        js_server: NatsServer, kv: KeyValue) -> None:
+    js_server.kill()
+    started = time.monotonic()
+    with pytest.raises((KvTimeout, KvUnavailable)):
+        kv.get("a.tok")
+    assert time.monotonic() - started < 3
+
+
+# --- the shared tier on the real bucket ----------------------------------------------------
+
+
+def tier_on(kv: KeyValue) -> SharedTier:
+    return SharedTier(kv, FLEET_KEY, expiry_margin=30, max_age=600)
+
+
+def test_one_replica_leads_and_another_waits_for_its_token(
+        js_server: NatsServer, kv: KeyValue, connect: Callable[[str], NatsConnection]) -> None:
+    leader = tier_on(kv)
+    follower = tier_on(KeyValue(connect(js_server.url), BUCKET))
+    key = leader.key(URL, CLIENT_ID, SECRET, "read", "client_secret_post")
+    assert leader.lease(key, ttl=10)
+    assert not follower.lease(key, ttl=10)
+
+    got: list[IssuedToken | None] = []
+    waiter = threading.Thread(target=lambda: got.append(follower.wait(key, timeout=10)))
+    waiter.start()
+    wait_until(lambda: follower.counts["lease_waits"] == 1, what="the follower waiting")
+    leader.store(key, token())
+    leader.release(key)
+    waiter.join(10)
+
+    assert got and got[0] is not None
+    assert got[0].access_token == ACCESS_TOKEN
+    assert follower.counts["lease_takeovers"] == 0
+    assert follower.lease(key, ttl=10)  # released: the next refresh may take it
+
+
+def test_nothing_readable_is_written_to_the_store_directory(
+        js_server: NatsServer, kv: KeyValue, tmp_path: Path) -> None:
+    tier = tier_on(kv)
+    key = tier.key(URL, CLIENT_ID, SECRET, "read", "client_secret_post")
+    assert tier.lease(key, ttl=30)
+    tier.store(key, token())
+    assert tier.lookup(key) is not None
+    js_server.stop()  # a clean stop writes everything out
+
+    files = [path for path in (tmp_path / "jetstream").rglob("*") if path.is_file()]
+    everything = b"".join(path.read_bytes() for path in files)
+    assert f"$KV.{BUCKET}.{key.names[0]}.tok".encode() in everything  # we did look there
+    for clear in (CLIENT_ID, SECRET, ACCESS_TOKEN, "read", "Bearer"):
+        assert clear.encode() not in everything, clear
+
+
+def test_without_jetstream_the_tier_degrades_to_misses_with_one_warning(
+        nats_server: NatsServer, connect: Callable[[str], NatsConnection],
+        caplog: pytest.LogCaptureFixture) -> None:
+    tier = SharedTier(KeyValue(connect(nats_server.url), BUCKET), FLEET_KEY, expiry_margin=30,
+                      max_age=600, retry_after=0.0)
+    key = tier.key(URL, CLIENT_ID, SECRET, "read", "client_secret_post")
+
+    started = time.monotonic()
+    with caplog.at_level(logging.WARNING, "token_worker.shared_cache"):
+        for _ in range(5):
+            assert tier.lookup(key) is None
+            tier.store(key, token())
+            assert not tier.lease(key, ttl=5)
+            assert tier.wait(key, timeout=5) is None
+            tier.release(key)
+
+    assert time.monotonic() - started < 2
+    warnings = [r for r in caplog.records if r.name == "token_worker.shared_cache"]
+    assert len(warnings) == 1
+    assert tier.counts["errors"] >= 5
+    assert tier.counts["hits"] == 0
+
+
+def test_shared_get_round_trip(kv: KeyValue) -> None:
+    """The figure: a shared hit costs one KV round trip (direct get + open) on loopback."""
+    tier = tier_on(kv)
+    key = tier.key(URL, CLIENT_ID, SECRET, "read", "client_secret_post")
+    tier.store(key, token())
+    for _ in range(200):  # warm up
+        tier.lookup(key)
+    samples = []
+    for _ in range(3000):
+        started = time.perf_counter()
+        found = tier.lookup(key)
+        samples.append(time.perf_counter() - started)
+        assert found is not None
+    samples.sort()
+    p50 = statistics.median(samples) * 1000
+    p99 = samples[int(len(samples) * 0.99)] * 1000
+    report_figure(f"shared tier hit (direct get + AES-GCM open), loopback, 3000 gets: "
+                  f"p50 {p50:.3f} ms, p99 {p99:.3f} ms")
+    assert p50 < 50

@@ -155,3 +155,19 @@ class IdpServer:
     def token_calls(self) -> int:
         with urllib.request.urlopen(self.url + "/_test/stats", timeout=5) as response:
             return int(json.load(response)["token_calls"])
+
+
+def jetstream_cluster(store_dir: Path, size: int = 3, name: str = "tw") -> list[NatsServer]:
+    """``size`` nats-servers (not started yet) forming one cluster with JetStream, each
+    storing under ``store_dir``/n<index>; a restarted node keeps its port and its data."""
+    routes = [free_port() for _ in range(size)]
+    servers = []
+    for index in range(size):
+        others = ", ".join(f"nats://127.0.0.1:{port}"
+                           for other, port in enumerate(routes) if other != index)
+        servers.append(NatsServer(config_text=(
+            f"server_name: n{index}\n"
+            f'jetstream {{ store_dir: "{store_dir / f"n{index}"}" }}\n'
+            f"cluster {{ name: {name}, listen: 127.0.0.1:{routes[index]}, "
+            f"routes: [{others}] }}\n")))
+    return servers

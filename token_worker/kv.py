@@ -129,6 +129,8 @@ class BucketInfo:
     allow_msg_ttl: bool
     allow_direct: bool
     messages: int
+    leader: str = ""
+    """The server name of the stream's leader (clustered JetStream), else ""."""
 
 
 class Connection(Protocol):
@@ -255,7 +257,8 @@ class _Requests:
             with self._lock:
                 self._waiting.pop(token, None)
         if reply.status == 503:
-            raise KvUnavailable(f"no responders on {_api_name(subject)}: is JetStream on?")
+            raise KvUnavailable(f"no responders on {_api_name(subject)}: JetStream is off, "
+                                "the bucket is missing, or its stream has no leader yet")
         return reply
 
     def _subscribe_once(self) -> None:
@@ -305,6 +308,7 @@ def _bucket_info(bucket: str, body: Mapping[str, Any]) -> BucketInfo:
         allow_msg_ttl=bool(config.get("allow_msg_ttl")),
         allow_direct=bool(config.get("allow_direct")),
         messages=int(state.get("messages") or 0),
+        leader=str((body.get("cluster") or {}).get("leader") or ""),
     )
 
 

@@ -48,7 +48,7 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from token_worker.errors import ConfigError
 from token_worker.idp import IssuedToken
-from token_worker.kv import PUT, KeyValueStore
+from token_worker.kv import ERR_STREAM_NOT_FOUND, PUT, KeyValueStore, KvError, KvUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -374,10 +374,15 @@ class SharedTier:
         return True
 
     def _failed(self, operation: str, error: Exception) -> None:
-        """Count, warn (rate-limited), and rest before asking again (re-ensuring the bucket,
-        which may have been deleted)."""
+        """Count, warn (rate-limited), and rest before asking again; when the bucket looks
+        gone (no responders, stream not found), ensure it again first. A timeout does not
+        (the stream's API needs a meta leader, the data path only the stream's replicas)."""
         self._count("errors")
-        self._bucket_ready = False
+        if isinstance(error, KvUnavailable) or (
+                isinstance(error, KvError) and error.err_code == ERR_STREAM_NOT_FOUND):
+            self._bucket_ready = False  # deleted, or never made: ensure it again
+        log.debug("shared token cache call failed: %s", error,
+                  extra={"operation": operation, "error": str(error) or type(error).__name__})
         self._resting_until = self._monotonic() + self._retry_after
         self._warnings.warn("unavailable", "shared token cache unavailable: serving from the "
                             "local cache and the identity provider",

@@ -24,7 +24,25 @@ themselves.
 
 This tier never takes a request down: no JetStream, a bucket that cannot be created,
 timeouts, a lost quorum all end as a miss (or a lease not taken), one rate-limited warning,
-a count in :attr:`SharedTier.counts`, and a short pause before the tier is tried again.
+a count in :attr:`SharedTier.counts`, and a short rest; then one caller probes while the
+others go on without the tier, so an outage never costs every request a timeout.
+
+How a broker uses it, after a local miss (never on the reader thread: these are I/O)::
+
+    key = tier.key(token_url, client_id, client_secret, scope, auth_method)
+    token = tier.lookup(key)                  # a shared hit: put it in the local tier
+    if token is None:
+        if tier.lease(key, ttl=idp_deadline):     # this replica calls the IdP
+            try:
+                token = idp.fetch_token(...)
+                tier.store(key, token)            # before release: waiters see the value
+            finally:
+                tier.release(key)
+        else:
+            token = tier.wait(key, timeout=idp_deadline) or idp.fetch_token(...)
+
+Refresh-ahead takes the same lease: only the replica whose ``lease`` succeeds refreshes
+(and stores); the others keep serving their valid local token.
 """
 
 from __future__ import annotations
@@ -61,6 +79,8 @@ TOKEN_FIELDS = ("access_token", "token_type", "scope", "expires_at")
 """All a sealed value holds: the allow-list."""
 VALUE_SUFFIX = "tok"
 LEASE_SUFFIX = "lease"
+PROBE_KEY = "probe"
+"""Read (and never written) to learn whether the bucket answers again after a failure."""
 RETRY_AFTER = 5.0
 """Seconds the tier rests after a failure before JetStream is asked again."""
 WARN_EVERY = 60.0
@@ -210,6 +230,9 @@ class SharedTier:
         self._counts = dict.fromkeys(COUNTER_NAMES, 0)
         self._leases: dict[str, int] = {}
         self._bucket_ready = False
+        self._healthy = False
+        self._failed_before = False
+        self._probing = threading.Lock()
         self._resting_until = 0.0
 
     # --- the broker's API -----------------------------------------------------------------
@@ -307,8 +330,13 @@ class SharedTier:
 
     @property
     def available(self) -> bool:
-        """False while the tier rests after a failure."""
-        return self._monotonic() >= self._resting_until
+        """True while the tier answers (the bucket ensured, no failure since)."""
+        return self._healthy
+
+    def prepare(self) -> bool:
+        """Ensure the bucket now (at start, before serving: otherwise requests arriving
+        while the first caller ensures it go without the tier); never raises."""
+        return self._ready()
 
     # --- inside -------------------------------------------------------------------------
 
@@ -359,18 +387,31 @@ class SharedTier:
                            expires_in=int(expires_at - now), issued_at=now)
 
     def _ready(self) -> bool:
-        """Whether to ask the bucket now: not while resting, and the bucket ensured."""
+        """Whether to ask the bucket now. While healthy, yes. After a failure, nobody asks
+        until the rest is over; then one caller probes (ensuring the bucket if it may be
+        gone) while the others go on without the tier, so an outage never costs every
+        request a timeout."""
+        if self._healthy:
+            return True
         if self._monotonic() < self._resting_until:
             return False
-        if self._bucket_ready:
-            return True
-        try:
-            self._kv.ensure_bucket(history=1, max_age=self._max_age, replicas=self._replicas,
-                                   allow_msg_ttl=True)
-        except Exception as error:
-            self._failed("bucket", error)
+        if not self._probing.acquire(blocking=False):
             return False
-        self._bucket_ready = True
+        try:
+            if self._bucket_ready:
+                self._kv.get(PROBE_KEY)
+            else:
+                self._kv.ensure_bucket(history=1, max_age=self._max_age,
+                                       replicas=self._replicas, allow_msg_ttl=True)
+                self._bucket_ready = True
+        except Exception as error:
+            self._failed("bucket" if not self._bucket_ready else "probe", error)
+            return False
+        finally:
+            self._probing.release()
+        if self._failed_before:
+            log.info("shared token cache available again")
+        self._healthy = True
         return True
 
     def _failed(self, operation: str, error: Exception) -> None:
@@ -378,6 +419,8 @@ class SharedTier:
         gone (no responders, stream not found), ensure it again first. A timeout does not
         (the stream's API needs a meta leader, the data path only the stream's replicas)."""
         self._count("errors")
+        self._healthy = False
+        self._failed_before = True
         if isinstance(error, KvUnavailable) or (
                 isinstance(error, KvError) and error.err_code == ERR_STREAM_NOT_FOUND):
             self._bucket_ready = False  # deleted, or never made: ensure it again

@@ -13,7 +13,7 @@ import pytest
 from tests.helpers import wait_until
 from token_worker.errors import ConfigError
 from token_worker.idp import IssuedToken
-from token_worker.kv import KvTimeout, KvUnavailable, MemoryKeyValue
+from token_worker.kv import BucketInfo, KvTimeout, KvUnavailable, MemoryKeyValue
 from token_worker.shared_cache import FleetKey, SharedTier, Unsealable, load_key_file
 
 KEY = b"k" * 32
@@ -354,3 +354,46 @@ def test_after_a_failure_the_tier_rests_then_recovers(
     assert tier.lookup(key) is not None
     assert tier.counts == {"hits": 1, "misses": 0, "leases": 0, "lease_waits": 0,
                            "lease_takeovers": 0, "errors": 1}
+
+
+class SlowBucket(MemoryKeyValue):
+    """A bucket whose creation hangs until released, as JetStream without a leader does."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.entered = threading.Event()
+        self.go_on = threading.Event()
+        self.ensures = 0
+
+    def ensure_bucket(self, **options: object) -> BucketInfo:  # type: ignore[override]
+        self.ensures += 1
+        self.entered.set()
+        self.go_on.wait(10)
+        return super().ensure_bucket(**options)  # type: ignore[arg-type]
+
+
+def test_while_one_caller_probes_the_others_go_on_without_the_tier(
+        clock: Clock, background: list[threading.Thread]) -> None:
+    kv = SlowBucket()
+    tier = make_tier(kv, clock)
+    key = tier.key(URL, CLIENT_ID, SECRET, "read", "client_secret_post")
+    background.append(threading.Thread(target=tier.prepare))
+    background[0].start()
+    assert kv.entered.wait(5)
+
+    assert tier.lookup(key) is None  # at once: not waiting for the probe
+    assert not tier.lease(key, ttl=5)
+    assert kv.ensures == 1
+    kv.go_on.set()
+    background[0].join(5)
+
+    assert tier.available
+    assert tier.lease(key, ttl=5)
+
+
+def test_prepare_says_whether_the_bucket_is_there(kv: MemoryKeyValue, clock: Clock) -> None:
+    assert make_tier(kv, clock).prepare()
+    kv.fail = KvUnavailable("no responders")
+    tier = make_tier(kv, clock)
+    assert not tier.prepare()
+    assert not tier.available

@@ -41,8 +41,10 @@ How a broker uses it, after a local miss (never on the reader thread: these are 
         else:
             token = tier.wait(key, timeout=idp_deadline) or idp.fetch_token(...)
 
-Refresh-ahead takes the same lease: only the replica whose ``lease`` succeeds refreshes
-(and stores); the others keep serving their valid local token.
+Refresh-ahead takes the same lease, with ``newer_than`` the local token's ``expires_at``:
+only the replica whose ``lease`` succeeds refreshes (and stores, and releases); on False
+the others keep serving their valid local token, and may take the refreshed one with
+``lookup`` (it expires later than theirs).
 """
 
 from __future__ import annotations
@@ -273,18 +275,30 @@ class SharedTier:
         except Exception as error:
             self._failed("store", error)
 
-    def lease(self, key: SharedKey, ttl: float) -> bool:
+    def lease(self, key: SharedKey, ttl: float, *, newer_than: float | None = None) -> bool:
         """Take the key's lease for ``ttl`` seconds: True means call the IdP, then
         :meth:`store` and :meth:`release`; False means another replica holds it (then
-        :meth:`wait`) or the tier is down (then :meth:`wait` returns None at once)."""
+        :meth:`wait`) or the tier is down (then :meth:`wait` returns None at once).
+
+        Once taken, the value is read again: if a servable one is there (the previous holder
+        stored it since this replica's lookup), the lease is given back and False returned,
+        so :meth:`wait` serves that value at once. For refresh-ahead, ``newer_than`` is the
+        local token's ``expires_at``: only a value that expires later counts (another
+        replica has refreshed: :meth:`lookup` takes it), an older one is refreshed.
+        """
         if not self._ready():
             return False
         try:
             revision = self._kv.create(key.lease_key, b"", ttl=ttl)
+            if revision is None:
+                return False
+            entry = self._kv.get(key.value_key())
+            opened = self._open_entry(key, 0, entry.value) if entry is not None else None
+            if opened is not None and (newer_than is None or opened[1] > newer_than):
+                self._kv.delete(key.lease_key, last_revision=revision)
+                return False
         except Exception as error:
             self._failed("lease", error)
-            return False
-        if revision is None:
             return False
         with self._lock:
             self._leases[key.names[0]] = revision
@@ -370,6 +384,12 @@ class SharedTier:
 
     def _open(self, key: SharedKey, index: int, sealed: bytes) -> IssuedToken | None:
         """The token in a sealed value if it may still be served; None otherwise."""
+        opened = self._open_entry(key, index, sealed)
+        return opened[0] if opened is not None else None
+
+    def _open_entry(self, key: SharedKey, index: int, sealed: bytes
+                    ) -> tuple[IssuedToken, float] | None:
+        """A servable token in a sealed value and its ``expires_at``; None otherwise."""
         value_key = key.value_key(index)
         try:
             fields = orjson.loads(self._keys[index].open(value_key, sealed))
@@ -383,8 +403,9 @@ class SharedTier:
         now = self._now()
         if expires_at - self._margin <= now:
             return None
-        return IssuedToken(access_token=access_token, token_type=token_type, scope=scope,
-                           expires_in=int(expires_at - now), issued_at=now)
+        token = IssuedToken(access_token=access_token, token_type=token_type, scope=scope,
+                            expires_in=int(expires_at - now), issued_at=now)
+        return token, expires_at
 
     def _ready(self) -> bool:
         """Whether to ask the bucket now. While healthy, yes. After a failure, nobody asks

@@ -397,3 +397,38 @@ def test_prepare_says_whether_the_bucket_is_there(kv: MemoryKeyValue, clock: Clo
     tier = make_tier(kv, clock)
     assert not tier.prepare()
     assert not tier.available
+
+
+def test_a_lease_taken_after_the_value_arrived_is_given_back(
+        tier: SharedTier, kv: MemoryKeyValue, clock: Clock) -> None:
+    """The race that would cost a second IdP call: a replica misses, the leader stores and
+    releases, then the replica's lease succeeds."""
+    key = tier.key(URL, CLIENT_ID, SECRET, "read", "client_secret_post")
+    leader = make_tier(kv, clock)
+    assert leader.lease(key, ttl=5)
+    assert tier.lookup(key) is None  # missed while the leader was at the IdP
+    leader.store(key, issued(clock))
+    leader.release(key)
+
+    assert not tier.lease(key, ttl=5)
+    assert kv.get(key.lease_key) is None  # given back
+    assert tier.wait(key, timeout=5) is not None
+
+
+def test_refresh_ahead_takes_the_lease_only_while_no_newer_token_is_stored(
+        tier: SharedTier, kv: MemoryKeyValue, clock: Clock) -> None:
+    key = tier.key(URL, CLIENT_ID, SECRET, "read", "client_secret_post")
+    first = issued(clock, expires_in=300)
+    tier.store(key, first)
+    local_expires_at = first.issued_at + first.expires_in
+    clock.advance(250)  # into the refresh-ahead part of its life
+    other = make_tier(kv, clock)
+
+    assert other.lease(key, ttl=5, newer_than=local_expires_at)  # refresh: the IdP again
+    other.store(key, issued(clock, expires_in=300, access_token="refreshed-token-7f3a"))
+    other.release(key)
+
+    assert not tier.lease(key, ttl=5, newer_than=local_expires_at)  # already refreshed
+    token = tier.lookup(key)
+    assert token is not None
+    assert token.access_token == "refreshed-token-7f3a"

@@ -323,6 +323,7 @@ def test_an_r3_bucket_keeps_serving_and_leasing_with_a_node_killed(
 
     tiers = [SharedTier(bucket, FLEET_KEY, expiry_margin=30, max_age=600, replicas=3,
                         retry_after=0.2) for bucket in buckets]
+    assert all(tier.prepare() for tier in tiers)  # as a worker does when it starts
     key = tiers[0].key(URL, CLIENT_ID, SECRET, "read", "client_secret_post")
     tiers[0].store(key, token())
     assert tiers[2].lookup(key) is not None
@@ -386,3 +387,24 @@ def test_three_replicas_in_a_cold_burst_call_the_idp_once_per_key(
     report_figure(f"cold burst, 3 replicas on one bucket, 300 requests / 50 keys, IdP 200 ms: "
                   f"{len(calls)} IdP calls, {waits} lease waits, {takeovers} takeovers")
     assert takeovers == 0
+
+
+def test_a_call_from_a_subscription_callback_fails_at_once_instead_of_waiting(
+        kv: KeyValue, js_server: NatsServer, connect: Callable[[str], NatsConnection]) -> None:
+    connection = connect(js_server.url)
+    bucket = KeyValue(connection, BUCKET)
+    outcome: list[BaseException | None] = []
+
+    def on_message(_message: object) -> None:
+        try:
+            bucket.get("a.tok")
+        except KvError as error:
+            outcome.append(error)
+        else:
+            outcome.append(None)
+
+    connection.subscribe("poke", on_message)
+    connection.publish("poke", b"")
+    wait_until(lambda: outcome, timeout=5, what="the callback")
+    assert isinstance(outcome[0], KvError)
+    assert "reader thread" in str(outcome[0])

@@ -51,6 +51,8 @@ PURGE = "PURGE"
 
 DEFAULT_TIMEOUT = 1.0
 """Seconds a JetStream call waits for its answer."""
+READER_THREAD_PREFIX = "nats-reader["
+"""How NatsConnection names its reader thread, where replies arrive (never wait there)."""
 NANOS = 1_000_000_000
 DEFAULT_DUPLICATE_WINDOW = 120.0
 """JetStream's own default; a KV bucket's window never exceeds its max age (as nats.go)."""
@@ -237,6 +239,9 @@ class _Requests:
     def request(self, subject: str, payload: bytes, timeout: float, *,
                 headers: Mapping[str, str] | None = None) -> Message:
         """Send and wait for the one reply; raises KvTimeout or KvUnavailable."""
+        if threading.current_thread().name.startswith(READER_THREAD_PREFIX):
+            raise KvError(500, "a JetStream call on the connection's reader thread would "
+                               "wait for its own reply: call it from another thread")
         self._subscribe_once()
         token = f"{secrets.token_hex(4)}{next(self._counter)}"
         inbox: queue.SimpleQueue[Message] = queue.SimpleQueue()

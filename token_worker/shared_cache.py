@@ -257,7 +257,7 @@ class SharedTier:
                 if token is not None:
                     self._count("hits")
                     if index:
-                        self._store(key, token)  # rotation: copy under the current key
+                        self.store(key, token)  # rotation: copy under the current key
                     return token
         except Exception as error:
             self._failed("lookup", error)

@@ -64,7 +64,9 @@ def nats_server_binary() -> str:
 class NatsServer:
     """A real nats-server on loopback; can be stopped, killed and restarted on its port."""
 
-    def __init__(self, config_text: str = "") -> None:
+    def __init__(self, config_text: str = "", extra_args: tuple[str, ...] = ()) -> None:
+        self.extra_args = extra_args
+        """More command-line arguments (``("-js", "-sd", dir)`` for JetStream)."""
         self.port = free_port()
         self.monitor_port = free_port()
         self._config_text = config_text
@@ -82,6 +84,7 @@ class NatsServer:
             path = Path(self._dir) / "server.conf"
             path.write_text(self._config_text)
             command += ["-c", str(path)]
+        command += list(self.extra_args)
         log = open(Path(self._dir) / "server.log", "ab")  # noqa: SIM115 - lives with the process
         self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
         log.close()
@@ -152,3 +155,19 @@ class IdpServer:
     def token_calls(self) -> int:
         with urllib.request.urlopen(self.url + "/_test/stats", timeout=5) as response:
             return int(json.load(response)["token_calls"])
+
+
+def jetstream_cluster(store_dir: Path, size: int = 3, name: str = "tw") -> list[NatsServer]:
+    """``size`` nats-servers (not started yet) forming one cluster with JetStream, each
+    storing under ``store_dir``/n<index>; a restarted node keeps its port and its data."""
+    routes = [free_port() for _ in range(size)]
+    servers = []
+    for index in range(size):
+        others = ", ".join(f"nats://127.0.0.1:{port}"
+                           for other, port in enumerate(routes) if other != index)
+        servers.append(NatsServer(config_text=(
+            f"server_name: n{index}\n"
+            f'jetstream {{ store_dir: "{store_dir / f"n{index}"}" }}\n'
+            f"cluster {{ name: {name}, listen: 127.0.0.1:{routes[index]}, "
+            f"routes: [{others}] }}\n")))
+    return servers

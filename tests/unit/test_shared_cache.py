@@ -1,0 +1,434 @@
+"""The shared tier on the in-memory bucket: sealing, names, expiry, leases, waiting and
+degrading, with injected clocks (no sleeping for tokens to age)."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import pytest
+
+from tests.helpers import wait_until
+from token_worker.errors import ConfigError
+from token_worker.idp import IssuedToken
+from token_worker.kv import BucketInfo, KvTimeout, KvUnavailable, MemoryKeyValue
+from token_worker.shared_cache import FleetKey, SharedTier, Unsealable, load_key_file
+
+KEY = b"k" * 32
+OTHER_KEY = b"o" * 40
+URL = "https://idp.example/realms/r/protocol/openid-connect/token"
+CLIENT_ID = "billing-service-7f3a"
+SECRET = "s3cret-value-of-billing-7f3a"
+ACCESS_TOKEN = "eyJhbGciOi.access-token-body-7f3a.signature"
+MARGIN = 30.0
+
+
+@dataclass
+class Clock:
+    """Both clocks a tier reads, moved by hand."""
+
+    wall: float = 1_800_000_000.0
+    mono: float = 1000.0
+
+    def now(self) -> float:
+        return self.wall
+
+    def monotonic(self) -> float:
+        return self.mono
+
+    def advance(self, seconds: float) -> None:
+        self.wall += seconds
+        self.mono += seconds
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+def kv(clock: Clock) -> MemoryKeyValue:
+    return MemoryKeyValue(clock=clock.monotonic)
+
+
+def make_tier(kv: MemoryKeyValue, clock: Clock, key: bytes = KEY, **kwargs: object
+              ) -> SharedTier:
+    options: dict[str, object] = {"expiry_margin": MARGIN, "max_age": 3600.0,
+                                  "now": clock.now, "monotonic": clock.monotonic}
+    options.update(kwargs)
+    return SharedTier(kv, key, **options)  # type: ignore[arg-type]
+
+
+def issued(clock: Clock, expires_in: int = 300, access_token: str = ACCESS_TOKEN
+           ) -> IssuedToken:
+    return IssuedToken(access_token=access_token, token_type="Bearer", expires_in=expires_in,
+                       scope="read write", issued_at=clock.wall)
+
+
+@pytest.fixture
+def tier(kv: MemoryKeyValue, clock: Clock) -> SharedTier:
+    return make_tier(kv, clock)
+
+
+# --- sealing and names ------------------------------------------------------------------
+
+
+def test_a_stored_token_comes_back_with_its_life_counted_on_the_clock(
+        tier: SharedTier, clock: Clock) -> None:
+    key = tier.key(URL, CLIENT_ID, SECRET, "write read", "client_secret_post")
+    tier.store(key, issued(clock, expires_in=300))
+    clock.advance(100)
+
+    token = tier.lookup(tier.key(URL, CLIENT_ID, SECRET, "read write read",
+                                 "client_secret_post"))
+
+    assert token is not None
+    assert (token.access_token, token.token_type, token.scope) == (
+        ACCESS_TOKEN, "Bearer", "read write")
+    assert token.expires_in == 200
+    assert tier.counts["hits"] == 1
+
+
+def test_every_part_of_a_request_changes_its_name(tier: SharedTier) -> None:
+    base = (URL, CLIENT_ID, SECRET, "read", "client_secret_post")
+    names = {tier.key(*base).names[0]}
+    for index, other in enumerate(("https://other/token", "other-client", "other-secret",
+                                   "read admin", "client_secret_basic")):
+        parts = list(base)
+        parts[index] = other
+        names.add(tier.key(*parts).names[0])  # type: ignore[arg-type]
+    assert len(names) == 6
+
+
+def test_nothing_readable_in_any_stored_key_or_value(
+        tier: SharedTier, kv: MemoryKeyValue, clock: Clock) -> None:
+    key = tier.key(URL, CLIENT_ID, SECRET, "read", "client_secret_post")
+    assert tier.lease(key, ttl=5)
+    tier.store(key, issued(clock))
+
+    stored = [(name, kv.raw(name)) for name in kv.stored_keys()]
+    assert len(stored) == 2  # the value and the lease
+    for name, entry in stored:
+        assert entry is not None
+        for clear in (CLIENT_ID, SECRET, ACCESS_TOKEN, "idp.example", "read", "Bearer"):
+            assert clear.encode() not in name.encode() + entry.value
+    assert "7f3a" not in repr(key)
+
+
+def test_a_value_copied_to_another_key_does_not_open(
+        tier: SharedTier, kv: MemoryKeyValue, clock: Clock,
+        caplog: pytest.LogCaptureFixture) -> None:
+    mine = tier.key(URL, CLIENT_ID, SECRET, "read", "client_secret_post")
+    theirs = tier.key(URL, "another-client", "another-secret", "read", "client_secret_post")
+    tier.store(mine, issued(clock))
+    entry = kv.get(mine.value_key())
+    assert entry is not None
+    kv.put(theirs.value_key(), entry.value)
+
+    with caplog.at_level(logging.WARNING, "token_worker.shared_cache"):
+        assert tier.lookup(theirs) is None
+        assert tier.lookup(theirs) is None
+    assert [r.getMessage() for r in caplog.records].count(
+        "shared token cache: a value does not open; treated as a miss, the next store "
+        "overwrites it") == 1
+    assert tier.counts["misses"] == 2
+    assert tier.lookup(mine) is not None
+
+
+def test_a_value_that_does_not_open_is_overwritten_by_the_next_store(
+        tier: SharedTier, kv: MemoryKeyValue, clock: Clock) -> None:
+    key = tier.key(URL, CLIENT_ID, SECRET, "read", "client_secret_post")
+    kv.put(key.value_key(), b"\x01" + b"garbage" * 10)
+    assert tier.lookup(key) is None
+
+    tier.store(key, issued(clock))
+
+    assert tier.lookup(key) is not None
+
+
+def test_another_fleet_key_neither_finds_nor_opens_the_value(
+        tier: SharedTier, kv: MemoryKeyValue, clock: Clock) -> None:
+    key = tier.key(URL, CLIENT_ID, SECRET, "read", "client_secret_post")
+    tier.store(key, issued(clock))
+    stranger = make_tier(kv, clock, key=OTHER_KEY)
+
+    assert stranger.lookup(stranger.key(URL, CLIENT_ID, SECRET, "read",
+                                        "client_secret_post")) is None
+    entry = kv.get(key.value_key())
+    assert entry is not None
+    assert FleetKey(KEY).open(key.value_key(), entry.value)
+    with pytest.raises(Unsealable):
+        FleetKey(OTHER_KEY).open(key.value_key(), entry.value)
+
+
+def test_rotation_reads_old_values_with_the_previous_key_and_moves_them(
+        kv: MemoryKeyValue, clock: Clock) -> None:
+    old = make_tier(kv, clock, key=OTHER_KEY)
+    old.store(old.key(URL, CLIENT_ID, SECRET, "read", "client_secret_post"), issued(clock))
+
+    rotating = make_tier(kv, clock, key=KEY, previous_key=OTHER_KEY)
+    token = rotating.lookup(rotating.key(URL, CLIENT_ID, SECRET, "read", "client_secret_post"))
+    assert token is not None
+    assert token.access_token == ACCESS_TOKEN
+
+    rotated = make_tier(kv, clock, key=KEY)  # the previous key is gone now
+    assert rotated.lookup(rotated.key(URL, CLIENT_ID, SECRET, "read",
+                                      "client_secret_post")) is not None
+
+
+def test_key_files_shorter_than_32_bytes_are_refused(tmp_path: object) -> None:
+    from pathlib import Path
+
+    folder = Path(str(tmp_path))
+    (folder / "short").write_bytes(b"x" * 31)
+    (folder / "good").write_bytes(b"x" * 32)
+    with pytest.raises(ConfigError, match="31 bytes"):
+        load_key_file(folder / "short")
+    with pytest.raises(ConfigError, match="cannot read"):
+        load_key_file(folder / "missing")
+    assert load_key_file(folder / "good") == b"x" * 32
+    with pytest.raises(ValueError, match="32 bytes"):
+        FleetKey(b"x" * 31)
+
+
+# --- expiry --------------------------------------------------------------------------------
+
+
+def test_tokens_within_the_expiry_margin_are_never_served(
+        tier: SharedTier, clock: Clock) -> None:
+    key = tier.key(URL, CLIENT_ID, SECRET, "read", "client_secret_post")
+    tier.store(key, issued(clock, expires_in=100))
+
+    clock.advance(100 - MARGIN - 1)
+    assert tier.lookup(key) is not None
+    clock.advance(2)
+    assert tier.lookup(key) is None
+
+
+def test_a_token_too_short_lived_to_serve_is_not_stored(
+        tier: SharedTier, kv: MemoryKeyValue, clock: Clock) -> None:
+    key = tier.key(URL, CLIENT_ID, SECRET, "read", "client_secret_post")
+    tier.store(key, issued(clock, expires_in=int(MARGIN)))
+    assert kv.stored_keys() == []
+
+
+def test_the_stored_value_expires_with_its_token(
+        tier: SharedTier, kv: MemoryKeyValue, clock: Clock) -> None:
+    key = tier.key(URL, CLIENT_ID, SECRET, "read", "client_secret_post")
+    tier.store(key, issued(clock, expires_in=300))
+    clock.advance(301)
+    assert kv.stored_keys() == []
+
+
+# --- leases and waiting ------------------------------------------------------------------
+
+
+def test_one_lease_per_key_until_released_or_expired(
+        tier: SharedTier, kv: MemoryKeyValue, clock: Clock) -> None:
+    key = tier.key(URL, CLIENT_ID, SECRET, "read", "client_secret_post")
+    other = make_tier(kv, clock)  # another replica
+
+    assert tier.lease(key, ttl=5)
+    assert not other.lease(key, ttl=5)
+    tier.release(key)
+    assert other.lease(key, ttl=5)
+    clock.advance(5)
+    assert tier.lease(key, ttl=5)  # expired by its TTL
+
+
+def test_a_release_after_the_lease_passed_on_leaves_the_new_holder_alone(
+        tier: SharedTier, kv: MemoryKeyValue, clock: Clock) -> None:
+    key = tier.key(URL, CLIENT_ID, SECRET, "read", "client_secret_post")
+    other = make_tier(kv, clock)
+    assert tier.lease(key, ttl=5)
+    clock.advance(5)
+    assert other.lease(key, ttl=5)
+
+    tier.release(key)  # too late: the lease is the other replica's now
+
+    assert not make_tier(kv, clock).lease(key, ttl=5)
+
+
+@pytest.fixture
+def background() -> Iterator[list[threading.Thread]]:
+    threads: list[threading.Thread] = []
+    yield threads
+    for thread in threads:
+        thread.join(5)
+
+
+def test_a_waiter_gets_the_value_the_lease_holder_stores(
+        tier: SharedTier, kv: MemoryKeyValue, clock: Clock,
+        background: list[threading.Thread]) -> None:
+    key = tier.key(URL, CLIENT_ID, SECRET, "read", "client_secret_post")
+    leader = make_tier(kv, clock)
+    assert leader.lease(key, ttl=5)
+
+    def lead() -> None:
+        wait_until(lambda: kv.watching, what="the waiter's watch")
+        leader.store(key, issued(clock))
+        leader.release(key)
+
+    background.append(threading.Thread(target=lead))
+    background[0].start()
+    token = tier.wait(key, timeout=5)
+
+    assert token is not None
+    assert token.access_token == ACCESS_TOKEN
+    assert tier.counts["lease_waits"] == 1
+    assert tier.counts["lease_takeovers"] == 0
+
+
+def test_a_value_stored_before_the_wait_is_served_at_once(
+        tier: SharedTier, clock: Clock) -> None:
+    key = tier.key(URL, CLIENT_ID, SECRET, "read", "client_secret_post")
+    tier.store(key, issued(clock))
+    assert tier.wait(key, timeout=0.01) is not None
+
+
+def test_a_released_lease_without_a_value_ends_the_wait_early(
+        tier: SharedTier, kv: MemoryKeyValue, clock: Clock,
+        background: list[threading.Thread]) -> None:
+    key = tier.key(URL, CLIENT_ID, SECRET, "read", "client_secret_post")
+    leader = make_tier(kv, clock)
+    assert leader.lease(key, ttl=5)
+
+    def fail_and_release() -> None:
+        wait_until(lambda: kv.watching, what="the waiter's watch")
+        leader.release(key)  # the IdP call failed
+
+    background.append(threading.Thread(target=fail_and_release))
+    background[0].start()
+
+    assert tier.wait(key, timeout=30) is None  # the test's timeout would catch a full wait
+    assert tier.counts["lease_takeovers"] == 1
+
+
+def test_a_wait_ends_after_its_timeout(tier: SharedTier) -> None:
+    key = tier.key(URL, CLIENT_ID, SECRET, "read", "client_secret_post")
+    assert tier.wait(key, timeout=0.05) is None
+    assert tier.counts["lease_takeovers"] == 1
+
+
+# --- degrading ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("failure", [KvUnavailable("no responders"), KvTimeout("slow")])
+def test_a_broken_bucket_reads_as_misses_with_one_warning_and_a_count(
+        tier: SharedTier, kv: MemoryKeyValue, clock: Clock,
+        caplog: pytest.LogCaptureFixture, failure: Exception) -> None:
+    key = tier.key(URL, CLIENT_ID, SECRET, "read", "client_secret_post")
+    kv.fail = failure  # type: ignore[assignment]
+
+    with caplog.at_level(logging.WARNING, "token_worker.shared_cache"):
+        for _ in range(3):
+            assert tier.lookup(key) is None
+            tier.store(key, issued(clock))
+            assert not tier.lease(key, ttl=5)
+            assert tier.wait(key, timeout=5) is None
+            tier.release(key)
+            clock.advance(10)  # past every rest: each round asks the bucket again
+
+    warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1
+    assert warnings[0].getMessage().startswith("shared token cache unavailable")
+    assert tier.counts["errors"] == 3
+
+
+def test_after_a_failure_the_tier_rests_then_recovers(
+        tier: SharedTier, kv: MemoryKeyValue, clock: Clock) -> None:
+    key = tier.key(URL, CLIENT_ID, SECRET, "read", "client_secret_post")
+    tier.store(key, issued(clock))
+    kv.fail = KvTimeout("quorum lost")
+    assert tier.lookup(key) is None
+    kv.fail = None
+
+    calls = kv.calls
+    assert tier.lookup(key) is None  # resting: not even asked
+    assert kv.calls == calls
+    assert not tier.available
+
+    clock.advance(5)
+    assert tier.lookup(key) is not None
+    assert tier.counts == {"hits": 1, "misses": 0, "leases": 0, "lease_waits": 0,
+                           "lease_takeovers": 0, "errors": 1}
+
+
+class SlowBucket(MemoryKeyValue):
+    """A bucket whose creation hangs until released, as JetStream without a leader does."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.entered = threading.Event()
+        self.go_on = threading.Event()
+        self.ensures = 0
+
+    def ensure_bucket(self, **options: object) -> BucketInfo:  # type: ignore[override]
+        self.ensures += 1
+        self.entered.set()
+        self.go_on.wait(10)
+        return super().ensure_bucket(**options)  # type: ignore[arg-type]
+
+
+def test_while_one_caller_probes_the_others_go_on_without_the_tier(
+        clock: Clock, background: list[threading.Thread]) -> None:
+    kv = SlowBucket()
+    tier = make_tier(kv, clock)
+    key = tier.key(URL, CLIENT_ID, SECRET, "read", "client_secret_post")
+    background.append(threading.Thread(target=tier.prepare))
+    background[0].start()
+    assert kv.entered.wait(5)
+
+    assert tier.lookup(key) is None  # at once: not waiting for the probe
+    assert not tier.lease(key, ttl=5)
+    assert kv.ensures == 1
+    kv.go_on.set()
+    background[0].join(5)
+
+    assert tier.available
+    assert tier.lease(key, ttl=5)
+
+
+def test_prepare_says_whether_the_bucket_is_there(kv: MemoryKeyValue, clock: Clock) -> None:
+    assert make_tier(kv, clock).prepare()
+    kv.fail = KvUnavailable("no responders")
+    tier = make_tier(kv, clock)
+    assert not tier.prepare()
+    assert not tier.available
+
+
+def test_a_lease_taken_after_the_value_arrived_is_given_back(
+        tier: SharedTier, kv: MemoryKeyValue, clock: Clock) -> None:
+    """The race that would cost a second IdP call: a replica misses, the leader stores and
+    releases, then the replica's lease succeeds."""
+    key = tier.key(URL, CLIENT_ID, SECRET, "read", "client_secret_post")
+    leader = make_tier(kv, clock)
+    assert leader.lease(key, ttl=5)
+    assert tier.lookup(key) is None  # missed while the leader was at the IdP
+    leader.store(key, issued(clock))
+    leader.release(key)
+
+    assert not tier.lease(key, ttl=5)
+    assert kv.get(key.lease_key) is None  # given back
+    assert tier.wait(key, timeout=5) is not None
+
+
+def test_refresh_ahead_takes_the_lease_only_while_no_newer_token_is_stored(
+        tier: SharedTier, kv: MemoryKeyValue, clock: Clock) -> None:
+    key = tier.key(URL, CLIENT_ID, SECRET, "read", "client_secret_post")
+    first = issued(clock, expires_in=300)
+    tier.store(key, first)
+    local_expires_at = first.issued_at + first.expires_in
+    clock.advance(250)  # into the refresh-ahead part of its life
+    other = make_tier(kv, clock)
+
+    assert other.lease(key, ttl=5, newer_than=local_expires_at)  # refresh: the IdP again
+    other.store(key, issued(clock, expires_in=300, access_token="refreshed-token-7f3a"))
+    other.release(key)
+
+    assert not tier.lease(key, ttl=5, newer_than=local_expires_at)  # already refreshed
+    token = tier.lookup(key)
+    assert token is not None
+    assert token.access_token == "refreshed-token-7f3a"

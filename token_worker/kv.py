@@ -1,0 +1,656 @@
+"""The JetStream calls the shared token tier needs, over our own NATS connection.
+
+pynats2 has no JetStream API, and the shared tier needs only a little of it, following the
+key-value design of NATS ADR-8: a bucket ``B`` is the stream ``KV_B`` over the subjects
+``$KV.B.>``; a key ``k`` is the subject ``$KV.B.k``; a value is the last message on it
+(history 1). So this module does just that, on any connection with ``subscribe``,
+``unsubscribe`` and ``send_raw`` (a :class:`~token_worker.connection.NatsConnection` that
+announced header support in its CONNECT):
+
+- stream info and create (``$JS.API.STREAM.INFO|CREATE.KV_B``), per-message TTLs allowed;
+- put with the publish acknowledgement (the stream's sequence is the key's revision);
+- atomic create: a put with ``Nats-Expected-Last-Subject-Sequence: 0`` that the stream
+  refuses when the key already holds a value (a lease), with a ``Nats-TTL`` so the value
+  disappears by itself;
+- direct get of the last message of a key (``$JS.API.DIRECT.GET.KV_B.$KV.B.k``);
+- delete (a ``KV-Operation: DEL`` marker);
+- a watch of a key's subject: a plain core subscription sees every put as it happens,
+  so a waiter never polls.
+
+Requests go out as PUB/HPUB with a reply subject under one wildcard inbox subscription
+(``_INBOX.<random>.*``), one random token per request, like a requester. Every call has a
+timeout and raises a typed :class:`KvError`; nothing here blocks forever. Never call this
+from a subscription callback: the replies arrive on the connection's reader thread, so a
+call made there would wait for itself until its timeout.
+
+:class:`MemoryKeyValue` is the same API in memory, for tests of what is built on it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import json
+import math
+import queue
+import re
+import secrets
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import AbstractContextManager, contextmanager
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple, Protocol
+
+from token_worker.connection import Message, Subscription
+from token_worker.errors import NatsConnectionError, TokenWorkerError
+
+PUT = "PUT"
+DEL = "DEL"
+PURGE = "PURGE"
+
+DEFAULT_TIMEOUT = 1.0
+"""Seconds a JetStream call waits for its answer."""
+READER_THREAD_PREFIX = "nats-reader["
+"""How NatsConnection names its reader thread, where replies arrive (never wait there)."""
+NANOS = 1_000_000_000
+DEFAULT_DUPLICATE_WINDOW = 120.0
+"""JetStream's own default; a KV bucket's window never exceeds its max age (as nats.go)."""
+
+ERR_STREAM_NOT_FOUND = 10059
+ERR_WRONG_LAST_SEQUENCE = 10071
+ERR_WRONG_LAST_SEQUENCE_REPLICATED = 10164
+"""What a replicated (R>1) stream answers instead of 10071 (as nats.go checks)."""
+
+_BUCKET_RE = re.compile(r"^[a-zA-Z0-9_-]+$")
+_KEY_RE = re.compile(r"^[-/_=a-zA-Z0-9]+(\.[-/_=a-zA-Z0-9]+)*$")
+_PATTERN_RE = re.compile(r"^([-/_=a-zA-Z0-9]+|\*)(\.([-/_=a-zA-Z0-9]+|\*))*(\.>)?$|^>$")
+
+
+class KvError(TokenWorkerError):
+    """A JetStream key-value call failed; ``code`` is the status (404, 503, ...), ``err_code``
+    JetStream's own error code (10059: stream not found) when it sent one."""
+
+    def __init__(self, code: int, description: str, *, err_code: int = 0) -> None:
+        self.code = code
+        self.err_code = err_code
+        self.description = description
+        text = f"jetstream error {code}"
+        if err_code:
+            text += f" ({err_code})"
+        super().__init__(f"{text}: {description}")
+
+
+class KvTimeout(KvError):
+    """No answer within the call's timeout (JetStream slow, quorum lost, connection down)."""
+
+    def __init__(self, description: str) -> None:
+        super().__init__(408, description)
+
+
+class KvUnavailable(KvError):
+    """Nobody answers JetStream's API here (503 no responders: JetStream is off), or the
+    request could not be sent at all."""
+
+    def __init__(self, description: str) -> None:
+        super().__init__(503, description)
+
+
+class Headers(NamedTuple):
+    """A parsed NATS header block."""
+
+    status: int
+    """The status of the first line (``NATS/1.0 404 Message Not Found``), else 0."""
+    description: str
+    fields: dict[str, str]
+    """Each header's first value, by its name as sent."""
+
+
+@dataclass(frozen=True)
+class Entry:
+    """A key's value as the bucket holds it."""
+
+    key: str
+    value: bytes = field(repr=False)
+    revision: int
+    """The stream sequence of the value; 0 when seen live on a watch (core NATS carries no
+    sequence)."""
+    operation: str = PUT
+    """``PUT``, or ``DEL``/``PURGE`` for a deletion marker."""
+
+
+@dataclass(frozen=True)
+class BucketInfo:
+    """What matters of a bucket's stream configuration."""
+
+    bucket: str
+    history: int
+    max_age: float
+    """Seconds; 0 is unlimited."""
+    replicas: int
+    allow_msg_ttl: bool
+    allow_direct: bool
+    messages: int
+    leader: str = ""
+    """The server name of the stream's leader (clustered JetStream), else ""."""
+
+
+class Connection(Protocol):
+    """What this module needs of a NATS connection (NatsConnection has it)."""
+
+    def subscribe(self, subject: str, callback: Callable[[Message], None],
+                  queue: str = "") -> Subscription: ...
+
+    def unsubscribe(self, sub: Subscription, *, drain_timeout: float = 0.0) -> None: ...
+
+    def send_raw(self, data: bytes) -> None: ...
+
+
+class Watch(Protocol):
+    """Live changes of the keys a watch covers; close it (or use it as a context)."""
+
+    def next(self, timeout: float) -> Entry | None:
+        """The next change, or None when ``timeout`` seconds pass without one."""
+
+
+class KeyValueStore(Protocol):
+    """The key-value API (:class:`KeyValue` over NATS, :class:`MemoryKeyValue` in memory)."""
+
+    def ensure_bucket(self, *, history: int = 1, max_age: float = 0.0, replicas: int = 1,
+                      allow_msg_ttl: bool = True) -> BucketInfo: ...
+
+    def get(self, key: str) -> Entry | None: ...
+
+    def put(self, key: str, value: bytes, *, ttl: float | None = None) -> int: ...
+
+    def create(self, key: str, value: bytes, *, ttl: float | None = None) -> int | None: ...
+
+    def delete(self, key: str, *, last_revision: int | None = None) -> int | None: ...
+
+    def watch(self, pattern: str) -> AbstractContextManager[Watch]: ...
+
+    def wait_for(self, key: str, timeout: float, *, after: int = 0) -> Entry | None: ...
+
+
+# --- headers ---------------------------------------------------------------------------
+
+
+def encode_headers(headers: Mapping[str, str]) -> bytes:
+    """A header block for HPUB: ``NATS/1.0``, one ``Name: value`` line each, a blank line."""
+    lines = [b"NATS/1.0"]
+    for name, value in headers.items():
+        if any(c in name + value for c in "\r\n") or ":" in name:
+            raise ValueError(f"header {name!r} cannot be sent")
+        lines.append(f"{name}: {value}".encode())
+    return b"\r\n".join(lines) + b"\r\n\r\n"
+
+
+def parse_headers(block: bytes) -> Headers:
+    """Read a header block as the server sends it in an HMSG (status line, then fields)."""
+    lines = block.decode("utf-8", "replace").split("\r\n")
+    first = lines[0].split(None, 2) if lines else []
+    status = int(first[1]) if len(first) > 1 and first[1].isdigit() else 0
+    description = first[2] if len(first) > 2 else ""
+    fields: dict[str, str] = {}
+    for line in lines[1:]:
+        name, sep, value = line.partition(":")
+        if sep and name.strip():
+            fields.setdefault(name.strip(), value.strip())
+    return Headers(status, description, fields)
+
+
+def publish_frame(subject: str, payload: bytes, *, reply: str = "",
+                  headers: Mapping[str, str] | None = None) -> bytes:
+    """PUB, or HPUB when there are headers, as protocol bytes for ``send_raw``."""
+    target = f"{subject} {reply}" if reply else subject
+    if not headers:
+        return f"PUB {target} {len(payload)}\r\n".encode() + payload + b"\r\n"
+    block = encode_headers(headers)
+    head = f"HPUB {target} {len(block)} {len(block) + len(payload)}\r\n".encode()
+    return head + block + payload + b"\r\n"
+
+
+def ttl_header(ttl: float) -> str:
+    """A ``Nats-TTL`` value: whole seconds, rounded up, at least one (the server's unit)."""
+    return f"{max(1, math.ceil(ttl))}s"
+
+
+def check_key(key: str) -> str:
+    """``key`` if it is a legal KV key (``[-/_=.a-zA-Z0-9]``, dot-separated tokens)."""
+    if not _KEY_RE.match(key):
+        raise ValueError(f"not a legal key-value key: {key!r}")
+    return key
+
+
+# --- request/reply ---------------------------------------------------------------------
+
+
+class _Requests:
+    """Request/reply over one wildcard inbox subscription, made on first use."""
+
+    def __init__(self, connection: Connection) -> None:
+        self._connection = connection
+        self._prefix = f"_INBOX.{secrets.token_hex(11)}."
+        self._waiting: dict[str, queue.SimpleQueue[Message]] = {}
+        self._lock = threading.Lock()
+        self._subscribed = False
+        self._counter = itertools.count(1)
+
+    def request(self, subject: str, payload: bytes, timeout: float, *,
+                headers: Mapping[str, str] | None = None) -> Message:
+        """Send and wait for the one reply; raises KvTimeout or KvUnavailable."""
+        if threading.current_thread().name.startswith(READER_THREAD_PREFIX):
+            raise KvError(500, "a JetStream call on the connection's reader thread would "
+                               "wait for its own reply: call it from another thread")
+        self._subscribe_once()
+        token = f"{secrets.token_hex(4)}{next(self._counter)}"
+        inbox: queue.SimpleQueue[Message] = queue.SimpleQueue()
+        with self._lock:
+            self._waiting[token] = inbox
+        try:
+            frame = publish_frame(subject, payload, reply=self._prefix + token, headers=headers)
+            try:
+                self._connection.send_raw(frame)
+            except NatsConnectionError as error:
+                raise KvUnavailable(f"request not sent: {error}") from None
+            try:
+                reply = inbox.get(timeout=timeout)
+            except queue.Empty:
+                raise KvTimeout(f"no answer on {_api_name(subject)} within {timeout:g} s"
+                                ) from None
+        finally:
+            with self._lock:
+                self._waiting.pop(token, None)
+        if reply.status == 503:
+            raise KvUnavailable(f"no responders on {_api_name(subject)}: JetStream is off, "
+                                "the bucket is missing, or its stream has no leader yet")
+        return reply
+
+    def _subscribe_once(self) -> None:
+        with self._lock:
+            if self._subscribed:
+                return
+            self._connection.subscribe(self._prefix + "*", self._on_reply)
+            self._subscribed = True
+
+    def _on_reply(self, message: Message) -> None:
+        token = message.subject[len(self._prefix):]
+        with self._lock:
+            inbox = self._waiting.get(token)
+        if inbox is not None:
+            inbox.put(message)
+
+
+def _api_name(subject: str) -> str:
+    """A subject fit for an error text: the API call, never the key (a digest anyway)."""
+    parts = subject.split(".")
+    return ".".join(parts[:4]) if subject.startswith("$JS.") else ".".join(parts[:2])
+
+
+def _json_reply(message: Message) -> dict[str, Any]:
+    """A JetStream API answer as a dict; its ``error`` raised as a KvError."""
+    try:
+        body = json.loads(message.payload)
+    except ValueError:
+        raise KvError(500, "unreadable JetStream answer") from None
+    if not isinstance(body, dict):
+        raise KvError(500, "unreadable JetStream answer")
+    error = body.get("error")
+    if isinstance(error, dict):
+        raise KvError(int(error.get("code") or 500), str(error.get("description") or ""),
+                      err_code=int(error.get("err_code") or 0))
+    return body
+
+
+def _bucket_info(bucket: str, body: Mapping[str, Any]) -> BucketInfo:
+    config = body.get("config") or {}
+    state = body.get("state") or {}
+    return BucketInfo(
+        bucket=bucket,
+        history=int(config.get("max_msgs_per_subject") or 0),
+        max_age=int(config.get("max_age") or 0) / NANOS,
+        replicas=int(config.get("num_replicas") or 1),
+        allow_msg_ttl=bool(config.get("allow_msg_ttl")),
+        allow_direct=bool(config.get("allow_direct")),
+        messages=int(state.get("messages") or 0),
+        leader=str((body.get("cluster") or {}).get("leader") or ""),
+    )
+
+
+def _wrong_last_sequence(error: KvError) -> bool:
+    return error.err_code in (ERR_WRONG_LAST_SEQUENCE, ERR_WRONG_LAST_SEQUENCE_REPLICATED)
+
+
+# --- the bucket over NATS ----------------------------------------------------------------
+
+
+class _SubjectWatch:
+    """A core subscription on key subjects; entries queue up until read."""
+
+    def __init__(self, connection: Connection, subject: str, prefix_length: int) -> None:
+        self._connection = connection
+        self._prefix_length = prefix_length
+        self._queue: queue.SimpleQueue[Entry] = queue.SimpleQueue()
+        self._sub = connection.subscribe(subject, self._on_message)
+
+    def _on_message(self, message: Message) -> None:
+        fields = parse_headers(message.headers).fields if message.headers else {}
+        operation = fields.get("KV-Operation", PUT).upper()
+        self._queue.put(Entry(message.subject[self._prefix_length:], message.payload, 0,
+                              operation))
+
+    def next(self, timeout: float) -> Entry | None:
+        try:
+            return self._queue.get(timeout=max(0.0, timeout))
+        except queue.Empty:
+            return None
+
+    def close(self) -> None:
+        with contextlib.suppress(NatsConnectionError):  # gone with the connection
+            self._connection.unsubscribe(self._sub)
+
+
+class KeyValue:
+    """One JetStream KV bucket over a NATS connection that speaks headers."""
+
+    def __init__(self, connection: Connection, bucket: str, *,
+                 timeout: float = DEFAULT_TIMEOUT) -> None:
+        if not _BUCKET_RE.match(bucket):
+            raise ValueError(f"not a legal bucket name: {bucket!r}")
+        self.bucket = bucket
+        self.stream = f"KV_{bucket}"
+        self.timeout = timeout
+        self._connection = connection
+        self._prefix = f"$KV.{bucket}."
+        self._requests = _Requests(connection)
+
+    def info(self) -> BucketInfo | None:
+        """The bucket's configuration and size, or None when it does not exist."""
+        try:
+            body = self._api(f"$JS.API.STREAM.INFO.{self.stream}", b"")
+        except KvError as error:
+            if error.err_code == ERR_STREAM_NOT_FOUND:
+                return None
+            raise
+        return _bucket_info(self.bucket, body)
+
+    def ensure_bucket(self, *, history: int = 1, max_age: float = 0.0, replicas: int = 1,
+                      allow_msg_ttl: bool = True) -> BucketInfo:
+        """The bucket, created as asked when missing (an existing one is left as it is).
+
+        Raises KvError when it exists without what per-message TTLs need, as a bucket made
+        by hand might: the operator decides, not a worker.
+        """
+        info = self.info()
+        if info is None:
+            info = self._create_bucket(history, max_age, replicas, allow_msg_ttl)
+        if allow_msg_ttl and not info.allow_msg_ttl:
+            raise KvError(400, f"bucket {self.bucket} does not allow per-message TTLs "
+                               "(stream setting allow_msg_ttl)")
+        if not info.allow_direct:
+            raise KvError(400, f"bucket {self.bucket} does not allow direct gets "
+                               "(stream setting allow_direct)")
+        return info
+
+    def _create_bucket(self, history: int, max_age: float, replicas: int,
+                       allow_msg_ttl: bool) -> BucketInfo:
+        window = DEFAULT_DUPLICATE_WINDOW
+        if 0 < max_age < window:
+            window = max_age
+        config = {
+            "name": self.stream, "subjects": [f"$KV.{self.bucket}.>"],
+            "retention": "limits", "storage": "file", "discard": "new",
+            "max_msgs_per_subject": history, "max_msgs": -1, "max_bytes": -1,
+            "max_msg_size": -1, "max_consumers": -1, "max_age": int(max_age * NANOS),
+            "duplicate_window": int(window * NANOS), "num_replicas": replicas,
+            "allow_rollup_hdrs": True, "deny_delete": True, "deny_purge": False,
+            "allow_direct": True, "mirror_direct": False, "allow_msg_ttl": allow_msg_ttl,
+        }
+        try:
+            body = self._api(f"$JS.API.STREAM.CREATE.{self.stream}",
+                             json.dumps(config).encode())
+        except KvError:
+            info = self.info()  # another replica may have just created it
+            if info is None:
+                raise
+            return info
+        return _bucket_info(self.bucket, body)
+
+    def get(self, key: str) -> Entry | None:
+        """The key's value, or None when it has none (never put, deleted or expired)."""
+        entry = self._get_raw(key)
+        if entry is None or entry.operation != PUT:
+            return None
+        return entry
+
+    def _get_raw(self, key: str) -> Entry | None:
+        """The key's last message, deletion markers included."""
+        subject = self._prefix + check_key(key)
+        reply = self._requests.request(f"$JS.API.DIRECT.GET.{self.stream}.{subject}", b"",
+                                       self.timeout)
+        headers = parse_headers(reply.headers)
+        if headers.status == 404:
+            return None
+        if headers.status:
+            raise KvError(headers.status, headers.description or "direct get failed")
+        if not reply.headers:
+            raise KvError(500, "direct get answered without headers: does the connection "
+                               "announce header support?")
+        revision = headers.fields.get("Nats-Sequence", "0")
+        return Entry(key, reply.payload, int(revision) if revision.isdigit() else 0,
+                     headers.fields.get("KV-Operation", PUT).upper())
+
+    def put(self, key: str, value: bytes, *, ttl: float | None = None) -> int:
+        """Store ``value`` (for ``ttl`` seconds when given); return its revision."""
+        headers = {"Nats-TTL": ttl_header(ttl)} if ttl is not None else None
+        return self._publish(key, value, headers)
+
+    def create(self, key: str, value: bytes, *, ttl: float | None = None) -> int | None:
+        """Store ``value`` only if the key holds none; its revision, or None when it does.
+
+        Atomic in the stream: of concurrent creates exactly one wins. A deletion marker
+        counts as no value (the create then expects the marker's revision, as nats.go).
+        """
+        headers = {"Nats-Expected-Last-Subject-Sequence": "0"}
+        if ttl is not None:
+            headers["Nats-TTL"] = ttl_header(ttl)
+        try:
+            return self._publish(key, value, headers)
+        except KvError as error:
+            if not _wrong_last_sequence(error):
+                raise
+        last = self._get_raw(key)
+        if last is None or last.operation == PUT:
+            return None  # held by someone else (or gone a moment ago: let it be)
+        headers["Nats-Expected-Last-Subject-Sequence"] = str(last.revision)
+        try:
+            return self._publish(key, value, headers)
+        except KvError as error:
+            if _wrong_last_sequence(error):
+                return None
+            raise
+
+    def delete(self, key: str, *, last_revision: int | None = None) -> int | None:
+        """Mark the key deleted; with ``last_revision``, only if that is still its value
+        (None when it is not: someone else's by now)."""
+        headers = {"KV-Operation": DEL}
+        if last_revision is not None:
+            headers["Nats-Expected-Last-Subject-Sequence"] = str(last_revision)
+        try:
+            return self._publish(key, b"", headers)
+        except KvError as error:
+            if last_revision is not None and _wrong_last_sequence(error):
+                return None
+            raise
+
+    @contextmanager
+    def watch(self, pattern: str) -> Iterator[Watch]:
+        """Live puts and deletions on the keys ``pattern`` covers (KV wildcards ``*``, ``>``),
+        from the moment the subscription is made; closed when the context ends."""
+        if not _PATTERN_RE.match(pattern):
+            raise ValueError(f"not a legal key pattern: {pattern!r}")
+        watch = _SubjectWatch(self._connection, self._prefix + pattern, len(self._prefix))
+        try:
+            yield watch
+        finally:
+            watch.close()
+
+    def wait_for(self, key: str, timeout: float, *, after: int = 0) -> Entry | None:
+        """The key's value once it is newer than revision ``after``: at once if it already
+        is, else the first put seen on the key's subject; None after ``timeout``."""
+        deadline = time.monotonic() + timeout
+        with self.watch(check_key(key)) as watch:
+            # Subscribed before reading: a put between the two is seen on the watch.
+            current = self.get(key)
+            if current is not None and current.revision > after:
+                return current
+            while (left := deadline - time.monotonic()) > 0:
+                entry = watch.next(left)
+                if entry is not None and entry.operation == PUT:
+                    return entry
+        return None
+
+    def _publish(self, key: str, value: bytes, headers: Mapping[str, str] | None) -> int:
+        body = _json_reply(self._requests.request(self._prefix + check_key(key), value,
+                                                  self.timeout, headers=headers))
+        sequence = body.get("seq")
+        if not isinstance(sequence, int):
+            raise KvError(500, "publish acknowledgement without a sequence")
+        return sequence
+
+    def _api(self, subject: str, payload: bytes) -> dict[str, Any]:
+        return _json_reply(self._requests.request(subject, payload, self.timeout))
+
+
+# --- the same API in memory, for tests -----------------------------------------------------
+
+
+class _MemoryWatch:
+    def __init__(self, pattern: str) -> None:
+        self._pattern = re.compile("^" + re.escape(pattern).replace(r"\*", r"[^.]+")
+                                   .replace(r"\>", ".+") + "$")
+        self._queue: queue.SimpleQueue[Entry] = queue.SimpleQueue()
+
+    def offer(self, entry: Entry) -> None:
+        if self._pattern.match(entry.key):
+            self._queue.put(Entry(entry.key, entry.value, 0, entry.operation))
+
+    def next(self, timeout: float) -> Entry | None:
+        try:
+            return self._queue.get(timeout=max(0.0, timeout))
+        except queue.Empty:
+            return None
+
+
+class MemoryKeyValue:
+    """:class:`KeyValue`'s behaviour in memory (history 1, TTLs on ``clock``); ``fail``
+    set to an error makes every call raise it, as a broken JetStream would."""
+
+    def __init__(self, *, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
+        self._entries: dict[str, tuple[Entry, float | None]] = {}
+        self._watches: list[_MemoryWatch] = []
+        self._lock = threading.Lock()
+        self._sequence = 0
+        self.fail: KvError | None = None
+        self.calls = 0
+
+    def ensure_bucket(self, *, history: int = 1, max_age: float = 0.0, replicas: int = 1,
+                      allow_msg_ttl: bool = True) -> BucketInfo:
+        self._enter()
+        return BucketInfo("memory", history, max_age, replicas, allow_msg_ttl, True,
+                          len(self._entries))
+
+    def raw(self, key: str) -> Entry | None:
+        """The key's last message, markers included (for tests to look at what is stored)."""
+        with self._lock:
+            return self._live(key)
+
+    @property
+    def watching(self) -> int:
+        """Watches open now (a test waits for a waiter to be watching)."""
+        with self._lock:
+            return len(self._watches)
+
+    def stored_keys(self) -> list[str]:
+        """The keys that hold something (values or markers) now."""
+        with self._lock:
+            return [key for key in list(self._entries) if self._live(key) is not None]
+
+    def get(self, key: str) -> Entry | None:
+        self._enter()
+        with self._lock:
+            entry = self._live(check_key(key))
+        return entry if entry is not None and entry.operation == PUT else None
+
+    def put(self, key: str, value: bytes, *, ttl: float | None = None) -> int:
+        self._enter()
+        return self._store(check_key(key), value, PUT, ttl)
+
+    def create(self, key: str, value: bytes, *, ttl: float | None = None) -> int | None:
+        self._enter()
+        with self._lock:
+            last = self._live(check_key(key))
+            if last is not None and last.operation == PUT:
+                return None
+            return self._store_locked(key, value, PUT, ttl)
+
+    def delete(self, key: str, *, last_revision: int | None = None) -> int | None:
+        self._enter()
+        with self._lock:
+            last = self._live(check_key(key))
+            if last_revision is not None and (last.revision if last else 0) != last_revision:
+                return None
+            return self._store_locked(key, b"", DEL, None)
+
+    @contextmanager
+    def watch(self, pattern: str) -> Iterator[Watch]:
+        self._enter()
+        watch = _MemoryWatch(pattern)
+        with self._lock:
+            self._watches.append(watch)
+        try:
+            yield watch
+        finally:
+            with self._lock:
+                self._watches.remove(watch)
+
+    def wait_for(self, key: str, timeout: float, *, after: int = 0) -> Entry | None:
+        deadline = time.monotonic() + timeout
+        with self.watch(key) as watch:
+            current = self.get(key)
+            if current is not None and current.revision > after:
+                return current
+            while (left := deadline - time.monotonic()) > 0:
+                entry = watch.next(left)
+                if entry is not None and entry.operation == PUT:
+                    return entry
+        return None
+
+    def _enter(self) -> None:
+        self.calls += 1
+        if self.fail is not None:
+            raise self.fail
+
+    def _live(self, key: str) -> Entry | None:
+        held = self._entries.get(key)
+        if held is None:
+            return None
+        entry, dies_at = held
+        if dies_at is not None and self._clock() >= dies_at:
+            del self._entries[key]
+            return None
+        return entry
+
+    def _store(self, key: str, value: bytes, operation: str, ttl: float | None) -> int:
+        with self._lock:
+            return self._store_locked(key, value, operation, ttl)
+
+    def _store_locked(self, key: str, value: bytes, operation: str, ttl: float | None) -> int:
+        self._sequence += 1
+        entry = Entry(key, value, self._sequence, operation)
+        dies_at = self._clock() + max(1, math.ceil(ttl)) if ttl is not None else None
+        self._entries[key] = (entry, dies_at)
+        for watch in self._watches:
+            watch.offer(entry)
+        return self._sequence

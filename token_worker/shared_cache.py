@@ -1,0 +1,458 @@
+"""The shared token tier: one sealed cache and one lease per key for a whole fleet.
+
+Each replica keeps its local LRU (:mod:`token_worker.cache`) as the first tier. Behind it,
+this tier keeps tokens in a JetStream KV bucket (:mod:`token_worker.kv`) that every replica
+reads, so a fleet asks the IdP once per key, and a new pod starts warm.
+
+Nothing in the bucket is readable without the fleet's key file (at least 32 bytes, from a
+Kubernetes Secret). From it HKDF derives three keys: one names entries, one digests client
+secrets, one seals values. A KV key is an HMAC-SHA256 of the token endpoint, client id,
+secret digest, sorted scope set and auth method (hex), so no client id, secret or token
+appears in the bucket, its subjects or its stream. A value is sealed with AES-256-GCM under
+a random 96-bit nonce, with its KV key as associated data: a value copied to another key
+does not open. It holds only an allow-list of token fields (``access_token``,
+``token_type``, ``scope``, ``expires_at``), never the secret. A value that does not open
+(another key file, corruption, moved) is a miss, warned about and overwritten by the next
+store. With a previous key file given for rotation, a miss under the new names is looked up
+under the old names too, opened with the old key and copied under the new name.
+
+Single-flight across the fleet: :meth:`SharedTier.lease` takes a short lease on the key with
+KV's atomic create and a per-message TTL, so one replica calls the IdP for a cold key while
+the others :meth:`SharedTier.wait` for its value by watching the key's subjects (no polling);
+a released lease (the leader's IdP call failed) or the timeout sends them to the IdP
+themselves.
+
+This tier never takes a request down: no JetStream, a bucket that cannot be created,
+timeouts, a lost quorum all end as a miss (or a lease not taken), one rate-limited warning,
+a count in :attr:`SharedTier.counts`, and a short rest; then one caller probes while the
+others go on without the tier, so an outage never costs every request a timeout.
+
+How a broker uses it, after a local miss (never on the reader thread: these are I/O)::
+
+    key = tier.key(token_url, client_id, client_secret, scope, auth_method)
+    token = tier.lookup(key)                  # a shared hit: put it in the local tier
+    if token is None:
+        if tier.lease(key, ttl=idp_deadline):     # this replica calls the IdP
+            try:
+                token = idp.fetch_token(...)
+                tier.store(key, token)            # before release: waiters see the value
+            finally:
+                tier.release(key)
+        else:
+            token = tier.wait(key, timeout=idp_deadline) or idp.fetch_token(...)
+
+Refresh-ahead takes the same lease, with ``newer_than`` the local token's ``expires_at``:
+only the replica whose ``lease`` succeeds refreshes (and stores, and releases); on False
+the others keep serving their valid local token, and may take the refreshed one with
+``lookup`` (it expires later than theirs).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import logging
+import math
+import os
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import orjson
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+from token_worker.errors import ConfigError
+from token_worker.idp import IssuedToken
+from token_worker.kv import ERR_STREAM_NOT_FOUND, PUT, KeyValueStore, KvError, KvUnavailable
+
+log = logging.getLogger(__name__)
+
+MIN_KEY_BYTES = 32
+"""Shortest key file accepted: 256 bits of secret for the derived keys."""
+SEAL_VERSION = b"\x01"
+"""First byte of a sealed value: the format (AES-256-GCM, 12-byte nonce, JSON inside)."""
+NONCE_BYTES = 12
+TOKEN_FIELDS = ("access_token", "token_type", "scope", "expires_at")
+"""All a sealed value holds: the allow-list."""
+VALUE_SUFFIX = "tok"
+LEASE_SUFFIX = "lease"
+PROBE_KEY = "probe"
+"""Read (and never written) to learn whether the bucket answers again after a failure."""
+RETRY_AFTER = 5.0
+"""Seconds the tier rests after a failure before JetStream is asked again."""
+WARN_EVERY = 60.0
+"""Seconds between two warnings of one kind (a broken tier must not flood the log)."""
+
+
+def load_key_file(path: str | Path, *, field: str = "cache.shared.keyFile") -> bytes:
+    """The key file's bytes, as they are (every replica mounts the same Secret)."""
+    try:
+        data = Path(path).read_bytes()
+    except OSError as error:
+        raise ConfigError(field, str(path), f"cannot read the key file: {error.strerror}"
+                          ) from None
+    if len(data) < MIN_KEY_BYTES:
+        raise ConfigError(field, str(path), f"the key file holds {len(data)} bytes; at "
+                          f"least {MIN_KEY_BYTES} are needed")
+    return data
+
+
+class Unsealable(Exception):
+    """A sealed value that does not open under this key (or is not a sealed value)."""
+
+
+def _derive(secret: bytes, label: bytes) -> bytes:
+    return HKDF(algorithm=hashes.SHA256(), length=32, salt=None,
+                info=b"token-worker/shared-cache/v1/" + label).derive(secret)
+
+
+def _fields(*parts: bytes) -> bytes:
+    """Length-prefixed fields: no two different key tuples encode alike."""
+    return b"".join(len(part).to_bytes(4, "big") + part for part in parts)
+
+
+class FleetKey:
+    """The keys derived from one key file: naming, secret digests and sealing."""
+
+    def __init__(self, secret: bytes) -> None:
+        if len(secret) < MIN_KEY_BYTES:
+            raise ValueError(f"a fleet key needs at least {MIN_KEY_BYTES} bytes")
+        self._name_key = _derive(secret, b"name")
+        self._secret_key = _derive(secret, b"client-secret")
+        self._aead = AESGCM(_derive(secret, b"seal"))
+
+    def __repr__(self) -> str:
+        return "FleetKey(********)"
+
+    def name(self, token_url: str, client_id: str, client_secret: str,
+             scopes: tuple[str, ...], auth_method: str) -> str:
+        """The hex digest naming a key's entries in the bucket."""
+        secret_digest = hmac.digest(self._secret_key, client_secret.encode(), hashlib.sha256)
+        data = _fields(token_url.encode(), client_id.encode(), secret_digest,
+                       " ".join(scopes).encode(), auth_method.encode())
+        return hmac.digest(self._name_key, data, hashlib.sha256).hex()
+
+    def seal(self, kv_key: str, plaintext: bytes) -> bytes:
+        """``plaintext`` encrypted and bound to ``kv_key`` (its associated data)."""
+        nonce = os.urandom(NONCE_BYTES)
+        return SEAL_VERSION + nonce + self._aead.encrypt(nonce, plaintext, _aad(kv_key))
+
+    def open(self, kv_key: str, sealed: bytes) -> bytes:
+        """The plaintext of a value sealed for ``kv_key``; :class:`Unsealable` otherwise."""
+        if len(sealed) < 1 + NONCE_BYTES + 16 or sealed[:1] != SEAL_VERSION:
+            raise Unsealable("not a sealed value")
+        nonce = sealed[1 : 1 + NONCE_BYTES]
+        try:
+            return self._aead.decrypt(nonce, sealed[1 + NONCE_BYTES :], _aad(kv_key))
+        except InvalidTag:
+            raise Unsealable("the value does not open under this key") from None
+
+
+def _aad(kv_key: str) -> bytes:
+    return b"token-worker/shared-cache/v1\x00" + kv_key.encode()
+
+
+@dataclass(frozen=True)
+class SharedKey:
+    """Where one token lives in the bucket: digests only, safe to keep and to log a part of.
+
+    ``names[0]`` is the name under the current key file, ``names[1]`` (if any) under the
+    previous one.
+    """
+
+    names: tuple[str, ...]
+
+    def __repr__(self) -> str:
+        return f"SharedKey({self.names[0][:12]}...)"
+
+    def value_key(self, index: int = 0) -> str:
+        return f"{self.names[index]}.{VALUE_SUFFIX}"
+
+    @property
+    def lease_key(self) -> str:
+        return f"{self.names[0]}.{LEASE_SUFFIX}"
+
+
+def _scope_set(scope: str | tuple[str, ...]) -> tuple[str, ...]:
+    words = scope.split() if isinstance(scope, str) else scope
+    return tuple(sorted(set(words)))
+
+
+class _Warnings:
+    """One warning per kind per ``every`` seconds."""
+
+    def __init__(self, every: float, clock: Callable[[], float]) -> None:
+        self._every = every
+        self._clock = clock
+        self._last: dict[str, float] = {}
+        self._lock = threading.Lock()
+
+    def warn(self, kind: str, message: str, **extra: object) -> None:
+        now = self._clock()
+        with self._lock:
+            last = self._last.get(kind)
+            if last is not None and now - last < self._every:
+                return
+            self._last[kind] = now
+        log.warning(message, extra=extra)
+
+
+COUNTER_NAMES = ("hits", "misses", "leases", "lease_waits", "lease_takeovers", "errors")
+
+
+class SharedTier:
+    """The shared tier over one bucket; every method is safe to call from many threads and
+    never raises (a broken tier reads as a miss).
+
+    ``now`` is the wall clock tokens expire on (``expires_at`` is absolute, so the fleet's
+    clocks must agree within the expiry margin, as NTP keeps them); ``monotonic`` paces
+    retries and warnings.
+    """
+
+    def __init__(self, kv: KeyValueStore, key: bytes, *, previous_key: bytes | None = None,
+                 expiry_margin: float, max_age: float, replicas: int = 1,
+                 retry_after: float = RETRY_AFTER, warn_every: float = WARN_EVERY,
+                 now: Callable[[], float] = time.time,
+                 monotonic: Callable[[], float] = time.monotonic) -> None:
+        self._kv = kv
+        self._keys = (FleetKey(key),) + ((FleetKey(previous_key),) if previous_key else ())
+        self._margin = expiry_margin
+        self._max_age = max_age
+        self._replicas = replicas
+        self._retry_after = retry_after
+        self._now = now
+        self._monotonic = monotonic
+        self._warnings = _Warnings(warn_every, monotonic)
+        self._lock = threading.Lock()
+        self._counts = dict.fromkeys(COUNTER_NAMES, 0)
+        self._leases: dict[str, int] = {}
+        self._bucket_ready = False
+        self._healthy = False
+        self._failed_before = False
+        self._probing = threading.Lock()
+        self._resting_until = 0.0
+
+    # --- the broker's API -----------------------------------------------------------------
+
+    def key(self, token_url: str, client_id: str, client_secret: str,
+            scope: str | tuple[str, ...], auth_method: str) -> SharedKey:
+        """The names of a request's entries; the secret enters only an HMAC."""
+        scopes = _scope_set(scope)
+        return SharedKey(tuple(k.name(token_url, client_id, client_secret, scopes, auth_method)
+                               for k in self._keys))
+
+    def lookup(self, key: SharedKey) -> IssuedToken | None:
+        """A servable token from the bucket, or None (a miss, or the tier is down)."""
+        if not self._ready():
+            return None
+        try:
+            for index in range(len(key.names)):
+                entry = self._kv.get(key.value_key(index))
+                token = self._open(key, index, entry.value) if entry is not None else None
+                if token is not None:
+                    self._count("hits")
+                    if index:
+                        self.store(key, token)  # rotation: copy under the current key
+                    return token
+        except Exception as error:
+            self._failed("lookup", error)
+            return None
+        self._count("misses")
+        return None
+
+    def store(self, key: SharedKey, token: IssuedToken) -> None:
+        """Keep a token the IdP just issued for the fleet (until it expires), unless it is
+        too short-lived to serve."""
+        if not self._ready():
+            return
+        try:
+            self._store(key, token)
+        except Exception as error:
+            self._failed("store", error)
+
+    def lease(self, key: SharedKey, ttl: float, *, newer_than: float | None = None) -> bool:
+        """Take the key's lease for ``ttl`` seconds: True means call the IdP, then
+        :meth:`store` and :meth:`release`; False means another replica holds it (then
+        :meth:`wait`) or the tier is down (then :meth:`wait` returns None at once).
+
+        Once taken, the value is read again: if a servable one is there (the previous holder
+        stored it since this replica's lookup), the lease is given back and False returned,
+        so :meth:`wait` serves that value at once. For refresh-ahead, ``newer_than`` is the
+        local token's ``expires_at``: only a value that expires later counts (another
+        replica has refreshed: :meth:`lookup` takes it), an older one is refreshed.
+        """
+        if not self._ready():
+            return False
+        try:
+            revision = self._kv.create(key.lease_key, b"", ttl=ttl)
+            if revision is None:
+                return False
+            entry = self._kv.get(key.value_key())
+            opened = self._open_entry(key, 0, entry.value) if entry is not None else None
+            if opened is not None and (newer_than is None or opened[1] > newer_than):
+                self._kv.delete(key.lease_key, last_revision=revision)
+                return False
+        except Exception as error:
+            self._failed("lease", error)
+            return False
+        with self._lock:
+            self._leases[key.names[0]] = revision
+            self._counts["leases"] += 1
+        return True
+
+    def release(self, key: SharedKey) -> None:
+        """Give a lease back (only if it is still ours): waiters that see it go without a
+        value call the IdP themselves at once."""
+        with self._lock:
+            revision = self._leases.pop(key.names[0], None)
+        if revision is None or not self._ready():
+            return
+        try:
+            self._kv.delete(key.lease_key, last_revision=revision)
+        except Exception as error:
+            self._failed("release", error)
+
+    def wait(self, key: SharedKey, timeout: float) -> IssuedToken | None:
+        """The token the lease holder stores, watched for up to ``timeout`` seconds; None
+        when it does not come (released, timed out, tier down): call the IdP yourself."""
+        if not self._ready():
+            return None
+        self._count("lease_waits")
+        deadline = self._monotonic() + timeout
+        try:
+            token = self._watch_for_value(key, deadline)
+        except Exception as error:
+            self._failed("wait", error)
+            token = None
+        if token is None:
+            self._count("lease_takeovers")
+        else:
+            self._count("hits")
+        return token
+
+    @property
+    def counts(self) -> dict[str, int]:
+        """hits, misses, leases (taken), lease_waits, lease_takeovers (waits that ended
+        without a value), errors: a snapshot for metrics."""
+        with self._lock:
+            return dict(self._counts)
+
+    @property
+    def available(self) -> bool:
+        """True while the tier answers (the bucket ensured, no failure since)."""
+        return self._healthy
+
+    def prepare(self) -> bool:
+        """Ensure the bucket now (at start, before serving: otherwise requests arriving
+        while the first caller ensures it go without the tier); never raises."""
+        return self._ready()
+
+    # --- inside -------------------------------------------------------------------------
+
+    def _watch_for_value(self, key: SharedKey, deadline: float) -> IssuedToken | None:
+        value_key = key.value_key()
+        with self._kv.watch(f"{key.names[0]}.*") as watch:
+            # Subscribed before reading: a value stored in between is seen on the watch.
+            entry = self._kv.get(value_key)
+            token = self._open(key, 0, entry.value) if entry is not None else None
+            while token is None and (left := deadline - self._monotonic()) > 0:
+                change = watch.next(left)
+                if change is None:
+                    return None
+                if change.key == value_key and change.operation == PUT:
+                    token = self._open(key, 0, change.value)
+                elif change.key == key.lease_key and change.operation != PUT:
+                    return None  # released without a value: the leader's call failed
+        return token
+
+    def _store(self, key: SharedKey, token: IssuedToken) -> None:
+        expires_at = token.issued_at + token.expires_in
+        life = expires_at - self._now()
+        if life <= self._margin:
+            return
+        if self._max_age > 0:
+            life = min(life, self._max_age)
+        plain = orjson.dumps(dict(zip(TOKEN_FIELDS, (token.access_token, token.token_type,
+                                                     token.scope, expires_at), strict=True)))
+        value_key = key.value_key()
+        self._kv.put(value_key, self._keys[0].seal(value_key, plain), ttl=math.ceil(life))
+
+    def _open(self, key: SharedKey, index: int, sealed: bytes) -> IssuedToken | None:
+        """The token in a sealed value if it may still be served; None otherwise."""
+        opened = self._open_entry(key, index, sealed)
+        return opened[0] if opened is not None else None
+
+    def _open_entry(self, key: SharedKey, index: int, sealed: bytes
+                    ) -> tuple[IssuedToken, float] | None:
+        """A servable token in a sealed value and its ``expires_at``; None otherwise."""
+        value_key = key.value_key(index)
+        try:
+            fields = orjson.loads(self._keys[index].open(value_key, sealed))
+            expires_at = float(fields["expires_at"])
+            access_token, token_type, scope = (str(fields[name]) for name in TOKEN_FIELDS[:3])
+        except (Unsealable, ValueError, KeyError, TypeError) as error:
+            self._warnings.warn("unreadable", "shared token cache: a value does not open; "
+                                "treated as a miss, the next store overwrites it",
+                                entry=f"{key.names[index][:12]}...", error=str(error))
+            return None
+        now = self._now()
+        if expires_at - self._margin <= now:
+            return None
+        token = IssuedToken(access_token=access_token, token_type=token_type, scope=scope,
+                            expires_in=int(expires_at - now), issued_at=now)
+        return token, expires_at
+
+    def _ready(self) -> bool:
+        """Whether to ask the bucket now. While healthy, yes. After a failure, nobody asks
+        until the rest is over; then one caller probes (ensuring the bucket if it may be
+        gone) while the others go on without the tier, so an outage never costs every
+        request a timeout."""
+        if self._healthy:
+            return True
+        if self._monotonic() < self._resting_until:
+            return False
+        if not self._probing.acquire(blocking=False):
+            return False
+        try:
+            if self._bucket_ready:
+                self._kv.get(PROBE_KEY)
+            else:
+                self._kv.ensure_bucket(history=1, max_age=self._max_age,
+                                       replicas=self._replicas, allow_msg_ttl=True)
+                self._bucket_ready = True
+        except Exception as error:
+            self._failed("bucket" if not self._bucket_ready else "probe", error)
+            return False
+        finally:
+            self._probing.release()
+        if self._failed_before:
+            log.info("shared token cache available again")
+        self._healthy = True
+        return True
+
+    def _failed(self, operation: str, error: Exception) -> None:
+        """Count, warn (rate-limited), and rest before asking again; when the bucket looks
+        gone (no responders, stream not found), ensure it again first. A timeout does not
+        (the stream's API needs a meta leader, the data path only the stream's replicas)."""
+        self._count("errors")
+        self._healthy = False
+        self._failed_before = True
+        if isinstance(error, KvUnavailable) or (
+                isinstance(error, KvError) and error.err_code == ERR_STREAM_NOT_FOUND):
+            self._bucket_ready = False  # deleted, or never made: ensure it again
+        log.debug("shared token cache call failed: %s", error,
+                  extra={"operation": operation, "error": str(error) or type(error).__name__})
+        self._resting_until = self._monotonic() + self._retry_after
+        self._warnings.warn("unavailable", "shared token cache unavailable: serving from the "
+                            "local cache and the identity provider",
+                            operation=operation, error=str(error) or type(error).__name__,
+                            retry_in_s=self._retry_after)
+
+    def _count(self, name: str) -> None:
+        with self._lock:
+            self._counts[name] += 1

@@ -8,11 +8,14 @@ a requester error keeps the reply's ``error_code``. Catch the branch you mean::
     ├── ConfigError                 bad configuration (exit code 2)
     ├── NatsConnectionError         the NATS connection is not usable
     │   ├── NotConnected            publish while disconnected or reconnecting
-    │   └── ReconnectGaveUp         every reconnect attempt failed (exit code 3)
+    │   ├── ReconnectGaveUp         every reconnect attempt failed (exit code 3)
+    │   └── PayloadTooLarge         a message larger than the server's max_payload
     ├── IdpError                    the identity provider did not issue a token
     │   ├── IdpRefused              it answered with an OAuth2 error (never retried)
     │   ├── IdpUnavailable          unreachable, 5xx, 429 or an unreadable answer
     │   └── IdpTimeout              no answer within ``idp.timeout``
+    ├── InvalidRequest              a request body the wire contract refuses
+    ├── InvalidReply                requester side: a reply body the wire contract refuses
     └── TokenRequestFailed          requester side: a worker answered with an error
         ├── NoWorkerAnswered        nobody is subscribed, or nobody answered in time
         └── RequestTimedOut         the request's time budget ran out
@@ -117,3 +120,28 @@ class RequestTimedOut(TokenRequestFailed):
 
     def __init__(self, message: str, *, request_id: str = "") -> None:
         super().__init__("timeout", message, request_id=request_id)
+
+
+class PayloadTooLarge(NatsConnectionError):
+    """A message is larger than the server accepts (its ``max_payload``); nothing was sent,
+    and the connection is kept."""
+
+    def __init__(self, size: int, limit: int) -> None:
+        self.size = size
+        self.limit = limit
+        super().__init__(f"message is {size} bytes, the NATS server accepts at most {limit}")
+
+
+class InvalidRequest(TokenWorkerError):
+    """A request body that cannot be served; ``request_id`` is set when one could be read.
+
+    Answered with an ``invalid_request`` error reply, never raised to a requester."""
+
+    def __init__(self, message: str, *, request_id: str = "") -> None:
+        self.request_id = request_id
+        super().__init__(message)
+
+
+class InvalidReply(TokenWorkerError):
+    """Requester side: a reply body that is not a well-formed token or error reply (the
+    field and the problem are in the message; a token's value never is)."""

@@ -73,3 +73,90 @@ class WorkerProcess:
         if self.process.poll() is None:
             self.process.kill()
             self.process.wait(10)
+
+
+class StubConnection:
+    """A NATS connection with no server, for unit tests of the worker (it has what
+    ``token_worker.worker.Connection`` asks for).
+
+    :meth:`deliver` plays a message arriving from the server; ``published`` lists what was
+    sent. ``on_connect``, if set, runs inside :meth:`connect` (to block or fail there).
+    """
+
+    def __init__(self, *, max_payload: int = 1024 * 1024) -> None:
+        from token_worker.connection import State  # noqa: PLC0415 - keep imports local
+
+        self._states = State
+        self.max_payload = max_payload
+        self.state = State.DISCONNECTED
+        self.server_url = "nats://stub:4222"
+        self.reconnects = 0
+        self.buffered_bytes = 0
+        self.published: list[tuple[str, bytes]] = []
+        self.subscriptions: dict[int, object] = {}
+        self.on_connect: Callable[[], None] | None = None
+        self.connect_calls = 0
+        self.closed = threading.Event()
+        self._sent = threading.Condition()
+        self._next_sid = 1
+
+    @property
+    def is_connected(self) -> bool:
+        return self.state is self._states.CONNECTED
+
+    def connect(self) -> None:
+        self.connect_calls += 1
+        if self.on_connect is not None:
+            self.on_connect()
+        self.state = self._states.CONNECTED
+
+    def close(self, timeout: float = 5.0) -> None:
+        self.state = self._states.CLOSED
+        self.closed.set()
+
+    def subscribe(self, subject: str, callback: Callable, queue: str = ""):
+        from token_worker.connection import Subscription  # noqa: PLC0415
+
+        subscription = Subscription(self._next_sid, subject, queue, callback)
+        self._next_sid += 1
+        self.subscriptions[subscription.sid] = subscription
+        return subscription
+
+    def unsubscribe(self, sub, *, drain_timeout: float = 0.0) -> None:
+        self.subscriptions.pop(sub.sid, None)
+
+    def publish(self, subject: str, payload: bytes, reply: str = "") -> None:
+        from token_worker.errors import NotConnected, PayloadTooLarge  # noqa: PLC0415
+
+        if not self.is_connected:
+            raise NotConnected("stub: not connected")
+        if len(payload) > self.max_payload:
+            raise PayloadTooLarge(len(payload), self.max_payload)
+        with self._sent:
+            self.published.append((subject, payload))
+            self._sent.notify_all()
+
+    def flush(self, timeout: float) -> None:
+        from token_worker.errors import NotConnected  # noqa: PLC0415
+
+        if not self.is_connected:
+            raise NotConnected("stub: not connected")
+
+    def deliver(self, subject: str, payload: bytes, reply: str = "") -> None:
+        """A message from the server, on the calling thread (the reader thread's role)."""
+        from token_worker.connection import Message  # noqa: PLC0415
+
+        for subscription in list(self.subscriptions.values()):
+            if subscription.subject == subject:  # type: ignore[attr-defined]
+                subscription.callback(Message(subject, reply, payload))  # type: ignore[attr-defined]
+
+    def replies_to(self, subject: str) -> list[bytes]:
+        with self._sent:
+            return [payload for sent_to, payload in self.published if sent_to == subject]
+
+    def wait_for_reply(self, subject: str, timeout: float = 5.0) -> bytes:
+        with self._sent:
+            if not self._sent.wait_for(lambda: any(to == subject for to, _ in self.published),
+                                       timeout):
+                pytest.fail(f"no reply published to {subject} within {timeout} s")
+            return next(payload for to, payload in self.published if to == subject)

@@ -172,3 +172,16 @@ def test_deployment_runs_the_guides_command_with_probes_and_a_long_enough_grace(
     assert "/app/token-worker" in dockerfile
     assert "USER 10001" in dockerfile
     assert Path(ROOT / "deploy" / "kustomization.yaml").exists()
+
+
+def test_one_miss_then_one_hit_count_exactly_one_of_each(nats_server, idp, start_worker,
+                                                         requester_factory):
+    worker = start_worker(with_health(make_config(nats_server.url, idp.url)))
+    requester = requester_factory(nats_server.url)
+    assert requester.request(token_request(DEMO, "miss"))["token_source"] == "idp"
+    assert requester.request(token_request(DEMO, "hit"))["token_source"] == "cache"
+
+    status, text = get(worker.health_port, "/metrics")
+    assert status == 200
+    assert 'token_worker_cache_events_total{event="miss"} 1.0' in text
+    assert 'token_worker_cache_events_total{event="hit"} 1.0' in text

@@ -753,6 +753,11 @@ class NatsConnection:
             except Exception:
                 log.exception("state listener failed")
 
+    @property
+    def max_payload(self) -> int:
+        """The largest message payload the server accepts (its INFO ``max_payload``)."""
+        return int(self.server_info.get("max_payload", 1048576))
+
 
 def _sub_line(sub: Subscription) -> bytes:
     if sub.queue:

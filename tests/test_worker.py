@@ -6,7 +6,6 @@ import collections
 import json
 import os
 import signal
-import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -14,7 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from tests.conftest import BASIC, DEMO, SCOPED, make_config, token_request
-from tests.helpers import WorkerProcess, wait_until
+from tests.helpers import WorkerProcess, spy_on_signal_handlers, wait_until
 from tests.servers import NatsServer, free_port
 from token_worker import TokenClient, TokenWorker
 
@@ -201,36 +200,8 @@ def test_load_spreads_over_the_queue_group_and_each_request_is_answered_once(
 
 # --- fixes proven by tests that failed on the code before them --------------------------
 
-def _spy_on_locks(calls: list[str]):
-    """Wrap a signal handler so that every lock it takes (or call into ``threading`` or
-    ``logging``) is recorded: a handler that takes a lock the interrupted main thread holds
-    deadlocks the process."""
-    def profiler(frame, event, arg):
-        if event == "c_call" and getattr(arg, "__name__", "") in ("acquire", "__enter__"):
-            calls.append(f"{arg!r}")
-        elif event == "call" and (frame.f_code.co_filename.endswith(("threading.py",
-                                                                     "__init__.py"))
-                                  and ("threading" in frame.f_code.co_filename
-                                       or "logging" in frame.f_code.co_filename)):
-            calls.append(f"{frame.f_code.co_filename}:{frame.f_code.co_name}")
-
-    def wrap(handler):
-        def spy(signum, frame):
-            sys.setprofile(profiler)
-            try:
-                handler(signum, frame)
-            finally:
-                sys.setprofile(None)
-        return spy
-    return wrap
-
-
 def test_the_signal_handler_takes_no_lock_and_run_stops(nats_server, monkeypatch):
-    locks: list[str] = []
-    wrap = _spy_on_locks(locks)
-    real_signal = signal.signal
-    monkeypatch.setattr(signal, "signal", lambda sig, handler: real_signal(
-        sig, wrap(handler) if callable(handler) else handler))
+    locks = spy_on_signal_handlers(monkeypatch)
     worker = TokenWorker(make_config(nats_server.url), lambda payload: payload)
 
     def signal_when_serving() -> None:

@@ -24,16 +24,20 @@ and on a miss ask the broker from a pool thread, without a second lookup.
 from __future__ import annotations
 
 import abc
+import functools
 import logging
+import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import Future
+from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Any, Generic, NamedTuple, TypeVar
 
 from token_worker import wire
 from token_worker.broker import Answer, TokenBroker, TokenQuery
 from token_worker.cache import TokenCache
 from token_worker.config import Config
-from token_worker.errors import IdpError, IdpRefused, InvalidRequest
+from token_worker.errors import IdpError, IdpRefused, IdpTimeout, InvalidRequest
 from token_worker.idp import IdpClient
 from token_worker.logs import RateLimitedLog, request_context
 from token_worker.metrics import Metrics, NullMetrics
@@ -62,20 +66,29 @@ class Deferred(Generic[RequestT]):
 
     ``request_id`` is the request's id when the handler read one, ``None`` when it did not
     look (the worker then reads it from the payload only if it must answer without serving:
-    overloaded, shutting down, a failed call).
+    overloaded, shutting down, a failed call). ``on_drop``, if given, is called instead of
+    ``serve`` when the worker answers the request without serving it (so a handler can
+    release what it set up for it).
     """
 
-    __slots__ = ("request", "request_id", "serve")
+    __slots__ = ("on_drop", "request", "request_id", "serve")
 
     def __init__(self, serve: Callable[[RequestT], Reply], request: RequestT,
-                 request_id: str | None = None) -> None:
+                 request_id: str | None = None, *,
+                 on_drop: Callable[[], None] | None = None) -> None:
         self.serve = serve
         self.request = request
         self.request_id = request_id
+        self.on_drop = on_drop
 
     def run(self) -> Reply:
         """Serve the request (on a pool thread)."""
         return self.serve(self.request)
+
+    def drop(self) -> None:
+        """The worker will never serve this request (overloaded, shutting down)."""
+        if self.on_drop is not None:
+            self.on_drop()
 
 
 class RequestHandler(abc.ABC):
@@ -108,11 +121,17 @@ class TokenHandler(RequestHandler):
     """The default handler: a client-credentials token through the broker."""
 
     def __init__(self, broker: TokenBroker, *, default_scope: str, max_payload: int,
+                 follower_timeout: float = 10.0,
                  on_close: Callable[[], None] | None = None) -> None:
         self._broker = broker
         self._default_scope = default_scope
         self._max_payload = max_payload
+        self._follower_timeout = follower_timeout
         self._on_close = on_close
+        self._misses: dict[TokenQuery, Future[Answer]] = {}
+        """Misses waiting for a pool thread, by query: later misses for the same query
+        follow the first instead of calling the IdP after it (see :meth:`_defer_miss`)."""
+        self._misses_lock = threading.Lock()
         self._warn_invalid = RateLimitedLog(log, logging.WARNING, "invalid request")
         self._warn_not_issued = RateLimitedLog(log, logging.WARNING, "token not issued")
 
@@ -137,7 +156,8 @@ class TokenHandler(RequestHandler):
             client.close()
 
         return cls(broker, default_scope=config.idp.default_scope,
-                   max_payload=config.max_payload, on_close=close)
+                   max_payload=config.max_payload,
+                   follower_timeout=config.idp.deadline + 1.0, on_close=close)
 
     def close(self) -> None:
         """Release the IdP connections and stop background refreshes."""
@@ -150,15 +170,35 @@ class TokenHandler(RequestHandler):
             request = wire.TokenRequest.from_bytes(payload, max_size=self._max_payload)
         except InvalidRequest as error:
             return self._invalid(error)
-        if not request.skip_cache:
-            answer = self._broker.cached(self._query(request))
-            if answer is not None:
-                if log.isEnabledFor(logging.DEBUG):
-                    with request_context(request.request_id, request.client_id):
-                        log.debug("token served from cache",
-                                  extra={"expires_in": answer.expires_in})
-                return _token_reply(request, answer)
-        return Deferred(self._serve, request, request.request_id)
+        if request.skip_cache:
+            return Deferred(self._serve, request, request.request_id)
+        query = self._query(request)
+        answer = self._broker.cached(query)
+        if answer is None:
+            return self._defer_miss(request, query)
+        if log.isEnabledFor(logging.DEBUG):
+            with request_context(request.request_id, request.client_id):
+                log.debug("token served from cache", extra={"expires_in": answer.expires_in})
+        return _token_reply(request, answer)
+
+    def _defer_miss(self, request: wire.TokenRequest, query: TokenQuery
+                    ) -> Deferred[wire.TokenRequest]:
+        """The first miss for a query leads: its pool thread asks the broker without a
+        second lookup. Misses for the same query until it is answered follow it and share
+        its answer. (The broker's own single flight only joins fetches under way: a miss
+        whose pool thread started after the leader finished would call the IdP again.)"""
+        with self._misses_lock:
+            flight = self._misses.get(query)
+            if flight is None:
+                flight = self._misses[query] = Future()
+                leader = True
+            else:
+                leader = False
+        if leader:
+            return Deferred(functools.partial(self._lead, query, flight), request,
+                            request.request_id,
+                            on_drop=functools.partial(self._abandon, query, flight))
+        return Deferred(functools.partial(self._follow, flight), request, request.request_id)
 
     def _invalid(self, error: InvalidRequest) -> Reply:
         with request_context(error.request_id):
@@ -173,10 +213,54 @@ class TokenHandler(RequestHandler):
     def _serve(self, request: wire.TokenRequest) -> Reply:
         """On a pool thread: the cache was looked up already (or skipping it was asked),
         so straight to the broker's single flight, which caches what it gets."""
+        return self._answer(request, lambda: self._broker.fetch(self._query(request),
+                                                                skip_cache=True))
+
+    def _lead(self, query: TokenQuery, flight: Future[Answer],
+              request: wire.TokenRequest) -> Reply:
+        def fetch() -> Answer:
+            try:
+                answer = self._broker.fetch(query, skip_cache=True)
+            except BaseException as error:
+                self._land(query, flight, error=error)
+                raise
+            self._land(query, flight, answer=answer)
+            return answer
+        return self._answer(request, fetch)
+
+    def _follow(self, flight: Future[Answer], request: wire.TokenRequest) -> Reply:
+        def wait() -> Answer:
+            try:
+                return flight.result(timeout=self._follower_timeout)
+            except FutureTimeout:
+                raise IdpTimeout("waited too long for the identity provider call in flight"
+                                 ) from None
+            except _LeaderDropped:  # the leader was never served: ask on our own
+                return self._broker.fetch(self._query(request), skip_cache=True)
+        return self._answer(request, wait)
+
+    def _land(self, query: TokenQuery, flight: Future[Answer], *,
+              answer: Answer | None = None, error: BaseException | None = None) -> None:
+        """The leader's outcome: no longer joinable (the token is cached by now), then
+        given to every follower."""
+        with self._misses_lock:
+            if self._misses.get(query) is flight:
+                del self._misses[query]
+        if answer is not None:
+            flight.set_result(answer)
+        else:
+            flight.set_exception(error or RuntimeError("no answer"))
+
+    def _abandon(self, query: TokenQuery, flight: Future[Answer]) -> None:
+        """The worker dropped the leader (overloaded, shutting down): its followers fetch
+        for themselves."""
+        self._land(query, flight, error=_LeaderDropped())
+
+    def _answer(self, request: wire.TokenRequest, get: Callable[[], Answer]) -> Reply:
         with request_context(request.request_id, request.client_id):
             started = time.monotonic()
             try:
-                answer = self._broker.fetch(self._query(request), skip_cache=True)
+                answer = get()
             except IdpError as error:
                 self._log_failure(error, started)
                 body = wire.ErrorReply(request.request_id, str(error), error.error_code,
@@ -194,6 +278,10 @@ class TokenHandler(RequestHandler):
             log.info("token not issued", extra=details)  # an answer, not a fault
         else:
             self._warn_not_issued(details)
+
+
+class _LeaderDropped(Exception):
+    """The first miss of a query was answered without being served."""
 
 
 def _token_reply(request: wire.TokenRequest, answer: Answer) -> Reply:

@@ -354,6 +354,7 @@ class TokenWorker:
     def _reject(self, message: Message, deferred: Deferred[Any], received: float) -> None:
         """The pool is full (``overloaded``) or closed (``shutting_down``): answer at once,
         and log at most once a second, with a count."""
+        deferred.drop()
         request_id = self._request_id(message, deferred)
         if self._draining:
             reply = _error(request_id, wire.SHUTTING_DOWN,
@@ -399,6 +400,7 @@ class TokenWorker:
         another replica at once instead of waiting out its timeout."""
         queued = self._pool.close()
         for job in queued:
+            job.deferred.drop()
             request_id = self._request_id(job.message, job.deferred)
             self._send_reply(job.message.reply, _error(
                 request_id, wire.SHUTTING_DOWN,

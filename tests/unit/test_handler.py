@@ -125,3 +125,32 @@ def test_a_bytes_function_becomes_a_handler_that_always_defers():
     assert isinstance(outcome, Deferred)
     assert outcome.request_id is None  # not read: the worker peeks only if it must
     assert outcome.run() == Reply(b"ABC")
+
+
+def test_a_miss_that_starts_after_the_first_one_finished_shares_its_answer():
+    handler, idp, metrics = make()
+    first, second = handler.handle(request("a")), handler.handle(request("b"))
+    assert isinstance(first, Deferred) and isinstance(second, Deferred)
+    first_reply = first.run()  # finished (and cached) before the second starts
+    second_reply = second.run()
+    assert idp.calls == 1
+    tokens = {orjson.loads(r.body)["access_token"] for r in (first_reply, second_reply)}
+    assert tokens == {"token-1"}
+    assert orjson.loads(second_reply.body)["request_id"] == "b"
+    assert cache_events(metrics) == {"hit": 0.0, "miss": 2.0}  # two requests, one each
+    third = handler.handle(request("c"))
+    assert isinstance(third, Reply)  # and the next one is a hit
+
+
+def test_followers_share_the_first_misss_error_and_fetch_themselves_if_it_is_dropped():
+    failing, idp, _ = make(ScriptedIdp(IdpUnavailable("connection refused")))
+    first, second = failing.handle(request("a")), failing.handle(request("b"))
+    assert [first.run().error_code, second.run().error_code] == [  # type: ignore[union-attr]
+        wire.IDP_UNAVAILABLE, wire.IDP_UNAVAILABLE]
+    assert idp.calls == 1
+
+    handler, idp, _ = make()
+    dropped, follower = handler.handle(request("a")), handler.handle(request("b"))
+    dropped.drop()  # type: ignore[union-attr]  (answered overloaded: never served)
+    assert orjson.loads(follower.run().body)["access_token"] == "token-1"  # type: ignore[union-attr]
+    assert idp.calls == 1

@@ -286,8 +286,9 @@ class _LeaderDropped(Exception):
 
 def _token_reply(request: wire.TokenRequest, answer: Answer) -> Reply:
     token = answer.token
-    body = wire.TokenReply(request.request_id, token.access_token, token.token_type,
-                           answer.expires_in, token.scope, answer.source).to_bytes()
+    body = wire.encode_token_reply(request.request_id, token.access_token, token.token_type,
+                                   answer.expires_in, scope=token.scope,
+                                   token_source=answer.source)
     return Reply(body, "", request.request_id, request.client_id)
 
 

@@ -230,10 +230,11 @@ class TokenWorker:
                 while not self._stop_requested.is_set():
                     wakeup.wait(WAKE_INTERVAL)
                     self._act_on_signals()
+                start_failed = bool(start_error)  # else a stop was asked for (or NATS lost)
                 if starter.is_alive():  # a stop while the first connect is still tried
                     self._connection.close()
                     starter.join(FIRST_CONNECT_ABORT_WAIT)
-                if start_error and not self._signals_received and not self.failure:
+                if start_failed:
                     raise start_error[0]
                 self.stop()
         finally:

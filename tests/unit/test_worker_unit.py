@@ -270,3 +270,35 @@ def test_the_workers_nats_secrets_are_given_to_the_log_filter(made):
         root.removeHandler(keep)
     assert records and all("nats-pa55-unit" not in line for line in records)
     assert "********" in records[-1]
+
+
+def test_a_stop_requested_during_the_first_connect_returns_from_run_without_error(made):
+    connection = StubConnection()
+
+    def never_reachable() -> None:
+        connection.closed.wait(30)
+        raise ReconnectGaveUp("closed while connecting")
+
+    connection.on_connect = never_reachable
+    worker, _ = made(Scripted(), connection=connection, start=False)
+    stopper = threading.Thread(target=lambda: (
+        wait_until(lambda: connection.connect_calls == 1, what="the first connect"),
+        worker.request_stop()))
+    stopper.start()
+    started = time.monotonic()
+    worker.run(handle_signals=False)
+    assert time.monotonic() - started < 2
+    stopper.join(5)
+    assert connection.closed.is_set()
+
+
+def test_run_raises_when_the_first_connect_gives_up_on_its_own(made):
+    connection = StubConnection()
+
+    def unreachable() -> None:
+        raise ReconnectGaveUp("no NATS server reachable after 2 round(s)")
+
+    connection.on_connect = unreachable
+    worker, _ = made(Scripted(), connection=connection, start=False)
+    with pytest.raises(ReconnectGaveUp, match="after 2 round"):
+        worker.run(handle_signals=False)

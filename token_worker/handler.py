@@ -18,7 +18,9 @@ bytes. A plain function from request bytes to reply bytes becomes a handler thro
     worker = TokenWorker(config, handler=lambda payload: b'{"ok": true}')
 
 :class:`TokenHandler` is the default: parse, look the cache up once on the reader thread,
-and on a miss ask the broker from a pool thread, without a second lookup.
+and on a miss ask the broker from a pool thread, without a second lookup (so a miss is
+counted once); misses for the same query that arrive before the first is answered share
+its answer.
 """
 
 from __future__ import annotations

@@ -4,16 +4,20 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import threading
 import time
 from collections.abc import Callable
+from typing import Any
 
 import pytest
 
 from tests.conftest import CAPTURED_LOG_LINES
 from tests.servers import ROOT
+from token_worker.connection import Message, State, Subscription
+from token_worker.errors import NotConnected, PayloadTooLarge
 
 SCRIPT = ROOT / "bin" / "token-worker"
 
@@ -73,3 +77,109 @@ class WorkerProcess:
         if self.process.poll() is None:
             self.process.kill()
             self.process.wait(10)
+
+
+class StubConnection:
+    """A NATS connection with no server, for unit tests of the worker (it has what
+    ``token_worker.worker.Connection`` asks for).
+
+    :meth:`deliver` plays a message arriving from the server; ``published`` lists what was
+    sent. ``on_connect``, if set, runs inside :meth:`connect` (to block or fail there).
+    """
+
+    def __init__(self, *, max_payload: int = 1024 * 1024) -> None:
+        self.max_payload = max_payload
+        self.state = State.DISCONNECTED
+        self.server_url = "nats://stub:4222"
+        self.reconnects = 0
+        self.buffered_bytes = 0
+        self.published: list[tuple[str, bytes]] = []
+        self.subscriptions: dict[int, Subscription] = {}
+        self.on_connect: Callable[[], None] | None = None
+        self.connect_calls = 0
+        self.closed = threading.Event()
+        self._sent = threading.Condition()
+        self._next_sid = 1
+
+    @property
+    def is_connected(self) -> bool:
+        return self.state is State.CONNECTED
+
+    def connect(self) -> None:
+        self.connect_calls += 1
+        if self.on_connect is not None:
+            self.on_connect()
+        self.state = State.CONNECTED
+
+    def close(self, timeout: float = 5.0) -> None:
+        self.state = State.CLOSED
+        self.closed.set()
+
+    def subscribe(self, subject: str, callback: Callable[[Message], None],
+                  queue: str = "") -> Subscription:
+        subscription = Subscription(self._next_sid, subject, queue, callback)
+        self._next_sid += 1
+        self.subscriptions[subscription.sid] = subscription
+        return subscription
+
+    def unsubscribe(self, sub: Subscription, *, drain_timeout: float = 0.0) -> None:
+        self.subscriptions.pop(sub.sid, None)
+
+    def publish(self, subject: str, payload: bytes, reply: str = "") -> None:
+        if not self.is_connected:
+            raise NotConnected("stub: not connected")
+        if len(payload) > self.max_payload:
+            raise PayloadTooLarge(len(payload), self.max_payload)
+        with self._sent:
+            self.published.append((subject, payload))
+            self._sent.notify_all()
+
+    def flush(self, timeout: float) -> None:
+        if not self.is_connected:
+            raise NotConnected("stub: not connected")
+
+    def deliver(self, subject: str, payload: bytes, reply: str = "") -> None:
+        """A message from the server, on the calling thread (the reader thread's role)."""
+        for subscription in list(self.subscriptions.values()):
+            if subscription.subject == subject:
+                subscription.callback(Message(subject, reply, payload))
+
+    def replies_to(self, subject: str) -> list[bytes]:
+        with self._sent:
+            return [payload for sent_to, payload in self.published if sent_to == subject]
+
+    def wait_for_reply(self, subject: str, timeout: float = 5.0) -> bytes:
+        with self._sent:
+            if not self._sent.wait_for(lambda: any(to == subject for to, _ in self.published),
+                                       timeout):
+                pytest.fail(f"no reply published to {subject} within {timeout} s")
+            return next(payload for to, payload in self.published if to == subject)
+
+
+def spy_on_signal_handlers(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Wrap every signal handler installed from now on, and return the list where each
+    lock it takes (and each call into ``threading`` or ``logging``) is recorded: a handler
+    that takes a lock the interrupted main thread holds deadlocks the process."""
+    taken: list[str] = []
+
+    def profiler(frame: Any, event: str, arg: Any) -> None:
+        filename = frame.f_code.co_filename
+        if event == "c_call" and getattr(arg, "__name__", "") in ("acquire", "__enter__"):
+            taken.append(repr(arg))
+        elif event == "call" and (filename.endswith("threading.py")
+                                  or filename.endswith(os.path.join("logging", "__init__.py"))):
+            taken.append(f"{filename}:{frame.f_code.co_name}")
+
+    def wrap(handler: Callable[..., Any]) -> Callable[..., Any]:
+        def spy(signum: int, frame: Any) -> None:
+            sys.setprofile(profiler)
+            try:
+                handler(signum, frame)
+            finally:
+                sys.setprofile(None)
+        return spy
+
+    real_signal = signal.signal
+    monkeypatch.setattr(signal, "signal", lambda sig, handler: real_signal(
+        sig, wrap(handler) if callable(handler) else handler))
+    return taken

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import json
 import subprocess
+import threading
 import urllib.error
 import urllib.request
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -33,9 +35,16 @@ def with_health(config):
     return replace(config, health=HealthConfig(port=0, host="127.0.0.1"))
 
 
-def test_readiness_follows_the_connection_and_the_drain(nats_server, start_worker):
+def test_readiness_follows_the_connection_and_the_drain(nats_server, start_worker,
+                                                        requester_factory):
+    release = threading.Event()
+
+    def held(payload: bytes) -> bytes:
+        release.wait(10)
+        return b"{}"
+
     worker = start_worker(with_health(make_config(nats_server.url, nats={
-        "reconnect_wait": 0.1})), lambda payload: b"{}")
+        "reconnect_wait": 0.1})), held)
     port = worker.health_port
     assert get(port, "/healthz")[0] == 200
     assert get(port, "/readyz") == (200, '{"status":"ok","reason":"serving"}')
@@ -47,9 +56,18 @@ def test_readiness_follows_the_connection_and_the_drain(nats_server, start_worke
 
     nats_server.start()
     wait_until(lambda: get(port, "/readyz")[0] == 200, what="ready after reconnecting")
-    worker._draining = True  # what stop() sets first
-    assert get(port, "/readyz") == (503, '{"status":"unavailable","reason":"draining"}')
-    worker._draining = False
+    requester = requester_factory(nats_server.url)
+    with ThreadPoolExecutor(2) as pool:
+        asked = pool.submit(requester.request_raw, b"held", timeout=10)
+        wait_until(lambda: worker.metrics.registry.get_sample_value(
+            "token_worker_in_flight") == 1, what="the request in the handler")
+        stopping = pool.submit(worker.stop, 10)
+        wait_until(lambda: get(port, "/readyz")[0] == 503, what="not ready while draining")
+        assert get(port, "/readyz") == (503, '{"status":"unavailable","reason":"draining"}')
+        assert get(port, "/healthz")[0] == 200  # draining is not dying
+        release.set()
+        assert asked.result(10) == b"{}"
+        assert stopping.result(10) is True
 
 
 def test_metrics_count_what_happened(nats_server, idp, start_worker, requester_factory):
@@ -172,3 +190,16 @@ def test_deployment_runs_the_guides_command_with_probes_and_a_long_enough_grace(
     assert "/app/token-worker" in dockerfile
     assert "USER 10001" in dockerfile
     assert Path(ROOT / "deploy" / "kustomization.yaml").exists()
+
+
+def test_one_miss_then_one_hit_count_exactly_one_of_each(nats_server, idp, start_worker,
+                                                         requester_factory):
+    worker = start_worker(with_health(make_config(nats_server.url, idp.url)))
+    requester = requester_factory(nats_server.url)
+    assert requester.request(token_request(DEMO, "miss"))["token_source"] == "idp"
+    assert requester.request(token_request(DEMO, "hit"))["token_source"] == "cache"
+
+    status, text = get(worker.health_port, "/metrics")
+    assert status == 200
+    assert 'token_worker_cache_events_total{event="miss"} 1.0' in text
+    assert 'token_worker_cache_events_total{event="hit"} 1.0' in text

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import collections
 import json
+import os
+import signal
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -11,7 +13,9 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from tests.conftest import BASIC, DEMO, SCOPED, make_config, token_request
-from token_worker import TokenClient
+from tests.helpers import WorkerProcess, spy_on_signal_handlers, wait_until
+from tests.servers import NatsServer, free_port
+from token_worker import TokenClient, TokenWorker
 
 
 def test_good_client_gets_a_token_the_idp_accepts(nats_server, idp, start_worker,
@@ -75,8 +79,8 @@ def test_scope_the_client_may_not_have_is_invalid_scope(nats_server, idp, start_
          "m4", "client_secret must be a string"),
         (json.dumps({"request_id": "m5", "client_id": "c", "client_secret": "s",
                      "scope": 5}).encode(), "m5", "scope"),
-        (json.dumps({"client_id": "c", "client_secret": "s"}).encode(), "",
-         "missing field request_id"),
+        (json.dumps({"request_id": 7, "client_id": "c", "client_secret": "s"}).encode(), "",
+         "request_id must be a string"),
         (b"[" * 100_000, "", "Invalid request format"),
     ],
 )
@@ -91,6 +95,17 @@ def test_bad_requests_get_an_error_reply_and_the_worker_keeps_serving(
     assert reply["request_id"] == request_id
     assert fragment in reply["error"]
     assert requester.request(token_request(DEMO))["access_token"]  # still serving
+
+
+def test_a_request_without_request_id_is_served_as_the_original_served_it(
+        nats_server, idp, start_worker, requester_factory):
+    start_worker(make_config(nats_server.url, idp.url))
+    body = {"client_id": DEMO[0], "client_secret": DEMO[1],
+            "timestamp": "2026-11-29T12:00:00.123456789Z"}
+    reply = requester_factory(nats_server.url).request(body)
+    assert reply["request_id"] == ""
+    assert reply["access_token"]
+    assert "error" not in reply
 
 
 def test_oversize_payload_is_refused_without_parsing(nats_server, idp, start_worker,
@@ -181,3 +196,124 @@ def test_load_spreads_over_the_queue_group_and_each_request_is_answered_once(
     assert sum(served_by.values()) == 300  # nobody answered twice, nobody was skipped
     assert set(served_by) == {"a", "b", "c"}
     assert min(served_by.values()) >= 30, served_by
+
+
+# --- fixes proven by tests that failed on the code before them --------------------------
+
+def test_the_signal_handler_takes_no_lock_and_run_stops(nats_server, monkeypatch):
+    locks = spy_on_signal_handlers(monkeypatch)
+    worker = TokenWorker(make_config(nats_server.url), lambda payload: payload)
+
+    def signal_when_serving() -> None:
+        wait_until(lambda: worker.is_ready, what="the worker serving")
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    sender = threading.Thread(target=signal_when_serving)
+    sender.start()
+    worker.run()  # on the main thread, as the CLI runs it
+    sender.join(5)
+    assert locks == []
+    assert worker.connection_state.value == "closed"
+
+
+def test_a_signal_during_the_first_connect_stops_the_worker_at_once():
+    unreachable = f"nats://127.0.0.1:{free_port()}"
+    worker = WorkerProcess(env={"NATS_URL": unreachable, "RECONNECT_WAIT": "30",
+                                "MAX_RECONNECT": "5", "LOG_LEVEL": "info"})
+    try:
+        worker.wait_for_log("nats connect round failed, retrying")
+        worker.process.send_signal(signal.SIGTERM)
+        signalled = time.monotonic()
+        assert worker.finish(timeout=10) == 0
+        assert time.monotonic() - signalled < 1.5
+        messages = [record["message"] for record in worker.records()]
+        assert "signal received" in messages
+        assert "draining" not in messages
+    finally:
+        worker.stop()
+
+
+def test_a_failed_first_connect_says_so_and_not_that_it_drained():
+    unreachable = f"nats://127.0.0.1:{free_port()}"
+    worker = WorkerProcess(env={"NATS_URL": unreachable, "RECONNECT_WAIT": "0.1",
+                                "MAX_RECONNECT": "2", "LOG_LEVEL": "info"})
+    try:
+        assert worker.finish() == 3
+        records = worker.records()
+        messages = [record["message"] for record in records]
+        assert "draining" not in messages
+        assert not [r for r in records if r["message"] == "stopped" and r.get("drained")]
+        assert messages[-1] == "exiting: NATS unreachable"
+    finally:
+        worker.stop()
+
+
+def test_shutdown_answers_queued_requests_shutting_down_at_once(
+        nats_server, start_worker, requester_factory):
+    release = threading.Event()
+    started = threading.Event()
+
+    def slow(payload: bytes) -> bytes:
+        started.set()
+        release.wait(10)
+        return b'{"ok": true}'
+
+    worker = start_worker(make_config(nats_server.url, workers=1, backlog=4), slow)
+    requester = requester_factory(nats_server.url)
+    with ThreadPoolExecutor(5) as pool:  # four requesters and the stop
+        running = pool.submit(requester.request, {"request_id": "running"}, timeout=10)
+        assert started.wait(5)
+        queued = [pool.submit(requester.request, {"request_id": f"q{i}"}, timeout=10)
+                  for i in range(3)]
+        wait_until(lambda: worker.metrics.registry.get_sample_value(
+            "token_worker_in_flight") == 4, what="three requests queued")
+        stopping = pool.submit(worker.stop, 10)
+        answered = [future.result(3) for future in queued]  # while the first still runs
+        assert not running.done()
+        release.set()
+        assert running.result(10) == {"ok": True}
+        assert stopping.result(10) is True
+    assert sorted(reply["request_id"] for reply in answered) == ["q0", "q1", "q2"]
+    assert {reply["error_code"] for reply in answered} == {"shutting_down"}
+
+
+def test_per_request_warnings_are_rate_limited(nats_server, idp, start_worker,
+                                               requester_factory, caplog):
+    start_worker(make_config(nats_server.url, idp.url))
+    requester = requester_factory(nats_server.url)
+    caplog.set_level("WARNING")
+    for _ in range(200):
+        requester.publish("token.request", json.dumps(token_request(DEMO)).encode())
+        requester.request_raw(b"not json")
+    assert requester.request(token_request(DEMO))["access_token"]  # all of them handled
+    no_reply = [r for r in caplog.records
+                if r.getMessage() == "request without reply subject dropped"]
+    invalid = [r for r in caplog.records if r.getMessage() == "invalid request"]
+    assert 1 <= len(no_reply) < 10
+    assert 1 <= len(invalid) < 10
+
+
+def test_a_reply_larger_than_the_servers_max_payload_is_token_too_large(
+        requester_factory, start_worker, faulty, caplog):
+    server = NatsServer(config_text="max_payload: 65536").start()
+    huge_token = "t" * 100_000
+    try:
+        idp = faulty(body=json.dumps({"access_token": huge_token, "token_type": "Bearer",
+                                      "expires_in": 300}).encode())
+        worker = start_worker(make_config(server.url, idp.url))
+        client_before = server.connz()[0]["cid"]
+        requester = requester_factory(server.url)
+        caplog.set_level("WARNING")
+        for request_id in ("big-1", "big-2"):  # from the IdP, then from the cache
+            reply = requester.request(token_request(DEMO, request_id))
+            assert reply["error_code"] == "token_too_large"
+            assert reply["request_id"] == request_id
+            assert "65536" in reply["error"]
+            assert "access_token" not in reply
+        assert worker.is_ready and worker.reconnects == 0
+        assert client_before in [c["cid"] for c in server.connz()]
+        too_large = [r for r in caplog.records if r.getMessage().startswith("reply too large")]
+        assert too_large and too_large[0].client_id == DEMO[0]
+        assert huge_token not in caplog.text
+    finally:
+        server.cleanup()

@@ -16,6 +16,8 @@ a requester error keeps the reply's ``error_code``. Catch the branch you mean::
     │   ├── IdpUnavailable          unreachable, 5xx or 429: it may work on a retry
     │   ├── IdpTimeout              no answer within ``idp.timeout`` / ``idp.deadline``
     │   └── IdpBadResponse          an answer no retry can fix (not a token, a redirect)
+    ├── InvalidRequest              a request body the wire contract refuses
+    ├── InvalidReply                requester side: a reply body the wire contract refuses
     ├── TokenRequestFailed          requester side: a worker answered with an error
     │   ├── NoWorkerAnswered        nobody is subscribed, or nobody answered in time
     │   ├── RequestTimedOut         the request's time budget ran out
@@ -176,3 +178,18 @@ class NatsUnavailable(TokenRequestFailed):
 class ClientClosed(TokenWorkerError):
     """Requester side: the :class:`~token_worker.TokenClient` was closed; it sends nothing
     more (raised at once, never retried)."""
+
+
+class InvalidRequest(TokenWorkerError):
+    """A request body that cannot be served; ``request_id`` is set when one could be read.
+
+    Answered with an ``invalid_request`` error reply, never raised to a requester."""
+
+    def __init__(self, message: str, *, request_id: str = "") -> None:
+        self.request_id = request_id
+        super().__init__(message)
+
+
+class InvalidReply(TokenWorkerError):
+    """Requester side: a reply body that is not a well-formed token or error reply (the
+    field and the problem are in the message; a token's value never is)."""

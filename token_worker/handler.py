@@ -1,53 +1,150 @@
-"""One token request, from request bytes to reply bytes.
+"""One request, from request bytes to a typed reply: the handler contract and its default.
 
-The handler owns a single request: parse and validate it, get a token from the broker
-(cache or IdP), and turn the result, good or bad, into a reply. It never raises for a bad
-request or an IdP failure: every such case becomes an error reply with a ``request_id``
-where one could be read, a sentence in ``error`` and a code in ``error_code``.
+A :class:`RequestHandler` gets a request body on the connection's reader thread and
+returns, without blocking:
 
-:meth:`TokenHandler.answer_now` is the fast path: what can be answered without I/O (a bad
-request, a cache hit) is answered there, on the connection's reading thread; everything
-else goes to a pool thread through ``__call__``, which parses the body again (about 3 µs,
-against a millisecond or more at the IdP) so that the handler stays a plain
-bytes-to-bytes callable.
+- a :class:`Reply` (the encoded body with its ``error_code``) when it needs no I/O: a
+  bad request or a cache hit. The worker sends it at once, batched with the other
+  replies of the same read. This is the fast path: keep it free of I/O and locks held
+  for long.
+- a :class:`Deferred` otherwise: the request, parsed once, with the call that serves it.
+  The worker runs the call on a pool thread (or answers ``overloaded`` when the pool is
+  full, ``shutting_down`` when it stops before starting it).
+
+Outcomes travel with the reply (``Reply.error_code``), so counting them never reads the
+bytes. A plain function from request bytes to reply bytes becomes a handler through
+:class:`BytesHandler` (always deferred; its replies count as ``ok``)::
+
+    worker = TokenWorker(config, handler=lambda payload: b'{"ok": true}')
+
+:class:`TokenHandler` is the default: parse, look the cache up once on the reader thread,
+and on a miss ask the broker from a pool thread, without a second lookup (so a miss is
+counted once); misses for the same query that arrive before the first is answered share
+its answer.
 """
 
 from __future__ import annotations
 
+import abc
+import functools
 import logging
+import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import Future
+from concurrent.futures import TimeoutError as FutureTimeout
+from typing import Any, Generic, NamedTuple, TypeVar
 
-from token_worker import messages
+from token_worker import wire
 from token_worker.broker import Answer, TokenBroker, TokenQuery
 from token_worker.cache import TokenCache
 from token_worker.config import Config
-from token_worker.errors import IdpError, IdpRefused
+from token_worker.errors import IdpError, IdpRefused, IdpTimeout, InvalidRequest
 from token_worker.idp import IdpClient
-from token_worker.logs import request_context
-from token_worker.metrics import Metrics
+from token_worker.logs import RateLimitedLog, request_context
+from token_worker.metrics import Metrics, NullMetrics
 from token_worker.resilience import ResilientIdp
 
 log = logging.getLogger(__name__)
 
+RequestT = TypeVar("RequestT")
 
-class TokenHandler:
-    """The default request handler: a client-credentials token through the broker."""
+
+class Reply(NamedTuple):
+    """A reply ready to send (a tuple: one is built for every request)."""
+
+    body: bytes
+    """The encoded reply."""
+    error_code: str = ""
+    """Empty for a token, else the reply's ``error_code`` (what metrics count)."""
+    request_id: str = ""
+    """The request's id, for a reply the worker must replace (too large to send)."""
+    client_id: str = ""
+    """Who asked, for the log line of a reply the worker must replace."""
+
+
+class Deferred(Generic[RequestT]):
+    """A request that needs I/O: ``serve(request)`` runs on a pool thread.
+
+    ``request_id`` is the request's id when the handler read one, ``None`` when it did not
+    look (the worker then reads it from the payload only if it must answer without serving:
+    overloaded, shutting down, a failed call). ``on_drop``, if given, is called instead of
+    ``serve`` when the worker answers the request without serving it (so a handler can
+    release what it set up for it).
+    """
+
+    __slots__ = ("on_drop", "request", "request_id", "serve")
+
+    def __init__(self, serve: Callable[[RequestT], Reply], request: RequestT,
+                 request_id: str | None = None, *,
+                 on_drop: Callable[[], None] | None = None) -> None:
+        self.serve = serve
+        self.request = request
+        self.request_id = request_id
+        self.on_drop = on_drop
+
+    def run(self) -> Reply:
+        """Serve the request (on a pool thread)."""
+        return self.serve(self.request)
+
+    def drop(self) -> None:
+        """The worker will never serve this request (overloaded, shutting down)."""
+        if self.on_drop is not None:
+            self.on_drop()
+
+
+class RequestHandler(abc.ABC):
+    """What a worker asks to serve each request (see the module's docstring)."""
+
+    @abc.abstractmethod
+    def handle(self, payload: bytes) -> Reply | Deferred[Any]:
+        """Runs on the reader thread: a :class:`Reply` now, or a :class:`Deferred`.
+
+        Should not raise; if it does, the requester gets ``internal_error`` and the
+        exception is logged."""
+
+
+class BytesHandler(RequestHandler):
+    """Adapts a function from request bytes to reply bytes: every request is deferred to a
+    pool thread, and its reply counts as ``ok`` (return :class:`Reply` from a
+    :class:`RequestHandler` of your own to count outcomes)."""
+
+    def __init__(self, function: Callable[[bytes], bytes]) -> None:
+        self._function = function
+
+    def handle(self, payload: bytes) -> Deferred[bytes]:
+        return Deferred(self._serve, payload)
+
+    def _serve(self, payload: bytes) -> Reply:
+        return Reply(self._function(payload))
+
+
+class TokenHandler(RequestHandler):
+    """The default handler: a client-credentials token through the broker."""
 
     def __init__(self, broker: TokenBroker, *, default_scope: str, max_payload: int,
+                 follower_timeout: float = 10.0,
                  on_close: Callable[[], None] | None = None) -> None:
         self._broker = broker
         self._default_scope = default_scope
         self._max_payload = max_payload
+        self._follower_timeout = follower_timeout
         self._on_close = on_close
+        self._misses: dict[TokenQuery, Future[Answer]] = {}
+        """Misses waiting for a pool thread, by query: later misses for the same query
+        follow the first instead of calling the IdP after it (see :meth:`_defer_miss`)."""
+        self._misses_lock = threading.Lock()
+        self._warn_invalid = RateLimitedLog(log, logging.WARNING, "invalid request")
+        self._warn_not_issued = RateLimitedLog(log, logging.WARNING, "token not issued")
 
     @classmethod
     def from_config(cls, config: Config, metrics: Metrics | None = None) -> TokenHandler:
-        """Wire IdP client, retry policy, cache and broker as the config says."""
+        """Wire IdP client, retry policy, cache and broker as the config says; the handler
+        closes them in :meth:`close`."""
+        metrics = NullMetrics() if metrics is None else metrics
         client = IdpClient(config.idp, pool_size=config.workers + 2)
         idp = ResilientIdp(client, config.idp, metrics)
-        if metrics is not None:
-            metrics.circuit_open.set_function(lambda: 1.0 if idp.circuit_open else 0.0)
+        metrics.circuit_open.set_function(lambda: 1.0 if idp.circuit_open else 0.0)
         cache = None
         if config.cache.enabled:
             cache = TokenCache(max_entries=config.cache.max_entries,
@@ -62,79 +159,140 @@ class TokenHandler:
             client.close()
 
         return cls(broker, default_scope=config.idp.default_scope,
-                   max_payload=config.max_payload, on_close=close)
+                   max_payload=config.max_payload,
+                   follower_timeout=config.idp.deadline + 1.0, on_close=close)
 
     def close(self) -> None:
         """Release the IdP connections and stop background refreshes."""
         if self._on_close is not None:
             self._on_close()
 
-    def answer_now(self, payload: bytes) -> bytes | None:
-        """The reply if it needs no I/O (invalid request, cache hit), else None."""
-        request = self._parse(payload)
-        if isinstance(request, bytes):
-            return request
+    def handle(self, payload: bytes) -> Reply | Deferred[wire.TokenRequest]:
+        """Parse once; a bad request or a cache hit is answered now, the rest deferred."""
+        try:
+            request = wire.TokenRequest.from_bytes(payload, max_size=self._max_payload)
+        except InvalidRequest as error:
+            return self._invalid(error)
         if request.skip_cache:
-            return None
-        scope = self._default_scope if request.scope is None else request.scope
-        answer = self._broker.cached(TokenQuery(request.client_id, request.client_secret, scope))
+            return Deferred(self._serve, request, request.request_id)
+        query = self._query(request)
+        answer = self._broker.cached(query)
         if answer is None:
-            return None
+            return self._defer_miss(request, query)
         if log.isEnabledFor(logging.DEBUG):
             with request_context(request.request_id, request.client_id):
                 log.debug("token served from cache", extra={"expires_in": answer.expires_in})
-        return _token_reply(request.request_id, answer)
+        return _token_reply(request, answer)
 
-    def __call__(self, payload: bytes) -> bytes:
-        request = self._parse(payload)
-        if isinstance(request, bytes):
-            return request
-        with request_context(request.request_id, request.client_id):
-            return self._serve(request)
+    def _defer_miss(self, request: wire.TokenRequest, query: TokenQuery
+                    ) -> Deferred[wire.TokenRequest]:
+        """The first miss for a query leads: its pool thread asks the broker without a
+        second lookup. Misses for the same query until it is answered follow it and share
+        its answer. (The broker's own single flight only joins fetches under way: a miss
+        whose pool thread started after the leader finished would call the IdP again.)"""
+        with self._misses_lock:
+            flight = self._misses.get(query)
+            if flight is None:
+                flight = self._misses[query] = Future()
+                leader = True
+            else:
+                leader = False
+        if leader:
+            return Deferred(functools.partial(self._lead, query, flight), request,
+                            request.request_id,
+                            on_drop=functools.partial(self._abandon, query, flight))
+        return Deferred(functools.partial(self._follow, flight), request, request.request_id)
 
-    def _parse(self, payload: bytes) -> messages.TokenRequest | bytes:
-        """The parsed request, or the error reply for an invalid one."""
-        try:
-            return messages.parse_request(payload, max_size=self._max_payload)
-        except messages.InvalidRequest as error:
-            with request_context(error.request_id):
-                log.warning("invalid request", extra={"error": str(error)})
-            return messages.error_reply(error.request_id, messages.INVALID_REQUEST, str(error))
+    def _invalid(self, error: InvalidRequest) -> Reply:
+        with request_context(error.request_id):
+            self._warn_invalid({"error": str(error)})
+        body = wire.ErrorReply(error.request_id, str(error), wire.INVALID_REQUEST).to_bytes()
+        return Reply(body, wire.INVALID_REQUEST, error.request_id)
 
-    def _query(self, request: messages.TokenRequest) -> TokenQuery:
+    def _query(self, request: wire.TokenRequest) -> TokenQuery:
         scope = self._default_scope if request.scope is None else request.scope
         return TokenQuery(request.client_id, request.client_secret, scope)
 
-    def _serve(self, request: messages.TokenRequest) -> bytes:
-        started = time.monotonic()
-        try:
-            answer = self._broker.fetch(self._query(request), skip_cache=request.skip_cache)
-        except IdpError as error:
-            self._log_failure(error, started)
-            return messages.error_reply(
-                request.request_id, error.error_code, str(error), description=error.description
-            )
-        log.info("token issued", extra={"idp_ms": _ms_since(started),
-                                         "expires_in": answer.expires_in,
-                                         "token_source": answer.source})
-        return _token_reply(request.request_id, answer)
+    def _serve(self, request: wire.TokenRequest) -> Reply:
+        """On a pool thread: the cache was looked up already (or skipping it was asked),
+        so straight to the broker's single flight, which caches what it gets."""
+        return self._answer(request, lambda: self._broker.fetch(self._query(request),
+                                                                skip_cache=True))
 
-    @staticmethod
-    def _log_failure(error: IdpError, started: float) -> None:
-        level = logging.INFO if isinstance(error, IdpRefused) else logging.WARNING
-        log.log(level, "token not issued", extra={
-            "error_code": error.error_code, "error": str(error), "idp_ms": _ms_since(started)})
+    def _lead(self, query: TokenQuery, flight: Future[Answer],
+              request: wire.TokenRequest) -> Reply:
+        def fetch() -> Answer:
+            try:
+                answer = self._broker.fetch(query, skip_cache=True)
+            except BaseException as error:
+                self._land(query, flight, error=error)
+                raise
+            self._land(query, flight, answer=answer)
+            return answer
+        return self._answer(request, fetch)
+
+    def _follow(self, flight: Future[Answer], request: wire.TokenRequest) -> Reply:
+        def wait() -> Answer:
+            try:
+                return flight.result(timeout=self._follower_timeout)
+            except FutureTimeout:
+                raise IdpTimeout("waited too long for the identity provider call in flight"
+                                 ) from None
+            except _LeaderDropped:  # the leader was never served: ask on our own
+                return self._broker.fetch(self._query(request), skip_cache=True)
+        return self._answer(request, wait)
+
+    def _land(self, query: TokenQuery, flight: Future[Answer], *,
+              answer: Answer | None = None, error: BaseException | None = None) -> None:
+        """The leader's outcome: no longer joinable (the token is cached by now), then
+        given to every follower."""
+        with self._misses_lock:
+            if self._misses.get(query) is flight:
+                del self._misses[query]
+        if answer is not None:
+            flight.set_result(answer)
+        else:
+            flight.set_exception(error or RuntimeError("no answer"))
+
+    def _abandon(self, query: TokenQuery, flight: Future[Answer]) -> None:
+        """The worker dropped the leader (overloaded, shutting down): its followers fetch
+        for themselves."""
+        self._land(query, flight, error=_LeaderDropped())
+
+    def _answer(self, request: wire.TokenRequest, get: Callable[[], Answer]) -> Reply:
+        with request_context(request.request_id, request.client_id):
+            started = time.monotonic()
+            try:
+                answer = get()
+            except IdpError as error:
+                self._log_failure(error, started)
+                body = wire.ErrorReply(request.request_id, str(error), error.error_code,
+                                       error.description).to_bytes()
+                return Reply(body, error.error_code, request.request_id, request.client_id)
+            log.info("token issued", extra={"idp_ms": _ms_since(started),
+                                             "expires_in": answer.expires_in,
+                                             "token_source": answer.source})
+            return _token_reply(request, answer)
+
+    def _log_failure(self, error: IdpError, started: float) -> None:
+        details = {"error_code": error.error_code, "error": str(error),
+                   "idp_ms": _ms_since(started)}
+        if isinstance(error, IdpRefused):
+            log.info("token not issued", extra=details)  # an answer, not a fault
+        else:
+            self._warn_not_issued(details)
 
 
-def _token_reply(request_id: str, answer: Answer) -> bytes:
-    return messages.token_reply(
-        request_id,
-        access_token=answer.token.access_token,
-        token_type=answer.token.token_type,
-        expires_in=answer.expires_in,
-        scope=answer.token.scope,
-        token_source=answer.source,
-    )
+class _LeaderDropped(Exception):
+    """The first miss of a query was answered without being served."""
+
+
+def _token_reply(request: wire.TokenRequest, answer: Answer) -> Reply:
+    token = answer.token
+    body = wire.encode_token_reply(request.request_id, token.access_token, token.token_type,
+                                   answer.expires_in, scope=token.scope,
+                                   token_source=answer.source)
+    return Reply(body, "", request.request_id, request.client_id)
 
 
 def _ms_since(started: float) -> float:

@@ -4,7 +4,9 @@ Every line carries ``time``, ``level``, ``logger``, ``message``, ``client_name``
 ``environment`` and, while a request is served, its ``request_id`` and ``client_id``
 (set with :func:`request_context`, carried by a context variable so that concurrent
 requests on other threads never mix). Secrets are never passed to a logger; as a second
-line of defence, :class:`RedactSecrets` replaces any registered secret value in a line.
+line of defence, :class:`RedactSecrets` replaces the secret values it was given in a line.
+Per-request warnings go through :class:`RateLimitedLog`, so a flood of bad requests is not
+a flood of log lines.
 """
 
 from __future__ import annotations
@@ -14,8 +16,9 @@ import contextvars
 import logging
 import sys
 import threading
-from collections.abc import Iterator
-from typing import IO, ClassVar
+import time
+from collections.abc import Callable, Iterable, Iterator
+from typing import IO, Any
 
 from pythonjsonlogger.json import JsonFormatter
 
@@ -52,32 +55,90 @@ class ContextFilter(logging.Filter):
 
 
 class RedactSecrets(logging.Filter):
-    """Replaces registered secret values (the NATS password, token) in formatted lines."""
+    """Replaces the secret values it holds (NATS password and token, ...) in formatted lines.
 
-    _secrets: ClassVar[set[str]] = set()
-    _lock: ClassVar[threading.Lock] = threading.Lock()
+    Each filter holds its own secrets: :func:`configure_logging` gives it the ones it
+    knows, and a :class:`~token_worker.TokenWorker` gives its own to the filters on the
+    root logger's handlers (:func:`redact_secrets`).
+    """
 
-    @classmethod
-    def register(cls, secret: str) -> None:
-        """Never let ``secret`` reach a log line."""
-        if len(secret) >= 4:
-            with cls._lock:
-                cls._secrets.add(secret)
+    MIN_LENGTH = 4
+    """Shorter values are not redacted (they would mangle ordinary words)."""
+
+    def __init__(self, secrets: Iterable[str] = ()) -> None:
+        super().__init__()
+        self._secrets: frozenset[str] = frozenset()
+        self._lock = threading.Lock()
+        self.add(*secrets)
+
+    def add(self, *secrets: str) -> None:
+        """Never let these values reach a line that passes this filter."""
+        kept = {secret for secret in secrets if len(secret) >= self.MIN_LENGTH}
+        if kept:
+            with self._lock:  # replaced whole: filter() reads it without the lock
+                self._secrets = self._secrets | kept
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if not self._secrets:
+        secrets = self._secrets
+        if not secrets:
             return True
         message = record.getMessage()
         redacted = message
-        for secret in tuple(self._secrets):
+        for secret in secrets:
             redacted = redacted.replace(secret, "********")
         if redacted != message:
             record.msg, record.args = redacted, None
         for key, value in list(record.__dict__.items()):
             if isinstance(value, str) and key not in ("msg", "message"):
-                for secret in tuple(self._secrets):
-                    if secret in value:
-                        setattr(record, key, value.replace(secret, "********"))
+                clean = value
+                for secret in secrets:
+                    clean = clean.replace(secret, "********")
+                if clean != value:
+                    setattr(record, key, clean)
+        return True
+
+
+def redact_secrets(secrets: Iterable[str], logger: logging.Logger | None = None) -> None:
+    """Give ``secrets`` to every :class:`RedactSecrets` filter on the handlers of
+    ``logger`` (the root logger by default), where this process's lines are written."""
+    values = tuple(secrets)
+    for handler in (logger or logging.getLogger()).handlers:
+        for log_filter in handler.filters:
+            if isinstance(log_filter, RedactSecrets):
+                log_filter.add(*values)
+
+
+class RateLimitedLog:
+    """One line per ``interval`` for an event that may happen on every request.
+
+    The next line written says how many were ``suppressed`` since the previous one, so a
+    flood of bad requests costs a line a second, not a line a request. ``clock`` is
+    injectable so tests need not sleep.
+    """
+
+    def __init__(self, logger: logging.Logger, level: int, message: str, *,
+                 interval: float = 1.0, clock: Callable[[], float] = time.monotonic) -> None:
+        self._logger = logger
+        self._level = level
+        self._message = message
+        self._interval = interval
+        self._clock = clock
+        self._last = -float("inf")
+        self._suppressed = 0
+        self._lock = threading.Lock()
+
+    def __call__(self, extra: dict[str, Any] | None = None, *, exc_info: bool = False
+                 ) -> bool:
+        """Log the line unless one was logged less than ``interval`` ago; True if logged."""
+        now = self._clock()
+        with self._lock:
+            if now - self._last < self._interval:
+                self._suppressed += 1
+                return False
+            suppressed, self._suppressed = self._suppressed, 0
+            self._last = now
+        self._logger.log(self._level, self._message,
+                         extra={**(extra or {}), "suppressed": suppressed}, exc_info=exc_info)
         return True
 
 
@@ -97,8 +158,12 @@ def configure_logging(
     client_name: str,
     environment: str,
     stream: IO[str] | None = None,
+    *,
+    secrets: Iterable[str] = (),
 ) -> logging.Handler:
     """Send all logging to ``stream`` (stderr) as JSON lines; return the handler.
+
+    ``secrets`` are redacted from every line (a worker adds its own when it is built).
 
     Replaces the root logger's handlers, as a process entry point should; libraries
     embedding :class:`~token_worker.TokenWorker` can skip this and use their own set-up.
@@ -106,7 +171,7 @@ def configure_logging(
     handler = logging.StreamHandler(stream or sys.stderr)
     handler.setFormatter(json_formatter())
     handler.addFilter(ContextFilter(client_name, environment))
-    handler.addFilter(RedactSecrets())
+    handler.addFilter(RedactSecrets(secrets))
     root = logging.getLogger()
     for old in list(root.handlers):
         root.removeHandler(old)

@@ -11,21 +11,22 @@ import time
 
 from prometheus_client import CollectorRegistry, Counter, Enum, Gauge, Histogram
 
-from token_worker.messages import (
+from token_worker.wire import (
+    IDP_BAD_RESPONSE,
     IDP_TIMEOUT,
     IDP_UNAVAILABLE,
     INTERNAL_ERROR,
     INVALID_REQUEST,
     OVERLOADED,
+    SHUTTING_DOWN,
+    TOKEN_TOO_LARGE,
 )
 
 OK = "ok"
 IDP_REFUSED = "idp_refused"
 """Outcome label of every OAuth2 refusal (the codes themselves go to logs and replies)."""
-IDP_BAD_RESPONSE = "idp_bad_response"
-"""The IdP answered something no retry can fix (not a token, a redirect, too large)."""
-_OUTCOMES = frozenset({OK, INVALID_REQUEST, IDP_UNAVAILABLE, IDP_TIMEOUT, INTERNAL_ERROR,
-                       OVERLOADED, IDP_BAD_RESPONSE})
+_OUTCOMES = frozenset({OK, INVALID_REQUEST, IDP_UNAVAILABLE, IDP_TIMEOUT, IDP_BAD_RESPONSE,
+                       INTERNAL_ERROR, OVERLOADED, TOKEN_TOO_LARGE, SHUTTING_DOWN})
 
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
                    2.5, 5.0, 10.0)
@@ -110,3 +111,9 @@ class Metrics:
         return {"num_requests": int(requests), "num_errors": int(errors),
                 "last_error": self.last_error, "processing_time": processing_ns,
                 "average_processing_time": processing_ns // int(requests) if requests else 0}
+
+
+class NullMetrics(Metrics):
+    """Metrics nobody reads: for a handler or broker built without a worker (tests,
+    benchmarks, embedding code), so that no code path has to check for ``None``. It counts
+    into a registry of its own, which nothing scrapes."""

@@ -28,7 +28,7 @@ from typing import Any, Protocol
 import nkeys  # type: ignore[import-untyped]
 
 from token_worker.errors import TokenWorkerError
-from token_worker.logs import RedactSecrets
+from token_worker.logs import redact_secrets
 
 MAX_FILE_BYTES = 64 * 1024
 """A creds file is about 1 KiB; anything far bigger is not one (and is not read whole)."""
@@ -242,7 +242,7 @@ class CredsFileAuth:
         finally:
             _wipe(content)
         text = jwt.decode("ascii")
-        RedactSecrets.register(text)
+        redact_secrets([text])
         return info, AuthFields(jwt=text, sig=signature)
 
     def describe(self) -> str:

@@ -4,7 +4,8 @@
 So ``nats micro list``, ``nats micro stats token-worker`` or any services client lists
 the replicas, each with its own id, its version, the endpoint's subject and queue group,
 and its request, error and processing-time numbers. These subscriptions are plain (not
-queue) subscriptions: every instance answers.
+queue) subscriptions: every instance answers. The bodies are :mod:`token_worker.wire`
+types.
 """
 
 from __future__ import annotations
@@ -12,18 +13,35 @@ from __future__ import annotations
 import contextlib
 import secrets
 import string
+from collections.abc import Callable
 from datetime import datetime, timezone
-from typing import Any
+from typing import Any, Protocol
 
-from token_worker import messages
-from token_worker.connection import Message, NatsConnection
+from token_worker.connection import Message
 from token_worker.errors import NotConnected
 from token_worker.metrics import Metrics
+from token_worker.wire import (
+    Endpoint,
+    EndpointStats,
+    InfoResponse,
+    PingResponse,
+    ServiceIdentity,
+    StatsResponse,
+)
 
 SERVICE_NAME = "token-worker"
 ENDPOINT_NAME = "token"
 DESCRIPTION = "OAuth2 client-credentials tokens over NATS request-reply"
 _ID_ALPHABET = string.ascii_uppercase + string.digits
+
+
+class Bus(Protocol):
+    """What the responder needs of a connection."""
+
+    def subscribe(self, subject: str, callback: Callable[[Message], None],
+                  queue: str = "") -> Any: ...
+
+    def publish(self, subject: str, payload: bytes, reply: str = "") -> None: ...
 
 
 def new_instance_id() -> str:
@@ -34,41 +52,43 @@ def new_instance_id() -> str:
 class ServiceResponder:
     """Answers the services API for one worker instance."""
 
-    def __init__(self, connection: NatsConnection, *, version: str, subject: str, queue: str,
+    def __init__(self, connection: Bus, *, version: str, subject: str, queue: str,
                  metrics: Metrics, metadata: dict[str, str]) -> None:
         self._connection = connection
         self._metrics = metrics
         self.instance_id = new_instance_id()
-        self._identity = {"name": SERVICE_NAME, "id": self.instance_id, "version": version,
-                          "metadata": metadata}
-        self._endpoint = {"name": ENDPOINT_NAME, "subject": subject, "queue_group": queue,
-                          "metadata": None}
+        self._identity = ServiceIdentity(SERVICE_NAME, self.instance_id, version, metadata)
+        self._endpoint = Endpoint(ENDPOINT_NAME, subject, queue)
 
     def start(self) -> None:
         """Subscribe to the nine discovery subjects."""
-        for verb, answer in (("PING", self._ping), ("INFO", self._info),
-                             ("STATS", self._stats_response)):
+        answers: tuple[tuple[str, Callable[[], bytes]], ...] = (
+            ("PING", self._ping), ("INFO", self._info), ("STATS", self._stats))
+        for verb, answer in answers:
             for subject in (f"$SRV.{verb}", f"$SRV.{verb}.{SERVICE_NAME}",
                             f"$SRV.{verb}.{SERVICE_NAME}.{self.instance_id}"):
                 self._connection.subscribe(subject, self._responder(answer))
 
-    def _responder(self, answer: Any) -> Any:
+    def _responder(self, answer: Callable[[], bytes]) -> Callable[[Message], None]:
         def respond(message: Message) -> None:
             if message.reply:
                 # Without a connection there is nobody to tell; the asker will ask again.
                 with contextlib.suppress(NotConnected):
-                    self._connection.publish(message.reply, messages.encode(answer()))
+                    self._connection.publish(message.reply, answer())
         return respond
 
-    def _ping(self) -> dict[str, Any]:
-        return {"type": "io.nats.micro.v1.ping_response", **self._identity}
+    def _ping(self) -> bytes:
+        return PingResponse(self._identity).to_bytes()
 
-    def _info(self) -> dict[str, Any]:
-        return {"type": "io.nats.micro.v1.info_response", **self._identity,
-                "description": DESCRIPTION, "endpoints": [self._endpoint]}
+    def _info(self) -> bytes:
+        return InfoResponse(self._identity, DESCRIPTION, (self._endpoint,)).to_bytes()
 
-    def _stats_response(self) -> dict[str, Any]:
+    def _stats(self) -> bytes:
         started = datetime.fromtimestamp(self._metrics.started, timezone.utc)
-        return {"type": "io.nats.micro.v1.stats_response", **self._identity,
-                "started": started.isoformat().replace("+00:00", "Z"),
-                "endpoints": [{**self._endpoint, **self._metrics.endpoint_stats()}]}
+        numbers = self._metrics.endpoint_stats()
+        stats = EndpointStats(self._endpoint, int(numbers["num_requests"]),
+                              int(numbers["num_errors"]), str(numbers["last_error"]),
+                              int(numbers["processing_time"]),
+                              int(numbers["average_processing_time"]))
+        return StatsResponse(self._identity, started.isoformat().replace("+00:00", "Z"),
+                             (stats,)).to_bytes()

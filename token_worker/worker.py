@@ -1,30 +1,49 @@
 """The worker: a queue subscription feeding a bounded pool of handler threads.
 
-Data flows one way: the connection's reader thread answers what needs no I/O itself (a
-cache hit, a bad request) and hands everything else to the pool (or answers
-``overloaded`` at once when the pool is full); a pool thread runs the handler, and the
-handler's reply goes back over the connection. The worker owns the subscription, the
-pool and the order of shutdown: unsubscribe, let in-flight requests finish and reply,
-then close the connection (as dramatiq stops its consumers before its broker).
+Data flows one way: the connection's reader thread gives each request to the handler,
+which answers at once what needs no I/O (a cache hit, a bad request: a :class:`Reply`)
+and defers the rest (a :class:`Deferred`) to the pool, or the worker answers
+``overloaded`` at once when the pool is full. A pool thread runs the deferred call, and
+its reply goes back over the connection. Before any reply is sent it is checked against
+the server's ``max_payload``: one that would not fit becomes a ``token_too_large`` error
+reply, so the connection is never dropped by the server for it.
+
+The worker owns the subscription, the pool and the order of shutdown (as dramatiq stops
+its consumers before its broker): unsubscribe, answer ``shutting_down`` to requests queued
+but not started (their requesters retry another replica at once), let running requests
+finish and reply, then close what it built.
+
+Signals take no lock: the handler records the signal, and the byte that
+``signal.set_wakeup_fd`` writes wakes the main thread, which logs and acts. The first
+connect runs on a helper thread, so a signal stops a worker that is still trying to reach
+NATS at once.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import os
+import select
 import signal
 import threading
 import time
 from collections.abc import Callable, Iterator
 from types import FrameType
+from typing import Any, NamedTuple, Protocol
 
-from token_worker import messages
+from token_worker import wire
 from token_worker.config import Config
 from token_worker.connection import Message, NatsConnection, State, Subscription
-from token_worker.errors import NatsConnectionError, NotConnected, ReconnectGaveUp
-from token_worker.handler import TokenHandler
+from token_worker.errors import (
+    NatsConnectionError,
+    NotConnected,
+    PayloadTooLarge,
+    ReconnectGaveUp,
+)
+from token_worker.handler import BytesHandler, Deferred, Reply, RequestHandler, TokenHandler
 from token_worker.health import HealthServer
-from token_worker.logs import RedactSecrets, request_context
+from token_worker.logs import RateLimitedLog, redact_secrets, request_context
 from token_worker.metrics import Metrics
 from token_worker.naming import client_name
 from token_worker.pool import BoundedPool
@@ -33,24 +52,98 @@ from token_worker.version import __version__
 
 log = logging.getLogger(__name__)
 
-Handler = Callable[[bytes], bytes]
-"""Turns a request body into a reply body. It should not raise; if it does, the requester
-gets an ``internal_error`` reply and the exception is logged."""
+Handler = RequestHandler | Callable[[bytes], bytes]
+"""What ``TokenWorker(config, handler)`` accepts: a :class:`RequestHandler` (typed replies,
+a fast path), or a function from request bytes to reply bytes (always run on a pool
+thread). A handler should not raise; if it does, the requester gets ``internal_error``."""
 
-OVERLOAD_LOG_INTERVAL = 1.0
-"""Seconds between two ``overloaded`` log lines (each counts the rejections since the last)."""
+LOG_INTERVAL = 1.0
+"""Seconds between two lines of one per-request warning (each counts what it suppressed)."""
 SUBSCRIBE_CONFIRM_TIMEOUT = 5.0
 """Seconds :meth:`TokenWorker.start` waits for the server to confirm the subscription."""
+WAKE_INTERVAL = 1.0
+"""Longest the main thread sleeps in :meth:`TokenWorker.run` without looking around."""
+FIRST_CONNECT_ABORT_WAIT = 2.0
+"""After a stop during the first connect: how long to wait for the connecting thread."""
+
+
+class Connection(Protocol):
+    """What the worker needs of a NATS connection (:class:`NatsConnection`, or a stub in
+    tests)."""
+
+    @property
+    def state(self) -> State: ...
+    @property
+    def is_connected(self) -> bool: ...
+    @property
+    def server_url(self) -> str: ...
+    @property
+    def reconnects(self) -> int: ...
+    @property
+    def buffered_bytes(self) -> int: ...
+    @property
+    def max_payload(self) -> int: ...
+    def connect(self) -> None: ...
+    def close(self, timeout: float = 5.0) -> None: ...
+    def subscribe(self, subject: str, callback: Callable[[Message], None],
+                  queue: str = "") -> Subscription: ...
+    def unsubscribe(self, sub: Subscription, *, drain_timeout: float = 0.0) -> None: ...
+    def publish(self, subject: str, payload: bytes, reply: str = "") -> None: ...
+    def flush(self, timeout: float) -> None: ...
+
+
+class _Job(NamedTuple):
+    """A deferred request waiting for (or on) a pool thread."""
+
+    message: Message
+    deferred: Deferred[Any]
+    received: float
+
+
+class _Wakeup:
+    """A self-pipe the main thread sleeps on. Signals write to it at C level
+    (``signal.set_wakeup_fd``); other threads through :meth:`notify`."""
+
+    def __init__(self) -> None:
+        self.read_fd, self.write_fd = os.pipe()
+        os.set_blocking(self.read_fd, False)
+        os.set_blocking(self.write_fd, False)
+        self._lock = threading.Lock()
+        self._closed = False
+
+    def notify(self) -> None:
+        """Wake the sleeper (never from a signal handler: this takes a lock)."""
+        with self._lock:
+            if not self._closed:
+                with contextlib.suppress(BlockingIOError):  # full: it will wake anyway
+                    os.write(self.write_fd, b"\0")
+
+    def wait(self, timeout: float) -> None:
+        """Sleep until woken or ``timeout``; empty the pipe."""
+        select.select([self.read_fd], [], [], timeout)
+        with contextlib.suppress(BlockingIOError):
+            while os.read(self.read_fd, 512):
+                pass
+
+    def close(self) -> None:
+        with self._lock:
+            if not self._closed:
+                self._closed = True
+                os.close(self.read_fd)
+                os.close(self.write_fd)
 
 
 class TokenWorker:
     """A token worker: ``run()`` blocks, ``start()`` serves in the background.
 
-    ``handler``, if given, replaces the token exchange: a callable from request bytes to
-    reply bytes (tests and custom brokers use it).
+    ``handler``, if given, replaces the token exchange (see :data:`Handler`); the caller
+    keeps ownership of it. ``connection``, if given (a stub, in tests), is taken over: the
+    worker connects it in :meth:`start` and closes it in :meth:`stop`; the caller wires
+    its state callbacks, if it has any.
     """
 
-    def __init__(self, config: Config, handler: Handler | None = None) -> None:
+    def __init__(self, config: Config, handler: Handler | None = None, *,
+                 connection: Connection | None = None) -> None:
         self.config = config
         self.client_name = client_name(config.name_suffix)
         self.metrics = Metrics()
@@ -58,34 +151,40 @@ class TokenWorker:
         self._token_handler: TokenHandler | None = None
         if handler is None:
             handler = self._token_handler = TokenHandler.from_config(config, self.metrics)
-        self._handler = handler
-        self._answer_now: Callable[[bytes], bytes | None] | None = getattr(
-            handler, "answer_now", None)
-        self._pool = BoundedPool(config.workers, config.backlog)
+        self._handler: RequestHandler = (handler if isinstance(handler, RequestHandler)
+                                         else BytesHandler(handler))
+        self._handle = self._handler.handle
+        self._pool: BoundedPool[_Job] = BoundedPool(config.workers, config.backlog,
+                                                    self._serve)
         self.metrics.in_flight.set_function(lambda: self._pool.admitted)
         self.metrics.capacity.set(self._pool.capacity)
-        self._connection = NatsConnection(
-            config.nats, self.client_name, on_state=self._on_state, on_gave_up=self._on_gave_up
-        )
+        self._connection: Connection = connection if connection is not None else (
+            NatsConnection(config.nats, self.client_name, on_state=self._on_state,
+                           on_gave_up=self._on_gave_up))
         self.metrics.reconnect_buffer.set_function(lambda: self._connection.buffered_bytes)
         self._service = ServiceResponder(
             self._connection, version=__version__, subject=config.subject, queue=config.queue,
             metrics=self.metrics, metadata={"client_name": self.client_name})
         self._health: HealthServer | None = None
         self._last_state = State.DISCONNECTED
-        self._last_overload_log = -OVERLOAD_LOG_INTERVAL
-        self._rejected_since_log = 0
         self._subscription: Subscription | None = None
         self._stop_requested = threading.Event()
         self._cold_stop = threading.Event()
         self._stopped = threading.Event()
         self._stop_lock = threading.Lock()
+        self._release_lock = threading.Lock()
+        self._released = False
         self._draining = False
+        self._wakeup: _Wakeup | None = None
+        self._signals_received = 0
+        """Written by the signal handler only (a plain int: no lock in a handler)."""
+        self._last_signal = 0
+        self._signals_acted_on = 0
+        self._warn = _Warnings()
         self.failure = ""
         """Why the worker stopped on its own ("" while serving or after a requested stop)."""
-        for secret in (config.nats.password, config.nats.token):
-            if secret is not None:
-                RedactSecrets.register(secret.reveal())
+        redact_secrets(secret.reveal() for secret in (config.nats.password, config.nats.token)
+                       if secret is not None)
 
     # --- lifecycle ----------------------------------------------------------------------
 
@@ -94,18 +193,20 @@ class TokenWorker:
 
         The health listener (if configured) starts first, so liveness holds while NATS is
         still being reached. Raises :class:`~token_worker.errors.ReconnectGaveUp` if NATS
-        cannot be reached within the reconnect policy.
+        cannot be reached within the reconnect policy (or the connect was aborted by a
+        stop); what was built is released then, and nothing claims a drain.
         """
         try:
             self._start_health()
             self._connection.connect()
+            if self._stop_requested.is_set():
+                raise ReconnectGaveUp("stopped while connecting")
+            self._subscription = self._connection.subscribe(
+                self.config.subject, self._on_message, self.config.queue)
+            self._service.start()
         except BaseException:
-            self.stop(timeout=0)  # release the health listener, pool and IdP connections
+            self._release()
             raise
-        self._subscription = self._connection.subscribe(
-            self.config.subject, self._on_message, self.config.queue
-        )
-        self._service.start()
         with contextlib.suppress(NatsConnectionError):
             self._connection.flush(SUBSCRIBE_CONFIRM_TIMEOUT)
         log.info("serving", extra={"subject": self.config.subject, "queue": self.config.queue,
@@ -115,51 +216,68 @@ class TokenWorker:
     def run(self, *, handle_signals: bool = True) -> None:
         """Serve until :meth:`stop`, SIGTERM or SIGINT; then drain and return.
 
-        A second signal during the drain stops at once. Raises ``ReconnectGaveUp`` when the
-        worker stopped because NATS could not be reached again.
+        A second signal during the drain stops at once; a signal while the first connect
+        is still being tried stops at once too (and ``run`` returns normally). Raises
+        ``ReconnectGaveUp`` when NATS could not be reached (at first or ever again).
         """
-        with self._signals_handled(handle_signals):
-            self.start()
-            while not self._stop_requested.wait(1.0):
-                pass
-            self.stop()
+        wakeup = self._wakeup = _Wakeup()
+        try:
+            with self._signals_handled(handle_signals, wakeup):
+                start_error: list[BaseException] = []
+                starter = threading.Thread(target=self._start_for_run, args=(start_error,),
+                                           name="token-worker-start", daemon=True)
+                starter.start()
+                while not self._stop_requested.is_set():
+                    wakeup.wait(WAKE_INTERVAL)
+                    self._act_on_signals()
+                start_failed = bool(start_error)  # else a stop was asked for (or NATS lost)
+                if starter.is_alive():  # a stop while the first connect is still tried
+                    self._connection.close()
+                    starter.join(FIRST_CONNECT_ABORT_WAIT)
+                if start_failed:
+                    raise start_error[0]
+                self.stop()
+        finally:
+            self._wakeup = None
+            wakeup.close()
         if self.failure:
             raise ReconnectGaveUp(self.failure)
 
     def request_stop(self) -> None:
-        """Ask :meth:`run` to drain and return (safe from signal handlers and any thread)."""
+        """Ask :meth:`run` to drain and return (from any thread, not a signal handler);
+        a second call stops at once."""
         if self._stop_requested.is_set():
             self._cold_stop.set()
-        self._stop_requested.set()
+        self._ask_stop()
 
     def stop(self, timeout: float | None = None) -> bool:
-        """Drain and close: unsubscribe, let in-flight requests reply, close the connection.
+        """Drain and close: unsubscribe, answer queued requests ``shutting_down``, let
+        running requests reply, close what the worker built.
 
-        Returns True when every in-flight request finished within ``timeout`` (default
+        Returns True when every running request finished within ``timeout`` (default
         ``drainTimeout``). Safe to call more than once and from any thread.
         """
         with self._stop_lock:
             if self._stopped.is_set():
                 return True
+            self._stopped.set()
+            self._ask_stop()
+            if self._subscription is None:  # start() failed or was aborted: nothing to drain
+                self._release()
+                log.info("stopped before serving", extra={"reason": self._stop_reason()})
+                return True
             self._draining = True
-            self._stop_requested.set()
             budget = self.config.drain_timeout if timeout is None else timeout
             deadline = time.monotonic() + budget
             log.info("draining", extra={"in_flight": self._pool.admitted})
-            if self._subscription is not None:
-                self._connection.unsubscribe(self._subscription,
-                                             drain_timeout=min(budget, SUBSCRIBE_CONFIRM_TIMEOUT))
-            drained = self._wait_for_in_flight(deadline)
+            self._connection.unsubscribe(self._subscription,
+                                         drain_timeout=min(budget, SUBSCRIBE_CONFIRM_TIMEOUT))
+            self._hand_back_queued()
+            drained = self._wait_for_running(deadline)
             if self._connection.is_connected:
                 with contextlib.suppress(NatsConnectionError):
                     self._connection.flush(max(0.1, min(2.0, deadline - time.monotonic())))
-            self._pool.shutdown()
-            self._connection.close()
-            if self._token_handler is not None:
-                self._token_handler.close()
-            if self._health is not None:
-                self._health.stop()
-            self._stopped.set()
+            self._release()
             log.info("stopped", extra={"drained": drained, "failure": self.failure or None})
             return drained
 
@@ -205,56 +323,91 @@ class TokenWorker:
         sends all replies of one read together); hand the rest to the pool, never block."""
         received = time.perf_counter()
         if not message.reply:
-            log.warning("request without reply subject dropped",
-                        extra={"subject": message.subject, "bytes": len(message.payload)})
+            self._warn.no_reply({"subject": message.subject, "bytes": len(message.payload)})
             return
-        if self._answer_now is not None:
-            try:
-                reply = self._answer_now(message.payload)
-            except Exception:
-                log.exception("fast path failed; serving on a pool thread")
-                reply = None
-            if reply is not None:
-                self._send_reply(message.reply, reply, received)
-                return
-        if not self._pool.try_submit(lambda: self._serve(message, received)):
-            self._reject_overloaded(message, received)
-
-    def _serve(self, message: Message, received: float) -> None:
         try:
-            reply = self._handler(message.payload)
+            outcome = self._handle(message.payload)
         except Exception:
-            request_id = messages.peek_request_id(message.payload,
-                                                  max_size=self.config.max_payload)
+            self._send_reply(message.reply, self._internal_error(message.payload, None),
+                             received)
+            return
+        if isinstance(outcome, Reply):
+            self._send_reply(message.reply, outcome, received)
+        elif not self._pool.try_submit(_Job(message, outcome, received)):
+            self._reject(message, outcome, received)
+
+    def _serve(self, job: _Job) -> None:
+        """Runs on a pool thread."""
+        try:
+            reply = job.deferred.run()
+        except Exception:
+            reply = self._internal_error(job.message.payload, job.deferred.request_id)
+        self._send_reply(job.message.reply, reply, job.received)
+
+    def _internal_error(self, payload: bytes, request_id: str | None) -> Reply:
+        if request_id is None:
+            request_id = wire.peek_request_id(payload, max_size=self.config.max_payload)
+        with request_context(request_id):
+            self._warn.handler_failed(exc_info=True)
+        return _error(request_id, wire.INTERNAL_ERROR,
+                      "internal error while serving the request")
+
+    def _reject(self, message: Message, deferred: Deferred[Any], received: float) -> None:
+        """The pool is full (``overloaded``) or closed (``shutting_down``): answer at once,
+        and log at most once a second, with a count."""
+        deferred.drop()
+        request_id = self._request_id(message, deferred)
+        if self._draining:
+            reply = _error(request_id, wire.SHUTTING_DOWN,
+                           "worker shutting down, retry (another replica answers)")
+        else:
             with request_context(request_id):
-                log.exception("handler failed")
-            reply = messages.error_reply(request_id, messages.INTERNAL_ERROR,
-                                         "internal error while serving the request")
+                self._warn.overloaded({"capacity": self._pool.capacity})
+            reply = _error(request_id, wire.OVERLOADED, "worker overloaded, retry shortly")
         self._send_reply(message.reply, reply, received)
 
-    def _reject_overloaded(self, message: Message, received: float) -> None:
-        """Answer ``overloaded`` at once; log at most once a second, with a count, so that
-        a flood of requests does not become a flood of log lines too."""
-        request_id = messages.peek_request_id(message.payload, max_size=self.config.max_payload)
-        self._rejected_since_log += 1
-        if received - self._last_overload_log >= OVERLOAD_LOG_INTERVAL:
-            with request_context(request_id):
-                log.warning("overloaded: requests rejected", extra={
-                    "capacity": self._pool.capacity, "rejected": self._rejected_since_log})
-            self._last_overload_log = received
-            self._rejected_since_log = 0
-        self._send_reply(message.reply, messages.error_reply(
-            request_id, messages.OVERLOADED, "worker overloaded, retry shortly"), received)
+    def _request_id(self, message: Message, deferred: Deferred[Any]) -> str:
+        if deferred.request_id is not None:
+            return deferred.request_id
+        return wire.peek_request_id(message.payload, max_size=self.config.max_payload)
 
-    def _send_reply(self, subject: str, reply: bytes, received: float) -> None:
-        """Count the reply, then send it: whoever reads the metrics or ``$SRV.STATS`` after
-        getting the reply sees it counted."""
-        self.metrics.count_reply(messages.error_code_of(reply),
-                                 time.perf_counter() - received)
+    def _send_reply(self, subject: str, reply: Reply, received: float) -> None:
+        """Check the size, count the reply, then send it: whoever reads the metrics or
+        ``$SRV.STATS`` after getting the reply sees it counted."""
+        limit = self._connection.max_payload
+        if len(reply.body) > limit:
+            reply = self._too_large(reply, len(reply.body), limit)
+        self.metrics.count_reply(reply.error_code, time.perf_counter() - received)
         try:
-            self._connection.publish(subject, reply)
+            self._connection.publish(subject, reply.body)
+        except PayloadTooLarge as error:  # the server's limit changed under us
+            with contextlib.suppress(NatsConnectionError):
+                self._connection.publish(subject,
+                                         self._too_large(reply, error.size, error.limit).body)
         except NotConnected as error:
-            log.warning("reply lost: NATS connection down", extra={"error": str(error)})
+            self._warn.reply_lost({"error": str(error)})
+
+    def _too_large(self, reply: Reply, size: int, limit: int) -> Reply:
+        """The reply that replaces one the server would refuse (logged with the client id,
+        never with the reply, which may hold a token)."""
+        with request_context(reply.request_id, reply.client_id):
+            self._warn.too_large({"bytes": size, "max_payload": limit})
+        return _error(reply.request_id, wire.TOKEN_TOO_LARGE,
+                      f"reply is {size} bytes, larger than the {limit} bytes the NATS "
+                      "server accepts", client_id=reply.client_id)
+
+    def _hand_back_queued(self) -> None:
+        """Answer ``shutting_down`` to every request not started: its requester retries
+        another replica at once instead of waiting out its timeout."""
+        queued = self._pool.close()
+        for job in queued:
+            job.deferred.drop()
+            request_id = self._request_id(job.message, job.deferred)
+            self._send_reply(job.message.reply, _error(
+                request_id, wire.SHUTTING_DOWN,
+                "worker shutting down, retry (another replica answers)"), job.received)
+        if queued:
+            log.info("queued requests answered shutting_down", extra={"requests": len(queued)})
 
     # --- events ---------------------------------------------------------------------------
 
@@ -291,29 +444,106 @@ class TokenWorker:
 
     def _on_gave_up(self, reason: str) -> None:
         self.failure = reason
-        self._stop_requested.set()
+        self._ask_stop()
 
-    def _wait_for_in_flight(self, deadline: float) -> bool:
+    # --- stopping ---------------------------------------------------------------------------
+
+    def _ask_stop(self) -> None:
+        self._stop_requested.set()
+        wakeup = self._wakeup
+        if wakeup is not None:
+            wakeup.notify()
+
+    def _start_for_run(self, errors: list[BaseException]) -> None:
+        """The first connect, off the main thread, so that the main thread can act on a
+        signal meanwhile."""
+        try:
+            self.start()
+        except BaseException as error:
+            errors.append(error)
+            self._ask_stop()
+
+    def _act_on_signals(self) -> None:
+        """On the main thread, after the handler recorded a signal: log it and stop (warm
+        the first time, cold the second)."""
+        received = self._signals_received
+        while self._signals_acted_on < received:
+            self._signals_acted_on += 1
+            name = signal.Signals(self._last_signal).name
+            if self._signals_acted_on == 1:
+                log.info("signal received", extra={"signal": name})
+            else:
+                log.info("signal received again: stopping at once", extra={"signal": name})
+            self.request_stop()
+
+    def _stop_reason(self) -> str:
+        if self._signals_received:
+            return f"{signal.Signals(self._last_signal).name} before NATS was reached"
+        return self.failure or "stop requested before NATS was reached"
+
+    def _wait_for_running(self, deadline: float) -> bool:
         while True:
+            self._act_on_signals_if_main_thread()
             remaining = deadline - time.monotonic()
             if remaining <= 0 or self._cold_stop.is_set():
                 return self._pool.admitted == 0
             if self._pool.wait_idle(min(remaining, 0.2)):
                 return True
 
+    def _act_on_signals_if_main_thread(self) -> None:
+        if threading.current_thread() is threading.main_thread():
+            self._act_on_signals()
+
+    def _release(self) -> None:
+        """Close what this worker built (or took over), in order; idempotent."""
+        with self._release_lock:
+            if self._released:
+                return
+            self._released = True
+        self._pool.close()
+        self._connection.close()
+        if self._token_handler is not None:
+            self._token_handler.close()
+        if self._health is not None:
+            self._health.stop()
+
     @contextlib.contextmanager
-    def _signals_handled(self, enabled: bool) -> Iterator[None]:
+    def _signals_handled(self, enabled: bool, wakeup: _Wakeup) -> Iterator[None]:
         if not enabled or threading.current_thread() is not threading.main_thread():
             yield
             return
 
         def on_signal(signum: int, _frame: FrameType | None) -> None:
-            log.info("signal received", extra={"signal": signal.Signals(signum).name})
-            self.request_stop()
+            # No lock, no logging, no Event: the interrupted main thread may hold any of
+            # them. The C-level handler already wrote the wake-up byte.
+            self._last_signal = signum
+            self._signals_received += 1
 
+        previous_fd = signal.set_wakeup_fd(wakeup.write_fd, warn_on_full_buffer=False)
         previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
         try:
             yield
         finally:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
+            signal.set_wakeup_fd(previous_fd)
+
+
+class _Warnings:
+    """The worker's per-request warnings, each at most one line a second."""
+
+    def __init__(self) -> None:
+        def limited(level: int, message: str) -> RateLimitedLog:
+            return RateLimitedLog(log, level, message, interval=LOG_INTERVAL)
+
+        self.no_reply = limited(logging.WARNING, "request without reply subject dropped")
+        self.overloaded = limited(logging.WARNING, "overloaded: requests rejected")
+        self.too_large = limited(logging.WARNING,
+                                 "reply too large for NATS: answered token_too_large")
+        self.reply_lost = limited(logging.WARNING, "reply lost: NATS connection down")
+        self.handler_failed = limited(logging.ERROR, "handler failed")
+
+
+def _error(request_id: str, error_code: str, error: str, *, client_id: str = "") -> Reply:
+    return Reply(wire.ErrorReply(request_id, error, error_code).to_bytes(), error_code,
+                 request_id, client_id)

@@ -1,0 +1,156 @@
+"""The handler contract with no servers: a real broker and cache in front of a scripted IdP."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import orjson
+
+from token_worker import wire
+from token_worker.broker import TokenBroker
+from token_worker.cache import TokenCache
+from token_worker.errors import IdpRefused, IdpUnavailable
+from token_worker.handler import BytesHandler, Deferred, Reply, TokenHandler
+from token_worker.idp import IssuedToken
+from token_worker.metrics import Metrics
+
+LIMIT = 64 * 1024
+
+
+class ScriptedIdp:
+    """Stands in for ResilientIdp: issues a token per call, or raises what it is told."""
+
+    known_token_url = token_url = "http://idp.test/token"
+
+    def __init__(self, error: Exception | None = None) -> None:
+        self.calls = 0
+        self.error = error
+
+    def fetch_token(self, client_id: str, client_secret: str, scope: str) -> IssuedToken:
+        self.calls += 1
+        if self.error is not None:
+            raise self.error
+        return IssuedToken(f"token-{self.calls}", "Bearer", 300, scope, time.time())
+
+
+def make(idp: ScriptedIdp | None = None, *, cache: bool = True
+         ) -> tuple[TokenHandler, ScriptedIdp, Metrics]:
+    idp = idp or ScriptedIdp()
+    metrics = Metrics()
+    token_cache = TokenCache(max_entries=10, expiry_margin=30, refresh_ahead=0.2,
+                             now=time.time) if cache else None
+    broker = TokenBroker(idp, token_cache, auth_method="client_secret_post",  # type: ignore[arg-type]
+                         follower_timeout=5, metrics=metrics)
+    return TokenHandler(broker, default_scope="openid profile", max_payload=LIMIT), idp, metrics
+
+
+def request(request_id: str = "r-1", **extra: object) -> bytes:
+    return json.dumps({"request_id": request_id, "client_id": "svc",
+                       "client_secret": "pw-secret", **extra}).encode()
+
+
+def cache_events(metrics: Metrics) -> dict[str, float]:
+    sample = metrics.registry.get_sample_value
+    return {event: sample("token_worker_cache_events_total", {"event": event}) or 0.0
+            for event in ("hit", "miss")}
+
+
+def test_a_miss_is_deferred_with_the_parsed_request_then_a_hit_is_answered_now():
+    handler, idp, metrics = make()
+
+    first = handler.handle(request("miss"))
+    assert isinstance(first, Deferred)
+    assert first.request.client_id == "svc" and first.request_id == "miss"
+    assert idp.calls == 0  # nothing done on the reader thread but the lookup
+    served = first.run()
+    assert served.error_code == "" and served.client_id == "svc"
+    assert orjson.loads(served.body)["token_source"] == "idp"
+
+    second = handler.handle(request("hit"))
+    assert isinstance(second, Reply)
+    body = orjson.loads(second.body)
+    assert (body["request_id"], body["access_token"], body["token_source"]) == (
+        "hit", "token-1", "cache")
+    assert idp.calls == 1
+    assert cache_events(metrics) == {"hit": 1.0, "miss": 1.0}  # the miss counted once
+
+
+def test_skip_cache_is_deferred_without_a_lookup():
+    handler, _, metrics = make()
+    handler.handle(request()).run()
+    outcome = handler.handle(request(skip_cache=True))
+    assert isinstance(outcome, Deferred)
+    assert orjson.loads(outcome.run().body)["access_token"] == "token-2"
+    assert cache_events(metrics) == {"hit": 0.0, "miss": 1.0}
+
+
+def test_an_invalid_request_is_answered_now_with_its_code():
+    handler, idp, _ = make()
+    reply = handler.handle(b'{"request_id": "bad", "client_id": 5}')
+    assert isinstance(reply, Reply)
+    assert reply.error_code == wire.INVALID_REQUEST
+    assert reply.request_id == "bad"
+    body = orjson.loads(reply.body)
+    assert body["error_code"] == "invalid_request" and "client_id" in body["error"]
+    assert idp.calls == 0
+
+
+def test_idp_errors_become_error_replies_carrying_the_code():
+    refused, _, _ = make(ScriptedIdp(IdpRefused("invalid_client", description="who?")))
+    outcome = refused.handle(request())
+    assert isinstance(outcome, Deferred)
+    reply = outcome.run()
+    assert reply.error_code == "invalid_client"
+    assert orjson.loads(reply.body)["error_description"] == "who?"
+
+    down, _, _ = make(ScriptedIdp(IdpUnavailable("connection refused")))
+    reply = down.handle(request()).run()  # type: ignore[union-attr]
+    assert reply.error_code == wire.IDP_UNAVAILABLE
+
+
+def test_without_a_cache_every_request_is_deferred():
+    handler, idp, metrics = make(cache=False)
+    for _ in range(2):
+        outcome = handler.handle(request())
+        assert isinstance(outcome, Deferred)
+        outcome.run()
+    assert idp.calls == 2
+    assert cache_events(metrics) == {"hit": 0.0, "miss": 0.0}
+
+
+def test_a_bytes_function_becomes_a_handler_that_always_defers():
+    handler = BytesHandler(lambda payload: payload.upper())
+    outcome = handler.handle(b"abc")
+    assert isinstance(outcome, Deferred)
+    assert outcome.request_id is None  # not read: the worker peeks only if it must
+    assert outcome.run() == Reply(b"ABC")
+
+
+def test_a_miss_that_starts_after_the_first_one_finished_shares_its_answer():
+    handler, idp, metrics = make()
+    first, second = handler.handle(request("a")), handler.handle(request("b"))
+    assert isinstance(first, Deferred) and isinstance(second, Deferred)
+    first_reply = first.run()  # finished (and cached) before the second starts
+    second_reply = second.run()
+    assert idp.calls == 1
+    tokens = {orjson.loads(r.body)["access_token"] for r in (first_reply, second_reply)}
+    assert tokens == {"token-1"}
+    assert orjson.loads(second_reply.body)["request_id"] == "b"
+    assert cache_events(metrics) == {"hit": 0.0, "miss": 2.0}  # two requests, one each
+    third = handler.handle(request("c"))
+    assert isinstance(third, Reply)  # and the next one is a hit
+
+
+def test_followers_share_the_first_misss_error_and_fetch_themselves_if_it_is_dropped():
+    failing, idp, _ = make(ScriptedIdp(IdpUnavailable("connection refused")))
+    first, second = failing.handle(request("a")), failing.handle(request("b"))
+    assert [first.run().error_code, second.run().error_code] == [  # type: ignore[union-attr]
+        wire.IDP_UNAVAILABLE, wire.IDP_UNAVAILABLE]
+    assert idp.calls == 1
+
+    handler, idp, _ = make()
+    dropped, follower = handler.handle(request("a")), handler.handle(request("b"))
+    dropped.drop()  # type: ignore[union-attr]  (answered overloaded: never served)
+    assert orjson.loads(follower.run().body)["access_token"] == "token-1"  # type: ignore[union-attr]
+    assert idp.calls == 1

@@ -1,0 +1,595 @@
+"""The wire contract, both ends: token requests and replies, and the ``$SRV`` bodies.
+
+Every message that crosses NATS is one type here with ``to_bytes()`` and ``from_bytes()``,
+used by the worker and by requesters alike, so the two sides cannot drift apart:
+
+- :class:`TokenRequest`: ``{"request_id", "client_id", "client_secret", "timestamp"}``
+  plus the optional ``scope`` and ``skip_cache`` (the original's request, served on the
+  token subject). A request without ``request_id`` is served, as the original served it,
+  and its reply carries ``"request_id": ""``.
+- :class:`NamedTokenRequest`: the same without credentials, for a credential the worker
+  holds itself (served on ``token.named.<credential>``).
+- :class:`TokenReply` and :class:`ErrorReply`: the two replies, in the original's JSON
+  shapes (``scope``, ``token_source``, ``credential`` and ``error_description`` omitted
+  when empty). :func:`parse_reply` tells them apart for a requester.
+- :class:`PingResponse`, :class:`InfoResponse`, :class:`StatsResponse`: the NATS services
+  API (ADR-32) bodies.
+
+Parsing a request never raises anything but :class:`~token_worker.errors.InvalidRequest`,
+whatever bytes arrive; parsing a reply never raises anything but
+:class:`~token_worker.errors.InvalidReply`, with strict types (a requester must not take a
+number for a token). JSON goes through orjson: every request is parsed and every reply
+encoded on the hot path, where it is six times faster than the standard library, and it
+refuses what a token request never is (invalid UTF-8, NaN, nesting deeper than 1024).
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple
+
+import orjson
+
+from token_worker.errors import InvalidReply, InvalidRequest
+
+__all__ = [
+    "IDP_BAD_RESPONSE",
+    "IDP_TIMEOUT",
+    "IDP_UNAVAILABLE",
+    "INTERNAL_ERROR",
+    "INVALID_REQUEST",
+    "MAX_FIELD_LENGTH",
+    "OVERLOADED",
+    "SHUTTING_DOWN",
+    "TOKEN_TOO_LARGE",
+    "Endpoint",
+    "EndpointStats",
+    "ErrorReply",
+    "InfoResponse",
+    "InvalidReply",
+    "InvalidRequest",
+    "NamedTokenRequest",
+    "PingResponse",
+    "ServiceIdentity",
+    "StatsResponse",
+    "TokenReply",
+    "TokenRequest",
+    "decode",
+    "encode",
+    "encode_token_reply",
+    "now_rfc3339",
+    "parse_reply",
+    "peek_request_id",
+]
+
+# --- error codes of token-worker's own (the IdP's OAuth2 codes pass through unchanged) ---
+
+INVALID_REQUEST = "invalid_request"
+"""The request body is not a valid token request (the reply's ``error`` says why)."""
+IDP_UNAVAILABLE = "idp_unavailable"
+"""The IdP could not be reached, failed (5xx, 429) or its circuit is open."""
+IDP_TIMEOUT = "idp_timeout"
+"""The IdP did not answer within the deadline."""
+IDP_BAD_RESPONSE = "idp_bad_response"
+"""The IdP answered something that is not a usable token response (not retried)."""
+INTERNAL_ERROR = "internal_error"
+"""A bug in a handler; the exception is logged."""
+OVERLOADED = "overloaded"
+"""Every handler thread is busy and the backlog is full: retry shortly."""
+TOKEN_TOO_LARGE = "token_too_large"  # noqa: S105 - an error code, not a secret
+"""The reply would be larger than the NATS server's ``max_payload``."""
+SHUTTING_DOWN = "shutting_down"
+"""The worker is stopping and did not start this request: retry at once (another replica
+answers)."""
+
+MAX_FIELD_LENGTH = 4096
+"""Longest accepted value of any request string field; longer is a bad request."""
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+# --- requests ---------------------------------------------------------------------------
+
+class TokenRequest(NamedTuple):
+    """A parsed, valid token request carrying its client's credentials (a tuple: one is
+    built for every request on the hot path)."""
+
+    request_id: str
+    """Chosen by the requester, echoed in the reply; "" when the request had none."""
+    client_id: str
+    client_secret: str
+    scope: str | None = None
+    """``None`` when the request names none (the configured default applies)."""
+    timestamp: str = ""
+    skip_cache: bool = False
+    """Ask the IdP even if a cached token would do (the original front end's field)."""
+
+    def __repr__(self) -> str:
+        return (f"TokenRequest(request_id={self.request_id!r}, client_id={self.client_id!r}, "
+                f"scope={self.scope!r}, client_secret='********')")
+
+    @classmethod
+    def from_bytes(cls, payload: bytes, *, max_size: int) -> TokenRequest:
+        """Parse and validate one request body, or raise :class:`InvalidRequest`."""
+        document = _request_document(payload, max_size)
+        try:  # positional: this runs for every request
+            return cls(_request_id(document), _required_text(document, "client_id"),
+                       _required_text(document, "client_secret", secret=True),
+                       _scope(document), _optional_text(document, "timestamp"),
+                       _optional_flag(document, "skip_cache"))
+        except ValueError as error:
+            raise InvalidRequest(str(error), request_id=_readable_request_id(document)
+                                 ) from None
+
+    def to_bytes(self) -> bytes:
+        """The request body (``scope`` and ``skip_cache`` only when set)."""
+        body: dict[str, Any] = {"request_id": self.request_id, "client_id": self.client_id,
+                                "client_secret": self.client_secret,
+                                "timestamp": self.timestamp or now_rfc3339()}
+        if self.scope is not None:
+            body["scope"] = self.scope
+        if self.skip_cache:
+            body["skip_cache"] = True
+        return orjson.dumps(body)
+
+
+class NamedTokenRequest(NamedTuple):
+    """A token request for a credential the worker holds (served on
+    ``token.named.<credential>``): no ``client_id``, no secret on the wire. Unknown fields
+    are ignored, as for :class:`TokenRequest`."""
+
+    request_id: str
+    scope: str | None = None
+    """``None`` when the request names none (the credential's scope applies)."""
+    skip_cache: bool = False
+    timestamp: str = ""
+
+    @classmethod
+    def from_bytes(cls, payload: bytes, *, max_size: int) -> NamedTokenRequest:
+        """Parse and validate one named request body, or raise :class:`InvalidRequest`.
+
+        An empty body is a request with every field at its default."""
+        if not payload.strip():
+            return cls(request_id="")
+        document = _request_document(payload, max_size)
+        try:
+            return cls(request_id=_request_id(document), scope=_scope(document),
+                       skip_cache=_optional_flag(document, "skip_cache"),
+                       timestamp=_optional_text(document, "timestamp"))
+        except ValueError as error:
+            raise InvalidRequest(str(error), request_id=_readable_request_id(document)
+                                 ) from None
+
+    def to_bytes(self) -> bytes:
+        body: dict[str, Any] = {"request_id": self.request_id,
+                                "timestamp": self.timestamp or now_rfc3339()}
+        if self.scope is not None:
+            body["scope"] = self.scope
+        if self.skip_cache:
+            body["skip_cache"] = True
+        return orjson.dumps(body)
+
+
+def peek_request_id(payload: bytes, *, max_size: int) -> str:
+    """The request id of a payload if it has a readable one, else ""; never raises (for
+    error replies to requests that were never parsed: overloaded, shutting down)."""
+    if len(payload) > max_size:
+        return ""
+    try:
+        document = orjson.loads(payload)
+    except orjson.JSONDecodeError:
+        return ""
+    return _readable_request_id(document) if isinstance(document, dict) else ""
+
+
+def _request_document(payload: bytes, max_size: int) -> dict[str, Any]:
+    if len(payload) > max_size:
+        raise InvalidRequest(f"request is {len(payload)} bytes, the limit is {max_size}")
+    try:
+        document = orjson.loads(payload)
+    except orjson.JSONDecodeError:
+        raise InvalidRequest("Invalid request format: not a JSON object") from None
+    if not isinstance(document, dict):
+        raise InvalidRequest("Invalid request format: not a JSON object")
+    return document
+
+
+def _readable_request_id(document: dict[str, Any]) -> str:
+    value = document.get("request_id")
+    if isinstance(value, str) and len(value) <= MAX_FIELD_LENGTH:
+        return value
+    return ""
+
+
+def _request_id(document: dict[str, Any]) -> str:
+    """Optional, as the original had it: absent (or null) is served as ""."""
+    value = document.get("request_id")
+    if value is None:
+        return ""
+    if not isinstance(value, str):
+        raise ValueError(f"field request_id must be a string, got {_json_type(value)}")
+    if len(value) > MAX_FIELD_LENGTH:
+        raise ValueError(f"field request_id is longer than {MAX_FIELD_LENGTH} characters")
+    if _CONTROL.search(value):
+        raise ValueError("field request_id must not contain control characters")
+    return value
+
+
+def _required_text(document: dict[str, Any], name: str, *, secret: bool = False) -> str:
+    value = document.get(name)
+    if value is None:
+        raise ValueError(f"missing field {name}")
+    if not isinstance(value, str):
+        raise ValueError(f"field {name} must be a string, got {_json_type(value)}")
+    if not value.strip():
+        raise ValueError(f"field {name} must not be empty")
+    if len(value) > MAX_FIELD_LENGTH:
+        raise ValueError(f"field {name} is longer than {MAX_FIELD_LENGTH} characters")
+    if not secret and _CONTROL.search(value):
+        raise ValueError(f"field {name} must not contain control characters")
+    return value
+
+
+def _optional_text(document: dict[str, Any], name: str) -> str:
+    value = document.get(name)
+    if value is None:
+        return ""
+    if not isinstance(value, str) or len(value) > MAX_FIELD_LENGTH:
+        raise ValueError(f"field {name} must be a string")
+    return value
+
+
+def _optional_flag(document: dict[str, Any], name: str) -> bool:
+    value = document.get(name, False)
+    if not isinstance(value, bool):
+        raise ValueError(f"field {name} must be true or false, got {_json_type(value)}")
+    return value
+
+
+def _scope(document: dict[str, Any]) -> str | None:
+    """Accept a space-separated string or a list of strings; ``None`` when absent."""
+    value = document.get("scope")
+    if value is None:
+        return None
+    if isinstance(value, list) and all(isinstance(item, str) for item in value):
+        value = " ".join(value)
+    if not isinstance(value, str):
+        raise ValueError("field scope must be a string or a list of strings")
+    if len(value) > MAX_FIELD_LENGTH or _CONTROL.search(value):
+        raise ValueError("field scope is not a valid scope string")
+    return " ".join(value.split())
+
+
+def _json_type(value: Any) -> str:
+    names = {bool: "boolean", int: "number", float: "number", str: "string", list: "array",
+             dict: "object", type(None): "null"}
+    return names.get(type(value), type(value).__name__)
+
+
+# --- replies ----------------------------------------------------------------------------
+
+class TokenReply(NamedTuple):
+    """A token for the requester, in the original's shape."""
+
+    request_id: str
+    access_token: str
+    token_type: str
+    expires_in: int
+    """Seconds left when the reply was built."""
+    scope: str = ""
+    token_source: str = ""
+    """``cache`` or ``idp``; omitted when empty."""
+    credential: str | None = None
+    """The named credential the token is for (named requests only); omitted when None."""
+    timestamp: str = ""
+    """When the reply was built (RFC 3339); empty: the moment it is encoded."""
+
+    def __repr__(self) -> str:
+        return (f"TokenReply(request_id={self.request_id!r}, token_type={self.token_type!r}, "
+                f"expires_in={self.expires_in}, scope={self.scope!r}, "
+                f"token_source={self.token_source!r}, access_token='********')")
+
+    def to_bytes(self) -> bytes:
+        return encode_token_reply(self.request_id, self.access_token, self.token_type,
+                                  self.expires_in, scope=self.scope,
+                                  token_source=self.token_source,
+                                  credential=self.credential, timestamp=self.timestamp)
+
+    @classmethod
+    def from_bytes(cls, payload: bytes) -> TokenReply:
+        """A token reply, strictly typed, or :class:`InvalidReply` (also for an error
+        reply: use :func:`parse_reply` to accept both)."""
+        reply = parse_reply(payload)
+        if isinstance(reply, ErrorReply):
+            raise InvalidReply(f"reply is an error: {reply.error_code}: {reply.error}")
+        return reply
+
+    @classmethod
+    def _from_document(cls, document: dict[str, Any]) -> TokenReply:
+        access_token = document.get("access_token")
+        if not isinstance(access_token, str) or not access_token:
+            raise InvalidReply("reply field access_token must be a non-empty string")
+        expires_in = document.get("expires_in")
+        if isinstance(expires_in, bool) or not isinstance(expires_in, int) or expires_in < 0:
+            raise InvalidReply("reply field expires_in must be a non-negative integer")
+        credential = document.get("credential")
+        if credential is not None and not isinstance(credential, str):
+            raise InvalidReply("reply field credential must be a string")
+        return cls(
+            request_id=_reply_text(document, "request_id"),
+            access_token=access_token,
+            token_type=_reply_text(document, "token_type", required=True),
+            expires_in=expires_in,
+            scope=_reply_text(document, "scope"),
+            token_source=_reply_text(document, "token_source"),
+            credential=credential,
+            timestamp=_reply_text(document, "timestamp"),
+        )
+
+
+def encode_token_reply(request_id: str, access_token: str, token_type: str, expires_in: int,
+                       *, scope: str = "", token_source: str = "",
+                       credential: str | None = None, timestamp: str = "") -> bytes:
+    """:meth:`TokenReply.to_bytes` without building the tuple first: the worker's cache hits
+    encode through here, one per request."""
+    body: dict[str, Any] = {
+        "request_id": request_id,
+        "access_token": access_token,
+        "token_type": token_type,
+        "expires_in": expires_in,
+    }
+    if scope:
+        body["scope"] = scope
+    if token_source:
+        body["token_source"] = token_source
+    if credential is not None:
+        body["credential"] = credential
+    body["timestamp"] = timestamp or now_rfc3339()
+    return orjson.dumps(body)
+
+
+class ErrorReply(NamedTuple):
+    """A request that got no token: a sentence in ``error`` and a code in ``error_code``."""
+
+    request_id: str
+    error: str
+    """One sentence a person can act on (never a secret or a token)."""
+    error_code: str
+    """token-worker's own code (constants in this module) or the IdP's OAuth2 code."""
+    error_description: str = ""
+    """The IdP's ``error_description``, when it sent one; omitted when empty."""
+    timestamp: str = ""
+
+    def to_bytes(self) -> bytes:
+        body: dict[str, Any] = {
+            "request_id": self.request_id,
+            "error": self.error or self.error_code,
+            "error_code": self.error_code,
+        }
+        if self.error_description:
+            body["error_description"] = self.error_description
+        body["timestamp"] = self.timestamp or now_rfc3339()
+        return orjson.dumps(body)
+
+    @classmethod
+    def from_bytes(cls, payload: bytes) -> ErrorReply:
+        reply = parse_reply(payload)
+        if isinstance(reply, TokenReply):
+            raise InvalidReply("reply is a token, not an error")
+        return reply
+
+    @classmethod
+    def _from_document(cls, document: dict[str, Any]) -> ErrorReply:
+        return cls(
+            request_id=_reply_text(document, "request_id"),
+            error=_reply_text(document, "error", required=True),
+            # The original sent no error_code: a requester written for both reads "".
+            error_code=_reply_text(document, "error_code"),
+            error_description=_reply_text(document, "error_description"),
+            timestamp=_reply_text(document, "timestamp"),
+        )
+
+
+def parse_reply(payload: bytes) -> TokenReply | ErrorReply:
+    """A worker's reply: an :class:`ErrorReply` when ``error`` is set (the original also
+    sent empty token fields with it), else a :class:`TokenReply`; :class:`InvalidReply`
+    for anything else."""
+    try:
+        document = orjson.loads(payload)
+    except orjson.JSONDecodeError:
+        raise InvalidReply("reply is not JSON") from None
+    if not isinstance(document, dict):
+        raise InvalidReply("reply is not a JSON object")
+    if document.get("error"):
+        return ErrorReply._from_document(document)
+    return TokenReply._from_document(document)
+
+
+def _reply_text(document: dict[str, Any], name: str, *, required: bool = False) -> str:
+    value = document.get(name)
+    if value is None and not required:
+        return ""
+    if not isinstance(value, str) or (required and not value):
+        raise InvalidReply(f"reply field {name} must be a"
+                           f"{' non-empty' if required else ''} string")
+    return value
+
+
+# --- the NATS services API ($SRV) -------------------------------------------------------
+
+@dataclass(frozen=True)
+class ServiceIdentity:
+    """What every ``$SRV`` response starts with."""
+
+    name: str
+    id: str
+    version: str
+    metadata: dict[str, str] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "id": self.id, "version": self.version,
+                "metadata": self.metadata}
+
+    @classmethod
+    def from_dict(cls, document: dict[str, Any]) -> ServiceIdentity:
+        metadata = document.get("metadata") or {}
+        if not isinstance(metadata, dict):
+            raise InvalidReply("field metadata must be an object")
+        return cls(name=_reply_text(document, "name", required=True),
+                   id=_reply_text(document, "id", required=True),
+                   version=_reply_text(document, "version"), metadata=metadata)
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """One endpoint of the service, as ``$SRV.INFO`` lists it."""
+
+    name: str
+    subject: str
+    queue_group: str
+    metadata: dict[str, str] | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "subject": self.subject, "queue_group": self.queue_group,
+                "metadata": self.metadata}
+
+
+@dataclass(frozen=True)
+class EndpointStats:
+    """An endpoint's numbers, as ``$SRV.STATS`` reports them."""
+
+    endpoint: Endpoint
+    num_requests: int
+    num_errors: int
+    last_error: str
+    processing_time: int
+    """Nanoseconds, summed over every request."""
+    average_processing_time: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**self.endpoint.to_dict(), "num_requests": self.num_requests,
+                "num_errors": self.num_errors, "last_error": self.last_error,
+                "processing_time": self.processing_time,
+                "average_processing_time": self.average_processing_time}
+
+
+def _service_document(payload: bytes, kind: str) -> dict[str, Any]:
+    try:
+        document = orjson.loads(payload)
+    except orjson.JSONDecodeError:
+        raise InvalidReply("response is not JSON") from None
+    if not isinstance(document, dict) or document.get("type") != kind:
+        raise InvalidReply(f"response is not a {kind}")
+    return document
+
+
+def _endpoints(document: dict[str, Any]) -> list[dict[str, Any]]:
+    endpoints = document.get("endpoints") or []
+    if not isinstance(endpoints, list) or not all(isinstance(e, dict) for e in endpoints):
+        raise InvalidReply("field endpoints must be a list of objects")
+    return endpoints
+
+
+def _endpoint(document: dict[str, Any]) -> Endpoint:
+    return Endpoint(name=_reply_text(document, "name", required=True),
+                    subject=_reply_text(document, "subject", required=True),
+                    queue_group=_reply_text(document, "queue_group"),
+                    metadata=document.get("metadata"))
+
+
+def _count(document: dict[str, Any], name: str) -> int:
+    value = document.get(name, 0)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise InvalidReply(f"field {name} must be an integer")
+    return value
+
+
+@dataclass(frozen=True)
+class PingResponse:
+    """``$SRV.PING``: who is there."""
+
+    TYPE = "io.nats.micro.v1.ping_response"
+    identity: ServiceIdentity
+
+    def to_bytes(self) -> bytes:
+        return orjson.dumps({"type": self.TYPE, **self.identity.to_dict()})
+
+    @classmethod
+    def from_bytes(cls, payload: bytes) -> PingResponse:
+        return cls(ServiceIdentity.from_dict(_service_document(payload, cls.TYPE)))
+
+
+@dataclass(frozen=True)
+class InfoResponse:
+    """``$SRV.INFO``: what the service does and where."""
+
+    TYPE = "io.nats.micro.v1.info_response"
+    identity: ServiceIdentity
+    description: str
+    endpoints: tuple[Endpoint, ...]
+
+    def to_bytes(self) -> bytes:
+        return orjson.dumps({"type": self.TYPE, **self.identity.to_dict(),
+                             "description": self.description,
+                             "endpoints": [e.to_dict() for e in self.endpoints]})
+
+    @classmethod
+    def from_bytes(cls, payload: bytes) -> InfoResponse:
+        document = _service_document(payload, cls.TYPE)
+        return cls(ServiceIdentity.from_dict(document), _reply_text(document, "description"),
+                   tuple(_endpoint(e) for e in _endpoints(document)))
+
+
+@dataclass(frozen=True)
+class StatsResponse:
+    """``$SRV.STATS``: each endpoint's numbers since ``started``."""
+
+    TYPE = "io.nats.micro.v1.stats_response"
+    identity: ServiceIdentity
+    started: str
+    """RFC 3339, UTC."""
+    endpoints: tuple[EndpointStats, ...]
+
+    def to_bytes(self) -> bytes:
+        return orjson.dumps({"type": self.TYPE, **self.identity.to_dict(),
+                             "started": self.started,
+                             "endpoints": [e.to_dict() for e in self.endpoints]})
+
+    @classmethod
+    def from_bytes(cls, payload: bytes) -> StatsResponse:
+        document = _service_document(payload, cls.TYPE)
+        stats = tuple(EndpointStats(
+            _endpoint(e), _count(e, "num_requests"), _count(e, "num_errors"),
+            _reply_text(e, "last_error"), _count(e, "processing_time"),
+            _count(e, "average_processing_time")) for e in _endpoints(document))
+        return cls(ServiceIdentity.from_dict(document), _reply_text(document, "started"),
+                   stats)
+
+
+# --- shared helpers ---------------------------------------------------------------------
+
+_second_text: tuple[int, str] = (0, "")
+
+
+def now_rfc3339() -> str:
+    """The current UTC time in RFC 3339 with microseconds, as Go marshals ``time.Time``.
+
+    Built for every reply, so the formatted second is reused until the clock moves on."""
+    global _second_text  # noqa: PLW0603 - a one-entry memo, replaced whole (thread-safe)
+    now = time.time()
+    second = int(now)
+    memo = _second_text
+    if memo[0] != second:
+        memo = _second_text = (second, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second)))
+    return f"{memo[1]}.{int((now - second) * 1_000_000):06d}Z"
+
+
+def encode(body: dict[str, Any]) -> bytes:
+    """A JSON body as compact UTF-8 bytes."""
+    return orjson.dumps(body)
+
+
+def decode(payload: bytes) -> Any:
+    """A JSON body; raises ``ValueError`` for anything that is not JSON."""
+    return orjson.loads(payload)

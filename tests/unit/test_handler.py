@@ -27,7 +27,8 @@ class ScriptedIdp:
         self.calls = 0
         self.error = error
 
-    def fetch_token(self, client_id: str, client_secret: str, scope: str) -> IssuedToken:
+    def fetch_token(self, client_id: str, client_secret: str, scope: str, *,
+                    deadline: float | None = None) -> IssuedToken:
         self.calls += 1
         if self.error is not None:
             raise self.error

@@ -180,9 +180,17 @@ def test_repr_and_str_never_show_the_jwt_seed_or_signature(
 def test_a_jwt_that_reaches_a_log_line_is_redacted(
         tmp_path: Path, mode: OperatorMode, caplog: pytest.LogCaptureFixture) -> None:
     path, _ = mode.user_creds(tmp_path, "worker")
-    jwt = load_creds_file(path).connect_auth_fields({"nonce": NONCE})["jwt"]
+    redacting = RedactSecrets()
+    handler = logging.NullHandler()
+    handler.addFilter(redacting)
+    root = logging.getLogger()
+    root.addHandler(handler)  # where a process's lines are written: the root's handlers
+    try:
+        jwt = load_creds_file(path).connect_auth_fields({"nonce": NONCE})["jwt"]
+    finally:
+        root.removeHandler(handler)
     record = logging.LogRecord("t", logging.INFO, __file__, 1, "connect %s", (jwt,), None)
-    RedactSecrets().filter(record)
+    redacting.filter(record)
     assert jwt not in record.getMessage()
 
 

@@ -30,6 +30,7 @@ import argparse
 import json
 import math
 import os
+import re
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import MISSING, dataclass, field, fields, is_dataclass, replace
 from typing import Any, TypeVar
@@ -492,6 +493,62 @@ class IdpConfig(_Section):
         return self.url.rstrip("/") + "/" + self.token_path.lstrip("/")
 
 
+def _bucket_name(raw: Any) -> str | None:
+    name = _optional_text(raw)
+    if name is not None and not _BUCKET_RE.match(name):
+        raise ValueError("must be letters, digits, '-' or '_' (a JetStream KV bucket name), "
+                         f"got {name!r}")
+    return name
+
+
+def _replicas(raw: Any) -> int:
+    count = _positive_integer(raw)
+    if count > MAX_REPLICAS:
+        raise ValueError(f"must be {MAX_REPLICAS} or fewer (JetStream's limit), got {count}")
+    return count
+
+
+_BUCKET_RE = re.compile(r"^[a-zA-Z0-9_-]+$")
+MAX_REPLICAS = 5
+
+
+@dataclass(frozen=True)
+class SharedCacheConfig(_Section):
+    """The shared token tier: a JetStream KV bucket every replica reads (off without a
+    bucket). Its max age is ``cache.maxTtl``: no token is kept longer than that anyway."""
+
+    bucket: str | None = setting(
+        "cache.shared.bucket", _bucket_name, default=None, env="CACHE_SHARED_BUCKET",
+        help="JetStream KV bucket shared by the fleet (created when missing); off when unset")
+    key_file: str | None = setting(
+        "cache.shared.keyFile", _optional_text, default=None, env="CACHE_SHARED_KEY_FILE",
+        help="file of at least 32 secret bytes sealing the bucket's values (a mounted Secret)")
+    previous_key_file: str | None = setting(
+        "cache.shared.previousKeyFile", _optional_text, default=None,
+        env="CACHE_SHARED_PREVIOUS_KEY_FILE",
+        help="the key file before a rotation: its values are still read and re-sealed")
+    replicas: int = setting(
+        "cache.shared.replicas", _replicas, default=defaults.CACHE_SHARED_REPLICAS,
+        env="CACHE_SHARED_REPLICAS", help="copies of the bucket kept by clustered JetStream")
+
+    def _check(self) -> None:
+        if self.bucket is None:
+            return
+        if not self.key_file:
+            raise self._invalid("bucket", f"needs {self._key('key_file')}")
+        # Read now, so a missing or short key fails the start, naming the setting (never
+        # the bytes). Imported here: the shared tier's modules import this one.
+        from token_worker.shared_cache import load_key_file  # noqa: PLC0415
+
+        for name in ("key_file", "previous_key_file"):
+            path = getattr(self, name)
+            if path:
+                try:
+                    load_key_file(path)
+                except ConfigError as error:
+                    raise self._invalid(name, error.problem) from None
+
+
 @dataclass(frozen=True)
 class CacheConfig(_Section):
     """The per-worker token cache."""
@@ -513,6 +570,7 @@ class CacheConfig(_Section):
     max_ttl: float = setting(
         "cache.maxTtl", _timeout_seconds, default=defaults.CACHE_MAX_TTL, env="CACHE_MAX_TTL",
         help="longest life in seconds a cached token is given (and replies say)")
+    shared: SharedCacheConfig = field(default_factory=SharedCacheConfig)
 
 
 @dataclass(frozen=True)

@@ -75,6 +75,10 @@ ORIGINAL = {
     "cache.expiryMargin": (30.0, ("CACHE_EXPIRY_MARGIN",), None),
     "cache.refreshAhead": (0.2, ("CACHE_REFRESH_AHEAD",), None),
     "cache.maxTtl": (86400.0, ("CACHE_MAX_TTL",), None),
+    "cache.shared.bucket": (None, ("CACHE_SHARED_BUCKET",), None),
+    "cache.shared.keyFile": (None, ("CACHE_SHARED_KEY_FILE",), None),
+    "cache.shared.previousKeyFile": (None, ("CACHE_SHARED_PREVIOUS_KEY_FILE",), None),
+    "cache.shared.replicas": (1, ("CACHE_SHARED_REPLICAS",), None),
 }
 
 ORIGINAL_DEFAULT_NAMES = {
@@ -227,6 +231,9 @@ INVALID = [
     ("cache.expiryMargin", -1, ">= 0"),
     ("cache.refreshAhead", 1.0, "below 1"),
     ("cache.maxTtl", 0, "> 0"),
+    ("cache.shared.bucket", "tokens.prod", "KV bucket name"),
+    ("cache.shared.replicas", 0, "at least 1"),
+    ("cache.shared.replicas", 7, "5 or fewer"),
     ("health.port", 70000, "0 to 65535"),
     ("health.host", 8080, "must be a string"),
 ]
@@ -253,7 +260,8 @@ def test_every_validated_setting_has_an_invalid_case():
     checked = {key for key, _, _ in INVALID}
     # Free text (anything is fine) and optional file names have no invalid value but a type.
     free = {"nameSuffix", "idp.defaultScope", "nats.username", "nats.token",
-            "nats.tls.caFile", "nats.tls.certFile", "nats.tls.keyFile"}
+            "nats.tls.caFile", "nats.tls.certFile", "nats.tls.keyFile",
+            "cache.shared.keyFile", "cache.shared.previousKeyFile"}
     assert set(BY_KEY) - free == checked
 
 
@@ -276,6 +284,33 @@ def test_rules_between_fields_name_the_field_in_code_and_the_source_when_loaded(
         load_config([], {"NATS_TLS_KEY": "client.key"})
     assert (caught.value.field, caught.value.source) == ("nats.tls", "env NATS_TLS_KEY")
     assert TlsConfig(cert_file="c.pem", key_file="c.key").key_file == "c.key"
+
+
+def test_a_shared_bucket_needs_a_key_file_of_32_bytes_named_with_its_source(tmp_path):
+    short = tmp_path / "short.key"
+    short.write_bytes(b"k" * 31)
+    good = tmp_path / "fleet.key"
+    good.write_bytes(b"secret-key-bytes-" * 2)
+
+    with pytest.raises(ConfigError, match=r"needs cache\.shared\.keyFile") as caught:
+        load_config([], {"CACHE_SHARED_BUCKET": "tokens"})
+    assert (caught.value.field, caught.value.source) == (
+        "cache.shared.bucket", "env CACHE_SHARED_BUCKET")
+    with pytest.raises(ConfigError, match="holds 31 bytes; at least 32") as caught:
+        load_config([], {"CACHE_SHARED_BUCKET": "tokens", "CACHE_SHARED_KEY_FILE": str(short)})
+    assert (caught.value.field, caught.value.source) == (
+        "cache.shared.keyFile", "env CACHE_SHARED_KEY_FILE")
+    assert "kkkk" not in str(caught.value)
+    with pytest.raises(ConfigError, match="cannot read the key file") as caught:
+        load_config([], {"CACHE_SHARED_BUCKET": "tokens", "CACHE_SHARED_KEY_FILE": str(good),
+                         "CACHE_SHARED_PREVIOUS_KEY_FILE": str(tmp_path / "gone.key")})
+    assert (caught.value.field, caught.value.source) == (
+        "cache.shared.previousKeyFile", "env CACHE_SHARED_PREVIOUS_KEY_FILE")
+
+    config = load_config([], {"CACHE_SHARED_BUCKET": "tokens",
+                              "CACHE_SHARED_KEY_FILE": str(good)})
+    assert (config.cache.shared.bucket, config.cache.shared.replicas) == ("tokens", 1)
+    assert load_config([], {"CACHE_SHARED_KEY_FILE": str(short)}).cache.shared.bucket is None
 
 
 def test_a_section_of_the_wrong_type_is_refused():

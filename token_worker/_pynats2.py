@@ -86,9 +86,10 @@ def connect_options(config: NatsConfig, name: str, *, no_responders: bool,
         "verbose": False,
         "pedantic": False,
         "echo": True,
-        # Requesters ask for headers so the server tells them at once (a 503 status)
-        # when nobody listens on the subject; workers need neither.
-        "headers": no_responders,
+        # Headers for everyone: the shared tier's JetStream calls send HPUB and read
+        # header replies. Only requesters ask for no_responders, so the server tells them
+        # at once (a 503 status) when nobody listens on the subject.
+        "headers": True,
         "no_responders": no_responders,
     }
     if config.username:

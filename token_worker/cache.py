@@ -105,14 +105,18 @@ class TokenCache:
                 return None
             return entry
 
-    def put(self, key: CacheKey, token: IssuedToken) -> CachedToken:
-        """Store a token the IdP just issued (unless too short-lived to serve); return its
-        entry. Its life is counted from now, on the cache's clock, and capped at ``max_ttl``."""
+    def put(self, key: CacheKey, token: IssuedToken, *, age: float = 0.0) -> CachedToken:
+        """Store a token (unless too short-lived to serve); return its entry. Its life is
+        counted on the cache's clock from ``age`` seconds ago (0: the IdP just issued it; a
+        token read from the shared tier was issued earlier) and capped at ``max_ttl``. The
+        refresh point is a share of the whole servable life, so a token that arrives late in
+        its life is refreshed as soon as one issued here would be (or at once)."""
         now = self.now()
-        expires_at = now + min(token.expires_in, self.max_ttl)
+        issued = now - max(0.0, age)
+        expires_at = issued + min(token.expires_in, self.max_ttl)
         serve_until = expires_at - self._margin
         entry = CachedToken(token=token, expires_at=expires_at, serve_until=serve_until,
-                            refresh_at=serve_until - self._refresh_lead(serve_until - now))
+                            refresh_at=serve_until - self._refresh_lead(serve_until - issued))
         if serve_until > now:
             with self._lock:
                 self._entries[key] = entry

@@ -226,6 +226,11 @@ class NatsConnection:
         refreshed on every connect and asynchronous INFO; 1 MiB before the first)."""
         return self._max_payload
 
+    def on_reader_thread(self) -> bool:
+        """True when called from this connection's reader thread (a subscription callback):
+        a call that waits for a reply must not run there, as the reply would wait behind it."""
+        return threading.get_ident() == self._reader_ident
+
     def connect(self) -> None:
         """Connect (retrying as the reconnect policy allows) and start the reader thread.
 

@@ -51,8 +51,6 @@ PURGE = "PURGE"
 
 DEFAULT_TIMEOUT = 1.0
 """Seconds a JetStream call waits for its answer."""
-READER_THREAD_PREFIX = "nats-reader["
-"""How NatsConnection names its reader thread, where replies arrive (never wait there)."""
 NANOS = 1_000_000_000
 DEFAULT_DUPLICATE_WINDOW = 120.0
 """JetStream's own default; a KV bucket's window never exceeds its max age (as nats.go)."""
@@ -144,6 +142,9 @@ class Connection(Protocol):
     def unsubscribe(self, sub: Subscription, *, drain_timeout: float = 0.0) -> None: ...
 
     def send_raw(self, data: bytes) -> None: ...
+
+    def on_reader_thread(self) -> bool:
+        """True on the thread where replies arrive (never wait for one there)."""
 
 
 class Watch(Protocol):
@@ -239,7 +240,7 @@ class _Requests:
     def request(self, subject: str, payload: bytes, timeout: float, *,
                 headers: Mapping[str, str] | None = None) -> Message:
         """Send and wait for the one reply; raises KvTimeout or KvUnavailable."""
-        if threading.current_thread().name.startswith(READER_THREAD_PREFIX):
+        if self._connection.on_reader_thread():
             raise KvError(500, "a JetStream call on the connection's reader thread would "
                                "wait for its own reply: call it from another thread")
         self._subscribe_once()

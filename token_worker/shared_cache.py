@@ -11,7 +11,9 @@ secret digest, sorted scope set and auth method (hex), so no client id, secret o
 appears in the bucket, its subjects or its stream. A value is sealed with AES-256-GCM under
 a random 96-bit nonce, with its KV key as associated data: a value copied to another key
 does not open. It holds only an allow-list of token fields (``access_token``,
-``token_type``, ``scope``, ``expires_at``), never the secret. A value that does not open
+``token_type``, ``scope``, ``issued_at``, ``expires_at``), never the secret. A token comes
+back as it was issued (``issued_at``, ``expires_in``), so a replica that takes it counts
+its life, and its refresh point, as the one that got it from the IdP does. A value that does not open
 (another key file, corruption, moved) is a miss, warned about and overwritten by the next
 store. With a previous key file given for rotation, a miss under the new names is looked up
 under the old names too, opened with the old key and copied under the new name.
@@ -77,7 +79,7 @@ MIN_KEY_BYTES = 32
 SEAL_VERSION = b"\x01"
 """First byte of a sealed value: the format (AES-256-GCM, 12-byte nonce, JSON inside)."""
 NONCE_BYTES = 12
-TOKEN_FIELDS = ("access_token", "token_type", "scope", "expires_at")
+TOKEN_FIELDS = ("access_token", "token_type", "scope", "issued_at", "expires_at")
 """All a sealed value holds: the allow-list."""
 VALUE_SUFFIX = "tok"
 LEASE_SUFFIX = "lease"
@@ -371,14 +373,18 @@ class SharedTier:
         return token
 
     def _store(self, key: SharedKey, token: IssuedToken) -> None:
-        expires_at = token.issued_at + token.expires_in
+        """Seal and put; a token's life is capped at the bucket's max age (``cache.maxTtl``,
+        as the local tier caps it), so the fleet agrees on when it expires."""
+        lifetime = token.expires_in
+        if self._max_age > 0:
+            lifetime = min(lifetime, int(self._max_age))
+        expires_at = token.issued_at + lifetime
         life = expires_at - self._now()
         if life <= self._margin:
             return
-        if self._max_age > 0:
-            life = min(life, self._max_age)
-        plain = orjson.dumps(dict(zip(TOKEN_FIELDS, (token.access_token, token.token_type,
-                                                     token.scope, expires_at), strict=True)))
+        plain = orjson.dumps(dict(zip(TOKEN_FIELDS, (
+            token.access_token, token.token_type, token.scope, token.issued_at, expires_at),
+            strict=True)))
         value_key = key.value_key()
         self._kv.put(value_key, self._keys[0].seal(value_key, plain), ttl=math.ceil(life))
 
@@ -394,6 +400,7 @@ class SharedTier:
         try:
             fields = orjson.loads(self._keys[index].open(value_key, sealed))
             expires_at = float(fields["expires_at"])
+            issued_at = float(fields["issued_at"])
             access_token, token_type, scope = (str(fields[name]) for name in TOKEN_FIELDS[:3])
         except (Unsealable, ValueError, KeyError, TypeError) as error:
             self._warnings.warn("unreadable", "shared token cache: a value does not open; "
@@ -404,7 +411,7 @@ class SharedTier:
         if expires_at - self._margin <= now:
             return None
         token = IssuedToken(access_token=access_token, token_type=token_type, scope=scope,
-                            expires_in=int(expires_at - now), issued_at=now)
+                            expires_in=round(expires_at - issued_at), issued_at=issued_at)
         return token, expires_at
 
     def _ready(self) -> bool:

@@ -79,3 +79,24 @@ def test_discard_drops_an_entry():
     assert cache.discard(KEY) is True
     assert cache.get(KEY) is None
     assert cache.discard(KEY) is False
+
+
+def test_a_token_issued_earlier_keeps_its_expiry_and_its_refresh_point():
+    """A token from the shared tier, 200 s into a 300 s life: it expires when it would have,
+    and its refresh point (216 s into its life) is not pushed back to a share of the 70 s
+    left (which would refresh it at 256 s)."""
+    clock = Clock()
+    issued_at = clock.now
+    clock.now += 200
+    entry = make(clock).put(KEY, token(300), age=200)
+    assert entry.expires_at == pytest.approx(issued_at + 300)
+    assert entry.serve_until == pytest.approx(issued_at + 270)
+    assert entry.refresh_at == pytest.approx(issued_at + 216)
+
+
+def test_a_token_issued_too_long_ago_is_not_stored():
+    clock = Clock()
+    cache = make(clock)
+    cache.put(KEY, token(300), age=271)
+    assert cache.get(KEY) is None
+    assert len(cache) == 0

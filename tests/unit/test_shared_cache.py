@@ -87,7 +87,7 @@ def test_a_stored_token_comes_back_with_its_life_counted_on_the_clock(
     assert token is not None
     assert (token.access_token, token.token_type, token.scope) == (
         ACCESS_TOKEN, "Bearer", "read write")
-    assert token.expires_in == 200
+    assert (token.issued_at, token.expires_in) == (clock.wall - 100, 300)  # as issued
     assert tier.counts["hits"] == 1
 
 

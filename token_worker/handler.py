@@ -18,9 +18,11 @@ bytes. A plain function from request bytes to reply bytes becomes a handler thro
     worker = TokenWorker(config, handler=lambda payload: b'{"ok": true}')
 
 :class:`TokenHandler` is the default: parse, look the cache up once on the reader thread,
-and on a miss ask the broker from a pool thread, without a second lookup (so a miss is
-counted once); misses for the same query that arrive before the first is answered share
-its answer.
+and on a miss ask the broker from a pool thread (:meth:`TokenBroker.fetch_after_miss`:
+it looks again without counting a second miss, then joins the key's single flight, so
+misses for one query that queue behind each other share one IdP call). Every request's
+deadline is ``idp.deadline`` from its arrival, so time spent waiting for a pool thread
+counts.
 """
 
 from __future__ import annotations
@@ -31,19 +33,20 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import Future
-from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Any, Generic, NamedTuple, TypeVar
 
 from token_worker import wire
 from token_worker.broker import Answer, TokenBroker, TokenQuery
 from token_worker.cache import TokenCache
 from token_worker.config import Config
-from token_worker.errors import IdpError, IdpRefused, IdpTimeout, InvalidRequest
+from token_worker.errors import IdpError, IdpRefused, InvalidRequest
 from token_worker.idp import IdpClient
+from token_worker.kv import Connection as KvConnection
+from token_worker.kv import KeyValue
 from token_worker.logs import RateLimitedLog, request_context
 from token_worker.metrics import Metrics, NullMetrics
 from token_worker.resilience import ResilientIdp
+from token_worker.shared_cache import SharedTier, load_key_file
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +64,9 @@ class Reply(NamedTuple):
     """The request's id, for a reply the worker must replace (too large to send)."""
     client_id: str = ""
     """Who asked, for the log line of a reply the worker must replace."""
+    query: object = None
+    """What the handler needs to take back what it served if the worker cannot send the
+    reply (:meth:`RequestHandler.unsent`); the token handler puts its query here."""
 
 
 class Deferred(Generic[RequestT]):
@@ -103,6 +109,10 @@ class RequestHandler(abc.ABC):
         Should not raise; if it does, the requester gets ``internal_error`` and the
         exception is logged."""
 
+    def unsent(self, reply: Reply) -> None:  # noqa: B027 - a hook: doing nothing is right
+        """The worker replaced ``reply`` (too large to send, ``token_too_large``): forget
+        what it served, so the next request does not get it again."""
+
 
 class BytesHandler(RequestHandler):
     """Adapts a function from request bytes to reply bytes: every request is deferred to a
@@ -123,24 +133,24 @@ class TokenHandler(RequestHandler):
     """The default handler: a client-credentials token through the broker."""
 
     def __init__(self, broker: TokenBroker, *, default_scope: str, max_payload: int,
-                 follower_timeout: float = 10.0,
+                 deadline: float | None = None,
                  on_close: Callable[[], None] | None = None) -> None:
+        """``deadline``: seconds from a request's arrival to its answer being due (the
+        IdP's deadline); None: only the IdP's own bounds."""
         self._broker = broker
         self._default_scope = default_scope
         self._max_payload = max_payload
-        self._follower_timeout = follower_timeout
+        self._deadline = deadline
         self._on_close = on_close
-        self._misses: dict[TokenQuery, Future[Answer]] = {}
-        """Misses waiting for a pool thread, by query: later misses for the same query
-        follow the first instead of calling the IdP after it (see :meth:`_defer_miss`)."""
-        self._misses_lock = threading.Lock()
         self._warn_invalid = RateLimitedLog(log, logging.WARNING, "invalid request")
         self._warn_not_issued = RateLimitedLog(log, logging.WARNING, "token not issued")
 
     @classmethod
-    def from_config(cls, config: Config, metrics: Metrics | None = None) -> TokenHandler:
-        """Wire IdP client, retry policy, cache and broker as the config says; the handler
-        closes them in :meth:`close`."""
+    def from_config(cls, config: Config, metrics: Metrics | None = None, *,
+                    connection: KvConnection | None = None) -> TokenHandler:
+        """Wire IdP client, retry policy, cache, shared tier (with ``cache.shared.bucket``,
+        over ``connection``, the worker's, which must announce headers) and broker as the
+        config says; the handler closes them in :meth:`close`."""
         metrics = NullMetrics() if metrics is None else metrics
         client = IdpClient(config.idp, pool_size=config.workers + 2)
         idp = ResilientIdp(client, config.idp, metrics)
@@ -151,16 +161,34 @@ class TokenHandler(RequestHandler):
                                expiry_margin=config.cache.expiry_margin,
                                refresh_ahead=config.cache.refresh_ahead, now=time.time,
                                max_ttl=config.cache.max_ttl)
+        shared = None
+        if cache is not None and connection is not None and config.cache.shared.bucket:
+            shared = shared_tier(config, connection)
+            metrics.track_shared(lambda: shared.counts if shared is not None else {})
         broker = TokenBroker(idp, cache, auth_method=config.idp.auth_method,
-                             follower_timeout=config.idp.deadline + 1.0, metrics=metrics)
+                             follower_timeout=config.idp.deadline + 1.0, metrics=metrics,
+                             shared=shared, lease_ttl=config.idp.deadline)
 
         def close() -> None:
             broker.close()
             client.close()
 
         return cls(broker, default_scope=config.idp.default_scope,
-                   max_payload=config.max_payload,
-                   follower_timeout=config.idp.deadline + 1.0, on_close=close)
+                   max_payload=config.max_payload, deadline=config.idp.deadline,
+                   on_close=close)
+
+    def prepare(self) -> None:
+        """Make the shared tier's bucket ready on a thread of its own (created when
+        missing): never in the way of serving, which goes without the tier meanwhile."""
+        shared = self._broker.shared
+        if shared is not None:
+            threading.Thread(target=shared.prepare, name="shared-cache-prepare",
+                             daemon=True).start()
+
+    def unsent(self, reply: Reply) -> None:
+        """A token reply the worker could not send: its token leaves the local cache."""
+        if isinstance(reply.query, TokenQuery):
+            self._broker.discard(reply.query)
 
     def close(self) -> None:
         """Release the IdP connections and stop background refreshes."""
@@ -173,35 +201,19 @@ class TokenHandler(RequestHandler):
             request = wire.TokenRequest.from_bytes(payload, max_size=self._max_payload)
         except InvalidRequest as error:
             return self._invalid(error)
-        if request.skip_cache:
-            return Deferred(self._serve, request, request.request_id)
         query = self._query(request)
+        deadline = None if self._deadline is None else time.monotonic() + self._deadline
+        if request.skip_cache:
+            return Deferred(functools.partial(self._serve, query, deadline, True), request,
+                            request.request_id)
         answer = self._broker.cached(query)
         if answer is None:
-            return self._defer_miss(request, query)
+            return Deferred(functools.partial(self._serve, query, deadline, False), request,
+                            request.request_id)
         if log.isEnabledFor(logging.DEBUG):
             with request_context(request.request_id, request.client_id):
                 log.debug("token served from cache", extra={"expires_in": answer.expires_in})
-        return _token_reply(request, answer)
-
-    def _defer_miss(self, request: wire.TokenRequest, query: TokenQuery
-                    ) -> Deferred[wire.TokenRequest]:
-        """The first miss for a query leads: its pool thread asks the broker without a
-        second lookup. Misses for the same query until it is answered follow it and share
-        its answer. (The broker's own single flight only joins fetches under way: a miss
-        whose pool thread started after the leader finished would call the IdP again.)"""
-        with self._misses_lock:
-            flight = self._misses.get(query)
-            if flight is None:
-                flight = self._misses[query] = Future()
-                leader = True
-            else:
-                leader = False
-        if leader:
-            return Deferred(functools.partial(self._lead, query, flight), request,
-                            request.request_id,
-                            on_drop=functools.partial(self._abandon, query, flight))
-        return Deferred(functools.partial(self._follow, flight), request, request.request_id)
+        return _token_reply(request, answer, query)
 
     def _invalid(self, error: InvalidRequest) -> Reply:
         with request_context(error.request_id):
@@ -213,53 +225,18 @@ class TokenHandler(RequestHandler):
         scope = self._default_scope if request.scope is None else request.scope
         return TokenQuery(request.client_id, request.client_secret, scope)
 
-    def _serve(self, request: wire.TokenRequest) -> Reply:
+    def _serve(self, query: TokenQuery, deadline: float | None, skip_cache: bool,
+               request: wire.TokenRequest) -> Reply:
         """On a pool thread: the cache was looked up already (or skipping it was asked),
-        so straight to the broker's single flight, which caches what it gets."""
-        return self._answer(request, lambda: self._broker.fetch(self._query(request),
-                                                                skip_cache=True))
+        so to the broker's single flight, which caches what it gets."""
+        if skip_cache:
+            return self._answer(request, query, lambda: self._broker.fetch(
+                query, skip_cache=True, deadline=deadline))
+        return self._answer(request, query,
+                            lambda: self._broker.fetch_after_miss(query, deadline))
 
-    def _lead(self, query: TokenQuery, flight: Future[Answer],
-              request: wire.TokenRequest) -> Reply:
-        def fetch() -> Answer:
-            try:
-                answer = self._broker.fetch(query, skip_cache=True)
-            except BaseException as error:
-                self._land(query, flight, error=error)
-                raise
-            self._land(query, flight, answer=answer)
-            return answer
-        return self._answer(request, fetch)
-
-    def _follow(self, flight: Future[Answer], request: wire.TokenRequest) -> Reply:
-        def wait() -> Answer:
-            try:
-                return flight.result(timeout=self._follower_timeout)
-            except FutureTimeout:
-                raise IdpTimeout("waited too long for the identity provider call in flight"
-                                 ) from None
-            except _LeaderDropped:  # the leader was never served: ask on our own
-                return self._broker.fetch(self._query(request), skip_cache=True)
-        return self._answer(request, wait)
-
-    def _land(self, query: TokenQuery, flight: Future[Answer], *,
-              answer: Answer | None = None, error: BaseException | None = None) -> None:
-        """The leader's outcome: no longer joinable (the token is cached by now), then
-        given to every follower."""
-        with self._misses_lock:
-            if self._misses.get(query) is flight:
-                del self._misses[query]
-        if answer is not None:
-            flight.set_result(answer)
-        else:
-            flight.set_exception(error or RuntimeError("no answer"))
-
-    def _abandon(self, query: TokenQuery, flight: Future[Answer]) -> None:
-        """The worker dropped the leader (overloaded, shutting down): its followers fetch
-        for themselves."""
-        self._land(query, flight, error=_LeaderDropped())
-
-    def _answer(self, request: wire.TokenRequest, get: Callable[[], Answer]) -> Reply:
+    def _answer(self, request: wire.TokenRequest, query: TokenQuery,
+                get: Callable[[], Answer]) -> Reply:
         with request_context(request.request_id, request.client_id):
             started = time.monotonic()
             try:
@@ -272,7 +249,7 @@ class TokenHandler(RequestHandler):
             log.info("token issued", extra={"idp_ms": _ms_since(started),
                                              "expires_in": answer.expires_in,
                                              "token_source": answer.source})
-            return _token_reply(request, answer)
+            return _token_reply(request, answer, query)
 
     def _log_failure(self, error: IdpError, started: float) -> None:
         details = {"error_code": error.error_code, "error": str(error),
@@ -283,16 +260,27 @@ class TokenHandler(RequestHandler):
             self._warn_not_issued(details)
 
 
-class _LeaderDropped(Exception):
-    """The first miss of a query was answered without being served."""
-
-
-def _token_reply(request: wire.TokenRequest, answer: Answer) -> Reply:
+def _token_reply(request: wire.TokenRequest, answer: Answer, query: TokenQuery) -> Reply:
     token = answer.token
     body = wire.encode_token_reply(request.request_id, token.access_token, token.token_type,
                                    answer.expires_in, scope=token.scope,
                                    token_source=answer.source)
-    return Reply(body, "", request.request_id, request.client_id)
+    return Reply(body, "", request.request_id, request.client_id, query)
+
+
+def shared_tier(config: Config, connection: KvConnection) -> SharedTier:
+    """The shared tier ``cache.shared`` describes, over ``connection`` (not ensured yet:
+    :meth:`TokenHandler.prepare`)."""
+    settings = config.cache.shared
+    if not settings.bucket or not settings.key_file:
+        raise ValueError("cache.shared needs a bucket and a key file")
+    previous = settings.previous_key_file
+    return SharedTier(
+        KeyValue(connection, settings.bucket), load_key_file(settings.key_file),
+        previous_key=load_key_file(previous, field="cache.shared.previousKeyFile")
+        if previous else None,
+        expiry_margin=config.cache.expiry_margin, max_age=config.cache.max_ttl,
+        replicas=settings.replicas)
 
 
 def _ms_since(started: float) -> float:

@@ -8,8 +8,11 @@ IdP's free-form codes, so the number of series stays bounded.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Iterator, Mapping
 
 from prometheus_client import CollectorRegistry, Counter, Enum, Gauge, Histogram
+from prometheus_client.core import CounterMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 from token_worker.wire import (
     IDP_BAD_RESPONSE,
@@ -89,6 +92,19 @@ class Metrics:
         self.cache_refresh = self.cache_events.labels("refresh")
         self.started = time.time()
         self.last_error = ""
+        self._shared_counts: Callable[[], Mapping[str, int]] | None = None
+
+    def track_shared(self, counts: Callable[[], Mapping[str, int]]) -> None:
+        """Export the shared tier's counts (``SharedTier.counts``: hits, misses, leases,
+        lease_waits, lease_takeovers, errors) as ``token_worker_shared_cache_events_total``
+        and in ``$SRV.STATS``; read when scraped, so the tier only counts."""
+        self._shared_counts = counts
+        self.registry.register(_SharedCollector(counts))
+
+    def shared_stats(self) -> dict[str, int] | None:
+        """The shared tier's counts, or None without a shared tier."""
+        counts = self._shared_counts
+        return None if counts is None else dict(counts())
 
     def count_reply(self, error_code: str, seconds: float) -> None:
         """One reply sent: its outcome and how long it took."""
@@ -111,6 +127,25 @@ class Metrics:
         return {"num_requests": int(requests), "num_errors": int(errors),
                 "last_error": self.last_error, "processing_time": processing_ns,
                 "average_processing_time": processing_ns // int(requests) if requests else 0}
+
+
+class _SharedCollector(Collector):
+    """The shared tier's counters, read from its own counts at scrape time."""
+
+    def __init__(self, counts: Callable[[], Mapping[str, int]]) -> None:
+        self._counts = counts
+
+    def collect(self) -> Iterator[Metric]:
+        family = CounterMetricFamily(
+            "token_worker_shared_cache_events",
+            "Shared token tier: hits, misses, leases taken, lease waits, lease takeovers "
+            "(waits that ended without a token), errors", labels=["event"])
+        for event, count in sorted(self._counts().items()):
+            family.add_metric([event], count)
+        yield family
+
+    def describe(self) -> Iterator[Metric]:
+        yield CounterMetricFamily("token_worker_shared_cache_events", "", labels=["event"])
 
 
 class NullMetrics(Metrics):

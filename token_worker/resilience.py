@@ -40,7 +40,7 @@ from circuitbreaker import CircuitBreaker
 from token_worker.config import IdpConfig
 from token_worker.errors import IdpError, IdpRefused, IdpTimeout, IdpUnavailable
 from token_worker.idp import IdpClient, IssuedToken
-from token_worker.metrics import Metrics, outcome_label
+from token_worker.metrics import Metrics, NullMetrics, outcome_label
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +70,7 @@ class ResilientIdp:
                  ) -> None:
         self._client = client
         self._config = config
-        self._metrics = metrics
+        self._metrics = NullMetrics() if metrics is None else metrics
         self._breaker = CircuitBreaker(
             failure_threshold=config.failure_threshold,
             recovery_timeout=config.cool_down,
@@ -202,9 +202,8 @@ class ResilientIdp:
             outcome = outcome_label(error.error_code)
             raise
         finally:
-            if self._metrics is not None:
-                self._metrics.idp_calls.labels(outcome).inc()
-                self._metrics.idp_seconds.observe(time.monotonic() - started)
+            self._metrics.idp_calls.labels(outcome).inc()
+            self._metrics.idp_seconds.observe(time.monotonic() - started)
 
     def _log_failure(self, error: IdpError, attempt: int, started: float, *,
                      retrying: bool) -> None:

@@ -89,6 +89,12 @@ class ServiceResponder:
         stats = EndpointStats(self._endpoint, int(numbers["num_requests"]),
                               int(numbers["num_errors"]), str(numbers["last_error"]),
                               int(numbers["processing_time"]),
-                              int(numbers["average_processing_time"]))
+                              int(numbers["average_processing_time"]),
+                              _shared_data(self._metrics.shared_stats()))
         return StatsResponse(self._identity, started.isoformat().replace("+00:00", "Z"),
                              (stats,)).to_bytes()
+
+
+def _shared_data(counts: dict[str, int] | None) -> dict[str, Any] | None:
+    """The endpoint's ``data``: the shared tier's counts, when there is a shared tier."""
+    return None if counts is None else {"shared_cache": counts}

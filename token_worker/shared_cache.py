@@ -13,10 +13,10 @@ a random 96-bit nonce, with its KV key as associated data: a value copied to ano
 does not open. It holds only an allow-list of token fields (``access_token``,
 ``token_type``, ``scope``, ``issued_at``, ``expires_at``), never the secret. A token comes
 back as it was issued (``issued_at``, ``expires_in``), so a replica that takes it counts
-its life, and its refresh point, as the one that got it from the IdP does. A value that does not open
-(another key file, corruption, moved) is a miss, warned about and overwritten by the next
-store. With a previous key file given for rotation, a miss under the new names is looked up
-under the old names too, opened with the old key and copied under the new name.
+its life, and its refresh point, as the one that got it from the IdP does. A value that
+does not open (another key file, corruption, moved) is a miss, warned about and overwritten
+by the next store. With a previous key file given for rotation, a miss under the new names
+is looked up under the old names too, opened with the old key and copied under the new name.
 
 Single-flight across the fleet: :meth:`SharedTier.lease` takes a short lease on the key with
 KV's atomic create and a per-message TTL, so one replica calls the IdP for a cold key while
@@ -319,15 +319,18 @@ class SharedTier:
         except Exception as error:
             self._failed("release", error)
 
-    def wait(self, key: SharedKey, timeout: float) -> IssuedToken | None:
+    def wait(self, key: SharedKey, timeout: float, *,
+             newer_than: float | None = None) -> IssuedToken | None:
         """The token the lease holder stores, watched for up to ``timeout`` seconds; None
-        when it does not come (released, timed out, tier down): call the IdP yourself."""
+        when it does not come (released, timed out, tier down): call the IdP yourself.
+        With ``newer_than`` (refresh-ahead: the local token's ``expires_at``) only a value
+        that expires later counts."""
         if not self._ready():
             return None
         self._count("lease_waits")
         deadline = self._monotonic() + timeout
         try:
-            token = self._watch_for_value(key, deadline)
+            token = self._watch_for_value(key, deadline, newer_than)
         except Exception as error:
             self._failed("wait", error)
             token = None
@@ -356,18 +359,26 @@ class SharedTier:
 
     # --- inside -------------------------------------------------------------------------
 
-    def _watch_for_value(self, key: SharedKey, deadline: float) -> IssuedToken | None:
+    def _watch_for_value(self, key: SharedKey, deadline: float,
+                         newer_than: float | None = None) -> IssuedToken | None:
         value_key = key.value_key()
+
+        def servable(sealed: bytes) -> IssuedToken | None:
+            opened = self._open_entry(key, 0, sealed)
+            if opened is None or (newer_than is not None and opened[1] <= newer_than):
+                return None
+            return opened[0]
+
         with self._kv.watch(f"{key.names[0]}.*") as watch:
             # Subscribed before reading: a value stored in between is seen on the watch.
             entry = self._kv.get(value_key)
-            token = self._open(key, 0, entry.value) if entry is not None else None
+            token = servable(entry.value) if entry is not None else None
             while token is None and (left := deadline - self._monotonic()) > 0:
                 change = watch.next(left)
                 if change is None:
                     return None
                 if change.key == value_key and change.operation == PUT:
-                    token = self._open(key, 0, change.value)
+                    token = servable(change.value)
                 elif change.key == key.lease_key and change.operation != PUT:
                     return None  # released without a value: the leader's call failed
         return token

@@ -466,12 +466,17 @@ class EndpointStats:
     processing_time: int
     """Nanoseconds, summed over every request."""
     average_processing_time: int
+    data: dict[str, Any] | None = None
+    """The endpoint's own numbers (ADR-32 ``data``): the shared tier's counts."""
 
     def to_dict(self) -> dict[str, Any]:
-        return {**self.endpoint.to_dict(), "num_requests": self.num_requests,
+        body = {**self.endpoint.to_dict(), "num_requests": self.num_requests,
                 "num_errors": self.num_errors, "last_error": self.last_error,
                 "processing_time": self.processing_time,
                 "average_processing_time": self.average_processing_time}
+        if self.data is not None:
+            body["data"] = self.data
+        return body
 
 
 def _service_document(payload: bytes, kind: str) -> dict[str, Any]:
@@ -562,7 +567,9 @@ class StatsResponse:
         stats = tuple(EndpointStats(
             _endpoint(e), _count(e, "num_requests"), _count(e, "num_errors"),
             _reply_text(e, "last_error"), _count(e, "processing_time"),
-            _count(e, "average_processing_time")) for e in _endpoints(document))
+            _count(e, "average_processing_time"),
+            e["data"] if isinstance(e.get("data"), dict) else None)
+            for e in _endpoints(document))
         return cls(ServiceIdentity.from_dict(document), _reply_text(document, "started"),
                    stats)
 

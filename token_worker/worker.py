@@ -148,9 +148,16 @@ class TokenWorker:
         self.client_name = client_name(config.name_suffix)
         self.metrics = Metrics()
         """This worker's numbers (a registry of its own, served at ``/metrics``)."""
+        nats: NatsConnection | None = None
+        if connection is None:
+            connection = nats = NatsConnection(config.nats, self.client_name,
+                                               on_state=self._on_state,
+                                               on_gave_up=self._on_gave_up)
+        self._connection: Connection = connection
         self._token_handler: TokenHandler | None = None
         if handler is None:
-            handler = self._token_handler = TokenHandler.from_config(config, self.metrics)
+            handler = self._token_handler = TokenHandler.from_config(
+                config, self.metrics, connection=nats)  # the shared tier shares it
         self._handler: RequestHandler = (handler if isinstance(handler, RequestHandler)
                                          else BytesHandler(handler))
         self._handle = self._handler.handle
@@ -158,9 +165,6 @@ class TokenWorker:
                                                     self._serve)
         self.metrics.in_flight.set_function(lambda: self._pool.admitted)
         self.metrics.capacity.set(self._pool.capacity)
-        self._connection: Connection = connection if connection is not None else (
-            NatsConnection(config.nats, self.client_name, on_state=self._on_state,
-                           on_gave_up=self._on_gave_up))
         self.metrics.reconnect_buffer.set_function(lambda: self._connection.buffered_bytes)
         self._service = ServiceResponder(
             self._connection, version=__version__, subject=config.subject, queue=config.queue,
@@ -207,6 +211,8 @@ class TokenWorker:
         except BaseException:
             self._release()
             raise
+        if self._token_handler is not None:
+            self._token_handler.prepare()  # the shared tier's bucket, off the critical path
         with contextlib.suppress(NatsConnectionError):
             self._connection.flush(SUBSCRIBE_CONFIRM_TIMEOUT)
         log.info("serving", extra={"subject": self.config.subject, "queue": self.config.queue,
@@ -376,11 +382,13 @@ class TokenWorker:
         ``$SRV.STATS`` after getting the reply sees it counted."""
         limit = self._connection.max_payload
         if len(reply.body) > limit:
+            self._handler.unsent(reply)
             reply = self._too_large(reply, len(reply.body), limit)
         self.metrics.count_reply(reply.error_code, time.perf_counter() - received)
         try:
             self._connection.publish(subject, reply.body)
         except PayloadTooLarge as error:  # the server's limit changed under us
+            self._handler.unsent(reply)
             with contextlib.suppress(NatsConnectionError):
                 self._connection.publish(subject,
                                          self._too_large(reply, error.size, error.limit).body)

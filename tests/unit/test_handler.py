@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import json
+import sys
+import threading
 import time
+from typing import Any
 
 import orjson
 
+from tests.helpers import wait_until
 from token_worker import wire
 from token_worker.broker import TokenBroker
 from token_worker.cache import TokenCache
@@ -143,15 +147,93 @@ def test_a_miss_that_starts_after_the_first_one_finished_shares_its_answer():
     assert isinstance(third, Reply)  # and the next one is a hit
 
 
-def test_followers_share_the_first_misss_error_and_fetch_themselves_if_it_is_dropped():
-    failing, idp, _ = make(ScriptedIdp(IdpUnavailable("connection refused")))
-    first, second = failing.handle(request("a")), failing.handle(request("b"))
-    assert [first.run().error_code, second.run().error_code] == [  # type: ignore[union-attr]
-        wire.IDP_UNAVAILABLE, wire.IDP_UNAVAILABLE]
-    assert idp.calls == 1
+class GatedIdp(ScriptedIdp):
+    """Holds each call until the test opens the gate."""
 
-    handler, idp, _ = make()
-    dropped, follower = handler.handle(request("a")), handler.handle(request("b"))
-    dropped.drop()  # type: ignore[union-attr]  (answered overloaded: never served)
-    assert orjson.loads(follower.run().body)["access_token"] == "token-1"  # type: ignore[union-attr]
+    def __init__(self, error: Exception | None = None) -> None:
+        super().__init__(error)
+        self.entered = threading.Event()
+        self.gate = threading.Event()
+
+    def fetch_token(self, client_id: str, client_secret: str, scope: str, *,
+                    deadline: float | None = None) -> IssuedToken:
+        self.entered.set()
+        self.gate.wait(10)
+        return super().fetch_token(client_id, client_secret, scope, deadline=deadline)
+
+
+def waiting_in(thread: threading.Thread, function: str) -> bool:
+    """Whether ``thread`` is inside a call of ``function`` (a future's ``result``)."""
+    frame = sys._current_frames().get(thread.ident or 0)
+    while frame is not None:
+        if frame.f_code.co_name == function:
+            return True
+        frame = frame.f_back
+    return False
+
+
+def run_together(first: Deferred[Any], second: Deferred[Any], idp: GatedIdp) -> list[Reply]:
+    """``first`` calls the IdP; ``second`` starts while that call is under way."""
+    replies: dict[int, Reply] = {}
+    threads = [threading.Thread(target=lambda: replies.__setitem__(0, first.run()))]
+    threads[0].start()
+    assert idp.entered.wait(5)
+    threads.append(threading.Thread(target=lambda: replies.__setitem__(1, second.run())))
+    threads[1].start()
+    wait_until(lambda: waiting_in(threads[1], "result"), timeout=5,
+               what="the second miss waiting for the first one's call")
+    idp.gate.set()
+    for thread in threads:
+        thread.join(10)
+    return [replies[0], replies[1]]
+
+
+def test_a_miss_joins_the_call_under_way_and_shares_its_error_then_the_next_asks_again():
+    idp = GatedIdp(IdpUnavailable("connection refused"))
+    failing, _, _ = make(idp)
+    first, second = failing.handle(request("a")), failing.handle(request("b"))
+    assert isinstance(first, Deferred) and isinstance(second, Deferred)
+    replies = run_together(first, second, idp)
+    assert [reply.error_code for reply in replies] == [wire.IDP_UNAVAILABLE] * 2
     assert idp.calls == 1
+    third = failing.handle(request("c"))  # errors are not cached: a later miss asks again
+    assert isinstance(third, Deferred)
+    assert third.run().error_code == wire.IDP_UNAVAILABLE
+    assert idp.calls == 2
+
+
+def test_a_request_is_due_one_idp_deadline_after_it_arrived():
+    idp = ScriptedIdp()
+    deadlines: list[float | None] = []
+    original = idp.fetch_token
+
+    def fetch(*args: Any, deadline: float | None = None) -> IssuedToken:
+        deadlines.append(deadline)
+        return original(*args, deadline=deadline)
+
+    idp.fetch_token = fetch  # type: ignore[method-assign]
+    broker = TokenBroker(idp, None, auth_method="client_secret_post",  # type: ignore[arg-type]
+                         follower_timeout=5)
+    handler = TokenHandler(broker, default_scope="openid", max_payload=LIMIT, deadline=8.0)
+    arrived = time.monotonic()
+    deferred = handler.handle(request("a"))
+    assert isinstance(deferred, Deferred)
+    time.sleep(0.05)  # queued for a pool thread: that time counts against the deadline
+    deferred.run()
+    assert deadlines[0] is not None
+    assert arrived + 8.0 <= deadlines[0] <= arrived + 8.0 + 0.04
+
+
+def test_an_unsent_token_reply_leaves_the_cache():
+    handler, idp, _ = make()
+    miss = handler.handle(request("a"))
+    assert isinstance(miss, Deferred)
+    sent = miss.run()
+    hit = handler.handle(request("b"))
+    assert isinstance(hit, Reply)
+    handler.unsent(hit)  # the worker answered token_too_large instead
+    again = handler.handle(request("c"))
+    assert isinstance(again, Deferred)
+    assert orjson.loads(again.run().body)["access_token"] != orjson.loads(sent.body)[
+        "access_token"]
+    assert idp.calls == 2

@@ -28,6 +28,7 @@ call made there would wait for itself until its timeout.
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import itertools
 import json
@@ -56,6 +57,7 @@ DEFAULT_DUPLICATE_WINDOW = 120.0
 """JetStream's own default; a KV bucket's window never exceeds its max age (as nats.go)."""
 
 ERR_STREAM_NOT_FOUND = 10059
+ERR_NO_MESSAGE_FOUND = 10037
 ERR_WRONG_LAST_SEQUENCE = 10071
 ERR_WRONG_LAST_SEQUENCE_REPLICATED = 10164
 """What a replicated (R>1) stream answers instead of 10071 (as nats.go checks)."""
@@ -160,7 +162,7 @@ class KeyValueStore(Protocol):
     def ensure_bucket(self, *, history: int = 1, max_age: float = 0.0, replicas: int = 1,
                       allow_msg_ttl: bool = True) -> BucketInfo: ...
 
-    def get(self, key: str) -> Entry | None: ...
+    def get(self, key: str, *, latest: bool = False) -> Entry | None: ...
 
     def put(self, key: str, value: bytes, *, ttl: float | None = None) -> int: ...
 
@@ -417,12 +419,38 @@ class KeyValue:
             return info
         return _bucket_info(self.bucket, body)
 
-    def get(self, key: str) -> Entry | None:
-        """The key's value, or None when it has none (never put, deleted or expired)."""
-        entry = self._get_raw(key)
+    def get(self, key: str, *, latest: bool = False) -> Entry | None:
+        """The key's value, or None when it has none (never put, deleted or expired).
+
+        A direct get may be answered by any replica of the stream, which can lag the
+        leader by a moment; ``latest`` asks the stream leader (``STREAM.MSG.GET``), which
+        has every acknowledged write: for the decisions a lease makes."""
+        entry = self._get_latest(key) if latest else self._get_raw(key)
         if entry is None or entry.operation != PUT:
             return None
         return entry
+
+    def _get_latest(self, key: str) -> Entry | None:
+        """The key's last message from the stream leader, deletion markers included."""
+        subject = self._prefix + check_key(key)
+        try:
+            body = self._api(f"$JS.API.STREAM.MSG.GET.{self.stream}",
+                             json.dumps({"last_by_subj": subject}).encode())
+        except KvError as error:
+            if error.err_code == ERR_NO_MESSAGE_FOUND:
+                return None
+            raise
+        message = body.get("message")
+        if not isinstance(message, dict):
+            raise KvError(500, "stream message get answered without a message")
+        try:
+            value = base64.b64decode(message.get("data") or "")
+            headers = parse_headers(base64.b64decode(message.get("hdrs") or ""))
+        except ValueError:
+            raise KvError(500, "unreadable stream message") from None
+        sequence = message.get("seq")
+        return Entry(key, value, sequence if isinstance(sequence, int) else 0,
+                     headers.fields.get("KV-Operation", PUT).upper())
 
     def _get_raw(self, key: str) -> Entry | None:
         """The key's last message, deletion markers included."""
@@ -578,7 +606,7 @@ class MemoryKeyValue:
         with self._lock:
             return [key for key in list(self._entries) if self._live(key) is not None]
 
-    def get(self, key: str) -> Entry | None:
+    def get(self, key: str, *, latest: bool = False) -> Entry | None:
         self._enter()
         with self._lock:
             entry = self._live(check_key(key))

@@ -294,7 +294,7 @@ class SharedTier:
             revision = self._kv.create(key.lease_key, b"", ttl=ttl)
             if revision is None:
                 return False
-            entry = self._kv.get(key.value_key())
+            entry = self._kv.get(key.value_key(), latest=True)  # a replica may lag
             opened = self._open_entry(key, 0, entry.value) if entry is not None else None
             if opened is not None and (newer_than is None or opened[1] > newer_than):
                 self._kv.delete(key.lease_key, last_revision=revision)
@@ -369,19 +369,28 @@ class SharedTier:
                 return None
             return opened[0]
 
+        def latest() -> IssuedToken | None:
+            # From the stream leader: a lagging replica could miss a value already stored.
+            entry = self._kv.get(value_key, latest=True)
+            return servable(entry.value) if entry is not None else None
+
         with self._kv.watch(f"{key.names[0]}.*") as watch:
-            # Subscribed before reading: a value stored in between is seen on the watch.
-            entry = self._kv.get(value_key)
-            token = servable(entry.value) if entry is not None else None
+            # Subscribed before reading: a value stored in between is seen on the watch...
+            token = latest()
             while token is None and (left := deadline - self._monotonic()) > 0:
                 change = watch.next(left)
                 if change is None:
-                    return None
+                    break
                 if change.key == value_key and change.operation == PUT:
                     token = servable(change.value)
                 elif change.key == key.lease_key and change.operation != PUT:
-                    return None  # released without a value: the leader's call failed
-        return token
+                    break  # released: stored first, or the leader's call failed
+        if token is not None:
+            return token
+        # ...once the interest has reached every node of a cluster: until then a put made
+        # elsewhere may pass by unseen. The leader stores before it releases, so one last
+        # read from the stream leader finds what the watch missed.
+        return latest()
 
     def _store(self, key: SharedKey, token: IssuedToken) -> None:
         """Seal and put; a token's life is capped at the bucket's max age (``cache.maxTtl``,

@@ -33,6 +33,10 @@ class Scripted(RequestHandler):
         self.release = threading.Event()
         self.started = threading.Semaphore(0)
         self.threads: set[str] = set()
+        self.unsent_ids: list[str] = []
+
+    def unsent(self, reply: Reply) -> None:
+        self.unsent_ids.append(reply.request_id)
 
     def handle(self, payload: bytes) -> Reply | Deferred[Any]:
         body = json.loads(payload)
@@ -155,6 +159,7 @@ def test_a_reply_over_max_payload_becomes_token_too_large_and_keeps_the_connecti
     assert (record.client_id, record.request_id, record.max_payload) == ("svc-a", "big", 300)
     assert secret_token not in caplog.text
     assert outcomes(worker) == {"token_too_large": 1.0}
+    assert handler.unsent_ids == ["big"]  # so the token handler drops what it cached
     ask(connection, "in.next", request_id="next", now=1)  # and the next one is served
     assert replied(connection, "in.next")["now"] == 1
 

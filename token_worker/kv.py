@@ -18,10 +18,12 @@ announced header support in its CONNECT):
   so a waiter never polls.
 
 Requests go out as PUB/HPUB with a reply subject under one wildcard inbox subscription
-(``_INBOX.<random>.*``), one random token per request, like a requester. Every call has a
-timeout and raises a typed :class:`KvError`; nothing here blocks forever. Never call this
-from a subscription callback: the replies arrive on the connection's reader thread, so a
-call made there would wait for itself until its timeout.
+(``_INBOX.token-worker.<random>.*``: a NATS account can allow the worker exactly
+``_INBOX.token-worker.>``, never another service's inbox), one random token per request,
+like a requester. Every call has a timeout and raises a typed :class:`KvError`; nothing
+here blocks forever. Never call this from a subscription callback: the replies arrive on
+the connection's reader thread, so a call made there would wait for itself until its
+timeout (and fails at once instead).
 
 :class:`MemoryKeyValue` is the same API in memory, for tests of what is built on it.
 """
@@ -50,6 +52,8 @@ PUT = "PUT"
 DEL = "DEL"
 PURGE = "PURGE"
 
+INBOX_PREFIX = "_INBOX.token-worker"
+"""Where JetStream answers the worker's calls (the subscribe permission it needs)."""
 DEFAULT_TIMEOUT = 1.0
 """Seconds a JetStream call waits for its answer."""
 NANOS = 1_000_000_000
@@ -233,7 +237,7 @@ class _Requests:
 
     def __init__(self, connection: Connection) -> None:
         self._connection = connection
-        self._prefix = f"_INBOX.{secrets.token_hex(11)}."
+        self._prefix = f"{INBOX_PREFIX}.{secrets.token_hex(11)}."
         self._waiting: dict[str, queue.SimpleQueue[Message]] = {}
         self._lock = threading.Lock()
         self._subscribed = False

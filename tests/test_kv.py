@@ -15,7 +15,7 @@ import pytest
 from tests.conftest import report_figure
 from tests.helpers import wait_until
 from tests.servers import NatsServer, jetstream_cluster
-from token_worker.config import NatsConfig
+from token_worker.config import NatsConfig, Secret
 from token_worker.connection import NatsConnection
 from token_worker.idp import IssuedToken
 from token_worker.kv import BucketInfo, KeyValue, KvError, KvTimeout, KvUnavailable
@@ -408,3 +408,55 @@ def test_a_call_from_a_subscription_callback_fails_at_once_instead_of_waiting(
     wait_until(lambda: outcome, timeout=5, what="the callback")
     assert isinstance(outcome[0], KvError)
     assert "reader thread" in str(outcome[0])
+
+
+# --- the permissions docs/operations.md gives the worker's NATS user ---------------------
+
+
+SHARED_PERMISSIONS = """
+authorization {
+  users = [
+    { user = "token-worker", password = "tw-password-5d1e",
+      permissions = {
+        publish = { allow = ["$KV.tokens.>", "$JS.API.STREAM.INFO.KV_tokens",
+                             "$JS.API.STREAM.CREATE.KV_tokens",
+                             "$JS.API.STREAM.MSG.GET.KV_tokens",
+                             "$JS.API.DIRECT.GET.KV_tokens.>"] }
+        subscribe = { allow = ["token.request", "$SRV.>", "$KV.tokens.>",
+                               "_INBOX.token-worker.>"] }
+        allow_responses = true
+      } }
+  ]
+}
+"""
+
+
+def test_the_documented_permissions_are_all_the_shared_tier_needs(tmp_path: Path) -> None:
+    server = NatsServer(config_text=SHARED_PERMISSIONS,
+                        extra_args=("-js", "-sd", str(tmp_path / "jetstream"))).start()
+    connections = []
+    try:
+        def tier() -> SharedTier:
+            connection = NatsConnection(
+                NatsConfig(urls=(server.url,), connect_timeout=1.0, username="token-worker",
+                           password=Secret("tw-password-5d1e")), "kv-perm-test",
+                first_connect_rounds=1)
+            connection.connect()
+            connections.append(connection)
+            return SharedTier(KeyValue(connection, BUCKET, timeout=2.0), FLEET_KEY,
+                              expiry_margin=30, max_age=600)
+
+        leader, follower = tier(), tier()
+        assert leader.prepare()  # creates the bucket
+        key = leader.key(URL, CLIENT_ID, SECRET, "read", "client_secret_post")
+        assert leader.lease(key, ttl=10)
+        assert not follower.lease(key, ttl=10)
+        leader.store(key, token())
+        leader.release(key)
+        assert follower.wait(key, timeout=5) is not None
+        assert follower.lookup(key) is not None
+        assert leader.counts["errors"] == follower.counts["errors"] == 0
+    finally:
+        for connection in connections:
+            connection.close()
+        server.cleanup()

@@ -33,6 +33,7 @@ from token_worker.config import CacheConfig, Config, NatsConfig, SharedCacheConf
 from token_worker.connection import NatsConnection
 from token_worker.kv import KeyValue, KvError
 from token_worker.shared_cache import SharedTier, load_key_file
+from token_worker.wire import StatsResponse
 
 BUCKET = "fleet_tokens"
 REPLICAS = 3
@@ -249,6 +250,14 @@ def test_a_rolling_restart_of_every_replica_costs_no_idp_call(
                   f"{dict(shared_counts(fleet.workers))}")
     assert all("access_token" in reply for reply in replies)
     assert calls == 0
+
+    worker = fleet.workers[0]  # its numbers, as Prometheus and $SRV.STATS show them
+    stats = StatsResponse.from_bytes(requester.request_raw(
+        b"", subject=f"$SRV.STATS.token-worker.{worker.instance_id}"))
+    shared = stats.endpoints[0].data["shared_cache"]  # type: ignore[index]
+    scraped = worker.metrics.registry.get_sample_value(
+        "token_worker_shared_cache_events_total", {"event": "hits"})
+    assert shared["hits"] == scraped == worker.metrics.shared_stats()["hits"] > 0  # type: ignore[index]
 
 
 def test_a_shared_hit_costs_one_kv_round_trip(fleet: Fleet) -> None:

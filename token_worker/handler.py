@@ -202,14 +202,11 @@ class TokenHandler(RequestHandler):
         except InvalidRequest as error:
             return self._invalid(error)
         query = self._query(request)
-        deadline = None if self._deadline is None else time.monotonic() + self._deadline
-        if request.skip_cache:
-            return Deferred(functools.partial(self._serve, query, deadline, True), request,
-                            request.request_id)
-        answer = self._broker.cached(query)
-        if answer is None:
-            return Deferred(functools.partial(self._serve, query, deadline, False), request,
-                            request.request_id)
+        answer = None if request.skip_cache else self._broker.cached(query)
+        if answer is None:  # due idp.deadline from now: time queued for a thread counts
+            deadline = None if self._deadline is None else time.monotonic() + self._deadline
+            return Deferred(functools.partial(self._serve, query, deadline,
+                                              request.skip_cache), request, request.request_id)
         if log.isEnabledFor(logging.DEBUG):
             with request_context(request.request_id, request.client_id):
                 log.debug("token served from cache", extra={"expires_in": answer.expires_in})

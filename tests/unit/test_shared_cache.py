@@ -432,3 +432,31 @@ def test_refresh_ahead_takes_the_lease_only_while_no_newer_token_is_stored(
     token = tier.lookup(key)
     assert token is not None
     assert token.access_token == "refreshed-token-7f3a"
+
+
+def test_a_token_living_longer_than_the_max_age_is_kept_and_served_for_the_max_age(
+        kv: MemoryKeyValue, clock: Clock) -> None:
+    """As the local tier caps a token at cache.maxTtl, so does the bucket: the fleet agrees
+    on when it expires (else a refresh would find the bucket's copy "newer" for ever)."""
+    tier = make_tier(kv, clock, max_age=600.0)
+    key = tier.key(URL, CLIENT_ID, SECRET, "read", "client_secret_post")
+    tier.store(key, issued(clock, expires_in=86_400))
+    token = tier.lookup(key)
+    assert token is not None
+    assert token.expires_in == 600
+    clock.advance(600 - MARGIN)
+    assert tier.lookup(key) is None
+
+
+def test_a_wait_for_a_refresh_takes_only_a_token_that_expires_later(
+        kv: MemoryKeyValue, clock: Clock) -> None:
+    tier = make_tier(kv, clock)
+    key = tier.key(URL, CLIENT_ID, SECRET, "read", "client_secret_post")
+    old = issued(clock, expires_in=300)
+    tier.store(key, old)
+    old_expires_at = old.issued_at + old.expires_in
+    assert tier.wait(key, timeout=0.05, newer_than=old_expires_at) is None  # only the old
+    clock.advance(10)
+    tier.store(key, issued(clock, expires_in=300, access_token="refreshed-token-9c1e"))
+    found = tier.wait(key, timeout=5, newer_than=old_expires_at)
+    assert found is not None and found.access_token == "refreshed-token-9c1e"

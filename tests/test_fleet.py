@@ -25,7 +25,7 @@ from typing import Any
 import orjson
 import pytest
 
-from tests.conftest import Requester, make_config, remember_secret, report_figure
+from tests.conftest import DEMO, Requester, make_config, remember_secret, report_figure
 from tests.helpers import wait_until
 from tests.servers import IdpServer, NatsServer, free_port, jetstream_cluster
 from token_worker import TokenWorker
@@ -353,3 +353,35 @@ def shared_tier_serving_again(fleet: Fleet, since: float) -> float:
         return time.monotonic() - since
     finally:
         connection.close()
+
+
+# --- a worker whose NATS has no JetStream ----------------------------------------------------
+
+
+def test_without_jetstream_a_worker_with_a_bucket_serves_from_its_cache_and_the_idp(
+        nats_server: NatsServer, idp: IdpServer, requester_factory: Callable[[str], Requester],
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    key_file = tmp_path / "fleet.key"
+    key_file.write_bytes(secrets.token_bytes(32))
+    config = replace(make_config(nats_server.url, idp.url), cache=CacheConfig(
+        shared=SharedCacheConfig(bucket=BUCKET, key_file=str(key_file))))
+    worker = TokenWorker(config)
+    worker.start()
+    try:
+        requester = requester_factory(nats_server.url)
+        started = time.monotonic()
+        first = ask(requester, DEMO, "no-js-1")  # while the bucket is still being asked for
+        first_took = time.monotonic() - started
+        # Workers do not ask for no_responders, so the answer is a timeout (1 s), met by
+        # the preparing thread, not by a request.
+        wait_until(lambda: (worker.metrics.shared_stats() or {}).get("errors", 0) >= 1,
+                   timeout=5, what="the shared tier given up on")
+        second = ask(requester, DEMO, "no-js-2")
+        assert worker.is_ready
+    finally:
+        worker.stop(timeout=5)
+    assert (first["token_source"], second["token_source"]) == ("idp", "cache")
+    assert first_took < 0.9  # not behind the bucket's 1 s timeout
+    warnings = [r for r in caplog.records if r.getMessage().startswith(
+        "shared token cache unavailable")]
+    assert len(warnings) == 1

@@ -163,8 +163,8 @@ class TokenHandler(RequestHandler):
                                max_ttl=config.cache.max_ttl)
         shared = None
         if cache is not None and connection is not None and config.cache.shared.bucket:
-            shared = shared_tier(config, connection)
-            metrics.track_shared(lambda: shared.counts if shared is not None else {})
+            shared = tier = shared_tier(config, connection)
+            metrics.track_shared(lambda: tier.counts)
         broker = TokenBroker(idp, cache, auth_method=config.idp.auth_method,
                              follower_timeout=config.idp.deadline + 1.0, metrics=metrics,
                              shared=shared, lease_ttl=config.idp.deadline)

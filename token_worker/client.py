@@ -11,9 +11,10 @@ Anything else is dropped and counted (:attr:`TokenClient.replies_dropped`), neve
 or cached, and the attempt keeps waiting for the genuine reply. A genuine reply that is not
 a well-formed token is a ``bad_reply`` error, never cached.
 
-Retries follow what happened (:mod:`token_worker.client_retries`): "no worker subscribed"
-is retried for one ``timeout``, a lost NATS connection for the whole budget and said to be
-the cause, an attempt with no answer counts against ``retries``. Tokens are kept (the
+Each call runs attempt by attempt (:mod:`token_worker.requester`); retries follow what
+happened (:mod:`token_worker.client_retries`): "no worker subscribed" is retried for one
+``timeout``, a lost NATS connection for the whole budget and said to be the cause, an
+attempt with no answer counts against ``retries``. Tokens are kept (the
 worker's cache: keyed by a digest of the secret, bounded, capped at ``max_ttl``) until near
 expiry, so a service asking every second sends almost nothing over NATS.
 """
@@ -31,28 +32,12 @@ from typing import Any
 
 from token_worker import defaults
 from token_worker.cache import CachedToken, CacheKey, TokenCache, cache_key
-from token_worker.client_retries import (
-    AttemptFailed,
-    BudgetSpent,
-    ConnectionLost,
-    NoResponders,
-    RetryPolicy,
-    Unanswered,
-)
 from token_worker.config import NatsConfig, parse_nats_urls
-from token_worker.connection import Message, NatsConnection, State
-from token_worker.errors import (
-    ClientClosed,
-    InvalidReply,
-    NatsConnectionError,
-    NatsUnavailable,
-    NoWorkerAnswered,
-    PayloadTooLarge,
-    RequestTimedOut,
-    TokenRequestFailed,
-)
+from token_worker.connection import NatsConnection
+from token_worker.errors import ClientClosed, InvalidReply, TokenRequestFailed
 from token_worker.idp import IssuedToken
-from token_worker.inbox import Inbox, Waiter, match_reply
+from token_worker.inbox import Inbox
+from token_worker.requester import Requester
 from token_worker.wire import (
     ErrorReply,
     NamedTokenRequest,
@@ -62,8 +47,6 @@ from token_worker.wire import (
     reply_from_document,
 )
 
-NO_RESPONDERS = 503
-"""The status the server sends back at once when nobody is subscribed to the subject."""
 NAMED_SUBJECT = "token.named"
 """Prefix of the named-credential subjects: ``token.named.<credential>``."""
 MAX_REPLY_SIZE = 1024 * 1024
@@ -146,22 +129,29 @@ class TokenClient:
         self._timeout = timeout
         self._retries = retries
         self._max_ttl = max_ttl
-        self._lock = threading.Lock()
         self._closed = threading.Event()
         self._now = now
         self._cache = TokenCache(max_entries=max_cached, expiry_margin=expiry_margin,
                                  refresh_ahead=0.0, now=now) if cache else None
         self._inbox = Inbox(inbox_prefix, max_reply_size)
-        self.requests_sent = 0
-        """Requests that went over NATS (cache hits send none)."""
-        self.attempts_unanswered = 0
-        """Attempts that got no genuine answer in time."""
         self._connection = NatsConnection(self._config, name, no_responders=True,
                                           first_connect_rounds=1,
                                           on_state=self._inbox.on_state)
         self._connection.connect()
         self._connection.subscribe(f"{self._inbox.prefix}.*", self._inbox.deliver)
         self._finalizer = weakref.finalize(self, _shut, self._connection, self._inbox)
+        self._requester = Requester(self._connection, self._inbox, self._closed,
+                                    timeout=timeout, retries=retries)
+
+    @property
+    def requests_sent(self) -> int:
+        """Requests that went over NATS (cache hits send none)."""
+        return self._requester.requests_sent
+
+    @property
+    def attempts_unanswered(self) -> int:
+        """Attempts that got no genuine answer in time."""
+        return self._requester.attempts_unanswered
 
     @property
     def replies_dropped(self) -> int:
@@ -206,13 +196,14 @@ class TokenClient:
             if client_id is not None or client_secret is not None:
                 raise TypeError("give either credential or client_id and client_secret")
             request = NamedTokenRequest(request_id, scope=scope, skip_cache=skip_cache)
-            key = self._key(f"{self._named_subject}.{_credential(credential)}", "", "", scope)
+            subject = f"{self._named_subject}.{_credential(credential)}"
+            key = request_cache_key(subject, "", "", scope)
         else:
             if client_id is None or client_secret is None:
                 raise TypeError("give client_id and client_secret, or credential")
             request = TokenRequest(request_id, client_id, client_secret, scope,
                                    skip_cache=skip_cache)
-            key = self._key(self._subject, client_id, client_secret, scope)
+            key = request_cache_key(self._subject, client_id, client_secret, scope)
         if self._cache is not None and not skip_cache:
             entry = self._cache.get(key)
             if entry is not None:
@@ -222,12 +213,6 @@ class TokenClient:
         if self._cache is None:
             return _token(issued, issued.issued_at + issued.expires_in, request_id)
         return _token_from_entry(self._cache.put(key, issued), request_id)
-
-    @staticmethod
-    def _key(subject: str, client_id: str, secret: str, scope: str | None) -> CacheKey:
-        # None (the worker's default scope) and "" (no scope) are different requests.
-        marker = "default-scope" if scope is None else "scope"
-        return cache_key(subject, client_id, secret, scope or "", marker)
 
     def request(self, body: dict[str, Any], *, budget: float | None = None,
                 credential: str | None = None) -> dict[str, Any]:
@@ -248,146 +233,15 @@ class TokenClient:
         """Send one encoded request and return the decoded reply that answers it."""
         subject = self._subject if credential is None else (
             f"{self._named_subject}.{_credential(credential)}")
-        self._check_size(payload, request_id)
         total = budget if budget is not None else self._timeout * (self._retries + 1) + 1.0
-        return self._call(_Call(subject, payload, request_id, credential,
-                                time.monotonic(), total))
+        return self._requester.send(subject, payload, request_id, credential, total)
 
-    def _check_size(self, payload: bytes, request_id: str) -> None:
-        """A request larger than the server takes would only cost a disconnect."""
-        limit = self._connection.max_payload
-        if len(payload) > limit:
-            raise TokenRequestFailed(
-                "request_too_large",
-                f"request is {len(payload)} bytes, the NATS server's max_payload is {limit}",
-                request_id=request_id)
-
-    def _call(self, call: _Call) -> dict[str, Any]:
-        """Attempt until a genuine reply, a final outcome or the end of the budget."""
-        waiter = Waiter()
-        subjects: list[str] = []
-        retries = RetryPolicy(self._retries, self._timeout)
-        failure: AttemptFailed = Unanswered("time budget spent", dropped=0)
-        try:
-            while True:
-                try:
-                    return self._attempt(call, waiter, subjects)
-                except BudgetSpent:
-                    raise self._final_error(call, failure, budget_spent=True) from None
-                except AttemptFailed as outcome:
-                    failure = outcome
-                delay = retries.pause_after(failure)
-                if delay is None:
-                    raise self._final_error(call, failure,
-                                            budget_spent=call.remaining() <= 0) from None
-                if call.remaining() <= delay:
-                    raise self._final_error(call, failure, budget_spent=True) from None
-                if isinstance(failure, ConnectionLost):
-                    self._inbox.usable.wait(delay)
-                else:
-                    self._closed.wait(delay)
-                if self._closed.is_set():
-                    raise ClientClosed("the TokenClient is closed")
-        finally:
-            self._inbox.forget(subjects)
-
-    def _final_error(self, call: _Call, failure: AttemptFailed, *,
-                     budget_spent: bool) -> TokenRequestFailed:
-        spent = time.monotonic() - call.started
-        if isinstance(failure, NoResponders):
-            return NoWorkerAnswered(f"no worker is subscribed to {call.subject} "
-                                    f"(asked for {spent:.2f} s)", request_id=call.request_id)
-        if isinstance(failure, ConnectionLost):
-            return NatsUnavailable(f"{failure}; not back within {spent:.2f} s",
-                                   request_id=call.request_id)
-        if budget_spent:
-            return RequestTimedOut(f"no reply within the {call.budget:g} s budget ({failure})",
-                                   request_id=call.request_id)
-        return NoWorkerAnswered(str(failure), request_id=call.request_id)
-
-    def _attempt(self, call: _Call, waiter: Waiter, subjects: list[str]) -> dict[str, Any]:
-        """Publish once and wait for the genuine reply; earlier attempts' subjects stay
-        open, so a late genuine reply to one of them is still taken."""
-        timeout = min(self._timeout, call.remaining())
-        if timeout <= 0:
-            raise BudgetSpent
-        reply_subject = self._inbox.new_subject(waiter)
-        subjects.append(reply_subject)
-        with waiter.condition:
-            waiter.lost = ""
-        with self._lock:
-            self.requests_sent += 1
-        try:
-            self._connection.publish(call.subject, call.payload, reply=reply_subject)
-        except PayloadTooLarge as error:  # the server's limit shrank since _check_size
-            raise TokenRequestFailed("request_too_large", str(error),
-                                     request_id=call.request_id) from None
-        except NatsConnectionError as error:
-            if self._closed.is_set():
-                raise ClientClosed("the TokenClient is closed") from None
-            if self._connection.state is State.CLOSED:  # gave up: nothing to wait for
-                raise NatsUnavailable(self._lost_reason(error),
-                                      request_id=call.request_id) from None
-            raise ConnectionLost(self._lost_reason(error)) from None
-        return self._await_reply(call, waiter, reply_subject, time.monotonic() + timeout)
-
-    def _lost_reason(self, error: Exception) -> str:
-        connection = self._connection
-        if connection.state is State.CLOSED and connection.gave_up_reason:
-            return f"NATS connection gave up: {connection.gave_up_reason}"
-        if connection.state is State.RECONNECTING:
-            return "NATS connection lost (reconnecting)"
-        return f"NATS connection lost ({connection.state.value}): {error}"
-
-    def _await_reply(self, call: _Call, waiter: Waiter, reply_subject: str,
-                     until: float) -> dict[str, Any]:
-        dropped = 0
-        while True:
-            message = self._next_message(waiter, until)
-            if message is None:
-                with self._lock:
-                    self.attempts_unanswered += 1
-                raise Unanswered(f"no worker answered within {self._timeout:g} s"
-                                  + (f" ({dropped} forged replies dropped)" if dropped else ""),
-                                  dropped=dropped)
-            if message.status == NO_RESPONDERS and not message.payload:
-                if message.subject == reply_subject:
-                    raise NoResponders(f"no worker is subscribed to {call.subject}")
-                continue  # an earlier attempt's: says nothing about this one
-            reply = match_reply(message.payload, call.request_id, call.credential)
-            if reply is not None:
-                return reply
-            dropped += 1
-            self._inbox.count_dropped()
-
-    def _next_message(self, waiter: Waiter, until: float) -> Message | None:
-        """The next delivered message, or None when the attempt's time is up."""
-        with waiter.condition:
-            while not waiter.messages:
-                if waiter.closed or self._closed.is_set():
-                    raise ClientClosed("the TokenClient is closed")
-                if waiter.lost:
-                    raise ConnectionLost(waiter.lost)
-                left = until - time.monotonic()
-                if left <= 0:
-                    return None
-                waiter.condition.wait(left)
-            return waiter.messages.popleft()
-
-
-@dataclass(frozen=True)
-class _Call:
-    """One ``request()``: what is sent where, and its time budget."""
-
-    subject: str
-    payload: bytes
-    request_id: str
-    credential: str | None
-    started: float
-    budget: float
-
-    def remaining(self) -> float:
-        return self.started + self.budget - time.monotonic()
+def request_cache_key(subject: str, client_id: str, secret: str, scope: str | None
+                      ) -> CacheKey:
+    """The client's cache key for a request (a keyed digest, never the secret): ``None``
+    (the worker's default scope) and ``""`` (no scope) are different requests."""
+    marker = "default-scope" if scope is None else "scope"
+    return cache_key(subject, client_id, secret, scope or "", marker)
 
 
 def _urls(raw: str) -> tuple[str, ...]:

@@ -197,15 +197,21 @@ class Requester:
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
         self._thread.start()
-        self._nc = self._run(nats_py.connect(url, allow_reconnect=False))
+        self._nc = self.run(nats_py.connect(url, allow_reconnect=False))
 
-    def _run(self, coro: Any, timeout: float = 30) -> Any:
+    @property
+    def nc(self) -> Any:
+        """The nats-py connection, for a test that drives nats-py itself (with :meth:`run`)."""
+        return self._nc
+
+    def run(self, coro: Any, timeout: float = 30) -> Any:
+        """Run a coroutine on this requester's event loop and return its result."""
         future: Future[Any] = asyncio.run_coroutine_threadsafe(coro, self._loop)
         return future.result(timeout)
 
     def request_raw(self, payload: bytes, *, subject: str = "token.request",
                     timeout: float = 5.0) -> bytes:
-        message = self._run(self._nc.request(subject, payload, timeout=timeout), timeout + 5)
+        message = self.run(self._nc.request(subject, payload, timeout=timeout), timeout + 5)
         return bytes(message.data)
 
     def request(self, body: Any, **kwargs: Any) -> dict[str, Any]:
@@ -219,13 +225,13 @@ class Requester:
         return reply
 
     def publish(self, subject: str, payload: bytes, reply: str = "") -> None:
-        self._run(self._nc.publish(subject, payload, reply=reply))
-        self._run(self._nc.flush())
+        self.run(self._nc.publish(subject, payload, reply=reply))
+        self.run(self._nc.flush())
 
     def close(self) -> None:
         if not self._loop.is_running():
             return
-        self._run(self._nc.close())
+        self.run(self._nc.close())
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(5)
 

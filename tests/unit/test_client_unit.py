@@ -16,6 +16,7 @@ from token_worker.client import (
     _issued_from_reply,
     named_request_body,
     request_body,
+    request_cache_key,
 )
 from token_worker.client_retries import (
     BACKOFF_MAX,
@@ -106,11 +107,11 @@ def test_a_named_request_carries_no_client_id_or_secret():
 
 def test_no_scope_and_empty_scope_have_different_cache_keys():
     def key(scope: str | None) -> object:
-        return TokenClient._key("token.request", "id", "secret", scope)
+        return request_cache_key("token.request", "id", "secret", scope)
 
     assert key(None) != key("")
     assert key("b a") == key("a b")
-    assert TokenClient._key("token.named.orders", "", "", None) != TokenClient._key(
+    assert request_cache_key("token.named.orders", "", "", None) != request_cache_key(
         "token.named.billing", "", "", None)
 
 

@@ -236,6 +236,7 @@ class TokenClient:
         total = budget if budget is not None else self._timeout * (self._retries + 1) + 1.0
         return self._requester.send(subject, payload, request_id, credential, total)
 
+
 def request_cache_key(subject: str, client_id: str, secret: str, scope: str | None
                       ) -> CacheKey:
     """The client's cache key for a request (a keyed digest, never the secret): ``None``

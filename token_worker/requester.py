@@ -16,6 +16,8 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from tenacity import RetryCallState, Retrying, retry_if_exception_type
+
 from token_worker.client_retries import (
     AttemptFailed,
     BudgetSpent,
@@ -79,33 +81,39 @@ class Requester:
                 request_id=request_id)
 
     def _call(self, call: _Call) -> dict[str, Any]:
-        """Attempt until a genuine reply, a final outcome or the end of the budget."""
+        """Attempt until a genuine reply, a final outcome or the end of the budget: tenacity
+        runs the attempts, :class:`RetryPolicy` says how long to pause, or to stop."""
         waiter = Waiter()
         subjects: list[str] = []
-        retries = RetryPolicy(self._retries, self._timeout)
-        failure: AttemptFailed = Unanswered("time budget spent", dropped=0)
+        course = _Course(RetryPolicy(self._retries, self._timeout), call)
+        retrying = Retrying(
+            before=lambda _: self._check_open(),
+            retry=retry_if_exception_type(AttemptFailed),
+            wait=course.pause,
+            stop=course.ends,
+            sleep=lambda seconds: self._pause(course.failure, seconds),
+            reraise=True,
+        )
         try:
-            while True:
-                try:
-                    return self._attempt(call, waiter, subjects)
-                except BudgetSpent:
-                    raise self._final_error(call, failure, budget_spent=True) from None
-                except AttemptFailed as outcome:
-                    failure = outcome
-                delay = retries.pause_after(failure)
-                if delay is None:
-                    raise self._final_error(call, failure,
-                                            budget_spent=call.remaining() <= 0) from None
-                if call.remaining() <= delay:
-                    raise self._final_error(call, failure, budget_spent=True) from None
-                if isinstance(failure, ConnectionLost):
-                    self._inbox.usable.wait(delay)
-                else:
-                    self._closed.wait(delay)
-                if self._closed.is_set():
-                    raise ClientClosed("the TokenClient is closed")
+            reply: dict[str, Any] = retrying(self._attempt, call, waiter, subjects)
+        except BudgetSpent:  # no time for another attempt: the last one says why
+            raise self._final_error(call, course.failure, budget_spent=True) from None
+        except AttemptFailed:
+            raise self._final_error(call, course.failure,
+                                    budget_spent=course.budget_spent) from None
         finally:
             self._inbox.forget(subjects)
+        return reply
+
+    def _pause(self, failure: AttemptFailed, seconds: float) -> None:
+        """Wait before the next attempt; a reconnect ends a pause for NATS early, a
+        ``close()`` ends any pause."""
+        (self._inbox.usable if isinstance(failure, ConnectionLost) else self._closed).wait(
+            seconds)
+
+    def _check_open(self) -> None:
+        if self._closed.is_set():
+            raise ClientClosed("the TokenClient is closed")
 
     def _final_error(self, call: _Call, failure: AttemptFailed, *,
                      budget_spent: bool) -> TokenRequestFailed:
@@ -189,6 +197,37 @@ class Requester:
                     return None
                 waiter.condition.wait(left)
             return waiter.messages.popleft()
+
+
+class _Course:
+    """How one call is going: the last failed outcome and the policy's verdict on it."""
+
+    def __init__(self, policy: RetryPolicy, call: _Call) -> None:
+        self._policy = policy
+        self._call = call
+        self.failure: AttemptFailed = Unanswered("time budget spent", dropped=0)
+        """The last failed attempt's outcome (before any: the budget was spent)."""
+        self._delay: float | None = None
+        self.budget_spent = False
+        """Whether the call ends because its budget is spent (not because it gave up)."""
+
+    def pause(self, state: RetryCallState) -> float:
+        """tenacity's wait: the policy's pause after the outcome just seen."""
+        outcome = state.outcome
+        error = outcome.exception() if outcome is not None else None
+        assert isinstance(error, AttemptFailed)  # tenacity retries only these
+        self.failure = error
+        self._delay = self._policy.pause_after(error)
+        return self._delay or 0.0
+
+    def ends(self, _state: RetryCallState) -> bool:
+        """tenacity's stop: the policy gave up, or the pause would outlast the budget."""
+        remaining = self._call.remaining()
+        if self._delay is None:
+            self.budget_spent = remaining <= 0
+            return True
+        self.budget_spent = remaining <= self._delay
+        return self.budget_spent
 
 
 @dataclass(frozen=True)

@@ -48,9 +48,13 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
         terminalreporter.section("figures measured by this run")
         for line in FIGURES:
             terminalreporter.write_line(line)
+    if LEAKS:
+        terminalreporter.section("secrets found in log lines", red=True)
+        for line in LEAKS:
+            terminalreporter.write_line(line, red=True)
 
 
-# --- every log line of the suite, scanned for secrets by tests/test_zz_secrets.py --------
+# --- every log line of the run, scanned for secrets when the session ends ---------------
 
 CAPTURED_LOG_LINES: list[str] = []
 """Every log line the suite produced: in-process records (formatted as the CLI formats
@@ -59,9 +63,39 @@ KNOWN_SECRETS: set[str] = {client["client_secret"] for client in TEST_CLIENTS}
 """Client secrets, NATS passwords and access tokens the suite used or received."""
 
 
+LEAKS: list[str] = []
+"""What the scan at the end of the session found (shown in the summary; fails the run)."""
+
+
 def remember_secret(*values: str) -> None:
     """Register values that must never appear in a log line."""
     KNOWN_SECRETS.update(value for value in values if len(value) >= 8)
+
+
+def find_leaks(lines: list[str], secrets: set[str]) -> list[str]:
+    """One sentence per secret found in ``lines``, naming it only by its first characters
+    and length, and showing the first line it was found in with the secret masked."""
+    leaks = []
+    for secret in sorted(secrets):
+        found = [line for line in lines if secret in line]
+        if found:
+            masked = found[0].replace(secret, "********")[:300]
+            leaks.append(f"secret {secret[:4]!r}... ({len(secret)} characters) in "
+                         f"{len(found)} log line(s); first: {masked}")
+    return leaks
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """Scan every log line the run produced (unit layer and real-server suite alike, in any
+    order or selection) for every secret and token registered: a leak fails the run."""
+    leaks = find_leaks(CAPTURED_LOG_LINES, KNOWN_SECRETS)
+    if leaks:
+        LEAKS.extend(leaks)
+        if exitstatus == pytest.ExitCode.OK:
+            session.exitstatus = pytest.ExitCode.TESTS_FAILED
+        return
+    report_figure(f"scanned {len(CAPTURED_LOG_LINES)} log lines for {len(KNOWN_SECRETS)} "
+                  f"secrets and tokens: none found")
 
 
 class _CaptureEveryLine(logging.Handler):
@@ -163,15 +197,21 @@ class Requester:
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
         self._thread.start()
-        self._nc = self._run(nats_py.connect(url, allow_reconnect=False))
+        self._nc = self.run(nats_py.connect(url, allow_reconnect=False))
 
-    def _run(self, coro: Any, timeout: float = 30) -> Any:
+    @property
+    def nc(self) -> Any:
+        """The nats-py connection, for a test that drives nats-py itself (with :meth:`run`)."""
+        return self._nc
+
+    def run(self, coro: Any, timeout: float = 30) -> Any:
+        """Run a coroutine on this requester's event loop and return its result."""
         future: Future[Any] = asyncio.run_coroutine_threadsafe(coro, self._loop)
         return future.result(timeout)
 
     def request_raw(self, payload: bytes, *, subject: str = "token.request",
                     timeout: float = 5.0) -> bytes:
-        message = self._run(self._nc.request(subject, payload, timeout=timeout), timeout + 5)
+        message = self.run(self._nc.request(subject, payload, timeout=timeout), timeout + 5)
         return bytes(message.data)
 
     def request(self, body: Any, **kwargs: Any) -> dict[str, Any]:
@@ -185,13 +225,13 @@ class Requester:
         return reply
 
     def publish(self, subject: str, payload: bytes, reply: str = "") -> None:
-        self._run(self._nc.publish(subject, payload, reply=reply))
-        self._run(self._nc.flush())
+        self.run(self._nc.publish(subject, payload, reply=reply))
+        self.run(self._nc.flush())
 
     def close(self) -> None:
         if not self._loop.is_running():
             return
-        self._run(self._nc.close())
+        self.run(self._nc.close())
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(5)
 

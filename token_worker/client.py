@@ -1,31 +1,27 @@
 """The requester side: ask the worker fleet for a token in one call.
 
 :class:`TokenClient` is safe to share between threads. It holds one NATS connection with
-one wildcard inbox subscription, ``<inbox_prefix>.<22 random characters>.*``; every attempt
-gets its own reply subject under it, ending in another random token (as nats.go builds
-them), so no other connection can guess where a reply is awaited.
+one wildcard inbox subscription (:mod:`token_worker.inbox`: unguessable reply subjects, and
+which replies are believed); requests are built and replies read with the worker's own wire
+types (:mod:`token_worker.wire`), so the two ends cannot drift apart.
 
 A reply is believed only if it arrives on an attempt's subject, fits the size cap, is a JSON
 object and echoes the request's ``request_id`` (and, for a named credential, its name).
 Anything else is dropped and counted (:attr:`TokenClient.replies_dropped`), never returned
-or cached, and the attempt keeps waiting for the genuine reply.
+or cached, and the attempt keeps waiting for the genuine reply. A genuine reply that is not
+a well-formed token is a ``bad_reply`` error, never cached.
 
-Retries follow what happened: "no worker subscribed" (the server's 503) is retried with
-back-off for as long as one attempt may wait for an answer (``timeout``, within the budget:
-a worker restart is bridged, a fleet that is gone is reported without using the whole
-budget); a lost NATS connection is retried with back-off for the whole budget, and said to
-be the cause; an attempt that got no answer counts against ``retries`` and is tried
-again at once when a forged reply was dropped. Tokens are kept (the worker's cache: keyed by
-a digest of the secret, bounded, capped at ``max_ttl``) until near expiry, so a service
-asking every second sends almost nothing over NATS.
+Each call runs attempt by attempt (:mod:`token_worker.requester`); retries follow what
+happened (:mod:`token_worker.client_retries`): "no worker subscribed" is retried for one
+``timeout``, a lost NATS connection for the whole budget and said to be the cause, an
+attempt with no answer counts against ``retries``. Tokens are kept (the
+worker's cache: keyed by a digest of the secret, bounded, capped at ``max_ttl``) until near
+expiry, so a service asking every second sends almost nothing over NATS.
 """
 
 from __future__ import annotations
 
-import collections
-import random
 import re
-import secrets
 import threading
 import time
 import uuid
@@ -37,21 +33,20 @@ from typing import Any
 from token_worker import defaults
 from token_worker.cache import CachedToken, CacheKey, TokenCache, cache_key
 from token_worker.config import NatsConfig, parse_nats_urls
-from token_worker.connection import Message, NatsConnection, State
-from token_worker.errors import (
-    ClientClosed,
-    NatsConnectionError,
-    NatsUnavailable,
-    NoWorkerAnswered,
-    PayloadTooLarge,
-    RequestTimedOut,
-    TokenRequestFailed,
-)
+from token_worker.connection import NatsConnection
+from token_worker.errors import ClientClosed, InvalidReply, TokenRequestFailed
 from token_worker.idp import IssuedToken
-from token_worker.messages import decode, encode, now_rfc3339
+from token_worker.inbox import Inbox
+from token_worker.requester import Requester
+from token_worker.wire import (
+    ErrorReply,
+    NamedTokenRequest,
+    TokenRequest,
+    decode,
+    encode,
+    reply_from_document,
+)
 
-NO_RESPONDERS = 503
-"""The status the server sends back at once when nobody is subscribed to the subject."""
 NAMED_SUBJECT = "token.named"
 """Prefix of the named-credential subjects: ``token.named.<credential>``."""
 MAX_REPLY_SIZE = 1024 * 1024
@@ -61,10 +56,6 @@ MAX_TTL = 86400.0
 CREDENTIAL_NAME = re.compile(r"[A-Za-z0-9_-]{1,255}")
 """A credential name: what the worker accepts as the last token of its subject."""
 _SUBJECT_TOKEN = re.compile(r"[^\s.*>]+")
-BACKOFF_FIRST = 0.05
-"""First pause before asking again when no worker is subscribed or NATS is away."""
-BACKOFF_MAX = 1.0
-"""Longest pause between such attempts (they go on for the whole budget)."""
 
 
 @dataclass(frozen=True)
@@ -87,159 +78,7 @@ class Token:
                 f"scope={self.scope!r}, access_token='********')")
 
 
-# --- what one attempt can end with (internal: request() turns them into public errors) --
-
-class _AttemptFailed(Exception):
-    """An attempt ended without a believable reply."""
-
-
-class _NoResponders(_AttemptFailed):
-    """The server said nobody is subscribed (retried with back-off for the whole budget)."""
-
-
-class _ConnectionLost(_AttemptFailed):
-    """NATS is away (retried with back-off for the whole budget)."""
-
-
-class _Unanswered(_AttemptFailed):
-    """No genuine reply within the attempt's timeout (counts against ``retries``)."""
-
-    def __init__(self, message: str, *, dropped: int) -> None:
-        self.dropped = dropped
-        """Replies dropped as not genuine during the attempt: retry at once."""
-        super().__init__(message)
-
-
-class _RetryPolicy:
-    """What one call does after an attempt failed: the pause before the next attempt, or
-    None when the call ends.
-
-    An attempt with no answer counts against ``retries`` (tried again at once when a forged
-    reply was dropped: the genuine one may have gone to a rogue). "No worker subscribed"
-    and a lost connection cost nothing and are retried with exponential back-off (jittered,
-    at most ``BACKOFF_MAX``, each on its own); "no worker" for at most ``timeout`` from the
-    first such answer, a lost connection for the whole budget (a reconnect ends its pause
-    early). ``retries=0``: nothing is retried.
-    """
-
-    def __init__(self, retries: int, timeout: float) -> None:
-        self._retries = retries
-        self._timeout = timeout
-        self._unanswered = 0
-        self._pauses: dict[type[_AttemptFailed], float] = {}
-        self._nobody_since = 0.0
-
-    def pause_after(self, outcome: _AttemptFailed) -> float | None:
-        if self._retries == 0:
-            return None
-        if isinstance(outcome, _Unanswered):
-            self._unanswered += 1
-            if self._unanswered > self._retries:
-                return None
-            return 0.0 if outcome.dropped else random.uniform(0, BACKOFF_FIRST)  # noqa: S311
-        pause = self._pauses.get(type(outcome), BACKOFF_FIRST)
-        self._pauses[type(outcome)] = min(pause * 2, BACKOFF_MAX)
-        delay = random.uniform(pause / 2, pause)  # noqa: S311 - jitter only
-        if isinstance(outcome, _NoResponders):
-            now = time.monotonic()
-            self._nobody_since = self._nobody_since or now
-            if now + delay >= self._nobody_since + self._timeout:
-                return None
-        return delay
-
-
-class _BudgetSpent(Exception):
-    """No time is left for another attempt (the previous outcome says why)."""
-
-
-class _Waiter:
-    """One call waiting for its reply; the reader thread hands it messages."""
-
-    __slots__ = ("closed", "condition", "lost", "messages")
-
-    def __init__(self) -> None:
-        self.condition = threading.Condition(threading.Lock())
-        self.messages: collections.deque[Message] = collections.deque()
-        self.lost = ""
-        """Why the connection was lost while waiting ("" while it holds)."""
-        self.closed = False
-
-
-class _Inbox:
-    """The client's reply space: hands each reply to the call waiting on its subject.
-
-    Deliberately holds no reference to the :class:`TokenClient`, so that the connection's
-    threads (which call :meth:`deliver` and :meth:`on_state`) never keep a dropped client
-    alive.
-    """
-
-    def __init__(self, prefix: str, max_reply_size: int) -> None:
-        self.prefix = f"{prefix}.{secrets.token_urlsafe(16)}"
-        """Unguessable per client: 22 random characters after the configured prefix."""
-        self._max_reply_size = max_reply_size
-        self._lock = threading.Lock()
-        self._waiters: dict[str, _Waiter] = {}
-        self._closed = False
-        self.dropped = 0
-        self.usable = threading.Event()
-        """Set while connected, or once closed: ends a back-off early."""
-
-    def new_subject(self, waiter: _Waiter) -> str:
-        """A fresh, unguessable reply subject routed to ``waiter``."""
-        subject = f"{self.prefix}.{secrets.token_urlsafe(16)}"
-        with self._lock:
-            if self._closed:
-                raise ClientClosed("the TokenClient is closed")
-            self._waiters[subject] = waiter
-        return subject
-
-    def forget(self, subjects: list[str]) -> None:
-        with self._lock:
-            for subject in subjects:
-                self._waiters.pop(subject, None)
-
-    def count_dropped(self) -> None:
-        with self._lock:
-            self.dropped += 1
-
-    def deliver(self, message: Message) -> None:
-        """Subscription callback (reader thread): route, or drop what nobody awaits and
-        anything over the size cap before anyone parses it."""
-        with self._lock:
-            waiter = self._waiters.get(message.subject)
-            if waiter is None or len(message.payload) > self._max_reply_size:
-                self.dropped += 1
-                return
-        with waiter.condition:
-            waiter.messages.append(message)
-            waiter.condition.notify()
-
-    def on_state(self, state: State) -> None:
-        """Connection listener: replies in flight are lost with the connection."""
-        if state is State.CONNECTED:
-            self.usable.set()
-        elif state in (State.RECONNECTING, State.CLOSED):
-            if not self._closed:
-                self.usable.clear()
-            self._wake_all(lost=f"NATS connection lost ({state.value})")
-
-    def close(self) -> None:
-        with self._lock:
-            self._closed = True
-        self.usable.set()
-        self._wake_all(closed=True)
-
-    def _wake_all(self, *, lost: str = "", closed: bool = False) -> None:
-        with self._lock:
-            waiters = set(self._waiters.values())
-        for waiter in waiters:
-            with waiter.condition:
-                waiter.lost = waiter.lost or lost
-                waiter.closed = waiter.closed or closed
-                waiter.condition.notify()
-
-
-def _shut(connection: NatsConnection, inbox: _Inbox) -> None:
+def _shut(connection: NatsConnection, inbox: Inbox) -> None:
     """Close what a client owns; also run by its finaliser when it is dropped unclosed."""
     inbox.close()
     connection.close()
@@ -290,22 +129,29 @@ class TokenClient:
         self._timeout = timeout
         self._retries = retries
         self._max_ttl = max_ttl
-        self._lock = threading.Lock()
         self._closed = threading.Event()
         self._now = now
         self._cache = TokenCache(max_entries=max_cached, expiry_margin=expiry_margin,
                                  refresh_ahead=0.0, now=now) if cache else None
-        self._inbox = _Inbox(inbox_prefix, max_reply_size)
-        self.requests_sent = 0
-        """Requests that went over NATS (cache hits send none)."""
-        self.attempts_unanswered = 0
-        """Attempts that got no genuine answer in time."""
+        self._inbox = Inbox(inbox_prefix, max_reply_size)
         self._connection = NatsConnection(self._config, name, no_responders=True,
                                           first_connect_rounds=1,
                                           on_state=self._inbox.on_state)
         self._connection.connect()
         self._connection.subscribe(f"{self._inbox.prefix}.*", self._inbox.deliver)
         self._finalizer = weakref.finalize(self, _shut, self._connection, self._inbox)
+        self._requester = Requester(self._connection, self._inbox, self._closed,
+                                    timeout=timeout, retries=retries)
+
+    @property
+    def requests_sent(self) -> int:
+        """Requests that went over NATS (cache hits send none)."""
+        return self._requester.requests_sent
+
+    @property
+    def attempts_unanswered(self) -> int:
+        """Attempts that got no genuine answer in time."""
+        return self._requester.attempts_unanswered
 
     @property
     def replies_dropped(self) -> int:
@@ -344,31 +190,29 @@ class TokenClient:
         """
         if self._closed.is_set():
             raise ClientClosed("the TokenClient is closed")
+        request_id = str(uuid.uuid4())
+        request: TokenRequest | NamedTokenRequest
         if credential is not None:
             if client_id is not None or client_secret is not None:
                 raise TypeError("give either credential or client_id and client_secret")
-            body = named_request_body(scope, skip_cache=skip_cache)
-            key = self._key(f"{self._named_subject}.{_credential(credential)}", "", "", scope)
+            request = NamedTokenRequest(request_id, scope=scope, skip_cache=skip_cache)
+            subject = f"{self._named_subject}.{_credential(credential)}"
+            key = request_cache_key(subject, "", "", scope)
         else:
             if client_id is None or client_secret is None:
                 raise TypeError("give client_id and client_secret, or credential")
-            body = request_body(client_id, client_secret, scope, skip_cache=skip_cache)
-            key = self._key(self._subject, client_id, client_secret, scope)
+            request = TokenRequest(request_id, client_id, client_secret, scope,
+                                   skip_cache=skip_cache)
+            key = request_cache_key(self._subject, client_id, client_secret, scope)
         if self._cache is not None and not skip_cache:
             entry = self._cache.get(key)
             if entry is not None:
                 return _token_from_entry(entry)
-        reply = self.request(body, budget=budget, credential=credential)
-        issued = _issued_from_reply(reply, body["request_id"], self._now(), self._max_ttl)
+        reply = self._send(request.to_bytes(), request_id, credential, budget)
+        issued = _issued_from_reply(reply, request_id, self._now(), self._max_ttl)
         if self._cache is None:
-            return _token(issued, issued.issued_at + issued.expires_in, body["request_id"])
-        return _token_from_entry(self._cache.put(key, issued), body["request_id"])
-
-    @staticmethod
-    def _key(subject: str, client_id: str, secret: str, scope: str | None) -> CacheKey:
-        # None (the worker's default scope) and "" (no scope) are different requests.
-        marker = "default-scope" if scope is None else "scope"
-        return cache_key(subject, client_id, secret, scope or "", marker)
+            return _token(issued, issued.issued_at + issued.expires_in, request_id)
+        return _token_from_entry(self._cache.put(key, issued), request_id)
 
     def request(self, body: dict[str, Any], *, budget: float | None = None,
                 credential: str | None = None) -> dict[str, Any]:
@@ -382,165 +226,23 @@ class TokenClient:
             raise ClientClosed("the TokenClient is closed")
         if not isinstance(body.get("request_id"), str) or not body["request_id"]:
             body = {**body, "request_id": str(uuid.uuid4())}
-        request_id: str = body["request_id"]
+        return self._send(encode(body), body["request_id"], credential, budget)
+
+    def _send(self, payload: bytes, request_id: str, credential: str | None,
+              budget: float | None) -> dict[str, Any]:
+        """Send one encoded request and return the decoded reply that answers it."""
         subject = self._subject if credential is None else (
             f"{self._named_subject}.{_credential(credential)}")
-        payload = encode(body)
-        self._check_size(payload, request_id)
         total = budget if budget is not None else self._timeout * (self._retries + 1) + 1.0
-        return self._call(_Call(subject, payload, request_id, credential,
-                                time.monotonic(), total))
-
-    def _check_size(self, payload: bytes, request_id: str) -> None:
-        """A request larger than the server takes would only cost a disconnect."""
-        limit = self._connection.max_payload
-        if len(payload) > limit:
-            raise TokenRequestFailed(
-                "request_too_large",
-                f"request is {len(payload)} bytes, the NATS server's max_payload is {limit}",
-                request_id=request_id)
-
-    def _call(self, call: _Call) -> dict[str, Any]:
-        """Attempt until a genuine reply, a final outcome or the end of the budget."""
-        waiter = _Waiter()
-        subjects: list[str] = []
-        retries = _RetryPolicy(self._retries, self._timeout)
-        failure: _AttemptFailed = _Unanswered("time budget spent", dropped=0)
-        try:
-            while True:
-                try:
-                    return self._attempt(call, waiter, subjects)
-                except _BudgetSpent:
-                    raise self._final_error(call, failure, budget_spent=True) from None
-                except _AttemptFailed as outcome:
-                    failure = outcome
-                delay = retries.pause_after(failure)
-                if delay is None:
-                    raise self._final_error(call, failure,
-                                            budget_spent=call.remaining() <= 0) from None
-                if call.remaining() <= delay:
-                    raise self._final_error(call, failure, budget_spent=True) from None
-                if isinstance(failure, _ConnectionLost):
-                    self._inbox.usable.wait(delay)
-                else:
-                    self._closed.wait(delay)
-                if self._closed.is_set():
-                    raise ClientClosed("the TokenClient is closed")
-        finally:
-            self._inbox.forget(subjects)
-
-    def _final_error(self, call: _Call, failure: _AttemptFailed, *,
-                     budget_spent: bool) -> TokenRequestFailed:
-        spent = time.monotonic() - call.started
-        if isinstance(failure, _NoResponders):
-            return NoWorkerAnswered(f"no worker is subscribed to {call.subject} "
-                                    f"(asked for {spent:.2f} s)", request_id=call.request_id)
-        if isinstance(failure, _ConnectionLost):
-            return NatsUnavailable(f"{failure}; not back within {spent:.2f} s",
-                                   request_id=call.request_id)
-        if budget_spent:
-            return RequestTimedOut(f"no reply within the {call.budget:g} s budget ({failure})",
-                                   request_id=call.request_id)
-        return NoWorkerAnswered(str(failure), request_id=call.request_id)
-
-    def _attempt(self, call: _Call, waiter: _Waiter, subjects: list[str]) -> dict[str, Any]:
-        """Publish once and wait for the genuine reply; earlier attempts' subjects stay
-        open, so a late genuine reply to one of them is still taken."""
-        timeout = min(self._timeout, call.remaining())
-        if timeout <= 0:
-            raise _BudgetSpent
-        reply_subject = self._inbox.new_subject(waiter)
-        subjects.append(reply_subject)
-        with waiter.condition:
-            waiter.lost = ""
-        with self._lock:
-            self.requests_sent += 1
-        try:
-            self._connection.publish(call.subject, call.payload, reply=reply_subject)
-        except PayloadTooLarge as error:  # the server's limit shrank since _check_size
-            raise TokenRequestFailed("request_too_large", str(error),
-                                     request_id=call.request_id) from None
-        except NatsConnectionError as error:
-            if self._closed.is_set():
-                raise ClientClosed("the TokenClient is closed") from None
-            if self._connection.state is State.CLOSED:  # gave up: nothing to wait for
-                raise NatsUnavailable(self._lost_reason(error),
-                                      request_id=call.request_id) from None
-            raise _ConnectionLost(self._lost_reason(error)) from None
-        return self._await_reply(call, waiter, reply_subject, time.monotonic() + timeout)
-
-    def _lost_reason(self, error: Exception) -> str:
-        connection = self._connection
-        if connection.state is State.CLOSED and connection.gave_up_reason:
-            return f"NATS connection gave up: {connection.gave_up_reason}"
-        if connection.state is State.RECONNECTING:
-            return "NATS connection lost (reconnecting)"
-        return f"NATS connection lost ({connection.state.value}): {error}"
-
-    def _await_reply(self, call: _Call, waiter: _Waiter, reply_subject: str,
-                     until: float) -> dict[str, Any]:
-        dropped = 0
-        while True:
-            message = self._next_message(waiter, until)
-            if message is None:
-                with self._lock:
-                    self.attempts_unanswered += 1
-                raise _Unanswered(f"no worker answered within {self._timeout:g} s"
-                                  + (f" ({dropped} forged replies dropped)" if dropped else ""),
-                                  dropped=dropped)
-            if message.status == NO_RESPONDERS and not message.payload:
-                if message.subject == reply_subject:
-                    raise _NoResponders(f"no worker is subscribed to {call.subject}")
-                continue  # an earlier attempt's: says nothing about this one
-            reply = _genuine(message.payload, call.request_id, call.credential)
-            if reply is not None:
-                return reply
-            dropped += 1
-            self._inbox.count_dropped()
-
-    def _next_message(self, waiter: _Waiter, until: float) -> Message | None:
-        """The next delivered message, or None when the attempt's time is up."""
-        with waiter.condition:
-            while not waiter.messages:
-                if waiter.closed or self._closed.is_set():
-                    raise ClientClosed("the TokenClient is closed")
-                if waiter.lost:
-                    raise _ConnectionLost(waiter.lost)
-                left = until - time.monotonic()
-                if left <= 0:
-                    return None
-                waiter.condition.wait(left)
-            return waiter.messages.popleft()
+        return self._requester.send(subject, payload, request_id, credential, total)
 
 
-@dataclass(frozen=True)
-class _Call:
-    """One ``request()``: what is sent where, and its time budget."""
-
-    subject: str
-    payload: bytes
-    request_id: str
-    credential: str | None
-    started: float
-    budget: float
-
-    def remaining(self) -> float:
-        return self.started + self.budget - time.monotonic()
-
-
-def _genuine(payload: bytes, request_id: str, credential: str | None) -> dict[str, Any] | None:
-    """The reply if it is the answer to this request, else None (to be dropped)."""
-    try:
-        reply = decode(payload)
-    except ValueError:
-        return None
-    if not isinstance(reply, dict) or reply.get("request_id") != request_id:
-        return None
-    if credential is not None:
-        named = reply.get("credential")
-        if named != credential and (named is not None or "access_token" in reply):
-            return None
-    return reply
+def request_cache_key(subject: str, client_id: str, secret: str, scope: str | None
+                      ) -> CacheKey:
+    """The client's cache key for a request (a keyed digest, never the secret): ``None``
+    (the worker's default scope) and ``""`` (no scope) are different requests."""
+    marker = "default-scope" if scope is None else "scope"
+    return cache_key(subject, client_id, secret, scope or "", marker)
 
 
 def _urls(raw: str) -> tuple[str, ...]:
@@ -566,48 +268,45 @@ def _credential(name: str) -> str:
 
 def request_body(client_id: str, client_secret: str, scope: str | None = None, *,
                  skip_cache: bool = False) -> dict[str, Any]:
-    """A token request as the wire contract has it, with a fresh ``request_id``."""
-    body: dict[str, Any] = {
-        "request_id": str(uuid.uuid4()),
-        "client_id": client_id,
-        "client_secret": client_secret,
-        "timestamp": now_rfc3339(),
-    }
-    if scope is not None:
-        body["scope"] = scope
-    if skip_cache:
-        body["skip_cache"] = True
-    return body
+    """A token request body (:class:`~token_worker.wire.TokenRequest`) as a dict for
+    :meth:`TokenClient.request`, with a fresh ``request_id``."""
+    request = TokenRequest(str(uuid.uuid4()), client_id, client_secret, scope,
+                           skip_cache=skip_cache)
+    return dict(decode(request.to_bytes()))
 
 
 def named_request_body(scope: str | None = None, *, skip_cache: bool = False) -> dict[str, Any]:
-    """A named-credential request: no client id, no secret (the worker holds them)."""
-    body: dict[str, Any] = {"request_id": str(uuid.uuid4()), "timestamp": now_rfc3339()}
-    if scope is not None:
-        body["scope"] = scope
-    if skip_cache:
-        body["skip_cache"] = True
-    return body
+    """A named-credential request body (:class:`~token_worker.wire.NamedTokenRequest`): no
+    client id, no secret (the worker holds them)."""
+    request = NamedTokenRequest(str(uuid.uuid4()), scope=scope, skip_cache=skip_cache)
+    return dict(decode(request.to_bytes()))
 
 
 def _issued_from_reply(reply: dict[str, Any], request_id: str, now: float,
                        max_ttl: float) -> IssuedToken:
-    """A well-formed token from a genuine reply (``expires_in`` capped at ``max_ttl``), or
-    the reply's error as :class:`TokenRequestFailed`."""
-    if reply.get("error"):
-        raise TokenRequestFailed(str(reply.get("error_code") or "error"), str(reply["error"]),
+    """A well-formed token from a genuine reply, read by the wire types (``expires_in``
+    capped at ``max_ttl``), or the reply's error as :class:`TokenRequestFailed`."""
+    try:
+        typed = reply_from_document(_whole_seconds(reply))
+    except InvalidReply as error:
+        raise TokenRequestFailed("bad_reply", f"worker reply carries no well-formed token: "
+                                 f"{error}", request_id=request_id) from None
+    if isinstance(typed, ErrorReply):
+        raise TokenRequestFailed(typed.error_code or "error", typed.error,
                                  request_id=request_id)
-    token = reply.get("access_token")
-    expires_in = reply.get("expires_in", 0)
-    token_type = reply.get("token_type") or "Bearer"
-    scope = reply.get("scope") or ""
-    if (not isinstance(token, str) or not token or isinstance(expires_in, bool)
-            or not isinstance(expires_in, int | float) or not expires_in >= 0
-            or not isinstance(token_type, str) or not isinstance(scope, str)):
-        raise TokenRequestFailed("bad_reply", "worker reply carries no well-formed token",
-                                 request_id=request_id)
-    return IssuedToken(access_token=token, token_type=token_type,
-                       expires_in=int(min(expires_in, max_ttl)), scope=scope, issued_at=now)
+    return IssuedToken(access_token=typed.access_token, token_type=typed.token_type,
+                       expires_in=int(min(typed.expires_in, max_ttl)), scope=typed.scope,
+                       issued_at=now)
+
+
+def _whole_seconds(reply: dict[str, Any]) -> dict[str, Any]:
+    """A float ``expires_in`` is still a number of seconds (JSON numbers are numbers, as the
+    worker reads its IdP's): read it as whole seconds. The wire types want an integer, which
+    is what a worker sends."""
+    expires_in = reply.get("expires_in")
+    if isinstance(expires_in, float) and expires_in >= 0:
+        return {**reply, "expires_in": int(expires_in)}
+    return reply
 
 
 def _token(issued: IssuedToken, expires_at: float, request_id: str) -> Token:

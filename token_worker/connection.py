@@ -21,7 +21,6 @@ from __future__ import annotations
 import contextlib
 import enum
 import logging
-import random
 import socket
 import threading
 import time
@@ -42,13 +41,13 @@ from tenacity import (
 
 from token_worker import protocol
 from token_worker._pynats2 import (
-    Handshake,
     HandshakeFailed,
     connect_options,
     describe_connect_error,
     pynats2,
 )
 from token_worker.config import NatsConfig
+from token_worker.dial import Dialed, dial
 from token_worker.errors import (
     ConnectionClosed,
     NatsConnectionError,
@@ -59,6 +58,7 @@ from token_worker.errors import (
 from token_worker.keepalive import KeepAlive
 from token_worker.pending import PendingWrites
 from token_worker.protocol import Control, Info, Message, ProtocolError, ServerError
+from token_worker.servers import ServerPool
 
 __all__ = ["Message", "MessageCallback", "NatsConnection", "ServerPool", "State",
            "Subscription", "pynats2"]
@@ -93,51 +93,6 @@ class Subscription:
     subject: str
     queue: str
     callback: MessageCallback
-
-
-class ServerPool:
-    """The servers to try, in the order of the next round.
-
-    As in nats.go: each server tried goes to the end of the list, so a lost server is
-    tried last; unless ``randomize`` is off, the list (with servers learned from the
-    cluster's ``connect_urls``) is shuffled before every round, so a fleet given the same
-    list spreads over the nodes instead of all landing on the first.
-    """
-
-    def __init__(self, urls: tuple[str, ...], *, randomize: bool,
-                 rng: random.Random | None = None) -> None:
-        self._urls = list(urls)
-        self._randomize = randomize
-        self._rng = rng or random.Random()  # noqa: S311 - load spreading, not secrecy
-        self._last = ""
-
-    @property
-    def urls(self) -> list[str]:
-        """Every known server, in the current order."""
-        return list(self._urls)
-
-    def round(self) -> list[str]:
-        """The order for the next connect round (the server used last comes last)."""
-        if self._randomize:
-            self._rng.shuffle(self._urls)
-            if self._last in self._urls and len(self._urls) > 1:
-                self._urls.remove(self._last)
-                self._urls.append(self._last)
-        return list(self._urls)
-
-    def tried(self, url: str) -> None:
-        """``url`` is being tried: it goes to the end of the list."""
-        self._last = url
-        if url in self._urls:
-            self._urls.remove(url)
-            self._urls.append(url)
-
-    def add(self, url: str) -> bool:
-        """Remember a server learned from INFO; True if it was new."""
-        if url in self._urls:
-            return False
-        self._urls.append(url)
-        return True
 
 
 class NatsConnection:
@@ -466,18 +421,14 @@ class NatsConnection:
         raise HandshakeFailed("; ".join(errors))
 
     def _connect_to(self, url: str) -> None:
-        handshake = Handshake(url, self._config, self._options_for, self._show_handshake_socket)
-        parser = protocol.Parser()
         try:
-            handshake.connect()
-            sock = handshake.socket
-            early = self._await_first_pong(sock, parser, handshake.leftover)
-            sock.settimeout(None)  # blocking: a timeout costs a poll() per recv and send
-            self._install(url, sock, parser, early, handshake.server_info)
-        except BaseException:
-            with contextlib.suppress(Exception):
-                handshake.socket.close()
-            raise
+            dialed = dial(url, self._config, self._options_for, self._show_handshake_socket)
+            try:
+                self._install(dialed)
+            except BaseException:
+                with contextlib.suppress(Exception):
+                    dialed.sock.close()
+                raise
         finally:
             with self._sock_lock:
                 self._handshake_sock = None
@@ -496,32 +447,10 @@ class NatsConnection:
                 raise HandshakeFailed("connection is closing")
             self._handshake_sock = sock
 
-    def _await_first_pong(self, sock: socket.socket, parser: protocol.Parser,
-                          leftover: bytes) -> list[protocol.Event]:
-        """Prove the server accepted CONNECT: PING must come back as PONG, not as -ERR.
-        Returns what came after the PONG in the same read, for the reader."""
-        sock.sendall(b"PING\r\n")
-        deadline = time.monotonic() + self._config.connect_timeout
-        events = parser.feed(leftover)
-        while True:
-            for index, event in enumerate(events):
-                if event is Control.PONG:
-                    return events[index + 1:]
-                if isinstance(event, ServerError):
-                    raise HandshakeFailed(f"server refused the connection: {event.text}")
-                if isinstance(event, ProtocolError):
-                    raise HandshakeFailed(f"not the NATS protocol: {event.reason}")
-            if time.monotonic() > deadline:
-                raise HandshakeFailed("no PONG after CONNECT")
-            chunk = sock.recv(READ_SIZE)
-            if not chunk:
-                raise HandshakeFailed("server closed the connection after CONNECT")
-            events = parser.feed(chunk)
-
-    def _install(self, url: str, sock: socket.socket, parser: protocol.Parser,
-                 early: list[protocol.Event], info: dict[str, Any]) -> None:
-        """Make ``sock`` the connection's socket: re-subscribe, send the reconnect buffer.
-        Refused once ``close()`` was called, so a late handshake leaks no socket."""
+    def _install(self, dialed: Dialed) -> None:
+        """Make the dialed socket the connection's: re-subscribe, send the reconnect
+        buffer. Refused once ``close()`` was called, so a late handshake leaks no socket."""
+        sock = dialed.sock
         with self._send_lock:
             with self._sock_lock:
                 if self._closing.is_set():
@@ -529,12 +458,12 @@ class NatsConnection:
                 self._sock = self._installed = sock
                 self._pending_pongs.clear()
             self._loss_reason = ""
-            self._parser = parser
-            self._early_events = early
+            self._parser = dialed.parser
+            self._early_events = dialed.early
             self._keepalive.reset()
-            self.server_url = url
-            self.server_info = info
-            self._learn(info)
+            self.server_url = dialed.url
+            self.server_info = dialed.info
+            self._learn(dialed.info)
             subscriptions = b"".join(protocol.sub(s.subject, s.sid, s.queue)
                                      for s in self._subscriptions.values())
             try:
@@ -558,13 +487,8 @@ class NatsConnection:
         limit = info.get("max_payload")
         if isinstance(limit, int) and not isinstance(limit, bool) and limit > 0:
             self._max_payload = limit
-        scheme = self.server_url.split("://", 1)[0] if "://" in self.server_url else "nats"
-        for address in info.get("connect_urls") or ():
-            if not isinstance(address, str) or not address:
-                continue
-            url = address if "://" in address else f"{scheme}://{address}"
-            if self._pool.add(url):
-                log.info("nats server discovered", extra={"server": url})
+        for url in self._pool.learn(info.get("connect_urls"), self.server_url):
+            log.info("nats server discovered", extra={"server": url})
 
     # --- reading ----------------------------------------------------------------------
 

@@ -17,7 +17,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
-from token_worker import messages
+from token_worker import wire
 
 log = logging.getLogger(__name__)
 
@@ -55,8 +55,8 @@ def _handler_class(alive: Check, ready: Check, registry: CollectorRegistry
                 self._send(200, generate_latest(registry), CONTENT_TYPE_LATEST)
             elif path in ("/healthz", "/readyz"):
                 ok, reason = (alive if path == "/healthz" else ready)()
-                body = messages.encode({"status": "ok" if ok else "unavailable",
-                                        "reason": reason})
+                body = wire.encode({"status": "ok" if ok else "unavailable",
+                                    "reason": reason})
                 self._send(200 if ok else 503, body, "application/json")
             else:
                 self._send(404, b'{"status": "not found"}', "application/json")

@@ -1,8 +1,9 @@
 """Asking the IdP through its bad moments: retries within a deadline, then a cool-down.
 
 Only what a retry can change is retried: unreachable, timeouts, 5xx and 429
-(:class:`IdpUnavailable`, :class:`IdpTimeout`), with exponential back-off and full jitter,
-never waiting less than the IdP's ``Retry-After``. A refusal (4xx OAuth2 error) and an
+(:class:`IdpUnavailable`, :class:`IdpTimeout`). tenacity runs the retries: exponential
+back-off with full jitter (``wait_random_exponential``), never less than the IdP's
+``Retry-After`` and never past the deadline. A refusal (4xx OAuth2 error) and an
 unusable answer (:class:`IdpBadResponse`: not a token, a redirect, too large) are final at
 once: one IdP call per request.
 
@@ -32,10 +33,10 @@ instead of 0.7 s). ``circuitbreaker`` keeps no lock around the call.
 from __future__ import annotations
 
 import logging
-import random
 import time
 
 from circuitbreaker import CircuitBreaker
+from tenacity import RetryCallState, Retrying, retry_if_exception, wait_random_exponential
 
 from token_worker.config import IdpConfig
 from token_worker.errors import IdpError, IdpRefused, IdpTimeout, IdpUnavailable
@@ -46,7 +47,7 @@ log = logging.getLogger(__name__)
 
 SHORTEST_ATTEMPT = 0.05
 """An attempt with less time than this left is not started."""
-FIRST_BACKOFF = 0.1
+FIRST_BACKOFF = 0.2
 """Upper bound of the first back-off, seconds; it doubles per attempt (full jitter)."""
 LONGEST_BACKOFF = 2.0
 """Upper bound of any back-off, seconds (a longer ``Retry-After`` still wins)."""
@@ -77,6 +78,7 @@ class ResilientIdp:
             expected_exception=(IdpUnavailable, IdpTimeout),
             name="idp",
         )
+        self._jitter = wait_random_exponential(multiplier=FIRST_BACKOFF, max=LONGEST_BACKOFF)
         self._hold_until = 0.0
         """Monotonic time before which the IdP asked not to be called."""
         self._hold_asked = 0.0
@@ -107,50 +109,77 @@ class ResilientIdp:
                     deadline: float | None = None) -> IssuedToken:
         """Fetch a token, retrying transient failures until ``idp.deadline`` or the caller's
         ``deadline`` (a ``time.monotonic()`` value), whichever comes first."""
-        started = time.monotonic()
-        end = started + self._config.deadline
-        if deadline is not None:
-            end = min(end, deadline)
-        failures: list[IdpError] = []
-        while True:
-            self._fail_fast(failures, started, end)
-            left = end - time.monotonic()
-            if left < SHORTEST_ATTEMPT:
-                if failures:
-                    raise self._give_up(failures, started, end)
-                raise IdpTimeout("no time left to ask the identity provider within the "
-                                 "deadline", reason="deadline reached before the call")
-            try:
-                token: IssuedToken = self._breaker.call(
-                    self._call, client_id, client_secret, scope, min(self._config.timeout, left))
-            except IdpError as error:
-                failures.append(error)
-                self._after_failure(error, failures, started, end)
-            else:
-                return token
+        fetch = _Fetch(self._config.deadline, deadline)
+        try:
+            token: IssuedToken = self._retrying(fetch)(
+                self._attempt, fetch, client_id, client_secret, scope)
+        except _Ended as ended:
+            raise ended.error from None
+        except IdpError as error:
+            raise self._conclude(error, fetch) from None
+        return token
 
-    def _after_failure(self, error: IdpError, failures: list[IdpError], started: float,
-                       end: float) -> None:
-        """Log the failed attempt, then wait for the next one or raise the final error."""
-        transient = isinstance(error, IdpUnavailable | IdpTimeout)
-        left = end - time.monotonic()
-        asked = error.retry_after if transient else None
-        room = left - 2 * SHORTEST_ATTEMPT  # the longest pause that leaves time to try again
-        if asked is not None and asked > room:
-            self._log_failure(error, len(failures), started, retrying=False)
+    def _retrying(self, fetch: _Fetch) -> Retrying:
+        """The retry policy for one fetch: transient failures only, a back-off that honours
+        ``Retry-After`` and fits the deadline, one log line per failed exchange."""
+        return Retrying(
+            before=lambda _: self._before_attempt(fetch),
+            retry=retry_if_exception(_transient),
+            wait=lambda state: self._pause(state, fetch),
+            stop=lambda _: self._no_retry(fetch),
+            before_sleep=lambda _: self._log_failure(fetch, retrying=True),
+            sleep=time.sleep,
+            reraise=True,
+        )
+
+    def _attempt(self, fetch: _Fetch, client_id: str, client_secret: str, scope: str
+                 ) -> IssuedToken:
+        """One exchange, through the circuit breaker, within the time left."""
+        try:
+            token: IssuedToken = self._breaker.call(
+                self._call, client_id, client_secret, scope,
+                min(self._config.timeout, fetch.left()))
+        except IdpError as error:
+            fetch.failures.append(error)
+            raise
+        return token
+
+    def _before_attempt(self, fetch: _Fetch) -> None:
+        """End the fetch instead of calling when failing fast or out of time."""
+        self._fail_fast(fetch)
+        if fetch.left() < SHORTEST_ATTEMPT:
+            raise _Ended(self._give_up(fetch) if fetch.failures else IdpTimeout(
+                "no time left to ask the identity provider within the deadline",
+                reason="deadline reached before the call"))
+
+    def _pause(self, state: RetryCallState, fetch: _Fetch) -> float:
+        """Full jitter, but never less than the IdP's ``Retry-After`` nor past the room left
+        for another attempt (negative when there is none: :meth:`_no_retry` then stops)."""
+        asked = fetch.failures[-1].retry_after or 0.0
+        return min(max(self._jitter(state), asked), fetch.room())
+
+    def _no_retry(self, fetch: _Fetch) -> bool:
+        """Stop when no attempt fits before the deadline, when the IdP asked for a longer
+        wait than that, or when the last failure made the fetches fail fast."""
+        asked = fetch.failures[-1].retry_after
+        room = fetch.room()
+        return room < 0 or (asked is not None and asked > room) or self.failing_fast
+
+    def _conclude(self, error: IdpError, fetch: _Fetch) -> IdpError:
+        """The last exchange failed and no retry follows: log it, remember a long
+        ``Retry-After``, and return the error that ends the fetch."""
+        self._log_failure(fetch, retrying=False)
+        asked = error.retry_after if _transient(error) else None
+        if asked is not None and asked > fetch.room():
             self._hold(asked)
-            raise AskedToWait(f"identity provider asked to wait {asked:.0f} s",
-                              status=error.status, retry_after=asked, reason=error.reason,
-                              body=error.body) from None
-        pause = min(max(_backoff(len(failures)), asked or 0.0), room)
-        retrying = transient and pause >= 0
-        self._log_failure(error, len(failures), started, retrying=retrying)
-        if not retrying:
-            raise self._give_up(failures, started, end) from None
-        time.sleep(pause)
+            return AskedToWait(f"identity provider asked to wait {asked:.0f} s",
+                               status=error.status, retry_after=asked, reason=error.reason,
+                               body=error.body)
+        return self._give_up(fetch)
 
-    def _fail_fast(self, failures: list[IdpError], started: float, end: float) -> None:
-        """Raise instead of calling while the IdP asked to wait or the circuit is open."""
+    def _fail_fast(self, fetch: _Fetch) -> None:
+        """End the fetch instead of calling while the IdP asked to wait or the circuit is
+        open: with the failures so far if any, else with the reason for not calling."""
         wait = self._hold_until - time.monotonic()
         if wait > 0:
             error: IdpError = AskedToWait(
@@ -161,7 +190,7 @@ class ResilientIdp:
                                 f"{self._config.cool_down:g} s", reason="circuit open")
         else:
             return
-        raise self._give_up(failures, started, end) if failures else error
+        raise _Ended(self._give_up(fetch) if fetch.failures else error)
 
     def _hold(self, retry_after: float) -> None:
         """Remember a ``Retry-After`` longer than the time left: fail fast until then."""
@@ -172,10 +201,11 @@ class ResilientIdp:
                                                               "failing_fast_s": seconds})
 
     @staticmethod
-    def _give_up(failures: list[IdpError], started: float, end: float) -> IdpError:
+    def _give_up(fetch: _Fetch) -> IdpError:
         """The most telling failure, with the attempts and the time spent: an HTTP 5xx or
         429 rather than a later timeout of a retry the deadline cut short; a timeout that
         used up the deadline says the deadline, not the last attempt's shortened budget."""
+        failures, started, end = fetch.failures, fetch.started, fetch.end
         chosen = failures[-1]
         spent = time.monotonic() >= end - 2 * SHORTEST_ATTEMPT
         if isinstance(chosen, IdpTimeout):
@@ -205,13 +235,15 @@ class ResilientIdp:
             self._metrics.idp_calls.labels(outcome).inc()
             self._metrics.idp_seconds.observe(time.monotonic() - started)
 
-    def _log_failure(self, error: IdpError, attempt: int, started: float, *,
-                     retrying: bool) -> None:
-        """One line per failed exchange: what happened, which attempt, how long it took. An
-        error body is an excerpt; a 2xx body never appears (it may hold a token)."""
+    def _log_failure(self, fetch: _Fetch, *, retrying: bool) -> None:
+        """One line per failed exchange (the last one): what happened, which attempt, how long
+        it took. An error body is an excerpt; a 2xx body never appears (it may hold a token)."""
+        error = fetch.failures[-1]
         fields: dict[str, object] = {
-            "error_code": error.error_code, "reason": error.reason, "attempt": attempt,
-            "elapsed_ms": round((time.monotonic() - started) * 1000, 1), "retrying": retrying}
+            "error_code": error.error_code, "reason": error.reason,
+            "attempt": len(fetch.failures),
+            "elapsed_ms": round((time.monotonic() - fetch.started) * 1000, 1),
+            "retrying": retrying}
         if error.status is not None:
             fields["status"] = error.status
         else:
@@ -222,11 +254,38 @@ class ResilientIdp:
             fields["retry_after_s"] = error.retry_after
         level = logging.INFO if isinstance(error, IdpRefused) else logging.WARNING
         log.log(level, "idp call failed", extra=fields)
-        if self._breaker.opened and isinstance(error, IdpUnavailable | IdpTimeout):
+        if self._breaker.opened and _transient(error):
             log.warning("idp circuit opened: failing fast",
                         extra={"cool_down_s": self._config.cool_down})
 
 
-def _backoff(attempt: int) -> float:
-    """Full jitter: anything up to an exponentially growing bound."""
-    return random.uniform(0.0, min(LONGEST_BACKOFF, FIRST_BACKOFF * 2**attempt))  # noqa: S311
+
+class _Fetch:
+    """One :meth:`ResilientIdp.fetch_token` call: its time bounds and its failed exchanges."""
+
+    def __init__(self, longest: float, deadline: float | None) -> None:
+        self.started = time.monotonic()
+        self.end = self.started + longest if deadline is None else min(
+            self.started + longest, deadline)
+        self.failures: list[IdpError] = []
+
+    def left(self) -> float:
+        """Seconds until the deadline."""
+        return self.end - time.monotonic()
+
+    def room(self) -> float:
+        """The longest pause that still leaves time to try again (negative: none)."""
+        return self.left() - 2 * SHORTEST_ATTEMPT
+
+
+class _Ended(Exception):
+    """Ends a fetch before an exchange, carrying the error to raise (not retried)."""
+
+    def __init__(self, error: IdpError) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
+def _transient(error: BaseException) -> bool:
+    """A failure a retry can change: unreachable, a timeout, 5xx or 429."""
+    return isinstance(error, IdpUnavailable | IdpTimeout)

@@ -62,6 +62,7 @@ __all__ = [
     "now_rfc3339",
     "parse_reply",
     "peek_request_id",
+    "reply_from_document",
 ]
 
 # --- error codes of token-worker's own (the IdP's OAuth2 codes pass through unchanged) ---
@@ -401,6 +402,14 @@ def parse_reply(payload: bytes) -> TokenReply | ErrorReply:
         raise InvalidReply("reply is not JSON") from None
     if not isinstance(document, dict):
         raise InvalidReply("reply is not a JSON object")
+    if document.get("error"):
+        return ErrorReply._from_document(document)
+    return TokenReply._from_document(document)
+
+
+def reply_from_document(document: dict[str, Any]) -> TokenReply | ErrorReply:
+    """:func:`parse_reply` for a reply already decoded: a requester that matched the JSON
+    object to its request first reads it once. :class:`InvalidReply` when it is neither."""
     if document.get("error"):
         return ErrorReply._from_document(document)
     return TokenReply._from_document(document)

@@ -10,23 +10,25 @@ import pytest
 
 from token_worker._pynats2 import describe_connect_error
 from token_worker.client import (
-    BACKOFF_MAX,
     MAX_TTL,
     TokenClient,
-    _ConnectionLost,
     _credential,
-    _genuine,
-    _Inbox,
     _issued_from_reply,
-    _NoResponders,
-    _RetryPolicy,
-    _Unanswered,
-    _Waiter,
     named_request_body,
     request_body,
+    request_cache_key,
+)
+from token_worker.client_retries import (
+    BACKOFF_MAX,
+    ConnectionLost,
+    NoResponders,
+    RetryPolicy,
+    Unanswered,
 )
 from token_worker.connection import Message, State, pynats2
 from token_worker.errors import ClientClosed, TokenRequestFailed
+from token_worker.inbox import Inbox, Waiter, match_reply
+from token_worker.wire import NamedTokenRequest, TokenRequest
 
 
 def _reply(**fields: object) -> bytes:
@@ -38,20 +40,20 @@ TOKEN = {"access_token": "at", "token_type": "Bearer", "expires_in": 300}
 
 # --- which replies are believed ------------------------------------------------------------
 
-def test_only_a_reply_echoing_the_request_id_is_genuine():
-    assert _genuine(_reply(request_id="r-1", **TOKEN), "r-1", None) == {"request_id": "r-1",
+def test_only_a_reply_echoing_the_request_id_ismatch_reply():
+    assert match_reply(_reply(request_id="r-1", **TOKEN), "r-1", None) == {"request_id": "r-1",
                                                                          **TOKEN}
     for forged in (_reply(request_id="r-2", **TOKEN), _reply(**TOKEN), b"not json",
                    b'[{"request_id": "r-1"}]', b"", _reply(request_id=None, **TOKEN)):
-        assert _genuine(forged, "r-1", None) is None
+        assert match_reply(forged, "r-1", None) is None
 
 
 def test_a_named_reply_must_name_the_credential_asked_for():
-    assert _genuine(_reply(request_id="r", credential="orders", **TOKEN), "r", "orders")
-    assert _genuine(_reply(request_id="r", credential="billing", **TOKEN), "r", "orders") is None
-    assert _genuine(_reply(request_id="r", **TOKEN), "r", "orders") is None  # a token: must name
+    assert match_reply(_reply(request_id="r", credential="orders", **TOKEN), "r", "orders")
+    assert match_reply(_reply(request_id="r", credential="billing", **TOKEN), "r", "orders") is None
+    assert match_reply(_reply(request_id="r", **TOKEN), "r", "orders") is None  # a token: must name
     error = _reply(request_id="r", error="no such credential", error_code="unknown_credential")
-    assert _genuine(error, "r", "orders")  # an error reply need not name it
+    assert match_reply(error, "r", "orders")  # an error reply need not name it
 
 
 # --- which tokens are well formed ----------------------------------------------------------
@@ -67,12 +69,14 @@ def test_expires_in_is_capped_by_max_ttl_and_may_be_a_float():
 @pytest.mark.parametrize("bent", [
     {"expires_in": -5}, {"expires_in": True}, {"expires_in": "300"}, {"expires_in": None},
     {"access_token": ""}, {"access_token": 5}, {"access_token": None}, {"token_type": 7},
-    {"scope": ["read"]},
+    {"token_type": None}, {"scope": ["read"]}, {"credential": 5},
 ])
-def test_a_malformed_token_is_a_bad_reply(bent):
+def test_a_malformed_token_is_a_bad_reply_naming_the_field(bent):
     with pytest.raises(TokenRequestFailed) as caught:
         _issued_from_reply({**TOKEN, **bent}, "r", 0.0, MAX_TTL)
     assert caught.value.error_code == "bad_reply"
+    [field] = bent
+    assert f"reply field {field} must be" in str(caught.value)  # the wire types' reason
 
 
 def test_an_error_reply_keeps_its_code():
@@ -82,6 +86,16 @@ def test_an_error_reply_keeps_its_code():
 
 
 # --- request bodies and cache keys ---------------------------------------------------------
+
+def test_request_bodies_are_the_wire_types():
+    body = request_body("id", "secret", "read", skip_cache=True)
+    parsed = TokenRequest.from_bytes(json.dumps(body).encode(), max_size=4096)
+    assert parsed == TokenRequest(body["request_id"], "id", "secret", "read",
+                                  body["timestamp"], skip_cache=True)
+    named = named_request_body("read")
+    assert NamedTokenRequest.from_bytes(json.dumps(named).encode(), max_size=4096) == (
+        NamedTokenRequest(named["request_id"], "read", timestamp=named["timestamp"]))
+
 
 def test_a_named_request_carries_no_client_id_or_secret():
     assert set(named_request_body()) == {"request_id", "timestamp"}
@@ -93,11 +107,11 @@ def test_a_named_request_carries_no_client_id_or_secret():
 
 def test_no_scope_and_empty_scope_have_different_cache_keys():
     def key(scope: str | None) -> object:
-        return TokenClient._key("token.request", "id", "secret", scope)
+        return request_cache_key("token.request", "id", "secret", scope)
 
     assert key(None) != key("")
     assert key("b a") == key("a b")
-    assert TokenClient._key("token.named.orders", "", "", None) != TokenClient._key(
+    assert request_cache_key("token.named.orders", "", "", None) != request_cache_key(
         "token.named.billing", "", "", None)
 
 
@@ -125,19 +139,19 @@ def test_a_bad_nats_url_is_refused_before_connecting():
 # --- inboxes ---------------------------------------------------------------------------------
 
 def test_inbox_subjects_are_random_under_the_prefix():
-    inbox = _Inbox("svc.orders", 1024)
-    waiter = _Waiter()
+    inbox = Inbox("svc.orders", 1024)
+    waiter = Waiter()
     subjects = {inbox.new_subject(waiter) for _ in range(1000)}
     assert len(subjects) == 1000
     pattern = re.compile(r"svc\.orders\.[A-Za-z0-9_-]{22}\.[A-Za-z0-9_-]{22}")
     assert all(pattern.fullmatch(subject) for subject in subjects)
     assert {s.rsplit(".", 1)[0] for s in subjects} == {inbox.prefix}
-    assert _Inbox("svc.orders", 1024).prefix != inbox.prefix
+    assert Inbox("svc.orders", 1024).prefix != inbox.prefix
 
 
 def test_the_inbox_drops_what_nobody_awaits_and_what_is_too_large():
-    inbox = _Inbox("_INBOX", 10)
-    waiter = _Waiter()
+    inbox = Inbox("_INBOX", 10)
+    waiter = Waiter()
     subject = inbox.new_subject(waiter)
     inbox.deliver(Message(subject, "", b"0123456789"))
     inbox.deliver(Message(subject, "", b"0123456789+"))
@@ -150,8 +164,8 @@ def test_the_inbox_drops_what_nobody_awaits_and_what_is_too_large():
 
 
 def test_a_lost_connection_and_a_close_wake_the_waiters():
-    inbox = _Inbox("_INBOX", 10)
-    waiter = _Waiter()
+    inbox = Inbox("_INBOX", 10)
+    waiter = Waiter()
     inbox.new_subject(waiter)
     inbox.on_state(State.CONNECTED)
     assert not waiter.lost
@@ -160,7 +174,7 @@ def test_a_lost_connection_and_a_close_wake_the_waiters():
     inbox.close()
     assert waiter.closed
     with pytest.raises(ClientClosed):
-        inbox.new_subject(_Waiter())
+        inbox.new_subject(Waiter())
 
 
 # --- connect failures say why ----------------------------------------------------------------
@@ -181,27 +195,27 @@ def test_connect_errors_are_described():
 # --- retries that follow what happened -------------------------------------------------------
 
 def test_nothing_is_retried_with_retries_zero():
-    policy = _RetryPolicy(0, 10.0)
-    for outcome in (_NoResponders(""), _ConnectionLost(""), _Unanswered("", dropped=1)):
+    policy = RetryPolicy(0, 10.0)
+    for outcome in (NoResponders(""), ConnectionLost(""), Unanswered("", dropped=1)):
         assert policy.pause_after(outcome) is None
 
 
 def test_unanswered_attempts_count_and_a_forged_one_is_retried_at_once():
-    policy = _RetryPolicy(2, 10.0)
-    assert policy.pause_after(_Unanswered("", dropped=3)) == 0.0
-    assert 0 <= policy.pause_after(_Unanswered("", dropped=0)) <= 0.05
-    assert policy.pause_after(_Unanswered("", dropped=1)) is None  # the third: retries spent
+    policy = RetryPolicy(2, 10.0)
+    assert policy.pause_after(Unanswered("", dropped=3)) == 0.0
+    assert 0 <= policy.pause_after(Unanswered("", dropped=0)) <= 0.05
+    assert policy.pause_after(Unanswered("", dropped=1)) is None  # the third: retries spent
 
 
 def test_no_worker_and_lost_connections_back_off_and_do_not_use_up_retries():
-    policy = _RetryPolicy(1, 3600.0)
-    pauses = [policy.pause_after(_ConnectionLost("")) for _ in range(10)]
-    pauses += [policy.pause_after(_NoResponders("")) for _ in range(10)]
+    policy = RetryPolicy(1, 3600.0)
+    pauses = [policy.pause_after(ConnectionLost("")) for _ in range(10)]
+    pauses += [policy.pause_after(NoResponders("")) for _ in range(10)]
     assert all(p is not None and 0 < p <= BACKOFF_MAX for p in pauses)
     assert pauses[0] <= 0.05 and pauses[-1] >= BACKOFF_MAX / 2
-    assert policy.pause_after(_Unanswered("", dropped=0)) is not None
+    assert policy.pause_after(Unanswered("", dropped=0)) is not None
 
 
 def test_no_worker_is_waited_for_at_most_one_timeout():
-    assert _RetryPolicy(5, 0.0).pause_after(_NoResponders("")) is None
-    assert _RetryPolicy(5, 0.0).pause_after(_ConnectionLost("")) is not None
+    assert RetryPolicy(5, 0.0).pause_after(NoResponders("")) is None
+    assert RetryPolicy(5, 0.0).pause_after(ConnectionLost("")) is not None

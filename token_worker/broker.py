@@ -53,6 +53,8 @@ class TokenQuery(NamedTuple):
     client_id: str
     client_secret: str
     scope: str
+    auth_method: str | None = None
+    """A named credential's own ``client_secret_post``/``_basic``; None: the worker's."""
 
     def __repr__(self) -> str:
         return f"TokenQuery(client_id={self.client_id!r}, scope={self.scope!r})"
@@ -145,7 +147,7 @@ class TokenBroker:
 
     def _key(self, query: TokenQuery, token_url: str) -> CacheKey:
         return cache_key(token_url, query.client_id, query.client_secret, query.scope,
-                         self._auth_method)
+                         query.auth_method or self._auth_method)
 
     def _join_or_lead(self, key: CacheKey) -> tuple[Future[IssuedToken], bool]:
         with self._lock:
@@ -166,8 +168,13 @@ class TokenBroker:
                   deadline: float | None = None) -> None:
         """The leader's call: its outcome goes to every waiter and, if good, to the cache."""
         try:
-            token = self._idp.fetch_token(query.client_id, query.client_secret, query.scope,
-                                          deadline=deadline)
+            if query.auth_method is None:
+                token = self._idp.fetch_token(query.client_id, query.client_secret,
+                                              query.scope, deadline=deadline)
+            else:
+                token = self._idp.fetch_token(query.client_id, query.client_secret,
+                                              query.scope, deadline=deadline,
+                                              auth_method=query.auth_method)
         except Exception as error:
             self._finish(key, future, error=error)  # every waiter gets the same answer
             if not isinstance(error, IdpError):

@@ -21,6 +21,14 @@ bytes. A plain function from request bytes to reply bytes becomes a handler thro
 and on a miss ask the broker from a pool thread, without a second lookup (so a miss is
 counted once); misses for the same query that arrive before the first is answered share
 its answer.
+
+Named requests (``<namedSubject>.<credential>``, :meth:`TokenHandler.handle_named`) take
+the same path once the credential is looked up (a dict lookup in the
+:class:`~token_worker.credentials.CredentialStore`, no I/O): only the subject names the
+credential, and a ``client_id`` or ``client_secret`` in their body is never read. With
+``credentials.inline`` false, a request on the token subject (which always carries its
+secret) is answered ``inline_secrets_disabled`` without a lookup, an IdP call or a log
+line quoting it.
 """
 
 from __future__ import annotations
@@ -39,6 +47,7 @@ from token_worker import wire
 from token_worker.broker import Answer, TokenBroker, TokenQuery
 from token_worker.cache import TokenCache
 from token_worker.config import Config
+from token_worker.credentials import CredentialStore, InvalidCredentialName, name_from_subject
 from token_worker.errors import IdpError, IdpRefused, IdpTimeout, InvalidRequest
 from token_worker.idp import IdpClient
 from token_worker.logs import RateLimitedLog, request_context
@@ -119,13 +128,34 @@ class BytesHandler(RequestHandler):
         return Reply(self._function(payload))
 
 
+class Asked(NamedTuple):
+    """What one token request asks the broker for, inline or named (a tuple: one is built
+    for every request)."""
+
+    request_id: str
+    client_id: str
+    """For log lines (never the secret)."""
+    query: TokenQuery
+    credential: str | None = None
+    """The named credential, echoed in the reply; None for an inline request."""
+
+
 class TokenHandler(RequestHandler):
-    """The default handler: a client-credentials token through the broker."""
+    """The default handler: a client-credentials token through the broker.
+
+    ``credentials`` serves named requests (:meth:`handle_named`, subjects
+    ``<named_prefix>.<name>``); ``inline_secrets`` False refuses requests that carry their
+    own secret."""
 
     def __init__(self, broker: TokenBroker, *, default_scope: str, max_payload: int,
                  follower_timeout: float = 10.0,
-                 on_close: Callable[[], None] | None = None) -> None:
+                 on_close: Callable[[], None] | None = None,
+                 credentials: CredentialStore | None = None, inline_secrets: bool = True,
+                 named_prefix: str = "token.named") -> None:
         self._broker = broker
+        self._credentials = credentials
+        self._inline_secrets = inline_secrets
+        self._named_prefix = named_prefix
         self._default_scope = default_scope
         self._max_payload = max_payload
         self._follower_timeout = follower_timeout
@@ -136,11 +166,13 @@ class TokenHandler(RequestHandler):
         self._misses_lock = threading.Lock()
         self._warn_invalid = RateLimitedLog(log, logging.WARNING, "invalid request")
         self._warn_not_issued = RateLimitedLog(log, logging.WARNING, "token not issued")
+        self._warn_refused = RateLimitedLog(log, logging.WARNING, "request refused")
 
     @classmethod
-    def from_config(cls, config: Config, metrics: Metrics | None = None) -> TokenHandler:
+    def from_config(cls, config: Config, metrics: Metrics | None = None, *,
+                    credentials: CredentialStore | None = None) -> TokenHandler:
         """Wire IdP client, retry policy, cache and broker as the config says; the handler
-        closes them in :meth:`close`."""
+        closes them in :meth:`close` (``credentials`` stays its owner's)."""
         metrics = NullMetrics() if metrics is None else metrics
         client = IdpClient(config.idp, pool_size=config.workers + 2)
         idp = ResilientIdp(client, config.idp, metrics)
@@ -160,32 +192,72 @@ class TokenHandler(RequestHandler):
 
         return cls(broker, default_scope=config.idp.default_scope,
                    max_payload=config.max_payload,
-                   follower_timeout=config.idp.deadline + 1.0, on_close=close)
+                   follower_timeout=config.idp.deadline + 1.0, on_close=close,
+                   credentials=credentials, inline_secrets=config.credentials.inline,
+                   named_prefix=config.named_subject)
 
     def close(self) -> None:
         """Release the IdP connections and stop background refreshes."""
         if self._on_close is not None:
             self._on_close()
 
-    def handle(self, payload: bytes) -> Reply | Deferred[wire.TokenRequest]:
+    def handle(self, payload: bytes) -> Reply | Deferred[Asked]:
         """Parse once; a bad request or a cache hit is answered now, the rest deferred."""
         try:
             request = wire.TokenRequest.from_bytes(payload, max_size=self._max_payload)
         except InvalidRequest as error:
             return self._invalid(error)
-        if request.skip_cache:
-            return Deferred(self._serve, request, request.request_id)
-        query = self._query(request)
-        answer = self._broker.cached(query)
-        if answer is None:
-            return self._defer_miss(request, query)
-        if log.isEnabledFor(logging.DEBUG):
-            with request_context(request.request_id, request.client_id):
-                log.debug("token served from cache", extra={"expires_in": answer.expires_in})
-        return _token_reply(request, answer)
+        if not self._inline_secrets:
+            return self._refuse(request.request_id, wire.INLINE_SECRETS_DISABLED,
+                                "requests carrying client_secret are disabled on this "
+                                f"worker: ask on {self._named_prefix}.<credential>")
+        asked = Asked(request.request_id, request.client_id, self._query(request))
+        return self._route(asked, request.skip_cache)
 
-    def _defer_miss(self, request: wire.TokenRequest, query: TokenQuery
-                    ) -> Deferred[wire.TokenRequest]:
+    def handle_named(self, subject: str, payload: bytes) -> Reply | Deferred[Asked]:
+        """A request on ``<named_prefix>.<name>``: served with the credential ``name`` from
+        the store (the subject alone decides which); on the reader thread, no I/O."""
+        try:
+            name = name_from_subject(subject, self._named_prefix)
+            request = wire.NamedTokenRequest.from_bytes(payload, max_size=self._max_payload)
+        except InvalidCredentialName as error:
+            request_id = wire.peek_request_id(payload, max_size=self._max_payload)
+            return self._invalid(InvalidRequest(str(error), request_id=request_id))
+        except InvalidRequest as error:
+            return self._invalid(error)
+        credential = self._credentials.get(name) if self._credentials is not None else None
+        if credential is None:
+            return self._refuse(request.request_id, wire.UNKNOWN_CREDENTIAL,
+                                f"no credential named {name!r} on this worker")
+        scope = request.scope
+        if scope is None:
+            scope = self._default_scope if credential.scope is None else credential.scope
+        query = TokenQuery(credential.client_id, credential.client_secret.reveal(), scope,
+                           credential.auth_method)
+        return self._route(Asked(request.request_id, credential.client_id, query, name),
+                           request.skip_cache)
+
+    def _route(self, asked: Asked, skip_cache: bool) -> Reply | Deferred[Asked]:
+        if skip_cache:
+            return Deferred(self._serve, asked, asked.request_id)
+        answer = self._broker.cached(asked.query)
+        if answer is None:
+            return self._defer_miss(asked, asked.query)
+        if log.isEnabledFor(logging.DEBUG):
+            with request_context(asked.request_id, asked.client_id):
+                log.debug("token served from cache", extra={"expires_in": answer.expires_in,
+                                                            "credential": asked.credential})
+        return _token_reply(asked, answer)
+
+    def _refuse(self, request_id: str, error_code: str, error: str) -> Reply:
+        """A request refused before any lookup; logged without its body, at most once a
+        second."""
+        with request_context(request_id):
+            self._warn_refused({"error_code": error_code})
+        return Reply(wire.ErrorReply(request_id, error, error_code).to_bytes(), error_code,
+                     request_id)
+
+    def _defer_miss(self, request: Asked, query: TokenQuery) -> Deferred[Asked]:
         """The first miss for a query leads: its pool thread asks the broker without a
         second lookup. Misses for the same query until it is answered follow it and share
         its answer. (The broker's own single flight only joins fetches under way: a miss
@@ -213,14 +285,13 @@ class TokenHandler(RequestHandler):
         scope = self._default_scope if request.scope is None else request.scope
         return TokenQuery(request.client_id, request.client_secret, scope)
 
-    def _serve(self, request: wire.TokenRequest) -> Reply:
+    def _serve(self, request: Asked) -> Reply:
         """On a pool thread: the cache was looked up already (or skipping it was asked),
         so straight to the broker's single flight, which caches what it gets."""
-        return self._answer(request, lambda: self._broker.fetch(self._query(request),
+        return self._answer(request, lambda: self._broker.fetch(request.query,
                                                                 skip_cache=True))
 
-    def _lead(self, query: TokenQuery, flight: Future[Answer],
-              request: wire.TokenRequest) -> Reply:
+    def _lead(self, query: TokenQuery, flight: Future[Answer], request: Asked) -> Reply:
         def fetch() -> Answer:
             try:
                 answer = self._broker.fetch(query, skip_cache=True)
@@ -231,7 +302,7 @@ class TokenHandler(RequestHandler):
             return answer
         return self._answer(request, fetch)
 
-    def _follow(self, flight: Future[Answer], request: wire.TokenRequest) -> Reply:
+    def _follow(self, flight: Future[Answer], request: Asked) -> Reply:
         def wait() -> Answer:
             try:
                 return flight.result(timeout=self._follower_timeout)
@@ -239,7 +310,7 @@ class TokenHandler(RequestHandler):
                 raise IdpTimeout("waited too long for the identity provider call in flight"
                                  ) from None
             except _LeaderDropped:  # the leader was never served: ask on our own
-                return self._broker.fetch(self._query(request), skip_cache=True)
+                return self._broker.fetch(request.query, skip_cache=True)
         return self._answer(request, wait)
 
     def _land(self, query: TokenQuery, flight: Future[Answer], *,
@@ -259,7 +330,7 @@ class TokenHandler(RequestHandler):
         for themselves."""
         self._land(query, flight, error=_LeaderDropped())
 
-    def _answer(self, request: wire.TokenRequest, get: Callable[[], Answer]) -> Reply:
+    def _answer(self, request: Asked, get: Callable[[], Answer]) -> Reply:
         with request_context(request.request_id, request.client_id):
             started = time.monotonic()
             try:
@@ -271,7 +342,8 @@ class TokenHandler(RequestHandler):
                 return Reply(body, error.error_code, request.request_id, request.client_id)
             log.info("token issued", extra={"idp_ms": _ms_since(started),
                                              "expires_in": answer.expires_in,
-                                             "token_source": answer.source})
+                                             "token_source": answer.source,
+                                             "credential": request.credential})
             return _token_reply(request, answer)
 
     def _log_failure(self, error: IdpError, started: float) -> None:
@@ -287,11 +359,11 @@ class _LeaderDropped(Exception):
     """The first miss of a query was answered without being served."""
 
 
-def _token_reply(request: wire.TokenRequest, answer: Answer) -> Reply:
+def _token_reply(request: Asked, answer: Answer) -> Reply:
     token = answer.token
     body = wire.encode_token_reply(request.request_id, token.access_token, token.token_type,
                                    answer.expires_in, scope=token.scope,
-                                   token_source=answer.source)
+                                   token_source=answer.source, credential=request.credential)
     return Reply(body, "", request.request_id, request.client_id)
 
 

@@ -104,7 +104,8 @@ class ResilientIdp:
         return self._hold_until > time.monotonic() or self.circuit_open
 
     def fetch_token(self, client_id: str, client_secret: str, scope: str, *,
-                    deadline: float | None = None) -> IssuedToken:
+                    deadline: float | None = None,
+                    auth_method: str | None = None) -> IssuedToken:
         """Fetch a token, retrying transient failures until ``idp.deadline`` or the caller's
         ``deadline`` (a ``time.monotonic()`` value), whichever comes first."""
         started = time.monotonic()
@@ -122,7 +123,8 @@ class ResilientIdp:
                                  "deadline", reason="deadline reached before the call")
             try:
                 token: IssuedToken = self._breaker.call(
-                    self._call, client_id, client_secret, scope, min(self._config.timeout, left))
+                    self._call, client_id, client_secret, scope, min(self._config.timeout, left),
+                    auth_method)
             except IdpError as error:
                 failures.append(error)
                 self._after_failure(error, failures, started, end)
@@ -191,13 +193,17 @@ class ResilientIdp:
                                f"{time.monotonic() - started:.1f} s{ended}")
         return chosen
 
-    def _call(self, client_id: str, client_secret: str, scope: str, timeout: float
-              ) -> IssuedToken:
+    def _call(self, client_id: str, client_secret: str, scope: str, timeout: float,
+              auth_method: str | None = None) -> IssuedToken:
         self.calls += 1
         started = time.monotonic()
         outcome = "ok"
         try:
-            return self._client.fetch_token(client_id, client_secret, scope, timeout=timeout)
+            if auth_method is None:  # stand-in clients in tests take no auth_method
+                return self._client.fetch_token(client_id, client_secret, scope,
+                                                timeout=timeout)
+            return self._client.fetch_token(client_id, client_secret, scope, timeout=timeout,
+                                            auth_method=auth_method)
         except IdpError as error:
             outcome = outcome_label(error.error_code)
             raise

@@ -6,6 +6,10 @@ the replicas, each with its own id, its version, the endpoint's subject and queu
 and its request, error and processing-time numbers. These subscriptions are plain (not
 queue) subscriptions: every instance answers. The bodies are :mod:`token_worker.wire`
 types.
+
+A worker with named credentials lists two endpoints: ``token`` (the token subject) and
+``named`` (``token.named.*``, same queue group). Each endpoint counts its replies in a
+:class:`Tally` of its own (Prometheus has the totals, by outcome).
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import secrets
 import string
+import threading
 from collections.abc import Callable
 from datetime import datetime, timezone
 from typing import Any, Protocol
@@ -31,6 +36,7 @@ from token_worker.wire import (
 
 SERVICE_NAME = "token-worker"
 ENDPOINT_NAME = "token"
+NAMED_ENDPOINT_NAME = "named"
 DESCRIPTION = "OAuth2 client-credentials tokens over NATS request-reply"
 _ID_ALPHABET = string.ascii_uppercase + string.digits
 
@@ -49,16 +55,53 @@ def new_instance_id() -> str:
     return "".join(secrets.choice(_ID_ALPHABET) for _ in range(22))
 
 
+class Tally:
+    """One endpoint's numbers for ``$SRV.STATS`` (replies, errors, time)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.requests = 0
+        self.errors = 0
+        self.nanoseconds = 0
+        self.last_error = ""
+
+    def count(self, error_code: str, seconds: float) -> None:
+        """One reply sent (from the reader or a pool thread)."""
+        with self._lock:
+            self.requests += 1
+            self.nanoseconds += int(seconds * 1e9)
+            if error_code:
+                self.errors += 1
+                self.last_error = error_code
+
+    def stats(self, endpoint: Endpoint) -> EndpointStats:
+        with self._lock:
+            average = self.nanoseconds // self.requests if self.requests else 0
+            return EndpointStats(endpoint, self.requests, self.errors, self.last_error,
+                                 self.nanoseconds, average)
+
+
 class ServiceResponder:
-    """Answers the services API for one worker instance."""
+    """Answers the services API for one worker instance.
+
+    ``named_subject`` (``token.named.*``), when given, is listed as a second endpoint in the
+    same queue group. The worker reports every reply through :meth:`count`."""
 
     def __init__(self, connection: Bus, *, version: str, subject: str, queue: str,
-                 metrics: Metrics, metadata: dict[str, str]) -> None:
+                 metrics: Metrics, metadata: dict[str, str],
+                 named_subject: str | None = None) -> None:
         self._connection = connection
         self._metrics = metrics
         self.instance_id = new_instance_id()
         self._identity = ServiceIdentity(SERVICE_NAME, self.instance_id, version, metadata)
         self._endpoint = Endpoint(ENDPOINT_NAME, subject, queue)
+        self._named = (Endpoint(NAMED_ENDPOINT_NAME, named_subject, queue)
+                       if named_subject is not None else None)
+        self._tallies = {False: Tally(), True: Tally()}
+
+    def count(self, named: bool, error_code: str, seconds: float) -> None:
+        """One reply sent on the token endpoint, or (``named``) on the named one."""
+        self._tallies[named].count(error_code, seconds)
 
     def start(self) -> None:
         """Subscribe to the nine discovery subjects."""
@@ -81,14 +124,13 @@ class ServiceResponder:
         return PingResponse(self._identity).to_bytes()
 
     def _info(self) -> bytes:
-        return InfoResponse(self._identity, DESCRIPTION, (self._endpoint,)).to_bytes()
+        endpoints = (self._endpoint,) if self._named is None else (self._endpoint, self._named)
+        return InfoResponse(self._identity, DESCRIPTION, endpoints).to_bytes()
 
     def _stats(self) -> bytes:
         started = datetime.fromtimestamp(self._metrics.started, timezone.utc)
-        numbers = self._metrics.endpoint_stats()
-        stats = EndpointStats(self._endpoint, int(numbers["num_requests"]),
-                              int(numbers["num_errors"]), str(numbers["last_error"]),
-                              int(numbers["processing_time"]),
-                              int(numbers["average_processing_time"]))
+        stats = [self._tallies[False].stats(self._endpoint)]
+        if self._named is not None:
+            stats.append(self._tallies[True].stats(self._named))
         return StatsResponse(self._identity, started.isoformat().replace("+00:00", "Z"),
-                             (stats,)).to_bytes()
+                             tuple(stats)).to_bytes()

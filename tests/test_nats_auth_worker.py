@@ -1,0 +1,121 @@
+"""The worker and the requester on NATS servers secured with NKeys and JWTs, as a new user
+runs them: only ``NATS_CREDS`` on an operator-mode server, only ``NATS_NKEY`` on an NKey
+users server (over ``tls://`` too, and again after the server restarts), and untrusted
+credentials that make ``bin/token-worker`` give up with the server's reason and exit 3.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from pathlib import Path
+
+from tests.conftest import DEMO, make_config, remember_secret
+from tests.helpers import WorkerProcess, tls_certificates, wait_until
+from tests.nats_jwt import OperatorMode, creds_text, new_account, new_user, user_jwt
+from tests.servers import IdpServer, NatsServer
+from token_worker.client import TokenClient
+from token_worker.config import NatsConfig, TlsConfig
+from token_worker.worker import TokenWorker
+
+EXIT_NATS_GAVE_UP = 3
+
+
+def requester_config(url: str, **auth: object) -> NatsConfig:
+    return NatsConfig(urls=(url,), reconnect_wait=0.2, max_reconnect=-1, **auth)  # type: ignore[arg-type]
+
+
+def only(nats_url: str, idp: IdpServer, **nats: object) -> object:
+    """A worker config whose only NATS authentication is ``nats`` (no user, no token)."""
+    config = make_config(nats_url, idp.url)
+    return dataclasses.replace(config, nats=dataclasses.replace(config.nats, **nats))
+
+
+def test_a_worker_with_only_nats_creds_serves_on_an_operator_mode_server(
+        tmp_path: Path, idp: IdpServer, start_worker: Callable[..., TokenWorker]) -> None:
+    mode = OperatorMode()
+    server = NatsServer(mode.server_config()).start()
+    try:
+        worker_creds, worker_user = mode.user_creds(tmp_path, "token-worker")
+        client_creds, client_user = mode.user_creds(tmp_path, "orders")
+        remember_secret(worker_user.seed, client_user.seed)
+        worker = start_worker(only(server.url, idp, creds_file=str(worker_creds)))
+        assert worker.is_ready
+        with TokenClient(requester_config(server.url, creds_file=str(client_creds))) as client:
+            token = client.get_token(*DEMO)
+            remember_secret(token.access_token)
+        assert token.access_token
+        names = server.client_names()
+        assert any(name.startswith("Token Worker") for name in names)
+    finally:
+        server.cleanup()
+
+
+def test_a_worker_with_only_nats_nkey_serves_over_tls_and_signs_again_on_reconnect(
+        tmp_path: Path, idp: IdpServer, start_worker: Callable[..., TokenWorker]) -> None:
+    certificates = tls_certificates(tmp_path)
+    worker_user, client_user = new_user(), new_user()
+    remember_secret(worker_user.seed, client_user.seed)
+    (tmp_path / "worker.nk").write_text(worker_user.seed + "\n")
+    (tmp_path / "client.nk").write_text(client_user.seed + "\n")
+    server = NatsServer(
+        f'tls {{ cert_file: "{certificates / "server.pem"}", '
+        f'key_file: "{certificates / "server.key"}" }}\n'
+        f'authorization {{ users = [ {{ nkey: "{worker_user.public}" }}, '
+        f'{{ nkey: "{client_user.public}" }} ] }}\n').start()
+    try:
+        url = f"tls://127.0.0.1:{server.port}"
+        tls = TlsConfig(ca_file=str(certificates / "ca.pem"))
+        worker = start_worker(only(url, idp, nkey_file=str(tmp_path / "worker.nk"), tls=tls))
+        with TokenClient(requester_config(url, nkey_file=str(tmp_path / "client.nk"),
+                                          tls=tls)) as client:
+            remember_secret(client.get_token(*DEMO, skip_cache=True).access_token)
+            server.restart()  # a new nonce: both sides must sign again
+            wait_until(lambda: worker.is_ready and worker.reconnects >= 1, 15,
+                       "the worker to reconnect with its NKey")
+            remember_secret(client.get_token(*DEMO, skip_cache=True).access_token)
+    finally:
+        server.cleanup()
+
+
+def test_untrusted_credentials_exit_3_within_max_reconnect_with_the_servers_reason(
+        tmp_path: Path) -> None:
+    mode = OperatorMode()
+    server = NatsServer(mode.server_config()).start()
+    try:
+        stranger = new_user()
+        remember_secret(stranger.seed)
+        creds = tmp_path / "untrusted.creds"
+        creds.write_text(creds_text(user_jwt(stranger, new_account()), stranger.seed))
+        process = WorkerProcess(env={"NATS_URL": server.url, "NATS_CREDS": str(creds),
+                                     "MAX_RECONNECT": "3", "RECONNECT_WAIT": "0.1",
+                                     "IDP_URL": "http://127.0.0.1:9"})
+        try:
+            assert process.finish(timeout=30) == EXIT_NATS_GAVE_UP
+        finally:
+            process.stop()
+        text = "\n".join(process.lines)
+        assert "Authorization Violation" in text
+        retried = [record for record in process.records()
+                   if record.get("message") == "nats connect round failed, retrying"]
+        assert len(retried) == 2  # three rounds (MAX_RECONNECT), retried twice
+        assert all("Authorization Violation" in record["error"] for record in retried)
+        assert stranger.seed not in text and stranger.seed[:16] not in text
+    finally:
+        server.cleanup()
+
+
+def test_a_malformed_creds_file_exits_2_naming_the_setting_and_source(tmp_path: Path) -> None:
+    stranger = new_user()
+    remember_secret(stranger.seed)
+    creds = tmp_path / "broken.creds"
+    creds.write_text(f"-----BEGIN USER NKEY SEED-----\n{stranger.seed}\n"
+                     "------END USER NKEY SEED------\n")
+    process = WorkerProcess(env={"NATS_CREDS": str(creds)})
+    try:
+        assert process.finish(timeout=30) == 2
+    finally:
+        process.stop()
+    text = "\n".join(process.lines)
+    assert "nats.credsFile" in text and "env NATS_CREDS" in text
+    assert stranger.seed not in text and stranger.seed[:16] not in text

@@ -7,15 +7,20 @@ credentials that make ``bin/token-worker`` give up with the server's reason and 
 from __future__ import annotations
 
 import dataclasses
+import json
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
+
 from tests.conftest import DEMO, make_config, remember_secret
 from tests.helpers import WorkerProcess, tls_certificates, wait_until
+from tests.kubelet_volume import KubeletVolume, credential_files
 from tests.nats_jwt import OperatorMode, creds_text, new_account, new_user, user_jwt
 from tests.servers import IdpServer, NatsServer
+from token_worker.cli import request_main
 from token_worker.client import TokenClient
-from token_worker.config import NatsConfig, TlsConfig
+from token_worker.config import Config, CredentialsConfig, NatsConfig, TlsConfig
 from token_worker.worker import TokenWorker
 
 EXIT_NATS_GAVE_UP = 3
@@ -25,7 +30,7 @@ def requester_config(url: str, **auth: object) -> NatsConfig:
     return NatsConfig(urls=(url,), reconnect_wait=0.2, max_reconnect=-1, **auth)  # type: ignore[arg-type]
 
 
-def only(nats_url: str, idp: IdpServer, **nats: object) -> object:
+def only(nats_url: str, idp: IdpServer, **nats: object) -> Config:
     """A worker config whose only NATS authentication is ``nats`` (no user, no token)."""
     config = make_config(nats_url, idp.url)
     return dataclasses.replace(config, nats=dataclasses.replace(config.nats, **nats))
@@ -119,3 +124,38 @@ def test_a_malformed_creds_file_exits_2_naming_the_setting_and_source(tmp_path: 
     text = "\n".join(process.lines)
     assert "nats.credsFile" in text and "env NATS_CREDS" in text
     assert stranger.seed not in text and stranger.seed[:16] not in text
+
+
+def test_token_request_signs_with_creds_and_asks_for_a_named_credential(
+        tmp_path: Path, idp: IdpServer, start_worker: Callable[..., TokenWorker],
+        capsys: pytest.CaptureFixture[str]) -> None:
+    mode = OperatorMode()
+    server = NatsServer(mode.server_config()).start()
+    try:
+        worker_creds, worker_user = mode.user_creds(tmp_path, "token-worker")
+        orders_creds, orders_user = mode.user_creds(tmp_path, "orders")
+        remember_secret(worker_user.seed, orders_user.seed)
+        volume = KubeletVolume(tmp_path / "credentials")
+        volume.write(credential_files("orders", *DEMO))
+        config = only(server.url, idp, creds_file=str(worker_creds))
+        start_worker(dataclasses.replace(
+            config, credentials=CredentialsConfig(directory=str(volume.root))))
+        code = request_main(["--nats-url", server.url, "--credential", "orders",
+                             "--creds", str(orders_creds), "--inbox-prefix", "_INBOX.orders"])
+        printed = capsys.readouterr()
+        assert code == 0, printed.err
+        reply = json.loads(printed.out)
+        assert reply["credential"] == "orders" and reply["access_token"].endswith("…")
+    finally:
+        server.cleanup()
+
+
+def test_token_request_refuses_a_malformed_nkey_file_with_exit_2(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    seed = new_user().seed
+    remember_secret(seed)
+    path = tmp_path / "broken.nk"
+    path.write_text(seed[:-4] + "AAAA\n")
+    assert request_main(["--credential", "orders", "--nkey", str(path)]) == 2
+    error = capsys.readouterr().err
+    assert "nats.nkeyFile" in error and "flag --nkey" in error and seed[:16] not in error

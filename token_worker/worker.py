@@ -589,14 +589,26 @@ class _Warnings:
 
 def _credential_store(config: Config) -> CredentialStore | None:
     """The named credentials of ``credentials.dir`` (read now, reloaded from start), or
-    None without one."""
+    None without one. Every secret it reads is also handed to the log redaction, so that
+    not even a mistake elsewhere could print one."""
     directory = config.credentials.directory
     if directory is None:
         return None
+    made: list[CredentialStore] = []
+
+    def redact(_event: str, name: str) -> None:
+        credential = made[0].get(name) if made else None
+        if credential is not None:
+            redact_secrets([credential.client_secret.reveal()])
+
     try:
-        return CredentialStore(directory, start=False)
+        store = CredentialStore(directory, start=False, on_change=redact)
     except CredentialsDirError as error:
         raise ConfigError("credentials.dir", f"directory {directory}", error.problem) from None
+    made.append(store)
+    for name in store.names():
+        redact("added", name)
+    return store
 
 
 def _error(request_id: str, error_code: str, error: str, *, client_id: str = "") -> Reply:

@@ -83,15 +83,20 @@ def test_a_worker_with_only_nats_nkey_serves_over_tls_and_signs_again_on_reconne
         server.cleanup()
 
 
-def test_untrusted_credentials_exit_3_within_max_reconnect_with_the_servers_reason(
-        tmp_path: Path) -> None:
+@pytest.mark.parametrize("how", ["untrusted", "revoked"])
+def test_untrusted_or_revoked_credentials_exit_3_within_max_reconnect_with_the_reason(
+        tmp_path: Path, how: str) -> None:
     mode = OperatorMode()
-    server = NatsServer(mode.server_config()).start()
-    try:
-        stranger = new_user()
-        remember_secret(stranger.seed)
-        creds = tmp_path / "untrusted.creds"
+    stranger = new_user()
+    remember_secret(stranger.seed)
+    creds = tmp_path / f"{how}.creds"
+    if how == "untrusted":  # signed by an account the operator never signed
         creds.write_text(creds_text(user_jwt(stranger, new_account()), stranger.seed))
+        server = NatsServer(mode.server_config()).start()
+    else:  # a user of the trusted account, revoked in the account's JWT
+        creds.write_text(creds_text(user_jwt(stranger, mode.account), stranger.seed))
+        server = NatsServer(mode.server_config(revoked=(stranger.public,))).start()
+    try:
         process = WorkerProcess(env={"NATS_URL": server.url, "NATS_CREDS": str(creds),
                                      "MAX_RECONNECT": "3", "RECONNECT_WAIT": "0.1",
                                      "IDP_URL": "http://127.0.0.1:9"})

@@ -43,7 +43,7 @@ from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Any, Generic, NamedTuple, TypeVar
 
-from token_worker import wire
+from token_worker import defaults, wire
 from token_worker.broker import Answer, TokenBroker, TokenQuery
 from token_worker.cache import TokenCache
 from token_worker.config import Config
@@ -151,7 +151,7 @@ class TokenHandler(RequestHandler):
                  follower_timeout: float = 10.0,
                  on_close: Callable[[], None] | None = None,
                  credentials: CredentialStore | None = None, inline_secrets: bool = True,
-                 named_prefix: str = "token.named") -> None:
+                 named_prefix: str = defaults.NAMED_SUBJECT) -> None:
         self._broker = broker
         self._credentials = credentials
         self._inline_secrets = inline_secrets

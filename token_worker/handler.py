@@ -211,8 +211,18 @@ class TokenHandler(RequestHandler):
             return self._refuse(request.request_id, wire.INLINE_SECRETS_DISABLED,
                                 "requests carrying client_secret are disabled on this "
                                 f"worker: ask on {self._named_prefix}.<credential>")
-        asked = Asked(request.request_id, request.client_id, self._query(request))
-        return self._route(asked, request.skip_cache)
+        # _route's steps, inlined: this is the hottest path (one call less per request).
+        query = self._query(request)
+        if request.skip_cache:
+            return Deferred(self._serve, Asked(request.request_id, request.client_id, query),
+                            request.request_id)
+        answer = self._broker.cached(query)
+        if answer is None:
+            return self._defer_miss(Asked(request.request_id, request.client_id, query), query)
+        if log.isEnabledFor(logging.DEBUG):
+            with request_context(request.request_id, request.client_id):
+                log.debug("token served from cache", extra={"expires_in": answer.expires_in})
+        return _token_reply(request.request_id, request.client_id, None, answer)
 
     def handle_named(self, subject: str, payload: bytes) -> Reply | Deferred[Asked]:
         """A request on ``<named_prefix>.<name>``: served with the credential ``name`` from
@@ -234,20 +244,24 @@ class TokenHandler(RequestHandler):
             scope = self._default_scope if credential.scope is None else credential.scope
         query = TokenQuery(credential.client_id, credential.client_secret.reveal(), scope,
                            credential.auth_method)
-        return self._route(Asked(request.request_id, credential.client_id, query, name),
+        return self._route(request.request_id, credential.client_id, query, name,
                            request.skip_cache)
 
-    def _route(self, asked: Asked, skip_cache: bool) -> Reply | Deferred[Asked]:
+    def _route(self, request_id: str, client_id: str, query: TokenQuery,
+               credential: str | None, skip_cache: bool) -> Reply | Deferred[Asked]:
+        """A cache hit is answered now; the rest is deferred (an :class:`Asked` is built
+        only then: hits are the hot path)."""
         if skip_cache:
-            return Deferred(self._serve, asked, asked.request_id)
-        answer = self._broker.cached(asked.query)
+            return Deferred(self._serve, Asked(request_id, client_id, query, credential),
+                            request_id)
+        answer = self._broker.cached(query)
         if answer is None:
-            return self._defer_miss(asked, asked.query)
+            return self._defer_miss(Asked(request_id, client_id, query, credential), query)
         if log.isEnabledFor(logging.DEBUG):
-            with request_context(asked.request_id, asked.client_id):
+            with request_context(request_id, client_id):
                 log.debug("token served from cache", extra={"expires_in": answer.expires_in,
-                                                            "credential": asked.credential})
-        return _token_reply(asked, answer)
+                                                            "credential": credential})
+        return _token_reply(request_id, client_id, credential, answer)
 
     def _refuse(self, request_id: str, error_code: str, error: str) -> Reply:
         """A request refused before any lookup; logged without its body, at most once a
@@ -344,7 +358,8 @@ class TokenHandler(RequestHandler):
                                              "expires_in": answer.expires_in,
                                              "token_source": answer.source,
                                              "credential": request.credential})
-            return _token_reply(request, answer)
+            return _token_reply(request.request_id, request.client_id, request.credential,
+                                answer)
 
     def _log_failure(self, error: IdpError, started: float) -> None:
         details = {"error_code": error.error_code, "error": str(error),
@@ -359,12 +374,13 @@ class _LeaderDropped(Exception):
     """The first miss of a query was answered without being served."""
 
 
-def _token_reply(request: Asked, answer: Answer) -> Reply:
+def _token_reply(request_id: str, client_id: str, credential: str | None,
+                 answer: Answer) -> Reply:
     token = answer.token
-    body = wire.encode_token_reply(request.request_id, token.access_token, token.token_type,
+    body = wire.encode_token_reply(request_id, token.access_token, token.token_type,
                                    answer.expires_in, scope=token.scope,
-                                   token_source=answer.source, credential=request.credential)
-    return Reply(body, "", request.request_id, request.client_id)
+                                   token_source=answer.source, credential=credential)
+    return Reply(body, "", request_id, client_id)
 
 
 def _ms_since(started: float) -> float:

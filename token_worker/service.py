@@ -8,8 +8,10 @@ queue) subscriptions: every instance answers. The bodies are :mod:`token_worker.
 types.
 
 A worker with named credentials lists two endpoints: ``token`` (the token subject) and
-``named`` (``token.named.*``, same queue group). Each endpoint counts its replies in a
-:class:`Tally` of its own (Prometheus has the totals, by outcome).
+``named`` (``token.named.*``, same queue group). The named endpoint counts its replies in a
+:class:`Tally`; the token endpoint's numbers are the worker's totals (the Prometheus
+counters, as without named credentials) minus the named ones, so the inline hot path pays
+nothing for the split.
 """
 
 from __future__ import annotations
@@ -85,7 +87,8 @@ class ServiceResponder:
     """Answers the services API for one worker instance.
 
     ``named_subject`` (``token.named.*``), when given, is listed as a second endpoint in the
-    same queue group. The worker reports every reply through :meth:`count`."""
+    same queue group. The worker reports each named reply through :meth:`count_named` and
+    each inline error through :meth:`inline_error`."""
 
     def __init__(self, connection: Bus, *, version: str, subject: str, queue: str,
                  metrics: Metrics, metadata: dict[str, str],
@@ -97,11 +100,16 @@ class ServiceResponder:
         self._endpoint = Endpoint(ENDPOINT_NAME, subject, queue)
         self._named = (Endpoint(NAMED_ENDPOINT_NAME, named_subject, queue)
                        if named_subject is not None else None)
-        self._tallies = {False: Tally(), True: Tally()}
+        self._named_tally = Tally()
+        self._last_inline_error = ""
 
-    def count(self, named: bool, error_code: str, seconds: float) -> None:
-        """One reply sent on the token endpoint, or (``named``) on the named one."""
-        self._tallies[named].count(error_code, seconds)
+    def count_named(self, error_code: str, seconds: float) -> None:
+        """One reply sent on the named endpoint."""
+        self._named_tally.count(error_code, seconds)
+
+    def inline_error(self, error_code: str) -> None:
+        """An error reply sent on the token endpoint (for its ``last_error``)."""
+        self._last_inline_error = error_code
 
     def start(self) -> None:
         """Subscribe to the nine discovery subjects."""
@@ -129,8 +137,20 @@ class ServiceResponder:
 
     def _stats(self) -> bytes:
         started = datetime.fromtimestamp(self._metrics.started, timezone.utc)
-        stats = [self._tallies[False].stats(self._endpoint)]
-        if self._named is not None:
-            stats.append(self._tallies[True].stats(self._named))
+        totals = self._metrics.endpoint_stats()
+        if self._named is None:
+            stats: tuple[EndpointStats, ...] = (EndpointStats(
+                self._endpoint, int(totals["num_requests"]), int(totals["num_errors"]),
+                str(totals["last_error"]), int(totals["processing_time"]),
+                int(totals["average_processing_time"])),)
+        else:
+            named = self._named_tally.stats(self._named)
+            requests = max(0, int(totals["num_requests"]) - named.num_requests)
+            nanoseconds = max(0, int(totals["processing_time"]) - named.processing_time)
+            inline = EndpointStats(
+                self._endpoint, requests,
+                max(0, int(totals["num_errors"]) - named.num_errors), self._last_inline_error,
+                nanoseconds, nanoseconds // requests if requests else 0)
+            stats = (inline, named)
         return StatsResponse(self._identity, started.isoformat().replace("+00:00", "Z"),
-                             tuple(stats)).to_bytes()
+                             stats).to_bytes()

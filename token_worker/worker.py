@@ -346,31 +346,42 @@ class TokenWorker:
 
     def _on_message(self, message: Message) -> None:
         """Runs on the reader thread: answer what needs no I/O at once (the connection
-        sends all replies of one read together); hand the rest to the pool, never block."""
-        self._dispatch(message, False)
-
-    def _on_named_message(self, message: Message) -> None:
-        """A request on ``<namedSubject>.<credential>``, on the reader thread."""
-        self._dispatch(message, True)
-
-    def _dispatch(self, message: Message, named: bool) -> None:
+        sends all replies of one read together); hand the rest to the pool, never block.
+        (Kept apart from :meth:`_on_named_message`, line for line, because it is the
+        hottest path: one call less per request.)"""
         received = time.perf_counter()
         if not message.reply:
             self._warn.no_reply({"subject": message.subject, "bytes": len(message.payload)})
             return
         try:
-            if named and self._token_handler is not None:
-                outcome = self._token_handler.handle_named(message.subject, message.payload)
-            else:
-                outcome = self._handle(message.payload)
+            outcome = self._handle(message.payload)
         except Exception:
             self._send_reply(message.reply, self._internal_error(message.payload, None),
-                             received, named)
+                             received)
             return
         if isinstance(outcome, Reply):
-            self._send_reply(message.reply, outcome, received, named)
-        elif not self._pool.try_submit(_Job(message, outcome, received, named)):
-            self._reject(message, outcome, received, named)
+            self._send_reply(message.reply, outcome, received)
+        elif not self._pool.try_submit(_Job(message, outcome, received)):
+            self._reject(message, outcome, received)
+
+    def _on_named_message(self, message: Message) -> None:
+        """A request on ``<namedSubject>.<credential>``, on the reader thread: as
+        :meth:`_on_message`, through the handler's named path."""
+        received = time.perf_counter()
+        handler = self._token_handler
+        if not message.reply or handler is None:
+            self._warn.no_reply({"subject": message.subject, "bytes": len(message.payload)})
+            return
+        try:
+            outcome = handler.handle_named(message.subject, message.payload)
+        except Exception:
+            self._send_reply(message.reply, self._internal_error(message.payload, None),
+                             received, True)
+            return
+        if isinstance(outcome, Reply):
+            self._send_reply(message.reply, outcome, received, True)
+        elif not self._pool.try_submit(_Job(message, outcome, received, True)):
+            self._reject(message, outcome, received, True)
 
     def _serve(self, job: _Job) -> None:
         """Runs on a pool thread."""
@@ -417,7 +428,10 @@ class TokenWorker:
             reply = self._too_large(reply, len(reply.body), limit)
         seconds = time.perf_counter() - received
         self.metrics.count_reply(reply.error_code, seconds)
-        self._service.count(named, reply.error_code, seconds)
+        if named:
+            self._service.count_named(reply.error_code, seconds)
+        elif reply.error_code:
+            self._service.inline_error(reply.error_code)
         try:
             self._connection.publish(subject, reply.body)
         except PayloadTooLarge as error:  # the server's limit changed under us

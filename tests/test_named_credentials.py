@@ -19,6 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
+from nats.errors import NoRespondersError
 
 from tests.conftest import make_config, remember_secret, report_figure
 from tests.helpers import wait_until
@@ -291,3 +292,22 @@ def test_with_the_shipped_authorization_orders_gets_its_token_and_not_billings(
     assert took < 3.0
     report_figure(f"shipped authorization: orders asking for billing refused by the server, "
                   f"the requester failed after {took:.2f} s ({refused.value.error_code})")
+
+
+def test_nothing_in_a_named_request_makes_the_worker_use_another_credential(
+        named_idp: IdpServer, nats_server: NatsServer,
+        start_worker: Callable[..., TokenWorker], requester_factory, tmp_path: Path) -> None:
+    directory = tmp_path / "credentials"
+    volume_with(directory, orders=ORDERS, billing=BILLING)
+    start_worker(named_config(nats_server.url, named_idp, directory))
+    requester = requester_factory(nats_server.url)
+    forged = {"request_id": "f", "client_id": BILLING[0], "client_secret": BILLING[1],
+              "credential": "billing", "skip_cache": True}
+    reply = requester.request(forged, subject="token.named.orders")
+    assert reply["credential"] == "orders"
+    assert client_of(named_idp, reply["access_token"]) == ORDERS[0]
+    for subject in ("token.named.*", "token.named.>"):  # literal wildcards reach the worker
+        refused = requester.request({"request_id": "w"}, subject=subject)
+        assert refused["error_code"] == wire.INVALID_REQUEST and "access_token" not in refused
+    with pytest.raises(NoRespondersError):  # one token only: nobody serves a deeper subject
+        requester.request({"request_id": "d"}, subject="token.named.orders.billing")

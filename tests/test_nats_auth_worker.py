@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import DEMO, make_config, remember_secret
+from tests.conftest import BASIC, DEMO, make_config, remember_secret
 from tests.helpers import WorkerProcess, tls_certificates, wait_until
 from tests.kubelet_volume import KubeletVolume, credential_files
 from tests.nats_jwt import OperatorMode, creds_text, new_account, new_user, user_jwt
@@ -21,6 +21,7 @@ from tests.servers import IdpServer, NatsServer
 from token_worker.cli import request_main
 from token_worker.client import TokenClient
 from token_worker.config import Config, CredentialsConfig, NatsConfig, TlsConfig
+from token_worker.errors import TokenRequestFailed
 from token_worker.worker import TokenWorker
 
 EXIT_NATS_GAVE_UP = 3
@@ -164,3 +165,58 @@ def test_token_request_refuses_a_malformed_nkey_file_with_exit_2(
     assert request_main(["--credential", "orders", "--nkey", str(path)]) == 2
     error = capsys.readouterr().err
     assert "nats.nkeyFile" in error and "flag --nkey" in error and seed[:16] not in error
+
+
+def test_operator_mode_permissions_with_a_real_worker_refuse_another_services_credential(
+        tmp_path: Path, idp: IdpServer, start_worker: Callable[..., TokenWorker]) -> None:
+    """The operator-mode variant of deploy/nats/authorization.conf (operator-mode.md): the
+    roles as user JWT permissions, a real worker holding two credentials (one of them
+    client_secret_basic), and a requester per service."""
+    mode = OperatorMode()
+    server = NatsServer(mode.server_config()).start()
+    try:
+        worker_creds, worker_user = mode.user_creds(
+            tmp_path, "token-worker",
+            sub={"allow": ["token.request", "token.named.*", "$SRV.>"]}, resp={"max": 1})
+        orders_creds, orders_user = mode.user_creds(
+            tmp_path, "orders", pub={"allow": ["token.named.orders"]},
+            sub={"allow": ["_INBOX.orders.>"]})
+        remember_secret(worker_user.seed, orders_user.seed)
+        volume = KubeletVolume(tmp_path / "credentials")
+        volume.write({**credential_files("orders", *DEMO),
+                      **credential_files("billing", *BASIC,
+                                         auth_method="client_secret_basic")})
+        config = only(server.url, idp, creds_file=str(worker_creds))
+        start_worker(dataclasses.replace(
+            config, credentials=CredentialsConfig(directory=str(volume.root))))
+        orders = requester_config(server.url, creds_file=str(orders_creds))
+        with TokenClient(orders, inbox_prefix="_INBOX.orders", cache=False, timeout=1.0,
+                         retries=0) as client:
+            token = client.get_token(credential="orders")
+            remember_secret(token.access_token)
+            assert idp.introspect(token.access_token, *DEMO)["client_id"] == DEMO[0]
+            with pytest.raises(TokenRequestFailed) as refused:
+                client.get_token(credential="billing")
+        assert refused.value.error_code in ("no_worker", "request_timed_out")
+    finally:
+        server.cleanup()
+
+
+def test_a_credential_with_its_own_auth_method_gets_its_token(
+        tmp_path: Path, idp: IdpServer, start_worker: Callable[..., TokenWorker]) -> None:
+    """client_secret_basic from the credential's auth_method file, end to end against the
+    real IdP, while idp.authMethod stays client_secret_post (which header the IdP client
+    sends is checked in tests/unit/test_named_handler.py)."""
+    volume = KubeletVolume(tmp_path / "credentials")
+    volume.write(credential_files("billing", *BASIC, auth_method="client_secret_basic"))
+    server = NatsServer().start()
+    try:
+        config = make_config(server.url, idp.url)
+        start_worker(dataclasses.replace(
+            config, credentials=CredentialsConfig(directory=str(volume.root))))
+        with TokenClient(server.url, cache=False) as client:
+            token = client.get_token(credential="billing")
+        remember_secret(token.access_token)
+        assert idp.introspect(token.access_token, *BASIC)["client_id"] == BASIC[0]
+    finally:
+        server.cleanup()

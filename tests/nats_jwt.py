@@ -73,10 +73,15 @@ def operator_jwt(operator: Identity, name: str = "test-operator") -> str:
                        "nats": {"type": "operator", "version": 2}}, operator)
 
 
-def account_jwt(account: Identity, operator: Identity, name: str = "TOKENS") -> str:
-    return encode_jwt({"sub": account.public, "name": name,
-                       "nats": {"limits": NO_LIMITS, "default_permissions": {"pub": {}, "sub": {}},
-                                "type": "account", "version": 2}}, operator)
+def account_jwt(account: Identity, operator: Identity, name: str = "TOKENS", *,
+                revoked: tuple[str, ...] = ()) -> str:
+    """``revoked``: public keys of users whose JWTs issued until now (and a minute on) the
+    server must refuse, as ``nsc revocations add-user`` records them."""
+    nats: dict[str, Any] = {"limits": NO_LIMITS, "default_permissions": {"pub": {}, "sub": {}},
+                            "type": "account", "version": 2}
+    if revoked:
+        nats["revocations"] = {user: int(time.time()) + 60 for user in revoked}
+    return encode_jwt({"sub": account.public, "name": name, "nats": nats}, operator)
 
 
 def user_jwt(user: Identity, account: Identity, name: str = "user", *,
@@ -117,12 +122,12 @@ class OperatorMode:
     operator: Identity = field(default_factory=new_operator)
     account: Identity = field(default_factory=new_account)
 
-    def server_config(self) -> str:
+    def server_config(self, *, revoked: tuple[str, ...] = ()) -> str:
         """Operator mode with the in-memory resolver: no nsc, no account server."""
+        account = account_jwt(self.account, self.operator, revoked=revoked)
         return (f"operator: {operator_jwt(self.operator)}\n"
                 "resolver: MEMORY\n"
-                f"resolver_preload: {{\n  {self.account.public}: "
-                f"{account_jwt(self.account, self.operator)}\n}}\n")
+                f"resolver_preload: {{\n  {self.account.public}: {account}\n}}\n")
 
     def user_creds(self, directory: Path, name: str, **permissions: Any) -> tuple[Path, Identity]:
         """Write ``<directory>/<name>.creds`` for a new user of this account."""

@@ -13,6 +13,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.parse
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -155,6 +156,15 @@ class IdpServer:
     def token_calls(self) -> int:
         with urllib.request.urlopen(self.url + "/_test/stats", timeout=5) as response:
             return int(json.load(response)["token_calls"])
+
+    def introspect(self, token: str, client_id: str, client_secret: str) -> dict[str, Any]:
+        """RFC 7662 introspection at the IdP (as ``client_id``): ``active`` and, for a
+        genuine token, the ``client_id`` it was issued to."""
+        form = urllib.parse.urlencode({"token": token, "client_id": client_id,
+                                       "client_secret": client_secret}).encode()
+        with urllib.request.urlopen(self.token_url + "/introspect", form, timeout=5) as answer:
+            document: dict[str, Any] = json.load(answer)
+        return document
 
 
 def jetstream_cluster(store_dir: Path, size: int = 3, name: str = "tw") -> list[NatsServer]:

@@ -11,8 +11,10 @@ So token-worker takes only the handshake from it (URL, socket, INFO, TLS, CONNEC
 does everything after it itself (:mod:`token_worker.connection`).
 
 The CONNECT options are built by one function, :func:`connect_options`, which receives
-the server's INFO: authentication that signs the server's ``nonce`` (NKeys, credentials
-files) is added there.
+the server's INFO: authentication that signs the server's ``nonce`` (``nats.credsFile``,
+``nats.nkeyFile``, through :mod:`token_worker.nats_auth`) is added there, for every
+connect and reconnect, ``tls://`` included. The CONNECT dict holds passwords, JWTs and
+signatures: it is sent and never logged.
 """
 
 from __future__ import annotations
@@ -97,6 +99,9 @@ def connect_options(config: NatsConfig, name: str, *, no_responders: bool,
         options["pass"] = config.password.reveal() if config.password else ""
     if config.token:
         options["auth_token"] = config.token.reveal()
+    auth = config.auth()
+    if auth is not None:  # read and signed at every connect: a rotated file is picked up
+        options.update(auth.connect_auth_fields(server_info))
     return options
 
 

@@ -66,6 +66,8 @@ class TokenQuery(NamedTuple):
     client_id: str
     client_secret: str
     scope: str
+    auth_method: str | None = None
+    """A named credential's own ``client_secret_post``/``_basic``; None: the worker's."""
 
     def __repr__(self) -> str:
         return f"TokenQuery(client_id={self.client_id!r}, scope={self.scope!r})"
@@ -161,7 +163,7 @@ class TokenBroker:
 
     def _key(self, query: TokenQuery, token_url: str) -> CacheKey:
         return cache_key(token_url, query.client_id, query.client_secret, query.scope,
-                         self._auth_method)
+                         query.auth_method or self._auth_method)
 
     def _fetch(self, query: TokenQuery, deadline: float | None, *, read_tiers: bool,
                recheck: bool) -> Answer:
@@ -254,13 +256,13 @@ class TokenBroker:
 
     def _shared_key(self, shared: SharedTier, key: CacheKey, query: TokenQuery) -> SharedKey:
         return shared.key(key.token_url, query.client_id, query.client_secret, key.scopes,
-                          self._auth_method)
+                          query.auth_method or self._auth_method)
 
     def _from_idp(self, key: CacheKey, query: TokenQuery, deadline: float | None,
                   shared_key: SharedKey | None = None) -> Answer:
         """One IdP call; its token goes to the local cache and the shared tier."""
         token = self._idp.fetch_token(query.client_id, query.client_secret, query.scope,
-                                      deadline=deadline)
+                                      deadline=deadline, auth_method=query.auth_method)
         if self._cache is not None:
             self._cache.put(key, token)
         if shared_key is not None and self._shared is not None:

@@ -14,8 +14,9 @@ import logging
 import os
 import sys
 from collections.abc import Sequence
+from typing import Any
 
-from token_worker.config import load_config
+from token_worker.config import SETTINGS, NatsConfig, load_config, parse_nats_urls
 from token_worker.errors import ConfigError, ReconnectGaveUp, TokenRequestFailed
 from token_worker.logs import configure_logging
 from token_worker.naming import client_name
@@ -47,6 +48,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         log.info("starting", extra={"nats": ",".join(config.nats.urls),
                                     "idp_token_url": config.idp.token_url})
         worker.run()
+    except ConfigError as error:  # found while building: the credentials directory
+        print(f"token-worker: {error}", file=sys.stderr)
+        return EXIT_CONFIG
     except ReconnectGaveUp as error:
         log.error("exiting: NATS unreachable", extra={"reason": str(error)})
         print(f"token-worker: NATS unreachable, giving up: {error}", file=sys.stderr)
@@ -64,6 +68,8 @@ def request_main(argv: Sequence[str] | None = None) -> int:
     --client-secret-env DEMO_SECRET``, or ``token-request --credential orders`` for a
     credential the workers hold (no secret is read). A secret is read from an environment
     variable or standard input, never from the command line, where ``ps`` would show it.
+    ``--creds FILE`` / ``--nkey FILE`` (or ``NATS_CREDS`` / ``NATS_NKEY``) sign the NATS
+    connection as the worker's ``nats.credsFile`` / ``nats.nkeyFile`` do.
     """
     from token_worker.client import (  # noqa: PLC0415 - keeps --help fast
         TokenClient,
@@ -89,11 +95,12 @@ def request_main(argv: Sequence[str] | None = None) -> int:
             secret = sys.stdin.readline().rstrip("\n")
         body = request_body(args.client_id, secret, args.scope)
     try:
-        with TokenClient(args.nats_url, subject=args.subject, timeout=args.timeout,
+        nats = _requester_nats(args)
+        with TokenClient(nats, subject=args.subject, timeout=args.timeout,
                          inbox_prefix=args.inbox_prefix,
                          named_subject=args.named_subject) as client:
             reply = client.request(body, budget=args.timeout, credential=args.credential)
-    except ValueError as error:
+    except (ValueError, ConfigError) as error:  # a bad URL, creds or NKey seed file
         print(f"token-request: {error}", file=sys.stderr)
         return EXIT_CONFIG
     except ReconnectGaveUp as error:
@@ -109,9 +116,34 @@ def request_main(argv: Sequence[str] | None = None) -> int:
     return EXIT_REQUEST_FAILED if reply.get("error") else EXIT_OK
 
 
+def _requester_nats(args: argparse.Namespace) -> NatsConfig | str:
+    """The requester's NATS settings: the URL alone, or with a creds or NKey seed file
+    (checked now: a bad file is a ConfigError naming the flag or variable)."""
+    sources = (("nats.credsFile", "creds", "NATS_CREDS"), ("nats.nkeyFile", "nkey", "NATS_NKEY"))
+    chosen: dict[str, Any] = {}
+    for key, flag, variable in sources:
+        value, source = getattr(args, flag), f"flag --{flag}"
+        if value is None and os.environ.get(variable):
+            value, source = os.environ[variable], f"env {variable}"
+        if value is not None:
+            setting = next(s for s in SETTINGS if s.key == key)
+            chosen[setting.path[-1]] = setting.read(value, source)
+    if not chosen:
+        return str(args.nats_url)
+    try:
+        urls = parse_nats_urls(args.nats_url)
+    except ValueError as error:
+        raise ConfigError("nats.url", "flag --nats-url", str(error)) from None
+    return NatsConfig(urls=urls, reconnect_wait=1.0, max_reconnect=-1, **chosen)
+
+
 def _request_parser(description: str | None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="token-request", description=description)
     parser.add_argument("--nats-url", default="nats://127.0.0.1:4222")
+    parser.add_argument("--creds", metavar="FILE", default=None,
+                        help="NATS .creds file to sign the connection (env NATS_CREDS)")
+    parser.add_argument("--nkey", metavar="FILE", default=None,
+                        help="file holding a NATS user NKey seed (env NATS_NKEY)")
     parser.add_argument("--subject", default="token.request")
     parser.add_argument("--client-id", default=None)
     parser.add_argument("--client-secret-env", metavar="VAR",

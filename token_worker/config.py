@@ -36,7 +36,7 @@ from dataclasses import MISSING, dataclass, field, fields, is_dataclass, replace
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
-from token_worker import defaults
+from token_worker import defaults, nats_auth
 from token_worker.errors import ConfigError
 
 T = TypeVar("T")
@@ -163,6 +163,37 @@ def _fraction(raw: Any) -> float:
     if value >= 1:
         raise ValueError(f"must be a fraction from 0 to below 1, got {raw!r}")
     return value
+
+
+def _subject_prefix(raw: Any) -> str:
+    value = _name(raw)
+    if any(not token or token in ("*", ">") for token in value.split(".")):
+        raise ValueError(f"must be a subject prefix without wildcards or empty tokens, "
+                         f"got {value!r}")
+    return value
+
+
+def _creds_file(raw: Any) -> str | None:
+    """A ``.creds`` file, read and checked now (so a bad one fails at start, exit 2)."""
+    path = _text(raw).strip()
+    if path:
+        nats_auth.load_creds_file(path)  # NatsCredentialsError is a ValueError; no secret
+    return path or None
+
+
+def _nkey_file(raw: Any) -> str | None:
+    """A file holding a user NKey seed, read and checked now."""
+    path = _text(raw).strip()
+    if path:
+        nats_auth.load_nkey_file(path)
+    return path or None
+
+
+def _directory(raw: Any) -> str | None:
+    path = _text(raw).strip()
+    if path and not os.path.isdir(path):
+        raise ValueError(f"{path!r} is not a directory")
+    return path or None
 
 
 def _optional_http_url(raw: Any) -> str | None:
@@ -438,11 +469,29 @@ class NatsConfig(_Section):
     token: Secret | None = setting(  # noqa: RUF009 - setting() returns a dataclass field
         "nats.token", _secret, default=None, env="NATS_TOKEN", secret=True,
         help="NATS auth token")
+    creds_file: str | None = setting(
+        "nats.credsFile", _creds_file, default=None, env="NATS_CREDS",
+        help="NATS .creds file (user JWT and NKey seed), for operator-mode servers")
+    """Read at every connect, so a rotated file is used on the next reconnect."""
+    nkey_file: str | None = setting(
+        "nats.nkeyFile", _nkey_file, default=None, env="NATS_NKEY",
+        help="file holding a NATS user NKey seed (servers with nkey users)")
     tls: TlsConfig = field(default_factory=TlsConfig)
 
     def _check(self) -> None:
         if self.password and not self.username:
             raise self._invalid("password", f"needs {self._key('username')}")
+        if self.creds_file and self.nkey_file:
+            raise self._invalid("nkey_file", f"give it or {self._key('creds_file')}, not both")
+
+    def auth(self) -> nats_auth.NatsAuth | None:
+        """The NKey-based authentication these settings name (a fresh object: it reads
+        its file at every connect), or None."""
+        if self.creds_file:
+            return nats_auth.CredsFileAuth(self.creds_file)
+        if self.nkey_file:
+            return nats_auth.NkeySeedFileAuth(self.nkey_file)
+        return None
 
 
 @dataclass(frozen=True)
@@ -588,6 +637,21 @@ class HealthConfig(_Section):
 
 
 @dataclass(frozen=True)
+class CredentialsConfig(_Section):
+    """Named credentials: client ids and secrets the worker holds, so none rides the bus."""
+
+    directory: str | None = setting(
+        "credentials.dir", _directory, default=None, env="CREDENTIALS_DIR",
+        flag="credentials-dir",
+        help="folder of named credentials (<name>/client_id, <name>/client_secret)")
+    """Mounted from a Kubernetes Secret; without it the named subjects are not subscribed."""
+    inline: bool = setting(
+        "credentials.inline", _boolean, default=defaults.INLINE_SECRETS, env="INLINE_SECRETS",
+        help="serve requests that carry their own client_secret")
+    """False: a request carrying ``client_secret`` gets ``inline_secrets_disabled``."""
+
+
+@dataclass(frozen=True)
 class Config(_Section):
     """Everything a :class:`~token_worker.TokenWorker` needs."""
 
@@ -607,6 +671,9 @@ class Config(_Section):
     queue: str = setting(
         "queue", _name, default=defaults.QUEUE_GROUP, env="QUEUE_GROUP", flag="queue",
         help="queue group")
+    named_subject: str = setting(
+        "namedSubject", _subject_prefix, default=defaults.NAMED_SUBJECT, env="NAMED_SUBJECT",
+        help="prefix of named-credential subjects (<prefix>.<credential>)")
     workers: int = setting(
         "workers", _positive_integer, default=defaults.WORKERS, env="WORKERS", flag="workers",
         help="requests served at once")
@@ -623,6 +690,7 @@ class Config(_Section):
     idp: IdpConfig = field(default_factory=IdpConfig)
     cache: CacheConfig = field(default_factory=CacheConfig)
     health: HealthConfig = field(default_factory=HealthConfig)
+    credentials: CredentialsConfig = field(default_factory=CredentialsConfig)
 
 
 # --- the settings, derived from the types ----------------------------------------------------

@@ -91,3 +91,9 @@ NATS_TLS_VERIFY = True
 """Verify the NATS server's certificate on ``tls://`` URLs (off only for local experiments)."""
 HEALTH_HOST = "0.0.0.0"  # noqa: S104 - kubelet and Prometheus reach the pod's address
 """Address the health and metrics listener binds (its port is off unless set)."""
+
+NAMED_SUBJECT = "token.named"
+"""Prefix of the named-credential subjects: a request on ``token.named.orders`` is served
+with the worker's ``orders`` credential."""
+INLINE_SECRETS = True
+"""Serve requests that carry their own ``client_secret`` (the original's requests)."""

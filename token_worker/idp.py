@@ -151,14 +151,16 @@ class IdpClient:
         return endpoint
 
     def fetch_token(self, client_id: str, client_secret: str, scope: str, *,
-                    timeout: float | None = None) -> IssuedToken:
+                    timeout: float | None = None,
+                    auth_method: str | None = None) -> IssuedToken:
         """Run the client-credentials grant once, within ``timeout`` seconds (connect, headers
-        and body; default ``idp.timeout``); raise an :class:`~token_worker.IdpError`."""
+        and body; default ``idp.timeout``); raise an :class:`~token_worker.IdpError`.
+        ``auth_method`` overrides ``idp.authMethod`` (a named credential's own)."""
         form = {"grant_type": "client_credentials"}
         if scope:
             form["scope"] = scope
         headers = {"Content-Type": "application/x-www-form-urlencoded"}
-        if self._config.auth_method == "client_secret_basic":
+        if (auth_method or self._config.auth_method) == "client_secret_basic":
             headers["Authorization"] = _basic_auth(client_id, client_secret)
         else:
             form["client_id"] = client_id

@@ -18,18 +18,21 @@ from token_worker.wire import (
     IDP_BAD_RESPONSE,
     IDP_TIMEOUT,
     IDP_UNAVAILABLE,
+    INLINE_SECRETS_DISABLED,
     INTERNAL_ERROR,
     INVALID_REQUEST,
     OVERLOADED,
     SHUTTING_DOWN,
     TOKEN_TOO_LARGE,
+    UNKNOWN_CREDENTIAL,
 )
 
 OK = "ok"
 IDP_REFUSED = "idp_refused"
 """Outcome label of every OAuth2 refusal (the codes themselves go to logs and replies)."""
 _OUTCOMES = frozenset({OK, INVALID_REQUEST, IDP_UNAVAILABLE, IDP_TIMEOUT, IDP_BAD_RESPONSE,
-                       INTERNAL_ERROR, OVERLOADED, TOKEN_TOO_LARGE, SHUTTING_DOWN})
+                       INTERNAL_ERROR, OVERLOADED, TOKEN_TOO_LARGE, SHUTTING_DOWN,
+                       UNKNOWN_CREDENTIAL, INLINE_SECRETS_DISABLED})
 
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
                    2.5, 5.0, 10.0)

@@ -106,13 +106,14 @@ class ResilientIdp:
         return self._hold_until > time.monotonic() or self.circuit_open
 
     def fetch_token(self, client_id: str, client_secret: str, scope: str, *,
-                    deadline: float | None = None) -> IssuedToken:
+                    deadline: float | None = None,
+                    auth_method: str | None = None) -> IssuedToken:
         """Fetch a token, retrying transient failures until ``idp.deadline`` or the caller's
         ``deadline`` (a ``time.monotonic()`` value), whichever comes first."""
         fetch = _Fetch(self._config.deadline, deadline)
         try:
             token: IssuedToken = self._retrying(fetch)(
-                self._attempt, fetch, client_id, client_secret, scope)
+                self._attempt, fetch, client_id, client_secret, scope, auth_method)
         except _Ended as ended:
             raise ended.error from None
         except IdpError as error:
@@ -132,13 +133,13 @@ class ResilientIdp:
             reraise=True,
         )
 
-    def _attempt(self, fetch: _Fetch, client_id: str, client_secret: str, scope: str
-                 ) -> IssuedToken:
+    def _attempt(self, fetch: _Fetch, client_id: str, client_secret: str, scope: str,
+                 auth_method: str | None) -> IssuedToken:
         """One exchange, through the circuit breaker, within the time left."""
         try:
             token: IssuedToken = self._breaker.call(
                 self._call, client_id, client_secret, scope,
-                min(self._config.timeout, fetch.left()))
+                min(self._config.timeout, fetch.left()), auth_method)
         except IdpError as error:
             fetch.failures.append(error)
             raise
@@ -221,13 +222,14 @@ class ResilientIdp:
                                f"{time.monotonic() - started:.1f} s{ended}")
         return chosen
 
-    def _call(self, client_id: str, client_secret: str, scope: str, timeout: float
-              ) -> IssuedToken:
+    def _call(self, client_id: str, client_secret: str, scope: str, timeout: float,
+              auth_method: str | None) -> IssuedToken:
         self.calls += 1
         started = time.monotonic()
         outcome = "ok"
         try:
-            return self._client.fetch_token(client_id, client_secret, scope, timeout=timeout)
+            return self._client.fetch_token(client_id, client_secret, scope, timeout=timeout,
+                                            auth_method=auth_method)
         except IdpError as error:
             outcome = outcome_label(error.error_code)
             raise

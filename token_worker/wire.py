@@ -38,12 +38,14 @@ __all__ = [
     "IDP_BAD_RESPONSE",
     "IDP_TIMEOUT",
     "IDP_UNAVAILABLE",
+    "INLINE_SECRETS_DISABLED",
     "INTERNAL_ERROR",
     "INVALID_REQUEST",
     "MAX_FIELD_LENGTH",
     "OVERLOADED",
     "SHUTTING_DOWN",
     "TOKEN_TOO_LARGE",
+    "UNKNOWN_CREDENTIAL",
     "Endpoint",
     "EndpointStats",
     "ErrorReply",
@@ -84,6 +86,10 @@ TOKEN_TOO_LARGE = "token_too_large"  # noqa: S105 - an error code, not a secret
 SHUTTING_DOWN = "shutting_down"
 """The worker is stopping and did not start this request: retry at once (another replica
 answers)."""
+UNKNOWN_CREDENTIAL = "unknown_credential"
+"""A named request (``token.named.<name>``) for a credential the worker does not hold."""
+INLINE_SECRETS_DISABLED = "inline_secrets_disabled"
+"""``credentials.inline`` is false: requests carrying ``client_secret`` are refused."""
 
 MAX_FIELD_LENGTH = 4096
 """Longest accepted value of any request string field; longer is a bad request."""

@@ -14,6 +14,10 @@
 // and the token endpoint at <issuer>/protocol/openid-connect/token.
 // GET /_test/stats answers {"token_calls": N}: how many token requests arrived, so tests and
 // the benchmark can count IdP calls.
+// Token introspection (RFC 7662) is on, at Keycloak's path
+// <issuer>/protocol/openid-connect/token/introspect: any registered client (authenticated as
+// at the token endpoint) may ask whether a token is genuine and for which client_id, so tests
+// can check that a token handed out over NATS belongs to the credential it was asked for.
 import http from 'node:http';
 import Provider from 'oidc-provider';
 
@@ -21,6 +25,7 @@ const port = Number(process.env.IDP_PORT ?? 9400);
 const realm = process.env.IDP_REALM ?? 'phoenix';
 const mountPath = `/realms/${realm}`;
 const tokenRoute = '/protocol/openid-connect/token';
+const introspectionRoute = `${tokenRoute}/introspect`;
 const tokenPath = mountPath + tokenRoute;
 const ttl = Number(process.env.IDP_TOKEN_TTL ?? 300);
 const delayMs = Number(process.env.IDP_DELAY_MS ?? 0);
@@ -44,8 +49,13 @@ const issuer = `http://127.0.0.1:${port}${mountPath}`;
 const provider = new Provider(issuer, {
   clients,
   scopes: ['openid', 'profile', 'email', 'read', 'write', 'admin'],
-  features: { clientCredentials: { enabled: true }, devInteractions: { enabled: false } },
-  routes: { token: tokenRoute },
+  features: {
+    clientCredentials: { enabled: true },
+    devInteractions: { enabled: false },
+    // A development IdP: every authenticated client may introspect any token.
+    introspection: { enabled: true, allowedPolicy: async () => true },
+  },
+  routes: { token: tokenRoute, introspection: introspectionRoute },
   ttl: { ClientCredentials: ttl },
 });
 provider.proxy = false;

@@ -41,7 +41,8 @@ class FakeIdp:
         self.gate: threading.Event | None = None
 
     def fetch_token(self, client_id: str, client_secret: str, scope: str, *,
-                    deadline: float | None = None) -> IssuedToken:
+                    deadline: float | None = None,
+                    auth_method: str | None = None) -> IssuedToken:
         self.calls += 1
         self.deadlines.append(deadline)
         if self.gate is not None:

@@ -55,7 +55,8 @@ class Idp:
         self._lock = threading.Lock()
 
     def fetch_token(self, client_id: str, client_secret: str, scope: str, *,
-                    deadline: float | None = None) -> IssuedToken:
+                    deadline: float | None = None,
+                    auth_method: str | None = None) -> IssuedToken:
         with self._lock:
             self.calls += 1
             number = self.calls

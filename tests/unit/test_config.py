@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 
+from tests.nats_jwt import OperatorMode, new_user
 from token_worker import ConfigError, defaults, load_config
 from token_worker import config as config_module
 from token_worker.config import (
@@ -81,6 +82,15 @@ ORIGINAL = {
     "cache.shared.replicas": (1, ("CACHE_SHARED_REPLICAS",), None),
 }
 
+NEW = {
+    # the security settings (issue 8): key: (default, environment variables, flag)
+    "nats.credsFile": (None, ("NATS_CREDS",), None),
+    "nats.nkeyFile": (None, ("NATS_NKEY",), None),
+    "credentials.dir": (None, ("CREDENTIALS_DIR",), "credentials-dir"),
+    "credentials.inline": (True, ("INLINE_SECRETS",), None),
+    "namedSubject": ("token.named", ("NAMED_SUBJECT",), None),
+}
+
 ORIGINAL_DEFAULT_NAMES = {
     "ENVIRONMENT": "dev", "LOG_LEVEL": "info", "NATS_URL": "nats://localhost:4222",
     "ALLOW_RECONNECT": True, "MAX_RECONNECT": 10, "RECONNECT_WAIT": 5.0,
@@ -125,7 +135,7 @@ def as_document(key: str, value: Any) -> dict[str, Any]:
 
 def test_defaults_keys_env_and_flags_are_the_originals():
     config = Config()
-    for key, (default, env, flag) in ORIGINAL.items():
+    for key, (default, env, flag) in {**ORIGINAL, **NEW}.items():
         setting = BY_KEY[key]
         assert value_at(config, setting.path) == default, key
         assert (setting.env, setting.flag) == (env, flag), key
@@ -236,6 +246,11 @@ INVALID = [
     ("cache.shared.replicas", 7, "5 or fewer"),
     ("health.port", 70000, "0 to 65535"),
     ("health.host", 8080, "must be a string"),
+    ("nats.credsFile", "/no/such/file.creds", "/no/such/file.creds: file does not exist"),
+    ("nats.nkeyFile", "/no/such/user.nk", "/no/such/user.nk: file does not exist"),
+    ("credentials.dir", "/no/such/dir", "is not a directory"),
+    ("credentials.inline", "sometimes", "true or false"),
+    ("namedSubject", "token.*", "without wildcards"),
 ]
 
 
@@ -417,6 +432,7 @@ FLAGGED = {
     "idp.tokenPath": ("/f", "/e", "/x"),
     "idp.issuer": ("https://f/i", "https://e/i", "https://x/i"),
     "health.port": (1, "2", "3"),
+    "credentials.dir": ("/", "/tmp", "/usr"),
 }
 
 
@@ -455,3 +471,44 @@ def test_the_readme_table_lists_each_key_once():
     readme = (Path(__file__).resolve().parents[2] / "README.md").read_text().splitlines()
     for row in describe_settings():
         assert sum(line.startswith(f"| `{row['key']}` |") for line in readme) == 1, row["key"]
+
+
+# --- NATS credentials files (issue 8) ---------------------------------------------------------
+
+
+
+def _user_seed() -> str:
+    return new_user().seed
+
+
+@pytest.mark.parametrize(("key", "variable"), [("nats.credsFile", "NATS_CREDS"),
+                                               ("nats.nkeyFile", "NATS_NKEY")])
+def test_a_malformed_nats_credentials_file_fails_at_load_naming_setting_and_source(
+        key, variable, tmp_path):
+    seed = _user_seed()
+    path = tmp_path / "broken"
+    seed_block = f"-----BEGIN USER NKEY SEED-----\n{seed}\n------END USER NKEY SEED------\n"
+    path.write_text(seed[:-3] + "AAA\n" if key == "nats.nkeyFile" else seed_block)
+    with pytest.raises(ConfigError) as from_env:
+        load_config([], {variable: str(path)})
+    assert (from_env.value.field, from_env.value.source) == (key, f"env {variable}")
+    config_file = tmp_path / "app.json"
+    config_file.write_text(json.dumps(as_document(key, str(path))))
+    with pytest.raises(ConfigError) as from_file:
+        load_config(["-config", str(config_file)], {})
+    assert from_file.value.source == f"file {config_file}"
+    for error in (from_env.value, from_file.value):
+        assert str(path) in str(error)
+        assert seed not in str(error) and seed[:20] not in str(error)
+
+
+def test_a_good_nkey_file_loads_and_creds_and_nkey_do_not_go_together(tmp_path):
+    path = tmp_path / "user.nk"
+    path.write_text(_user_seed() + "\n")
+    assert load_config([], {"NATS_NKEY": str(path)}).nats.nkey_file == str(path)
+    operator = OperatorMode()
+    creds, _user = operator.user_creds(tmp_path, "worker")
+    assert load_config([], {"NATS_CREDS": str(creds)}).nats.creds_file == str(creds)
+    with pytest.raises(ConfigError, match="not both") as caught:
+        NatsConfig(nkey_file=str(path), creds_file=str(creds))
+    assert caught.value.field == "nats.nkeyFile"

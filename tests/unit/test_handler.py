@@ -32,7 +32,8 @@ class ScriptedIdp:
         self.error = error
 
     def fetch_token(self, client_id: str, client_secret: str, scope: str, *,
-                    deadline: float | None = None) -> IssuedToken:
+                    deadline: float | None = None,
+                    auth_method: str | None = None) -> IssuedToken:
         self.calls += 1
         if self.error is not None:
             raise self.error
@@ -156,7 +157,8 @@ class GatedIdp(ScriptedIdp):
         self.gate = threading.Event()
 
     def fetch_token(self, client_id: str, client_secret: str, scope: str, *,
-                    deadline: float | None = None) -> IssuedToken:
+                    deadline: float | None = None,
+                    auth_method: str | None = None) -> IssuedToken:
         self.entered.set()
         self.gate.wait(10)
         return super().fetch_token(client_id, client_secret, scope, deadline=deadline)
@@ -207,9 +209,9 @@ def test_a_request_is_due_one_idp_deadline_after_it_arrived():
     deadlines: list[float | None] = []
     original = idp.fetch_token
 
-    def fetch(*args: Any, deadline: float | None = None) -> IssuedToken:
+    def fetch(*args: Any, deadline: float | None = None, **kwargs: Any) -> IssuedToken:
         deadlines.append(deadline)
-        return original(*args, deadline=deadline)
+        return original(*args, deadline=deadline, **kwargs)
 
     idp.fetch_token = fetch  # type: ignore[method-assign]
     broker = TokenBroker(idp, None, auth_method="client_secret_post",  # type: ignore[arg-type]

@@ -1,0 +1,209 @@
+"""Named credentials and inline secrets in the handler, with no servers: a real broker, cache
+and CredentialStore (over a kubelet-style volume) in front of a recording IdP."""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from urllib.parse import parse_qs
+
+import orjson
+import pytest
+
+from tests.kubelet_volume import KubeletVolume, credential_files
+from token_worker import wire
+from token_worker.broker import TokenBroker
+from token_worker.cache import TokenCache
+from token_worker.config import IdpConfig
+from token_worker.credentials import CredentialStore
+from token_worker.handler import Deferred, Reply, TokenHandler
+from token_worker.idp import IdpClient, IssuedToken
+from token_worker.metrics import Metrics
+
+LIMIT = 64 * 1024
+
+
+class RecordingIdp:
+    """Stands in for ResilientIdp and remembers what each call sent."""
+
+    known_token_url = token_url = "http://idp.test/token"
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, str, str, str | None]] = []
+
+    def fetch_token(self, client_id: str, client_secret: str, scope: str, *,
+                    deadline: float | None = None,
+                    auth_method: str | None = None) -> IssuedToken:
+        self.calls.append((client_id, client_secret, scope, auth_method))
+        return IssuedToken(f"token-for-{client_id}-{len(self.calls)}", "Bearer", 300, scope,
+                           time.time())
+
+
+def make(tmp_path: Path, *, inline: bool = True
+         ) -> tuple[TokenHandler, RecordingIdp, Metrics, KubeletVolume, CredentialStore]:
+    volume = KubeletVolume(tmp_path / "credentials")
+    volume.write({**credential_files("orders", "orders-client", "orders-secret-1"),
+                  **credential_files("billing", "billing-client", "billing-secret-1",
+                                     scope="billing.read", auth_method="client_secret_basic")})
+    store = CredentialStore(volume.root, start=False)
+    idp = RecordingIdp()
+    metrics = Metrics()
+    cache = TokenCache(max_entries=10, expiry_margin=30, refresh_ahead=0.2, now=time.time)
+    broker = TokenBroker(idp, cache, auth_method="client_secret_post",  # type: ignore[arg-type]
+                         follower_timeout=5, metrics=metrics)
+    handler = TokenHandler(broker, default_scope="openid profile", max_payload=LIMIT,
+                           credentials=store, inline_secrets=inline, named_prefix="token.named")
+    return handler, idp, metrics, volume, store
+
+
+def served(outcome: Reply | Deferred[object]) -> dict[str, object]:
+    reply = outcome if isinstance(outcome, Reply) else outcome.run()
+    document: dict[str, object] = orjson.loads(reply.body)
+    return document
+
+
+def test_a_named_request_is_served_with_the_credential_the_subject_names(tmp_path):
+    handler, idp, _, _, _ = make(tmp_path)
+    first = handler.handle_named("token.named.orders", b'{"request_id": "a"}')
+    assert isinstance(first, Deferred)  # a miss goes to a pool thread
+    body = served(first)
+    assert (body["request_id"], body["credential"], body["token_source"]) == ("a", "orders", "idp")
+    assert idp.calls == [("orders-client", "orders-secret-1", "openid profile", None)]
+    second = handler.handle_named("token.named.orders", b'{"request_id": "b"}')
+    assert isinstance(second, Reply)  # a hit, on the reader thread
+    assert served(second)["token_source"] == "cache" and len(idp.calls) == 1
+
+
+def test_the_credentials_scope_and_auth_method_apply_and_the_request_scope_wins(tmp_path):
+    handler, idp, _, _, _ = make(tmp_path)
+    served(handler.handle_named("token.named.billing", b'{"request_id": "1"}'))
+    served(handler.handle_named("token.named.billing",
+                                b'{"request_id": "2", "scope": "billing.write"}'))
+    assert idp.calls == [("billing-client", "billing-secret-1", "billing.read",
+                          "client_secret_basic"),
+                         ("billing-client", "billing-secret-1", "billing.write",
+                          "client_secret_basic")]
+
+
+def test_nothing_in_the_body_chooses_another_credential(tmp_path, caplog):
+    handler, idp, _, _, _ = make(tmp_path)
+    caplog.set_level(logging.DEBUG)
+    body = json.dumps({"request_id": "x", "client_id": "billing-client",
+                       "client_secret": "attacker-secret", "credential": "billing"}).encode()
+    reply = served(handler.handle_named("token.named.orders", body))
+    assert reply["credential"] == "orders"
+    assert idp.calls == [("orders-client", "orders-secret-1", "openid profile", None)]
+    assert "attacker-secret" not in caplog.text
+
+
+@pytest.mark.parametrize("subject", ["token.named.or*ders", "token.named.a.b",
+                                     "token.named", "other.named.orders", "token.named.o rders"])
+def test_a_subject_that_names_no_valid_credential_is_invalid_request(tmp_path, subject):
+    handler, idp, _, _, _ = make(tmp_path)
+    outcome = handler.handle_named(subject, b'{"request_id": "q"}')
+    assert isinstance(outcome, Reply) and outcome.error_code == wire.INVALID_REQUEST
+    assert orjson.loads(outcome.body)["request_id"] == "q" and idp.calls == []
+
+
+def test_unknown_and_removed_credentials_answer_unknown_credential(tmp_path):
+    handler, idp, _, volume, store = make(tmp_path)
+    outcome = handler.handle_named("token.named.payroll", b'{"request_id": "u"}')
+    assert isinstance(outcome, Reply) and outcome.error_code == wire.UNKNOWN_CREDENTIAL
+    served(handler.handle_named("token.named.orders", b'{"request_id": "1"}'))
+    volume.write(credential_files("billing", "billing-client", "billing-secret-1"))
+    assert store.reload()
+    gone = handler.handle_named("token.named.orders", b'{"request_id": "2"}')
+    assert isinstance(gone, Reply) and gone.error_code == wire.UNKNOWN_CREDENTIAL
+    assert len(idp.calls) == 1
+
+
+def test_a_rotated_secret_is_used_for_the_next_idp_call(tmp_path):
+    handler, idp, _, volume, store = make(tmp_path)
+    served(handler.handle_named("token.named.orders", b"{}"))
+    volume.write({**credential_files("orders", "orders-client", "orders-secret-2"),
+                  **credential_files("billing", "billing-client", "billing-secret-1")})
+    assert store.reload()
+    reply = served(handler.handle_named("token.named.orders", b"{}"))
+    assert reply["token_source"] == "idp"  # a new secret is a new cache key
+    assert idp.calls[-1][:2] == ("orders-client", "orders-secret-2")
+
+
+def test_without_a_store_every_name_is_unknown():
+    idp = RecordingIdp()
+    broker = TokenBroker(idp, None, auth_method="client_secret_post",  # type: ignore[arg-type]
+                         follower_timeout=5)
+    bare = TokenHandler(broker, default_scope="", max_payload=LIMIT)
+    outcome = bare.handle_named("token.named.orders", b"{}")
+    assert isinstance(outcome, Reply) and outcome.error_code == wire.UNKNOWN_CREDENTIAL
+    assert idp.calls == []
+
+
+def test_inline_secrets_off_refuses_them_with_no_idp_call_cache_or_log(tmp_path, caplog):
+    handler, idp, metrics, _, _ = make(tmp_path, inline=False)
+    caplog.set_level(logging.DEBUG)
+    body = json.dumps({"request_id": "i", "client_id": "svc",
+                       "client_secret": "inline-secret-xyz"}).encode()
+    for _ in range(2):
+        outcome = handler.handle(body)
+        assert isinstance(outcome, Reply)
+        assert outcome.error_code == wire.INLINE_SECRETS_DISABLED
+        assert orjson.loads(outcome.body)["request_id"] == "i"
+    assert idp.calls == []
+    sample = metrics.registry.get_sample_value
+    assert (sample("token_worker_cache_events_total", {"event": "miss"}) or 0) == 0
+    assert "inline-secret-xyz" not in caplog.text
+    named = served(handler.handle_named("token.named.orders", b"{}"))
+    assert named["credential"] == "orders"  # named requests still served
+
+
+def test_named_and_inline_requests_share_cache_single_flight_and_metrics(tmp_path):
+    handler, idp, metrics, _, _ = make(tmp_path)
+    inline = json.dumps({"request_id": "i", "client_id": "orders-client",
+                         "client_secret": "orders-secret-1"}).encode()
+    first = handler.handle_named("token.named.orders", b"{}")
+    follower = handler.handle(inline)  # same query, before the first is answered
+    assert isinstance(first, Deferred) and isinstance(follower, Deferred)
+    served(first)
+    assert served(follower)["access_token"] == "token-for-orders-client-1"
+    assert len(idp.calls) == 1
+    sample = metrics.registry.get_sample_value
+    assert sample("token_worker_cache_events_total", {"event": "miss"}) == 2.0
+
+
+def test_the_idp_client_uses_the_auth_method_it_is_given_over_the_configured_one():
+    seen: list[tuple[str, dict[str, list[str]]]] = []
+
+    class Recorder(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            form = parse_qs(self.rfile.read(int(self.headers["Content-Length"])).decode())
+            seen.append((self.headers.get("Authorization", ""), form))
+            body = b'{"access_token": "t", "token_type": "Bearer", "expires_in": 60}'
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *_args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Recorder)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        client = IdpClient(IdpConfig(url=f"http://127.0.0.1:{server.server_port}",
+                                     token_path="/token", auth_method="client_secret_post"))
+        client.fetch_token("billing-client", "billing-secret", "",
+                           auth_method="client_secret_basic")
+        client.fetch_token("orders-client", "orders-secret", "")
+        client.close()
+    finally:
+        server.shutdown()
+        server.server_close()
+    basic = "Basic " + base64.b64encode(b"billing-client:billing-secret").decode()
+    assert seen[0][0] == basic and "client_secret" not in seen[0][1]
+    assert seen[1][0] == "" and seen[1][1]["client_secret"] == ["orders-secret"]

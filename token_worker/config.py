@@ -4,7 +4,7 @@ Sources rise in precedence in that order. Each setting is declared once, as the 
 field it fills::
 
     reconnect_wait: float = setting(
-        "nats.reconnectWait", _wait_seconds, default=defaults.RECONNECT_WAIT,
+        "nats.reconnectWait", values.wait_seconds, default=defaults.RECONNECT_WAIT,
         env="RECONNECT_WAIT", help="seconds between reconnect rounds")
 
 The declaration holds the JSON key, environment variables, flag, parser, help and default;
@@ -28,254 +28,26 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
-import re
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import MISSING, dataclass, field, fields, is_dataclass, replace
 from typing import Any, TypeVar
-from urllib.parse import urlsplit
 
-from token_worker import defaults, nats_auth
+from token_worker import defaults, nats_auth, values
 from token_worker.errors import ConfigError
+from token_worker.values import Secret, parse_nats_urls
+
+__all__ = [
+    "CODE", "SETTINGS", "CacheConfig", "Config", "CredentialsConfig", "HealthConfig",
+    "IdpConfig", "NatsConfig", "Secret", "Setting", "SharedCacheConfig", "TlsConfig",
+    "build_flag_parser", "describe_settings", "load_config", "parse_flags",
+    "parse_nats_urls", "setting",
+]
 
 T = TypeVar("T")
 
 CODE = "code"
 """The source named by errors about values given to a config type in code."""
-
-
-class Secret:
-    """A secret string that never shows itself in ``repr``, ``str`` or logs."""
-
-    __slots__ = ("_value",)
-
-    def __init__(self, value: str) -> None:
-        self._value = value
-
-    def reveal(self) -> str:
-        """Return the secret, for the one place that must send it."""
-        return self._value
-
-    def __repr__(self) -> str:
-        return "Secret('********')"
-
-    __str__ = __repr__
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, Secret) and other._value == self._value
-
-    def __hash__(self) -> int:
-        return hash(self._value)
-
-
-# --- value parsers: each takes the raw value (JSON value, string, or a value given in code)
-# and returns it typed and normalised, or raises ValueError with a sentence that completes
-# "invalid config X (from Y): ...". Each is idempotent: a parsed value parses to itself.
-
-LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
-AUTH_METHODS = ("client_secret_post", "client_secret_basic")
-
-
-def _text(raw: Any) -> str:
-    if not isinstance(raw, str):
-        raise ValueError(f"must be a string, got {type(raw).__name__}")
-    return raw
-
-
-def _name(raw: Any) -> str:
-    value = _text(raw).strip()
-    if not value or any(c.isspace() for c in value):
-        raise ValueError("must be a non-empty NATS name without spaces")
-    return value
-
-
-def _optional_text(raw: Any) -> str | None:
-    return _text(raw) or None
-
-
-def _secret(raw: Any) -> Secret | None:
-    if isinstance(raw, Secret):
-        return raw if raw.reveal() else None
-    if not isinstance(raw, str):
-        raise ValueError(f"must be a string, got {type(raw).__name__}")
-    return Secret(raw) if raw else None
-
-
-def _boolean(raw: Any) -> bool:
-    if isinstance(raw, bool):
-        return raw
-    if isinstance(raw, str) and raw.strip().lower() in ("true", "1", "yes", "on"):
-        return True
-    if isinstance(raw, str) and raw.strip().lower() in ("false", "0", "no", "off"):
-        return False
-    raise ValueError(f"must be true or false, got {raw!r}")
-
-
-def _integer(raw: Any) -> int:
-    if isinstance(raw, bool) or not isinstance(raw, int | str):
-        raise ValueError(f"must be a whole number, got {raw!r}")
-    try:
-        return int(raw)
-    except ValueError:
-        raise ValueError(f"must be a whole number, got {raw!r}") from None
-
-
-def _positive_integer(raw: Any) -> int:
-    value = _integer(raw)
-    if value < 1:
-        raise ValueError(f"must be at least 1, got {value}")
-    return value
-
-
-def _non_negative_integer(raw: Any) -> int:
-    value = _integer(raw)
-    if value < 0:
-        raise ValueError(f"must be 0 or more, got {value}")
-    return value
-
-
-def _seconds(raw: Any, *, allow_zero: bool) -> float:
-    if isinstance(raw, bool) or not isinstance(raw, int | float | str):
-        raise ValueError(f"must be a number of seconds, got {raw!r}")
-    try:
-        value = float(raw)
-    except ValueError:
-        raise ValueError(f"must be a number of seconds, got {raw!r}") from None
-    if not math.isfinite(value):
-        raise ValueError(f"must be a finite number of seconds, got {raw!r}")
-    if value < 0 or (value == 0 and not allow_zero):
-        bound = ">= 0" if allow_zero else "> 0"
-        raise ValueError(f"must be a number of seconds {bound}, got {raw!r}")
-    return value
-
-
-def _wait_seconds(raw: Any) -> float:
-    return _seconds(raw, allow_zero=True)
-
-
-def _timeout_seconds(raw: Any) -> float:
-    return _seconds(raw, allow_zero=False)
-
-
-def _fraction(raw: Any) -> float:
-    value = _seconds(raw, allow_zero=True)
-    if value >= 1:
-        raise ValueError(f"must be a fraction from 0 to below 1, got {raw!r}")
-    return value
-
-
-def _subject_prefix(raw: Any) -> str:
-    value = _name(raw)
-    if any(not token or token in ("*", ">") for token in value.split(".")):
-        raise ValueError(f"must be a subject prefix without wildcards or empty tokens, "
-                         f"got {value!r}")
-    return value
-
-
-def _creds_file(raw: Any) -> str | None:
-    """A ``.creds`` file, read and checked now (so a bad one fails at start, exit 2)."""
-    path = _text(raw).strip()
-    if path:
-        nats_auth.load_creds_file(path)  # NatsCredentialsError is a ValueError; no secret
-    return path or None
-
-
-def _nkey_file(raw: Any) -> str | None:
-    """A file holding a user NKey seed, read and checked now."""
-    path = _text(raw).strip()
-    if path:
-        nats_auth.load_nkey_file(path)
-    return path or None
-
-
-def _directory(raw: Any) -> str | None:
-    path = _text(raw).strip()
-    if path and not os.path.isdir(path):
-        raise ValueError(f"{path!r} is not a directory")
-    return path or None
-
-
-def _optional_http_url(raw: Any) -> str | None:
-    return _http_url(raw) if _text(raw).strip() else None
-
-
-def _port(raw: Any) -> int | None:
-    if raw == "" or raw is None:
-        return None
-    value = _integer(raw)
-    if not 0 <= value <= 65535:
-        raise ValueError(f"must be a TCP port from 0 to 65535, got {value}")
-    return value
-
-
-def _log_level(raw: Any) -> str:
-    value = _text(raw).strip().lower()
-    if value == "warn":
-        value = "warning"
-    if value not in LOG_LEVELS:
-        raise ValueError(f"must be one of {', '.join(LOG_LEVELS)}, got {raw!r}")
-    return value
-
-
-def _auth_method(raw: Any) -> str:
-    value = _text(raw).strip()
-    if value not in AUTH_METHODS:
-        raise ValueError(f"must be one of {', '.join(AUTH_METHODS)}, got {raw!r}")
-    return value
-
-
-def _http_url(raw: Any) -> str:
-    value = _text(raw).strip()
-    parts = urlsplit(value)
-    if parts.username or parts.password:  # checked first: the error must not quote them
-        raise ValueError("must not carry credentials; clients authenticate per request")
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ValueError(f"must be an http:// or https:// URL with a host, got {value!r}")
-    return value.rstrip("/")
-
-
-def _url_path(raw: Any) -> str:
-    value = _text(raw).strip()
-    if not value.startswith("/") or any(c.isspace() for c in value):
-        raise ValueError(f"must be a path starting with '/', got {value!r}")
-    return value
-
-
-def parse_nats_urls(raw: str | Sequence[str]) -> tuple[str, ...]:
-    """Normalise NATS server URLs as ``nats.url`` is read: one string with URLs separated by
-    commas, or a list or tuple of URLs; ``nats://`` is the default scheme and 4222 the
-    default port (``host`` becomes ``nats://host:4222``).
-
-    Credentials in a URL are refused, so that a password never sits where URLs get logged
-    (use nats.username/password or token). Raises ``ValueError`` with a sentence that
-    completes "invalid config nats.url: ..." and never quotes a URL holding credentials.
-    """
-    items = raw if isinstance(raw, list | tuple) else _text(raw).split(",")
-    urls = []
-    for item in items:
-        url = _text(item).strip()
-        if not url:
-            continue
-        if "://" not in url:
-            url = "nats://" + url
-        parts = urlsplit(url)
-        if parts.username or parts.password:  # checked first: the error must not quote them
-            raise ValueError("must not carry credentials: use nats.username/password or token")
-        try:
-            port = parts.port
-        except ValueError:
-            raise ValueError(f"has a bad port in {url!r}") from None
-        if parts.scheme not in ("nats", "tls") or not parts.hostname:
-            raise ValueError(f"must be nats://host:port or tls://host:port, got {url!r}")
-        urls.append(f"{parts.scheme}://{parts.hostname}:{port or 4222}")
-    if not urls:
-        raise ValueError("must name at least one server")
-    return tuple(urls)
-
-
-_nats_urls = parse_nats_urls
-"""The former private name, kept while callers move to :func:`parse_nats_urls`."""
 
 
 # --- one declaration per setting ----------------------------------------------------------
@@ -404,19 +176,19 @@ class TlsConfig(_Section):
     """TLS towards NATS; used when a URL has the ``tls://`` scheme."""
 
     ca_file: str | None = setting(
-        "nats.tls.caFile", _optional_text, default=None, env="NATS_TLS_CA",
+        "nats.tls.caFile", values.optional_text, default=None, env="NATS_TLS_CA",
         help="CA bundle for tls:// servers")
     """CA bundle that signs the server's certificate."""
     cert_file: str | None = setting(
-        "nats.tls.certFile", _optional_text, default=None, env="NATS_TLS_CERT",
+        "nats.tls.certFile", values.optional_text, default=None, env="NATS_TLS_CERT",
         help="client certificate")
     """Client certificate, for servers that verify clients."""
     key_file: str | None = setting(
-        "nats.tls.keyFile", _optional_text, default=None, env="NATS_TLS_KEY",
+        "nats.tls.keyFile", values.optional_text, default=None, env="NATS_TLS_KEY",
         help="client key")
     """Key of the client certificate."""
     verify: bool = setting(
-        "nats.tls.verify", _boolean, default=defaults.NATS_TLS_VERIFY, env="NATS_TLS_VERIFY",
+        "nats.tls.verify", values.boolean, default=defaults.NATS_TLS_VERIFY, env="NATS_TLS_VERIFY",
         help="verify the server certificate")
     """Verify the server's certificate (turn off only for local experiments)."""
 
@@ -434,47 +206,47 @@ class NatsConfig(_Section):
         flag="nats-url", help="server URL(s), comma-separated")
     """Servers; shuffled every round unless ``no_randomize`` (as nats.go does)."""
     allow_reconnect: bool = setting(
-        "nats.allowReconnect", _boolean, default=defaults.ALLOW_RECONNECT,
+        "nats.allowReconnect", values.boolean, default=defaults.ALLOW_RECONNECT,
         env="ALLOW_RECONNECT", help="reconnect after losing the server")
     max_reconnect: int = setting(
-        "nats.maxReconnect", _integer, default=defaults.MAX_RECONNECT, env="MAX_RECONNECT",
+        "nats.maxReconnect", values.integer, default=defaults.MAX_RECONNECT, env="MAX_RECONNECT",
         help="reconnect rounds before giving up; negative: forever")
     """Rounds over the servers before giving up; negative is forever, 0 is none."""
     reconnect_wait: float = setting(
-        "nats.reconnectWait", _wait_seconds, default=defaults.RECONNECT_WAIT,
+        "nats.reconnectWait", values.wait_seconds, default=defaults.RECONNECT_WAIT,
         env="RECONNECT_WAIT", help="seconds between reconnect rounds")
     connect_timeout: float = setting(
-        "nats.connectTimeout", _timeout_seconds, default=defaults.CONNECT_TIMEOUT,
+        "nats.connectTimeout", values.timeout_seconds, default=defaults.CONNECT_TIMEOUT,
         env="NATS_CONNECT_TIMEOUT", help="seconds for TCP connect and handshake")
     ping_interval: float = setting(
-        "nats.pingInterval", _timeout_seconds, default=defaults.PING_INTERVAL,
+        "nats.pingInterval", values.timeout_seconds, default=defaults.PING_INTERVAL,
         env="NATS_PING_INTERVAL", help="seconds between keep-alive PINGs")
     max_pings_out: int = setting(
-        "nats.maxPingsOut", _positive_integer, default=defaults.MAX_PINGS_OUT,
+        "nats.maxPingsOut", values.positive_integer, default=defaults.MAX_PINGS_OUT,
         env="NATS_MAX_PINGS_OUT", help="unanswered PINGs before the server is lost")
     reconnect_buffer_size: int = setting(
-        "nats.reconnectBufSize", _non_negative_integer, default=defaults.RECONNECT_BUFFER_SIZE,
-        env="NATS_RECONNECT_BUF_SIZE",
+        "nats.reconnectBufSize", values.non_negative_integer,
+        default=defaults.RECONNECT_BUFFER_SIZE, env="NATS_RECONNECT_BUF_SIZE",
         help="bytes published while reconnecting, sent once back; 0: fail at once")
     """Bytes published while reconnecting that are kept for the next server; 0: none."""
     no_randomize: bool = setting(
-        "nats.noRandomize", _boolean, default=defaults.NATS_NO_RANDOMIZE,
+        "nats.noRandomize", values.boolean, default=defaults.NATS_NO_RANDOMIZE,
         env="NATS_NO_RANDOMIZE", help="try servers in the given order instead of shuffled")
     """Try the servers in the given order (else shuffled every round, as nats.go does)."""
     username: str | None = setting(
-        "nats.username", _optional_text, default=None, env="NATS_USER", help="NATS user")
+        "nats.username", values.optional_text, default=None, env="NATS_USER", help="NATS user")
     password: Secret | None = setting(  # noqa: RUF009 - setting() returns a dataclass field
-        "nats.password", _secret, default=None, env="NATS_PASS", secret=True,
+        "nats.password", values.secret, default=None, env="NATS_PASS", secret=True,
         help="NATS password")
     token: Secret | None = setting(  # noqa: RUF009 - setting() returns a dataclass field
-        "nats.token", _secret, default=None, env="NATS_TOKEN", secret=True,
+        "nats.token", values.secret, default=None, env="NATS_TOKEN", secret=True,
         help="NATS auth token")
     creds_file: str | None = setting(
-        "nats.credsFile", _creds_file, default=None, env="NATS_CREDS",
+        "nats.credsFile", values.creds_file, default=None, env="NATS_CREDS",
         help="NATS .creds file (user JWT and NKey seed), for operator-mode servers")
     """Read at every connect, so a rotated file is used on the next reconnect."""
     nkey_file: str | None = setting(
-        "nats.nkeyFile", _nkey_file, default=None, env="NATS_NKEY",
+        "nats.nkeyFile", values.nkey_file, default=None, env="NATS_NKEY",
         help="file holding a NATS user NKey seed (servers with nkey users)")
     tls: TlsConfig = field(default_factory=TlsConfig)
 
@@ -499,40 +271,40 @@ class IdpConfig(_Section):
     """Where and how to ask the identity provider for tokens."""
 
     url: str = setting(
-        "idp.url", _http_url, default=defaults.IDP_URL, env="IDP_URL", flag="idp-url",
+        "idp.url", values.http_url, default=defaults.IDP_URL, env="IDP_URL", flag="idp-url",
         help="identity provider base URL")
     token_path: str = setting(
-        "idp.tokenPath", _url_path, default=defaults.IDP_TOKEN_PATH, env="IDP_TOKEN_PATH",
+        "idp.tokenPath", values.url_path, default=defaults.IDP_TOKEN_PATH, env="IDP_TOKEN_PATH",
         flag="idp-token-path", help="token endpoint path")
     timeout: float = setting(
-        "idp.timeout", _timeout_seconds, default=defaults.IDP_TIMEOUT, env="IDP_TIMEOUT",
+        "idp.timeout", values.timeout_seconds, default=defaults.IDP_TIMEOUT, env="IDP_TIMEOUT",
         help="seconds one IdP attempt may take: connect, headers and body")
     auth_method: str = setting(
-        "idp.authMethod", _auth_method, default=defaults.IDP_AUTH_METHOD,
+        "idp.authMethod", values.auth_method, default=defaults.IDP_AUTH_METHOD,
         env="IDP_AUTH_METHOD", help="client_secret_post or client_secret_basic")
     default_scope: str = setting(
-        "idp.defaultScope", _text, default=defaults.IDP_DEFAULT_SCOPE,
+        "idp.defaultScope", values.text, default=defaults.IDP_DEFAULT_SCOPE,
         env="IDP_DEFAULT_SCOPE", help="scope asked for when a request names none")
     issuer: str | None = setting(
-        "idp.issuer", _optional_http_url, default=None, env="IDP_ISSUER", flag="idp-issuer",
+        "idp.issuer", values.optional_http_url, default=None, env="IDP_ISSUER", flag="idp-issuer",
         help="issuer URL: token endpoint from OIDC discovery (instead of url + tokenPath)")
     """With an issuer, the token endpoint is read from its OIDC discovery document."""
     deadline: float = setting(
-        "idp.deadline", _timeout_seconds, default=defaults.IDP_DEADLINE, env="IDP_DEADLINE",
+        "idp.deadline", values.timeout_seconds, default=defaults.IDP_DEADLINE, env="IDP_DEADLINE",
         help="seconds one token fetch may take, retries included")
     failure_threshold: int = setting(
-        "idp.failureThreshold", _positive_integer, default=defaults.IDP_FAILURE_THRESHOLD,
+        "idp.failureThreshold", values.positive_integer, default=defaults.IDP_FAILURE_THRESHOLD,
         env="IDP_FAILURE_THRESHOLD", help="consecutive IdP failures before failing fast")
     cool_down: float = setting(
-        "idp.coolDown", _timeout_seconds, default=defaults.IDP_COOL_DOWN, env="IDP_COOL_DOWN",
+        "idp.coolDown", values.timeout_seconds, default=defaults.IDP_COOL_DOWN, env="IDP_COOL_DOWN",
         help="seconds of failing fast before the IdP is tried again")
     default_expires_in: int = setting(
-        "idp.defaultExpiresIn", _non_negative_integer, default=defaults.IDP_DEFAULT_EXPIRES_IN,
-        env="IDP_DEFAULT_EXPIRES_IN",
+        "idp.defaultExpiresIn", values.non_negative_integer,
+        default=defaults.IDP_DEFAULT_EXPIRES_IN, env="IDP_DEFAULT_EXPIRES_IN",
         help="seconds of life of a token whose answer has no expires_in")
     """Seconds of life of a token whose answer has no ``expires_in`` (RFC 6749 5.1)."""
     max_response_bytes: int = setting(
-        "idp.maxResponseBytes", _positive_integer, default=defaults.IDP_MAX_RESPONSE_BYTES,
+        "idp.maxResponseBytes", values.positive_integer, default=defaults.IDP_MAX_RESPONSE_BYTES,
         env="IDP_MAX_RESPONSE_BYTES",
         help="largest token endpoint answer read, bytes; a larger one is refused")
 
@@ -542,23 +314,6 @@ class IdpConfig(_Section):
         return self.url.rstrip("/") + "/" + self.token_path.lstrip("/")
 
 
-def _bucket_name(raw: Any) -> str | None:
-    name = _optional_text(raw)
-    if name is not None and not _BUCKET_RE.match(name):
-        raise ValueError("must be letters, digits, '-' or '_' (a JetStream KV bucket name), "
-                         f"got {name!r}")
-    return name
-
-
-def _replicas(raw: Any) -> int:
-    count = _positive_integer(raw)
-    if count > MAX_REPLICAS:
-        raise ValueError(f"must be {MAX_REPLICAS} or fewer (JetStream's limit), got {count}")
-    return count
-
-
-_BUCKET_RE = re.compile(r"^[a-zA-Z0-9_-]+$")
-MAX_REPLICAS = 5
 
 
 @dataclass(frozen=True)
@@ -567,17 +322,17 @@ class SharedCacheConfig(_Section):
     bucket). Its max age is ``cache.maxTtl``: no token is kept longer than that anyway."""
 
     bucket: str | None = setting(
-        "cache.shared.bucket", _bucket_name, default=None, env="CACHE_SHARED_BUCKET",
+        "cache.shared.bucket", values.bucket_name, default=None, env="CACHE_SHARED_BUCKET",
         help="JetStream KV bucket shared by the fleet (created when missing); off when unset")
     key_file: str | None = setting(
-        "cache.shared.keyFile", _optional_text, default=None, env="CACHE_SHARED_KEY_FILE",
+        "cache.shared.keyFile", values.optional_text, default=None, env="CACHE_SHARED_KEY_FILE",
         help="file of at least 32 secret bytes sealing the bucket's values (a mounted Secret)")
     previous_key_file: str | None = setting(
-        "cache.shared.previousKeyFile", _optional_text, default=None,
+        "cache.shared.previousKeyFile", values.optional_text, default=None,
         env="CACHE_SHARED_PREVIOUS_KEY_FILE",
         help="the key file before a rotation: its values are still read and re-sealed")
     replicas: int = setting(
-        "cache.shared.replicas", _replicas, default=defaults.CACHE_SHARED_REPLICAS,
+        "cache.shared.replicas", values.replicas, default=defaults.CACHE_SHARED_REPLICAS,
         env="CACHE_SHARED_REPLICAS", help="copies of the bucket kept by clustered JetStream")
 
     def _check(self) -> None:
@@ -603,21 +358,21 @@ class CacheConfig(_Section):
     """The per-worker token cache."""
 
     enabled: bool = setting(
-        "cache.enabled", _boolean, default=defaults.CACHE_ENABLED, env="CACHE_ENABLED",
+        "cache.enabled", values.boolean, default=defaults.CACHE_ENABLED, env="CACHE_ENABLED",
         help="serve repeated requests from the token cache")
     max_entries: int = setting(
-        "cache.maxEntries", _positive_integer, default=defaults.CACHE_MAX_ENTRIES,
+        "cache.maxEntries", values.positive_integer, default=defaults.CACHE_MAX_ENTRIES,
         env="CACHE_MAX_ENTRIES", help="tokens kept (LRU)")
     expiry_margin: float = setting(
-        "cache.expiryMargin", _wait_seconds, default=defaults.CACHE_EXPIRY_MARGIN,
+        "cache.expiryMargin", values.wait_seconds, default=defaults.CACHE_EXPIRY_MARGIN,
         env="CACHE_EXPIRY_MARGIN",
         help="seconds of life a cached token must have left to be served")
     refresh_ahead: float = setting(
-        "cache.refreshAhead", _fraction, default=defaults.CACHE_REFRESH_AHEAD,
+        "cache.refreshAhead", values.fraction, default=defaults.CACHE_REFRESH_AHEAD,
         env="CACHE_REFRESH_AHEAD",
         help="last share of a token's servable life in which it is refreshed in the background")
     max_ttl: float = setting(
-        "cache.maxTtl", _timeout_seconds, default=defaults.CACHE_MAX_TTL, env="CACHE_MAX_TTL",
+        "cache.maxTtl", values.timeout_seconds, default=defaults.CACHE_MAX_TTL, env="CACHE_MAX_TTL",
         help="longest life in seconds a cached token is given (and replies say)")
     shared: SharedCacheConfig = field(default_factory=SharedCacheConfig)
 
@@ -627,11 +382,11 @@ class HealthConfig(_Section):
     """The optional HTTP listener for probes and metrics."""
 
     port: int | None = setting(
-        "health.port", _port, default=None, env="HEALTH_PORT", flag="health-port",
+        "health.port", values.port, default=None, env="HEALTH_PORT", flag="health-port",
         help="port of /healthz, /readyz and /metrics (off when unset; 0: any free port)")
     """``None``: off (the library's default; the image turns it on); 0: any free port."""
     host: str = setting(
-        "health.host", _text, default=defaults.HEALTH_HOST, env="HEALTH_HOST",
+        "health.host", values.text, default=defaults.HEALTH_HOST, env="HEALTH_HOST",
         help="address the health listener binds")
     """Address to listen on."""
 
@@ -641,12 +396,12 @@ class CredentialsConfig(_Section):
     """Named credentials: client ids and secrets the worker holds, so none rides the bus."""
 
     directory: str | None = setting(
-        "credentials.dir", _directory, default=None, env="CREDENTIALS_DIR",
+        "credentials.dir", values.directory, default=None, env="CREDENTIALS_DIR",
         flag="credentials-dir",
         help="folder of named credentials (<name>/client_id, <name>/client_secret)")
     """Mounted from a Kubernetes Secret; without it the named subjects are not subscribed."""
     inline: bool = setting(
-        "credentials.inline", _boolean, default=defaults.INLINE_SECRETS, env="INLINE_SECRETS",
+        "credentials.inline", values.boolean, default=defaults.INLINE_SECRETS, env="INLINE_SECRETS",
         help="serve requests that carry their own client_secret")
     """False: a request carrying ``client_secret`` gets ``inline_secrets_disabled``."""
 
@@ -656,35 +411,35 @@ class Config(_Section):
     """Everything a :class:`~token_worker.TokenWorker` needs."""
 
     environment: str = setting(
-        "environment", _text, default=defaults.ENVIRONMENT, env="APP_ENV", flag="env",
+        "environment", values.text, default=defaults.ENVIRONMENT, env="APP_ENV", flag="env",
         help="deployment environment, logged with every line")
     log_level: str = setting(
-        "logLevel", _log_level, default=defaults.LOG_LEVEL, env=("LOG_LEVEL", "APP_LOG_LEVEL"),
-        flag="log-level", help="debug, info, warning, error")
+        "logLevel", values.log_level, default=defaults.LOG_LEVEL,
+        env=("LOG_LEVEL", "APP_LOG_LEVEL"), flag="log-level", help="debug, info, warning, error")
     name_suffix: str | None = setting(
-        "nameSuffix", _optional_text, default=None, env="WORKER_NAME_SUFFIX",
+        "nameSuffix", values.optional_text, default=None, env="WORKER_NAME_SUFFIX",
         flag="name-suffix", help="client name suffix (else POD_NAME, else host name)")
     """Client name suffix; ``None`` falls back to WORKER_NAME_SUFFIX, POD_NAME, host name."""
     subject: str = setting(
-        "subject", _name, default=defaults.SUBJECT, env="TOKEN_SUBJECT", flag="subject",
+        "subject", values.name, default=defaults.SUBJECT, env="TOKEN_SUBJECT", flag="subject",
         help="request subject")
     queue: str = setting(
-        "queue", _name, default=defaults.QUEUE_GROUP, env="QUEUE_GROUP", flag="queue",
+        "queue", values.name, default=defaults.QUEUE_GROUP, env="QUEUE_GROUP", flag="queue",
         help="queue group")
     named_subject: str = setting(
-        "namedSubject", _subject_prefix, default=defaults.NAMED_SUBJECT, env="NAMED_SUBJECT",
+        "namedSubject", values.subject_prefix, default=defaults.NAMED_SUBJECT, env="NAMED_SUBJECT",
         help="prefix of named-credential subjects (<prefix>.<credential>)")
     workers: int = setting(
-        "workers", _positive_integer, default=defaults.WORKERS, env="WORKERS", flag="workers",
+        "workers", values.positive_integer, default=defaults.WORKERS, env="WORKERS", flag="workers",
         help="requests served at once")
     backlog: int = setting(
-        "backlog", _non_negative_integer, default=defaults.BACKLOG, env="BACKLOG",
+        "backlog", values.non_negative_integer, default=defaults.BACKLOG, env="BACKLOG",
         help="requests that may wait for a thread before 'overloaded'")
     max_payload: int = setting(
-        "maxPayload", _positive_integer, default=defaults.MAX_PAYLOAD, env="MAX_PAYLOAD",
+        "maxPayload", values.positive_integer, default=defaults.MAX_PAYLOAD, env="MAX_PAYLOAD",
         help="largest request accepted, bytes")
     drain_timeout: float = setting(
-        "drainTimeout", _wait_seconds, default=defaults.DRAIN_TIMEOUT, env="DRAIN_TIMEOUT",
+        "drainTimeout", values.wait_seconds, default=defaults.DRAIN_TIMEOUT, env="DRAIN_TIMEOUT",
         help="seconds a stop waits for in-flight requests")
     nats: NatsConfig = field(default_factory=NatsConfig)
     idp: IdpConfig = field(default_factory=IdpConfig)

@@ -8,13 +8,15 @@
 - ``/metrics``: Prometheus text format, from the worker's own registry.
 
 Each connection holds a thread, so the listener bounds them: a connection silent for
-:data:`READ_TIMEOUT` seconds is closed, and beyond :data:`MAX_CONNECTIONS` at once a new
-connection is closed as soon as it is accepted (a probe retries; a pile of idle sockets
-costs no threads). Probes and scrapes send their request at once and need a handful.
+:data:`READ_TIMEOUT` seconds is closed, and at most :data:`MAX_CONNECTIONS` are served at
+once. A connection beyond that makes room by closing the oldest one: probes and scrapes
+send their request at once and are answered in milliseconds, so the oldest is an idle or
+trickling one, and a pile of idle sockets neither pins threads nor keeps a probe out.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import socket
 import threading
@@ -32,7 +34,10 @@ log = logging.getLogger(__name__)
 READ_TIMEOUT = 5.0
 """Seconds a health connection may stay silent (reading the request) before it is closed."""
 MAX_CONNECTIONS = 32
-"""Health connections served at once; more are closed as soon as they are accepted."""
+"""Health connections served at once (a thread each); a new one closes the oldest."""
+EVICTION_WAIT = 1.0
+"""Seconds a new connection waits for the closed oldest one's thread to end (it ends at
+once: its socket is shut down), before it is closed itself."""
 
 Check = Callable[[], tuple[bool, str]]
 """Returns (healthy, reason)."""
@@ -60,7 +65,8 @@ class HealthServer:
 
 
 class _BoundedServer(ThreadingHTTPServer):
-    """A thread per connection, at most ``max_connections`` of them."""
+    """A thread per connection, at most ``max_connections`` of them; a new connection
+    beyond them shuts the oldest one down and takes its place."""
 
     daemon_threads = True
     request_queue_size = 128  # socketserver's 5 drops SYNs (1 s retransmits) in a burst
@@ -69,20 +75,26 @@ class _BoundedServer(ThreadingHTTPServer):
                  max_connections: int) -> None:
         super().__init__(address, handler)
         self._slots = threading.BoundedSemaphore(max_connections)
-        self._refused = RateLimitedLog(log, logging.WARNING,
-                                       "health connection closed: too many open at once",
-                                       interval=10.0)
+        self._open: dict[socket.socket, None] = {}
+        """The connections being served, oldest first."""
+        self._lock = threading.Lock()
+        self._evicted = RateLimitedLog(
+            log, logging.WARNING, "health connection closed to make room: too many open",
+            interval=10.0)
         self._max_connections = max_connections
 
     def process_request(self, request: Any, client_address: Any) -> None:
         if not self._slots.acquire(blocking=False):
-            self._refused({"max_connections": self._max_connections})
-            self.shutdown_request(request)
-            return
+            self._close_oldest()
+            if not self._slots.acquire(timeout=EVICTION_WAIT):
+                self.shutdown_request(request)
+                return
+        with self._lock:
+            self._open[request] = None
         try:
             super().process_request(request, client_address)  # starts the thread
         except BaseException:
-            self._slots.release()
+            self._forget(request)
             raise
 
     def process_request_thread(self, request: socket.socket | tuple[bytes, socket.socket],
@@ -90,7 +102,24 @@ class _BoundedServer(ThreadingHTTPServer):
         try:
             super().process_request_thread(request, client_address)
         finally:
-            self._slots.release()
+            self._forget(request)
+
+    def _forget(self, request: Any) -> None:
+        with self._lock:
+            self._open.pop(request, None)
+        self._slots.release()
+
+    def _close_oldest(self) -> None:
+        """Shut the oldest connection down: its thread's read returns at once and it ends,
+        releasing its slot (the socket is closed by that thread, as always)."""
+        with self._lock:
+            oldest = next(iter(self._open), None)
+            if oldest is None:
+                return
+            del self._open[oldest]  # the next one to make room picks the next oldest
+        self._evicted({"max_connections": self._max_connections})
+        with contextlib.suppress(OSError):  # it may have ended meanwhile
+            oldest.shutdown(socket.SHUT_RDWR)
 
 
 def _handler_class(alive: Check, ready: Check, registry: CollectorRegistry,

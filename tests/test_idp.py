@@ -4,6 +4,8 @@ for what a real IdP cannot do on demand (5xx, 429, hangs, garbage)."""
 from __future__ import annotations
 
 import json
+import ssl
+import subprocess
 import time
 
 import pytest
@@ -122,3 +124,46 @@ def test_the_secret_is_sent_only_in_the_body_or_header(faulty):
                                                                           "my-secret", "")
     assert captured["auth"].startswith("Basic ")
     assert "my-secret" not in captured["body"]
+
+
+@pytest.fixture
+def https_faulty(faulty, tmp_path, monkeypatch):
+    """A FaultyIdp behind TLS, with a certificate for 127.0.0.1 the client trusts."""
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+                    "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
+                    "-keyout", "key.pem", "-out", "cert.pem"],
+                   cwd=tmp_path, check=True, capture_output=True)
+    monkeypatch.setenv("SSL_CERT_FILE", str(tmp_path / "cert.pem"))
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(tmp_path / "cert.pem", tmp_path / "key.pem")
+
+    def make(**kwargs):
+        server = faulty(**kwargs)
+        server.socket = context.wrap_socket(server.socket, server_side=True)
+        return server
+
+    return make
+
+
+@pytest.mark.parametrize(("endpoint", "refused"), [
+    ("http://127.0.0.1:{port}/token", True),
+    ("https://127.0.0.1:{port}/token", False),
+])
+def test_an_https_issuer_cannot_downgrade_the_token_endpoint_to_http(endpoint, refused,
+                                                                     https_faulty, caplog):
+    server = https_faulty(body=b"")
+    port = server.server_address[1]
+    server.script = [Scripted(body=json.dumps(
+        {"token_endpoint": endpoint.format(port=port)}).encode()),
+        Scripted(body=b'{"access_token": "t"}')]
+    issuer = f"https://127.0.0.1:{port}"
+    client = IdpClient(IdpConfig(url="https://unused.example", issuer=issuer, timeout=2.0))
+    if not refused:
+        assert client.fetch_token("c", "s", "").access_token == "t"
+        return
+    with pytest.raises(IdpUnavailable, match="token_endpoint is http under an https issuer"):
+        client.fetch_token("c", "s", "")
+    assert server.calls == 1  # the discovery document only: the secret never went out
+    [line] = [r for r in caplog.records if r.getMessage().startswith("discovered token endpoint "
+                                                                     "refused")]
+    assert line.token_url == f"http://127.0.0.1:{port}"

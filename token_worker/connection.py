@@ -56,14 +56,17 @@ from token_worker.errors import (
     ReconnectGaveUp,
 )
 from token_worker.keepalive import KeepAlive
+from token_worker.logs import RateLimitedLog
 from token_worker.pending import PendingWrites
-from token_worker.protocol import Control, Info, Message, ProtocolError, ServerError
+from token_worker.protocol import Control, Info, Message, ProtocolError, ServerError, Skipped
 from token_worker.servers import ServerPool
 
 __all__ = ["Message", "MessageCallback", "NatsConnection", "ServerPool", "State",
            "Subscription", "pynats2"]
 
 log = logging.getLogger(__name__)
+_warn_skipped = RateLimitedLog(log, logging.WARNING, "nats message skipped unread")
+"""A message whose line is longer than we read (a huge reply subject): skipped, stream kept."""
 
 READ_SIZE = 64 * 1024
 """Bytes asked of the socket per read: many messages per system call under load."""
@@ -602,6 +605,9 @@ class NatsConnection:
             _log_server_error(event.text)
         elif isinstance(event, Info):
             return self._async_info(event)
+        elif isinstance(event, Skipped):
+            _warn_skipped({"reason": event.reason, "bytes": event.size,
+                           "server": self.server_url})
         elif isinstance(event, ProtocolError):
             log.error("nats protocol error: dropping the connection",
                       extra={"reason": event.reason, "server": self.server_url})

@@ -21,6 +21,14 @@ slowly the bytes trickle (each socket read waits only for the time left), and th
 read in chunks up to ``idp.maxResponseBytes`` (a larger ``Content-Length`` is refused
 unread). The client secret goes into the request and nowhere else; the body of a 2xx is
 never logged or quoted (it may hold a token), error bodies only as a 200-character excerpt.
+An IdP (or a proxy in front of it) may echo the request in an error: every text taken from
+an answer (body excerpt, ``error_description``, reason) has the secret scrubbed, in every
+form it was sent in (raw, form-encoded, inside the Basic header), before it is stored on
+the error (:class:`_Scrubber`).
+
+With ``idp.issuer``, the discovered token endpoint must be as safe as the issuer: an
+``https`` issuer naming an ``http`` token endpoint is refused (the secret would go out in
+clear text).
 
 HTTP is urllib3's connection pool, used directly: measured against the test IdP, a token
 call costs 0.5 ms of CPU this way against 1.4 ms through requests (built on the same
@@ -31,8 +39,10 @@ from __future__ import annotations
 
 import base64
 import email.utils
+import html
 import http.client
 import io
+import json
 import logging
 import math
 import re
@@ -42,7 +52,7 @@ import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any, cast
-from urllib.parse import parse_qsl, quote, urlencode, urljoin, urlsplit
+from urllib.parse import parse_qsl, quote, quote_plus, urlencode, urljoin, urlsplit
 
 import orjson
 import urllib3
@@ -73,7 +83,19 @@ is failed client authentication, answered with 401)."""
 _NUMBER = re.compile(r"[0-9]+(\.[0-9]*)?([eE][+-]?[0-9]+)?")
 _ERROR_CODE = re.compile(r"[\x20\x21\x23-\x5b\x5d-\x7e]{1,128}")
 """RFC 6749 5.2: an ``error`` is printable ASCII without ``"`` and ``\\``."""
-_UNPRINTABLE = re.compile(r"[\x00-\x1f\x7f]+")
+_UNPRINTABLE = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]+")
+"""Control characters (C0, DEL, C1), Unicode line and paragraph separators and bidi
+controls: none of them is kept in a text taken from an answer."""
+_ACCESS_TOKEN = re.compile(r"[\x21-\x7e]+")
+"""An access token is visible ASCII (RFC 6749 A.12: ``1*VSCHAR``). RFC 6750's stricter
+``b64token`` is not asked for: it is the Bearer header's syntax, and some IdPs issue opaque
+tokens outside it; what matters is that no token can carry a space, a control character
+or a line separator into a header, a reply or a log line."""
+REDACTED = "********"
+"""What a scrubbed secret is replaced with."""
+EXCERPT_WINDOW = 64 * 1024
+"""Bytes of an error body scrubbed to make its excerpt (all of it when the excerpt would
+reach the window's end, so a secret cut by the window cannot leak its first half)."""
 
 
 @dataclass(frozen=True)
@@ -100,6 +122,51 @@ class _Answer:
     status: int
     headers: urllib3.HTTPHeaderDict
     content: bytes | None
+
+
+class _Scrubber:
+    """Takes a client secret out of texts an IdP answered, in every form the request carried
+    it: raw, form-encoded (``quote_plus`` and ``quote``), JSON- and HTML-escaped, and the
+    base64 ``user:password`` of a Basic header (with the client_id it was paired with).
+
+    Forms shorter than :attr:`MIN_LENGTH` are left alone: replacing a two-letter secret
+    would mangle every word holding those letters (the log filter does the same).
+    """
+
+    MIN_LENGTH = 4
+
+    __slots__ = ("_forms", "longest")
+
+    def __init__(self, client_id: str = "", client_secret: str = "") -> None:
+        forms: set[str] = set()
+        if len(client_secret) >= self.MIN_LENGTH:
+            forms = {client_secret, quote_plus(client_secret), quote(client_secret),
+                     quote(client_secret, safe=""), html.escape(client_secret),
+                     json.dumps(client_secret)[1:-1],
+                     json.dumps(client_secret, ensure_ascii=False)[1:-1]}
+            for pair in (f"{quote(client_id, safe='')}:{quote(client_secret, safe='')}",
+                         f"{quote_plus(client_id)}:{quote_plus(client_secret)}",
+                         f"{client_id}:{client_secret}"):
+                encoded = base64.b64encode(pair.encode()).decode()
+                forms |= {encoded, encoded.rstrip("=")}
+        # longest first, so a form containing another is replaced whole
+        self._forms = sorted((form for form in forms if len(form) >= self.MIN_LENGTH),
+                             key=len, reverse=True)
+        self.longest = len(self._forms[0]) if self._forms else 0
+        """Characters of the longest form."""
+
+    def __call__(self, text: str) -> str:
+        """``text`` with every form of the secret replaced by :data:`REDACTED`."""
+        for form in self._forms:
+            if form in text:
+                text = text.replace(form, REDACTED)
+        return text
+
+    def found_in(self, text: str) -> bool:
+        return any(form in text for form in self._forms)
+
+
+_NO_SECRET = _Scrubber()
 
 
 class IdpClient:
@@ -147,6 +214,12 @@ class IdpClient:
             raise IdpUnavailable(f"OIDC discovery at {url} gave no token_endpoint "
                                  f"(HTTP {answer.status})", status=answer.status,
                                  reason=f"HTTP {answer.status}, no token_endpoint")
+        if issuer.lower().startswith("https://") and not endpoint.lower().startswith("https://"):
+            reason = "token_endpoint is http under an https issuer"
+            log.error("discovered token endpoint refused: the secret would go out unencrypted",
+                      extra={"issuer": issuer, "token_url": _origin(endpoint),
+                             "reason": reason})
+            raise IdpUnavailable(f"OIDC discovery at {url} refused: {reason}", reason=reason)
         log.info("token endpoint discovered", extra={"issuer": issuer, "token_url": endpoint})
         return endpoint
 
@@ -167,20 +240,23 @@ class IdpClient:
             form["client_secret"] = client_secret
         token_url = self.token_url
         limit = self._config.timeout if timeout is None else timeout
+        scrub = _Scrubber(client_id, client_secret)
         started = time.monotonic()
-        answer = self._exchange("POST", token_url, limit, body=urlencode(form), headers=headers)
+        answer = self._exchange("POST", token_url, limit, body=urlencode(form), headers=headers,
+                                scrub=scrub)
         log.debug("idp answered", extra={"status": answer.status,
                                          "idp_ms": round((time.monotonic() - started) * 1000, 1)})
         if 200 <= answer.status < 300:
-            return _issued_token(answer, scope, self._config)
-        raise _error_for(answer, token_url, self._config.max_response_bytes)
+            return _issued_token(answer, scope, self._config, scrub)
+        raise _error_for(answer, token_url, self._config.max_response_bytes, scrub)
 
     def close(self) -> None:
         """Close the pooled connections."""
         self._http.clear()
 
     def _exchange(self, method: str, url: str, limit: float, *, body: str | None = None,
-                  headers: dict[str, str] | None = None) -> _Answer:
+                  headers: dict[str, str] | None = None, scrub: _Scrubber = _NO_SECRET
+                  ) -> _Answer:
         """One HTTP exchange, finished within ``limit`` seconds, body capped, never
         following a redirect; network failures become :class:`IdpError`."""
         _attempt.deadline = time.monotonic() + limit
@@ -190,7 +266,7 @@ class IdpClient:
                 timeout=urllib3.Timeout(connect=limit, read=limit), preload_content=False)
             return _read_answer(response, self._config.max_response_bytes)
         except NewConnectionError as error:  # refused, unresolved: urllib3 files it as timeout
-            reason = _network_reason(error)
+            reason = _network_reason(error, scrub)  # a bad status line is quoted in it
             raise IdpUnavailable(f"identity provider unreachable: {reason}",
                                  reason=reason) from None
         except HttpTimeout as error:
@@ -198,7 +274,7 @@ class IdpClient:
             reason = f"no {what} within {limit:.3g} s"
             raise IdpTimeout(f"identity provider gave {reason}", reason=reason) from None
         except (HTTPError, OSError, http.client.HTTPException) as error:
-            reason = _network_reason(error)
+            reason = _network_reason(error, scrub)  # a bad status line is quoted in it
             raise IdpUnavailable(f"identity provider unreachable: {reason}",
                                  reason=reason) from None
         finally:
@@ -311,7 +387,8 @@ def _basic_auth(client_id: str, client_secret: str) -> str:
     return "Basic " + base64.b64encode(pair.encode()).decode()
 
 
-def _issued_token(answer: _Answer, scope: str, config: IdpConfig) -> IssuedToken:
+def _issued_token(answer: _Answer, scope: str, config: IdpConfig, scrub: _Scrubber
+                  ) -> IssuedToken:
     """The token of a 2xx answer, or :class:`IdpBadResponse` saying what is wrong with it."""
     status = answer.status
     if answer.content is None:
@@ -324,11 +401,12 @@ def _issued_token(answer: _Answer, scope: str, config: IdpConfig) -> IssuedToken
         raise IdpBadResponse("access_token not a string", status=status)
     if not token:
         raise IdpBadResponse("access_token empty", status=status)
-    if _UNPRINTABLE.search(token) or token.strip() != token:
-        raise IdpBadResponse("access_token has spaces or control characters", status=status)
+    if not _ACCESS_TOKEN.fullmatch(token):
+        raise IdpBadResponse("access_token has characters other than visible ASCII (spaces, "
+                             "control characters, line separators)", status=status)
     return IssuedToken(
         access_token=token,
-        token_type=_token_type(fields.get("token_type"), status),
+        token_type=_token_type(fields.get("token_type"), status, scrub),
         expires_in=_expires_in(fields, config.default_expires_in, status),
         scope=_scope(fields.get("scope"), scope, status),
         issued_at=time.time(),
@@ -354,7 +432,7 @@ def _token_fields(content: bytes, content_type: str, status: int) -> dict[str, A
     return document
 
 
-def _token_type(value: object, status: int) -> str:
+def _token_type(value: object, status: int, scrub: _Scrubber) -> str:
     """``Bearer`` in any case (x/oauth2 normalises it too); a missing type is taken as
     Bearer. DPoP, mac and others need a proof the worker never makes: not usable."""
     if value is None or value == "":
@@ -362,7 +440,8 @@ def _token_type(value: object, status: int) -> str:
     if not isinstance(value, str):
         raise IdpBadResponse("token_type not a string", status=status)
     if value.strip().lower() != "bearer":
-        raise IdpBadResponse(f"token type {_printable(value, 40)} cannot be used without a "
+        raise IdpBadResponse(f"token type {_printable(value, 40, scrub)} cannot be used "
+                             f"without a "
                              f"proof", status=status)
     return "Bearer"
 
@@ -394,13 +473,14 @@ def _scope(value: object, requested: str, status: int) -> str:
     raise IdpBadResponse("scope not a string", status=status)
 
 
-def _error_for(answer: _Answer, token_url: str, max_bytes: int) -> IdpError:
+def _error_for(answer: _Answer, token_url: str, max_bytes: int, scrub: _Scrubber
+               ) -> IdpError:
     """The error a non-2xx answer means."""
     status = answer.status
-    excerpt = _excerpt(answer.content)
+    excerpt = _excerpt(answer.content, scrub)
     if 300 <= status < 400:
-        return IdpBadResponse(_redirect_reason(answer.headers.get("Location"), token_url),
-                              status=status)
+        return IdpBadResponse(_redirect_reason(answer.headers.get("Location"), token_url,
+                                               scrub), status=status)
     if status == 429 or 500 <= status < 600:
         retry_after = _retry_after(answer.headers.get("Retry-After"))
         said = f" (Retry-After {retry_after:.0f} s)" if retry_after is not None else ""
@@ -408,21 +488,22 @@ def _error_for(answer: _Answer, token_url: str, max_bytes: int) -> IdpError:
         return IdpUnavailable(f"identity provider {what}: HTTP {status}{said}", status=status,
                               retry_after=retry_after, reason=f"HTTP {status}", body=excerpt)
     if 400 <= status < 500:
-        return _refusal(answer, excerpt)
+        return _refusal(answer, excerpt, scrub)
     if answer.content is None:
         return IdpBadResponse(f"larger than {max_bytes} bytes", status=status)
     return IdpBadResponse(f"unexpected HTTP status {status}", status=status, body=excerpt)
 
 
-def _refusal(answer: _Answer, excerpt: str) -> IdpError:
-    """A 4xx: the OAuth2 error it carries, the code its bare status means, or unusable."""
+def _refusal(answer: _Answer, excerpt: str, scrub: _Scrubber) -> IdpError:
+    """A 4xx: the OAuth2 error it carries, the code its bare status means, or unusable.
+    An ``error`` holding the secret is no OAuth2 code: it is read as a bare status."""
     status = answer.status
     fields = _error_fields(answer)
     code = fields.get("error")
-    if isinstance(code, str) and _ERROR_CODE.fullmatch(code):
+    if isinstance(code, str) and _ERROR_CODE.fullmatch(code) and not scrub.found_in(code):
         description = fields.get("error_description")
         return IdpRefused(code, status=status, body=excerpt, description=_printable(
-            description, EXCERPT_CHARS) if isinstance(description, str) else "")
+            description, EXCERPT_CHARS, scrub) if isinstance(description, str) else "")
     if status in BARE_STATUS_CODES:
         return IdpRefused(BARE_STATUS_CODES[status], status=status, body=excerpt,
                           description=f"HTTP {status} without an OAuth2 error body")
@@ -439,17 +520,31 @@ def _error_fields(answer: _Answer) -> dict[str, Any]:
     return _json_object(answer.content) or {}
 
 
-def _redirect_reason(location: str | None, token_url: str) -> str:
+def _redirect_reason(location: str | None, token_url: str, scrub: _Scrubber) -> str:
     """``redirect to <host>``: the host is named, the rest of the target is not."""
     if not location:
         return "redirect without a Location"
-    parts = urlsplit(urljoin(token_url, location.strip()))
+    try:
+        parts = urlsplit(urljoin(token_url, location.strip()))
+        hostname = parts.hostname
+    except ValueError:  # an unclosed IPv6 bracket, for one
+        return "redirect to an unparsable location"
     try:
         port = parts.port
     except ValueError:
         port = None
-    host = (parts.hostname or "?") + (f":{port}" if port else "")
-    return f"redirect to {_printable(host, 100)}"
+    host = (hostname or "?") + (f":{port}" if port else "")
+    return f"redirect to {_printable(host, 100, scrub)}"
+
+
+def _origin(url: str) -> str:
+    """``scheme://host[:port]`` of ``url``: what a log line may name of a URL an IdP gave."""
+    try:
+        parts = urlsplit(url)
+        return f"{parts.scheme}://{parts.hostname or '?'}" + (
+            f":{parts.port}" if parts.port else "")
+    except ValueError:
+        return "(unparsable)"
 
 
 def _retry_after(value: str | None) -> float | None:
@@ -468,7 +563,7 @@ def _retry_after(value: str | None) -> float | None:
     return max(0.0, (when - datetime.now(timezone.utc)).total_seconds())
 
 
-def _network_reason(error: BaseException) -> str:
+def _network_reason(error: BaseException, scrub: _Scrubber) -> str:
     """``ConnectionRefusedError: Connection refused``: the cause under urllib3's wrapping."""
     cause: BaseException = error
     if isinstance(error, ProtocolError) and len(error.args) > 1 and isinstance(
@@ -478,20 +573,33 @@ def _network_reason(error: BaseException) -> str:
         cause = error.__cause__
     detail = cause.strerror if isinstance(cause, OSError) and cause.strerror else str(cause)
     text = f"{type(cause).__name__}: {detail}" if detail else type(cause).__name__
-    return _printable(text, EXCERPT_CHARS)
+    return _printable(text, EXCERPT_CHARS, scrub)
 
 
-def _excerpt(content: bytes | None) -> str:
-    """The start of an error answer's body, for the log line."""
+def _excerpt(content: bytes | None, scrub: _Scrubber) -> str:
+    """The start of an error answer's body, for the log line, the secret scrubbed."""
     if not content:
         return ""
-    return _printable(content[:EXCERPT_CHARS * 4].decode("utf-8", "replace"), EXCERPT_CHARS)
+    window = content[:EXCERPT_WINDOW]
+    flat = _flat(scrub(window.decode("utf-8", "replace")), scrub)
+    if len(content) > len(window) and len(flat) < EXCERPT_CHARS + scrub.longest:
+        flat = _flat(scrub(content.decode("utf-8", "replace")), scrub)  # bounded by maxbytes
+    return _cut(flat, EXCERPT_CHARS)
 
 
-def _printable(text: str, limit: int) -> str:
-    """``text`` on one line, cut to ``limit`` characters."""
-    flat = _UNPRINTABLE.sub(" ", text).strip()
-    return flat if len(flat) <= limit else flat[:limit - 1] + "…"
+def _printable(text: str, limit: int, scrub: _Scrubber) -> str:
+    """``text`` on one line without the secret, cut to ``limit`` characters (scrubbed
+    before the cut, so no prefix of a secret is left at the end)."""
+    return _cut(_flat(scrub(text), scrub), limit)
+
+
+def _flat(text: str, scrub: _Scrubber) -> str:
+    """One line; scrubbed again, as removing control characters may join a secret up."""
+    return scrub(_UNPRINTABLE.sub(" ", text).strip())
+
+
+def _cut(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[:limit - 1] + "…"
 
 
 def _json_object(data: bytes | None) -> dict[str, Any] | None:

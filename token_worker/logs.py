@@ -6,7 +6,10 @@ Every line carries ``time``, ``level``, ``logger``, ``message``, ``client_name``
 requests on other threads never mix). Secrets are never passed to a logger; as a second
 line of defence, :class:`RedactSecrets` replaces the secret values it was given in a line.
 Per-request warnings go through :class:`RateLimitedLog`, so a flood of bad requests is not
-a flood of log lines.
+a flood of log lines. Lines are UTF-8 (``ensure_ascii`` off), but the code points a reader
+may take for a line break (U+0085, U+2028, U+2029, the C1 controls) or that reorder what a
+terminal shows (the bidi controls) are written as JSON ``\\u`` escapes
+(:class:`OneLineJsonFormatter`): whatever a field holds, a line stays one line.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import logging
+import re
 import sys
 import threading
 import time
@@ -142,9 +146,28 @@ class RateLimitedLog:
         return True
 
 
+_LINE_BREAKING = re.compile("[\x80-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
+"""What JSON leaves raw but must not be: the C1 controls (U+0085 is NEL, a line
+break to ``str.splitlines`` and many log shippers), the line and paragraph separators,
+and the bidi embeddings, overrides and isolates (which reorder a line on a terminal)."""
+
+
+def _escape(match: re.Match[str]) -> str:
+    return f"\\u{ord(match.group()):04x}"
+
+
+class OneLineJsonFormatter(JsonFormatter):
+    """A :class:`JsonFormatter` whose lines no reader can split or reorder: the code points
+    of :data:`_LINE_BREAKING` are escaped (valid JSON: they read back unchanged)."""
+
+    def jsonify_log_record(self, log_data: dict[str, Any]) -> str:
+        line = super().jsonify_log_record(log_data)
+        return line if line.isascii() else _LINE_BREAKING.sub(_escape, line)  # isascii: O(1)
+
+
 def json_formatter() -> JsonFormatter:
     """The formatter of every token-worker log line."""
-    return JsonFormatter(
+    return OneLineJsonFormatter(
         "{levelname}{name}{message}",
         style="{",
         rename_fields={"levelname": "level", "name": "logger"},

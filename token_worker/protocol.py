@@ -6,6 +6,14 @@ publish) can produce is tested on byte strings. It never raises: a stream that i
 NATS protocol gives one :class:`ProtocolError` event, after which the parser yields
 nothing more (the connection is then dropped and re-established).
 
+One kind of over-long line is not a broken stream: a MSG or HMSG line longer than
+``max_control_line`` (a publisher's huge reply subject, let through by a server whose own
+``max_control_line`` was raised). Dropping the connection for it would drop every other
+request in flight and reconnect in a loop while the publisher retries, so that one
+message is skipped, line and payload, and reported as :class:`Skipped`. Its bytes are
+discarded as they come: only the line's last :data:`_SKIP_TAIL` bytes are kept, to read
+the sizes at its end.
+
 Subjects are bytes on the wire, and NATS does not require them to be UTF-8. They are
 decoded with ``surrogateescape``, so a non-UTF-8 byte becomes a lone surrogate instead of
 an error, and :func:`pub` encodes the same way: a reply subject read here is answered with
@@ -28,6 +36,8 @@ _MAX_DIGITS = 10
 SUBJECT_ENCODING = ("utf-8", "surrogateescape")
 """How subjects go between wire bytes and ``str``, both ways (bytes-safe round trip)."""
 
+_SKIP_TAIL = 64
+"""Bytes kept of a skipped line: its end holds the sizes (at most 2 x 10 digits)."""
 _ARGUMENT_SEPARATOR = re.compile(rb"[ \t]+")
 _MESSAGE_OPS = (b"MSG ", b"HMSG")
 
@@ -66,6 +76,14 @@ class ServerError(NamedTuple):
     text: str
 
 
+class Skipped(NamedTuple):
+    """A message skipped unread because its line was longer than ``max_control_line``; the
+    stream goes on. ``size`` is the bytes skipped (line and payload)."""
+
+    reason: str
+    size: int
+
+
 class ProtocolError(NamedTuple):
     """The stream is not the NATS protocol; the last event the parser ever yields."""
 
@@ -74,7 +92,21 @@ class ProtocolError(NamedTuple):
 
 Delivery = tuple[int, Message]
 """A MSG or HMSG: the subscription id and the message (a plain tuple: one per message)."""
-Event = Delivery | Control | Info | ServerError | ProtocolError
+Event = Delivery | Control | Info | ServerError | Skipped | ProtocolError
+
+
+class _Skip:
+    """The message being skipped: in its line (``left`` < 0) or in its payload."""
+
+    __slots__ = ("headed", "left", "size", "tail")
+
+    def __init__(self, headed: bool) -> None:
+        self.headed = headed
+        self.tail = b""
+        """The last bytes seen of the line (where its sizes are)."""
+        self.left = -1
+        """Bytes of payload and final CRLF still to discard; -1 while in the line."""
+        self.size = 0
 
 
 class Parser:
@@ -85,7 +117,7 @@ class Parser:
     gathered in a list until complete, so big payloads cost no repeated concatenation.
     """
 
-    __slots__ = ("_broken", "_chunks", "_needed", "_pending", "max_control_line")
+    __slots__ = ("_broken", "_chunks", "_needed", "_pending", "_skip", "max_control_line")
 
     def __init__(self, max_control_line: int = MAX_CONTROL_LINE) -> None:
         self.max_control_line = max_control_line
@@ -95,6 +127,7 @@ class Parser:
         self._needed = 0
         """Bytes the incomplete message needs in all (0: unknown, parse on every feed)."""
         self._broken = False
+        self._skip: _Skip | None = None
 
     @property
     def broken(self) -> bool:
@@ -115,7 +148,15 @@ class Parser:
                     return events
                 chunk = b"".join(self._chunks)
                 self._chunks.clear()
-            rest = self._parse(chunk, events)
+            while True:
+                if self._skip is not None:
+                    chunk = self._skip_message(chunk, events)
+                    if not chunk:
+                        return events
+                rest = self._parse(chunk, events)
+                if self._skip is None:
+                    break
+                chunk = rest  # an over-long message line: skip it, then go on
             if rest:
                 self._chunks.append(rest)
             self._pending = len(rest)
@@ -125,6 +166,7 @@ class Parser:
 
     def _fail(self, events: list[Event], reason: str) -> None:
         self._broken = True
+        self._skip = None
         self._chunks.clear()
         self._pending = self._needed = 0
         events.append(ProtocolError(reason))
@@ -140,9 +182,8 @@ class Parser:
         while pos < size:
             end = data.find(b"\r\n", pos)
             if end < 0 or end - pos > limit:
-                if end >= 0 or size - pos > limit:
-                    self._fail(events, "protocol line too long")
-                    return b""
+                if end >= 0 or size - pos > limit + 1:  # + 1: a last CR may end it
+                    return self._overlong(data, pos, events)
                 break
             op = data[pos : pos + 4]
             parts = data[pos + 4 : end].split(b" ") if op == b"MSG " else None
@@ -189,6 +230,65 @@ class Parser:
                 append((sid, Message(subject, reply, data[start:stop])))
             pos = stop + 2
         return data[pos:]
+
+    def _overlong(self, data: bytes, pos: int, events: list[Event]) -> bytes:
+        """The line at ``pos`` is too long: a message's starts a skip (its bytes from
+        ``pos`` are returned to be skipped), any other is a broken stream."""
+        op = data[pos : pos + 5].upper()
+        if op[:4] == b"MSG " or (op[:4] == b"HMSG" and op[4:5] in (b" ", b"\t")):
+            self._skip = _Skip(headed=op[0] == ord("H"))
+            return data[pos:]
+        self._fail(events, "protocol line too long")
+        return b""
+
+    def _skip_message(self, data: bytes, events: list[Event]) -> bytes:
+        """Discard ``data`` up to the end of the message being skipped; return what
+        follows it (empty when the message goes on, or after a protocol error)."""
+        skip = self._skip
+        assert skip is not None
+        if skip.left < 0:
+            held = skip.tail + data
+            end = held.find(b"\r\n")
+            if end < 0:
+                skip.size += len(data)
+                skip.tail = held[-_SKIP_TAIL:]
+                return b""
+            total = _skipped_size(held[max(0, end - _SKIP_TAIL) : end], skip.headed)
+            if total < 0:
+                self._fail(events, "bad sizes at the end of an over-long message line")
+                return b""
+            skip.size += end + 2 - len(skip.tail)
+            skip.left = total + 2
+            data = held[end + 2 :]
+        left = skip.left
+        low, high = max(0, left - 2), min(len(data), left)
+        if low < high and data[low:high] != b"\r\n"[low - left + 2 : high - left + 2]:
+            self._fail(events, "message payload not followed by CRLF")
+            return b""
+        if len(data) < left:
+            skip.left -= len(data)
+            skip.size += len(data)
+            return b""
+        skip.size += left
+        events.append(Skipped(f"message line longer than {self.max_control_line} bytes",
+                              skip.size))
+        self._skip = None
+        return data[left:]
+
+
+def _skipped_size(tail: bytes, headed: bool) -> int:
+    """The total size at the end of a skipped line (its last ``_SKIP_TAIL`` bytes), or -1
+    when the sizes cannot be read there."""
+    parts = _ARGUMENT_SEPARATOR.split(tail.strip(b" \t"))
+    counts = 2 if headed else 1
+    numbers = parts[-counts:]
+    if len(parts) <= counts or not all(
+            number.isdigit() and len(number) <= _MAX_DIGITS for number in numbers):
+        return -1  # a number cut by the window, or not a number
+    total = int(numbers[-1])
+    if total > MAX_MESSAGE_SIZE or int(numbers[0]) > total:
+        return -1
+    return total
 
 
 def _message_line(line: bytes, headed: bool) -> tuple[str, int, str, int, int] | str:

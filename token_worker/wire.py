@@ -93,7 +93,10 @@ INLINE_SECRETS_DISABLED = "inline_secrets_disabled"
 
 MAX_FIELD_LENGTH = 4096
 """Longest accepted value of any request string field; longer is a bad request."""
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
+"""C0, DEL and C1 controls (U+0085 is a line break), the Unicode line and paragraph
+separators and the bidi overrides: a reader splitting on Unicode line breaks, or a
+terminal, would see a forged or reordered log line in them."""
 
 
 # --- requests ---------------------------------------------------------------------------

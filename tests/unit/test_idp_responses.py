@@ -4,13 +4,16 @@ logged, and the bounds on time and size."""
 
 from __future__ import annotations
 
+import base64
 import email.utils
 import gzip
+import json
 import logging
 import socket
 import threading
 import time
 import zlib
+from urllib.parse import quote, quote_plus
 
 import psutil
 import pytest
@@ -68,6 +71,18 @@ def failure_lines(caplog) -> list[logging.LogRecord]:
          "redirect to evil.example"),
         (Scripted(307, headers={"Location": "/elsewhere"}), "redirect to 127.0.0.1:"),
         (Scripted(301), "redirect without a Location"),
+        (Scripted(302, headers={"Location": "http://[::1/x"}),
+         "redirect to an unparsable location"),
+        (Scripted(body='{"access_token": "ab\u2028cd"}'.encode()),
+         "access_token has characters other than visible ASCII"),
+        (Scripted(body=b'{"access_token": "ab\\u0085cd"}'),
+         "access_token has characters other than visible ASCII"),
+        (Scripted(body=b'{"access_token": "ab\\u202ecd"}'),
+         "access_token has characters other than visible ASCII"),
+        (Scripted(body=b'{"access_token": "ab cd"}'),
+         "access_token has characters other than visible ASCII"),
+        (Scripted(body=b'{"access_token": "ab\\u00e9cd"}'),
+         "access_token has characters other than visible ASCII"),
         (Scripted(404, b"<html>Not Found</html>"), "HTTP 404 without an OAuth2 error body"),
     ],
 )
@@ -93,6 +108,15 @@ def test_an_unusable_answer_costs_one_call_and_names_its_cause(answer, reason, f
         assert SECRET_TOKEN not in record.getMessage()
         assert SECRET_TOKEN not in str(record.__dict__)
     assert SECRET_TOKEN not in str(error)
+
+
+def test_a_jwt_and_an_opaque_token_with_every_visible_character_are_accepted(faulty):
+    jwt = "eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJjIn0.c2ln-_"
+    opaque = "".join(chr(code) for code in range(0x21, 0x7f) if chr(code) not in '"\\')
+    server = faulty(script=[(200, json.dumps({"access_token": token}).encode(), {})
+                            for token in (jwt, opaque)])
+    idp = resilient(server.url)
+    assert [idp.fetch_token("c", "s", "").access_token for _ in range(2)] == [jwt, opaque]
 
 
 def test_a_redirect_is_never_followed(faulty):
@@ -330,3 +354,66 @@ def test_a_gzip_answer_is_read_and_a_gzip_bomb_is_cut_at_the_limit(faulty):
     grown = (process.memory_info().rss - before) / 1024 / 1024
     report_figure(f"gzip bomb ({len(bomb) // 1024} KiB -> 200 MiB): RSS +{grown:.1f} MB")
     assert grown < 8
+
+
+# --- the secret echoed back -------------------------------------------------------------
+
+ECHO_ID = "echo client"
+ECHO_SECRET = 'S3cret/+ =&\u00e9"<SENTINEL>-0123456789'
+
+
+def echoed_forms() -> dict[str, str]:
+    """Every form the request carried the secret in, as an IdP or proxy might echo it."""
+    basic = base64.b64encode(
+        f"{quote(ECHO_ID, safe='')}:{quote(ECHO_SECRET, safe='')}".encode()).decode()
+    return {"raw": ECHO_SECRET, "quote_plus": quote_plus(ECHO_SECRET),
+            "quote": quote(ECHO_SECRET, safe=""), "json": json.dumps(ECHO_SECRET)[1:-1],
+            "basic": basic, "basic unpadded": basic.rstrip("="),
+            "basic header": "Basic " + basic}
+
+
+def assert_no_secret(texts: list[str]) -> None:
+    leaked = [(name, text) for text in texts for name, form in echoed_forms().items()
+              if form.rstrip("=") in text or ECHO_SECRET[:12] in text]
+    assert not leaked
+
+
+def echo_answer(where: str, echoed: str) -> Scripted:
+    padding = "x" * 180  # the secret straddles the 200-character cut
+    if where == "400 body":
+        return Scripted(400, f"{padding}{echoed}".encode())
+    if where == "500 body":
+        return Scripted(500, f"{padding}{echoed}".encode())
+    if where == "error_description":
+        return Scripted(401, json.dumps({"error": "invalid_client",
+                                         "error_description": f"{padding}{echoed}"}
+                                        ).encode())
+    if where == "error":
+        return Scripted(401, json.dumps({"error": echoed.replace('"', "'")}).encode())
+    if where == "token_type":
+        return Scripted(body=json.dumps({"access_token": "t", "token_type": echoed}).encode())
+    # http.client quotes a status line it cannot read in its error
+    return Scripted(status=echoed.replace(" ", "_"), body=b"")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("form", list(echoed_forms()))
+@pytest.mark.parametrize("where", ["400 body", "500 body", "error_description", "error",
+                                   "token_type", "status line"])
+@pytest.mark.parametrize("auth_method", ["client_secret_post", "client_secret_basic"])
+def test_a_secret_echoed_in_an_answer_reaches_no_error_and_no_log_line(
+        form, where, auth_method, faulty, caplog):
+    server = faulty(script=[echo_answer(where, echoed_forms()[form])])
+    idp = resilient(server.url, auth_method=auth_method, deadline=0.5, failure_threshold=10)
+    with pytest.raises(IdpError) as caught:
+        idp.fetch_token(ECHO_ID, ECHO_SECRET, "")
+    error = caught.value
+    assert_no_secret([str(error), error.reason, error.body, error.description,
+                      *(str(record.__dict__) for record in caplog.records)])
+    if where in ("400 body", "500 body"):
+        assert error.body.endswith("********")
+    if where == "error_description":
+        assert error.description.startswith("xxx")
+        assert error.description.endswith("********")
+    if where == "error":  # an error code holding the secret is not taken as a code
+        assert error.error_code == "invalid_client"
+        assert "without an OAuth2 error body" in error.description

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import io
+import json
 import logging
 
-from token_worker.logs import RateLimitedLog, RedactSecrets, redact_secrets
+from token_worker.logs import RateLimitedLog, RedactSecrets, json_formatter, redact_secrets
 
 
 class Clock:
@@ -61,3 +63,37 @@ def test_redact_secrets_reaches_the_filters_on_the_loggers_handlers():
     line = record("x token-value-1")
     log_filter.filter(line)
     assert line.getMessage() == "x ********"
+
+
+BREAKERS = ["\u2028", "\u2029", "\x85", "\x80", "\x9f", "\u202a", "\u202e", "\u2066",
+            "\u2069"]
+
+
+def test_no_field_can_split_or_reorder_a_json_log_line():
+    stream = io.StringIO()
+    logger = logging.getLogger("test.one_line")
+    logger.propagate = False
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(json_formatter())
+    logger.addHandler(handler)
+    try:
+        for breaker in BREAKERS:
+            forged = f'x{breaker}{{"level": "ERROR", "message": "forged"}}'
+            logger.warning("bad request %s", forged, extra={"client_id": forged})
+    finally:
+        logger.removeHandler(handler)
+    lines = stream.getvalue().splitlines()  # splits on U+2028, U+0085, ... as readers do
+    assert len(lines) == len(BREAKERS)
+    for line, breaker in zip(lines, BREAKERS, strict=True):
+        assert breaker not in line
+        assert f"\\u{ord(breaker):04x}" in line
+        record = json.loads(line)  # valid JSON: the escapes read back as the original
+        assert record["client_id"] == f'x{breaker}{{"level": "ERROR", "message": "forged"}}'
+        assert record["message"] == f"bad request {record['client_id']}"
+
+
+def test_other_unicode_stays_readable_in_log_lines():
+    record = logging.LogRecord("t", logging.INFO, __file__, 1, "caf\u00e9 \u4e2d \U0001f600",
+                               None, None)
+    line = json_formatter().format(record)
+    assert "caf\u00e9 \u4e2d \U0001f600" in line

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import random
 import time
+import tracemalloc
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -22,6 +23,7 @@ from token_worker.protocol import (
     Parser,
     ProtocolError,
     ServerError,
+    Skipped,
 )
 
 
@@ -29,8 +31,9 @@ def parse(data: bytes) -> list[protocol.Event]:
     return Parser().feed(data)
 
 
-def parse_split(data: bytes, cuts: list[int]) -> list[protocol.Event]:
-    parser = Parser()
+def parse_split(data: bytes, cuts: list[int], max_control_line: int = protocol.MAX_CONTROL_LINE
+                ) -> list[protocol.Event]:
+    parser = Parser(max_control_line)
     events: list[protocol.Event] = []
     start = 0
     for cut in [*sorted(set(cuts)), len(data)]:
@@ -155,12 +158,94 @@ def test_after_a_protocol_error_nothing_more_is_yielded():
     assert parser.feed(b"PING\r\n") == []
 
 
-def test_overlong_control_lines():
+def test_overlong_control_lines_other_than_messages_break_the_stream():
     parser = Parser(max_control_line=100)
-    assert parser.feed(b"MSG " + b"s" * 50) == []  # may still end in time
-    assert isinstance(parser.feed(b"s" * 60)[0], ProtocolError)
-    complete = Parser(max_control_line=100).feed(b"-ERR " + b"e" * 200 + b"\r\n")
-    assert isinstance(complete[0], ProtocolError)
+    assert parser.feed(b"-ERR " + b"e" * 50) == []  # may still end in time
+    assert isinstance(parser.feed(b"e" * 60)[0], ProtocolError)
+    for line in (b"-ERR " + b"e" * 200, b"INFO {" + b" " * 200 + b"}", b"MSGX" + b"s" * 200,
+                 b"HMSGX" + b"s" * 200):
+        [error] = Parser(max_control_line=100).feed(line + b"\r\nPING\r\n")
+        assert error == ProtocolError("protocol line too long"), line
+
+
+OVERLONG_REPLY = b"_INBOX." + b"r" * 70_000  # the finding: a 70 KB reply subject
+
+
+@pytest.mark.parametrize("headed", [False, True])
+def test_a_message_with_an_overlong_line_is_skipped_and_the_stream_goes_on(headed):
+    if headed:
+        headers = b"NATS/1.0\r\nA: b\r\n\r\n"
+        big = b"HMSG token.request 1 %s %d %d\r\n%s{}\r\n" % (
+            OVERLONG_REPLY, len(headers), len(headers) + 2, headers)
+    else:
+        big = b"MSG token.request 1 %s 2\r\n{}\r\n" % OVERLONG_REPLY
+    small = b"MSG token.request 1 _INBOX.a 2\r\n{}\r\n"
+    stream = b"PING\r\n" + small + big + small + b"PING\r\n"
+    expected = [Control.PING, (1, Message("token.request", "_INBOX.a", b"{}")),
+                Skipped("message line longer than 65536 bytes", len(big)),
+                (1, Message("token.request", "_INBOX.a", b"{}")), Control.PING]
+    assert parse(stream) == expected
+    for read in (65536, 4096, 1000):
+        assert parse_split(stream, list(range(0, len(stream), read))) == expected, read
+    for cut in range(len(stream) - len(small) - 40, len(stream)):  # around the big end
+        assert parse_split(stream, [70_000, cut]) == expected, cut
+
+
+def test_a_line_of_exactly_the_limit_is_read_wherever_it_is_cut():
+    line = b"MSG s 1 r%s 1" % (b"x" * 89)
+    assert len(line) == 100
+    stream = line + b"\r\nz\r\n"
+    expected = [(1, Message("s", "r" + "x" * 89, b"z"))]
+    for cut in range(len(stream) + 1):
+        assert parse_split(stream, [cut], max_control_line=100) == expected, cut
+
+
+def test_a_skipped_message_split_at_every_byte_boundary():
+    big = b"HMSG s 1 r%s 12 15\r\nNATS/1.0\r\n\r\nabc\r\n" % (b"x" * 150)
+    stream = b"PING\r\n" + big + b"MSG s 2 1\r\nz\r\n"
+    expected = [Control.PING, Skipped("message line longer than 100 bytes", len(big)),
+                (2, Message("s", "", b"z"))]
+    for cut in range(len(stream) + 1):
+        assert parse_split(stream, [cut], max_control_line=100) == expected, cut
+    parser = Parser(max_control_line=100)  # and one byte at a time
+    assert [event for i in range(len(stream)) for event in parser.feed(stream[i:i + 1])
+            ] == expected
+
+
+@pytest.mark.parametrize("big", [
+    b"MSG s 1 r%s x\r\n" % (b"x" * 150),                        # size not a number
+    b"MSG s 1 r%s 99999999999\r\n" % (b"x" * 150),              # huge size
+    b"MSG s 1 r%s %d\r\n" % (b"x" * 150, protocol.MAX_MESSAGE_SIZE + 1),
+    b"HMSG s 1 r%s 10 5\r\n" % (b"x" * 150),                    # headers larger than the whole
+    b"MSG s 1 r%s%s 2\r\n" % (b"x" * 150, b" " * 100),          # sizes beyond the kept tail
+    b"MSG s 1 %s\r\n" % (b"1" * 150),                           # a number cut by the tail
+    b"MSG s 1 r%s 1\r\nxy\r\n" % (b"x" * 150),                  # payload longer than said
+])
+def test_an_overlong_message_line_without_readable_sizes_breaks_the_stream(big):
+    for cuts in ([], list(range(len(big) + 1))):
+        events = parse_split(b"PING\r\n" + big + b"PING\r\n", cuts, max_control_line=100)
+        assert events[0] is Control.PING
+        assert len(events) == 2 and isinstance(events[1], ProtocolError), events
+
+
+def test_a_skipped_line_is_discarded_as_it_comes():
+    """A 16 MB message line fed in 64 KiB reads: the parser holds a tail, not the line."""
+    parser = Parser()
+    read = b"r" * 65536
+    tracemalloc.start()
+    try:
+        assert parser.feed(b"MSG s 1 _INBOX.") == []
+        baseline = tracemalloc.get_traced_memory()[0]
+        tracemalloc.reset_peak()
+        for _ in range(256):
+            assert parser.feed(read) == []
+        held = tracemalloc.get_traced_memory()[1] - baseline
+    finally:
+        tracemalloc.stop()
+    assert held < 4 * len(read)  # a read or two in flight, never the 16 MB
+    [skipped] = parser.feed(b" 3\r\nabc\r\n")
+    assert skipped == Skipped("message line longer than 65536 bytes",
+                              len(b"MSG s 1 _INBOX.") + 256 * len(read) + len(b" 3\r\nabc\r\n"))
 
 
 def test_a_large_payload_split_over_many_reads():
@@ -281,6 +366,34 @@ def test_valid_streams_chopped_anywhere_give_the_same_events(stream_items, cuts)
     assert parse_split(stream, [cut % (len(stream) + 1) for cut in cuts]) == expected
 
 
+@st.composite
+def overlong_items(draw: st.DrawFn) -> tuple[bytes, protocol.Event]:
+    """A message whose line is longer than FUZZ_LINE: skipped, with its size."""
+    reply = b"_INBOX." + b"r" * draw(st.integers(FUZZ_LINE, 3 * FUZZ_LINE))
+    payload = draw(payloads)
+    if draw(st.booleans()):
+        raw = b"MSG s %d %s %d\r\n%s\r\n" % (draw(st.integers(0, 99)), reply, len(payload),
+                                              payload)
+    else:
+        headers, _ = draw(header_blocks)
+        raw = b"HMSG\ts 1 %s %d %d\r\n%s%s\r\n" % (reply, len(headers),
+                                                   len(headers) + len(payload), headers, payload)
+    return raw, Skipped(f"message line longer than {FUZZ_LINE} bytes", len(raw))
+
+
+FUZZ_LINE = 300
+
+
+@FUZZ
+@given(st.lists(st.one_of(items(), overlong_items()), max_size=8),
+       st.lists(st.integers(0, 20_000), max_size=8))
+def test_streams_with_skipped_messages_chopped_anywhere_give_the_same_events(stream_items, cuts):
+    stream = b"".join(raw for raw, _ in stream_items)
+    expected = [event for _, event in stream_items]
+    assert parse_split(stream, [], FUZZ_LINE) == expected
+    assert parse_split(stream, [cut % (len(stream) + 1) for cut in cuts], FUZZ_LINE) == expected
+
+
 @FUZZ
 @given(st.binary(max_size=400), st.lists(st.integers(0, 400), max_size=6))
 def test_arbitrary_bytes_never_raise_and_end_in_at_most_one_error(data, cuts):
@@ -310,6 +423,17 @@ def test_protocol_shaped_noise_never_raises(pieces):
     data = b"".join(pieces)
     events = parse(data)
     assert parse_split(data, list(range(0, len(data), 3))) == events
+    short = Parser(max_control_line=12).feed(data)  # over-long lines: skipped or broken
+    assert parse_split(data, list(range(0, len(data), 3)), max_control_line=12) == short
+    assert sum(isinstance(e, ProtocolError) for e in short) <= 1
+
+
+@FUZZ
+@given(st.binary(max_size=400), st.lists(st.integers(0, 400), max_size=6))
+def test_arbitrary_bytes_with_a_short_line_limit_chopped_anywhere_agree(data, cuts):
+    whole = Parser(max_control_line=8).feed(data)
+    assert parse_split(data, cuts, max_control_line=8) == whole
+    assert sum(isinstance(e, ProtocolError) for e in whole) <= 1
 
 
 SAMPLE_ITEMS = [

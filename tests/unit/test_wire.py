@@ -48,6 +48,17 @@ def test_a_request_without_request_id_is_served_with_an_empty_one():
     (request(request_id=7), "", "request_id must be a string"),
     (request(request_id="a\nb"), "a\nb", "request_id must not contain control characters"),
     (request(client_id="a\x00b"), "r-1", "control characters"),
+    (request(client_id="a\u2028b"), "r-1", "control characters"),
+    (request(client_id="a\u2029b"), "r-1", "control characters"),
+    (request(client_id="a\u0085b"), "r-1", "control characters"),
+    (request(client_id="a\u0080b"), "r-1", "control characters"),
+    (request(client_id="a\u009fb"), "r-1", "control characters"),
+    (request(client_id="a\u202ab"), "r-1", "control characters"),
+    (request(client_id="a\u202eb"), "r-1", "control characters"),
+    (request(client_id="a\u2066b"), "r-1", "control characters"),
+    (request(client_id="a\u2069b"), "r-1", "control characters"),
+    (request(request_id="a\u2028b"), "a\u2028b", "request_id must not contain control"),
+    (request(scope="read\u2029write"), "r-1", "scope is not a valid scope string"),
     (request(scope={"a": 1}), "r-1", "scope must be a string or a list"),
     (request(skip_cache="yes"), "r-1", "skip_cache must be true or false, got string"),
     (request(client_id="x" * 5000), "r-1", "longer than 4096"),
@@ -58,6 +69,14 @@ def test_bad_requests_raise_invalid_request_with_the_id_when_readable(payload, r
         wire.TokenRequest.from_bytes(payload, max_size=LIMIT)
     assert caught.value.request_id == request_id
     assert "s3cret-value" not in str(caught.value)
+
+
+def test_printable_unicode_is_accepted_in_request_fields():
+    fields = {"client_id": "svc-\u00e9\u4e2d\U0001f600\u00a0", "request_id": "r-\u2027\u202f",
+              "scope": "read\u00e9"}
+    parsed = wire.TokenRequest.from_bytes(request(**fields), max_size=LIMIT)
+    assert (parsed.client_id, parsed.request_id, parsed.scope) == (
+        fields["client_id"], fields["request_id"], fields["scope"])
 
 
 def test_an_oversize_request_is_refused_before_parsing():

@@ -20,6 +20,7 @@ from tests.servers import NatsServer
 from token_worker import NoWorkerAnswered, RequestTimedOut, TokenClient, TokenRequestFailed
 from token_worker.config import NatsConfig, Secret
 from token_worker.errors import ClientClosed, NatsUnavailable
+from token_worker.wire import TokenReply
 
 
 def test_many_threads_share_one_client(nats_server, idp, start_worker):
@@ -92,6 +93,40 @@ def test_no_server_fails_at_once_instead_of_retrying_for_minutes():
         TokenClient(f"nats://127.0.0.1:{free_port()}")
     assert time.monotonic() - started < 2
 
+
+
+def _genuine_token(payload: bytes) -> bytes:
+    """A handler answering like the worker, with a token that says it is genuine."""
+    request_id = json.loads(payload)["request_id"]
+    return TokenReply(request_id, "genuine-" + secrets.token_hex(4), "Bearer", 60).to_bytes()
+
+
+def test_a_stopping_worker_hands_queued_requests_to_another_replica(nats_server,
+                                                                    start_worker):
+    """A rolling stop: the stopping worker answers its queued requests ``shutting_down``;
+    the client asks again at once and the other replica answers, so no caller sees it."""
+    release, started = threading.Event(), threading.Event()
+
+    def slow(payload: bytes) -> bytes:
+        started.set()
+        release.wait(10)
+        return _genuine_token(payload)
+
+    stopping = start_worker(make_config(nats_server.url, workers=1, backlog=4), slow)
+    with TokenClient(nats_server.url, timeout=5) as client, ThreadPoolExecutor(5) as pool:
+        running = pool.submit(client.get_token, *DEMO, scope="running")
+        assert started.wait(5)
+        queued = [pool.submit(client.get_token, *DEMO, scope=f"queued-{i}") for i in range(3)]
+        wait_until(lambda: stopping.metrics.registry.get_sample_value(
+            "token_worker_in_flight") == 4, what="three requests queued")
+        start_worker(make_config(nats_server.url), _genuine_token)
+        stop = pool.submit(stopping.stop, 10)
+        tokens = [future.result(5) for future in queued]  # while the first still runs
+        release.set()
+        assert running.result(10).access_token.startswith("genuine-")
+        assert stop.result(10) is True
+    assert all(token.access_token.startswith("genuine-") for token in tokens)
+    assert client.requests_sent == 7  # one more for each queued request, nothing else
 
 # --- a requester that cannot be fooled (issue 10 item 7) --------------------------------
 

@@ -530,6 +530,21 @@ def test_token_request_inline_reads_the_secret_from_the_environment(nats_server,
     assert seen[0].body["client_secret"] == DEMO[1] and seen[0].reply.startswith("_INBOX.")
 
 
+def test_a_raw_request_the_worker_would_refuse_fails_at_once_unsent(nats_server,
+                                                                   start_worker):
+    """A request_id longer than the worker echoes used to wait out every attempt: the
+    worker's invalid_request answer, with request_id "", was dropped as forged."""
+    start_worker(make_config(nats_server.url))
+    with TokenClient(nats_server.url, timeout=0.5, retries=1) as client:
+        started = time.monotonic()
+        with pytest.raises(TokenRequestFailed, match="longer than 4096") as caught:
+            client.request({"request_id": "R" * 5000, "client_id": DEMO[0],
+                            "client_secret": DEMO[1]})
+        assert time.monotonic() - started < 0.2
+        assert caught.value.error_code == "invalid_request"
+    assert (client.requests_sent, client.replies_dropped) == (0, 0)
+
+
 def test_a_raw_request_without_request_id_gets_one_and_is_matched_by_it(nats_server,
                                                                           responders):
     seen = responders(nats_server.url, imitate_worker()).seen

@@ -34,11 +34,12 @@ from token_worker import defaults
 from token_worker.cache import CachedToken, CacheKey, TokenCache, cache_key
 from token_worker.config import NatsConfig, parse_nats_urls
 from token_worker.connection import NatsConnection
-from token_worker.errors import ClientClosed, InvalidReply, TokenRequestFailed
+from token_worker.errors import ClientClosed, InvalidReply, InvalidRequest, TokenRequestFailed
 from token_worker.idp import IssuedToken
 from token_worker.inbox import Inbox
 from token_worker.requester import Requester
 from token_worker.wire import (
+    INVALID_REQUEST,
     ErrorReply,
     NamedTokenRequest,
     TokenRequest,
@@ -220,7 +221,9 @@ class TokenClient:
 
         With ``credential`` the body goes to ``<named_subject>.<credential>`` and the reply
         must name that credential. A body without ``request_id`` gets one (on a copy): the
-        reply is matched by it.
+        reply is matched by it. A body the worker would refuse (the wire types' rules: a
+        field too long, of the wrong type, with control characters, a missing secret) is
+        not sent: :class:`TokenRequestFailed` ``invalid_request`` says why, at once.
         """
         if self._closed.is_set():
             raise ClientClosed("the TokenClient is closed")
@@ -233,8 +236,24 @@ class TokenClient:
         """Send one encoded request and return the decoded reply that answers it."""
         subject = self._subject if credential is None else (
             f"{self._named_subject}.{_credential(credential)}")
+        check_request(payload, named=credential is not None)
         total = budget if budget is not None else self._timeout * (self._retries + 1) + 1.0
         return self._requester.send(subject, payload, request_id, credential, total)
+
+
+def check_request(payload: bytes, *, named: bool) -> None:
+    """Refuse, before sending, a body the worker would answer ``invalid_request``: it is
+    read with the worker's own wire types (:class:`~token_worker.wire.TokenRequest`, or
+    :class:`~token_worker.wire.NamedTokenRequest` for a named credential). Sending it would
+    cost a round trip, and an answer whose ``request_id`` the worker could not echo (too
+    long, not text) would be dropped as not genuine while the call waits out its budget."""
+    kind: type[TokenRequest] | type[NamedTokenRequest] = (
+        NamedTokenRequest if named else TokenRequest)
+    try:
+        kind.from_bytes(payload, max_size=len(payload))  # the size is the server's to say
+    except InvalidRequest as error:
+        raise TokenRequestFailed(INVALID_REQUEST, f"request not sent: {error}",
+                                 request_id=error.request_id) from None
 
 
 def request_cache_key(subject: str, client_id: str, secret: str, scope: str | None

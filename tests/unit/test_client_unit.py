@@ -14,6 +14,7 @@ from token_worker.client import (
     TokenClient,
     _credential,
     _issued_from_reply,
+    check_request,
     named_request_body,
     request_body,
     request_cache_key,
@@ -103,6 +104,30 @@ def test_a_named_request_carries_no_client_id_or_secret():
     inline = request_body("id", "secret", "")
     assert inline["scope"] == "" and inline["client_secret"] == "secret"
     assert named_request_body()["request_id"] != named_request_body()["request_id"]
+
+
+@pytest.mark.parametrize(("body", "named", "reason"), [
+    ({"request_id": "R" * 4097, "client_id": "id", "client_secret": "s"}, False,
+     "request_id is longer than 4096"),
+    ({"request_id": "r\n1", "client_id": "id", "client_secret": "s"}, False, "control"),
+    ({"request_id": 5, "client_id": "id", "client_secret": "s"}, False, "must be a string"),
+    ({"request_id": "r", "client_id": "id"}, False, "missing field client_secret"),
+    ({"request_id": "r", "client_id": "i\r\nd", "client_secret": "s"}, False, "control"),
+    ({"request_id": "r", "client_id": "id", "client_secret": "s", "scope": 5}, False, "scope"),
+    ({"request_id": "r", "skip_cache": "yes"}, True, "skip_cache"),
+    ({"request_id": "r", "timestamp": 5}, True, "timestamp"),
+])
+def test_a_body_the_worker_would_refuse_is_refused_before_sending(body, named, reason):
+    with pytest.raises(TokenRequestFailed, match=reason) as caught:
+        check_request(json.dumps(body).encode(), named=named)
+    assert caught.value.error_code == "invalid_request"
+    assert "request not sent" in str(caught.value)
+
+
+def test_the_bodies_the_client_builds_pass_its_own_check():
+    check_request(json.dumps(request_body("id", "s3cret\n", "a b")).encode(), named=False)
+    check_request(json.dumps(named_request_body("read", skip_cache=True)).encode(), named=True)
+    check_request(b"", named=True)  # an empty named body: every field at its default
 
 
 def test_no_scope_and_empty_scope_have_different_cache_keys():

@@ -258,9 +258,31 @@ def test_nats_permissions_can_give_a_service_a_private_reply_space(responders):
 
 def test_a_huge_expires_in_is_capped_by_max_ttl(nats_server, responders):
     responders(nats_server.url, imitate_worker(expires_in=10**12))
-    with TokenClient(nats_server.url, max_ttl=3600) as client:
+    with TokenClient(nats_server.url, max_ttl=600) as client:
         token = client.get_token(*DEMO)
-    assert 3500 < token.expires_in() <= 3600
+        default = TokenClient(nats_server.url)
+        with default:
+            long_lived = default.get_token(*DEMO)
+    assert 590 < token.expires_in() <= 600
+    assert 3590 < long_lived.expires_in() <= 3600  # the default cap: an hour
+
+
+def test_a_token_is_never_kept_longer_than_its_own_expires_in(nats_server, responders):
+    """expires_in is counted when the worker builds the reply: the client counts it from
+    the moment it sent the request, so time the answer took is not added to the token."""
+    clock = [time.time()]
+
+    def slow_answer(seen):
+        clock[0] += 100  # the worker took 100 s (a slow IdP) on the requester's clock
+        return imitate_worker(expires_in=300)(seen)
+
+    responders(nats_server.url, slow_answer)
+    with TokenClient(nats_server.url, now=lambda: clock[0], expiry_margin=30) as client:
+        token = client.get_token(*DEMO)
+        assert token.expires_in(clock[0]) <= 200
+        clock[0] += 171  # 29 s of the token's own life left: inside the margin
+        assert client.get_token(*DEMO).access_token != token.access_token
+    assert client.requests_sent == 2
 
 
 def test_a_float_expires_in_is_a_token(nats_server, responders):
@@ -274,6 +296,7 @@ def test_a_float_expires_in_is_a_token(nats_server, responders):
 @pytest.mark.parametrize("bend", [
     {"expires_in": -5}, {"expires_in": True}, {"expires_in": "300"}, {"expires_in": None},
     {"token": ""}, {"token": 12345}, {"extra": {"token_type": 7}},
+    {"token": "ATTACKER-TOKEN\r\nX-Injected: 1"}, {"extra": {"token_type": "DPoP"}},
 ])
 def test_a_malformed_token_is_refused_and_not_cached(nats_server, responders, bend):
     responders(nats_server.url, imitate_worker(**bend))

@@ -52,11 +52,16 @@ NAMED_SUBJECT = "token.named"
 """Prefix of the named-credential subjects: ``token.named.<credential>``."""
 MAX_REPLY_SIZE = 1024 * 1024
 """Largest reply believed, in bytes (1 MiB, as x/oauth2 caps a token response)."""
-MAX_TTL = 86400.0
-"""Longest a token is kept by the client, whatever ``expires_in`` says (one day)."""
+MAX_TTL = 3600.0
+"""Longest a token is kept by the client, whatever ``expires_in`` says (an hour: what a
+client cannot verify lives no longer; a day-long token costs one request an hour)."""
 CREDENTIAL_NAME = re.compile(r"[A-Za-z0-9_-]{1,255}")
 """A credential name: what the worker accepts as the last token of its subject."""
 _SUBJECT_TOKEN = re.compile(r"[^\s.*>]+")
+ACCESS_TOKEN = re.compile(r"[A-Za-z0-9\-._~+/]+=*")
+"""What an access token may be (RFC 6750 ``b64token``: JWTs and Keycloak's opaque tokens
+are): a token with spaces, CR/LF or other characters would be written into an HTTP header
+by whoever uses it, so a reply carrying one is ``bad_reply``, never returned or cached."""
 
 
 @dataclass(frozen=True)
@@ -209,11 +214,15 @@ class TokenClient:
             entry = self._cache.get(key)
             if entry is not None:
                 return _token_from_entry(entry)
+        sent = self._now()
         reply = self._send(request.to_bytes(), request_id, credential, budget)
-        issued = _issued_from_reply(reply, request_id, self._now(), self._max_ttl)
+        # expires_in was counted when the reply was built, after the request was sent:
+        # counting from the send, the token is never kept longer than it said it lives.
+        issued = _issued_from_reply(reply, request_id, sent, self._max_ttl)
         if self._cache is None:
             return _token(issued, issued.issued_at + issued.expires_in, request_id)
-        return _token_from_entry(self._cache.put(key, issued), request_id)
+        return _token_from_entry(self._cache.put(key, issued, age=self._now() - sent),
+                                 request_id)
 
     def request(self, body: dict[str, Any], *, budget: float | None = None,
                 credential: str | None = None) -> dict[str, Any]:
@@ -304,7 +313,8 @@ def named_request_body(scope: str | None = None, *, skip_cache: bool = False) ->
 def _issued_from_reply(reply: dict[str, Any], request_id: str, now: float,
                        max_ttl: float) -> IssuedToken:
     """A well-formed token from a genuine reply, read by the wire types (``expires_in``
-    capped at ``max_ttl``), or the reply's error as :class:`TokenRequestFailed`."""
+    capped at ``max_ttl``; the token a b64token, the type Bearer), or the reply's error as
+    :class:`TokenRequestFailed`."""
     try:
         typed = reply_from_document(_whole_seconds(reply))
     except InvalidReply as error:
@@ -313,7 +323,14 @@ def _issued_from_reply(reply: dict[str, Any], request_id: str, now: float,
     if isinstance(typed, ErrorReply):
         raise TokenRequestFailed(typed.error_code or "error", typed.error,
                                  request_id=request_id)
-    return IssuedToken(access_token=typed.access_token, token_type=typed.token_type,
+    if not ACCESS_TOKEN.fullmatch(typed.access_token):
+        raise TokenRequestFailed("bad_reply", "worker reply carries no well-formed token: reply "
+                                 "field access_token must be an RFC 6750 b64token (letters, "
+                                 "digits, -._~+/, then =)", request_id=request_id)
+    if typed.token_type.lower() != "bearer":  # RFC 6749 5.1: compared in any case
+        raise TokenRequestFailed("bad_reply", "worker reply carries no well-formed token: reply "
+                                 "field token_type must be Bearer", request_id=request_id)
+    return IssuedToken(access_token=typed.access_token, token_type="Bearer",  # noqa: S106
                        expires_in=int(min(typed.expires_in, max_ttl)), scope=typed.scope,
                        issued_at=now)
 

@@ -9,14 +9,17 @@ A reply is believed only if it arrives on an attempt's subject, fits the size ca
 object and echoes the request's ``request_id`` (and, for a named credential, its name).
 Anything else is dropped and counted (:attr:`TokenClient.replies_dropped`), never returned
 or cached, and the attempt keeps waiting for the genuine reply. A genuine reply that is not
-a well-formed token is a ``bad_reply`` error, never cached.
+a well-formed token (an RFC 6750 ``b64token`` of type ``Bearer``) is a ``bad_reply`` error,
+never cached. A body the worker would refuse is refused before it is sent.
 
 Each call runs attempt by attempt (:mod:`token_worker.requester`); retries follow what
 happened (:mod:`token_worker.client_retries`): "no worker subscribed" is retried for one
 ``timeout``, a lost NATS connection for the whole budget and said to be the cause, an
-attempt with no answer counts against ``retries``. Tokens are kept (the
-worker's cache: keyed by a digest of the secret, bounded, capped at ``max_ttl``) until near
-expiry, so a service asking every second sends almost nothing over NATS.
+attempt with no answer counts against ``retries``, a worker turning the request away
+(``shutting_down``, ``overloaded``) is asked again within the budget. Tokens are kept (the
+worker's cache: keyed by a digest of the secret, bounded, capped at ``max_ttl``; their life
+counted from the send, never longer than ``expires_in`` says) until near expiry, so a
+service asking every second sends almost nothing over NATS.
 """
 
 from __future__ import annotations

@@ -20,6 +20,7 @@ from tests.servers import NatsServer
 from token_worker import NoWorkerAnswered, RequestTimedOut, TokenClient, TokenRequestFailed
 from token_worker.config import NatsConfig, Secret
 from token_worker.errors import ClientClosed, NatsUnavailable
+from token_worker.wire import TokenReply
 
 
 def test_many_threads_share_one_client(nats_server, idp, start_worker):
@@ -92,6 +93,40 @@ def test_no_server_fails_at_once_instead_of_retrying_for_minutes():
         TokenClient(f"nats://127.0.0.1:{free_port()}")
     assert time.monotonic() - started < 2
 
+
+
+def _genuine_token(payload: bytes) -> bytes:
+    """A handler answering like the worker, with a token that says it is genuine."""
+    request_id = json.loads(payload)["request_id"]
+    return TokenReply(request_id, "genuine-" + secrets.token_hex(4), "Bearer", 60).to_bytes()
+
+
+def test_a_stopping_worker_hands_queued_requests_to_another_replica(nats_server,
+                                                                    start_worker):
+    """A rolling stop: the stopping worker answers its queued requests ``shutting_down``;
+    the client asks again at once and the other replica answers, so no caller sees it."""
+    release, started = threading.Event(), threading.Event()
+
+    def slow(payload: bytes) -> bytes:
+        started.set()
+        release.wait(10)
+        return _genuine_token(payload)
+
+    stopping = start_worker(make_config(nats_server.url, workers=1, backlog=4), slow)
+    with TokenClient(nats_server.url, timeout=5) as client, ThreadPoolExecutor(5) as pool:
+        running = pool.submit(client.get_token, *DEMO, scope="running")
+        assert started.wait(5)
+        queued = [pool.submit(client.get_token, *DEMO, scope=f"queued-{i}") for i in range(3)]
+        wait_until(lambda: stopping.metrics.registry.get_sample_value(
+            "token_worker_in_flight") == 4, what="three requests queued")
+        start_worker(make_config(nats_server.url), _genuine_token)
+        stop = pool.submit(stopping.stop, 10)
+        tokens = [future.result(5) for future in queued]  # while the first still runs
+        release.set()
+        assert running.result(10).access_token.startswith("genuine-")
+        assert stop.result(10) is True
+    assert all(token.access_token.startswith("genuine-") for token in tokens)
+    assert client.requests_sent == 7  # one more for each queued request, nothing else
 
 # --- a requester that cannot be fooled (issue 10 item 7) --------------------------------
 
@@ -223,9 +258,31 @@ def test_nats_permissions_can_give_a_service_a_private_reply_space(responders):
 
 def test_a_huge_expires_in_is_capped_by_max_ttl(nats_server, responders):
     responders(nats_server.url, imitate_worker(expires_in=10**12))
-    with TokenClient(nats_server.url, max_ttl=3600) as client:
+    with TokenClient(nats_server.url, max_ttl=600) as client:
         token = client.get_token(*DEMO)
-    assert 3500 < token.expires_in() <= 3600
+        default = TokenClient(nats_server.url)
+        with default:
+            long_lived = default.get_token(*DEMO)
+    assert 590 < token.expires_in() <= 600
+    assert 3590 < long_lived.expires_in() <= 3600  # the default cap: an hour
+
+
+def test_a_token_is_never_kept_longer_than_its_own_expires_in(nats_server, responders):
+    """expires_in is counted when the worker builds the reply: the client counts it from
+    the moment it sent the request, so time the answer took is not added to the token."""
+    clock = [time.time()]
+
+    def slow_answer(seen):
+        clock[0] += 100  # the worker took 100 s (a slow IdP) on the requester's clock
+        return imitate_worker(expires_in=300)(seen)
+
+    responders(nats_server.url, slow_answer)
+    with TokenClient(nats_server.url, now=lambda: clock[0], expiry_margin=30) as client:
+        token = client.get_token(*DEMO)
+        assert token.expires_in(clock[0]) <= 200
+        clock[0] += 171  # 29 s of the token's own life left: inside the margin
+        assert client.get_token(*DEMO).access_token != token.access_token
+    assert client.requests_sent == 2
 
 
 def test_a_float_expires_in_is_a_token(nats_server, responders):
@@ -239,6 +296,7 @@ def test_a_float_expires_in_is_a_token(nats_server, responders):
 @pytest.mark.parametrize("bend", [
     {"expires_in": -5}, {"expires_in": True}, {"expires_in": "300"}, {"expires_in": None},
     {"token": ""}, {"token": 12345}, {"extra": {"token_type": 7}},
+    {"token": "ATTACKER-TOKEN\r\nX-Injected: 1"}, {"extra": {"token_type": "DPoP"}},
 ])
 def test_a_malformed_token_is_refused_and_not_cached(nats_server, responders, bend):
     responders(nats_server.url, imitate_worker(**bend))
@@ -493,6 +551,21 @@ def test_token_request_inline_reads_the_secret_from_the_environment(nats_server,
                          "--client-secret-env", "TW_TEST_SECRET"]) == EXIT_OK
     assert json.loads(capsys.readouterr().out)["access_token"].startswith("genuine")
     assert seen[0].body["client_secret"] == DEMO[1] and seen[0].reply.startswith("_INBOX.")
+
+
+def test_a_raw_request_the_worker_would_refuse_fails_at_once_unsent(nats_server,
+                                                                   start_worker):
+    """A request_id longer than the worker echoes used to wait out every attempt: the
+    worker's invalid_request answer, with request_id "", was dropped as forged."""
+    start_worker(make_config(nats_server.url))
+    with TokenClient(nats_server.url, timeout=0.5, retries=1) as client:
+        started = time.monotonic()
+        with pytest.raises(TokenRequestFailed, match="longer than 4096") as caught:
+            client.request({"request_id": "R" * 5000, "client_id": DEMO[0],
+                            "client_secret": DEMO[1]})
+        assert time.monotonic() - started < 0.2
+        assert caught.value.error_code == "invalid_request"
+    assert (client.requests_sent, client.replies_dropped) == (0, 0)
 
 
 def test_a_raw_request_without_request_id_gets_one_and_is_matched_by_it(nats_server,

@@ -9,14 +9,17 @@ A reply is believed only if it arrives on an attempt's subject, fits the size ca
 object and echoes the request's ``request_id`` (and, for a named credential, its name).
 Anything else is dropped and counted (:attr:`TokenClient.replies_dropped`), never returned
 or cached, and the attempt keeps waiting for the genuine reply. A genuine reply that is not
-a well-formed token is a ``bad_reply`` error, never cached.
+a well-formed token (an RFC 6750 ``b64token`` of type ``Bearer``) is a ``bad_reply`` error,
+never cached. A body the worker would refuse is refused before it is sent.
 
 Each call runs attempt by attempt (:mod:`token_worker.requester`); retries follow what
 happened (:mod:`token_worker.client_retries`): "no worker subscribed" is retried for one
 ``timeout``, a lost NATS connection for the whole budget and said to be the cause, an
-attempt with no answer counts against ``retries``. Tokens are kept (the
-worker's cache: keyed by a digest of the secret, bounded, capped at ``max_ttl``) until near
-expiry, so a service asking every second sends almost nothing over NATS.
+attempt with no answer counts against ``retries``, a worker turning the request away
+(``shutting_down``, ``overloaded``) is asked again within the budget. Tokens are kept (the
+worker's cache: keyed by a digest of the secret, bounded, capped at ``max_ttl``; their life
+counted from the send, never longer than ``expires_in`` says) until near expiry, so a
+service asking every second sends almost nothing over NATS.
 """
 
 from __future__ import annotations
@@ -34,11 +37,12 @@ from token_worker import defaults
 from token_worker.cache import CachedToken, CacheKey, TokenCache, cache_key
 from token_worker.config import NatsConfig, parse_nats_urls
 from token_worker.connection import NatsConnection
-from token_worker.errors import ClientClosed, InvalidReply, TokenRequestFailed
+from token_worker.errors import ClientClosed, InvalidReply, InvalidRequest, TokenRequestFailed
 from token_worker.idp import IssuedToken
 from token_worker.inbox import Inbox
 from token_worker.requester import Requester
 from token_worker.wire import (
+    INVALID_REQUEST,
     ErrorReply,
     NamedTokenRequest,
     TokenRequest,
@@ -51,11 +55,16 @@ NAMED_SUBJECT = "token.named"
 """Prefix of the named-credential subjects: ``token.named.<credential>``."""
 MAX_REPLY_SIZE = 1024 * 1024
 """Largest reply believed, in bytes (1 MiB, as x/oauth2 caps a token response)."""
-MAX_TTL = 86400.0
-"""Longest a token is kept by the client, whatever ``expires_in`` says (one day)."""
+MAX_TTL = 3600.0
+"""Longest a token is kept by the client, whatever ``expires_in`` says (an hour: what a
+client cannot verify lives no longer; a day-long token costs one request an hour)."""
 CREDENTIAL_NAME = re.compile(r"[A-Za-z0-9_-]{1,255}")
 """A credential name: what the worker accepts as the last token of its subject."""
 _SUBJECT_TOKEN = re.compile(r"[^\s.*>]+")
+ACCESS_TOKEN = re.compile(r"[A-Za-z0-9\-._~+/]+=*")
+"""What an access token may be (RFC 6750 ``b64token``: JWTs and Keycloak's opaque tokens
+are): a token with spaces, CR/LF or other characters would be written into an HTTP header
+by whoever uses it, so a reply carrying one is ``bad_reply``, never returned or cached."""
 
 
 @dataclass(frozen=True)
@@ -208,11 +217,15 @@ class TokenClient:
             entry = self._cache.get(key)
             if entry is not None:
                 return _token_from_entry(entry)
+        sent = self._now()
         reply = self._send(request.to_bytes(), request_id, credential, budget)
-        issued = _issued_from_reply(reply, request_id, self._now(), self._max_ttl)
+        # expires_in was counted when the reply was built, after the request was sent:
+        # counting from the send, the token is never kept longer than it said it lives.
+        issued = _issued_from_reply(reply, request_id, sent, self._max_ttl)
         if self._cache is None:
             return _token(issued, issued.issued_at + issued.expires_in, request_id)
-        return _token_from_entry(self._cache.put(key, issued), request_id)
+        return _token_from_entry(self._cache.put(key, issued, age=self._now() - sent),
+                                 request_id)
 
     def request(self, body: dict[str, Any], *, budget: float | None = None,
                 credential: str | None = None) -> dict[str, Any]:
@@ -220,7 +233,9 @@ class TokenClient:
 
         With ``credential`` the body goes to ``<named_subject>.<credential>`` and the reply
         must name that credential. A body without ``request_id`` gets one (on a copy): the
-        reply is matched by it.
+        reply is matched by it. A body the worker would refuse (the wire types' rules: a
+        field too long, of the wrong type, with control characters, a missing secret) is
+        not sent: :class:`TokenRequestFailed` ``invalid_request`` says why, at once.
         """
         if self._closed.is_set():
             raise ClientClosed("the TokenClient is closed")
@@ -233,8 +248,24 @@ class TokenClient:
         """Send one encoded request and return the decoded reply that answers it."""
         subject = self._subject if credential is None else (
             f"{self._named_subject}.{_credential(credential)}")
+        check_request(payload, named=credential is not None)
         total = budget if budget is not None else self._timeout * (self._retries + 1) + 1.0
         return self._requester.send(subject, payload, request_id, credential, total)
+
+
+def check_request(payload: bytes, *, named: bool) -> None:
+    """Refuse, before sending, a body the worker would answer ``invalid_request``: it is
+    read with the worker's own wire types (:class:`~token_worker.wire.TokenRequest`, or
+    :class:`~token_worker.wire.NamedTokenRequest` for a named credential). Sending it would
+    cost a round trip, and an answer whose ``request_id`` the worker could not echo (too
+    long, not text) would be dropped as not genuine while the call waits out its budget."""
+    kind: type[TokenRequest] | type[NamedTokenRequest] = (
+        NamedTokenRequest if named else TokenRequest)
+    try:
+        kind.from_bytes(payload, max_size=len(payload))  # the size is the server's to say
+    except InvalidRequest as error:
+        raise TokenRequestFailed(INVALID_REQUEST, f"request not sent: {error}",
+                                 request_id=error.request_id) from None
 
 
 def request_cache_key(subject: str, client_id: str, secret: str, scope: str | None
@@ -285,7 +316,8 @@ def named_request_body(scope: str | None = None, *, skip_cache: bool = False) ->
 def _issued_from_reply(reply: dict[str, Any], request_id: str, now: float,
                        max_ttl: float) -> IssuedToken:
     """A well-formed token from a genuine reply, read by the wire types (``expires_in``
-    capped at ``max_ttl``), or the reply's error as :class:`TokenRequestFailed`."""
+    capped at ``max_ttl``; the token a b64token, the type Bearer), or the reply's error as
+    :class:`TokenRequestFailed`."""
     try:
         typed = reply_from_document(_whole_seconds(reply))
     except InvalidReply as error:
@@ -294,7 +326,14 @@ def _issued_from_reply(reply: dict[str, Any], request_id: str, now: float,
     if isinstance(typed, ErrorReply):
         raise TokenRequestFailed(typed.error_code or "error", typed.error,
                                  request_id=request_id)
-    return IssuedToken(access_token=typed.access_token, token_type=typed.token_type,
+    if not ACCESS_TOKEN.fullmatch(typed.access_token):
+        raise TokenRequestFailed("bad_reply", "worker reply carries no well-formed token: reply "
+                                 "field access_token must be an RFC 6750 b64token (letters, "
+                                 "digits, -._~+/, then =)", request_id=request_id)
+    if typed.token_type.lower() != "bearer":  # RFC 6749 5.1: compared in any case
+        raise TokenRequestFailed("bad_reply", "worker reply carries no well-formed token: reply "
+                                 "field token_type must be Bearer", request_id=request_id)
+    return IssuedToken(access_token=typed.access_token, token_type="Bearer",  # noqa: S106
                        expires_in=int(min(typed.expires_in, max_ttl)), scope=typed.scope,
                        issued_at=now)
 

@@ -5,7 +5,10 @@ back-off for as long as one attempt may wait for an answer (``timeout``, within 
 a worker restart is bridged, a fleet that is gone is reported without using the whole
 budget); a lost NATS connection is retried with back-off for the whole budget; an attempt
 that got no answer counts against ``retries`` and is tried again at once when a forged
-reply was dropped (the genuine one may have gone to a rogue).
+reply was dropped (the genuine one may have gone to a rogue). A worker that turns the
+request away answers at once, so it is asked again within the budget: ``shutting_down``
+(that worker stops; another replica answers) at once, ``overloaded`` after a short
+jittered back-off; neither counts against ``retries``.
 
 The outcomes are internal: :class:`~token_worker.client.TokenClient` turns the last one
 into a public :class:`~token_worker.errors.TokenRequestFailed`.
@@ -15,6 +18,7 @@ from __future__ import annotations
 
 import random
 import time
+from typing import Any
 
 BACKOFF_FIRST = 0.05
 """First pause before asking again when no worker is subscribed or NATS is away."""
@@ -43,6 +47,23 @@ class Unanswered(AttemptFailed):
         super().__init__(message)
 
 
+class TurnedAway(AttemptFailed):
+    """A genuine worker answered that it did not serve the request: ask again. ``reply`` is
+    that answer, handed to the caller when no further attempt fits the budget."""
+
+    def __init__(self, reply: dict[str, Any]) -> None:
+        self.reply = reply
+        super().__init__(f"worker answered {reply.get('error_code')}: {reply.get('error')}")
+
+
+class ShuttingDown(TurnedAway):
+    """The worker stops and did not start the request: another replica answers, at once."""
+
+
+class Overloaded(TurnedAway):
+    """Every handler of the worker was busy: ask again after a short jittered back-off."""
+
+
 class BudgetSpent(Exception):
     """No time is left for another attempt (the previous outcome says why)."""
 
@@ -55,7 +76,10 @@ class RetryPolicy:
     reply was dropped). "No worker subscribed" and a lost connection cost nothing and are
     retried with exponential back-off (jittered, at most ``BACKOFF_MAX``, each on its own);
     "no worker" for at most ``timeout`` from the first such answer, a lost connection for
-    the whole budget (a reconnect ends its pause early). ``retries=0``: nothing is retried.
+    the whole budget (a reconnect ends its pause early). A worker turning the request away
+    is asked again for the whole budget: ``shutting_down`` at once the first time (then with
+    back-off, should every replica be stopping), ``overloaded`` with back-off.
+    ``retries=0``: nothing is retried.
     """
 
     def __init__(self, retries: int, timeout: float) -> None:
@@ -69,11 +93,17 @@ class RetryPolicy:
         """Seconds to wait before the next attempt, or None: no further attempt."""
         if self._retries == 0:
             return None
+        if isinstance(outcome, (Unanswered, TurnedAway)):
+            self._nobody_since = 0.0  # someone is subscribed: a later 503 starts afresh
+            self._pauses.pop(NoResponders, None)
         if isinstance(outcome, Unanswered):
             self._unanswered += 1
             if self._unanswered > self._retries:
                 return None
             return 0.0 if outcome.dropped else random.uniform(0, BACKOFF_FIRST)  # noqa: S311
+        if isinstance(outcome, ShuttingDown) and ShuttingDown not in self._pauses:
+            self._pauses[ShuttingDown] = BACKOFF_FIRST
+            return 0.0
         pause = self._pauses.get(type(outcome), BACKOFF_FIRST)
         self._pauses[type(outcome)] = min(pause * 2, BACKOFF_MAX)
         delay = random.uniform(pause / 2, pause)  # noqa: S311 - jitter only

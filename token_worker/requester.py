@@ -6,7 +6,8 @@ Each attempt publishes the request with a fresh reply subject from the client's
 :class:`~token_worker.client_retries.RetryPolicy`'s call. Earlier attempts' subjects stay
 open until the call ends, so a late genuine reply to one of them is still taken. The last
 failed outcome becomes the public error: :class:`NoWorkerAnswered`,
-:class:`NatsUnavailable`, :class:`RequestTimedOut` or :class:`ClientClosed`.
+:class:`NatsUnavailable`, :class:`RequestTimedOut` or :class:`ClientClosed`; when the last
+attempt was turned away (``shutting_down``, ``overloaded``) the worker's answer is returned.
 """
 
 from __future__ import annotations
@@ -23,7 +24,10 @@ from token_worker.client_retries import (
     BudgetSpent,
     ConnectionLost,
     NoResponders,
+    Overloaded,
     RetryPolicy,
+    ShuttingDown,
+    TurnedAway,
     Unanswered,
 )
 from token_worker.connection import Message, NatsConnection, State
@@ -37,6 +41,7 @@ from token_worker.errors import (
     TokenRequestFailed,
 )
 from token_worker.inbox import Inbox, Waiter, match_reply
+from token_worker.wire import OVERLOADED, SHUTTING_DOWN
 
 NO_RESPONDERS = 503
 """The status the server sends back at once when nobody is subscribed to the subject."""
@@ -97,7 +102,11 @@ class Requester:
         try:
             reply: dict[str, Any] = retrying(self._attempt, call, waiter, subjects)
         except BudgetSpent:  # no time for another attempt: the last one says why
+            if isinstance(course.failure, TurnedAway):
+                return course.failure.reply  # the worker's own answer says best why
             raise self._final_error(call, course.failure, budget_spent=True) from None
+        except TurnedAway as turned_away:  # no attempt fits the budget, or retries=0
+            return turned_away.reply
         except AttemptFailed:
             raise self._final_error(call, course.failure,
                                     budget_spent=course.budget_spent) from None
@@ -180,7 +189,9 @@ class Requester:
                 continue  # an earlier attempt's: says nothing about this one
             reply = match_reply(message.payload, call.request_id, call.credential)
             if reply is not None:
-                return reply
+                if _turned_away(reply) and message.subject != reply_subject:
+                    continue  # an earlier attempt's: says nothing about this one
+                return _unless_turned_away(reply)
             dropped += 1
             self._inbox.count_dropped()
 
@@ -197,6 +208,22 @@ class Requester:
                     return None
                 waiter.condition.wait(left)
             return waiter.messages.popleft()
+
+
+def _turned_away(reply: dict[str, Any]) -> bool:
+    return bool(reply.get("error")) and reply.get("error_code") in (SHUTTING_DOWN, OVERLOADED)
+
+
+def _unless_turned_away(reply: dict[str, Any]) -> dict[str, Any]:
+    """The reply, unless the worker turned the request away (``shutting_down``,
+    ``overloaded``): then the attempt failed, and the policy asks again."""
+    if reply.get("error"):
+        code = reply.get("error_code")
+        if code == SHUTTING_DOWN:
+            raise ShuttingDown(reply)
+        if code == OVERLOADED:
+            raise Overloaded(reply)
+    return reply
 
 
 class _Course:

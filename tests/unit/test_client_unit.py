@@ -14,6 +14,7 @@ from token_worker.client import (
     TokenClient,
     _credential,
     _issued_from_reply,
+    check_request,
     named_request_body,
     request_body,
     request_cache_key,
@@ -60,7 +61,7 @@ def test_a_named_reply_must_name_the_credential_asked_for():
 
 def test_expires_in_is_capped_by_max_ttl_and_may_be_a_float():
     assert _issued_from_reply({**TOKEN, "expires_in": 10**12}, "r", 0.0, MAX_TTL).expires_in \
-        == 86400
+        == 3600
     assert _issued_from_reply({**TOKEN, "expires_in": 300.0}, "r", 0.0, MAX_TTL).expires_in \
         == 300
     assert _issued_from_reply({**TOKEN, "expires_in": 299.7}, "r", 0.0, 60).expires_in == 60
@@ -70,6 +71,10 @@ def test_expires_in_is_capped_by_max_ttl_and_may_be_a_float():
     {"expires_in": -5}, {"expires_in": True}, {"expires_in": "300"}, {"expires_in": None},
     {"access_token": ""}, {"access_token": 5}, {"access_token": None}, {"token_type": 7},
     {"token_type": None}, {"scope": ["read"]}, {"credential": 5},
+    {"access_token": "ATTACKER-TOKEN\r\nX-Injected: 1"}, {"access_token": "ATTACKER TOKEN"},
+    {"access_token": "ATTACKER=TOKEN"}, {"access_token": "ATTACKER\x00"},
+    {"access_token": "ATTACKERü"}, {"access_token": "=ATTACKER"},
+    {"token_type": "DPoP"}, {"token_type": "mac"}, {"token_type": "Bearer\r\nX: 1"},
 ])
 def test_a_malformed_token_is_a_bad_reply_naming_the_field(bent):
     with pytest.raises(TokenRequestFailed) as caught:
@@ -77,6 +82,18 @@ def test_a_malformed_token_is_a_bad_reply_naming_the_field(bent):
     assert caught.value.error_code == "bad_reply"
     [field] = bent
     assert f"reply field {field} must be" in str(caught.value)  # the wire types' reason
+    assert "ATTACKER" not in str(caught.value)
+
+
+@pytest.mark.parametrize("access_token", [
+    "eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJ4In0.c2lnbmF0dXJl",  # a JWT
+    "eyJhbGciOiJkaXIiLCJlbmMiOiJBMTI4Q0JDLUhTMjU2In0..iv.ct.tag",  # Keycloak's opaque (JWE)
+    "ya29.a0Af-_~+/x==", "x",
+])
+def test_b64tokens_are_tokens_and_bearer_is_read_in_any_case(access_token):
+    issued = _issued_from_reply({**TOKEN, "access_token": access_token, "token_type": "bearer"},
+                                "r", 0.0, MAX_TTL)
+    assert (issued.access_token, issued.token_type) == (access_token, "Bearer")
 
 
 def test_an_error_reply_keeps_its_code():
@@ -103,6 +120,30 @@ def test_a_named_request_carries_no_client_id_or_secret():
     inline = request_body("id", "secret", "")
     assert inline["scope"] == "" and inline["client_secret"] == "secret"
     assert named_request_body()["request_id"] != named_request_body()["request_id"]
+
+
+@pytest.mark.parametrize(("body", "named", "reason"), [
+    ({"request_id": "R" * 4097, "client_id": "id", "client_secret": "s"}, False,
+     "request_id is longer than 4096"),
+    ({"request_id": "r\n1", "client_id": "id", "client_secret": "s"}, False, "control"),
+    ({"request_id": 5, "client_id": "id", "client_secret": "s"}, False, "must be a string"),
+    ({"request_id": "r", "client_id": "id"}, False, "missing field client_secret"),
+    ({"request_id": "r", "client_id": "i\r\nd", "client_secret": "s"}, False, "control"),
+    ({"request_id": "r", "client_id": "id", "client_secret": "s", "scope": 5}, False, "scope"),
+    ({"request_id": "r", "skip_cache": "yes"}, True, "skip_cache"),
+    ({"request_id": "r", "timestamp": 5}, True, "timestamp"),
+])
+def test_a_body_the_worker_would_refuse_is_refused_before_sending(body, named, reason):
+    with pytest.raises(TokenRequestFailed, match=reason) as caught:
+        check_request(json.dumps(body).encode(), named=named)
+    assert caught.value.error_code == "invalid_request"
+    assert "request not sent" in str(caught.value)
+
+
+def test_the_bodies_the_client_builds_pass_its_own_check():
+    check_request(json.dumps(request_body("id", "s3cret\n", "a b")).encode(), named=False)
+    check_request(json.dumps(named_request_body("read", skip_cache=True)).encode(), named=True)
+    check_request(b"", named=True)  # an empty named body: every field at its default
 
 
 def test_no_scope_and_empty_scope_have_different_cache_keys():

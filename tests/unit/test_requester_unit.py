@@ -1,0 +1,116 @@
+"""The requester's attempts against a scripted responder (no server): which answers end a
+call, which are asked again, and within which budget."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from token_worker.connection import Message, State
+from token_worker.inbox import Inbox
+from token_worker.requester import Requester
+from token_worker.wire import OVERLOADED, SHUTTING_DOWN
+
+Answer = Callable[[str], list[Message]]
+"""What the scripted fleet sends back for one attempt, given its reply subject."""
+
+
+class ScriptedFleet:
+    """Stands in for the connection: each publish is answered by the next script entry
+    (the last one repeats), delivered to the inbox as the reader thread would."""
+
+    max_payload = 1024 * 1024
+    state = State.CONNECTED
+    gave_up_reason = ""
+
+    def __init__(self, inbox: Inbox, *answers: Answer) -> None:
+        self._inbox = inbox
+        self._answers = list(answers)
+        self.sent: list[dict[str, Any]] = []
+
+    def publish(self, subject: str, payload: bytes, reply: str = "") -> None:
+        self.sent.append(json.loads(payload))
+        answer = self._answers.pop(0) if len(self._answers) > 1 else self._answers[0]
+        for message in answer(reply):
+            self._inbox.deliver(message)
+
+
+def error(code: str) -> Answer:
+    return lambda reply: [Message(reply, "", json.dumps(
+        {"request_id": "r", "error": f"worker says {code}", "error_code": code}).encode())]
+
+
+def token(reply: str) -> list[Message]:
+    return [Message(reply, "", json.dumps({"request_id": "r", "access_token": "genuine",
+                                           "token_type": "Bearer", "expires_in": 60}).encode())]
+
+
+def no_responders(reply: str) -> list[Message]:
+    return [Message(reply, "", b"", status=503)]
+
+
+def silence(_reply: str) -> list[Message]:
+    return []
+
+
+def run(*answers: Answer, retries: int = 2, timeout: float = 1.0, budget: float = 5.0
+        ) -> tuple[dict[str, Any], ScriptedFleet, float]:
+    inbox = Inbox("_INBOX", 4096)
+    fleet = ScriptedFleet(inbox, *answers)
+    requester = Requester(fleet, inbox, threading.Event(),  # type: ignore[arg-type]
+                          timeout=timeout, retries=retries)
+    started = time.monotonic()
+    reply = requester.send("token.request", b'{"request_id": "r"}', "r", None, budget)
+    return reply, fleet, time.monotonic() - started
+
+
+def test_shutting_down_is_asked_again_at_once_with_the_same_request_id():
+    reply, fleet, took = run(error(SHUTTING_DOWN), error(SHUTTING_DOWN), token, retries=1)
+    assert reply["access_token"] == "genuine"
+    assert len(fleet.sent) == 3  # neither counts against retries=1
+    assert {body["request_id"] for body in fleet.sent} == {"r"}
+    assert took < 0.5  # the first again at once, the second after a short back-off
+
+
+def test_overloaded_is_asked_again_after_a_short_back_off():
+    reply, fleet, took = run(error(OVERLOADED), error(OVERLOADED), token)
+    assert reply["access_token"] == "genuine"
+    assert len(fleet.sent) == 3
+    assert 0.025 <= took < 1.0
+
+
+@pytest.mark.parametrize("code", [SHUTTING_DOWN, OVERLOADED])
+def test_a_fleet_turning_away_for_the_whole_budget_gets_its_answer_back(code):
+    reply, fleet, took = run(error(code), budget=1.0)
+    assert reply["error_code"] == code  # the worker's own answer, not a timeout
+    assert len(fleet.sent) > 3 and took < 1.5
+
+
+def test_other_error_replies_are_final():
+    reply, fleet, _ = run(error("invalid_client"), token)
+    assert reply["error_code"] == "invalid_client" and len(fleet.sent) == 1
+
+
+def test_retries_zero_asks_once_even_when_turned_away():
+    reply, fleet, _ = run(error(SHUTTING_DOWN), token, retries=0)
+    assert reply["error_code"] == SHUTTING_DOWN and len(fleet.sent) == 1
+
+
+def test_a_forged_503_only_causes_a_retry():
+    """A rogue queue member answering a 503 status ends that attempt, never the call: the
+    next attempt reaches the genuine worker."""
+    reply, fleet, _ = run(no_responders, no_responders, token, retries=1)
+    assert reply["access_token"] == "genuine" and len(fleet.sent) == 3
+
+
+def test_a_503_after_someone_answered_starts_a_fresh_no_worker_window():
+    """A 503 after an attempt that reached a worker does not inherit an old window: a rogue
+    sprinkling 503s between silent or busy answers cannot end the call before its budget."""
+    script = [no_responders, error(OVERLOADED)] * 6 + [token]
+    reply, fleet, _ = run(*script, timeout=0.2, budget=10.0)
+    assert reply["access_token"] == "genuine" and len(fleet.sent) == 13

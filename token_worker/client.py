@@ -9,7 +9,7 @@ A reply is believed only if it arrives on an attempt's subject, fits the size ca
 object and echoes the request's ``request_id`` (and, for a named credential, its name).
 Anything else is dropped and counted (:attr:`TokenClient.replies_dropped`), never returned
 or cached, and the attempt keeps waiting for the genuine reply. A genuine reply that is not
-a well-formed token (an RFC 6750 ``b64token`` of type ``Bearer``) is a ``bad_reply`` error,
+a well-formed token (visible ASCII, of type ``Bearer``) is a ``bad_reply`` error,
 never cached. A body the worker would refuse is refused before it is sent.
 
 Each call runs attempt by attempt (:mod:`token_worker.requester`); retries follow what
@@ -33,7 +33,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
-from token_worker import defaults
+from token_worker import defaults, wire
 from token_worker.cache import CachedToken, CacheKey, TokenCache, cache_key
 from token_worker.config import NatsConfig, parse_nats_urls
 from token_worker.connection import NatsConnection
@@ -55,16 +55,11 @@ NAMED_SUBJECT = "token.named"
 """Prefix of the named-credential subjects: ``token.named.<credential>``."""
 MAX_REPLY_SIZE = 1024 * 1024
 """Largest reply believed, in bytes (1 MiB, as x/oauth2 caps a token response)."""
-MAX_TTL = 3600.0
-"""Longest a token is kept by the client, whatever ``expires_in`` says (an hour: what a
-client cannot verify lives no longer; a day-long token costs one request an hour)."""
+MAX_TTL = 86400.0
+"""Longest a token is kept by the client, whatever ``expires_in`` says (one day)."""
 CREDENTIAL_NAME = re.compile(r"[A-Za-z0-9_-]{1,255}")
 """A credential name: what the worker accepts as the last token of its subject."""
 _SUBJECT_TOKEN = re.compile(r"[^\s.*>]+")
-ACCESS_TOKEN = re.compile(r"[A-Za-z0-9\-._~+/]+=*")
-"""What an access token may be (RFC 6750 ``b64token``: JWTs and Keycloak's opaque tokens
-are): a token with spaces, CR/LF or other characters would be written into an HTTP header
-by whoever uses it, so a reply carrying one is ``bad_reply``, never returned or cached."""
 
 
 @dataclass(frozen=True)
@@ -326,10 +321,10 @@ def _issued_from_reply(reply: dict[str, Any], request_id: str, now: float,
     if isinstance(typed, ErrorReply):
         raise TokenRequestFailed(typed.error_code or "error", typed.error,
                                  request_id=request_id)
-    if not ACCESS_TOKEN.fullmatch(typed.access_token):
+    if not wire.ACCESS_TOKEN.fullmatch(typed.access_token):
         raise TokenRequestFailed("bad_reply", "worker reply carries no well-formed token: reply "
-                                 "field access_token must be an RFC 6750 b64token (letters, "
-                                 "digits, -._~+/, then =)", request_id=request_id)
+                                 "field access_token must be visible ASCII (no space, no "
+                                 "control character)", request_id=request_id)
     if typed.token_type.lower() != "bearer":  # RFC 6749 5.1: compared in any case
         raise TokenRequestFailed("bad_reply", "worker reply carries no well-formed token: reply "
                                  "field token_type must be Bearer", request_id=request_id)

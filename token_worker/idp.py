@@ -61,6 +61,7 @@ from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 from urllib3.exceptions import ConnectTimeoutError, HTTPError, NewConnectionError, ProtocolError
 from urllib3.exceptions import TimeoutError as HttpTimeout
 
+from token_worker import wire
 from token_worker.config import IdpConfig
 from token_worker.errors import IdpBadResponse, IdpError, IdpRefused, IdpTimeout, IdpUnavailable
 
@@ -86,11 +87,6 @@ _ERROR_CODE = re.compile(r"[\x20\x21\x23-\x5b\x5d-\x7e]{1,128}")
 _UNPRINTABLE = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]+")
 """Control characters (C0, DEL, C1), Unicode line and paragraph separators and bidi
 controls: none of them is kept in a text taken from an answer."""
-_ACCESS_TOKEN = re.compile(r"[\x21-\x7e]+")
-"""An access token is visible ASCII (RFC 6749 A.12: ``1*VSCHAR``). RFC 6750's stricter
-``b64token`` is not asked for: it is the Bearer header's syntax, and some IdPs issue opaque
-tokens outside it; what matters is that no token can carry a space, a control character
-or a line separator into a header, a reply or a log line."""
 REDACTED = "********"
 """What a scrubbed secret is replaced with."""
 EXCERPT_WINDOW = 64 * 1024
@@ -401,7 +397,7 @@ def _issued_token(answer: _Answer, scope: str, config: IdpConfig, scrub: _Scrubb
         raise IdpBadResponse("access_token not a string", status=status)
     if not token:
         raise IdpBadResponse("access_token empty", status=status)
-    if not _ACCESS_TOKEN.fullmatch(token):
+    if not wire.ACCESS_TOKEN.fullmatch(token):
         raise IdpBadResponse("access_token has characters other than visible ASCII (spaces, "
                              "control characters, line separators)", status=status)
     return IssuedToken(

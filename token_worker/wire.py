@@ -35,6 +35,7 @@ import orjson
 from token_worker.errors import InvalidReply, InvalidRequest
 
 __all__ = [
+    "ACCESS_TOKEN",
     "IDP_BAD_RESPONSE",
     "IDP_TIMEOUT",
     "IDP_UNAVAILABLE",
@@ -90,6 +91,13 @@ UNKNOWN_CREDENTIAL = "unknown_credential"
 """A named request (``token.named.<name>``) for a credential the worker does not hold."""
 INLINE_SECRETS_DISABLED = "inline_secrets_disabled"
 """``credentials.inline`` is false: requests carrying ``client_secret`` are refused."""
+
+
+ACCESS_TOKEN = re.compile(r"[\x21-\x7e]+")
+"""What an access token may be, at both ends: visible ASCII (RFC 6749 A.12, ``1*VSCHAR``).
+RFC 6750's stricter ``b64token`` is not asked for: it is the Bearer header's syntax, and
+some IdPs issue opaque tokens outside it. What matters is that no token can carry a
+space, a control character or a line separator into a header, a reply or a log line."""
 
 MAX_FIELD_LENGTH = 4096
 """Longest accepted value of any request string field; longer is a bad request."""

@@ -61,7 +61,7 @@ def test_a_named_reply_must_name_the_credential_asked_for():
 
 def test_expires_in_is_capped_by_max_ttl_and_may_be_a_float():
     assert _issued_from_reply({**TOKEN, "expires_in": 10**12}, "r", 0.0, MAX_TTL).expires_in \
-        == 3600
+        == 86400
     assert _issued_from_reply({**TOKEN, "expires_in": 300.0}, "r", 0.0, MAX_TTL).expires_in \
         == 300
     assert _issued_from_reply({**TOKEN, "expires_in": 299.7}, "r", 0.0, 60).expires_in == 60
@@ -72,8 +72,8 @@ def test_expires_in_is_capped_by_max_ttl_and_may_be_a_float():
     {"access_token": ""}, {"access_token": 5}, {"access_token": None}, {"token_type": 7},
     {"token_type": None}, {"scope": ["read"]}, {"credential": 5},
     {"access_token": "ATTACKER-TOKEN\r\nX-Injected: 1"}, {"access_token": "ATTACKER TOKEN"},
-    {"access_token": "ATTACKER=TOKEN"}, {"access_token": "ATTACKER\x00"},
-    {"access_token": "ATTACKERü"}, {"access_token": "=ATTACKER"},
+    {"access_token": "ATTACKER\x00"}, {"access_token": "ATTACKERü"},
+    {"access_token": "ATTACKER\u2028"},
     {"token_type": "DPoP"}, {"token_type": "mac"}, {"token_type": "Bearer\r\nX: 1"},
 ])
 def test_a_malformed_token_is_a_bad_reply_naming_the_field(bent):
@@ -88,9 +88,9 @@ def test_a_malformed_token_is_a_bad_reply_naming_the_field(bent):
 @pytest.mark.parametrize("access_token", [
     "eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJ4In0.c2lnbmF0dXJl",  # a JWT
     "eyJhbGciOiJkaXIiLCJlbmMiOiJBMTI4Q0JDLUhTMjU2In0..iv.ct.tag",  # Keycloak's opaque (JWE)
-    "ya29.a0Af-_~+/x==", "x",
+    "ya29.a0Af-_~+/x==", "x", "opaque!token%with:other$visible#chars",
 ])
-def test_b64tokens_are_tokens_and_bearer_is_read_in_any_case(access_token):
+def test_visible_ascii_tokens_are_tokens_and_bearer_is_read_in_any_case(access_token):
     issued = _issued_from_reply({**TOKEN, "access_token": access_token, "token_type": "bearer"},
                                 "r", 0.0, MAX_TTL)
     assert (issued.access_token, issued.token_type) == (access_token, "Bearer")

@@ -11,7 +11,13 @@ reply, so the connection is never dropped by the server for it.
 The worker owns the subscription, the pool and the order of shutdown (as dramatiq stops
 its consumers before its broker): unsubscribe, answer ``shutting_down`` to requests queued
 but not started (their requesters retry another replica at once), let running requests
-finish and reply, then close what it built.
+finish and reply, answer ``shutting_down`` to those still running when ``drainTimeout``
+ends or a second signal cuts the drain short (their late replies are dropped: one answer
+per request), then close what it built.
+
+Readiness is false while the server refuses the work subscription (an ACL denying
+``sub token.request``, at start or after a config reload): connected but deaf is not
+ready.
 
 With ``credentials.dir`` set, the worker also holds the named credentials (a
 :class:`~token_worker.credentials.CredentialStore`, reloaded in the background from start to
@@ -283,7 +289,8 @@ class TokenWorker:
 
     def stop(self, timeout: float | None = None) -> bool:
         """Drain and close: unsubscribe, answer queued requests ``shutting_down``, let
-        running requests reply, close what the worker built.
+        running requests reply (those still running at the end of the drain are answered
+        ``shutting_down``), close what the worker built.
 
         Returns True when every running request finished within ``timeout`` (default
         ``drainTimeout``). Safe to call more than once and from any thread.

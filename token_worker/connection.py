@@ -62,8 +62,8 @@ from token_worker.pending import PendingWrites
 from token_worker.protocol import Control, Info, Message, ProtocolError, ServerError
 from token_worker.servers import ServerPool
 
-__all__ = ["Message", "MessageCallback", "NatsConnection", "ServerPool", "State",
-           "Subscription", "pynats2"]
+__all__ = ["Message", "MessageCallback", "NatsConnection", "RefusedCallback", "ServerPool",
+           "State", "Subscription", "pynats2", "refused_by"]
 
 log = logging.getLogger(__name__)
 
@@ -671,10 +671,7 @@ class NatsConnection:
             self._errors_log({"server_error": text, "server": self.server_url})
             return
         self._refusals_log({"server_error": text, "server": self.server_url})
-        match = _SUB_REFUSED.search(text)
-        if match is None:
-            return
-        for sub in self._refused_by(match):
+        for sub in refused_by(text, list(self._subscriptions.values())):
             sub.refusals += 1
             if not sub.refused:
                 sub.refused = True
@@ -683,17 +680,6 @@ class NatsConnection:
                         self._on_refused(sub, text)
                     except Exception:
                         log.exception("subscription refusal listener failed")
-
-    def _refused_by(self, match: re.Match[str]) -> list[Subscription]:
-        """The subscriptions a refusal names: by ``sid`` when it says one, else every one
-        with that subject (and queue, when it says one)."""
-        subscriptions = list(self._subscriptions.values())
-        sid = match["sid"]
-        if sid is not None:
-            return [s for s in subscriptions if str(s.sid) == sid]
-        queue = match["queue"]
-        return [s for s in subscriptions if s.subject == match["subject"]
-                and (queue is None or s.queue == queue)]
 
     def _send_outbox(self) -> None:
         """Write what callbacks published while one read was handled, in one write."""
@@ -786,3 +772,18 @@ def _shut(sock: socket.socket | None) -> None:
     if sock is not None:
         with contextlib.suppress(OSError):
             sock.shutdown(socket.SHUT_RDWR)
+
+
+def refused_by(text: str, subscriptions: list[Subscription]) -> list[Subscription]:
+    """The subscriptions a ``-ERR`` text refuses: none unless it is a subscription
+    permissions violation; by ``sid`` when it names one (after a reload), else every one
+    with that subject (and queue, when it names one)."""
+    match = _SUB_REFUSED.search(text)
+    if match is None:
+        return []
+    sid = match["sid"]
+    if sid is not None:
+        return [s for s in subscriptions if str(s.sid) == sid]
+    queue = match["queue"]
+    return [s for s in subscriptions if s.subject == match["subject"]
+            and (queue is None or s.queue == queue)]

@@ -299,7 +299,7 @@ class ResilientIdp:
         if error.body:
             fields["body"] = error.body
         if error.retry_after is not None:
-            fields["retry_after_s"] = error.retry_after
+            fields["retry_after_s"] = min(error.retry_after, LONGEST_SHOWN_WAIT)
         level = logging.INFO if isinstance(error, IdpRefused) else logging.WARNING
         log.log(level, "idp call failed", extra=fields)
         if self._breaker.opened and _transient(error):

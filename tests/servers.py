@@ -106,6 +106,14 @@ class NatsServer:
         self.kill()
         self.start()
 
+    def reload(self, config_text: str) -> None:
+        """Rewrite the config file and have the server reload it (SIGHUP), as an operator
+        changing permissions would."""
+        assert self.process is not None
+        (Path(self._dir) / "server.conf").write_text(config_text)
+        self._config_text = config_text
+        self.process.send_signal(signal.SIGHUP)
+
     def connz(self) -> list[dict[str, Any]]:
         """The server's /connz connections (with subscription details)."""
         url = f"http://127.0.0.1:{self.monitor_port}/connz?subs=detail"

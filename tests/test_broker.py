@@ -290,3 +290,21 @@ def test_a_non_json_200_costs_one_call_and_healthy_clients_are_served_at_once(
     again = requester.request(token_request(SCOPED, "again"))
     assert again["token_source"] == "cache"  # expires_in 300.0 is cached
     assert server.calls == 2
+
+
+def test_one_clients_429_leaves_every_other_client_served(nats_server, faulty, start_worker,
+                                                          requester_factory):
+    """Finding 4: a 429 is about the client that got it; the others go on at once."""
+    server = faulty(script=[(429, b"", {"Retry-After": "120"}),
+                            (200, b'{"access_token": "other-token", "expires_in": 300}', {})])
+    start_worker(make_config(nats_server.url, server.url, idp={
+        "deadline": 1.0, "failure_threshold": 1}))
+    requester = requester_factory(nats_server.url)
+    held = requester.request(token_request(DEMO, "noisy"))
+    assert (held["error_code"], held["error"]) == (
+        "idp_unavailable", "identity provider asked to wait 120 s")
+    again = requester.request(token_request(DEMO, "noisy-again"))
+    assert "for this client; not asking it again" in again["error"]
+    other = requester.request(token_request(SCOPED, "other"))
+    assert other["access_token"] == "other-token"
+    assert server.calls == 2

@@ -4,19 +4,21 @@ with a client nobody here wrote (nats.js), and deploy/ matching the config it sh
 from __future__ import annotations
 
 import json
+import logging
 import subprocess
 import threading
 import urllib.error
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
 from tests.conftest import DEMO, make_config, token_request
 from tests.helpers import wait_until
-from tests.servers import ROOT
-from token_worker.config import HealthConfig
+from tests.servers import ROOT, NatsServer
+from token_worker.config import HealthConfig, Secret
 
 SVC_CLIENT = ROOT / "dev" / "svc-client"
 PROMTOOL = ROOT / ".tools" / "bin" / "promtool"
@@ -31,7 +33,6 @@ def get(port: int, path: str) -> tuple[int, str]:
 
 
 def with_health(config):
-    from dataclasses import replace
     return replace(config, health=HealthConfig(port=0, host="127.0.0.1"))
 
 
@@ -203,3 +204,57 @@ def test_one_miss_then_one_hit_count_exactly_one_of_each(nats_server, idp, start
     assert status == 200
     assert 'token_worker_cache_events_total{event="miss"} 1.0' in text
     assert 'token_worker_cache_events_total{event="hit"} 1.0' in text
+
+
+WORK_ACL = """
+    authorization {
+      users = [
+        {user: worker, password: "worker-pass-acl",
+         permissions: {publish: {allow: ["_INBOX.>", "$SRV.>"]},
+                       subscribe: {allow: [%s"$SRV.>"]}}}
+        {user: requester, password: "requester-pass-acl"}
+      ]
+    }
+"""
+ALLOWED = WORK_ACL % '"token.request", '
+DENIED = WORK_ACL % ""
+
+
+def test_readiness_is_false_while_the_server_refuses_the_work_subscription(
+        start_worker, caplog):
+    """Finding 3: an ACL that denies ``sub token.request`` (after a reload, or at start)
+    leaves the worker connected but deaf: it must not look ready."""
+    server = NatsServer(config_text=ALLOWED).start()
+    try:
+        config = with_health(make_config(server.url, nats={
+            "username": "worker", "password": Secret("worker-pass-acl")}))
+        worker = start_worker(config, lambda payload: payload)
+        assert get(worker.health_port, "/readyz")[0] == 200
+        caplog.set_level(logging.ERROR, logger="token_worker")
+
+        server.reload(DENIED)  # the operator tightens the ACL
+        wait_until(lambda: get(worker.health_port, "/readyz")[0] == 503,
+                   what="not ready once the subscription is refused")
+        assert "subscription to token.request refused by the server" in get(
+            worker.health_port, "/readyz")[1]
+        refused = [r for r in caplog.records if r.getMessage().startswith(
+            "subscription refused by the server")]
+        assert len(refused) == 1
+
+        # the ACL is fixed; the server does not give the subscription back by itself, but a
+        # reconnect re-subscribes, and no refusal comes: ready again
+        server.reload(ALLOWED)
+        server.restart()
+        wait_until(lambda: get(worker.health_port, "/readyz")[0] == 200 and worker.reconnects,
+                   what="ready again after a reconnect that re-subscribed")
+
+        # a fresh start under the denied ACL is never ready
+        server.reload(DENIED)
+        wait_until(lambda: get(worker.health_port, "/readyz")[0] == 503,
+                   what="refused again")
+        fresh = start_worker(replace(config, name_suffix="fresh"), lambda payload: payload)
+        status, text = get(fresh.health_port, "/readyz")
+        assert (status, "refused by the server" in text) == (503, True)
+        assert not fresh.is_ready
+    finally:
+        server.cleanup()

@@ -316,3 +316,31 @@ def test_a_reply_larger_than_the_servers_max_payload_is_token_too_large(
         assert huge_token not in caplog.text
     finally:
         server.cleanup()
+
+
+def test_requests_still_running_when_the_drain_ends_are_answered_shutting_down(
+        nats_server, start_worker, requester_factory):
+    """Finding 16: a request still running when ``drainTimeout`` ends gets ``shutting_down``
+    at once (its requester retries another replica), and never a late second reply."""
+    release = threading.Event()
+    started = threading.Event()
+
+    def held(payload: bytes) -> bytes:  # an IdP that holds the request
+        started.set()
+        release.wait(10)
+        return b'{"late": true}'
+
+    worker = start_worker(make_config(nats_server.url, workers=2), held)
+    requester = requester_factory(nats_server.url)
+    inbox = requester.nc.new_inbox()
+    replies = requester.run(requester.nc.subscribe(inbox, max_msgs=0))
+    requester.publish("token.request", b'{"request_id": "held"}', reply=inbox)
+    assert started.wait(5)
+    began = time.monotonic()
+    assert worker.stop(timeout=0.2) is False
+    reply = json.loads(requester.run(replies.next_msg(timeout=2)).data)
+    assert time.monotonic() - began < 2
+    assert (reply["request_id"], reply["error_code"]) == ("held", "shutting_down")
+    release.set()
+    with pytest.raises(Exception, match=r"(?i)timeout"):  # the late reply is dropped
+        requester.run(replies.next_msg(timeout=0.5))

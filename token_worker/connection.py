@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import enum
 import logging
+import re
 import socket
 import threading
 import time
@@ -61,8 +62,8 @@ from token_worker.pending import PendingWrites
 from token_worker.protocol import Control, Info, Message, ProtocolError, ServerError, Skipped
 from token_worker.servers import ServerPool
 
-__all__ = ["Message", "MessageCallback", "NatsConnection", "ServerPool", "State",
-           "Subscription", "pynats2"]
+__all__ = ["Message", "MessageCallback", "NatsConnection", "RefusedCallback", "ServerPool",
+           "State", "Subscription", "pynats2", "refused_by"]
 
 log = logging.getLogger(__name__)
 _warn_skipped = RateLimitedLog(log, logging.WARNING, "nats message skipped unread")
@@ -74,6 +75,15 @@ DEFAULT_MAX_PAYLOAD = 1024 * 1024
 """nats-server's default ``max_payload``: assumed until a server says otherwise."""
 RETIRE_WAIT = 5.0
 """Longest the reader waits for a writer (woken by the shut socket) before closing it."""
+SERVER_ERROR_LOG_INTERVAL = 1.0
+"""Seconds between two log lines of one kind of ``-ERR`` that keeps the connection (a
+permissions violation may come once per request: each line counts what it suppressed)."""
+_SUB_REFUSED = re.compile(
+    r'Permissions Violation for Subscription to "(?P<subject>[^"]*)"'
+    r'(?: using queue "(?P<queue>[^"]*)")?(?: \(sid "(?P<sid>[^"]*)"\))?', re.IGNORECASE)
+"""nats-server's refusal of a SUB: at subscribe time, and after a config reload that took
+the permission away (then with the ``sid``), e.g.
+``Permissions Violation for Subscription to "token.request" using queue "q" (sid "1")``."""
 
 
 class State(enum.Enum):
@@ -96,6 +106,30 @@ class Subscription:
     subject: str
     queue: str
     callback: MessageCallback
+    refused: bool = False
+    """The server refused it (a ``-ERR`` permissions violation, at subscribe time or after
+    a config reload): no message comes. Cleared when a reconnect re-subscribes and no
+    refusal comes within a PING round trip."""
+    refusals: int = 0
+    """How many ``-ERR`` refusals named it so far."""
+
+
+RefusedCallback = Callable[[Subscription, str], None]
+"""Called (on the reader thread) with a subscription the server refused and its text."""
+
+
+class _SubscribeCheck:
+    """Waits, in the PONG queue, for the PONG after a reconnect's SUBs: a subscription not
+    refused by then is served again."""
+
+    def __init__(self, subscriptions: list[Subscription]) -> None:
+        self.subscriptions = [(sub, sub.refusals) for sub in subscriptions]
+
+    def confirmed(self) -> None:
+        """The PONG came: every subscription refused no more since the SUBs is served."""
+        for sub, refusals in self.subscriptions:
+            if sub.refusals == refusals:
+                sub.refused = False
 
 
 class NatsConnection:
@@ -117,6 +151,7 @@ class NatsConnection:
         on_gave_up: Callable[[str], None] | None = None,
         no_responders: bool = False,
         first_connect_rounds: int | None = None,
+        on_refused: RefusedCallback | None = None,
     ) -> None:
         self._config = config
         self._name = name
@@ -124,6 +159,12 @@ class NatsConnection:
         self._first_connect_rounds = first_connect_rounds
         self._on_state = on_state
         self._on_gave_up = on_gave_up
+        self._on_refused = on_refused
+        self._refusals_log = RateLimitedLog(
+            log, logging.ERROR, "nats server refused an operation (connection kept)",
+            interval=SERVER_ERROR_LOG_INTERVAL)
+        self._errors_log = RateLimitedLog(log, logging.ERROR, "nats server error",
+                                          interval=SERVER_ERROR_LOG_INTERVAL)
         self._pool = ServerPool(config.urls, randomize=not config.no_randomize)
         self._subscriptions: dict[int, Subscription] = {}
         self._next_sid = 1
@@ -136,7 +177,7 @@ class NatsConnection:
         self._handshake_sock: socket.socket | None = None
         self._parser = protocol.Parser()
         self._early_events: list[protocol.Event] = []
-        self._pending_pongs: deque[threading.Event | None] = deque()
+        self._pending_pongs: deque[threading.Event | _SubscribeCheck | None] = deque()
         self._closing = threading.Event()
         self._reader: threading.Thread | None = None
         self._reader_ident = 0
@@ -172,6 +213,11 @@ class NatsConnection:
         reader = self._reader
         return (self._serving and self._state is State.CONNECTED and reader is not None
                 and reader.is_alive())
+
+    @property
+    def refused_subscriptions(self) -> list[Subscription]:
+        """The subscriptions the server refused (and has not accepted since)."""
+        return [sub for sub in list(self._subscriptions.values()) if sub.refused]
 
     @property
     def buffered_bytes(self) -> int:
@@ -471,6 +517,12 @@ class NatsConnection:
                                      for s in self._subscriptions.values())
             try:
                 if subscriptions:
+                    check = _SubscribeCheck([s for s in self._subscriptions.values()
+                                             if s.refused])
+                    if check.subscriptions:
+                        with self._sock_lock:
+                            self._pending_pongs.append(check)
+                        subscriptions += b"PING\r\n"
                     self._sendall(sock, subscriptions)
                 data, writes, dropped = self._pending.take(self._max_payload)
                 if data:
@@ -599,10 +651,12 @@ class NatsConnection:
         elif event is Control.PONG:
             with self._sock_lock:
                 waiter = self._pending_pongs.popleft() if self._pending_pongs else None
-            if waiter is not None:
+            if isinstance(waiter, _SubscribeCheck):
+                waiter.confirmed()
+            elif waiter is not None:
                 waiter.set()
         elif isinstance(event, ServerError):
-            _log_server_error(event.text)
+            self._server_error(event.text)
         elif isinstance(event, Info):
             return self._async_info(event)
         elif isinstance(event, Skipped):
@@ -613,6 +667,24 @@ class NatsConnection:
                       extra={"reason": event.reason, "server": self.server_url})
             return f"protocol error: {event.reason}"
         return ""  # +OK needs nothing (verbose is off)
+
+    def _server_error(self, text: str) -> None:
+        """A ``-ERR`` that keeps the connection (the parser ends it for the others): a
+        refused subscription is marked and reported; each kind logs at most a line a
+        second, counting what it suppressed."""
+        if "permissions violation" not in text.lower():
+            self._errors_log({"server_error": text, "server": self.server_url})
+            return
+        self._refusals_log({"server_error": text, "server": self.server_url})
+        for sub in refused_by(text, list(self._subscriptions.values())):
+            sub.refusals += 1
+            if not sub.refused:
+                sub.refused = True
+                if self._on_refused is not None:
+                    try:
+                        self._on_refused(sub, text)
+                    except Exception:
+                        log.exception("subscription refusal listener failed")
 
     def _send_outbox(self) -> None:
         """Write what callbacks published while one read was handled, in one write."""
@@ -655,7 +727,7 @@ class NatsConnection:
             self._pending_pongs.clear()
         _shut(sock)
         for waiter in waiters:
-            if waiter is not None:
+            if isinstance(waiter, threading.Event):
                 waiter.set()
 
     def _lose_current(self, reason: str) -> None:
@@ -707,9 +779,16 @@ def _shut(sock: socket.socket | None) -> None:
             sock.shutdown(socket.SHUT_RDWR)
 
 
-def _log_server_error(text: str) -> None:
-    if "permissions violation" in text.lower():
-        log.error("nats server refused an operation (connection kept): %s", text,
-                  extra={"server_error": text})
-    else:
-        log.error("nats server error: %s", text, extra={"server_error": text})
+def refused_by(text: str, subscriptions: list[Subscription]) -> list[Subscription]:
+    """The subscriptions a ``-ERR`` text refuses: none unless it is a subscription
+    permissions violation; by ``sid`` when it names one (after a reload), else every one
+    with that subject (and queue, when it names one)."""
+    match = _SUB_REFUSED.search(text)
+    if match is None:
+        return []
+    sid = match["sid"]
+    if sid is not None:
+        return [s for s in subscriptions if str(s.sid) == sid]
+    queue = match["queue"]
+    return [s for s in subscriptions if s.subject == match["subject"]
+            and (queue is None or s.queue == queue)]

@@ -8,6 +8,11 @@ backlog`` items at a time (:meth:`~BoundedPool.try_submit` says no at once when 
 the caller answers ``overloaded``), runs each with the function it was built with, and
 :meth:`~BoundedPool.close` returns the items not started yet, so the caller can answer them
 (``shutting_down``). Threads are started as work arrives, up to ``workers``.
+
+It also knows which items are running: when the drain ends before they finish,
+:meth:`~BoundedPool.take_running` hands them to the caller (who answers them
+``shutting_down``), and :meth:`~BoundedPool.claim` tells the run function whether its item
+is still its own to answer: exactly one of the two answers each item.
 """
 
 from __future__ import annotations
@@ -39,6 +44,8 @@ class BoundedPool(Generic[Item]):
         self._admitted = 0
         self._waiting_threads = 0
         self._threads: list[threading.Thread] = []
+        self._running: dict[int, Item] = {}
+        """Items a thread runs and nobody answered yet, by ``id``."""
         self._closed = False
 
     @property
@@ -79,6 +86,20 @@ class BoundedPool(Generic[Item]):
             self._work.notify_all()
         return taken
 
+    def claim(self, item: Item) -> bool:
+        """Called by ``run(item)`` before it answers: True if the item is still its own,
+        False if :meth:`take_running` took it (it was answered: drop the late answer)."""
+        with self._lock:
+            return self._running.pop(id(item), None) is not None
+
+    def take_running(self) -> list[Item]:
+        """Take the items running and not claimed yet: the caller answers them now, and
+        their run functions' :meth:`claim` says False."""
+        with self._lock:
+            taken = list(self._running.values())
+            self._running.clear()
+        return taken
+
     def wait_idle(self, timeout: float) -> bool:
         """Wait until no item is running or waiting; False if ``timeout`` ran out first."""
         with self._lock:
@@ -103,12 +124,14 @@ class BoundedPool(Generic[Item]):
                 if not self._queue:
                     return  # closed, nothing left
                 item = self._queue.popleft()
+                self._running[id(item)] = item
             try:
                 self._run(item)
             except Exception:
                 log.exception("pool task failed")
             finally:
                 with self._lock:
+                    self._running.pop(id(item), None)
                     self._admitted -= 1
                     if self._admitted == 0:
                         self._idle.notify_all()

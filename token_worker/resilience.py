@@ -15,12 +15,16 @@ is ``idp_unavailable`` (HTTP 500), not a timeout.
 Two ways of failing fast, both without calling the IdP:
 
 - after ``idp.failureThreshold`` consecutive failures that say the IdP is down (transient
-  ones only: a refusal or an unusable answer proves it is up, and counts as a success), a
-  circuit breaker (``circuitbreaker``) refuses calls for ``idp.coolDown`` seconds;
-- a ``Retry-After`` longer than the time left is remembered: until it has passed, every
-  fetch fails at once with "identity provider asked to wait N s" instead of calling again
-  on the next request. One :class:`ResilientIdp` serves one token endpoint, so this is
-  per endpoint.
+  ones only: a refusal or an unusable answer proves it is up, and counts as a success; a
+  429 is about one client, not the endpoint, and counts for neither), a circuit breaker
+  (``circuitbreaker``) refuses calls for ``idp.coolDown`` seconds;
+- a ``Retry-After`` longer than the time left is remembered: until it has passed (at most
+  ``LONGEST_HOLD``), fetches fail at once with "identity provider asked to wait N s"
+  instead of calling again on the next request. Whose fetches depends on who was told: a
+  429 (too many requests) is about the client that sent them, so only that client's
+  fetches fail fast (one :class:`ResilientIdp` serves one token endpoint: the hold is per
+  token endpoint and client id, in a bounded table); a 503 or other 5xx is about the
+  endpoint, so every client's fetches fail fast.
 
 Every failed exchange logs one line (``idp call failed``) with the HTTP status or the
 network error, the reason, the attempt number and the elapsed time.
@@ -33,8 +37,10 @@ instead of 0.7 s). ``circuitbreaker`` keeps no lock around the call.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 
+from cachetools import TTLCache
 from circuitbreaker import CircuitBreaker
 from tenacity import RetryCallState, Retrying, retry_if_exception, wait_random_exponential
 
@@ -54,6 +60,12 @@ LONGEST_BACKOFF = 2.0
 LONGEST_HOLD = 300.0
 """The longest ``Retry-After`` the worker honours by failing fast, seconds: an IdP asking
 for a day is asked again after five minutes."""
+LONGEST_SHOWN_WAIT = 86400.0
+"""A ``Retry-After`` longer than this (a day) is shown as "more than a day", not as the
+forty digits an IdP may send."""
+CLIENT_HOLDS = 10_000
+"""Most clients held at once after their own 429 (the oldest hold goes first when full)."""
+TOO_MANY_REQUESTS = 429
 
 
 class CircuitOpen(IdpUnavailable):
@@ -75,13 +87,17 @@ class ResilientIdp:
         self._breaker = CircuitBreaker(
             failure_threshold=config.failure_threshold,
             recovery_timeout=config.cool_down,
-            expected_exception=(IdpUnavailable, IdpTimeout),
+            expected_exception=_endpoint_failure,
             name="idp",
         )
         self._jitter = wait_random_exponential(multiplier=FIRST_BACKOFF, max=LONGEST_BACKOFF)
         self._hold_until = 0.0
         """Monotonic time before which the IdP asked not to be called."""
         self._hold_asked = 0.0
+        self._client_holds: TTLCache[str, tuple[float, float]] = TTLCache(
+            CLIENT_HOLDS, LONGEST_HOLD)
+        """Client id -> (monotonic end of its hold, the Retry-After asked): a 429's hold."""
+        self._holds_lock = threading.Lock()
         self.calls = 0
         """Token calls sent to the IdP (attempts, retries included)."""
 
@@ -102,15 +118,20 @@ class ResilientIdp:
 
     @property
     def failing_fast(self) -> bool:
-        """True while fetches fail without a call (circuit open, or a Retry-After running)."""
+        """True while every client's fetches fail without a call (circuit open, or an
+        endpoint-wide Retry-After running); a client's own 429 hold does not count."""
         return self._hold_until > time.monotonic() or self.circuit_open
+
+    def client_held(self, client_id: str) -> bool:
+        """True while ``client_id``'s fetches fail fast after its own 429."""
+        return self._client_hold(client_id)[0] > time.monotonic()
 
     def fetch_token(self, client_id: str, client_secret: str, scope: str, *,
                     deadline: float | None = None,
                     auth_method: str | None = None) -> IssuedToken:
         """Fetch a token, retrying transient failures until ``idp.deadline`` or the caller's
         ``deadline`` (a ``time.monotonic()`` value), whichever comes first."""
-        fetch = _Fetch(self._config.deadline, deadline)
+        fetch = _Fetch(self._config.deadline, deadline, client_id)
         try:
             token: IssuedToken = self._retrying(fetch)(
                 self._attempt, fetch, client_id, client_secret, scope, auth_method)
@@ -164,7 +185,8 @@ class ResilientIdp:
         wait than that, or when the last failure made the fetches fail fast."""
         asked = fetch.failures[-1].retry_after
         room = fetch.room()
-        return room < 0 or (asked is not None and asked > room) or self.failing_fast
+        return (room < 0 or (asked is not None and asked > room) or self.failing_fast
+                or self.client_held(fetch.client_id))
 
     def _conclude(self, error: IdpError, fetch: _Fetch) -> IdpError:
         """The last exchange failed and no retry follows: log it, remember a long
@@ -172,20 +194,27 @@ class ResilientIdp:
         self._log_failure(fetch, retrying=False)
         asked = error.retry_after if _transient(error) else None
         if asked is not None and asked > fetch.room():
-            self._hold(asked)
-            return AskedToWait(f"identity provider asked to wait {asked:.0f} s",
-                               status=error.status, retry_after=asked, reason=error.reason,
-                               body=error.body)
+            self._hold(asked, fetch.client_id if error.status == TOO_MANY_REQUESTS else None)
+            return AskedToWait(f"identity provider asked to wait {_shown(asked)}",
+                               status=error.status, retry_after=min(asked, LONGEST_HOLD),
+                               reason=error.reason, body=error.body)
         return self._give_up(fetch)
 
     def _fail_fast(self, fetch: _Fetch) -> None:
         """End the fetch instead of calling while the IdP asked to wait or the circuit is
         open: with the failures so far if any, else with the reason for not calling."""
-        wait = self._hold_until - time.monotonic()
+        now = time.monotonic()
+        client_until, client_asked = self._client_hold(fetch.client_id)
+        if client_until > self._hold_until:
+            until, asked, whom = client_until, client_asked, " for this client"
+        else:
+            until, asked, whom = self._hold_until, self._hold_asked, ""
+        wait = until - now
         if wait > 0:
             error: IdpError = AskedToWait(
-                f"identity provider asked to wait {self._hold_asked:.0f} s; not asking it "
-                f"again for {wait:.0f} s", reason=f"Retry-After, {wait:.0f} s left")
+                f"identity provider asked to wait {_shown(asked)}{whom}; not asking it "
+                f"again for {wait:.0f} s", reason=f"Retry-After, {wait:.0f} s left",
+                retry_after=wait)
         elif self._breaker.opened:
             error = CircuitOpen(f"identity provider failing; not asked for up to "
                                 f"{self._config.cool_down:g} s", reason="circuit open")
@@ -193,13 +222,30 @@ class ResilientIdp:
             return
         raise _Ended(self._give_up(fetch) if fetch.failures else error)
 
-    def _hold(self, retry_after: float) -> None:
-        """Remember a ``Retry-After`` longer than the time left: fail fast until then."""
+    def _hold(self, retry_after: float, client_id: str | None) -> None:
+        """Remember a ``Retry-After`` longer than the time left: fail fast until then, for
+        ``client_id`` only (a 429) or for every client (``None``: a 5xx)."""
         seconds = min(retry_after, LONGEST_HOLD)
-        self._hold_asked = retry_after
-        self._hold_until = max(self._hold_until, time.monotonic() + seconds)
-        log.warning("idp asked to wait: failing fast", extra={"retry_after_s": retry_after,
-                                                              "failing_fast_s": seconds})
+        until = time.monotonic() + seconds
+        if client_id is None:
+            self._hold_asked = retry_after
+            self._hold_until = max(self._hold_until, until)
+        else:
+            with self._holds_lock:
+                held = self._client_holds.get(client_id, (0.0, 0.0))
+                self._client_holds[client_id] = (max(held[0], until), retry_after)
+        log.warning("idp asked to wait: failing fast",
+                    extra={"retry_after_s": min(retry_after, LONGEST_SHOWN_WAIT),
+                           "failing_fast_s": seconds,
+                           "scope": "endpoint" if client_id is None else "client",
+                           "client_id": client_id})
+
+    def _client_hold(self, client_id: str) -> tuple[float, float]:
+        """(end of ``client_id``'s 429 hold, what was asked), or zeros without one."""
+        if not self._client_holds:
+            return 0.0, 0.0
+        with self._holds_lock:
+            return self._client_holds.get(client_id, (0.0, 0.0))
 
     @staticmethod
     def _give_up(fetch: _Fetch) -> IdpError:
@@ -253,7 +299,7 @@ class ResilientIdp:
         if error.body:
             fields["body"] = error.body
         if error.retry_after is not None:
-            fields["retry_after_s"] = error.retry_after
+            fields["retry_after_s"] = min(error.retry_after, LONGEST_SHOWN_WAIT)
         level = logging.INFO if isinstance(error, IdpRefused) else logging.WARNING
         log.log(level, "idp call failed", extra=fields)
         if self._breaker.opened and _transient(error):
@@ -265,7 +311,8 @@ class ResilientIdp:
 class _Fetch:
     """One :meth:`ResilientIdp.fetch_token` call: its time bounds and its failed exchanges."""
 
-    def __init__(self, longest: float, deadline: float | None) -> None:
+    def __init__(self, longest: float, deadline: float | None, client_id: str = "") -> None:
+        self.client_id = client_id
         self.started = time.monotonic()
         self.end = self.started + longest if deadline is None else min(
             self.started + longest, deadline)
@@ -291,3 +338,14 @@ class _Ended(Exception):
 def _transient(error: BaseException) -> bool:
     """A failure a retry can change: unreachable, a timeout, 5xx or 429."""
     return isinstance(error, IdpUnavailable | IdpTimeout)
+
+
+def _endpoint_failure(_kind: type[BaseException], error: BaseException) -> bool:
+    """What counts toward the circuit breaker: a transient failure that says the endpoint
+    is down; not a 429, which is about one client (its own hold handles it)."""
+    return _transient(error) and getattr(error, "status", None) != TOO_MANY_REQUESTS
+
+
+def _shown(seconds: float) -> str:
+    """A wait as a reader wants it: ``120 s``, but never forty digits."""
+    return f"{seconds:.0f} s" if seconds <= LONGEST_SHOWN_WAIT else "more than a day"

@@ -11,7 +11,13 @@ reply, so the connection is never dropped by the server for it.
 The worker owns the subscription, the pool and the order of shutdown (as dramatiq stops
 its consumers before its broker): unsubscribe, answer ``shutting_down`` to requests queued
 but not started (their requesters retry another replica at once), let running requests
-finish and reply, then close what it built.
+finish and reply, answer ``shutting_down`` to those still running when ``drainTimeout``
+ends or a second signal cuts the drain short (their late replies are dropped: one answer
+per request), then close what it built.
+
+Readiness is false while the server refuses the work subscription (an ACL denying
+``sub token.request``, at start or after a config reload): connected but deaf is not
+ready.
 
 With ``credentials.dir`` set, the worker also holds the named credentials (a
 :class:`~token_worker.credentials.CredentialStore`, reloaded in the background from start to
@@ -161,7 +167,8 @@ class TokenWorker:
         if connection is None:
             connection = nats = NatsConnection(config.nats, self.client_name,
                                                on_state=self._on_state,
-                                               on_gave_up=self._on_gave_up)
+                                               on_gave_up=self._on_gave_up,
+                                               on_refused=self._on_refused)
         self._connection: Connection = connection
         self._token_handler: TokenHandler | None = None
         self._credentials: CredentialStore | None = None
@@ -282,7 +289,8 @@ class TokenWorker:
 
     def stop(self, timeout: float | None = None) -> bool:
         """Drain and close: unsubscribe, answer queued requests ``shutting_down``, let
-        running requests reply, close what the worker built.
+        running requests reply (those still running at the end of the drain are answered
+        ``shutting_down``), close what the worker built.
 
         Returns True when every running request finished within ``timeout`` (default
         ``drainTimeout``). Safe to call more than once and from any thread.
@@ -306,6 +314,8 @@ class TokenWorker:
                                          drain_timeout=min(budget, SUBSCRIBE_CONFIRM_TIMEOUT))
             self._hand_back_queued()
             drained = self._wait_for_running(deadline)
+            if not drained:
+                self._answer_running()
             if self._connection.is_connected:
                 with contextlib.suppress(NatsConnectionError):
                     self._connection.flush(max(0.1, min(2.0, deadline - time.monotonic())))
@@ -320,8 +330,7 @@ class TokenWorker:
     @property
     def is_ready(self) -> bool:
         """Connected, subscribed and not draining: a requester's message would be served."""
-        return (self._connection.is_connected and self._subscription is not None
-                and not self._draining)
+        return self._ready()[0]
 
     @property
     def instance_id(self) -> str:
@@ -390,12 +399,17 @@ class TokenWorker:
             self._reject(message, outcome, received, True)
 
     def _serve(self, job: _Job) -> None:
-        """Runs on a pool thread."""
+        """Runs on a pool thread. A reply that comes after the drain ended is dropped: its
+        requester was answered ``shutting_down`` already (:meth:`_answer_running`)."""
         try:
             reply = job.deferred.run()
         except Exception:
             reply = self._internal_error(job.message.payload, job.deferred.request_id)
-        self._send_reply(job.message.reply, reply, job.received, job.named)
+        if self._pool.claim(job):
+            self._send_reply(job.message.reply, reply, job.received, job.named)
+        else:
+            log.debug("late reply dropped: answered shutting_down at the end of the drain",
+                      extra={"request_id": reply.request_id})
 
     def _internal_error(self, payload: bytes, request_id: str | None) -> Reply:
         if request_id is None:
@@ -472,6 +486,22 @@ class TokenWorker:
         if queued:
             log.info("queued requests answered shutting_down", extra={"requests": len(queued)})
 
+    def _answer_running(self) -> None:
+        """The drain ended (``drainTimeout``, or a second signal) with requests still
+        running: answer each ``shutting_down`` now, so its requester retries another
+        replica at once instead of waiting out its timeout. Their late replies are dropped
+        (exactly one answer per request)."""
+        running = self._pool.take_running()
+        for job in running:
+            request_id = self._request_id(job.message, job.deferred)
+            self._send_reply(job.message.reply, _error(
+                request_id, wire.SHUTTING_DOWN,
+                "worker shutting down, retry (another replica answers)"), job.received,
+                job.named)
+        if running:
+            log.warning("drain ended with requests running: answered shutting_down",
+                        extra={"requests": len(running)})
+
     # --- events ---------------------------------------------------------------------------
 
     def _on_state(self, state: State) -> None:
@@ -499,11 +529,22 @@ class TokenWorker:
     def _ready(self) -> tuple[bool, str]:
         if self._draining:
             return False, "draining"
-        if self._subscription is None:
+        subscription = self._subscription
+        if subscription is None:
             return False, "not subscribed yet"
         if not self._connection.is_connected:
             return False, f"nats {self._connection.state.value}"
+        if subscription.refused:
+            return False, f"subscription to {subscription.subject} refused by the server"
         return True, "serving"
+
+    def _on_refused(self, subscription: Subscription, text: str) -> None:
+        """The server refused a subscription (an ACL, at start or after a config reload):
+        for the work subject, the worker is not ready until a reconnect re-subscribes."""
+        if subscription is self._subscription or subscription.subject == self.config.subject:
+            log.error("subscription refused by the server: not ready",
+                      extra={"subject": subscription.subject, "queue": subscription.queue,
+                             "server_error": text})
 
     def _on_gave_up(self, reason: str) -> None:
         self.failure = reason

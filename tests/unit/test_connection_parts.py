@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from token_worker.connection import ServerPool
+from token_worker.connection import ServerPool, Subscription, refused_by
 from token_worker.errors import NotConnected
 from token_worker.keepalive import Verdict, judge
 from token_worker.pending import PendingWrites
@@ -66,3 +66,22 @@ def test_keepalive_verdicts(now, last_heard, pings_out, write_started, verdict):
                         write_started=write_started, ping_interval=0.5, max_pings_out=2)
     assert got is verdict
     assert bool(reason) == (verdict is Verdict.STALE)
+
+
+def test_a_subscription_refusal_names_its_subscription_by_sid_or_subject_and_queue():
+    """The texts nats-server 2.15 sends: at subscribe time (with the queue group, if any)
+    and after a config reload took the permission away (with the sid)."""
+    work = Subscription(1, "token.request", "token-workers", lambda _m: None)
+    plain = Subscription(2, "token.request", "", lambda _m: None)
+    other = Subscription(3, "$SRV.PING", "", lambda _m: None)
+    subs = [work, plain, other]
+    assert refused_by('Permissions Violation for Subscription to "token.request" using '
+                      'queue "token-workers"', subs) == [work]
+    assert refused_by('Permissions Violation for Subscription to "token.request"',
+                      subs) == [work, plain]
+    assert refused_by('Permissions Violation for Subscription to "token.request" using '
+                      'queue "token-workers" (sid "1")', subs) == [work]
+    assert refused_by('Permissions Violation for Subscription to "token.request" (sid "2")',
+                      subs) == [plain]
+    assert refused_by('Permissions Violation for Publish to "evil.1"', subs) == []
+    assert refused_by("Slow Consumer", subs) == []

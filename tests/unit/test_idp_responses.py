@@ -30,7 +30,7 @@ from token_worker.errors import (
     IdpUnavailable,
 )
 from token_worker.idp import IdpClient
-from token_worker.resilience import AskedToWait, ResilientIdp
+from token_worker.resilience import LONGEST_HOLD, AskedToWait, ResilientIdp
 
 TOKEN = b'{"access_token": "tok-abc", "token_type": "Bearer", "expires_in": 60}'
 SECRET_TOKEN = "secret-token-never-logged-0123456789"
@@ -247,6 +247,45 @@ def test_a_retry_after_beyond_the_deadline_makes_the_worker_fail_fast(when, faul
         idp.fetch_token("c", "s", "")
     assert time.monotonic() - started < 0.05
     assert server.calls == 1
+
+
+def test_a_429_holds_only_the_client_it_was_about(faulty):
+    """Finding 4: one client's 429 (Retry-After 120) must not fail every other client."""
+    server = faulty(script=[(429, b"", {"Retry-After": "120"}), (200, TOKEN, {}),
+                            (200, TOKEN, {})])
+    idp = resilient(server.url, deadline=1.0, failure_threshold=1)
+    with pytest.raises(AskedToWait, match=r"asked to wait 1[12][0-9] s"):
+        idp.fetch_token("noisy", "s", "")
+    assert idp.client_held("noisy") and not idp.failing_fast and not idp.circuit_open
+    with pytest.raises(AskedToWait, match="for this client; not asking it again"):
+        idp.fetch_token("noisy", "s", "")
+    assert server.calls == 1
+    assert idp.fetch_token("quiet", "s", "").access_token == "tok-abc"  # others go on
+    assert idp.fetch_token("other", "s", "").access_token == "tok-abc"
+    assert server.calls == 3
+
+
+def test_a_503_with_retry_after_holds_the_whole_endpoint(faulty):
+    server = faulty(status=503, headers={"Retry-After": "120"})
+    idp = resilient(server.url, deadline=1.0, failure_threshold=10)
+    with pytest.raises(AskedToWait):
+        idp.fetch_token("one", "s", "")
+    assert idp.failing_fast
+    with pytest.raises(AskedToWait, match=r"asked to wait 1[12][0-9] s; not asking"):
+        idp.fetch_token("another", "s", "")
+    assert server.calls == 1
+
+
+def test_a_huge_retry_after_is_shown_sanely_and_held_at_most_the_longest_hold(faulty):
+    server = faulty(status=429, headers={"Retry-After": "9" * 40})
+    idp = resilient(server.url, deadline=1.0, failure_threshold=10)
+    with pytest.raises(AskedToWait) as caught:
+        idp.fetch_token("c", "s", "")
+    assert str(caught.value) == "identity provider asked to wait more than a day"
+    assert caught.value.retry_after == LONGEST_HOLD
+    with pytest.raises(AskedToWait, match=r"more than a day for this client; not asking it "
+                                          r"again for (300|299) s"):
+        idp.fetch_token("c", "s", "")
 
 
 def test_the_idp_is_asked_again_once_its_retry_after_has_passed(faulty):

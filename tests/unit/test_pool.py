@@ -47,3 +47,30 @@ def test_threads_start_only_as_work_arrives_and_a_failing_item_frees_its_slot():
     assert pool.threads <= 3
     assert pool.admitted == 0
     pool.close()
+
+
+def test_a_running_item_is_answered_once_by_take_running_or_by_its_run_function():
+    started, release = threading.Event(), threading.Event()
+    claims: list[tuple[str, bool]] = []
+
+    def run(item: str) -> None:
+        started.set()
+        release.wait(5)
+        claims.append((item, pool.claim(item)))
+
+    pool = BoundedPool(2, 0, run)
+    assert pool.try_submit("held")
+    assert started.wait(5)
+    assert pool.take_running() == ["held"]  # the drain ended: the caller answers it
+    assert pool.take_running() == []
+    release.set()
+    assert pool.wait_idle(5)
+    assert claims == [("held", False)]  # the late answer is dropped
+
+    release.clear()
+    started.clear()
+    assert pool.try_submit("finished")
+    release.set()
+    assert pool.wait_idle(5)
+    assert claims[-1] == ("finished", True)  # nobody took it: its own answer goes out
+    pool.close()

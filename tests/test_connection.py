@@ -703,3 +703,28 @@ def test_a_silent_partition_of_one_client_with_full_buffers_is_detected(nats_ser
         connection.close()
         bystander.close()
         proxy.close()
+
+
+def test_a_message_longer_than_a_read_line_is_skipped_without_losing_the_connection(
+        requester_factory, caplog):
+    """A server whose max_control_line is raised can deliver a reply subject longer than the
+    parser keeps (64 KiB): that one message is skipped, with one line said, and the
+    connection and the next request are served as before (it used to reconnect)."""
+    server = NatsServer(config_text="max_control_line: 262144\n").start()
+    connection = connect(server.url)
+    try:
+        echo_on(connection)
+        connection.flush(2)
+        raw = raw_client(server.port)
+        huge_reply = b"_INBOX." + b"r" * 70_000
+        raw.sendall(b"PUB token.request %s 4\r\nhuge\r\nPING\r\n" % huge_reply)
+        read_until(raw, b"PONG\r\n")
+        wait_until(lambda: "nats message skipped unread" in caplog.text,
+                   what="the skipped message's log line")
+        requester = requester_factory(server.url)
+        assert requester.request_raw(b"normal", timeout=3) == b"normal"
+        assert connection.is_serving and connection.reconnects == 0
+        raw.close()
+    finally:
+        connection.close()
+        server.cleanup()

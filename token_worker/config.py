@@ -334,6 +334,10 @@ class SharedCacheConfig(_Section):
     replicas: int = setting(
         "cache.shared.replicas", values.replicas, default=defaults.CACHE_SHARED_REPLICAS,
         env="CACHE_SHARED_REPLICAS", help="copies of the bucket kept by clustered JetStream")
+    timeout: float = setting(
+        "cache.shared.timeout", values.timeout_seconds, default=defaults.CACHE_SHARED_TIMEOUT,
+        env="CACHE_SHARED_TIMEOUT",
+        help="seconds one JetStream call waits; past it the tier counts as down for a while")
 
     def _check(self) -> None:
         if self.bucket is None:

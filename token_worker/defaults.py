@@ -74,6 +74,9 @@ CACHE_REFRESH_AHEAD = 0.2
 """Share of a token's life, at its end, in which one background refresh replaces it."""
 CACHE_MAX_TTL = 86_400.0
 """Longest life a cached token is given (a day), whatever ``expires_in`` the IdP said."""
+CACHE_SHARED_TIMEOUT = 1.0
+"""Seconds one JetStream call of the shared tier waits for its answer; past it the tier
+counts as down for a few seconds and requests go to the local cache and the IdP."""
 CACHE_SHARED_REPLICAS = 1
 """Copies of the shared tier's bucket (3 on a clustered JetStream survives a lost node)."""
 

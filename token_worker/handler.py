@@ -354,7 +354,8 @@ def shared_tier(config: Config, connection: KvConnection) -> SharedTier:
         raise ValueError("cache.shared needs a bucket and a key file")
     previous = settings.previous_key_file
     return SharedTier(
-        KeyValue(connection, settings.bucket), load_key_file(settings.key_file),
+        KeyValue(connection, settings.bucket, timeout=settings.timeout),
+        load_key_file(settings.key_file),
         previous_key=load_key_file(previous, field="cache.shared.previousKeyFile")
         if previous else None,
         expiry_margin=config.cache.expiry_margin, max_age=config.cache.max_ttl,

@@ -80,6 +80,7 @@ ORIGINAL = {
     "cache.shared.keyFile": (None, ("CACHE_SHARED_KEY_FILE",), None),
     "cache.shared.previousKeyFile": (None, ("CACHE_SHARED_PREVIOUS_KEY_FILE",), None),
     "cache.shared.replicas": (1, ("CACHE_SHARED_REPLICAS",), None),
+    "cache.shared.timeout": (1.0, ("CACHE_SHARED_TIMEOUT",), None),
 }
 
 NEW = {
@@ -244,6 +245,7 @@ INVALID = [
     ("cache.shared.bucket", "tokens.prod", "KV bucket name"),
     ("cache.shared.replicas", 0, "at least 1"),
     ("cache.shared.replicas", 7, "5 or fewer"),
+    ("cache.shared.timeout", 0, "> 0"),
     ("health.port", 70000, "0 to 65535"),
     ("health.host", 8080, "must be a string"),
     ("nats.credsFile", "/no/such/file.creds", "/no/such/file.creds: file does not exist"),

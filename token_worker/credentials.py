@@ -24,6 +24,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import stat
 import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -37,8 +38,10 @@ logger = logging.getLogger(__name__)
 NAME_PATTERN = re.compile(r"[A-Za-z0-9_-]+")
 """A credential name: one NATS subject token, no wildcard, no dot."""
 AUTH_METHODS = frozenset({"client_secret_post", "client_secret_basic"})
-MAX_VALUE_BYTES = 16 * 1024
+MAX_VALUE_BYTES = 64 * 1024
 """A client id, secret or scope is far smaller; a bigger file is a mistake, not read."""
+DATA_TARGET_PATTERN = re.compile(r"\.\.[^/\x00]+")
+"""What ``..data`` may point to: one kubelet ``..<timestamp>`` entry beside it."""
 DATA_LINK = "..data"
 """The kubelet's symlink to the current timestamped directory."""
 RELOAD_INTERVAL = 1.0
@@ -101,15 +104,55 @@ class _Torn(Exception):
     """The directory changed under a read; read again."""
 
 
-def _value(path: Path) -> str | None:
+class _BadDataLink(Exception):
+    """``..data`` points somewhere the kubelet never would (outside the directory)."""
+
+
+def read_regular_file(path: Path | str, limit: int, *, label: str | None = None) -> bytes:
+    """At most ``limit`` bytes of a regular file. Opened non-blocking, so a FIFO or device
+    can never hang the caller, then checked with fstat: anything but a regular file, or a
+    file larger than ``limit``, raises ValueError (naming the file, never its content)
+    without being read (``label`` names it, default its file name). FileNotFoundError and
+    other OSErrors pass through."""
+    name = label or Path(path).name
+    descriptor = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        info = os.fstat(descriptor)
+        if not stat.S_ISREG(info.st_mode):
+            raise ValueError(f"{name} is not a regular file")
+        if info.st_size > limit:
+            raise ValueError(f"{name} is larger than {limit} bytes")
+        chunks: list[bytes] = []
+        size = 0
+        while size <= limit:
+            chunk = os.read(descriptor, limit + 1 - size)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
+    finally:
+        os.close(descriptor)
+    if size > limit:
+        raise ValueError(f"{name} is larger than {limit} bytes")
+    return b"".join(chunks)
+
+
+def _inside(path: Path, base: str) -> str:
+    """``path`` with every symlink resolved, or ValueError when that leaves ``base`` (the
+    resolved credentials directory): a value must never come from elsewhere, such as
+    ``/proc/self/environ`` or another mount."""
+    resolved = os.path.realpath(path)
+    if resolved != base and not resolved.startswith(base.rstrip(os.sep) + os.sep):
+        raise ValueError(f"{path.name} leads outside the credentials directory")
+    return resolved
+
+
+def _value(path: Path, base: str) -> str | None:
     """A file's text minus one trailing newline; None when the file does not exist."""
     try:
-        with open(path, "rb") as handle:
-            data = handle.read(MAX_VALUE_BYTES + 1)
+        data = read_regular_file(_inside(path, base), MAX_VALUE_BYTES, label=path.name)
     except FileNotFoundError:
         return None
-    if len(data) > MAX_VALUE_BYTES:
-        raise ValueError(f"{path.name} is larger than {MAX_VALUE_BYTES} bytes")
     if data.endswith(b"\r\n"):
         data = data[:-2]
     elif data.endswith(b"\n"):
@@ -120,18 +163,18 @@ def _value(path: Path) -> str | None:
         raise ValueError(f"{path.name} is not UTF-8 text") from None
 
 
-def _credential(name: str, folder: Path) -> Credential:
+def _credential(name: str, folder: Path, base: str) -> Credential:
     """Read one credential folder, or raise ValueError saying what is wrong (no values)."""
-    client_id = _value(folder / "client_id")
-    secret = _value(folder / "client_secret")
+    client_id = _value(folder / "client_id", base)
+    secret = _value(folder / "client_secret", base)
     if not client_id or not client_id.strip():
         raise ValueError("client_id is missing or empty")
     if not secret:
         raise ValueError("client_secret is missing or empty")
     if any(ord(char) < 32 for char in client_id):
         raise ValueError("client_id contains control characters")
-    scope = (_value(folder / "scope") or "").strip() or None
-    method = (_value(folder / "auth_method") or "").strip() or None
+    scope = (_value(folder / "scope", base) or "").strip() or None
+    method = (_value(folder / "auth_method", base) or "").strip() or None
     if method is not None and method not in AUTH_METHODS:
         raise ValueError(f"auth_method must be one of {sorted(AUTH_METHODS)}")
     return Credential(name=name, client_id=client_id.strip(), client_secret=Secret(secret),
@@ -147,8 +190,9 @@ class Snapshot:
     """Entries that are not usable credentials, with why (never a value)."""
 
 
-def _read_set(root: Path) -> Snapshot:
-    """Every credential under ``root`` (a timestamped dir or a plain one)."""
+def _read_set(root: Path, base: str) -> Snapshot:
+    """Every credential under ``root`` (a timestamped dir or a plain one); every value must
+    resolve inside ``base``, the resolved credentials directory."""
     credentials: dict[str, Credential] = {}
     problems: dict[str, str] = {}
     try:
@@ -166,7 +210,7 @@ def _read_set(root: Path) -> Snapshot:
             problems[entry] = "not a folder (expected <name>/client_id, <name>/client_secret)"
             continue
         try:
-            credentials[entry] = _credential(entry, folder)
+            credentials[entry] = _credential(entry, folder, base)
         except ValueError as error:
             problems[entry] = str(error)
         except OSError as error:
@@ -175,27 +219,43 @@ def _read_set(root: Path) -> Snapshot:
 
 
 def data_target(directory: Path) -> str | None:
-    """Where the kubelet's ``..data`` points now, or None for a plain directory."""
+    """Where the kubelet's ``..data`` points now, or None for a plain directory. Raises
+    :class:`_BadDataLink` unless it names one ``..<name>`` directory beside it (the
+    kubelet's layout), so it can never lead outside the directory."""
     link = directory / DATA_LINK
-    return os.readlink(link) if link.is_symlink() else None
+    if not link.is_symlink():
+        return None
+    target = os.readlink(link)
+    if DATA_TARGET_PATTERN.fullmatch(target) is None or target == DATA_LINK:
+        raise _BadDataLink(f"{DATA_LINK} must point to a ..<name> entry inside the directory")
+    try:
+        mode = os.lstat(directory / target).st_mode
+    except FileNotFoundError:
+        return target  # swapped under us: the caller reads again
+    if not stat.S_ISDIR(mode):
+        raise _BadDataLink(f"{DATA_LINK} must point to a ..<name> directory, not a link "
+                           "or a file")
+    return target
 
 
 def read_directory(directory: Path) -> tuple[Snapshot, str | None]:
     """One consistent snapshot of ``directory`` and the ``..data`` target it was read from
     (None for a plain directory); raises OSError if it is unreadable and :class:`_Torn` if
-    it kept changing for :data:`STABLE_READS` attempts."""
+    it kept changing for :data:`STABLE_READS` attempts, :class:`_BadDataLink` when
+    ``..data`` points outside."""
+    base = os.path.realpath(directory)
     for _ in range(STABLE_READS):
         target = data_target(directory)
         if target is not None:
             try:
-                snapshot = _read_set(directory / target)
+                snapshot = _read_set(directory / target, base)
             except _Torn:
                 continue
             if data_target(directory) == target:
                 return snapshot, target
         else:
-            first = _read_set(directory)
-            if first == _read_set(directory):
+            first = _read_set(directory, base)
+            if first == _read_set(directory, base):
                 return first, None
     raise _Torn()
 
@@ -220,10 +280,14 @@ class CredentialStore:
         if not self.directory.is_dir():
             raise CredentialsDirError(self.directory, "is not a directory")
         self._target: str | None = None
+        self._failure: str | None = None
+        """The last reload failure logged, so a lasting one is logged once."""
         try:
             first, self._target = read_directory(self.directory)
         except PermissionError:
             raise CredentialsDirError(self.directory, "is not readable") from None
+        except _BadDataLink as error:
+            raise CredentialsDirError(self.directory, str(error)) from None
         except (OSError, _Torn):
             raise CredentialsDirError(self.directory, "could not be read consistently") from None
         self._snapshot = Snapshot({}, {})
@@ -258,16 +322,21 @@ class CredentialStore:
     def reload(self) -> bool:
         """Look at the directory now; return whether anything changed. With ``..data``
         only the link is read unless it moved. Keeps the previous snapshot (and logs a
-        warning) when the directory cannot be read consistently."""
+        warning, once while the same failure lasts) when the directory cannot be read
+        consistently or ``..data`` points outside it."""
         try:
             if self._target is not None and data_target(self.directory) == self._target:
+                self._failure = None
                 return False
             snapshot, self._target = read_directory(self.directory)
-        except (OSError, _Torn) as error:
-            logger.warning("credentials directory not reloaded, keeping the previous set",
-                           extra={"directory": str(self.directory),
-                                  "reason": type(error).__name__})
+        except (OSError, _Torn, _BadDataLink) as error:
+            reason = str(error) if isinstance(error, _BadDataLink) else type(error).__name__
+            if reason != self._failure:
+                self._failure = reason
+                logger.warning("credentials directory not reloaded, keeping the previous set",
+                               extra={"directory": str(self.directory), "reason": reason})
             return False
+        self._failure = None
         return self._apply(snapshot)
 
     def close(self) -> None:

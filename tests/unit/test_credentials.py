@@ -4,6 +4,7 @@ top-level symlinks; rotation, removal, bad entries, and no torn read under load.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from collections.abc import Iterator
@@ -302,3 +303,115 @@ def test_the_subject_alone_names_the_credential() -> None:
                     "other.named.orders", "token.named.ordérs", "token.named.*"):
         with pytest.raises(InvalidCredentialName):
             name_from_subject(subject, "token.named")
+
+
+# --- hostile directory contents --------------------------------------------------------------
+
+
+def plain_credential(root: Path, name: str, client_id: str = "id",
+                     secret: str | None = "value") -> Path:  # noqa: S107 - a test value
+    folder = root / name
+    folder.mkdir(parents=True)
+    (folder / "client_id").write_text(client_id)
+    if secret is not None:
+        (folder / "client_secret").write_text(secret)
+    return folder
+
+
+def test_a_fifo_as_a_value_is_a_problem_for_that_credential_not_a_hang(
+        tmp_path: Path, stores: list[CredentialStore],
+        caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.WARNING, logger="token_worker.credentials")
+    plain_credential(tmp_path, "good")
+    os.mkfifo(plain_credential(tmp_path, "piped", secret=None) / "client_secret")
+    made: list[CredentialStore] = []
+    opener = threading.Thread(target=lambda: made.append(
+        open_store(stores, tmp_path, start=False)), daemon=True)
+    opener.start()
+    opener.join(5)
+    assert made, "opening a FIFO blocked the config load"
+    store = made[0]
+    assert store.names() == ["good"]
+    assert store.problems()["piped"] == "client_secret is not a regular file"
+    assert [r.credential for r in caplog.records] == ["piped"]  # type: ignore[attr-defined]
+
+
+def test_a_fifo_arriving_in_a_rotation_does_not_stop_later_rotations(
+        volume: KubeletVolume, stores: list[CredentialStore]) -> None:
+    volume.write(credential_files("orders", "id", "secret-1"))
+    store = open_store(stores, volume.root, interval=0.05)
+    volume.write(credential_files("orders", "id", "secret-2"))
+    target = volume.root / os.readlink(volume.root / "..data")
+    os.mkfifo(target / "orders" / "scope")
+    volume.write(credential_files("orders", "id", "secret-3"))
+
+    def rotated() -> bool:
+        credential = store.get("orders")
+        return credential is not None and credential.client_secret.reveal() == "secret-3"
+    wait_until(rotated, timeout=5)
+
+
+def test_a_device_or_oversized_value_is_refused_unread(
+        tmp_path: Path, stores: list[CredentialStore]) -> None:
+    os.symlink("/dev/zero", plain_credential(tmp_path, "zero", secret=None) / "client_secret")
+    big = plain_credential(tmp_path, "big", secret=None)
+    (big / "client_secret").write_bytes(b"x" * (64 * 1024 + 1))
+    store = open_store(stores, tmp_path, start=False)
+    assert store.names() == []
+    problems = store.problems()
+    assert "client_secret" in problems["zero"]
+    assert "larger than" in problems["big"]
+
+
+def test_data_link_outside_the_directory_is_refused(tmp_path: Path) -> None:
+    outside = tmp_path / "outside"
+    plain_credential(outside, "evil", secret="SENTINEL-SECRET")
+    for target in (str(outside), "../outside"):
+        root = tmp_path / f"creds-{len(target)}"
+        root.mkdir()
+        os.symlink(target, root / "..data")
+        with pytest.raises(CredentialsDirError, match=r"\.\.data") as caught:
+            CredentialStore(root, start=False)
+        assert "SENTINEL" not in str(caught.value)
+
+
+def test_a_data_link_moved_outside_later_keeps_the_set_and_warns_once(
+        volume: KubeletVolume, tmp_path: Path, stores: list[CredentialStore],
+        caplog: pytest.LogCaptureFixture) -> None:
+    volume.write(credential_files("orders", "id", "secret"))
+    store = open_store(stores, volume.root, start=False)
+    plain_credential(tmp_path / "outside", "evil")
+    os.symlink("../outside", volume.root / "..data_tmp")
+    os.rename(volume.root / "..data_tmp", volume.root / "..data")
+    caplog.set_level(logging.WARNING, logger="token_worker.credentials")
+    caplog.clear()
+    assert store.reload() is False
+    assert store.reload() is False
+    assert store.names() == ["orders"]
+    assert [r.getMessage() for r in caplog.records] == [
+        "credentials directory not reloaded, keeping the previous set"]
+    assert "..data" in caplog.records[0].reason  # type: ignore[attr-defined]
+
+
+def test_value_symlinks_must_stay_inside_the_directory(
+        tmp_path: Path, stores: list[CredentialStore],
+        caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.WARNING, logger="token_worker.credentials")
+    root = tmp_path / "creds"
+    (tmp_path / "secret-outside").write_text("SENTINEL-SECRET")
+    os.symlink("/proc/self/environ", plain_credential(root, "env", secret=None) / "client_secret")
+    os.symlink(tmp_path / "secret-outside",
+               plain_credential(root, "out", secret=None) / "client_secret")
+    plain_credential(tmp_path / "elsewhere", "linked")
+    os.symlink(tmp_path / "elsewhere" / "linked", root / "linked")
+    inside = plain_credential(root, "inside", secret=None)
+    (root / "shared-secret").write_text("shared")
+    os.symlink("../shared-secret", inside / "client_secret")
+    store = open_store(stores, root, start=False)
+
+    assert store.names() == ["inside"]
+    problems = store.problems()
+    for name in ("env", "out", "linked"):
+        assert "outside the credentials directory" in problems[name], name
+    logged = " ".join(str(r.__dict__) for r in caplog.records)
+    assert "SENTINEL" not in logged and "PATH=" not in logged

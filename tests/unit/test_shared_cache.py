@@ -4,9 +4,11 @@ degrading, with injected clocks (no sleeping for tokens to age)."""
 from __future__ import annotations
 
 import logging
+import os
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 
@@ -191,6 +193,30 @@ def test_key_files_shorter_than_32_bytes_are_refused(tmp_path: object) -> None:
     assert load_key_file(folder / "good") == b"x" * 32
     with pytest.raises(ValueError, match="32 bytes"):
         FleetKey(b"x" * 31)
+
+
+def test_a_fifo_device_or_huge_key_file_is_a_config_error_not_a_hang(tmp_path: Path) -> None:
+    os.mkfifo(tmp_path / "fifo")
+    (tmp_path / "huge").write_bytes(b"k" * 4097)
+    (tmp_path / "largest").write_bytes(b"k" * 4096)
+    outcome: list[object] = []
+
+    def load(path: Path) -> None:
+        try:
+            outcome.append(load_key_file(path, field="cache.shared.keyFile"))
+        except ConfigError as error:
+            outcome.append(error)
+    for path, problem in ((tmp_path / "fifo", "not a regular file"),
+                          (Path("/dev/zero"), "not a regular file"),
+                          (tmp_path / "huge", "larger than 4096 bytes")):
+        outcome.clear()
+        loader = threading.Thread(target=load, args=(path,), daemon=True)
+        loader.start()
+        loader.join(5)
+        assert outcome, f"loading {path} did not return"
+        assert isinstance(outcome[0], ConfigError)
+        assert "cache.shared.keyFile" in str(outcome[0]) and problem in str(outcome[0])
+    assert load_key_file(tmp_path / "largest") == b"k" * 4096
 
 
 # --- expiry --------------------------------------------------------------------------------

@@ -26,6 +26,7 @@ import os
 import re
 import stat
 import threading
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,6 +48,9 @@ DATA_LINK = "..data"
 RELOAD_INTERVAL = 1.0
 """Seconds between two looks at the directory: a rotation is used within about this."""
 STABLE_READS = 5
+RACY_NS = 2_000_000_000
+"""A plain directory touched this recently is always read in full: a same-size rewrite
+within one file-system timestamp tick would leave its signature unchanged."""
 """Attempts at one consistent read before keeping the previous snapshot for this round."""
 
 
@@ -238,6 +242,37 @@ def data_target(directory: Path) -> str | None:
     return target
 
 
+Signature = tuple[tuple[str, int, int, int, int, int], ...]
+
+
+def plain_signature(directory: Path) -> Signature | None:
+    """A cheap fingerprint of a plain directory (names, and mode, inode, size, mtime and
+    ctime of every folder and file, symlinks followed), so an unchanged one is not read
+    again every round. None, meaning "read it", when anything is unreadable or was modified
+    within :data:`RACY_NS` (a later write then lands in a newer timestamp tick)."""
+    horizon = time.time_ns() - RACY_NS
+    items: list[tuple[str, int, int, int, int, int]] = []
+
+    def add(name: str, path: Path) -> int:
+        info = os.stat(path)
+        if info.st_mtime_ns > horizon:
+            raise _Torn()
+        items.append((name, info.st_mode, info.st_ino, info.st_size, info.st_mtime_ns,
+                      info.st_ctime_ns))
+        return info.st_mode
+    try:
+        add("", directory)
+        for entry in sorted(os.listdir(directory)):
+            if entry.startswith("."):
+                continue
+            if stat.S_ISDIR(add(entry, directory / entry)):
+                for name in sorted(os.listdir(directory / entry)):
+                    add(f"{entry}/{name}", directory / entry / name)
+    except (OSError, _Torn):
+        return None
+    return tuple(items)
+
+
 def read_directory(directory: Path) -> tuple[Snapshot, str | None]:
     """One consistent snapshot of ``directory`` and the ``..data`` target it was read from
     (None for a plain directory); raises OSError if it is unreadable and :class:`_Torn` if
@@ -281,6 +316,8 @@ class CredentialStore:
             raise CredentialsDirError(self.directory, "is not a directory")
         self._target: str | None = None
         self._failure: str | None = None
+        self._signature: Signature | None = None
+        """The plain directory's fingerprint as of the last read; None reads it again."""
         """The last reload failure logged, so a lasting one is logged once."""
         try:
             first, self._target = read_directory(self.directory)
@@ -323,12 +360,18 @@ class CredentialStore:
         """Look at the directory now; return whether anything changed. With ``..data``
         only the link is read unless it moved. Keeps the previous snapshot (and logs a
         warning, once while the same failure lasts) when the directory cannot be read
-        consistently or ``..data`` points outside it."""
+        consistently or ``..data`` points outside it. A plain directory whose
+        :func:`plain_signature` is unchanged is not read again."""
         try:
-            if self._target is not None and data_target(self.directory) == self._target:
+            target = data_target(self.directory)
+            if self._target is not None and target == self._target:
                 self._failure = None
                 return False
+            signature = plain_signature(self.directory) if target is None else None
+            if signature is not None and signature == self._signature:
+                return False
             snapshot, self._target = read_directory(self.directory)
+            self._signature = signature if self._target is None else None
         except (OSError, _Torn, _BadDataLink) as error:
             reason = str(error) if isinstance(error, _BadDataLink) else type(error).__name__
             if reason != self._failure:

@@ -415,3 +415,48 @@ def test_value_symlinks_must_stay_inside_the_directory(
         assert "outside the credentials directory" in problems[name], name
     logged = " ".join(str(r.__dict__) for r in caplog.records)
     assert "SENTINEL" not in logged and "PATH=" not in logged
+
+
+def age(root: Path, seconds: float) -> None:
+    """Set every file's times ``seconds`` into the past (out of the racy window)."""
+    stamp = time.time() - seconds
+    for path in [root, *root.rglob("*")]:
+        os.utime(path, (stamp, stamp))
+
+
+def test_an_unchanged_plain_directory_is_not_read_again(
+        tmp_path: Path, stores: list[CredentialStore],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    for index in range(20):
+        plain_credential(tmp_path, f"c{index}", secret=f"secret-{index}")
+    age(tmp_path, 60)
+    store = open_store(stores, tmp_path, start=False)
+    store.reload()
+    opened: list[str] = []
+    real_open = os.open
+
+    def counting_open(path: str, *args: int, **kwargs: int) -> int:
+        opened.append(str(path))
+        return real_open(path, *args, **kwargs)
+    monkeypatch.setattr(os, "open", counting_open)
+    assert store.reload() is False
+    assert [path for path in opened if str(tmp_path) in path] == []
+
+    (tmp_path / "c3" / "client_secret").write_text("secret-new")
+    age(tmp_path / "c3", 30)
+    assert store.reload() is True
+    credential = store.get("c3")
+    assert credential is not None and credential.client_secret.reveal() == "secret-new"
+
+
+def test_a_same_size_rewrite_within_one_timestamp_tick_is_still_seen(
+        tmp_path: Path, stores: list[CredentialStore]) -> None:
+    folder = plain_credential(tmp_path, "orders", secret="secret-1")
+    store = open_store(stores, tmp_path, start=False)
+    store.reload()
+    before = os.stat(folder / "client_secret")
+    (folder / "client_secret").write_text("secret-2")
+    os.utime(folder / "client_secret", ns=(before.st_atime_ns, before.st_mtime_ns))
+    assert store.reload() is True
+    credential = store.get("orders")
+    assert credential is not None and credential.client_secret.reveal() == "secret-2"

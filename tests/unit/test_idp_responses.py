@@ -504,3 +504,15 @@ def test_a_secret_echoed_in_another_encoding_reaches_no_error_and_no_log_line(
     assert not [text for text in texts if echoed[:16] in text]
     if where == "error":
         assert error.error_code == "invalid_client"
+
+
+def test_refusals_are_logged_a_line_a_second_not_a_line_a_request(faulty, caplog):
+    server = faulty(status=401, body=b'{"error": "invalid_client"}')
+    idp = resilient(server.url)
+    caplog.set_level(logging.INFO)
+    for _ in range(20):
+        with pytest.raises(IdpRefused):
+            idp.fetch_token("c", "wrong", "")
+    assert server.calls == 20  # each request is still asked and answered
+    [line] = failure_lines(caplog)  # the interval is 1 s: 20 fast refusals, one line
+    assert (line.error_code, line.suppressed, line.levelname) == ("invalid_client", 0, "INFO")

@@ -41,8 +41,21 @@ def request_context(request_id: str, client_id: str = "") -> Iterator[None]:
         _request.reset(token)
 
 
+LONGEST_LOGGED_ID = 128
+"""Characters of a ``request_id`` or ``client_id`` a line keeps: the requester chooses
+them (up to 4096), and a refused request should not cost kilobytes of log."""
+
+
+def _shortened(value: str) -> str:
+    """``value`` cut to :data:`LONGEST_LOGGED_ID` characters, saying how many were left out."""
+    if len(value) <= LONGEST_LOGGED_ID:
+        return value
+    return f"{value[:LONGEST_LOGGED_ID]}…(+{len(value) - LONGEST_LOGGED_ID})"
+
+
 class ContextFilter(logging.Filter):
-    """Adds the worker's identity and the current request to every record."""
+    """Adds the worker's identity and the current request to every record, its
+    ``request_id`` and ``client_id`` cut to :data:`LONGEST_LOGGED_ID` characters."""
 
     def __init__(self, client_name: str, environment: str) -> None:
         super().__init__()
@@ -55,6 +68,10 @@ class ContextFilter(logging.Filter):
         current = _request.get()
         if current is not None and not hasattr(record, "request_id"):
             record.request_id, record.client_id = current
+        for key in ("request_id", "client_id"):
+            value = getattr(record, key, None)
+            if isinstance(value, str) and len(value) > LONGEST_LOGGED_ID:
+                setattr(record, key, _shortened(value))
         return True
 
 

@@ -47,6 +47,7 @@ from tenacity import RetryCallState, Retrying, retry_if_exception, wait_random_e
 from token_worker.config import IdpConfig
 from token_worker.errors import IdpError, IdpRefused, IdpTimeout, IdpUnavailable
 from token_worker.idp import IdpClient, IssuedToken
+from token_worker.logs import RateLimitedLog
 from token_worker.metrics import Metrics, NullMetrics, outcome_label
 
 log = logging.getLogger(__name__)
@@ -98,6 +99,8 @@ class ResilientIdp:
             CLIENT_HOLDS, LONGEST_HOLD)
         """Client id -> (monotonic end of its hold, the Retry-After asked): a 429's hold."""
         self._holds_lock = threading.Lock()
+        self._log_refusal = RateLimitedLog(log, logging.INFO, "idp call failed")
+        """A refusal line: a line a second at most, counting the ones left out."""
         self.calls = 0
         """Token calls sent to the IdP (attempts, retries included)."""
 
@@ -285,7 +288,9 @@ class ResilientIdp:
 
     def _log_failure(self, fetch: _Fetch, *, retrying: bool) -> None:
         """One line per failed exchange (the last one): what happened, which attempt, how long
-        it took. An error body is an excerpt; a 2xx body never appears (it may hold a token)."""
+        it took. An error body is an excerpt; a 2xx body never appears (it may hold a token).
+        Refusals, one a bad request, are a line a second at most (with a ``suppressed``
+        count): a flood of bad requests is not a flood of log."""
         error = fetch.failures[-1]
         fields: dict[str, object] = {
             "error_code": error.error_code, "reason": error.reason,
@@ -300,8 +305,10 @@ class ResilientIdp:
             fields["body"] = error.body
         if error.retry_after is not None:
             fields["retry_after_s"] = min(error.retry_after, LONGEST_SHOWN_WAIT)
-        level = logging.INFO if isinstance(error, IdpRefused) else logging.WARNING
-        log.log(level, "idp call failed", extra=fields)
+        if isinstance(error, IdpRefused):  # one a request: a flood of bad requests
+            self._log_refusal(fields)
+        else:  # transient: at most a few a fetch, and the circuit bounds the fetches
+            log.warning("idp call failed", extra=fields)
         if self._breaker.opened and _transient(error):
             log.warning("idp circuit opened: failing fast",
                         extra={"cool_down_s": self._config.cool_down})

@@ -7,8 +7,10 @@ from __future__ import annotations
 import base64
 import email.utils
 import gzip
+import html
 import json
 import logging
+import re
 import socket
 import threading
 import time
@@ -417,8 +419,8 @@ def assert_no_secret(texts: list[str]) -> None:
     assert not leaked
 
 
-def echo_answer(where: str, echoed: str) -> Scripted:
-    padding = "x" * 180  # the secret straddles the 200-character cut
+def echo_answer(where: str, echoed: str, padding: str = "x" * 180) -> Scripted:
+    """``padding`` of 180 characters: the secret straddles the 200-character cut."""
     if where == "400 body":
         return Scripted(400, f"{padding}{echoed}".encode())
     if where == "500 body":
@@ -456,3 +458,61 @@ def test_a_secret_echoed_in_an_answer_reaches_no_error_and_no_log_line(
     if where == "error":  # an error code holding the secret is not taken as a code
         assert error.error_code == "invalid_client"
         assert "without an OAuth2 error body" in error.description
+
+
+def reencoded_forms() -> dict[str, str]:
+    """Encodings of the secret the request never used, as echoing servers write them."""
+    def lower_hex(text: str) -> str:
+        return re.sub("%[0-9A-F]{2}", lambda match: match.group().lower(), text)
+
+    def b64(data: str, urlsafe: bool = False) -> str:
+        encode = base64.urlsafe_b64encode if urlsafe else base64.b64encode
+        return encode(data.encode()).decode()
+
+    pair = f"{ECHO_ID}:{ECHO_SECRET}"
+    return {
+        "quote lower-case hex": lower_hex(quote(ECHO_SECRET, safe="")),
+        "quote_plus lower-case hex": lower_hex(quote_plus(ECHO_SECRET)),
+        "quote mixed-case hex": quote(ECHO_SECRET, safe="").replace("%2F", "%2f"),
+        "json \\/ (PHP)": json.dumps(ECHO_SECRET).replace("/", "\\/")[1:-1],
+        "json \\u002f": json.dumps(ECHO_SECRET)[1:-1].replace("/", "\\u002f"),
+        "json every character \\u": "".join(f"\\u{ord(c):04x}" for c in ECHO_SECRET),
+        "base64 of the secret": b64(ECHO_SECRET),
+        "base64 unpadded": b64(ECHO_SECRET).rstrip("="),
+        "base64url of the secret": b64(ECHO_SECRET, urlsafe=True),
+        "base64 of id:secret": b64(pair),
+        "base64url of id:secret unpadded": b64(pair, urlsafe=True).rstrip("="),
+        "html named": html.escape(ECHO_SECRET),
+        "html numeric": "".join(f"&#{ord(c)};" for c in ECHO_SECRET),
+        "html then percent": quote(html.escape(ECHO_SECRET), safe=""),
+    }
+
+
+@pytest.mark.parametrize("form", list(reencoded_forms()))
+@pytest.mark.parametrize("where", ["400 body", "500 body", "error_description", "error"])
+def test_a_secret_echoed_in_another_encoding_reaches_no_error_and_no_log_line(
+        form, where, faulty, caplog):
+    echoed = reencoded_forms()[form]
+    server = faulty(script=[echo_answer(where, echoed, padding="x" * 10)])
+    idp = resilient(server.url, deadline=0.5, failure_threshold=10)
+    with pytest.raises(IdpError) as caught:
+        idp.fetch_token(ECHO_ID, ECHO_SECRET, "")
+    error = caught.value
+    texts = [str(error), error.reason, error.body, error.description,
+             *(str(record.__dict__) for record in caplog.records)]
+    assert_no_secret(texts)
+    assert not [text for text in texts if echoed[:16] in text]
+    if where == "error":
+        assert error.error_code == "invalid_client"
+
+
+def test_refusals_are_logged_a_line_a_second_not_a_line_a_request(faulty, caplog):
+    server = faulty(status=401, body=b'{"error": "invalid_client"}')
+    idp = resilient(server.url)
+    caplog.set_level(logging.INFO)
+    for _ in range(20):
+        with pytest.raises(IdpRefused):
+            idp.fetch_token("c", "wrong", "")
+    assert server.calls == 20  # each request is still asked and answered
+    [line] = failure_lines(caplog)  # the interval is 1 s: 20 fast refusals, one line
+    assert (line.error_code, line.suppressed, line.levelname) == ("invalid_client", 0, "INFO")

@@ -6,7 +6,14 @@ import io
 import json
 import logging
 
-from token_worker.logs import RateLimitedLog, RedactSecrets, json_formatter, redact_secrets
+from token_worker.logs import (
+    ContextFilter,
+    RateLimitedLog,
+    RedactSecrets,
+    json_formatter,
+    redact_secrets,
+    request_context,
+)
 
 
 class Clock:
@@ -97,3 +104,22 @@ def test_other_unicode_stays_readable_in_log_lines():
                                None, None)
     line = json_formatter().format(record)
     assert "caf\u00e9 \u4e2d \U0001f600" in line
+
+
+def test_a_long_request_id_and_client_id_are_cut_to_128_characters_saying_how_many_more():
+    stream = io.StringIO()
+    logger = logging.getLogger("unit.context")
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(json_formatter())
+    handler.addFilter(ContextFilter("worker", "test"))
+    logger.addHandler(handler)
+    try:
+        with request_context("r" * 4096, "c" * 200):
+            logger.warning("refused")
+        logger.warning("explicit", extra={"request_id": "e" * 129, "client_id": "short"})
+    finally:
+        logger.removeHandler(handler)
+    first, second = (json.loads(line) for line in stream.getvalue().splitlines())
+    assert first["request_id"] == "r" * 128 + "…(+3968)"
+    assert first["client_id"] == "c" * 128 + "…(+72)"
+    assert (second["request_id"], second["client_id"]) == ("e" * 128 + "…(+1)", "short")

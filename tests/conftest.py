@@ -140,7 +140,7 @@ def faulty() -> Iterator[Callable[..., FaultyIdp]]:
 
     def make(**kwargs: Any) -> FaultyIdp:
         server = FaultyIdp(**kwargs)
-        threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True).start()
+        threading.Thread(target=server.serve_forever, args=(0.01,), daemon=True).start()
         servers.append(server)
         return server
 

@@ -314,15 +314,15 @@ def test_the_idp_is_asked_again_once_its_retry_after_has_passed(faulty):
 def test_a_trickled_answer_is_cut_at_the_deadline(headers_too, faulty, caplog):
     server = faulty(script=[Scripted(body=TOKEN + b" " * 200, trickle=0.05,
                                      trickle_headers=headers_too)])
-    idp = resilient(server.url, timeout=0.5, deadline=1.2, failure_threshold=10)
+    idp = resilient(server.url, timeout=0.25, deadline=0.6, failure_threshold=10)
     started = time.monotonic()
     with pytest.raises(IdpTimeout):
         idp.fetch_token("c", "s", "")
     elapsed = time.monotonic() - started
     report_figure(f"trickled {'headers' if headers_too else 'body'} (1 byte / 50 ms), "
-                  f"timeout 0.5 s, deadline 1.2 s: cut after {elapsed:.2f} s")
-    assert 1.0 < elapsed < 1.5
-    assert all(r.elapsed_ms < 1500 for r in failure_lines(caplog))
+                  f"timeout 0.25 s, deadline 0.6 s: cut after {elapsed:.2f} s")
+    assert 0.5 < elapsed < 0.9
+    assert all(r.elapsed_ms < 900 for r in failure_lines(caplog))
 
 
 @pytest.mark.parametrize("content_length", [True, False])
@@ -444,7 +444,7 @@ def echo_answer(where: str, echoed: str, padding: str = "x" * 180) -> Scripted:
 def test_a_secret_echoed_in_an_answer_reaches_no_error_and_no_log_line(
         form, where, auth_method, faulty, caplog):
     server = faulty(script=[echo_answer(where, echoed_forms()[form])])
-    idp = resilient(server.url, auth_method=auth_method, deadline=0.5, failure_threshold=10)
+    idp = resilient(server.url, auth_method=auth_method, deadline=0.15, failure_threshold=10)
     with pytest.raises(IdpError) as caught:
         idp.fetch_token(ECHO_ID, ECHO_SECRET, "")
     error = caught.value
@@ -494,7 +494,7 @@ def test_a_secret_echoed_in_another_encoding_reaches_no_error_and_no_log_line(
         form, where, faulty, caplog):
     echoed = reencoded_forms()[form]
     server = faulty(script=[echo_answer(where, echoed, padding="x" * 10)])
-    idp = resilient(server.url, deadline=0.5, failure_threshold=10)
+    idp = resilient(server.url, deadline=0.15, failure_threshold=10)
     with pytest.raises(IdpError) as caught:
         idp.fetch_token(ECHO_ID, ECHO_SECRET, "")
     error = caught.value

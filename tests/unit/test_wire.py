@@ -193,7 +193,7 @@ def test_service_bodies_have_the_adr32_shapes_and_round_trip():
         wire.PingResponse.from_bytes(info.to_bytes())
 
 
-@settings(max_examples=1000, deadline=None)
+@settings(max_examples=500, deadline=None)
 @given(st.binary(max_size=256) | st.text(max_size=64).map(str.encode))
 def test_no_bytes_make_parsing_raise_anything_but_the_typed_errors(payload):
     for parse in (lambda p: wire.TokenRequest.from_bytes(p, max_size=LIMIT),
@@ -212,7 +212,7 @@ _json = st.recursive(st.none() | st.booleans() | st.integers() | st.floats(allow
                      max_leaves=5)
 
 
-@settings(max_examples=1000, deadline=None)
+@settings(max_examples=500, deadline=None)
 @given(st.fixed_dictionaries({}, optional=dict.fromkeys(
     ("request_id", "client_id", "client_secret", "scope", "skip_cache", "access_token",
      "token_type", "expires_in", "error", "error_code", "timestamp"), _json)))

@@ -357,6 +357,21 @@ class _SubjectWatch:
             self._connection.unsubscribe(self._sub)
 
 
+def wait_for_value(store: KeyValueStore, key: str, timeout: float, after: int) -> Entry | None:
+    """What both stores' ``wait_for`` do: watch the key, then read it (a put between the
+    two is seen on the watch), then wait for the first put, up to ``timeout``."""
+    deadline = time.monotonic() + timeout
+    with store.watch(key) as watch:
+        current = store.get(key)
+        if current is not None and current.revision > after:
+            return current
+        while (left := deadline - time.monotonic()) > 0:
+            entry = watch.next(left)
+            if entry is not None and entry.operation == PUT:
+                return entry
+    return None
+
+
 class KeyValue:
     """One JetStream KV bucket over a NATS connection that speaks headers."""
 
@@ -531,17 +546,7 @@ class KeyValue:
     def wait_for(self, key: str, timeout: float, *, after: int = 0) -> Entry | None:
         """The key's value once it is newer than revision ``after``: at once if it already
         is, else the first put seen on the key's subject; None after ``timeout``."""
-        deadline = time.monotonic() + timeout
-        with self.watch(check_key(key)) as watch:
-            # Subscribed before reading: a put between the two is seen on the watch.
-            current = self.get(key)
-            if current is not None and current.revision > after:
-                return current
-            while (left := deadline - time.monotonic()) > 0:
-                entry = watch.next(left)
-                if entry is not None and entry.operation == PUT:
-                    return entry
-        return None
+        return wait_for_value(self, check_key(key), timeout, after)
 
     def _publish(self, key: str, value: bytes, headers: Mapping[str, str] | None) -> int:
         body = _json_reply(self._requests.request(self._prefix + check_key(key), value,
@@ -649,16 +654,7 @@ class MemoryKeyValue:
                 self._watches.remove(watch)
 
     def wait_for(self, key: str, timeout: float, *, after: int = 0) -> Entry | None:
-        deadline = time.monotonic() + timeout
-        with self.watch(key) as watch:
-            current = self.get(key)
-            if current is not None and current.revision > after:
-                return current
-            while (left := deadline - time.monotonic()) > 0:
-                entry = watch.next(left)
-                if entry is not None and entry.operation == PUT:
-                    return entry
-        return None
+        return wait_for_value(self, key, timeout, after)
 
     def _enter(self) -> None:
         self.calls += 1

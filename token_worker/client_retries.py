@@ -110,6 +110,8 @@ class RetryPolicy:
         if isinstance(outcome, NoResponders):
             now = time.monotonic()
             self._nobody_since = self._nobody_since or now
-            if now + delay >= self._nobody_since + self._timeout:
+            left = self._nobody_since + self._timeout - now
+            if left <= 0:
                 return None
+            return min(delay, left)  # the last attempt at the window's end, not before it
         return delay

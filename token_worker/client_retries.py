@@ -108,10 +108,13 @@ class RetryPolicy:
         self._pauses[type(outcome)] = min(pause * 2, BACKOFF_MAX)
         delay = random.uniform(pause / 2, pause)  # noqa: S311 - jitter only
         if isinstance(outcome, NoResponders):
-            now = time.monotonic()
-            self._nobody_since = self._nobody_since or now
-            left = self._nobody_since + self._timeout - now
-            if left <= 0:
-                return None
-            return min(delay, left)  # the last attempt at the window's end, not before it
+            return self._within_nobody_window(delay)
         return delay
+
+    def _within_nobody_window(self, delay: float) -> float | None:
+        """"No worker" is asked again for one ``timeout`` from its first answer: the pause,
+        cut so the last attempt comes at the window's end, or None once it is spent."""
+        now = time.monotonic()
+        self._nobody_since = self._nobody_since or now
+        left = self._nobody_since + self._timeout - now
+        return min(delay, left) if left > 0 else None

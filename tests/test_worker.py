@@ -344,3 +344,29 @@ def test_requests_still_running_when_the_drain_ends_are_answered_shutting_down(
     release.set()
     with pytest.raises(Exception, match=r"(?i)timeout"):  # the late reply is dropped
         requester.run(replies.next_msg(timeout=0.5))
+
+
+@pytest.mark.parametrize("token_bytes", [1_100_000, 5_000_000])
+def test_the_issues_oversized_tokens_get_token_too_large_and_the_next_request_is_served(
+        token_bytes, nats_server, requester_factory, start_worker, faulty):
+    """Issue 10's cases on a server with the default max_payload (1 MiB): with the IdP's
+    answer cap raised so that such a token is read at all, its reply is token_too_large,
+    the worker keeps its connection (same client in /connz) and serves the next request,
+    a normal token, at once."""
+    def answer(token: str) -> tuple[int, bytes, dict[str, str]]:
+        return 200, json.dumps({"access_token": token, "token_type": "Bearer",
+                                "expires_in": 300}).encode(), {}
+
+    idp = faulty(script=[answer("t" * token_bytes), answer("normal-token")])
+    worker = start_worker(make_config(nats_server.url, idp.url,
+                                      idp={"max_response_bytes": 8 * 1024 * 1024}))
+    client_before = nats_server.connz()[0]["cid"]
+    requester = requester_factory(nats_server.url)
+    reply = requester.request(token_request(DEMO, "huge"))
+    assert reply["error_code"] == "token_too_large"
+    assert "1048576" in reply["error"]
+    started = time.monotonic()
+    assert requester.request(token_request(DEMO, "next"))["access_token"] == "normal-token"
+    assert time.monotonic() - started < 1
+    assert worker.is_ready and worker.reconnects == 0
+    assert client_before in [c["cid"] for c in nats_server.connz()]

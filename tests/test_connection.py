@@ -498,6 +498,7 @@ def test_a_parser_or_reader_failure_is_a_lost_connection_not_a_dead_reader(
         wait_until(lambda: connection.reconnects == 1 and connection.is_serving,
                    what="the reconnect after the reader failure")
         assert str(failure) in caplog.text
+        connection.flush(2)  # the server has the re-sent SUB before the next request
         assert requester.request_raw(b"again", timeout=3) == b"again"
     finally:
         connection.close()

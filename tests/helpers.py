@@ -205,3 +205,22 @@ def tls_certificates(directory: Path) -> Path:
     openssl("x509", "-req", "-in", "server.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
             "-CAcreateserial", "-days", "1", "-extfile", "server.ext", "-out", "server.pem")
     return directory
+
+
+class TwoClocks:
+    """The wall clock tokens expire on and the monotonic one leases and retries wait on,
+    both moved by hand (for the shared tier and the broker's unit tests: no sleeping)."""
+
+    def __init__(self) -> None:
+        self.wall = 1_800_000_000.0
+        self.mono = 1000.0
+
+    def now(self) -> float:
+        return self.wall
+
+    def monotonic(self) -> float:
+        return self.mono
+
+    def advance(self, seconds: float) -> None:
+        self.wall += seconds
+        self.mono += seconds

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from tests.helpers import wait_until
+from tests.helpers import TwoClocks, wait_until
 from token_worker.broker import FROM_CACHE, FROM_IDP, TokenBroker, TokenQuery
 from token_worker.cache import TokenCache
 from token_worker.idp import IssuedToken
@@ -22,22 +22,6 @@ FLEET_KEY = b"fleet-key-for-the-broker-tests-0123456789"
 MARGIN = 30.0
 
 
-class Clock:
-    """The wall clock tokens expire on and the monotonic one leases wait on."""
-
-    def __init__(self) -> None:
-        self.wall = 1_800_000_000.0
-        self.mono = 1000.0
-
-    def now(self) -> float:
-        return self.wall
-
-    def monotonic(self) -> float:
-        return self.mono
-
-    def advance(self, seconds: float) -> None:
-        self.wall += seconds
-        self.mono += seconds
 
 
 class Idp:
@@ -46,7 +30,7 @@ class Idp:
     known_token_url = token_url = "https://idp.test/token"
     failing_fast = False
 
-    def __init__(self, clock: Clock, expires_in: int = 300) -> None:
+    def __init__(self, clock: TwoClocks, expires_in: int = 300) -> None:
         self.clock = clock
         self.expires_in = expires_in
         self.calls = 0
@@ -85,7 +69,7 @@ class Later(Executor):
 
 
 class Replica:
-    def __init__(self, kv: MemoryKeyValue, idp: Idp, clock: Clock) -> None:
+    def __init__(self, kv: MemoryKeyValue, idp: Idp, clock: TwoClocks) -> None:
         self.tier = SharedTier(kv, FLEET_KEY, expiry_margin=MARGIN, max_age=3600.0,
                                now=clock.now, monotonic=clock.monotonic)
         self.cache = TokenCache(max_entries=10, expiry_margin=MARGIN, refresh_ahead=0.2,
@@ -97,26 +81,26 @@ class Replica:
 
 
 @pytest.fixture
-def clock() -> Clock:
-    return Clock()
+def clock() -> TwoClocks:
+    return TwoClocks()
 
 
 @pytest.fixture
-def kv(clock: Clock) -> MemoryKeyValue:
+def kv(clock: TwoClocks) -> MemoryKeyValue:
     return MemoryKeyValue(clock=clock.monotonic)
 
 
 @pytest.fixture
-def idp(clock: Clock) -> Idp:
+def idp(clock: TwoClocks) -> Idp:
     return Idp(clock)
 
 
-def fleet(kv: MemoryKeyValue, idp: Idp, clock: Clock, size: int = 3) -> list[Replica]:
+def fleet(kv: MemoryKeyValue, idp: Idp, clock: TwoClocks, size: int = 3) -> list[Replica]:
     return [Replica(kv, idp, clock) for _ in range(size)]
 
 
 def test_a_token_one_replica_got_is_a_shared_hit_for_the_next_with_its_life_left(
-        kv: MemoryKeyValue, idp: Idp, clock: Clock) -> None:
+        kv: MemoryKeyValue, idp: Idp, clock: TwoClocks) -> None:
     first, second = fleet(kv, idp, clock, 2)
     got = first.broker.fetch(QUERY)
     clock.advance(100)
@@ -134,7 +118,7 @@ def test_a_token_one_replica_got_is_a_shared_hit_for_the_next_with_its_life_left
 
 
 def test_a_cold_key_costs_one_idp_call_however_many_replicas_ask_at_once(
-        kv: MemoryKeyValue, idp: Idp, clock: Clock) -> None:
+        kv: MemoryKeyValue, idp: Idp, clock: TwoClocks) -> None:
     replicas = fleet(kv, idp, clock)
     idp.gate = threading.Event()
     answers: list[str] = []
@@ -160,7 +144,7 @@ def test_a_cold_key_costs_one_idp_call_however_many_replicas_ask_at_once(
 
 
 def test_refresh_ahead_refreshes_once_for_the_fleet(
-        kv: MemoryKeyValue, idp: Idp, clock: Clock) -> None:
+        kv: MemoryKeyValue, idp: Idp, clock: TwoClocks) -> None:
     first, second = fleet(kv, idp, clock, 2)
     first.broker.fetch(QUERY)
     second.broker.fetch(QUERY)  # a shared hit
@@ -179,7 +163,7 @@ def test_refresh_ahead_refreshes_once_for_the_fleet(
 
 
 def test_skip_cache_reads_neither_tier_but_stores_in_both(
-        kv: MemoryKeyValue, idp: Idp, clock: Clock) -> None:
+        kv: MemoryKeyValue, idp: Idp, clock: TwoClocks) -> None:
     first, second = fleet(kv, idp, clock, 2)
     first.broker.fetch(QUERY)
     fresh = second.broker.fetch(QUERY, skip_cache=True)
@@ -190,7 +174,7 @@ def test_skip_cache_reads_neither_tier_but_stores_in_both(
 
 
 def test_a_broken_tier_only_costs_idp_calls(
-        kv: MemoryKeyValue, idp: Idp, clock: Clock, caplog: pytest.LogCaptureFixture) -> None:
+        kv: MemoryKeyValue, idp: Idp, clock: TwoClocks, caplog: pytest.LogCaptureFixture) -> None:
     first, second = fleet(kv, idp, clock, 2)
     kv.fail = KvTimeout("no answer within 1 s")
     assert first.broker.fetch(QUERY).source == FROM_IDP
@@ -203,7 +187,7 @@ def test_a_broken_tier_only_costs_idp_calls(
 
 
 def test_a_token_with_less_than_the_margin_left_is_not_served_from_the_shared_tier(
-        kv: MemoryKeyValue, idp: Idp, clock: Clock) -> None:
+        kv: MemoryKeyValue, idp: Idp, clock: TwoClocks) -> None:
     first, second = fleet(kv, idp, clock, 2)
     first.broker.fetch(QUERY)
     clock.advance(300 - MARGIN)

@@ -81,16 +81,6 @@ class Replica:
 
 
 @pytest.fixture
-def clock() -> TwoClocks:
-    return TwoClocks()
-
-
-@pytest.fixture
-def kv(clock: TwoClocks) -> MemoryKeyValue:
-    return MemoryKeyValue(clock=clock.monotonic)
-
-
-@pytest.fixture
 def idp(clock: TwoClocks) -> Idp:
     return Idp(clock)
 

@@ -28,16 +28,6 @@ MARGIN = 30.0
 
 
 
-@pytest.fixture
-def clock() -> TwoClocks:
-    return TwoClocks()
-
-
-@pytest.fixture
-def kv(clock: TwoClocks) -> MemoryKeyValue:
-    return MemoryKeyValue(clock=clock.monotonic)
-
-
 def make_tier(kv: MemoryKeyValue, clock: TwoClocks, key: bytes = KEY, **kwargs: object
               ) -> SharedTier:
     options: dict[str, object] = {"expiry_margin": MARGIN, "max_age": 3600.0,

@@ -109,7 +109,7 @@ def test_a_service_gets_its_own_credential_and_the_server_refuses_anothers(
         seen: list[str] = []
         await worker_stub(worker, seen)
 
-        reply = await orders.request("token.named.orders", b'{"request_id": "r-1"}', timeout=5)
+        reply = await first_request(orders, "token.named.orders", b'{"request_id": "r-1"}')
         assert json.loads(reply.data) == {"served": "token.named.orders"}
 
         await orders.publish("token.named.billing", b'{"request_id": "r-2"}',

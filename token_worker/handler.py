@@ -223,6 +223,13 @@ class TokenHandler(RequestHandler):
             threading.Thread(target=shared.prepare, name="shared-cache-prepare",
                              daemon=True).start()
 
+    @property
+    def shared_available(self) -> bool | None:
+        """Whether the shared tier answers now (its bucket ensured, no failure resting);
+        None without a shared tier."""
+        shared = self._broker.shared
+        return None if shared is None else shared.available
+
     def unsent(self, reply: Reply) -> None:
         """A token reply the worker could not send: its token leaves the local cache."""
         if isinstance(reply.query, TokenQuery):

@@ -333,6 +333,14 @@ class TokenWorker:
         return self._ready()[0]
 
     @property
+    def shared_cache_available(self) -> bool | None:
+        """Whether the shared token tier answers now; None without one (or with a handler
+        of your own). Readiness never depends on it."""
+        if self._token_handler is None:
+            return None
+        return self._token_handler.shared_available
+
+    @property
     def instance_id(self) -> str:
         """This worker's id in the NATS services API (``$SRV``)."""
         return self._service.instance_id

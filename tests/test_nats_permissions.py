@@ -142,8 +142,7 @@ def test_a_service_cannot_listen_to_requests_everything_or_another_inbox(
         for subject in ("token.request", "token.named.*", ">", "_INBOX.billing.>", "_INBOX.>"):
             await orders.subscribe(subject, cb=steal)
         await orders.flush()
-        reply = await billing.request("token.named.billing", b'{"request_id": "b-1"}',
-                                      timeout=5)
+        reply = await first_request(billing, "token.named.billing", b'{"request_id": "b-1"}')
         assert json.loads(reply.data) == {"served": "token.named.billing"}
         await asyncio.sleep(WAIT)
 
@@ -192,6 +191,7 @@ def test_a_wildcard_monitor_sees_no_request_and_no_reply(shipped_server: NatsSer
 
         await monitor.subscribe(">", cb=record)
         await monitor.flush()
+        await first_request(orders, "token.named.orders", b'{"request_id": "r-first"}')
         for index in range(20):
             reply = await orders.request("token.named.orders",
                                          f'{{"request_id": "r-{index}"}}'.encode(), timeout=5)

@@ -16,9 +16,9 @@ from tests.servers import TOKEN_PATH, IdpServer
 from token_worker.broker import FROM_CACHE, FROM_IDP, TokenBroker, TokenQuery
 from token_worker.cache import TokenCache
 from token_worker.config import IdpConfig
-from token_worker.errors import IdpRefused, IdpTimeout, IdpUnavailable
+from token_worker.errors import CircuitOpen, IdpRefused, IdpTimeout, IdpUnavailable
 from token_worker.idp import IdpClient
-from token_worker.resilience import CircuitOpen, ResilientIdp
+from token_worker.resilience import ResilientIdp
 
 
 class Clock:

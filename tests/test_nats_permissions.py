@@ -23,7 +23,7 @@ from nats.errors import NoRespondersError
 from tests.conftest import remember_secret
 from tests.nats_jwt import OperatorMode, creds_text, new_account, new_user, user_jwt
 from tests.servers import ROOT, NatsServer
-from token_worker.nats_auth import NatsAuth, load_creds_file, load_nkey_file
+from token_worker.nkey_auth import NatsAuth, load_creds_file, load_nkey_file
 
 AUTHORIZATION = ROOT / "deploy" / "nats" / "authorization.conf"
 PASSWORDS = {"token-worker": "worker-pass-for-tests", "orders": "orders-pass-for-tests",

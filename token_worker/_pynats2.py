@@ -12,7 +12,7 @@ does everything after it itself (:mod:`token_worker.connection`).
 
 The CONNECT options are built by one function, :func:`connect_options`, which receives
 the server's INFO: authentication that signs the server's ``nonce`` (``nats.credsFile``,
-``nats.nkeyFile``, through :mod:`token_worker.nats_auth`) is added there, for every
+``nats.nkeyFile``, through :mod:`token_worker.nkey_auth`) is added there, for every
 connect and reconnect, ``tls://`` included. The CONNECT dict holds passwords, JWTs and
 signatures: it is sent and never logged.
 """
@@ -29,7 +29,7 @@ from collections.abc import Callable
 from typing import Any
 
 from token_worker.config import NatsConfig
-from token_worker.errors import NatsConnectionError
+from token_worker.errors import HandshakeFailed, NatsConnectionError
 
 
 def _import_pynats2() -> types.ModuleType:
@@ -70,10 +70,6 @@ PYNATS2_VERSION = importlib.metadata.version("pynats2")
 
 OptionsBuilder = Callable[[dict[str, Any]], dict[str, Any]]
 """Builds the CONNECT options from the server's INFO."""
-
-
-class HandshakeFailed(NatsConnectionError):
-    """One attempt to connect to one server failed (retried by the reconnect policy)."""
 
 
 def connect_options(config: NatsConfig, name: str, *, no_responders: bool,

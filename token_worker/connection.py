@@ -41,16 +41,12 @@ from tenacity import (
 )
 
 from token_worker import protocol
-from token_worker._pynats2 import (
-    HandshakeFailed,
-    connect_options,
-    describe_connect_error,
-    pynats2,
-)
+from token_worker._pynats2 import connect_options, describe_connect_error, pynats2
 from token_worker.config import NatsConfig
 from token_worker.dial import Dialed, dial
 from token_worker.errors import (
     ConnectionClosed,
+    HandshakeFailed,
     NatsConnectionError,
     NotConnected,
     PayloadTooLarge,

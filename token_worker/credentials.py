@@ -31,8 +31,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from token_worker.config import Secret
-from token_worker.errors import TokenWorkerError
+from token_worker.errors import CredentialsDirError, InvalidCredentialName
+from token_worker.secret import Secret, read_regular_file
 
 logger = logging.getLogger(__name__)
 
@@ -52,19 +52,6 @@ RACY_NS = 2_000_000_000
 """A plain directory touched this recently is always read in full: a same-size rewrite
 within one file-system timestamp tick would leave its signature unchanged."""
 """Attempts at one consistent read before keeping the previous snapshot for this round."""
-
-
-class InvalidCredentialName(TokenWorkerError, ValueError):
-    """A requested name is not ``[A-Za-z0-9_-]+``: the caller answers ``invalid_request``."""
-
-
-class CredentialsDirError(TokenWorkerError, ValueError):
-    """The credentials directory cannot be used (config-load time); names the path."""
-
-    def __init__(self, path: Path | str, problem: str) -> None:
-        self.path = str(path)
-        self.problem = problem
-        super().__init__(f"{self.path}: {problem}")
 
 
 @dataclass(frozen=True)
@@ -110,35 +97,6 @@ class _Torn(Exception):
 
 class _BadDataLink(Exception):
     """``..data`` points somewhere the kubelet never would (outside the directory)."""
-
-
-def read_regular_file(path: Path | str, limit: int, *, label: str | None = None) -> bytes:
-    """At most ``limit`` bytes of a regular file. Opened non-blocking, so a FIFO or device
-    can never hang the caller, then checked with fstat: anything but a regular file, or a
-    file larger than ``limit``, raises ValueError (naming the file, never its content)
-    without being read (``label`` names it, default its file name). FileNotFoundError and
-    other OSErrors pass through."""
-    name = label or Path(path).name
-    descriptor = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
-    try:
-        info = os.fstat(descriptor)
-        if not stat.S_ISREG(info.st_mode):
-            raise ValueError(f"{name} is not a regular file")
-        if info.st_size > limit:
-            raise ValueError(f"{name} is larger than {limit} bytes")
-        chunks: list[bytes] = []
-        size = 0
-        while size <= limit:
-            chunk = os.read(descriptor, limit + 1 - size)
-            if not chunk:
-                break
-            chunks.append(chunk)
-            size += len(chunk)
-    finally:
-        os.close(descriptor)
-    if size > limit:
-        raise ValueError(f"{name} is larger than {limit} bytes")
-    return b"".join(chunks)
 
 
 def _inside(path: Path, base: str) -> str:

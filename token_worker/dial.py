@@ -17,8 +17,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from token_worker import protocol
-from token_worker._pynats2 import Handshake, HandshakeFailed, OptionsBuilder
+from token_worker._pynats2 import Handshake, OptionsBuilder
 from token_worker.config import NatsConfig
+from token_worker.errors import HandshakeFailed
 from token_worker.protocol import Control, ProtocolError, ServerError
 
 __all__ = ["Dialed", "await_first_pong", "dial"]

@@ -46,7 +46,7 @@ from dataclasses import dataclass, field
 from typing import Any, NamedTuple, Protocol
 
 from token_worker.connection import Message, Subscription
-from token_worker.errors import NatsConnectionError, TokenWorkerError
+from token_worker.errors import KvError, KvTimeout, KvUnavailable, NatsConnectionError
 
 PUT = "PUT"
 DEL = "DEL"
@@ -69,35 +69,6 @@ ERR_WRONG_LAST_SEQUENCE_REPLICATED = 10164
 _BUCKET_RE = re.compile(r"^[a-zA-Z0-9_-]+$")
 _KEY_RE = re.compile(r"^[-/_=a-zA-Z0-9]+(\.[-/_=a-zA-Z0-9]+)*$")
 _PATTERN_RE = re.compile(r"^([-/_=a-zA-Z0-9]+|\*)(\.([-/_=a-zA-Z0-9]+|\*))*(\.>)?$|^>$")
-
-
-class KvError(TokenWorkerError):
-    """A JetStream key-value call failed; ``code`` is the status (404, 503, ...), ``err_code``
-    JetStream's own error code (10059: stream not found) when it sent one."""
-
-    def __init__(self, code: int, description: str, *, err_code: int = 0) -> None:
-        self.code = code
-        self.err_code = err_code
-        self.description = description
-        text = f"jetstream error {code}"
-        if err_code:
-            text += f" ({err_code})"
-        super().__init__(f"{text}: {description}")
-
-
-class KvTimeout(KvError):
-    """No answer within the call's timeout (JetStream slow, quorum lost, connection down)."""
-
-    def __init__(self, description: str) -> None:
-        super().__init__(408, description)
-
-
-class KvUnavailable(KvError):
-    """Nobody answers JetStream's API here (503 no responders: JetStream is off), or the
-    request could not be sent at all."""
-
-    def __init__(self, description: str) -> None:
-        super().__init__(503, description)
 
 
 class Headers(NamedTuple):

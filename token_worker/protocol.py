@@ -27,6 +27,8 @@ import json
 import re
 from typing import Any, NamedTuple
 
+from token_worker.errors import BadSubject
+
 MAX_CONTROL_LINE = 64 * 1024
 """A protocol line longer than this is a broken stream, not a slow one."""
 MAX_MESSAGE_SIZE = 64 * 1024 * 1024
@@ -360,10 +362,6 @@ def _err_text(line: bytes) -> str:
 
 
 # --- bytes out ------------------------------------------------------------------------
-
-
-class BadSubject(ValueError):
-    """A subject (or queue group) that cannot be sent: empty, or holding a separator."""
 
 
 def encode_subject(subject: str, what: str = "subject") -> bytes:

@@ -45,7 +45,14 @@ from circuitbreaker import CircuitBreaker
 from tenacity import RetryCallState, Retrying, retry_if_exception, wait_random_exponential
 
 from token_worker.config import IdpConfig
-from token_worker.errors import IdpError, IdpRefused, IdpTimeout, IdpUnavailable
+from token_worker.errors import (
+    AskedToWait,
+    CircuitOpen,
+    IdpError,
+    IdpRefused,
+    IdpTimeout,
+    IdpUnavailable,
+)
 from token_worker.idp import IdpClient, IssuedToken
 from token_worker.logs import RateLimitedLog
 from token_worker.metrics import Metrics, NullMetrics, outcome_label
@@ -67,14 +74,6 @@ forty digits an IdP may send."""
 CLIENT_HOLDS = 10_000
 """Most clients held at once after their own 429 (the oldest hold goes first when full)."""
 TOO_MANY_REQUESTS = 429
-
-
-class CircuitOpen(IdpUnavailable):
-    """The IdP failed repeatedly; it is not asked until the cool-down has passed."""
-
-
-class AskedToWait(IdpUnavailable):
-    """The IdP asked (``Retry-After``) not to be called before a moment still to come."""
 
 
 class ResilientIdp:

@@ -60,7 +60,6 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 
 import orjson
 from cryptography.exceptions import InvalidTag
@@ -68,17 +67,13 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-from token_worker.credentials import read_regular_file
-from token_worker.errors import ConfigError
+from token_worker.errors import KvError, KvUnavailable
 from token_worker.idp import IssuedToken
-from token_worker.kv import ERR_STREAM_NOT_FOUND, PUT, KeyValueStore, KvError, KvUnavailable
+from token_worker.kv import ERR_STREAM_NOT_FOUND, PUT, KeyValueStore
+from token_worker.secret import MIN_KEY_BYTES
 
 log = logging.getLogger(__name__)
 
-MIN_KEY_BYTES = 32
-MAX_KEY_FILE_BYTES = 4096
-"""A key file is a few dozen bytes; a bigger one (or ``/dev/zero``) is refused unread."""
-"""Shortest key file accepted: 256 bits of secret for the derived keys."""
 SEAL_VERSION = b"\x01"
 """First byte of a sealed value: the format (AES-256-GCM, 12-byte nonce, JSON inside)."""
 NONCE_BYTES = 12
@@ -92,23 +87,6 @@ RETRY_AFTER = 5.0
 """Seconds the tier rests after a failure before JetStream is asked again."""
 WARN_EVERY = 60.0
 """Seconds between two warnings of one kind (a broken tier must not flood the log)."""
-
-
-def load_key_file(path: str | Path, *, field: str = "cache.shared.keyFile") -> bytes:
-    """The key file's bytes, as they are (every replica mounts the same Secret). Only a
-    regular file of at most :data:`MAX_KEY_FILE_BYTES` is read, opened non-blocking: a FIFO
-    or device is a ConfigError, never a hang or an endless read."""
-    try:
-        data = read_regular_file(path, MAX_KEY_FILE_BYTES, label="the key file")
-    except OSError as error:
-        raise ConfigError(field, str(path), f"cannot read the key file: {error.strerror}"
-                          ) from None
-    except ValueError as error:
-        raise ConfigError(field, str(path), str(error)) from None
-    if len(data) < MIN_KEY_BYTES:
-        raise ConfigError(field, str(path), f"the key file holds {len(data)} bytes; at "
-                          f"least {MIN_KEY_BYTES} are needed")
-    return data
 
 
 class Unsealable(Exception):

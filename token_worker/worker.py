@@ -46,9 +46,10 @@ from typing import Any, NamedTuple, Protocol
 from token_worker import wire
 from token_worker.config import Config
 from token_worker.connection import Message, NatsConnection, State, Subscription
-from token_worker.credentials import CredentialsDirError, CredentialStore
+from token_worker.credentials import CredentialStore
 from token_worker.errors import (
     ConfigError,
+    CredentialsDirError,
     NatsConnectionError,
     NotConnected,
     PayloadTooLarge,

@@ -7,6 +7,7 @@ defaults, keys, environment variables and flags of the original must stay as the
 from __future__ import annotations
 
 import ast
+import importlib
 import dataclasses
 import inspect
 import json
@@ -18,7 +19,6 @@ import pytest
 
 from tests.nats_jwt import OperatorMode, new_user
 from token_worker import ConfigError, defaults, load_config
-from token_worker import config as config_module
 from token_worker.config import (
     SETTINGS,
     Config,
@@ -29,6 +29,10 @@ from token_worker.config import (
     describe_settings,
     parse_nats_urls,
 )
+
+CONFIG_MODULES = [importlib.import_module(f"token_worker.config.{name}")
+                  for name in ("declare", "parsers", "sections", "loader")]
+"""Where settings may be declared: every module of the config package."""
 
 ORIGINAL = {
     # key: (default, environment variables, flag), as the three-place declaration had them
@@ -176,7 +180,7 @@ def test_no_setting_is_declared_twice():
     assert len(set(flags)) == len(flags)
     # Each key is written once in the source: in its declaration, nowhere else (a flag may
     # be spelled as its key: "queue", "-queue").
-    tree = ast.parse(inspect.getsource(config_module))
+    tree = ast.parse("\n".join(inspect.getsource(module) for module in CONFIG_MODULES))
     flag_values = {id(keyword.value) for node in ast.walk(tree) if isinstance(node, ast.Call)
                    for keyword in node.keywords if keyword.arg == "flag"}
     literals = [node.value for node in ast.walk(tree)

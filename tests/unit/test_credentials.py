@@ -15,14 +15,8 @@ import pytest
 from tests.conftest import report_figure
 from tests.helpers import wait_until
 from tests.kubelet_volume import KubeletVolume, credential_files
-from token_worker.credentials import (
-    Credential,
-    CredentialsDirError,
-    CredentialStore,
-    InvalidCredentialName,
-    is_valid_name,
-    name_from_subject,
-)
+from token_worker.credentials import Credential, CredentialStore, is_valid_name, name_from_subject
+from token_worker.errors import CredentialsDirError, InvalidCredentialName
 
 
 @pytest.fixture

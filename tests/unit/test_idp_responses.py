@@ -25,6 +25,7 @@ from tests.faulty_idp import Scripted
 from tests.helpers import wait_until
 from token_worker.config import IdpConfig
 from token_worker.errors import (
+    AskedToWait,
     IdpBadResponse,
     IdpError,
     IdpRefused,
@@ -32,7 +33,7 @@ from token_worker.errors import (
     IdpUnavailable,
 )
 from token_worker.idp import IdpClient
-from token_worker.resilience import LONGEST_HOLD, AskedToWait, ResilientIdp
+from token_worker.resilience import LONGEST_HOLD, ResilientIdp
 
 TOKEN = b'{"access_token": "tok-abc", "token_type": "Bearer", "expires_in": 60}'
 SECRET_TOKEN = "secret-token-never-logged-0123456789"

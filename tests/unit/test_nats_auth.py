@@ -11,14 +11,9 @@ import nkeys
 import pytest
 
 from tests.nats_jwt import Identity, OperatorMode, creds_text, new_account, new_user, user_jwt
+from token_worker.errors import NatsCredentialsError
 from token_worker.logs import RedactSecrets
-from token_worker.nats_auth import (
-    CredsFileAuth,
-    NatsCredentialsError,
-    NkeySeedFileAuth,
-    load_creds_file,
-    load_nkey_file,
-)
+from token_worker.nkey_auth import CredsFileAuth, NkeySeedFileAuth, load_creds_file, load_nkey_file
 
 NONCE = "wD7hUfHZtkzMMYv"
 

@@ -12,10 +12,11 @@ from pathlib import Path
 import pytest
 
 from tests.helpers import TwoClocks, wait_until
-from token_worker.errors import ConfigError
+from token_worker.errors import ConfigError, KvTimeout, KvUnavailable
 from token_worker.idp import IssuedToken
-from token_worker.kv import BucketInfo, KvTimeout, KvUnavailable, MemoryKeyValue
-from token_worker.shared_cache import FleetKey, SharedTier, Unsealable, load_key_file
+from token_worker.kv import BucketInfo, MemoryKeyValue
+from token_worker.secret import load_key_file
+from token_worker.shared_cache import FleetKey, SharedTier, Unsealable
 
 KEY = b"k" * 32
 OTHER_KEY = b"o" * 40

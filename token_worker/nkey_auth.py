@@ -10,7 +10,11 @@ The file is read again at every connect, so a rotated file is used on the next
 reconnect; :func:`load_creds_file` / :func:`load_nkey_file` read it once at config-load
 time to fail early (exit 2) on a malformed file. The seed lives in a ``bytearray`` only
 for the moment of signing and is zeroed after; the JWT and the seed never appear in an
-error message, ``repr`` or ``str``.
+error message, ``repr`` or ``str``. Files are read through the bounded, non-blocking
+reader of :mod:`token_worker.secret` (a FIFO or a device is refused, never waited on).
+
+A foundation module: the config's parsers check these files at load time (exit 2, naming
+the setting), and the NATS handshake signs with them at every connect.
 """
 
 from __future__ import annotations
@@ -18,7 +22,6 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -27,8 +30,9 @@ from typing import Any, Protocol
 
 import nkeys  # type: ignore[import-untyped]
 
-from token_worker.errors import TokenWorkerError
+from token_worker.errors import NatsCredentialsError, RefusedFile
 from token_worker.logs import redact_secrets
+from token_worker.secret import read_regular_file, wipe
 
 MAX_FILE_BYTES = 64 * 1024
 """A creds file is about 1 KiB; anything far bigger is not one (and is not read whole)."""
@@ -37,20 +41,6 @@ _BLOCK = re.compile(
     rb"-{3,}[^\n]*BEGIN ([A-Z ]+?)-{3,}[ \t]*\r?\n\s*([A-Za-z0-9_.=-]+)\s*\r?\n[ \t]*-{3,}[^\n]*END"
 )
 """One armoured block of a creds file, as nsc writes it (and nats.go parses it)."""
-
-
-class NatsCredentialsError(TokenWorkerError, ValueError):
-    """A creds or NKey seed file cannot be used.
-
-    ``problem`` says what is wrong without the path; the message adds the path. Neither
-    ever contains the seed or the JWT. The config loader turns it into a ConfigError that
-    names the setting and its source.
-    """
-
-    def __init__(self, path: Path | str, problem: str) -> None:
-        self.path = str(path)
-        self.problem = problem
-        super().__init__(f"{self.path}: {problem}")
 
 
 class NatsAuth(Protocol):
@@ -77,14 +67,17 @@ class AuthFields(dict[str, str]):
 
 
 def _read_bytes(path: Path) -> bytearray:
-    """The file's bytes in a bytearray (so the seed can be zeroed), or a typed error."""
+    """The file's bytes in a bytearray (so the seed can be zeroed), or a typed error. Read
+    through the bounded, non-blocking reader: a FIFO or device never hangs a connect."""
     try:
-        with open(path, "rb", buffering=0) as handle:
-            size = os.fstat(handle.fileno()).st_size
-            if size > MAX_FILE_BYTES:
-                raise NatsCredentialsError(path, f"file is {size} bytes, not a credentials file")
-            content = bytearray(size)
-            read = handle.readinto(content)
+        return read_regular_file(path, MAX_FILE_BYTES, wipeable=True)
+    except RefusedFile as error:
+        if error.directory:
+            raise NatsCredentialsError(path, "is a directory, not a file") from None
+        if error.size is not None:
+            raise NatsCredentialsError(
+                path, f"file is {error.size} bytes, not a credentials file") from None
+        raise NatsCredentialsError(path, "is not a regular file") from None
     except FileNotFoundError:
         raise NatsCredentialsError(path, "file does not exist") from None
     except IsADirectoryError:
@@ -93,12 +86,6 @@ def _read_bytes(path: Path) -> bytearray:
         raise NatsCredentialsError(path, "file is not readable (permission denied)") from None
     except OSError as error:
         raise NatsCredentialsError(path, f"cannot read the file ({error.strerror})") from None
-    del content[read or 0:]
-    return content
-
-
-def _wipe(buffer: bytearray) -> None:
-    buffer[:] = bytes(len(buffer))
 
 
 def _b64url_json(part: bytes) -> Any:
@@ -126,7 +113,7 @@ def _checksum_ok(seed: bytearray) -> bool:
     try:
         return len(raw) > 2 and bytes(nkeys.crc16_checksum(raw[:-2])) == bytes(raw[-2:])
     finally:
-        _wipe(raw)
+        wipe(raw)
 
 
 def _seed_public_key(path: Path, seed: bytearray, *, role: str) -> str:
@@ -238,9 +225,9 @@ class CredsFileAuth:
                     return info, AuthFields()
                 signature = _signed_nonce(seed, nonce)
             finally:
-                _wipe(seed)
+                wipe(seed)
         finally:
-            _wipe(content)
+            wipe(content)
         text = jwt.decode("ascii")
         redact_secrets([text])
         return info, AuthFields(jwt=text, sig=signature)
@@ -277,9 +264,9 @@ class NkeySeedFileAuth:
                 return bytearray(words[0])
             finally:
                 for word in words:
-                    _wipe(word)
+                    wipe(word)
         finally:
-            _wipe(content)
+            wipe(content)
 
     def read(self) -> str:
         """Read and check the file; return the user's public NKey (``U...``)."""
@@ -287,7 +274,7 @@ class NkeySeedFileAuth:
         try:
             return _seed_public_key(self.path, seed, role="file's content")
         finally:
-            _wipe(seed)
+            wipe(seed)
 
     def connect_auth_fields(self, server_info: Mapping[str, Any]) -> dict[str, str]:
         """``{"nkey", "sig"}`` for this INFO, from the file as it is now (empty without a
@@ -300,7 +287,7 @@ class NkeySeedFileAuth:
             public = _seed_public_key(self.path, seed, role="file's content")
             signature = _signed_nonce(seed, nonce)
         finally:
-            _wipe(seed)
+            wipe(seed)
         return AuthFields(nkey=public, sig=signature)
 
     def describe(self) -> str:

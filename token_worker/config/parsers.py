@@ -1,6 +1,5 @@
-"""Setting values: the :class:`Secret` type and the parsers that turn a raw value (a JSON
-value, a string from the environment or a flag, or a value given in code) into a typed,
-normalised one.
+"""Setting values: the parsers that turn a raw value (a JSON value, a string from the
+environment or a flag, or a value given in code) into a typed, normalised one.
 
 Each parser raises ``ValueError`` with a sentence that completes "invalid config X (from
 Y): ...", and is idempotent (a parsed value parses to itself), so the config types can
@@ -16,32 +15,8 @@ from collections.abc import Sequence
 from typing import Any
 from urllib.parse import urlsplit
 
-from token_worker import nats_auth
-
-
-class Secret:
-    """A secret string that never shows itself in ``repr``, ``str`` or logs."""
-
-    __slots__ = ("_value",)
-
-    def __init__(self, value: str) -> None:
-        self._value = value
-
-    def reveal(self) -> str:
-        """Return the secret, for the one place that must send it."""
-        return self._value
-
-    def __repr__(self) -> str:
-        return "Secret('********')"
-
-    __str__ = __repr__
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, Secret) and other._value == self._value
-
-    def __hash__(self) -> int:
-        return hash(self._value)
-
+from token_worker import nkey_auth
+from token_worker.secret import Secret
 
 # --- value parsers: each takes the raw value (JSON value, string, or a value given in code)
 # and returns it typed and normalised, or raises ValueError with a sentence that completes
@@ -151,7 +126,7 @@ def creds_file(raw: Any) -> str | None:
     """A ``.creds`` file, read and checked now (so a bad one fails at start, exit 2)."""
     path = text(raw).strip()
     if path:
-        nats_auth.load_creds_file(path)  # NatsCredentialsError is a ValueError; no secret
+        nkey_auth.load_creds_file(path)  # NatsCredentialsError is a ValueError; no secret
     return path or None
 
 
@@ -159,7 +134,7 @@ def nkey_file(raw: Any) -> str | None:
     """A file holding a user NKey seed, read and checked now."""
     path = text(raw).strip()
     if path:
-        nats_auth.load_nkey_file(path)
+        nkey_auth.load_nkey_file(path)
     return path or None
 
 

@@ -17,8 +17,10 @@ import pytest
 
 from tests.conftest import CAPTURED_LOG_LINES
 from tests.servers import ROOT
-from token_worker.connection import Message, State, Subscription
 from token_worker.errors import NotConnected, PayloadTooLarge
+from token_worker.nats.link import State
+from token_worker.nats.protocol import Message
+from token_worker.nats.subscriptions import Subscription
 
 SCRIPT = ROOT / "bin" / "token-worker"
 

@@ -22,10 +22,12 @@ from tests.conftest import make_config, remember_secret, report_figure
 from tests.helpers import wait_until
 from tests.proxy import PartitionProxy
 from tests.servers import NatsServer, free_port
-from token_worker import protocol
 from token_worker.config import Secret, TlsConfig
-from token_worker.connection import Message, NatsConnection, State
 from token_worker.errors import ConnectionClosed, NotConnected, PayloadTooLarge, ReconnectGaveUp
+from token_worker.nats import protocol
+from token_worker.nats.connection import NatsConnection
+from token_worker.nats.link import State
+from token_worker.nats.protocol import Message
 
 ECHO = lambda payload: payload  # noqa: E731 - the smallest handler there is
 

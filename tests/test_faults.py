@@ -23,7 +23,7 @@ from tests.proxy import PartitionProxy
 from tests.servers import IdpServer, free_port
 from token_worker import NoWorkerAnswered, TokenClient
 from token_worker.config import NatsConfig
-from token_worker.connection import State
+from token_worker.nats.link import State
 
 FUZZ_EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "10000"))
 

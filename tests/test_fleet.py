@@ -30,9 +30,9 @@ from tests.helpers import wait_until
 from tests.servers import IdpServer, NatsServer, free_port, jetstream_cluster
 from token_worker import TokenWorker
 from token_worker.config import CacheConfig, Config, NatsConfig, SharedCacheConfig
-from token_worker.connection import NatsConnection
 from token_worker.errors import KvError
-from token_worker.kv import KeyValue
+from token_worker.nats.connection import NatsConnection
+from token_worker.nats.kv import KeyValue
 from token_worker.secret import load_key_file
 from token_worker.shared_cache import SharedTier
 from token_worker.wire import StatsResponse

@@ -16,10 +16,10 @@ from tests.conftest import report_figure
 from tests.helpers import wait_until
 from tests.servers import NatsServer, jetstream_cluster
 from token_worker.config import NatsConfig, Secret
-from token_worker.connection import NatsConnection
 from token_worker.errors import KvError, KvTimeout, KvUnavailable
 from token_worker.idp import IssuedToken
-from token_worker.kv import BucketInfo, KeyValue
+from token_worker.nats.connection import NatsConnection
+from token_worker.nats.kv import BucketInfo, KeyValue
 from token_worker.shared_cache import SharedTier
 
 BUCKET = "tokens"

@@ -28,8 +28,9 @@ from tests.servers import ROOT, IdpServer, NatsServer
 from token_worker import wire
 from token_worker.client import TokenClient
 from token_worker.config import Config, CredentialsConfig, NatsConfig, Secret
-from token_worker.connection import Message, NatsConnection
 from token_worker.errors import TokenRequestFailed
+from token_worker.nats.connection import NatsConnection
+from token_worker.nats.protocol import Message
 from token_worker.worker import TokenWorker
 
 ORDERS = ("orders-client", "orders-secret-7f3a9c1e2b")

@@ -1,5 +1,5 @@
 """The shipped NATS authorization (deploy/nats/authorization.conf) on a real nats-server,
-and NKey / operator-mode (JWT) servers that accept what token_worker.nats_auth signs.
+and NKey / operator-mode (JWT) servers that accept what token_worker.nkey_auth signs.
 
 What is proven here is the NATS side of the security model: which user may publish and
 subscribe to what. The server is started with the shipped file's text, unchanged; the

@@ -9,7 +9,7 @@ BLOCKED_IMPORT = """
 import sys
 sys.modules["pkg_resources"] = None  # what a venv with setuptools >= 82 looks like
 import token_worker
-from token_worker.connection import pynats2
+from token_worker.nats.handshake import pynats2
 assert sys.modules["pkg_resources"] is None, "the stand-in leaked into sys.modules"
 print(pynats2.NATSNoSubscribeClient.__name__)
 """

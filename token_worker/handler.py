@@ -49,10 +49,10 @@ from token_worker.config import Config
 from token_worker.credentials import CredentialStore, name_from_subject
 from token_worker.errors import IdpError, IdpRefused, InvalidCredentialName, InvalidRequest
 from token_worker.idp import IdpClient
-from token_worker.kv import Connection as KvConnection
-from token_worker.kv import KeyValue
 from token_worker.logs import RateLimitedLog, request_context
 from token_worker.metrics import Metrics, NullMetrics
+from token_worker.nats.kv import KeyValue
+from token_worker.nats.replies import Connection as KvConnection
 from token_worker.resilience import ResilientIdp
 from token_worker.secret import load_key_file
 from token_worker.shared_cache import SharedTier

@@ -18,8 +18,9 @@ from typing import Any
 
 import orjson
 
-from token_worker.connection import Message, State
 from token_worker.errors import ClientClosed
+from token_worker.nats.link import State
+from token_worker.nats.protocol import Message
 
 
 class Waiter:

@@ -30,7 +30,6 @@ from token_worker.client_retries import (
     TurnedAway,
     Unanswered,
 )
-from token_worker.connection import Message, NatsConnection, State
 from token_worker.errors import (
     ClientClosed,
     NatsConnectionError,
@@ -41,6 +40,9 @@ from token_worker.errors import (
     TokenRequestFailed,
 )
 from token_worker.inbox import Inbox, Waiter, match_reply
+from token_worker.nats.connection import NatsConnection
+from token_worker.nats.link import State
+from token_worker.nats.protocol import Message
 from token_worker.wire import OVERLOADED, SHUTTING_DOWN
 
 NO_RESPONDERS = 503

@@ -25,9 +25,9 @@ from collections.abc import Callable
 from datetime import datetime, timezone
 from typing import Any, Protocol
 
-from token_worker.connection import Message
 from token_worker.errors import NotConnected
 from token_worker.metrics import Metrics
+from token_worker.nats.protocol import Message
 from token_worker.wire import (
     Endpoint,
     EndpointStats,

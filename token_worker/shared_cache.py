@@ -1,7 +1,7 @@
 """The shared token tier: one sealed cache and one lease per key for a whole fleet.
 
 Each replica keeps its local LRU (:mod:`token_worker.cache`) as the first tier. Behind it,
-this tier keeps tokens in a JetStream KV bucket (:mod:`token_worker.kv`) that every replica
+this tier keeps tokens in a JetStream KV bucket (:mod:`token_worker.nats.kv`) that every replica
 reads, so a fleet asks the IdP once per key, and a new pod starts warm.
 
 Nothing in the bucket is readable without the fleet's key file (at least 32 bytes, from a
@@ -69,7 +69,7 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from token_worker.errors import KvError, KvUnavailable
 from token_worker.idp import IssuedToken
-from token_worker.kv import ERR_STREAM_NOT_FOUND, PUT, KeyValueStore
+from token_worker.nats.kv import ERR_STREAM_NOT_FOUND, PUT, KeyValueStore
 from token_worker.secret import MIN_KEY_BYTES
 
 log = logging.getLogger(__name__)

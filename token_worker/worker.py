@@ -45,7 +45,6 @@ from typing import Any, NamedTuple, Protocol
 
 from token_worker import wire
 from token_worker.config import Config
-from token_worker.connection import Message, NatsConnection, State, Subscription
 from token_worker.credentials import CredentialStore
 from token_worker.errors import (
     ConfigError,
@@ -60,6 +59,10 @@ from token_worker.health import HealthServer
 from token_worker.logs import RateLimitedLog, redact_secrets, request_context
 from token_worker.metrics import Metrics
 from token_worker.naming import client_name
+from token_worker.nats.connection import NatsConnection
+from token_worker.nats.link import State
+from token_worker.nats.protocol import Message
+from token_worker.nats.subscriptions import Subscription
 from token_worker.pool import BoundedPool
 from token_worker.service import ServiceResponder
 from token_worker.version import __version__

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 
+from tests.fakes import MemoryKeyValue
 from tests.helpers import TwoClocks
-from token_worker.kv import MemoryKeyValue
 
 
 @pytest.fixture

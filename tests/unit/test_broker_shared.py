@@ -10,12 +10,12 @@ from typing import Any
 
 import pytest
 
+from tests.fakes import MemoryKeyValue
 from tests.helpers import TwoClocks, wait_until
 from token_worker.broker import FROM_CACHE, FROM_IDP, TokenBroker, TokenQuery
 from token_worker.cache import TokenCache
 from token_worker.errors import KvTimeout
 from token_worker.idp import IssuedToken
-from token_worker.kv import MemoryKeyValue
 from token_worker.shared_cache import SharedTier
 
 QUERY = TokenQuery("svc", "secret", "read")

@@ -7,8 +7,8 @@ defaults, keys, environment variables and flags of the original must stay as the
 from __future__ import annotations
 
 import ast
-import importlib
 import dataclasses
+import importlib
 import inspect
 import json
 import math

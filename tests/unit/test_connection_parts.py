@@ -6,10 +6,11 @@ import random
 
 import pytest
 
-from token_worker.connection import ServerPool, Subscription, refused_by
 from token_worker.errors import NotConnected
-from token_worker.keepalive import Verdict, judge
-from token_worker.pending import PendingWrites
+from token_worker.nats.keepalive import Verdict, judge
+from token_worker.nats.reconnect_buffer import PendingWrites
+from token_worker.nats.server_pool import ServerPool
+from token_worker.nats.subscriptions import Subscription, refused_by
 
 URLS = ("nats://a:1", "nats://b:1", "nats://c:1")
 

@@ -11,10 +11,11 @@ from pathlib import Path
 
 import pytest
 
+from tests.fakes import MemoryKeyValue
 from tests.helpers import TwoClocks, wait_until
 from token_worker.errors import ConfigError, KvTimeout, KvUnavailable
 from token_worker.idp import IssuedToken
-from token_worker.kv import BucketInfo, MemoryKeyValue
+from token_worker.nats.kv import BucketInfo
 from token_worker.secret import load_key_file
 from token_worker.shared_cache import FleetKey, SharedTier, Unsealable
 

@@ -4,7 +4,7 @@ A server that refuses the credentials answers the first PING with ``-ERR``, not 
 and may only then close the socket; a connection counts as made once that PING came back
 as PONG. What the server sent after the PONG in the same read is handed on, so the reader
 loses nothing. The reconnect policy (which servers, how often) is the connection's
-(:mod:`token_worker.connection`, :mod:`token_worker.servers`).
+(:mod:`token_worker.nats.reconnect`, :mod:`token_worker.nats.server_pool`).
 """
 
 from __future__ import annotations
@@ -16,11 +16,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from token_worker import protocol
-from token_worker._pynats2 import Handshake, OptionsBuilder
 from token_worker.config import NatsConfig
 from token_worker.errors import HandshakeFailed
-from token_worker.protocol import Control, ProtocolError, ServerError
+from token_worker.nats import protocol
+from token_worker.nats.handshake import Handshake, OptionsBuilder
+from token_worker.nats.protocol import Control, ProtocolError, ServerError
 
 __all__ = ["Dialed", "await_first_pong", "dial"]
 

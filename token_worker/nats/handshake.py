@@ -8,7 +8,7 @@ internals the subclass below overrides (``_recv``, ``_readline``, ``_send_connec
 away; any ``-ERR`` or a late message kills its reader while the socket stays open; its
 ``close()`` can hang; it announces protocol 0, so servers never send asynchronous INFO.
 So token-worker takes only the handshake from it (URL, socket, INFO, TLS, CONNECT) and
-does everything after it itself (:mod:`token_worker.connection`).
+does everything after it itself (:mod:`token_worker.nats.connection`).
 
 The CONNECT options are built by one function, :func:`connect_options`, which receives
 the server's INFO: authentication that signs the server's ``nonce`` (``nats.credsFile``,

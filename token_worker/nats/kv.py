@@ -4,7 +4,7 @@ pynats2 has no JetStream API, and the shared tier needs only a little of it, fol
 key-value design of NATS ADR-8: a bucket ``B`` is the stream ``KV_B`` over the subjects
 ``$KV.B.>``; a key ``k`` is the subject ``$KV.B.k``; a value is the last message on it
 (history 1). So this module does just that, on any connection with ``subscribe``,
-``unsubscribe`` and ``send_raw`` (a :class:`~token_worker.connection.NatsConnection` that
+``unsubscribe`` and ``send_raw`` (a :class:`~token_worker.nats.connection.NatsConnection` that
 announced header support in its CONNECT):
 
 - stream info and create (``$JS.API.STREAM.INFO|CREATE.KV_B``), per-message TTLs allowed;
@@ -17,43 +17,36 @@ announced header support in its CONNECT):
 - a watch of a key's subject: a plain core subscription sees every put as it happens,
   so a waiter never polls.
 
-Requests go out as PUB/HPUB with a reply subject under one wildcard inbox subscription
-(``_INBOX.token-worker.<random>.*``: a NATS account can allow the worker exactly
-``_INBOX.token-worker.>``, never another service's inbox), one random token per request,
-like a requester. Every call has a timeout and raises a typed :class:`KvError`; nothing
-here blocks forever. Never call this from a subscription callback: the replies arrive on
-the connection's reader thread, so a call made there would wait for itself until its
-timeout (and fails at once instead).
-
-:class:`MemoryKeyValue` is the same API in memory, for tests of what is built on it.
+Requests go out through the reply multiplexer (:mod:`token_worker.nats.replies`): PUB or
+HPUB frames built by :mod:`token_worker.nats.protocol`, each with its own reply subject
+under one wildcard inbox subscription. Every call has a timeout and raises a typed
+:class:`~token_worker.errors.KvError`; nothing here blocks forever. Never call this from a
+subscription callback: the replies arrive on the connection's reader thread, so a call
+made there would wait for itself until its timeout (and fails at once instead).
 """
 
 from __future__ import annotations
 
 import base64
 import contextlib
-import itertools
 import json
 import math
 import queue
 import re
-import secrets
-import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple, Protocol
+from typing import Any, Protocol
 
-from token_worker.connection import Message, Subscription
-from token_worker.errors import KvError, KvTimeout, KvUnavailable, NatsConnectionError
+from token_worker.errors import KvError, NatsConnectionError
+from token_worker.nats.protocol import Message, parse_headers
+from token_worker.nats.replies import Connection, ReplyMux
 
 PUT = "PUT"
 DEL = "DEL"
 PURGE = "PURGE"
 
-INBOX_PREFIX = "_INBOX.token-worker"
-"""Where JetStream answers the worker's calls (the subscribe permission it needs)."""
 DEFAULT_TIMEOUT = 1.0
 """Seconds a JetStream call waits for its answer."""
 NANOS = 1_000_000_000
@@ -69,16 +62,6 @@ ERR_WRONG_LAST_SEQUENCE_REPLICATED = 10164
 _BUCKET_RE = re.compile(r"^[a-zA-Z0-9_-]+$")
 _KEY_RE = re.compile(r"^[-/_=a-zA-Z0-9]+(\.[-/_=a-zA-Z0-9]+)*$")
 _PATTERN_RE = re.compile(r"^([-/_=a-zA-Z0-9]+|\*)(\.([-/_=a-zA-Z0-9]+|\*))*(\.>)?$|^>$")
-
-
-class Headers(NamedTuple):
-    """A parsed NATS header block."""
-
-    status: int
-    """The status of the first line (``NATS/1.0 404 Message Not Found``), else 0."""
-    description: str
-    fields: dict[str, str]
-    """Each header's first value, by its name as sent."""
 
 
 @dataclass(frozen=True)
@@ -110,20 +93,6 @@ class BucketInfo:
     """The server name of the stream's leader (clustered JetStream), else ""."""
 
 
-class Connection(Protocol):
-    """What this module needs of a NATS connection (NatsConnection has it)."""
-
-    def subscribe(self, subject: str, callback: Callable[[Message], None],
-                  queue: str = "") -> Subscription: ...
-
-    def unsubscribe(self, sub: Subscription, *, drain_timeout: float = 0.0) -> None: ...
-
-    def send_raw(self, data: bytes) -> None: ...
-
-    def on_reader_thread(self) -> bool:
-        """True on the thread where replies arrive (never wait for one there)."""
-
-
 class Watch(Protocol):
     """Live changes of the keys a watch covers; close it (or use it as a context)."""
 
@@ -150,44 +119,6 @@ class KeyValueStore(Protocol):
     def wait_for(self, key: str, timeout: float, *, after: int = 0) -> Entry | None: ...
 
 
-# --- headers ---------------------------------------------------------------------------
-
-
-def encode_headers(headers: Mapping[str, str]) -> bytes:
-    """A header block for HPUB: ``NATS/1.0``, one ``Name: value`` line each, a blank line."""
-    lines = [b"NATS/1.0"]
-    for name, value in headers.items():
-        if any(c in name + value for c in "\r\n") or ":" in name:
-            raise ValueError(f"header {name!r} cannot be sent")
-        lines.append(f"{name}: {value}".encode())
-    return b"\r\n".join(lines) + b"\r\n\r\n"
-
-
-def parse_headers(block: bytes) -> Headers:
-    """Read a header block as the server sends it in an HMSG (status line, then fields)."""
-    lines = block.decode("utf-8", "replace").split("\r\n")
-    first = lines[0].split(None, 2) if lines else []
-    status = int(first[1]) if len(first) > 1 and first[1].isdigit() else 0
-    description = first[2] if len(first) > 2 else ""
-    fields: dict[str, str] = {}
-    for line in lines[1:]:
-        name, sep, value = line.partition(":")
-        if sep and name.strip():
-            fields.setdefault(name.strip(), value.strip())
-    return Headers(status, description, fields)
-
-
-def publish_frame(subject: str, payload: bytes, *, reply: str = "",
-                  headers: Mapping[str, str] | None = None) -> bytes:
-    """PUB, or HPUB when there are headers, as protocol bytes for ``send_raw``."""
-    target = f"{subject} {reply}" if reply else subject
-    if not headers:
-        return f"PUB {target} {len(payload)}\r\n".encode() + payload + b"\r\n"
-    block = encode_headers(headers)
-    head = f"HPUB {target} {len(block)} {len(block) + len(payload)}\r\n".encode()
-    return head + block + payload + b"\r\n"
-
-
 def ttl_header(ttl: float) -> str:
     """A ``Nats-TTL`` value: whole seconds, rounded up, at least one (the server's unit)."""
     return f"{max(1, math.ceil(ttl))}s"
@@ -198,71 +129,6 @@ def check_key(key: str) -> str:
     if not _KEY_RE.match(key):
         raise ValueError(f"not a legal key-value key: {key!r}")
     return key
-
-
-# --- request/reply ---------------------------------------------------------------------
-
-
-class _Requests:
-    """Request/reply over one wildcard inbox subscription, made on first use."""
-
-    def __init__(self, connection: Connection) -> None:
-        self._connection = connection
-        self._prefix = f"{INBOX_PREFIX}.{secrets.token_hex(11)}."
-        self._waiting: dict[str, queue.SimpleQueue[Message]] = {}
-        self._lock = threading.Lock()
-        self._subscribed = False
-        self._counter = itertools.count(1)
-
-    def request(self, subject: str, payload: bytes, timeout: float, *,
-                headers: Mapping[str, str] | None = None) -> Message:
-        """Send and wait for the one reply; raises KvTimeout or KvUnavailable."""
-        if self._connection.on_reader_thread():
-            raise KvError(500, "a JetStream call on the connection's reader thread would "
-                               "wait for its own reply: call it from another thread")
-        self._subscribe_once()
-        token = f"{secrets.token_hex(4)}{next(self._counter)}"
-        inbox: queue.SimpleQueue[Message] = queue.SimpleQueue()
-        with self._lock:
-            self._waiting[token] = inbox
-        try:
-            frame = publish_frame(subject, payload, reply=self._prefix + token, headers=headers)
-            try:
-                self._connection.send_raw(frame)
-            except NatsConnectionError as error:
-                raise KvUnavailable(f"request not sent: {error}") from None
-            try:
-                reply = inbox.get(timeout=timeout)
-            except queue.Empty:
-                raise KvTimeout(f"no answer on {_api_name(subject)} within {timeout:g} s"
-                                ) from None
-        finally:
-            with self._lock:
-                self._waiting.pop(token, None)
-        if reply.status == 503:
-            raise KvUnavailable(f"no responders on {_api_name(subject)}: JetStream is off, "
-                                "the bucket is missing, or its stream has no leader yet")
-        return reply
-
-    def _subscribe_once(self) -> None:
-        with self._lock:
-            if self._subscribed:
-                return
-            self._connection.subscribe(self._prefix + "*", self._on_reply)
-            self._subscribed = True
-
-    def _on_reply(self, message: Message) -> None:
-        token = message.subject[len(self._prefix):]
-        with self._lock:
-            inbox = self._waiting.get(token)
-        if inbox is not None:
-            inbox.put(message)
-
-
-def _api_name(subject: str) -> str:
-    """A subject fit for an error text: the API call, never the key (a digest anyway)."""
-    parts = subject.split(".")
-    return ".".join(parts[:4]) if subject.startswith("$JS.") else ".".join(parts[:2])
 
 
 def _json_reply(message: Message) -> dict[str, Any]:
@@ -355,7 +221,7 @@ class KeyValue:
         self.timeout = timeout
         self._connection = connection
         self._prefix = f"$KV.{bucket}."
-        self._requests = _Requests(connection)
+        self._requests = ReplyMux(connection)
 
     def info(self) -> BucketInfo | None:
         """The bucket's configuration and size, or None when it does not exist."""
@@ -529,128 +395,3 @@ class KeyValue:
 
     def _api(self, subject: str, payload: bytes) -> dict[str, Any]:
         return _json_reply(self._requests.request(subject, payload, self.timeout))
-
-
-# --- the same API in memory, for tests -----------------------------------------------------
-
-
-class _MemoryWatch:
-    def __init__(self, pattern: str) -> None:
-        self._pattern = re.compile("^" + re.escape(pattern).replace(r"\*", r"[^.]+")
-                                   .replace(r"\>", ".+") + "$")
-        self._queue: queue.SimpleQueue[Entry] = queue.SimpleQueue()
-
-    def offer(self, entry: Entry) -> None:
-        if self._pattern.match(entry.key):
-            self._queue.put(Entry(entry.key, entry.value, 0, entry.operation))
-
-    def next(self, timeout: float) -> Entry | None:
-        try:
-            return self._queue.get(timeout=max(0.0, timeout))
-        except queue.Empty:
-            return None
-
-
-class MemoryKeyValue:
-    """:class:`KeyValue`'s behaviour in memory (history 1, TTLs on ``clock``); ``fail``
-    set to an error makes every call raise it, as a broken JetStream would."""
-
-    def __init__(self, *, clock: Callable[[], float] = time.monotonic) -> None:
-        self._clock = clock
-        self._entries: dict[str, tuple[Entry, float | None]] = {}
-        self._watches: list[_MemoryWatch] = []
-        self._lock = threading.Lock()
-        self._sequence = 0
-        self.fail: KvError | None = None
-        self.calls = 0
-
-    def ensure_bucket(self, *, history: int = 1, max_age: float = 0.0, replicas: int = 1,
-                      allow_msg_ttl: bool = True) -> BucketInfo:
-        self._enter()
-        return BucketInfo("memory", history, max_age, replicas, allow_msg_ttl, True,
-                          len(self._entries))
-
-    def raw(self, key: str) -> Entry | None:
-        """The key's last message, markers included (for tests to look at what is stored)."""
-        with self._lock:
-            return self._live(key)
-
-    @property
-    def watching(self) -> int:
-        """Watches open now (a test waits for a waiter to be watching)."""
-        with self._lock:
-            return len(self._watches)
-
-    def stored_keys(self) -> list[str]:
-        """The keys that hold something (values or markers) now."""
-        with self._lock:
-            return [key for key in list(self._entries) if self._live(key) is not None]
-
-    def get(self, key: str, *, latest: bool = False) -> Entry | None:
-        self._enter()
-        with self._lock:
-            entry = self._live(check_key(key))
-        return entry if entry is not None and entry.operation == PUT else None
-
-    def put(self, key: str, value: bytes, *, ttl: float | None = None) -> int:
-        self._enter()
-        return self._store(check_key(key), value, PUT, ttl)
-
-    def create(self, key: str, value: bytes, *, ttl: float | None = None) -> int | None:
-        self._enter()
-        with self._lock:
-            last = self._live(check_key(key))
-            if last is not None and last.operation == PUT:
-                return None
-            return self._store_locked(key, value, PUT, ttl)
-
-    def delete(self, key: str, *, last_revision: int | None = None) -> int | None:
-        self._enter()
-        with self._lock:
-            last = self._live(check_key(key))
-            if last_revision is not None and (last.revision if last else 0) != last_revision:
-                return None
-            return self._store_locked(key, b"", DEL, None)
-
-    @contextmanager
-    def watch(self, pattern: str) -> Iterator[Watch]:
-        self._enter()
-        watch = _MemoryWatch(pattern)
-        with self._lock:
-            self._watches.append(watch)
-        try:
-            yield watch
-        finally:
-            with self._lock:
-                self._watches.remove(watch)
-
-    def wait_for(self, key: str, timeout: float, *, after: int = 0) -> Entry | None:
-        return wait_for_value(self, key, timeout, after)
-
-    def _enter(self) -> None:
-        self.calls += 1
-        if self.fail is not None:
-            raise self.fail
-
-    def _live(self, key: str) -> Entry | None:
-        held = self._entries.get(key)
-        if held is None:
-            return None
-        entry, dies_at = held
-        if dies_at is not None and self._clock() >= dies_at:
-            del self._entries[key]
-            return None
-        return entry
-
-    def _store(self, key: str, value: bytes, operation: str, ttl: float | None) -> int:
-        with self._lock:
-            return self._store_locked(key, value, operation, ttl)
-
-    def _store_locked(self, key: str, value: bytes, operation: str, ttl: float | None) -> int:
-        self._sequence += 1
-        entry = Entry(key, value, self._sequence, operation)
-        dies_at = self._clock() + max(1, math.ceil(ttl)) if ttl is not None else None
-        self._entries[key] = (entry, dies_at)
-        for watch in self._watches:
-            watch.offer(entry)
-        return self._sequence

@@ -31,11 +31,11 @@ from tests.servers import IdpServer, NatsServer, free_port, jetstream_cluster
 from token_worker import TokenWorker
 from token_worker.config import CacheConfig, Config, NatsConfig, SharedCacheConfig
 from token_worker.errors import KvError
+from token_worker.micro import StatsResponse
 from token_worker.nats.connection import NatsConnection
 from token_worker.nats.kv import KeyValue
 from token_worker.secret import load_key_file
 from token_worker.shared_cache import SharedTier
-from token_worker.wire import StatsResponse
 
 BUCKET = "fleet_tokens"
 REPLICAS = 3

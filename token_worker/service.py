@@ -27,8 +27,7 @@ from typing import Any, Protocol
 
 from token_worker.errors import NotConnected
 from token_worker.metrics import Metrics
-from token_worker.nats.protocol import Message
-from token_worker.wire import (
+from token_worker.micro import (
     Endpoint,
     EndpointStats,
     InfoResponse,
@@ -36,6 +35,7 @@ from token_worker.wire import (
     ServiceIdentity,
     StatsResponse,
 )
+from token_worker.nats.protocol import Message
 
 SERVICE_NAME = "token-worker"
 ENDPOINT_NAME = "token"

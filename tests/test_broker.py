@@ -13,12 +13,12 @@ import pytest
 
 from tests.conftest import DEMO, SCOPED, TEST_CLIENTS, make_config, token_request
 from tests.servers import TOKEN_PATH, IdpServer
-from token_worker.broker import FROM_CACHE, FROM_IDP, TokenBroker, TokenQuery
-from token_worker.cache import TokenCache
 from token_worker.config import IdpConfig
 from token_worker.errors import CircuitOpen, IdpRefused, IdpTimeout, IdpUnavailable
-from token_worker.idp import IdpClient
-from token_worker.resilience import ResilientIdp
+from token_worker.idp.client import IdpClient
+from token_worker.idp.resilience import ResilientIdp
+from token_worker.tokens.broker import FROM_CACHE, FROM_IDP, TokenBroker, TokenQuery
+from token_worker.tokens.cache import TokenCache
 
 
 class Clock:

@@ -35,7 +35,7 @@ from token_worker.micro import StatsResponse
 from token_worker.nats.connection import NatsConnection
 from token_worker.nats.kv import KeyValue
 from token_worker.secret import load_key_file
-from token_worker.shared_cache import SharedTier
+from token_worker.tokens.shared import SharedTier
 
 BUCKET = "fleet_tokens"
 REPLICAS = 3

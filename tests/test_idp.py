@@ -15,8 +15,8 @@ from tests.faulty_idp import FaultHandler, Scripted
 from tests.servers import TOKEN_PATH, free_port
 from token_worker.config import IdpConfig
 from token_worker.errors import IdpBadResponse, IdpRefused, IdpTimeout, IdpUnavailable
-from token_worker.idp import IdpClient
-from token_worker.resilience import ResilientIdp
+from token_worker.idp.client import IdpClient
+from token_worker.idp.resilience import ResilientIdp
 
 
 def client_for(url: str, **overrides) -> IdpClient:

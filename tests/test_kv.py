@@ -17,10 +17,10 @@ from tests.helpers import wait_until
 from tests.servers import NatsServer, jetstream_cluster
 from token_worker.config import NatsConfig, Secret
 from token_worker.errors import KvError, KvTimeout, KvUnavailable
-from token_worker.idp import IssuedToken
 from token_worker.nats.connection import NatsConnection
 from token_worker.nats.kv import BucketInfo, KeyValue
-from token_worker.shared_cache import SharedTier
+from token_worker.tokens.model import IssuedToken
+from token_worker.tokens.shared import SharedTier
 
 BUCKET = "tokens"
 FLEET_KEY = b"fleet-key-from-a-kubernetes-secret-0123456789"
@@ -246,7 +246,7 @@ def test_without_jetstream_the_tier_degrades_to_misses_with_one_warning(
     key = tier.key(URL, CLIENT_ID, SECRET, "read", "client_secret_post")
 
     started = time.monotonic()
-    with caplog.at_level(logging.WARNING, "token_worker.shared_cache"):
+    with caplog.at_level(logging.WARNING, "token_worker.tokens.shared"):
         for _ in range(5):
             assert tier.lookup(key) is None
             tier.store(key, token())
@@ -255,7 +255,7 @@ def test_without_jetstream_the_tier_degrades_to_misses_with_one_warning(
             tier.release(key)
 
     assert time.monotonic() - started < 2
-    warnings = [r for r in caplog.records if r.name == "token_worker.shared_cache"]
+    warnings = [r for r in caplog.records if r.name == "token_worker.tokens.shared"]
     assert len(warnings) == 1
     assert tier.counts["errors"] >= 5
     assert tier.counts["hits"] == 0

@@ -34,13 +34,13 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from token_worker import defaults, wire
-from token_worker.cache import CachedToken, CacheKey, TokenCache, cache_key
 from token_worker.config import NatsConfig, parse_nats_urls
 from token_worker.errors import ClientClosed, InvalidReply, InvalidRequest, TokenRequestFailed
-from token_worker.idp import IssuedToken
 from token_worker.inbox import Inbox
 from token_worker.nats.connection import NatsConnection
 from token_worker.requester import Requester
+from token_worker.tokens.cache import CachedToken, CacheKey, TokenCache, cache_key
+from token_worker.tokens.model import IssuedToken
 from token_worker.wire import (
     INVALID_REQUEST,
     ErrorReply,

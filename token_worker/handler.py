@@ -43,19 +43,19 @@ from collections.abc import Callable
 from typing import Any, Generic, NamedTuple, TypeVar
 
 from token_worker import defaults, wire
-from token_worker.broker import Answer, TokenBroker, TokenQuery
-from token_worker.cache import TokenCache
 from token_worker.config import Config
 from token_worker.credentials import CredentialStore, name_from_subject
 from token_worker.errors import IdpError, IdpRefused, InvalidCredentialName, InvalidRequest
-from token_worker.idp import IdpClient
+from token_worker.idp.client import IdpClient
+from token_worker.idp.resilience import ResilientIdp
 from token_worker.logs import RateLimitedLog, request_context
 from token_worker.metrics import Metrics, NullMetrics
 from token_worker.nats.kv import KeyValue
 from token_worker.nats.replies import Connection as KvConnection
-from token_worker.resilience import ResilientIdp
 from token_worker.secret import load_key_file
-from token_worker.shared_cache import SharedTier
+from token_worker.tokens.broker import Answer, TokenBroker, TokenQuery
+from token_worker.tokens.cache import TokenCache
+from token_worker.tokens.shared import SharedTier
 
 log = logging.getLogger(__name__)
 

@@ -11,11 +11,11 @@ from typing import Any
 import pytest
 
 from tests.helpers import wait_until
-from token_worker.broker import FROM_CACHE, FROM_IDP, TokenBroker, TokenQuery
-from token_worker.cache import TokenCache
 from token_worker.errors import IdpTimeout
-from token_worker.idp import IssuedToken
 from token_worker.metrics import Metrics
+from token_worker.tokens.broker import FROM_CACHE, FROM_IDP, TokenBroker, TokenQuery
+from token_worker.tokens.cache import TokenCache
+from token_worker.tokens.model import IssuedToken
 
 QUERY = TokenQuery("svc", "secret", "read")
 

@@ -12,11 +12,11 @@ import pytest
 
 from tests.fakes import MemoryKeyValue
 from tests.helpers import TwoClocks, wait_until
-from token_worker.broker import FROM_CACHE, FROM_IDP, TokenBroker, TokenQuery
-from token_worker.cache import TokenCache
 from token_worker.errors import KvTimeout
-from token_worker.idp import IssuedToken
-from token_worker.shared_cache import SharedTier
+from token_worker.tokens.broker import FROM_CACHE, FROM_IDP, TokenBroker, TokenQuery
+from token_worker.tokens.cache import TokenCache
+from token_worker.tokens.model import IssuedToken
+from token_worker.tokens.shared import SharedTier
 
 QUERY = TokenQuery("svc", "secret", "read")
 FLEET_KEY = b"fleet-key-for-the-broker-tests-0123456789"

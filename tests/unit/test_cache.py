@@ -6,8 +6,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from token_worker.cache import TokenCache, cache_key
-from token_worker.idp import IssuedToken
+from token_worker.tokens.cache import TokenCache, cache_key
+from token_worker.tokens.model import IssuedToken
 
 KEY = cache_key("https://idp.test/token", "c", "s", "read", "client_secret_post")
 

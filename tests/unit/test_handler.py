@@ -12,12 +12,12 @@ import orjson
 
 from tests.helpers import wait_until
 from token_worker import wire
-from token_worker.broker import TokenBroker
-from token_worker.cache import TokenCache
 from token_worker.errors import IdpRefused, IdpUnavailable
 from token_worker.handler import BytesHandler, Deferred, Reply, TokenHandler
-from token_worker.idp import IssuedToken
 from token_worker.metrics import Metrics
+from token_worker.tokens.broker import TokenBroker
+from token_worker.tokens.cache import TokenCache
+from token_worker.tokens.model import IssuedToken
 
 LIMIT = 64 * 1024
 

@@ -32,8 +32,8 @@ from token_worker.errors import (
     IdpTimeout,
     IdpUnavailable,
 )
-from token_worker.idp import IdpClient
-from token_worker.resilience import LONGEST_HOLD, ResilientIdp
+from token_worker.idp.client import IdpClient
+from token_worker.idp.resilience import LONGEST_HOLD, ResilientIdp
 
 TOKEN = b'{"access_token": "tok-abc", "token_type": "Bearer", "expires_in": 60}'
 SECRET_TOKEN = "secret-token-never-logged-0123456789"

@@ -17,13 +17,14 @@ import pytest
 
 from tests.kubelet_volume import KubeletVolume, credential_files
 from token_worker import wire
-from token_worker.broker import TokenBroker
-from token_worker.cache import TokenCache
 from token_worker.config import IdpConfig
 from token_worker.credentials import CredentialStore
 from token_worker.handler import Deferred, Reply, TokenHandler
-from token_worker.idp import IdpClient, IssuedToken
+from token_worker.idp.client import IdpClient
 from token_worker.metrics import Metrics
+from token_worker.tokens.broker import TokenBroker
+from token_worker.tokens.cache import TokenCache
+from token_worker.tokens.model import IssuedToken
 
 LIMIT = 64 * 1024
 

@@ -14,10 +14,11 @@ import pytest
 from tests.fakes import MemoryKeyValue
 from tests.helpers import TwoClocks, wait_until
 from token_worker.errors import ConfigError, KvTimeout, KvUnavailable
-from token_worker.idp import IssuedToken
 from token_worker.nats.kv import BucketInfo
 from token_worker.secret import load_key_file
-from token_worker.shared_cache import FleetKey, SharedTier, Unsealable
+from token_worker.tokens.model import IssuedToken
+from token_worker.tokens.sealing import FleetKey, Unsealable
+from token_worker.tokens.shared import SharedTier
 
 KEY = b"k" * 32
 OTHER_KEY = b"o" * 40
@@ -104,7 +105,7 @@ def test_a_value_copied_to_another_key_does_not_open(
     assert entry is not None
     kv.put(theirs.value_key(), entry.value)
 
-    with caplog.at_level(logging.WARNING, "token_worker.shared_cache"):
+    with caplog.at_level(logging.WARNING, "token_worker.tokens.shared"):
         assert tier.lookup(theirs) is None
         assert tier.lookup(theirs) is None
     assert [r.getMessage() for r in caplog.records].count(
@@ -323,7 +324,7 @@ def test_a_broken_bucket_reads_as_misses_with_one_warning_and_a_count(
     key = tier.key(URL, CLIENT_ID, SECRET, "read", "client_secret_post")
     kv.fail = failure  # type: ignore[assignment]
 
-    with caplog.at_level(logging.WARNING, "token_worker.shared_cache"):
+    with caplog.at_level(logging.WARNING, "token_worker.tokens.shared"):
         for _ in range(3):
             assert tier.lookup(key) is None
             tier.store(key, issued(clock))

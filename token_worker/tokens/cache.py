@@ -27,7 +27,7 @@ from typing import NamedTuple
 from cachetools import LRUCache
 
 from token_worker import defaults
-from token_worker.idp import IssuedToken
+from token_worker.tokens.model import IssuedToken
 
 MIN_REFRESH_LEAD = 2.0
 """Seconds a refresh is started at least before serving stops (an IdP round trip), but

@@ -1,33 +1,28 @@
 """The shared token tier: one sealed cache and one lease per key for a whole fleet.
 
-Each replica keeps its local LRU (:mod:`token_worker.cache`) as the first tier. Behind it,
-this tier keeps tokens in a JetStream KV bucket (:mod:`token_worker.nats.kv`) that every replica
-reads, so a fleet asks the IdP once per key, and a new pod starts warm.
+Each replica keeps its local LRU (:mod:`token_worker.tokens.cache`) as the first tier.
+Behind it, this tier keeps tokens in a JetStream KV bucket (:mod:`token_worker.nats.kv`)
+that every replica reads, so a fleet asks the IdP once per key, and a new pod starts warm.
 
-Nothing in the bucket is readable without the fleet's key file (at least 32 bytes, from a
-Kubernetes Secret). From it HKDF derives three keys: one names entries, one digests client
-secrets, one seals values. A KV key is an HMAC-SHA256 of the token endpoint, client id,
-secret digest, sorted scope set and auth method (hex), so no client id, secret or token
-appears in the bucket, its subjects or its stream. A value is sealed with AES-256-GCM under
-a random 96-bit nonce, with its KV key as associated data: a value copied to another key
-does not open. It holds only an allow-list of token fields (``access_token``,
-``token_type``, ``scope``, ``issued_at``, ``expires_at``), never the secret. A token comes
-back as it was issued (``issued_at``, ``expires_in``), so a replica that takes it counts
-its life, and its refresh point, as the one that got it from the IdP does. A value that
-does not open (another key file, corruption, moved) is a miss, warned about and overwritten
-by the next store. With a previous key file given for rotation, a miss under the new names
-is looked up under the old names too, opened with the old key and copied under the new name.
+Entries are named by keyed digests and sealed under the fleet's key file
+(:mod:`token_worker.tokens.sealing`): no client id, secret or token shows in the bucket. A
+value holds an allow-list of token fields (``access_token``, ``token_type``, ``scope``,
+``issued_at``, ``expires_at``), never the secret, and comes back as it was issued, so a
+replica that takes it counts its life and refresh point as the one that got it from the
+IdP does. A value that does not open (another key file, corruption, moved) is a miss,
+warned about and overwritten by the next store. With a previous key file (a rotation), a
+miss under the new names is looked up under the old ones, opened with the old key and
+copied under the new name.
 
-Single-flight across the fleet: :meth:`SharedTier.lease` takes a short lease on the key with
-KV's atomic create and a per-message TTL, so one replica calls the IdP for a cold key while
-the others :meth:`SharedTier.wait` for its value by watching the key's subjects (no polling);
-a released lease (the leader's IdP call failed) or the timeout sends them to the IdP
-themselves.
+Single flight across the fleet: :meth:`SharedTier.lease` takes a short lease on the key
+(KV's atomic create, a per-message TTL): one replica calls the IdP for a cold key while
+the others :meth:`SharedTier.wait` for its value, watching the key's subjects; a released
+lease (the leader's call failed) or the timeout sends them to the IdP themselves.
 
 This tier never takes a request down: no JetStream, a bucket that cannot be created,
 timeouts, a lost quorum all end as a miss (or a lease not taken), one rate-limited warning,
-a count in :attr:`SharedTier.counts`, and a short rest; then one caller probes while the
-others go on without the tier, so an outage never costs every request a timeout.
+a count in :attr:`SharedTier.counts`, a short rest; then one caller probes while the others
+go on without the tier, so an outage never costs every request a timeout.
 
 How a broker uses it, after a local miss (never on the reader thread: these are I/O)::
 
@@ -51,32 +46,22 @@ the others keep serving their valid local token, and may take the refreshed one 
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import logging
 import math
-import os
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import orjson
-from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from token_worker.errors import KvError, KvUnavailable
-from token_worker.idp import IssuedToken
 from token_worker.nats.kv import ERR_STREAM_NOT_FOUND, PUT, KeyValueStore
-from token_worker.secret import MIN_KEY_BYTES
+from token_worker.tokens.model import IssuedToken
+from token_worker.tokens.sealing import FleetKey, Unsealable
 
 log = logging.getLogger(__name__)
 
-SEAL_VERSION = b"\x01"
-"""First byte of a sealed value: the format (AES-256-GCM, 12-byte nonce, JSON inside)."""
-NONCE_BYTES = 12
 TOKEN_FIELDS = ("access_token", "token_type", "scope", "issued_at", "expires_at")
 """All a sealed value holds: the allow-list."""
 VALUE_SUFFIX = "tok"
@@ -87,61 +72,6 @@ RETRY_AFTER = 5.0
 """Seconds the tier rests after a failure before JetStream is asked again."""
 WARN_EVERY = 60.0
 """Seconds between two warnings of one kind (a broken tier must not flood the log)."""
-
-
-class Unsealable(Exception):
-    """A sealed value that does not open under this key (or is not a sealed value)."""
-
-
-def _derive(secret: bytes, label: bytes) -> bytes:
-    return HKDF(algorithm=hashes.SHA256(), length=32, salt=None,
-                info=b"token-worker/shared-cache/v1/" + label).derive(secret)
-
-
-def _fields(*parts: bytes) -> bytes:
-    """Length-prefixed fields: no two different key tuples encode alike."""
-    return b"".join(len(part).to_bytes(4, "big") + part for part in parts)
-
-
-class FleetKey:
-    """The keys derived from one key file: naming, secret digests and sealing."""
-
-    def __init__(self, secret: bytes) -> None:
-        if len(secret) < MIN_KEY_BYTES:
-            raise ValueError(f"a fleet key needs at least {MIN_KEY_BYTES} bytes")
-        self._name_key = _derive(secret, b"name")
-        self._secret_key = _derive(secret, b"client-secret")
-        self._aead = AESGCM(_derive(secret, b"seal"))
-
-    def __repr__(self) -> str:
-        return "FleetKey(********)"
-
-    def name(self, token_url: str, client_id: str, client_secret: str,
-             scopes: tuple[str, ...], auth_method: str) -> str:
-        """The hex digest naming a key's entries in the bucket."""
-        secret_digest = hmac.digest(self._secret_key, client_secret.encode(), hashlib.sha256)
-        data = _fields(token_url.encode(), client_id.encode(), secret_digest,
-                       " ".join(scopes).encode(), auth_method.encode())
-        return hmac.digest(self._name_key, data, hashlib.sha256).hex()
-
-    def seal(self, kv_key: str, plaintext: bytes) -> bytes:
-        """``plaintext`` encrypted and bound to ``kv_key`` (its associated data)."""
-        nonce = os.urandom(NONCE_BYTES)
-        return SEAL_VERSION + nonce + self._aead.encrypt(nonce, plaintext, _aad(kv_key))
-
-    def open(self, kv_key: str, sealed: bytes) -> bytes:
-        """The plaintext of a value sealed for ``kv_key``; :class:`Unsealable` otherwise."""
-        if len(sealed) < 1 + NONCE_BYTES + 16 or sealed[:1] != SEAL_VERSION:
-            raise Unsealable("not a sealed value")
-        nonce = sealed[1 : 1 + NONCE_BYTES]
-        try:
-            return self._aead.decrypt(nonce, sealed[1 + NONCE_BYTES :], _aad(kv_key))
-        except InvalidTag:
-            raise Unsealable("the value does not open under this key") from None
-
-
-def _aad(kv_key: str) -> bytes:
-    return b"token-worker/shared-cache/v1\x00" + kv_key.encode()
 
 
 @dataclass(frozen=True)

@@ -1,11 +1,14 @@
 """The token broker: cache, single-flight and refresh-ahead in front of the IdP.
 
+The IdP is whatever implements :class:`~token_worker.tokens.model.Issuer` (in a worker,
+:class:`~token_worker.idp.resilience.ResilientIdp`): the broker never imports the IdP client.
+
 - A cache hit answers without I/O, so the worker can answer it on the reading thread.
 - Single-flight: however many concurrent requests miss for one key, one IdP call is made;
   the others wait for its result (bounded by the IdP deadline) and share it, success or
   error.
 - Refresh-ahead: a hit past the entry's refresh point (inside its servable life, see
-  :mod:`token_worker.cache`) queues one background refresh (with the secret of the request
+  :mod:`token_worker.tokens.cache`) queues one background refresh (with the secret of the request
   that triggered it, held only by the queued task) while the still-valid token keeps being
   served, so steady traffic never waits for the IdP. A failed refresh leaves the valid
   token in place. A queued refresh takes the key's in-flight slot only when its thread
@@ -15,7 +18,7 @@
 - Counting: each lookup counts one hit or one miss; ``fetch(skip_cache=True)`` looks
   nothing up and counts nothing, and :meth:`TokenBroker.fetch_after_miss` (the pool
   thread's call after a miss on the reading thread) looks again without counting.
-- The shared tier (:mod:`token_worker.shared_cache`), when given, sits between the local
+- The shared tier (:mod:`token_worker.tokens.shared`), when given, sits between the local
   cache and the IdP, only ever on a pool or refresher thread: the key's single flight
   leader reads it, and on a miss takes the key's fleet-wide lease (one replica calls the
   IdP) or waits for the lease holder's token, calling the IdP itself only when none comes.
@@ -34,12 +37,11 @@ from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from typing import NamedTuple
 
-from token_worker.cache import CachedToken, CacheKey, TokenCache, cache_key
 from token_worker.errors import IdpError, IdpTimeout
-from token_worker.idp import IssuedToken
 from token_worker.metrics import Metrics, NullMetrics
-from token_worker.resilience import ResilientIdp
-from token_worker.shared_cache import SharedKey, SharedTier
+from token_worker.tokens.cache import CachedToken, CacheKey, TokenCache, cache_key
+from token_worker.tokens.model import IssuedToken, Issuer
+from token_worker.tokens.shared import SharedKey, SharedTier
 
 log = logging.getLogger(__name__)
 
@@ -76,7 +78,7 @@ class TokenQuery(NamedTuple):
 class TokenBroker:
     """Gets tokens through the cache (if any), one IdP call per key at a time."""
 
-    def __init__(self, idp: ResilientIdp, cache: TokenCache | None, *, auth_method: str,
+    def __init__(self, idp: Issuer, cache: TokenCache | None, *, auth_method: str,
                  follower_timeout: float, metrics: Metrics | None = None,
                  refresher: Executor | None = None, shared: SharedTier | None = None,
                  lease_ttl: float | None = None) -> None:

@@ -53,9 +53,10 @@ from token_worker.errors import (
     IdpTimeout,
     IdpUnavailable,
 )
-from token_worker.idp import IdpClient, IssuedToken
+from token_worker.idp.client import IdpClient
 from token_worker.logs import RateLimitedLog
 from token_worker.metrics import Metrics, NullMetrics, outcome_label
+from token_worker.tokens.model import IssuedToken
 
 log = logging.getLogger(__name__)
 

@@ -84,7 +84,7 @@ class WorkerProcess:
 
 class StubConnection:
     """A NATS connection with no server, for unit tests of the worker (it has what
-    ``token_worker.worker.Connection`` asks for).
+    ``token_worker.serve.replying.Connection`` asks for).
 
     :meth:`deliver` plays a message arriving from the server; ``published`` lists what was
     sent. ``on_connect``, if set, runs inside :meth:`connect` (to block or fail there).

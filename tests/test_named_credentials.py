@@ -31,7 +31,7 @@ from token_worker.config import Config, CredentialsConfig, NatsConfig, Secret
 from token_worker.errors import TokenRequestFailed
 from token_worker.nats.connection import NatsConnection
 from token_worker.nats.protocol import Message
-from token_worker.worker import TokenWorker
+from token_worker.serve.worker import TokenWorker
 
 ORDERS = ("orders-client", "orders-secret-7f3a9c1e2b")
 ORDERS_ROTATED = ("orders-client-v2", "orders-secret-rotated-51d0e8")

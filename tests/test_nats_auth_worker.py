@@ -22,7 +22,7 @@ from token_worker.cli import request_main
 from token_worker.client import TokenClient
 from token_worker.config import Config, CredentialsConfig, NatsConfig, TlsConfig
 from token_worker.errors import TokenRequestFailed
-from token_worker.worker import TokenWorker
+from token_worker.serve.worker import TokenWorker
 
 EXIT_NATS_GAVE_UP = 3
 

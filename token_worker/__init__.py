@@ -20,9 +20,9 @@ from token_worker.errors import (
     TokenRequestFailed,
     TokenWorkerError,
 )
-from token_worker.naming import client_name
+from token_worker.serve.naming import client_name
+from token_worker.serve.worker import TokenWorker
 from token_worker.version import __version__
-from token_worker.worker import TokenWorker
 
 __all__ = [
     "Config",

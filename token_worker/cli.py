@@ -19,7 +19,7 @@ from typing import Any
 from token_worker.config import SETTINGS, NatsConfig, load_config, parse_nats_urls
 from token_worker.errors import ConfigError, ReconnectGaveUp, TokenRequestFailed
 from token_worker.logs import configure_logging
-from token_worker.naming import client_name
+from token_worker.serve.naming import client_name
 
 EXIT_OK = 0
 EXIT_UNEXPECTED = 1
@@ -32,7 +32,7 @@ log = logging.getLogger("token_worker")
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run a worker until signalled; return the process exit code."""
-    from token_worker.worker import TokenWorker  # noqa: PLC0415 - keeps --help fast
+    from token_worker.serve.worker import TokenWorker  # noqa: PLC0415 - keeps --help fast
 
     arguments = sys.argv[1:] if argv is None else list(argv)
     try:

@@ -15,8 +15,13 @@ import pytest
 from tests.conftest import report_figure
 from tests.helpers import wait_until
 from tests.kubelet_volume import KubeletVolume, credential_files
-from token_worker.credentials import Credential, CredentialStore, is_valid_name, name_from_subject
 from token_worker.errors import CredentialsDirError, InvalidCredentialName
+from token_worker.serve.credentials import (
+    Credential,
+    CredentialStore,
+    is_valid_name,
+    name_from_subject,
+)
 
 
 @pytest.fixture
@@ -100,7 +105,7 @@ def test_change_add_and_remove_are_picked_up_and_logged_by_name_only(
     volume.write({**credential_files("orders", "orders-id", "old-secret-1"),
                   **credential_files("billing", "billing-id", "billing-secret-1")})
     store = open_store(stores, volume.root, start=False)
-    caplog.set_level(logging.INFO, logger="token_worker.credentials")
+    caplog.set_level(logging.INFO, logger="token_worker.serve.credentials")
     caplog.clear()
 
     volume.write({**credential_files("orders", "orders-id", "new-secret-2"),
@@ -123,7 +128,7 @@ def test_change_add_and_remove_are_picked_up_and_logged_by_name_only(
 
 def test_unusable_entries_are_not_credentials_and_say_why(
         tmp_path: Path, stores: list[CredentialStore], caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level(logging.WARNING, logger="token_worker.credentials")
+    caplog.set_level(logging.WARNING, logger="token_worker.serve.credentials")
     (tmp_path / "no-secret").mkdir()
     (tmp_path / "no-secret" / "client_id").write_text("id")
     (tmp_path / "bad-method").mkdir()
@@ -316,7 +321,7 @@ def plain_credential(root: Path, name: str, client_id: str = "id",
 def test_a_fifo_as_a_value_is_a_problem_for_that_credential_not_a_hang(
         tmp_path: Path, stores: list[CredentialStore],
         caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level(logging.WARNING, logger="token_worker.credentials")
+    caplog.set_level(logging.WARNING, logger="token_worker.serve.credentials")
     plain_credential(tmp_path, "good")
     os.mkfifo(plain_credential(tmp_path, "piped", secret=None) / "client_secret")
     made: list[CredentialStore] = []
@@ -378,7 +383,7 @@ def test_a_data_link_moved_outside_later_keeps_the_set_and_warns_once(
     plain_credential(tmp_path / "outside", "evil")
     os.symlink("../outside", volume.root / "..data_tmp")
     os.rename(volume.root / "..data_tmp", volume.root / "..data")
-    caplog.set_level(logging.WARNING, logger="token_worker.credentials")
+    caplog.set_level(logging.WARNING, logger="token_worker.serve.credentials")
     caplog.clear()
     assert store.reload() is False
     assert store.reload() is False
@@ -391,7 +396,7 @@ def test_a_data_link_moved_outside_later_keeps_the_set_and_warns_once(
 def test_value_symlinks_must_stay_inside_the_directory(
         tmp_path: Path, stores: list[CredentialStore],
         caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level(logging.WARNING, logger="token_worker.credentials")
+    caplog.set_level(logging.WARNING, logger="token_worker.serve.credentials")
     root = tmp_path / "creds"
     (tmp_path / "secret-outside").write_text("SENTINEL-SECRET")
     os.symlink("/proc/self/environ", plain_credential(root, "env", secret=None) / "client_secret")

@@ -13,8 +13,9 @@ import orjson
 from tests.helpers import wait_until
 from token_worker import wire
 from token_worker.errors import IdpRefused, IdpUnavailable
-from token_worker.handler import BytesHandler, Deferred, Reply, TokenHandler
 from token_worker.metrics import Metrics
+from token_worker.serve.handler import BytesHandler, Deferred, Reply
+from token_worker.serve.token_handler import TokenHandler
 from token_worker.tokens.broker import TokenBroker
 from token_worker.tokens.cache import TokenCache
 from token_worker.tokens.model import IssuedToken

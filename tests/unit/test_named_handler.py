@@ -18,10 +18,11 @@ import pytest
 from tests.kubelet_volume import KubeletVolume, credential_files
 from token_worker import wire
 from token_worker.config import IdpConfig
-from token_worker.credentials import CredentialStore
-from token_worker.handler import Deferred, Reply, TokenHandler
 from token_worker.idp.client import IdpClient
 from token_worker.metrics import Metrics
+from token_worker.serve.credentials import CredentialStore
+from token_worker.serve.handler import Deferred, Reply
+from token_worker.serve.token_handler import TokenHandler
 from token_worker.tokens.broker import TokenBroker
 from token_worker.tokens.cache import TokenCache
 from token_worker.tokens.model import IssuedToken

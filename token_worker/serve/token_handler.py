@@ -1,32 +1,16 @@
-"""One request, from request bytes to a typed reply: the handler contract and its default.
+"""The default handler: a client-credentials token through the broker.
 
-A :class:`RequestHandler` gets a request body on the connection's reader thread and
-returns, without blocking:
-
-- a :class:`Reply` (the encoded body with its ``error_code``) when it needs no I/O: a
-  bad request or a cache hit. The worker sends it at once, batched with the other
-  replies of the same read. This is the fast path: keep it free of I/O and locks held
-  for long.
-- a :class:`Deferred` otherwise: the request, parsed once, with the call that serves it.
-  The worker runs the call on a pool thread (or answers ``overloaded`` when the pool is
-  full, ``shutting_down`` when it stops before starting it).
-
-Outcomes travel with the reply (``Reply.error_code``), so counting them never reads the
-bytes. A plain function from request bytes to reply bytes becomes a handler through
-:class:`BytesHandler` (always deferred; its replies count as ``ok``)::
-
-    worker = TokenWorker(config, handler=lambda payload: b'{"ok": true}')
-
-:class:`TokenHandler` is the default: parse, look the cache up once on the reader thread,
-and on a miss ask the broker from a pool thread (:meth:`TokenBroker.fetch_after_miss`:
-it looks again without counting a second miss, then joins the key's single flight, so
-misses for one query that queue behind each other share one IdP call). Every request's
-deadline is ``idp.deadline`` from its arrival, so time spent waiting for a pool thread
-counts.
-
+:class:`TokenHandler` implements the handler contract (:mod:`token_worker.serve.handler`):
+parse, look the cache up once on the reader thread, and on a miss ask the broker from a
+pool thread (:meth:`TokenBroker.fetch_after_miss
+<token_worker.tokens.broker.TokenBroker.fetch_after_miss>`: it looks again without
+counting a second miss, then joins the key's single flight, so misses for one query that
+queue behind each other share one IdP call). Every request's deadline is ``idp.deadline``
+from its arrival, so time spent waiting for a pool thread counts. What it serves with (IdP
+client, retry policy, caches, broker) is built by :mod:`token_worker.serve.assembly`.
 Named requests (``<namedSubject>.<credential>``, :meth:`TokenHandler.handle_named`) take
 the same path once the credential is looked up (a dict lookup in the
-:class:`~token_worker.credentials.CredentialStore`, no I/O): only the subject names the
+:class:`~token_worker.serve.credentials.CredentialStore`, no I/O): only the subject names the
 credential, and a ``client_id`` or ``client_secret`` in their body is never read. With
 ``credentials.inline`` false, a request on the token subject (which always carries its
 secret) is answered ``inline_secrets_disabled`` without a lookup, an IdP call or a log
@@ -35,107 +19,22 @@ line quoting it.
 
 from __future__ import annotations
 
-import abc
 import logging
 import threading
 import time
 from collections.abc import Callable
-from typing import Any, Generic, NamedTuple, TypeVar
+from typing import NamedTuple
 
 from token_worker import defaults, wire
-from token_worker.config import Config
-from token_worker.credentials import CredentialStore, name_from_subject
 from token_worker.errors import IdpError, IdpRefused, InvalidCredentialName, InvalidRequest
-from token_worker.idp.client import IdpClient
-from token_worker.idp.resilience import ResilientIdp
 from token_worker.logs import RateLimitedLog, request_context
-from token_worker.metrics import Metrics, NullMetrics
-from token_worker.nats.kv import KeyValue
-from token_worker.nats.replies import Connection as KvConnection
-from token_worker.secret import load_key_file
+from token_worker.serve.credentials import CredentialStore, name_from_subject
+from token_worker.serve.handler import Deferred, Reply, RequestHandler
 from token_worker.tokens.broker import Answer, TokenBroker, TokenQuery
-from token_worker.tokens.cache import TokenCache
-from token_worker.tokens.shared import SharedTier
+
+__all__ = ["Asked", "TokenHandler"]
 
 log = logging.getLogger(__name__)
-
-RequestT = TypeVar("RequestT")
-
-
-class Reply(NamedTuple):
-    """A reply ready to send (a tuple: one is built for every request)."""
-
-    body: bytes
-    """The encoded reply."""
-    error_code: str = ""
-    """Empty for a token, else the reply's ``error_code`` (what metrics count)."""
-    request_id: str = ""
-    """The request's id, for a reply the worker must replace (too large to send)."""
-    client_id: str = ""
-    """Who asked, for the log line of a reply the worker must replace."""
-    query: object = None
-    """What the handler needs to take back what it served if the worker cannot send the
-    reply (:meth:`RequestHandler.unsent`); the token handler puts its query here."""
-
-
-class Deferred(Generic[RequestT]):
-    """A request that needs I/O: ``serve(request)`` runs on a pool thread.
-
-    ``request_id`` is the request's id when the handler read one, ``None`` when it did not
-    look (the worker then reads it from the payload only if it must answer without serving:
-    overloaded, shutting down, a failed call). ``on_drop``, if given, is called instead of
-    ``serve`` when the worker answers the request without serving it (so a handler can
-    release what it set up for it).
-    """
-
-    __slots__ = ("on_drop", "request", "request_id", "serve")
-
-    def __init__(self, serve: Callable[[RequestT], Reply], request: RequestT,
-                 request_id: str | None = None, *,
-                 on_drop: Callable[[], None] | None = None) -> None:
-        self.serve = serve
-        self.request = request
-        self.request_id = request_id
-        self.on_drop = on_drop
-
-    def run(self) -> Reply:
-        """Serve the request (on a pool thread)."""
-        return self.serve(self.request)
-
-    def drop(self) -> None:
-        """The worker will never serve this request (overloaded, shutting down)."""
-        if self.on_drop is not None:
-            self.on_drop()
-
-
-class RequestHandler(abc.ABC):
-    """What a worker asks to serve each request (see the module's docstring)."""
-
-    @abc.abstractmethod
-    def handle(self, payload: bytes) -> Reply | Deferred[Any]:
-        """Runs on the reader thread: a :class:`Reply` now, or a :class:`Deferred`.
-
-        Should not raise; if it does, the requester gets ``internal_error`` and the
-        exception is logged."""
-
-    def unsent(self, reply: Reply) -> None:  # noqa: B027 - a hook: doing nothing is right
-        """The worker replaced ``reply`` (too large to send, ``token_too_large``): forget
-        what it served, so the next request does not get it again."""
-
-
-class BytesHandler(RequestHandler):
-    """Adapts a function from request bytes to reply bytes: every request is deferred to a
-    pool thread, and its reply counts as ``ok`` (return :class:`Reply` from a
-    :class:`RequestHandler` of your own to count outcomes)."""
-
-    def __init__(self, function: Callable[[bytes], bytes]) -> None:
-        self._function = function
-
-    def handle(self, payload: bytes) -> Deferred[bytes]:
-        return Deferred(self._serve, payload)
-
-    def _serve(self, payload: bytes) -> Reply:
-        return Reply(self._function(payload))
 
 
 class Asked(NamedTuple):
@@ -179,42 +78,6 @@ class TokenHandler(RequestHandler):
         self._warn_not_issued = RateLimitedLog(log, logging.WARNING, "token not issued")
         self._note_refused_by_idp = RateLimitedLog(log, logging.INFO, "token not issued")
         self._warn_refused = RateLimitedLog(log, logging.WARNING, "request refused")
-
-    @classmethod
-    def from_config(cls, config: Config, metrics: Metrics | None = None, *,
-                    connection: KvConnection | None = None,
-                    credentials: CredentialStore | None = None) -> TokenHandler:
-        """Wire IdP client, retry policy, cache, shared tier (with ``cache.shared.bucket``,
-        over ``connection``, the worker's, which must announce headers) and broker as the
-        config says; the handler closes them in :meth:`close` (``credentials`` stays its
-        owner's)."""
-        metrics = NullMetrics() if metrics is None else metrics
-        client = IdpClient(config.idp, pool_size=config.workers + 2)
-        idp = ResilientIdp(client, config.idp, metrics)
-        metrics.circuit_open.set_function(lambda: 1.0 if idp.circuit_open else 0.0)
-        cache = None
-        if config.cache.enabled:
-            cache = TokenCache(max_entries=config.cache.max_entries,
-                               expiry_margin=config.cache.expiry_margin,
-                               refresh_ahead=config.cache.refresh_ahead, now=time.time,
-                               max_ttl=config.cache.max_ttl)
-        shared = None
-        if cache is not None and connection is not None and config.cache.shared.bucket:
-            shared = tier = shared_tier(config, connection)
-            metrics.track_shared(lambda: tier.counts)
-        broker = TokenBroker(idp, cache, auth_method=config.idp.auth_method,
-                             follower_timeout=config.idp.deadline + 1.0, metrics=metrics,
-                             shared=shared, lease_ttl=config.idp.deadline)
-
-        def close() -> None:
-            broker.close()
-            client.close()
-
-        return cls(broker, default_scope=config.idp.default_scope,
-                   max_payload=config.max_payload, deadline=config.idp.deadline,
-                   on_close=close, credentials=credentials,
-                   inline_secrets=config.credentials.inline,
-                   named_prefix=config.named_subject)
 
     def prepare(self) -> None:
         """Make the shared tier's bucket ready on a thread of its own (created when
@@ -352,22 +215,6 @@ def _token_reply(request_id: str, client_id: str, credential: str | None, answer
                                    answer.expires_in, scope=token.scope,
                                    token_source=answer.source, credential=credential)
     return Reply(body, "", request_id, client_id, query)
-
-
-def shared_tier(config: Config, connection: KvConnection) -> SharedTier:
-    """The shared tier ``cache.shared`` describes, over ``connection`` (not ensured yet:
-    :meth:`TokenHandler.prepare`)."""
-    settings = config.cache.shared
-    if not settings.bucket or not settings.key_file:
-        raise ValueError("cache.shared needs a bucket and a key file")
-    previous = settings.previous_key_file
-    return SharedTier(
-        KeyValue(connection, settings.bucket, timeout=settings.timeout),
-        load_key_file(settings.key_file),
-        previous_key=load_key_file(previous, field="cache.shared.previousKeyFile")
-        if previous else None,
-        expiry_margin=config.cache.expiry_margin, max_age=config.cache.max_ttl,
-        replicas=settings.replicas)
 
 
 def _ms_since(started: float) -> float:

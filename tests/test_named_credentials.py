@@ -26,7 +26,7 @@ from tests.helpers import wait_until
 from tests.kubelet_volume import KubeletVolume, credential_files
 from tests.servers import ROOT, IdpServer, NatsServer
 from token_worker import wire
-from token_worker.client import TokenClient
+from token_worker.client.client import TokenClient
 from token_worker.config import Config, CredentialsConfig, NatsConfig, Secret
 from token_worker.errors import TokenRequestFailed
 from token_worker.nats.connection import NatsConnection

@@ -19,7 +19,7 @@ from tests.kubelet_volume import KubeletVolume, credential_files
 from tests.nats_jwt import OperatorMode, creds_text, new_account, new_user, user_jwt
 from tests.servers import IdpServer, NatsServer
 from token_worker.cli import request_main
-from token_worker.client import TokenClient
+from token_worker.client.client import TokenClient
 from token_worker.config import Config, CredentialsConfig, NatsConfig, TlsConfig
 from token_worker.errors import TokenRequestFailed
 from token_worker.serve.worker import TokenWorker

@@ -1,7 +1,7 @@
 """The requester side: ask the worker fleet for a token in one call.
 
 :class:`TokenClient` is safe to share between threads. It holds one NATS connection with
-one wildcard inbox subscription (:mod:`token_worker.inbox`: unguessable reply subjects, and
+one wildcard inbox subscription (:mod:`token_worker.client.inbox`: unguessable reply subjects, and
 which replies are believed); requests are built and replies read with the worker's own wire
 types (:mod:`token_worker.wire`), so the two ends cannot drift apart.
 
@@ -12,8 +12,8 @@ or cached, and the attempt keeps waiting for the genuine reply. A genuine reply 
 a well-formed token (visible ASCII, of type ``Bearer``) is a ``bad_reply`` error,
 never cached. A body the worker would refuse is refused before it is sent.
 
-Each call runs attempt by attempt (:mod:`token_worker.requester`); retries follow what
-happened (:mod:`token_worker.client_retries`): "no worker subscribed" is retried for one
+Each call runs attempt by attempt (:mod:`token_worker.client.requester`); retries follow what
+happened (:mod:`token_worker.client.retries`): "no worker subscribed" is retried for one
 ``timeout``, a lost NATS connection for the whole budget and said to be the cause, an
 attempt with no answer counts against ``retries``, a worker turning the request away
 (``shutting_down``, ``overloaded``) is asked again within the budget. Tokens are kept (the
@@ -34,11 +34,11 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from token_worker import defaults, wire
+from token_worker.client.inbox import Inbox
+from token_worker.client.requester import Requester
 from token_worker.config import NatsConfig, parse_nats_urls
 from token_worker.errors import ClientClosed, InvalidReply, InvalidRequest, TokenRequestFailed
-from token_worker.inbox import Inbox
 from token_worker.nats.connection import NatsConnection
-from token_worker.requester import Requester
 from token_worker.tokens.cache import CachedToken, CacheKey, TokenCache, cache_key
 from token_worker.tokens.model import IssuedToken
 from token_worker.wire import (

@@ -10,7 +10,7 @@ request away answers at once, so it is asked again within the budget: ``shutting
 (that worker stops; another replica answers) at once, ``overloaded`` after a short
 jittered back-off; neither counts against ``retries``.
 
-The outcomes are internal: :class:`~token_worker.client.TokenClient` turns the last one
+The outcomes are internal: :class:`~token_worker.client.client.TokenClient` turns the last one
 into a public :class:`~token_worker.errors.TokenRequestFailed`.
 """
 

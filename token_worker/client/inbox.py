@@ -1,6 +1,6 @@
 """The requester's reply space: unguessable inbox subjects, and which replies are believed.
 
-A :class:`~token_worker.client.TokenClient` holds one wildcard subscription,
+A :class:`~token_worker.client.client.TokenClient` holds one wildcard subscription,
 ``<inbox_prefix>.<22 random characters>.*``; every attempt gets its own reply subject under
 it, ending in another random token (as nats.go builds them), so no other connection can
 guess where a reply is awaited. The :class:`Inbox` hands each delivered message to the
@@ -39,7 +39,7 @@ class Waiter:
 class Inbox:
     """The client's reply space: hands each reply to the call waiting on its subject.
 
-    Deliberately holds no reference to the :class:`~token_worker.client.TokenClient`, so
+    Deliberately holds no reference to the :class:`~token_worker.client.client.TokenClient`, so
     that the connection's threads (which call :meth:`deliver` and :meth:`on_state`) never
     keep a dropped client alive.
     """

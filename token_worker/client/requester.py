@@ -1,9 +1,9 @@
 """One request over NATS, attempt by attempt, until a genuine reply or a final outcome.
 
 Each attempt publishes the request with a fresh reply subject from the client's
-:class:`~token_worker.inbox.Inbox` and waits for the reply that answers it
-(:func:`~token_worker.inbox.match_reply`); what happens after a failed attempt is
-:class:`~token_worker.client_retries.RetryPolicy`'s call. Earlier attempts' subjects stay
+:class:`~token_worker.client.inbox.Inbox` and waits for the reply that answers it
+(:func:`~token_worker.client.inbox.match_reply`); what happens after a failed attempt is
+:class:`~token_worker.client.retries.RetryPolicy`'s call. Earlier attempts' subjects stay
 open until the call ends, so a late genuine reply to one of them is still taken. The last
 failed outcome becomes the public error: :class:`NoWorkerAnswered`,
 :class:`NatsUnavailable`, :class:`RequestTimedOut` or :class:`ClientClosed`; when the last
@@ -19,7 +19,8 @@ from typing import Any
 
 from tenacity import RetryCallState, Retrying, retry_if_exception_type
 
-from token_worker.client_retries import (
+from token_worker.client.inbox import Inbox, Waiter, match_reply
+from token_worker.client.retries import (
     AttemptFailed,
     BudgetSpent,
     ConnectionLost,
@@ -39,7 +40,6 @@ from token_worker.errors import (
     RequestTimedOut,
     TokenRequestFailed,
 )
-from token_worker.inbox import Inbox, Waiter, match_reply
 from token_worker.nats.connection import NatsConnection
 from token_worker.nats.link import State
 from token_worker.nats.protocol import Message

@@ -1,4 +1,10 @@
-"""Fakes for the unit layer: stand-ins with the product's interfaces and no server.
+"""Fakes for the unit layer (the real-server suite may use them too): stand-ins with the
+product's interfaces, no server, no network, no sleeping.
+
+- :class:`Clock`: wall and monotonic time, moved by hand;
+- :class:`FakeIssuer`: the one fake IdP, an :class:`~token_worker.tokens.model.Issuer`;
+- :class:`MemoryKeyValue`: a JetStream KV bucket in memory;
+- :class:`StubConnection`: a NATS connection with no server, for the worker.
 
 Nothing here imports nats-py or starts a process.
 """
@@ -13,8 +19,88 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
-from token_worker.errors import KvError
+import pytest
+
+from token_worker.errors import KvError, NotConnected, PayloadTooLarge
 from token_worker.nats.kv import DEL, PUT, BucketInfo, Entry, Watch, check_key, wait_for_value
+from token_worker.nats.link import State
+from token_worker.nats.protocol import Message
+from token_worker.nats.subscriptions import Subscription
+from token_worker.tokens.model import IssuedToken
+
+# --- time ---------------------------------------------------------------------------------
+
+
+class Clock:
+    """The wall clock tokens expire on and the monotonic one leases, retries and rate
+    limits wait on, both moved by hand with :meth:`advance`. Pass :meth:`time` (or the
+    clock itself) where ``time.time`` is expected, :meth:`monotonic` for
+    ``time.monotonic``."""
+
+    def __init__(self, wall: float = 1_800_000_000.0, mono: float = 1000.0) -> None:
+        self.wall = wall
+        self.mono = mono
+
+    def time(self) -> float:
+        return self.wall
+
+    __call__ = time
+
+    def monotonic(self) -> float:
+        return self.mono
+
+    def advance(self, seconds: float) -> None:
+        self.wall += seconds
+        self.mono += seconds
+
+
+# --- the identity provider ------------------------------------------------------------------
+
+
+class FakeIssuer:
+    """The one fake IdP: what the broker asks of ``ResilientIdp`` (the
+    :class:`~token_worker.tokens.model.Issuer` protocol), with no HTTP.
+
+    Each call issues ``token-<N>`` (``token-for-<client id>-<N>`` with ``name_client``),
+    living ``expires_in`` seconds from ``issued_at()`` (the wall clock by default), or
+    raises ``error`` when one is set. Every call is recorded: ``calls`` counts them,
+    ``sent`` holds (client id, secret, scope, auth method), ``deadlines`` the deadline each
+    was given. ``entered`` is set when a call starts; while ``gate`` is set to an Event,
+    calls wait for it (up to 10 s) before they answer.
+    """
+
+    token_url = known_token_url = "https://idp.test/token"
+
+    def __init__(self, *, expires_in: int = 300, issued_at: Callable[[], float] = time.time,
+                 error: Exception | None = None, name_client: bool = False) -> None:
+        self.expires_in = expires_in
+        self.issued_at = issued_at
+        self.error = error
+        self.name_client = name_client
+        self.failing_fast = False
+        self.calls = 0
+        self.sent: list[tuple[str, str, str, str | None]] = []
+        self.deadlines: list[float | None] = []
+        self.entered = threading.Event()
+        self.gate: threading.Event | None = None
+        self._lock = threading.Lock()
+
+    def fetch_token(self, client_id: str, client_secret: str, scope: str, *,
+                    deadline: float | None = None,
+                    auth_method: str | None = None) -> IssuedToken:
+        with self._lock:
+            self.calls += 1
+            number = self.calls
+            self.sent.append((client_id, client_secret, scope, auth_method))
+            self.deadlines.append(deadline)
+        self.entered.set()
+        if self.gate is not None:
+            self.gate.wait(10)
+        if self.error is not None:
+            raise self.error
+        text = f"token-for-{client_id}-{number}" if self.name_client else f"token-{number}"
+        return IssuedToken(text, "Bearer", self.expires_in, scope, self.issued_at())
+
 
 # --- a JetStream KV bucket in memory ------------------------------------------------------
 
@@ -139,3 +225,83 @@ class MemoryKeyValue:
         for watch in self._watches:
             watch.offer(entry)
         return self._sequence
+
+
+# --- a NATS connection with no server -------------------------------------------------------
+
+
+class StubConnection:
+    """A NATS connection with no server, for unit tests of the worker (it has what
+    ``token_worker.serve.replying.Connection`` asks for).
+
+    :meth:`deliver` plays a message arriving from the server; ``published`` lists what was
+    sent. ``on_connect``, if set, runs inside :meth:`connect` (to block or fail there).
+    """
+
+    def __init__(self, *, max_payload: int = 1024 * 1024) -> None:
+        self.max_payload = max_payload
+        self.state = State.DISCONNECTED
+        self.server_url = "nats://stub:4222"
+        self.reconnects = 0
+        self.buffered_bytes = 0
+        self.published: list[tuple[str, bytes]] = []
+        self.subscriptions: dict[int, Subscription] = {}
+        self.on_connect: Callable[[], None] | None = None
+        self.connect_calls = 0
+        self.closed = threading.Event()
+        self._sent = threading.Condition()
+        self._next_sid = 1
+
+    @property
+    def is_connected(self) -> bool:
+        return self.state is State.CONNECTED
+
+    def connect(self) -> None:
+        self.connect_calls += 1
+        if self.on_connect is not None:
+            self.on_connect()
+        self.state = State.CONNECTED
+
+    def close(self, timeout: float = 5.0) -> None:
+        self.state = State.CLOSED
+        self.closed.set()
+
+    def subscribe(self, subject: str, callback: Callable[[Message], None],
+                  queue: str = "") -> Subscription:
+        subscription = Subscription(self._next_sid, subject, queue, callback)
+        self._next_sid += 1
+        self.subscriptions[subscription.sid] = subscription
+        return subscription
+
+    def unsubscribe(self, sub: Subscription, *, drain_timeout: float = 0.0) -> None:
+        self.subscriptions.pop(sub.sid, None)
+
+    def publish(self, subject: str, payload: bytes, reply: str = "") -> None:
+        if not self.is_connected:
+            raise NotConnected("stub: not connected")
+        if len(payload) > self.max_payload:
+            raise PayloadTooLarge(len(payload), self.max_payload)
+        with self._sent:
+            self.published.append((subject, payload))
+            self._sent.notify_all()
+
+    def flush(self, timeout: float) -> None:
+        if not self.is_connected:
+            raise NotConnected("stub: not connected")
+
+    def deliver(self, subject: str, payload: bytes, reply: str = "") -> None:
+        """A message from the server, on the calling thread (the reader thread's role)."""
+        for subscription in list(self.subscriptions.values()):
+            if subscription.subject == subject:
+                subscription.callback(Message(subject, reply, payload))
+
+    def replies_to(self, subject: str) -> list[bytes]:
+        with self._sent:
+            return [payload for sent_to, payload in self.published if sent_to == subject]
+
+    def wait_for_reply(self, subject: str, timeout: float = 5.0) -> bytes:
+        with self._sent:
+            if not self._sent.wait_for(lambda: any(to == subject for to, _ in self.published),
+                                       timeout):
+                pytest.fail(f"no reply published to {subject} within {timeout} s")
+            return next(payload for to, payload in self.published if to == subject)

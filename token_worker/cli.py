@@ -19,7 +19,6 @@ from typing import Any
 from token_worker.config import SETTINGS, NatsConfig, load_config, parse_nats_urls
 from token_worker.errors import ClientClosed, ConfigError, ReconnectGaveUp, TokenRequestFailed
 from token_worker.logs import configure_logging
-from token_worker.serve.naming import client_name
 
 EXIT_OK = 0
 EXIT_UNEXPECTED = 1
@@ -41,6 +40,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SystemExit as exit_:  # argparse: --help (0) or a usage error (2)
         return int(exit_.code or 0)
     # Loaded only once a worker is to run: --help and a bad config never pay for it.
+    from token_worker.serve.naming import client_name  # noqa: PLC0415
     from token_worker.serve.worker import TokenWorker  # noqa: PLC0415
 
     configure_logging(config.log_level, client_name(config.name_suffix), config.environment)

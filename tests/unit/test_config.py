@@ -12,11 +12,11 @@ import importlib
 import inspect
 import json
 import math
-from pathlib import Path
 from typing import Any
 
 import pytest
 
+from tests import ROOT
 from tests.nats_jwt import OperatorMode, new_user
 from token_worker import ConfigError, defaults, load_config
 from token_worker.config import (
@@ -473,7 +473,7 @@ def test_env_only_settings_beat_the_file(tmp_path):
 
 
 def test_the_readme_table_lists_each_key_once():
-    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text().splitlines()
+    readme = (ROOT / "README.md").read_text().splitlines()
     for row in describe_settings():
         assert sum(line.startswith(f"| `{row['key']}` |") for line in readme) == 1, row["key"]
 

@@ -262,7 +262,7 @@ def test_the_deployment_projects_each_credential_secret_into_its_own_folder() ->
     ``<name>/<file>`` with names and files the store reads, mounted whole (no subPath)."""
     import yaml
 
-    from tests.servers import ROOT
+    from tests import ROOT
 
     deployment = yaml.safe_load((ROOT / "deploy" / "deployment.yaml").read_text())
     secrets = list(yaml.safe_load_all((ROOT / "deploy" / "credentials-secret.yaml").read_text()))

@@ -13,7 +13,8 @@ from typing import Any
 import orjson
 import pytest
 
-from tests.helpers import StubConnection, spy_on_signal_handlers, wait_until
+from tests.fakes import StubConnection
+from tests.helpers import spy_on_signal_handlers, wait_until
 from token_worker import wire
 from token_worker.config import Config, NatsConfig, Secret
 from token_worker.errors import ReconnectGaveUp

@@ -7,7 +7,7 @@ import contextlib
 import socket
 import threading
 
-from tests.servers import free_port
+from tests.integration.processes import free_port
 
 
 class PartitionProxy:

@@ -11,22 +11,15 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from tests.conftest import DEMO, SCOPED, TEST_CLIENTS, make_config, token_request
-from tests.servers import TOKEN_PATH, IdpServer
+from tests.fakes import Clock
+from tests.integration.helpers import DEMO, SCOPED, TEST_CLIENTS, make_config, token_request
+from tests.integration.processes import TOKEN_PATH, IdpServer
 from token_worker.config import IdpConfig
 from token_worker.errors import CircuitOpen, IdpRefused, IdpTimeout, IdpUnavailable
 from token_worker.idp.client import IdpClient
 from token_worker.idp.resilience import ResilientIdp
 from token_worker.tokens.broker import FROM_CACHE, FROM_IDP, TokenBroker, TokenQuery
 from token_worker.tokens.cache import TokenCache
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1_000_000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def make_broker(url: str, *, clock: Clock | None = None, cache: bool = True,
@@ -48,7 +41,7 @@ def test_miss_then_hit_with_expires_in_recomputed(idp):
     clock = Clock()
     broker, upstream = make_broker(idp.url, clock=clock)
     first = broker.fetch(query())
-    clock.now += 100
+    clock.advance(100)
     second = broker.fetch(query())
     assert (first.source, second.source) == (FROM_IDP, FROM_CACHE)
     assert second.token.access_token == first.token.access_token
@@ -83,9 +76,9 @@ def test_tokens_are_not_served_inside_the_expiry_margin():
         broker, upstream = make_broker(short_idp.url, clock=clock, margin=20,
                                        refresh_ahead=0.0)
         first = broker.fetch(query())
-        clock.now += 39  # 21 s left: still served
+        clock.advance(39)  # 21 s left: still served
         assert broker.fetch(query()).token.access_token == first.token.access_token
-        clock.now += 2  # 19 s left: inside the margin
+        clock.advance(2)  # 19 s left: inside the margin
         renewed = broker.fetch(query())
         assert renewed.source == FROM_IDP
         assert renewed.token.access_token != first.token.access_token
@@ -139,7 +132,7 @@ def test_refresh_ahead_replaces_the_token_while_requests_never_wait():
         clock = Clock()
         broker, upstream = make_broker(slow_idp.url, clock=clock, refresh_ahead=0.2)
         old = broker.fetch(query()).token.access_token
-        clock.now += 250  # the last 20% of a 300 s life
+        clock.advance(250)  # the last 20% of a 300 s life
         started = time.monotonic()
         during = broker.cached(query())
         assert time.monotonic() - started < 0.2  # no waiting on the 400 ms IdP
@@ -161,7 +154,7 @@ def test_a_failed_refresh_keeps_serving_the_valid_token():
     broker, upstream = make_broker(own_idp.url, clock=clock, deadline=0.3)
     token = broker.fetch(query()).token.access_token
     own_idp.stop()  # the IdP goes away
-    clock.now += 260  # refresh window
+    clock.advance(260)  # refresh window
     assert broker.cached(query()).token.access_token == token
     deadline = time.monotonic() + 5
     while upstream.calls < 2 or broker.in_flight:

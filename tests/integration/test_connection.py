@@ -12,16 +12,16 @@ import logging
 import os
 import signal
 import socket
-import subprocess
 import threading
 import time
 
 import pytest
 
-from tests.conftest import make_config, remember_secret, report_figure
+from tests.conftest import remember_secret, report_figure
 from tests.helpers import wait_until
-from tests.proxy import PartitionProxy
-from tests.servers import NatsServer, free_port
+from tests.integration.helpers import issue_certificate, make_config, tls_certificates
+from tests.integration.processes import NatsServer, free_port
+from tests.integration.proxy import PartitionProxy
 from token_worker.config import Secret, TlsConfig
 from token_worker.errors import ConnectionClosed, NotConnected, PayloadTooLarge, ReconnectGaveUp
 from token_worker.nats import protocol
@@ -321,34 +321,10 @@ def test_client_name_is_what_the_server_shows(nats_server):
         connection.close()
 
 
-def _openssl(directory, *args: str) -> None:
-    subprocess.run(["openssl", *args], cwd=directory, check=True, capture_output=True)
-
-
-def _issue_certificate(directory, name: str, subject: str, *extensions: str) -> None:
-    """``<name>.key`` and ``<name>.pem``, signed by the test CA in ``directory``. Python
-    3.13 verifies strictly (VERIFY_X509_STRICT): the extensions a real CA sets."""
-    _openssl(directory, "req", "-newkey", "rsa:2048", "-nodes", "-subj", subject,
-             "-keyout", f"{name}.key", "-out", f"{name}.csr")
-    (directory / f"{name}.ext").write_text("\n".join((
-        "basicConstraints=CA:FALSE", "authorityKeyIdentifier=keyid,issuer",
-        "subjectKeyIdentifier=hash", "keyUsage=critical,digitalSignature,keyEncipherment",
-        *extensions)) + "\n")
-    _openssl(directory, "x509", "-req", "-in", f"{name}.csr", "-CA", "ca.pem",
-             "-CAkey", "ca.key", "-CAcreateserial", "-days", "1",
-             "-extfile", f"{name}.ext", "-out", f"{name}.pem")
-
-
 @pytest.fixture
 def tls_files(tmp_path):
     """A CA and a server certificate for 127.0.0.1, made with the openssl CLI."""
-    _openssl(tmp_path, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
-             "-subj", "/CN=test-ca", "-addext", "basicConstraints=critical,CA:TRUE",
-             "-addext", "keyUsage=critical,keyCertSign,cRLSign",
-             "-keyout", "ca.key", "-out", "ca.pem")
-    _issue_certificate(tmp_path, "server", "/CN=127.0.0.1", "subjectAltName=IP:127.0.0.1",
-                       "extendedKeyUsage=serverAuth")
-    return tmp_path
+    return tls_certificates(tmp_path)
 
 
 def test_tls_with_the_configured_ca(tls_files, requester_factory):
@@ -398,7 +374,7 @@ def test_lame_duck_mode_moves_the_worker_to_another_server(start_worker, request
 
 
 def test_mutual_tls_with_a_client_certificate(tls_files):
-    _issue_certificate(tls_files, "client", "/CN=token-worker", "extendedKeyUsage=clientAuth")
+    issue_certificate(tls_files, "client", "/CN=token-worker", "extendedKeyUsage=clientAuth")
     server = NatsServer(config_text=f"""
         tls {{
           cert_file: "{tls_files / 'server.pem'}", key_file: "{tls_files / 'server.key'}"

@@ -13,11 +13,12 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import BASIC, DEMO, make_config, remember_secret
-from tests.helpers import WorkerProcess, tls_certificates, wait_until
+from tests.conftest import remember_secret
+from tests.helpers import wait_until
+from tests.integration.helpers import BASIC, DEMO, WorkerProcess, make_config, tls_certificates
+from tests.integration.processes import IdpServer, NatsServer
 from tests.kubelet_volume import KubeletVolume, credential_files
 from tests.nats_jwt import OperatorMode, creds_text, new_account, new_user, user_jwt
-from tests.servers import IdpServer, NatsServer
 from token_worker.cli import request_main
 from token_worker.client.client import TokenClient
 from token_worker.config import Config, CredentialsConfig, NatsConfig, TlsConfig

@@ -14,7 +14,7 @@ import pytest
 
 from tests.conftest import report_figure
 from tests.helpers import wait_until
-from tests.servers import NatsServer, jetstream_cluster
+from tests.integration.processes import NatsServer, jetstream_cluster
 from token_worker.config import NatsConfig, Secret
 from token_worker.errors import KvError, KvTimeout, KvUnavailable
 from token_worker.nats.connection import NatsConnection

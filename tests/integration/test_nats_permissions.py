@@ -20,36 +20,17 @@ import pytest
 from nats.aio.msg import Msg
 from nats.errors import NoRespondersError
 
-from tests.conftest import remember_secret
+from tests.integration.helpers import SHIPPED_PASSWORDS
+from tests.integration.processes import NatsServer
 from tests.nats_jwt import OperatorMode, creds_text, new_account, new_user, user_jwt
-from tests.servers import ROOT, NatsServer
 from token_worker.nkey_auth import NatsAuth, load_creds_file, load_nkey_file
 
-AUTHORIZATION = ROOT / "deploy" / "nats" / "authorization.conf"
-PASSWORDS = {"token-worker": "worker-pass-for-tests", "orders": "orders-pass-for-tests",
-             "billing": "billing-pass-for-tests", "monitor": "monitor-pass-for-tests"}
-ENV = {"TOKEN_WORKER_PASSWORD": PASSWORDS["token-worker"],
-       "ORDERS_PASSWORD": PASSWORDS["orders"], "BILLING_PASSWORD": PASSWORDS["billing"],
-       "MONITOR_PASSWORD": PASSWORDS["monitor"]}
-remember_secret(*PASSWORDS.values())
 WAIT = 0.5
 """Seconds to let a message that must not arrive have its chance to arrive."""
 
 
-def start_server(config_text: str, monkeypatch: pytest.MonkeyPatch | None = None) -> NatsServer:
-    if monkeypatch is not None:
-        for key, value in ENV.items():
-            monkeypatch.setenv(key, value)
+def start_server(config_text: str) -> NatsServer:
     return NatsServer(config_text).start()
-
-
-@pytest.fixture
-def shipped_server(monkeypatch: pytest.MonkeyPatch) -> Iterator[NatsServer]:
-    server = start_server(AUTHORIZATION.read_text(), monkeypatch)
-    try:
-        yield server
-    finally:
-        server.cleanup()
 
 
 class Errors:
@@ -67,7 +48,7 @@ class Errors:
 
 async def connect(server: NatsServer, user: str, **options: Any) -> tuple[Any, Errors]:
     errors = Errors()
-    client = await nats_py.connect(server.url, user=user, password=PASSWORDS[user],
+    client = await nats_py.connect(server.url, user=user, password=SHIPPED_PASSWORDS[user],
                                    allow_reconnect=False, error_cb=errors.callback, **options)
     return client, errors
 

@@ -5,14 +5,14 @@ from __future__ import annotations
 
 import json
 import ssl
-import subprocess
 import time
 
 import pytest
 
-from tests.conftest import BASIC, DEMO, report_figure
+from tests.conftest import report_figure
 from tests.faulty_idp import FaultHandler, Scripted
-from tests.servers import TOKEN_PATH, free_port
+from tests.integration.helpers import BASIC, DEMO, tls_certificates
+from tests.integration.processes import TOKEN_PATH, free_port
 from token_worker.config import IdpConfig
 from token_worker.errors import IdpBadResponse, IdpRefused, IdpTimeout, IdpUnavailable
 from token_worker.idp.client import IdpClient
@@ -129,13 +129,10 @@ def test_the_secret_is_sent_only_in_the_body_or_header(faulty):
 @pytest.fixture
 def https_faulty(faulty, tmp_path, monkeypatch):
     """A FaultyIdp behind TLS, with a certificate for 127.0.0.1 the client trusts."""
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
-                    "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
-                    "-keyout", "key.pem", "-out", "cert.pem"],
-                   cwd=tmp_path, check=True, capture_output=True)
-    monkeypatch.setenv("SSL_CERT_FILE", str(tmp_path / "cert.pem"))
+    certificates = tls_certificates(tmp_path)
+    monkeypatch.setenv("SSL_CERT_FILE", str(certificates / "ca.pem"))
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    context.load_cert_chain(tmp_path / "cert.pem", tmp_path / "key.pem")
+    context.load_cert_chain(certificates / "server.pem", certificates / "server.key")
 
     def make(**kwargs):
         server = faulty(**kwargs)

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 
+from tests import ROOT
 from token_worker import ConfigError, client_name, load_config
 from token_worker.config import describe_settings
 
@@ -150,7 +150,7 @@ def test_settings_table_covers_every_setting():
 
 
 def test_readme_documents_every_setting_with_its_env_and_flag():
-    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text().splitlines()
+    readme = (ROOT / "README.md").read_text().splitlines()
     for row in describe_settings():
         lines = [line for line in readme if line.startswith(f"| `{row['key']}` |")]
         assert len(lines) == 1, f"{row['key']} is not in the README's settings table"
@@ -179,7 +179,7 @@ def test_client_name_suffix_order(suffix, env, host, expected):
 
 
 def test_readme_documents_every_setting():
-    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    readme = (ROOT / "README.md").read_text()
     for row in describe_settings():
         assert f"`{row['key']}`" in readme, row["key"]
         for variable in filter(None, row["env"].split(", ")):

@@ -12,9 +12,9 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from tests.conftest import BASIC, DEMO, SCOPED, make_config, token_request
-from tests.helpers import WorkerProcess, spy_on_signal_handlers, wait_until
-from tests.servers import NatsServer, free_port
+from tests.helpers import spy_on_signal_handlers, wait_until
+from tests.integration.helpers import BASIC, DEMO, SCOPED, WorkerProcess, make_config, token_request
+from tests.integration.processes import NatsServer, free_port
 from token_worker import TokenClient, TokenWorker
 
 

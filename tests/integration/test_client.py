@@ -13,10 +13,11 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from tests.conftest import DEMO, make_config, remember_secret, report_figure
+from tests.conftest import remember_secret, report_figure
 from tests.helpers import wait_until
-from tests.rogue import FORGED_PREFIX, Responder, forge, imitate_worker, spray
-from tests.servers import NatsServer
+from tests.integration.helpers import DEMO, make_config
+from tests.integration.processes import NatsServer
+from tests.integration.rogue import FORGED_PREFIX, Responder, forge, imitate_worker, spray
 from token_worker import NoWorkerAnswered, RequestTimedOut, TokenClient, TokenRequestFailed
 from token_worker.config import NatsConfig, Secret
 from token_worker.errors import ClientClosed, NatsUnavailable
@@ -85,7 +86,7 @@ def test_refusal_carries_the_oauth2_code(nats_server, idp, start_worker):
 
 
 def test_no_server_fails_at_once_instead_of_retrying_for_minutes():
-    from tests.servers import free_port
+    from tests.integration.processes import free_port
     from token_worker.errors import ReconnectGaveUp
 
     started = time.monotonic()
@@ -360,7 +361,7 @@ def test_a_request_over_the_servers_max_payload_fails_at_once(responders):
 # --- errors that keep their cause, retries that fit ---------------------------------------
 
 def test_connect_errors_say_why(nats_server):
-    from tests.servers import free_port
+    from tests.integration.processes import free_port
     from token_worker.errors import ReconnectGaveUp
 
     with socket.socket() as silent:

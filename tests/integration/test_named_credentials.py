@@ -21,10 +21,11 @@ from pathlib import Path
 import pytest
 from nats.errors import NoRespondersError
 
-from tests.conftest import make_config, remember_secret, report_figure
+from tests.conftest import remember_secret, report_figure
 from tests.helpers import wait_until
+from tests.integration.helpers import SHIPPED_ENV, make_config
+from tests.integration.processes import IdpServer, NatsServer
 from tests.kubelet_volume import KubeletVolume, credential_files
-from tests.servers import ROOT, IdpServer, NatsServer
 from token_worker import wire
 from token_worker.client.client import TokenClient
 from token_worker.config import Config, CredentialsConfig, NatsConfig, Secret
@@ -41,12 +42,6 @@ CLIENTS = [{"client_id": client_id, "client_secret": secret,
            for client_id, secret in (ORDERS, ORDERS_ROTATED, BILLING)]
 remember_secret(*(secret for _, secret in (ORDERS, ORDERS_ROTATED, BILLING)))
 
-AUTHORIZATION = ROOT / "deploy" / "nats" / "authorization.conf"
-PASSWORDS = {"TOKEN_WORKER_PASSWORD": "worker-pass-named-tests",
-             "ORDERS_PASSWORD": "orders-pass-named-tests",
-             "BILLING_PASSWORD": "billing-pass-named-tests",
-             "MONITOR_PASSWORD": "monitor-pass-named-tests"}
-remember_secret(*PASSWORDS.values())
 
 
 @pytest.fixture(scope="module")
@@ -252,20 +247,9 @@ def test_discovery_lists_the_named_endpoint_next_to_the_inline_one(
 # --- the shipped authorization file ---------------------------------------------------------
 
 
-@pytest.fixture
-def shipped_server(monkeypatch: pytest.MonkeyPatch) -> Iterator[NatsServer]:
-    for key, value in PASSWORDS.items():
-        monkeypatch.setenv(key, value)
-    server = NatsServer(AUTHORIZATION.read_text()).start()
-    try:
-        yield server
-    finally:
-        server.cleanup()
-
-
 def user(url: str, name: str, password_variable: str) -> NatsConfig:
     return NatsConfig(urls=(url,), username=name,
-                      password=Secret(PASSWORDS[password_variable]),
+                      password=Secret(SHIPPED_ENV[password_variable]),
                       reconnect_wait=0.2, max_reconnect=-1)
 
 
@@ -277,7 +261,7 @@ def test_with_the_shipped_authorization_orders_gets_its_token_and_not_billings(
     config = named_config(shipped_server.url, named_idp, directory)
     config = dataclasses.replace(config, nats=dataclasses.replace(
         config.nats, username="token-worker",
-        password=Secret(PASSWORDS["TOKEN_WORKER_PASSWORD"])))
+        password=Secret(SHIPPED_ENV["TOKEN_WORKER_PASSWORD"])))
     start_worker(config)
     orders = user(shipped_server.url, "orders", "ORDERS_PASSWORD")
     with TokenClient(orders, inbox_prefix="_INBOX.orders", cache=False, timeout=1.0,

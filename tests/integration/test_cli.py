@@ -13,9 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import DEMO, TEST_CLIENTS, remember_secret, token_request
-from tests.helpers import WorkerProcess
-from tests.servers import ROOT, IdpServer, NatsServer
+from tests import ROOT
+from tests.conftest import remember_secret
+from tests.integration.helpers import DEMO, TEST_CLIENTS, WorkerProcess, token_request
+from tests.integration.processes import IdpServer, NatsServer
 
 SCRIPT = ROOT / "bin" / "token-worker"
 

@@ -25,9 +25,11 @@ from typing import Any
 import orjson
 import pytest
 
-from tests.conftest import DEMO, Requester, make_config, remember_secret, report_figure
+from tests import ROOT
+from tests.conftest import remember_secret, report_figure
 from tests.helpers import wait_until
-from tests.servers import IdpServer, NatsServer, free_port, jetstream_cluster
+from tests.integration.helpers import DEMO, Requester, make_config
+from tests.integration.processes import IdpServer, NatsServer, free_port, jetstream_cluster
 from token_worker import TokenWorker
 from token_worker.config import CacheConfig, Config, NatsConfig, SharedCacheConfig
 from token_worker.errors import KvError
@@ -46,7 +48,6 @@ LOADED_MACHINE_KV_TIMEOUT = 5.0
 """cache.shared.timeout for these workers: CI runs two suites at once on 2 cores, where a
 JetStream answer can take over the 1 s default; a timeout would (rightly) send a request to
 the IdP and blur the one-call-per-key figures these tests prove."""
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def clients(prefix: str, count: int) -> list[tuple[str, str]]:

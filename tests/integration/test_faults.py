@@ -17,10 +17,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.conftest import DEMO, TEST_CLIENTS, make_config, report_figure, token_request
-from tests.helpers import WorkerProcess, wait_until
-from tests.proxy import PartitionProxy
-from tests.servers import IdpServer, free_port
+from tests.conftest import report_figure
+from tests.helpers import wait_until
+from tests.integration.helpers import DEMO, TEST_CLIENTS, WorkerProcess, make_config, token_request
+from tests.integration.processes import IdpServer, free_port
+from tests.integration.proxy import PartitionProxy
 from token_worker import NoWorkerAnswered, TokenClient
 from token_worker.config import NatsConfig
 from token_worker.nats.link import State

@@ -1,5 +1,6 @@
 """The secret scan that ends every test session (tests/conftest.py): it fails the run, in
-any order or selection, when a registered secret reached a log line, without printing it."""
+any order or selection, when a registered secret reached a log line, without printing it;
+secrets as short as the log redaction hides (4 characters) included."""
 
 from __future__ import annotations
 
@@ -11,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+from tests import ROOT
+
 SECRET = "leaky-secret-for-the-scan-0123"
 
 LEAKING = f'''
@@ -25,9 +27,21 @@ def test_logs_a_registered_secret():
 
 CLEAN = '''
 import logging
+from tests.conftest import remember_secret
 
 def test_logs_nothing_secret():
+    remember_secret("never-logged-1", "never-logged-2", "never-logged-3")
     logging.getLogger("token_worker.example").warning("nothing to see")
+'''
+
+SHORT = "pw4x"
+LEAKING_SHORT = f'''
+import logging
+from tests.conftest import remember_secret
+
+def test_logs_a_short_registered_secret():
+    remember_secret("{SHORT}", "abc")
+    logging.getLogger("token_worker.example").warning("password {SHORT} sent, abc too")
 '''
 
 
@@ -56,3 +70,15 @@ def test_a_clean_session_reports_what_was_scanned(tmp_path: Path) -> None:
     assert result.returncode == pytest.ExitCode.OK, result.stdout
     assert re.search(r"scanned [1-9]\d* log lines for 3 secrets and tokens: none found",
                      result.stdout)
+
+
+def test_a_leaked_four_character_secret_fails_the_session_too(tmp_path: Path) -> None:
+    """The scan's shortest secret is the redaction's (4 characters): a 4-character password
+    that reached a line fails the run, named by its first character only; shorter values
+    are not scanned (nor redacted: they would match ordinary words)."""
+    result = run_session(tmp_path, LEAKING_SHORT)
+    assert result.returncode == pytest.ExitCode.TESTS_FAILED, result.stdout
+    assert "'p'... (4 characters) in 1 log line(s)" in result.stdout
+    assert "password ******** sent, abc too" in result.stdout
+    assert SHORT not in result.stdout + result.stderr
+    assert "(3 characters)" not in result.stdout

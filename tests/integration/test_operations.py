@@ -15,9 +15,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import DEMO, make_config, token_request
+from tests import ROOT
 from tests.helpers import wait_until
-from tests.servers import ROOT, NatsServer
+from tests.integration.helpers import DEMO, make_config, token_request
+from tests.integration.processes import NatsServer
 from token_worker.config import HealthConfig, Secret
 
 SVC_CLIENT = ROOT / "dev" / "svc-client"

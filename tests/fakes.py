@@ -3,6 +3,7 @@ product's interfaces, no server, no network, no sleeping.
 
 - :class:`Clock`: wall and monotonic time, moved by hand;
 - :class:`FakeIssuer`: the one fake IdP, an :class:`~token_worker.tokens.model.Issuer`;
+- :class:`HeldExecutor`: an executor whose tasks run when the test says (refreshes);
 - :class:`MemoryKeyValue`: a JetStream KV bucket in memory;
 - :class:`StubConnection`: a NATS connection with no server, for the worker.
 
@@ -17,7 +18,9 @@ import re
 import threading
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import Executor, Future
 from contextlib import contextmanager
+from typing import Any
 
 import pytest
 
@@ -100,6 +103,33 @@ class FakeIssuer:
             raise self.error
         text = f"token-for-{client_id}-{number}" if self.name_client else f"token-{number}"
         return IssuedToken(text, "Bearer", self.expires_in, scope, self.issued_at())
+
+
+class HeldExecutor(Executor):
+    """Holds what is submitted (the broker's background refreshes) until the test runs it:
+    :meth:`run_all`, or :meth:`run_due` for the tasks submitted at least ``latency``
+    seconds before ``now`` on ``clock`` (the moment each was submitted)."""
+
+    def __init__(self, clock: Callable[[], float] = time.time) -> None:
+        self.clock = clock
+        self.queued: list[tuple[float, Any, tuple[Any, ...]]] = []
+
+    def submit(self, fn: Any, /, *args: Any, **kwargs: Any) -> Future[Any]:
+        self.queued.append((self.clock(), fn, args))
+        return Future()
+
+    def run_due(self, now: float, latency: float) -> int:
+        due = [task for task in self.queued if task[0] + latency <= now]
+        self.queued = [task for task in self.queued if task not in due]
+        for _, fn, args in due:
+            fn(*args)
+        return len(due)
+
+    def run_all(self) -> int:
+        tasks, self.queued = self.queued, []
+        for _, fn, args in tasks:
+            fn(*args)
+        return len(tasks)
 
 
 # --- a JetStream KV bucket in memory ------------------------------------------------------

@@ -5,12 +5,10 @@ from __future__ import annotations
 
 import threading
 import time
-from concurrent.futures import Executor, Future
-from typing import Any
 
 import pytest
 
-from tests.fakes import Clock, FakeIssuer
+from tests.fakes import Clock, FakeIssuer, HeldExecutor
 from tests.helpers import wait_until
 from token_worker.errors import IdpTimeout
 from token_worker.metrics import Metrics
@@ -20,31 +18,10 @@ from token_worker.tokens.cache import TokenCache
 QUERY = TokenQuery("svc", "secret", "read")
 
 
-class ManualExecutor(Executor):
-    """Queues submitted tasks; the test runs them."""
-
-    def __init__(self) -> None:
-        self.queued: list[tuple[float, Any, tuple[Any, ...]]] = []
-
-    def submit(self, fn: Any, /, *args: Any, **kwargs: Any) -> Future[Any]:
-        self.queued.append((self.clock(), fn, args))
-        return Future()
-
-    clock: Any = staticmethod(lambda: 0.0)
-
-    def run_due(self, now: float, latency: float) -> int:
-        due = [task for task in self.queued if task[0] + latency <= now]
-        self.queued = [task for task in self.queued if task not in due]
-        for _, fn, args in due:
-            fn(*args)
-        return len(due)
-
-
 def make(idp: FakeIssuer, clock: Clock, *, margin: float = 30.0, refresh_ahead: float = 0.2,
          metrics: Metrics | None = None, follower_timeout: float = 5.0
-         ) -> tuple[TokenBroker, ManualExecutor]:
-    refresher = ManualExecutor()
-    refresher.clock = clock
+         ) -> tuple[TokenBroker, HeldExecutor]:
+    refresher = HeldExecutor(clock)
     cache = TokenCache(max_entries=100, expiry_margin=margin, refresh_ahead=refresh_ahead,
                        now=clock)
     broker = TokenBroker(idp, cache, auth_method="client_secret_post",

@@ -5,12 +5,10 @@ and a broken tier that only costs IdP calls."""
 from __future__ import annotations
 
 import threading
-from concurrent.futures import Executor, Future
-from typing import Any
 
 import pytest
 
-from tests.fakes import Clock, FakeIssuer, MemoryKeyValue
+from tests.fakes import Clock, FakeIssuer, HeldExecutor, MemoryKeyValue
 from tests.helpers import wait_until
 from token_worker.errors import KvTimeout
 from token_worker.tokens.broker import FROM_CACHE, FROM_IDP, TokenBroker, TokenQuery
@@ -22,30 +20,13 @@ FLEET_KEY = b"fleet-key-for-the-broker-tests-0123456789"
 MARGIN = 30.0
 
 
-class Later(Executor):
-    """Keeps submitted refreshes until the test runs them."""
-
-    def __init__(self) -> None:
-        self.queued: list[tuple[Any, tuple[Any, ...]]] = []
-
-    def submit(self, fn: Any, /, *args: Any, **kwargs: Any) -> Future[Any]:
-        self.queued.append((fn, args))
-        return Future()
-
-    def run_all(self) -> int:
-        tasks, self.queued = self.queued, []
-        for fn, args in tasks:
-            fn(*args)
-        return len(tasks)
-
-
 class Replica:
     def __init__(self, kv: MemoryKeyValue, idp: FakeIssuer, clock: Clock) -> None:
         self.tier = SharedTier(kv, FLEET_KEY, expiry_margin=MARGIN, max_age=3600.0,
                                now=clock.time, monotonic=clock.monotonic)
         self.cache = TokenCache(max_entries=10, expiry_margin=MARGIN, refresh_ahead=0.2,
                                 now=clock.time)
-        self.refresher = Later()
+        self.refresher = HeldExecutor(clock.time)
         self.broker = TokenBroker(idp, self.cache,
                                   auth_method="client_secret_post", follower_timeout=5.0,
                                   refresher=self.refresher, shared=self.tier, lease_ttl=5.0)

@@ -19,17 +19,10 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from tests import ROOT
+from tests import ROOT, free_port
 
 IDP_DIR = ROOT / "dev" / "idp"
 TOKEN_PATH = "/realms/phoenix/protocol/openid-connect/token"
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nobody listens on right now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def wait_for_port(port: int, timeout: float = 10.0) -> None:

@@ -6,7 +6,6 @@ after ``-ERR``, late messages, hanging close) turned into behaviour that must ho
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import os
@@ -20,10 +19,10 @@ import pytest
 from tests.conftest import remember_secret, report_figure
 from tests.helpers import wait_until
 from tests.integration.helpers import issue_certificate, make_config, tls_certificates
-from tests.integration.processes import NatsServer, free_port
+from tests.integration.processes import NatsServer
 from tests.integration.proxy import PartitionProxy
 from token_worker.config import Secret, TlsConfig
-from token_worker.errors import ConnectionClosed, NotConnected, PayloadTooLarge, ReconnectGaveUp
+from token_worker.errors import NotConnected, PayloadTooLarge, ReconnectGaveUp
 from token_worker.nats import protocol
 from token_worker.nats.connection import NatsConnection
 from token_worker.nats.link import State
@@ -538,78 +537,6 @@ def test_close_does_not_wait_for_a_blocked_write(nats_server):
         os.kill(nats_server.process.pid, signal.SIGCONT)
     report_figure(f"close() with a write blocked on full buffers: {close_s * 1000:.0f} ms")
     assert close_s < 1.0
-
-
-def test_close_ends_a_first_connect_that_is_still_retrying(caplog):
-    unreachable = f"nats://127.0.0.1:{free_port()}"
-    connection = NatsConnection(make_config(unreachable, nats={"reconnect_wait": 30}).nats, "x")
-    outcome: list[BaseException] = []
-
-    def run() -> None:
-        try:
-            connection.connect()
-        except BaseException as error:
-            outcome.append(error)
-
-    thread = threading.Thread(target=run)
-    thread.start()
-    wait_until(lambda: "nats connect round failed, retrying" in caplog.messages,
-               what="the first failed round (the next is 30 s away)")
-    started = time.monotonic()
-    connection.close()
-    thread.join(5)
-    took = time.monotonic() - started
-    assert not thread.is_alive() and isinstance(outcome[0], ConnectionClosed)
-    assert isinstance(outcome[0], ReconnectGaveUp)  # what callers already catch
-    report_figure(f"close() ended a retrying first connect in {took * 1000:.0f} ms")
-    assert took < 1.0
-
-
-def test_a_handshake_finishing_after_close_leaves_no_socket_open():
-    """A server that answers the handshake only after close(): the client's socket must
-    end (the server sees it closed), and connect() must not report a connection."""
-    listener = socket.socket()
-    listener.bind(("127.0.0.1", 0))
-    listener.listen()
-    port = listener.getsockname()[1]
-    closed = threading.Event()
-    accepted = threading.Event()
-    peer_saw_eof = threading.Event()
-
-    def slow_server() -> None:
-        client, _ = listener.accept()
-        accepted.set()
-        closed.wait(5)
-        with contextlib.suppress(OSError):
-            client.sendall(b'INFO {"server_id": "slow", "max_payload": 1048576}\r\n')
-            client.settimeout(5)
-            while data := client.recv(4096):
-                if b"PING" in data:
-                    client.sendall(b"PONG\r\n")
-            peer_saw_eof.set()
-        client.close()
-
-    threading.Thread(target=slow_server, daemon=True).start()
-    connection = NatsConnection(make_config(f"nats://127.0.0.1:{port}", nats={
-        "connect_timeout": 5, "max_reconnect": 1}).nats, "late")
-    outcome: list[BaseException] = []
-    thread = threading.Thread(target=lambda: _record(connection.connect, outcome))
-    thread.start()
-    assert accepted.wait(5)  # connect() now waits for INFO
-    connection.close()
-    closed.set()
-    thread.join(5)
-    assert isinstance(outcome[0], ConnectionClosed)
-    assert peer_saw_eof.wait(5), "the handshake's socket was left open"
-    assert connection.state is State.CLOSED
-    listener.close()
-
-
-def _record(call, outcome: list) -> None:
-    try:
-        call()
-    except BaseException as error:
-        outcome.append(error)
 
 
 def test_max_payload_comes_from_the_server_and_oversized_messages_are_refused():

@@ -157,17 +157,6 @@ def test_token_request_signs_with_creds_and_asks_for_a_named_credential(
         server.cleanup()
 
 
-def test_token_request_refuses_a_malformed_nkey_file_with_exit_2(
-        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    seed = new_user().seed
-    remember_secret(seed)
-    path = tmp_path / "broken.nk"
-    path.write_text(seed[:-4] + "AAAA\n")
-    assert request_main(["--credential", "orders", "--nkey", str(path)]) == 2
-    error = capsys.readouterr().err
-    assert "nats.nkeyFile" in error and "flag --nkey" in error and seed[:16] not in error
-
-
 def test_operator_mode_permissions_with_a_real_worker_refuse_another_services_credential(
         tmp_path: Path, idp: IdpServer, start_worker: Callable[..., TokenWorker]) -> None:
     """The operator-mode variant of deploy/nats/authorization.conf (operator-mode.md): the

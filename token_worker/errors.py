@@ -41,7 +41,10 @@ Two more are plain ``ValueError`` subclasses, for input no part of token-worker 
                                     file, or larger than its limit (:mod:`token_worker.secret`)
 
 Every public error class lives in this module, and nowhere else; the package's top level
-exports them all (``from token_worker import ReconnectGaveUp``).
+exports them all (``from token_worker import ReconnectGaveUp``). The few exceptions defined
+elsewhere are control flow that never reaches a user: a requester's attempt outcomes
+(:mod:`token_worker.client.retries`), a sealed value that does not open
+(:mod:`token_worker.tokens.sealing`), a credentials directory torn mid-read.
 """
 
 from __future__ import annotations

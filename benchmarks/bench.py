@@ -57,7 +57,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from tests.servers import IdpServer, NatsServer  # noqa: E402
+from tests.integration.processes import IdpServer, NatsServer  # noqa: E402
 
 CLIENTS = [{"client_id": f"bench-{i:03d}", "client_secret": f"bench-secret-{i:03d}",
             "token_endpoint_auth_method": "client_secret_post"} for i in range(100)]

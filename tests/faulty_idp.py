@@ -1,12 +1,18 @@
 """A local HTTP server that plays a failing IdP: 5xx, 429, hangs, garbage, trickles and huge
-answers on demand, which a real IdP cannot produce when a test wants it."""
+answers on demand, which a real IdP cannot produce when a test wants it. In-process (a
+thread, no Node): both test layers use it, through the ``faulty`` fixture below, which each
+layer's conftest imports."""
 
 from __future__ import annotations
 
 import contextlib
 import threading
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import pytest
 
 CHUNK = 64 * 1024
 
@@ -118,3 +124,21 @@ class FaultHandler(BaseHTTPRequestHandler):
 
     def log_message(self, *_args: object) -> None:
         pass
+
+
+@pytest.fixture
+def faulty() -> Iterator[Callable[..., FaultyIdp]]:
+    """Start FaultyIdp servers; all are shut down after the test."""
+    servers: list[FaultyIdp] = []
+
+    def make(**kwargs: Any) -> FaultyIdp:
+        server = FaultyIdp(**kwargs)
+        threading.Thread(target=server.serve_forever, args=(0.01,), daemon=True).start()
+        servers.append(server)
+        return server
+
+    yield make
+    for server in servers:
+        server.release.set()
+        server.shutdown()
+        server.server_close()

@@ -17,9 +17,8 @@ from collections.abc import Sequence
 from typing import Any
 
 from token_worker.config import SETTINGS, NatsConfig, load_config, parse_nats_urls
-from token_worker.errors import ConfigError, ReconnectGaveUp, TokenRequestFailed
+from token_worker.errors import ClientClosed, ConfigError, ReconnectGaveUp, TokenRequestFailed
 from token_worker.logs import configure_logging
-from token_worker.naming import client_name
 
 EXIT_OK = 0
 EXIT_UNEXPECTED = 1
@@ -32,8 +31,6 @@ log = logging.getLogger("token_worker")
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run a worker until signalled; return the process exit code."""
-    from token_worker.worker import TokenWorker  # noqa: PLC0415 - keeps --help fast
-
     arguments = sys.argv[1:] if argv is None else list(argv)
     try:
         config = load_config(arguments)
@@ -42,6 +39,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_CONFIG
     except SystemExit as exit_:  # argparse: --help (0) or a usage error (2)
         return int(exit_.code or 0)
+    # Loaded only once a worker is to run: --help and a bad config never pay for it.
+    from token_worker.serve.naming import client_name  # noqa: PLC0415
+    from token_worker.serve.worker import TokenWorker  # noqa: PLC0415
+
     configure_logging(config.log_level, client_name(config.name_suffix), config.environment)
     try:
         worker = TokenWorker(config)
@@ -71,18 +72,19 @@ def request_main(argv: Sequence[str] | None = None) -> int:
     ``--creds FILE`` / ``--nkey FILE`` (or ``NATS_CREDS`` / ``NATS_NKEY``) sign the NATS
     connection as the worker's ``nats.credsFile`` / ``nats.nkeyFile`` do.
     """
-    from token_worker.client import (  # noqa: PLC0415 - keeps --help fast
-        TokenClient,
-        named_request_body,
-        request_body,
-    )
-    from token_worker.errors import ClientClosed  # noqa: PLC0415
-
     parser = _request_parser(request_main.__doc__)
     try:
         args = parser.parse_args(sys.argv[1:] if argv is None else list(argv))
     except SystemExit as exit_:
         return int(exit_.code or 0)
+    # Loaded only for a request: --help never pays for the NATS client, and token-request
+    # never loads the worker.
+    from token_worker.client.client import (  # noqa: PLC0415
+        TokenClient,
+        named_request_body,
+        request_body,
+    )
+
     if (args.credential is None) == (args.client_id is None):
         print("token-request: give either --client-id or --credential", file=sys.stderr)
         return EXIT_CONFIG

@@ -6,14 +6,23 @@ a requester error keeps the reply's ``error_code``. Catch the branch you mean::
 
     TokenWorkerError
     ├── ConfigError                 bad configuration (exit code 2)
+    ├── NatsCredentialsError        a .creds or NKey seed file cannot be used (a ValueError too)
+    ├── CredentialsDirError         the credentials directory cannot be used (a ValueError too)
+    ├── InvalidCredentialName       a credential name outside [A-Za-z0-9_-]+ (a ValueError too)
     ├── NatsConnectionError         the NATS connection is not usable
     │   ├── NotConnected            publish while disconnected or reconnecting
     │   ├── PayloadTooLarge         a message larger than the server's max_payload
+    │   ├── HandshakeFailed         one attempt at one server failed (the policy retries it)
     │   └── ReconnectGaveUp         every reconnect attempt failed (exit code 3)
     │       └── ConnectionClosed    close() was called before a connection was made
+    ├── KvError                     a JetStream key-value call failed (the shared tier's)
+    │   ├── KvTimeout               no answer within the call's timeout
+    │   └── KvUnavailable           nobody answers JetStream's API, or nothing was sent
     ├── IdpError                    the identity provider did not issue a token
     │   ├── IdpRefused              it answered with an OAuth2 error (never retried)
     │   ├── IdpUnavailable          unreachable, 5xx or 429: it may work on a retry
+    │   │   ├── CircuitOpen         failing fast: the IdP failed repeatedly, cooling down
+    │   │   └── AskedToWait         failing fast: its Retry-After has not passed yet
     │   ├── IdpTimeout              no answer within ``idp.timeout`` / ``idp.deadline``
     │   └── IdpBadResponse          an answer no retry can fix (not a token, a redirect)
     ├── InvalidRequest              a request body the wire contract refuses
@@ -23,9 +32,24 @@ a requester error keeps the reply's ``error_code``. Catch the branch you mean::
     │   ├── RequestTimedOut         the request's time budget ran out
     │   └── NatsUnavailable         the NATS connection was lost and not back in time
     └── ClientClosed                requester side: the TokenClient was closed
+
+Two more are plain ``ValueError`` subclasses, for input no part of token-worker failed on::
+
+    ValueError
+    ├── BadSubject                  a subject or queue group that cannot be sent
+    └── RefusedFile                 a file the bounded reader will not read: not a regular
+                                    file, or larger than its limit (:mod:`token_worker.secret`)
+
+Every public error class lives in this module, and nowhere else; the package's top level
+exports them all (``from token_worker import ReconnectGaveUp``). The few exceptions defined
+elsewhere are control flow that never reaches a user: a requester's attempt outcomes
+(:mod:`token_worker.client.retries`), a sealed value that does not open
+(:mod:`token_worker.tokens.sealing`), a credentials directory torn mid-read.
 """
 
 from __future__ import annotations
+
+from pathlib import Path
 
 
 class TokenWorkerError(Exception):
@@ -45,12 +69,43 @@ class ConfigError(TokenWorkerError):
         super().__init__(f"invalid config {field} (from {source}): {problem}")
 
 
+class NatsCredentialsError(TokenWorkerError, ValueError):
+    """A creds or NKey seed file cannot be used.
+
+    ``problem`` says what is wrong without the path; the message adds the path. Neither
+    ever contains the seed or the JWT. The config loader turns it into a ConfigError that
+    names the setting and its source.
+    """
+
+    def __init__(self, path: Path | str, problem: str) -> None:
+        self.path = str(path)
+        self.problem = problem
+        super().__init__(f"{self.path}: {problem}")
+
+
+class CredentialsDirError(TokenWorkerError, ValueError):
+    """The credentials directory cannot be used (config-load time); names the path."""
+
+    def __init__(self, path: Path | str, problem: str) -> None:
+        self.path = str(path)
+        self.problem = problem
+        super().__init__(f"{self.path}: {problem}")
+
+
+class InvalidCredentialName(TokenWorkerError, ValueError):
+    """A requested name is not ``[A-Za-z0-9_-]+``: the caller answers ``invalid_request``."""
+
+
 class NatsConnectionError(TokenWorkerError):
     """The NATS connection cannot be used for what was asked."""
 
 
 class NotConnected(NatsConnectionError):
     """The connection is down or reconnecting; nothing was sent."""
+
+
+class HandshakeFailed(NatsConnectionError):
+    """One attempt to connect to one server failed (retried by the reconnect policy)."""
 
 
 class ReconnectGaveUp(NatsConnectionError):
@@ -71,6 +126,35 @@ class PayloadTooLarge(NatsConnectionError):
         self.limit = limit
         super().__init__(f"message of {size} bytes exceeds the server's max_payload of "
                          f"{limit} bytes")
+
+
+class KvError(TokenWorkerError):
+    """A JetStream key-value call failed; ``code`` is the status (404, 503, ...), ``err_code``
+    JetStream's own error code (10059: stream not found) when it sent one."""
+
+    def __init__(self, code: int, description: str, *, err_code: int = 0) -> None:
+        self.code = code
+        self.err_code = err_code
+        self.description = description
+        text = f"jetstream error {code}"
+        if err_code:
+            text += f" ({err_code})"
+        super().__init__(f"{text}: {description}")
+
+
+class KvTimeout(KvError):
+    """No answer within the call's timeout (JetStream slow, quorum lost, connection down)."""
+
+    def __init__(self, description: str) -> None:
+        super().__init__(408, description)
+
+
+class KvUnavailable(KvError):
+    """Nobody answers JetStream's API here (503 no responders: JetStream is off), or the
+    request could not be sent at all."""
+
+    def __init__(self, description: str) -> None:
+        super().__init__(503, description)
 
 
 class IdpError(TokenWorkerError):
@@ -118,6 +202,14 @@ class IdpUnavailable(IdpError):
     """The IdP could not be reached or said it is failing (5xx, 429): worth a retry."""
 
     error_code = "idp_unavailable"
+
+
+class CircuitOpen(IdpUnavailable):
+    """The IdP failed repeatedly; it is not asked until the cool-down has passed."""
+
+
+class AskedToWait(IdpUnavailable):
+    """The IdP asked (``Retry-After``) not to be called before a moment still to come."""
 
 
 class IdpTimeout(IdpError):
@@ -193,3 +285,20 @@ class InvalidRequest(TokenWorkerError):
 class InvalidReply(TokenWorkerError):
     """Requester side: a reply body that is not a well-formed token or error reply (the
     field and the problem are in the message; a token's value never is)."""
+
+
+class BadSubject(ValueError):
+    """A subject (or queue group) that cannot be sent: empty, or holding a separator."""
+
+
+class RefusedFile(ValueError):
+    """A file the bounded reader (:func:`token_worker.secret.read_regular_file`) refused
+    unread: not a regular file (``directory`` says whether it is a directory), or larger
+    than its limit (``size`` is then its size). The message names the file, never its
+    content."""
+
+    def __init__(self, message: str, *, directory: bool = False, size: int | None = None
+                 ) -> None:
+        self.directory = directory
+        self.size = size
+        super().__init__(message)

@@ -1,4 +1,4 @@
-"""The wire contract, both ends: token requests and replies, and the ``$SRV`` bodies.
+"""The token contract, both ends: token requests, their replies and the error codes.
 
 Every message that crosses NATS is one type here with ``to_bytes()`` and ``from_bytes()``,
 used by the worker and by requesters alike, so the two sides cannot drift apart:
@@ -12,8 +12,8 @@ used by the worker and by requesters alike, so the two sides cannot drift apart:
 - :class:`TokenReply` and :class:`ErrorReply`: the two replies, in the original's JSON
   shapes (``scope``, ``token_source``, ``credential`` and ``error_description`` omitted
   when empty). :func:`parse_reply` tells them apart for a requester.
-- :class:`PingResponse`, :class:`InfoResponse`, :class:`StatsResponse`: the NATS services
-  API (ADR-32) bodies.
+
+The NATS services API bodies (``$SRV``) are :mod:`token_worker.micro`'s.
 
 Parsing a request never raises anything but :class:`~token_worker.errors.InvalidRequest`,
 whatever bytes arrive; parsing a reply never raises anything but
@@ -21,13 +21,16 @@ whatever bytes arrive; parsing a reply never raises anything but
 number for a token). JSON goes through orjson: every request is parsed and every reply
 encoded on the hot path, where it is six times faster than the standard library, and it
 refuses what a token request never is (invalid UTF-8, NaN, nesting deeper than 1024).
+
+The module is longer than 400 lines because the contract is one piece: requests, replies
+and error codes, read and written by both ends with the same types. Split, each end's half
+could drift from the other's.
 """
 
 from __future__ import annotations
 
 import re
 import time
-from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 import orjson
@@ -47,16 +50,10 @@ __all__ = [
     "SHUTTING_DOWN",
     "TOKEN_TOO_LARGE",
     "UNKNOWN_CREDENTIAL",
-    "Endpoint",
-    "EndpointStats",
     "ErrorReply",
-    "InfoResponse",
     "InvalidReply",
     "InvalidRequest",
     "NamedTokenRequest",
-    "PingResponse",
-    "ServiceIdentity",
-    "StatsResponse",
     "TokenReply",
     "TokenRequest",
     "decode",
@@ -66,6 +63,7 @@ __all__ = [
     "parse_reply",
     "peek_request_id",
     "reply_from_document",
+    "text_field",
 ]
 
 # --- error codes of token-worker's own (the IdP's OAuth2 codes pass through unchanged) ---
@@ -335,14 +333,14 @@ class TokenReply(NamedTuple):
         if credential is not None and not isinstance(credential, str):
             raise InvalidReply("reply field credential must be a string")
         return cls(
-            request_id=_reply_text(document, "request_id"),
+            request_id=text_field(document, "request_id"),
             access_token=access_token,
-            token_type=_reply_text(document, "token_type", required=True),
+            token_type=text_field(document, "token_type", required=True),
             expires_in=expires_in,
-            scope=_reply_text(document, "scope"),
-            token_source=_reply_text(document, "token_source"),
+            scope=text_field(document, "scope"),
+            token_source=text_field(document, "token_source"),
             credential=credential,
-            timestamp=_reply_text(document, "timestamp"),
+            timestamp=text_field(document, "timestamp"),
         )
 
 
@@ -400,12 +398,12 @@ class ErrorReply(NamedTuple):
     @classmethod
     def _from_document(cls, document: dict[str, Any]) -> ErrorReply:
         return cls(
-            request_id=_reply_text(document, "request_id"),
-            error=_reply_text(document, "error", required=True),
+            request_id=text_field(document, "request_id"),
+            error=text_field(document, "error", required=True),
             # The original sent no error_code: a requester written for both reads "".
-            error_code=_reply_text(document, "error_code"),
-            error_description=_reply_text(document, "error_description"),
-            timestamp=_reply_text(document, "timestamp"),
+            error_code=text_field(document, "error_code"),
+            error_description=text_field(document, "error_description"),
+            timestamp=text_field(document, "timestamp"),
         )
 
 
@@ -432,7 +430,9 @@ def reply_from_document(document: dict[str, Any]) -> TokenReply | ErrorReply:
     return TokenReply._from_document(document)
 
 
-def _reply_text(document: dict[str, Any], name: str, *, required: bool = False) -> str:
+def text_field(document: dict[str, Any], name: str, *, required: bool = False) -> str:
+    """A string field of a decoded reply ('' when absent and not ``required``), or
+    :class:`InvalidReply` naming it."""
     value = document.get(name)
     if value is None and not required:
         return ""
@@ -441,163 +441,6 @@ def _reply_text(document: dict[str, Any], name: str, *, required: bool = False) 
                            f"{' non-empty' if required else ''} string")
     return value
 
-
-# --- the NATS services API ($SRV) -------------------------------------------------------
-
-@dataclass(frozen=True)
-class ServiceIdentity:
-    """What every ``$SRV`` response starts with."""
-
-    name: str
-    id: str
-    version: str
-    metadata: dict[str, str] = field(default_factory=dict)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "id": self.id, "version": self.version,
-                "metadata": self.metadata}
-
-    @classmethod
-    def from_dict(cls, document: dict[str, Any]) -> ServiceIdentity:
-        metadata = document.get("metadata") or {}
-        if not isinstance(metadata, dict):
-            raise InvalidReply("field metadata must be an object")
-        return cls(name=_reply_text(document, "name", required=True),
-                   id=_reply_text(document, "id", required=True),
-                   version=_reply_text(document, "version"), metadata=metadata)
-
-
-@dataclass(frozen=True)
-class Endpoint:
-    """One endpoint of the service, as ``$SRV.INFO`` lists it."""
-
-    name: str
-    subject: str
-    queue_group: str
-    metadata: dict[str, str] | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "subject": self.subject, "queue_group": self.queue_group,
-                "metadata": self.metadata}
-
-
-@dataclass(frozen=True)
-class EndpointStats:
-    """An endpoint's numbers, as ``$SRV.STATS`` reports them."""
-
-    endpoint: Endpoint
-    num_requests: int
-    num_errors: int
-    last_error: str
-    processing_time: int
-    """Nanoseconds, summed over every request."""
-    average_processing_time: int
-    data: dict[str, Any] | None = None
-    """The endpoint's own numbers (ADR-32 ``data``): the shared tier's counts."""
-
-    def to_dict(self) -> dict[str, Any]:
-        body = {**self.endpoint.to_dict(), "num_requests": self.num_requests,
-                "num_errors": self.num_errors, "last_error": self.last_error,
-                "processing_time": self.processing_time,
-                "average_processing_time": self.average_processing_time}
-        if self.data is not None:
-            body["data"] = self.data
-        return body
-
-
-def _service_document(payload: bytes, kind: str) -> dict[str, Any]:
-    try:
-        document = orjson.loads(payload)
-    except orjson.JSONDecodeError:
-        raise InvalidReply("response is not JSON") from None
-    if not isinstance(document, dict) or document.get("type") != kind:
-        raise InvalidReply(f"response is not a {kind}")
-    return document
-
-
-def _endpoints(document: dict[str, Any]) -> list[dict[str, Any]]:
-    endpoints = document.get("endpoints") or []
-    if not isinstance(endpoints, list) or not all(isinstance(e, dict) for e in endpoints):
-        raise InvalidReply("field endpoints must be a list of objects")
-    return endpoints
-
-
-def _endpoint(document: dict[str, Any]) -> Endpoint:
-    return Endpoint(name=_reply_text(document, "name", required=True),
-                    subject=_reply_text(document, "subject", required=True),
-                    queue_group=_reply_text(document, "queue_group"),
-                    metadata=document.get("metadata"))
-
-
-def _count(document: dict[str, Any], name: str) -> int:
-    value = document.get(name, 0)
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise InvalidReply(f"field {name} must be an integer")
-    return value
-
-
-@dataclass(frozen=True)
-class PingResponse:
-    """``$SRV.PING``: who is there."""
-
-    TYPE = "io.nats.micro.v1.ping_response"
-    identity: ServiceIdentity
-
-    def to_bytes(self) -> bytes:
-        return orjson.dumps({"type": self.TYPE, **self.identity.to_dict()})
-
-    @classmethod
-    def from_bytes(cls, payload: bytes) -> PingResponse:
-        return cls(ServiceIdentity.from_dict(_service_document(payload, cls.TYPE)))
-
-
-@dataclass(frozen=True)
-class InfoResponse:
-    """``$SRV.INFO``: what the service does and where."""
-
-    TYPE = "io.nats.micro.v1.info_response"
-    identity: ServiceIdentity
-    description: str
-    endpoints: tuple[Endpoint, ...]
-
-    def to_bytes(self) -> bytes:
-        return orjson.dumps({"type": self.TYPE, **self.identity.to_dict(),
-                             "description": self.description,
-                             "endpoints": [e.to_dict() for e in self.endpoints]})
-
-    @classmethod
-    def from_bytes(cls, payload: bytes) -> InfoResponse:
-        document = _service_document(payload, cls.TYPE)
-        return cls(ServiceIdentity.from_dict(document), _reply_text(document, "description"),
-                   tuple(_endpoint(e) for e in _endpoints(document)))
-
-
-@dataclass(frozen=True)
-class StatsResponse:
-    """``$SRV.STATS``: each endpoint's numbers since ``started``."""
-
-    TYPE = "io.nats.micro.v1.stats_response"
-    identity: ServiceIdentity
-    started: str
-    """RFC 3339, UTC."""
-    endpoints: tuple[EndpointStats, ...]
-
-    def to_bytes(self) -> bytes:
-        return orjson.dumps({"type": self.TYPE, **self.identity.to_dict(),
-                             "started": self.started,
-                             "endpoints": [e.to_dict() for e in self.endpoints]})
-
-    @classmethod
-    def from_bytes(cls, payload: bytes) -> StatsResponse:
-        document = _service_document(payload, cls.TYPE)
-        stats = tuple(EndpointStats(
-            _endpoint(e), _count(e, "num_requests"), _count(e, "num_errors"),
-            _reply_text(e, "last_error"), _count(e, "processing_time"),
-            _count(e, "average_processing_time"),
-            e["data"] if isinstance(e.get("data"), dict) else None)
-            for e in _endpoints(document))
-        return cls(ServiceIdentity.from_dict(document), _reply_text(document, "started"),
-                   stats)
 
 
 # --- shared helpers ---------------------------------------------------------------------

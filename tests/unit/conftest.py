@@ -1,19 +1,18 @@
-"""Fixtures shared by the unit tests of the shared tier and the broker: a JetStream KV
-bucket in memory on a pair of clocks moved by hand."""
+"""Fixtures of the unit layer: no server, no nats-py, no Node; time moved by hand."""
 
 from __future__ import annotations
 
 import pytest
 
-from tests.helpers import TwoClocks
-from token_worker.kv import MemoryKeyValue
+from tests.fakes import Clock, MemoryKeyValue
+from tests.faulty_idp import faulty  # noqa: F401 - a fixture of both layers
 
 
 @pytest.fixture
-def clock() -> TwoClocks:
-    return TwoClocks()
+def clock() -> Clock:
+    return Clock()
 
 
 @pytest.fixture
-def kv(clock: TwoClocks) -> MemoryKeyValue:
+def kv(clock: Clock) -> MemoryKeyValue:
     return MemoryKeyValue(clock=clock.monotonic)

@@ -5,79 +5,26 @@ from __future__ import annotations
 
 import threading
 import time
-from concurrent.futures import Executor, Future
-from typing import Any
 
 import pytest
 
+from tests.fakes import Clock, FakeIssuer, HeldExecutor
 from tests.helpers import wait_until
-from token_worker.broker import FROM_CACHE, FROM_IDP, TokenBroker, TokenQuery
-from token_worker.cache import TokenCache
 from token_worker.errors import IdpTimeout
-from token_worker.idp import IssuedToken
 from token_worker.metrics import Metrics
+from token_worker.tokens.broker import FROM_CACHE, FROM_IDP, TokenBroker, TokenQuery
+from token_worker.tokens.cache import TokenCache
 
 QUERY = TokenQuery("svc", "secret", "read")
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1_000_000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
-class FakeIdp:
-    """Issues ``token-N`` tokens at once; ``gate``, when set, holds calls until opened."""
-
-    known_token_url = token_url = "https://idp.test/token"
-    failing_fast = False
-
-    def __init__(self, expires_in: int = 45) -> None:
-        self.expires_in = expires_in
-        self.calls = 0
-        self.deadlines: list[float | None] = []
-        self.gate: threading.Event | None = None
-
-    def fetch_token(self, client_id: str, client_secret: str, scope: str, *,
-                    deadline: float | None = None,
-                    auth_method: str | None = None) -> IssuedToken:
-        self.calls += 1
-        self.deadlines.append(deadline)
-        if self.gate is not None:
-            self.gate.wait(10)
-        return IssuedToken(f"token-{self.calls}", "Bearer", self.expires_in, scope, 0.0)
-
-
-class ManualExecutor(Executor):
-    """Queues submitted tasks; the test runs them."""
-
-    def __init__(self) -> None:
-        self.queued: list[tuple[float, Any, tuple[Any, ...]]] = []
-
-    def submit(self, fn: Any, /, *args: Any, **kwargs: Any) -> Future[Any]:
-        self.queued.append((self.clock(), fn, args))
-        return Future()
-
-    clock: Any = staticmethod(lambda: 0.0)
-
-    def run_due(self, now: float, latency: float) -> int:
-        due = [task for task in self.queued if task[0] + latency <= now]
-        self.queued = [task for task in self.queued if task not in due]
-        for _, fn, args in due:
-            fn(*args)
-        return len(due)
-
-
-def make(idp: FakeIdp, clock: Clock, *, margin: float = 30.0, refresh_ahead: float = 0.2,
+def make(idp: FakeIssuer, clock: Clock, *, margin: float = 30.0, refresh_ahead: float = 0.2,
          metrics: Metrics | None = None, follower_timeout: float = 5.0
-         ) -> tuple[TokenBroker, ManualExecutor]:
-    refresher = ManualExecutor()
-    refresher.clock = clock
+         ) -> tuple[TokenBroker, HeldExecutor]:
+    refresher = HeldExecutor(clock)
     cache = TokenCache(max_entries=100, expiry_margin=margin, refresh_ahead=refresh_ahead,
                        now=clock)
-    broker = TokenBroker(idp, cache, auth_method="client_secret_post",  # type: ignore[arg-type]
+    broker = TokenBroker(idp, cache, auth_method="client_secret_post",
                          follower_timeout=follower_timeout, metrics=metrics,
                          refresher=refresher)
     return broker, refresher
@@ -87,12 +34,12 @@ def make(idp: FakeIdp, clock: Clock, *, margin: float = 30.0, refresh_ahead: flo
                                                     (45, 5.0), (33, 30.0)])
 def test_steady_traffic_never_waits_for_the_idp_after_the_first_request(expires_in, margin):
     """One client every 100 ms for ten minutes; each refresh takes 300 ms at the IdP."""
-    clock, idp = Clock(), FakeIdp(expires_in)
+    clock, idp = Clock(), FakeIssuer(expires_in=expires_in)
     broker, refresher = make(idp, clock, margin=margin)
     sources = []
     for _ in range(6000):
-        clock.now += 0.1
-        refresher.run_due(clock.now, latency=0.3)
+        clock.advance(0.1)
+        refresher.run_due(clock.wall, latency=0.3)
         sources.append(broker.fetch(QUERY).source)
     assert sources[0] == FROM_IDP
     assert sources.count(FROM_IDP) == 1, "a request waited for the IdP"
@@ -101,37 +48,37 @@ def test_steady_traffic_never_waits_for_the_idp_after_the_first_request(expires_
 
 
 def test_a_queued_refresh_never_holds_the_key_against_a_fetch():
-    clock, idp = Clock(), FakeIdp(300)
+    clock, idp = Clock(), FakeIssuer(expires_in=300)
     broker, refresher = make(idp, clock, follower_timeout=0.2)
     broker.fetch(QUERY)
-    clock.now += 250  # refresh window
+    clock.advance(250)  # refresh window
     assert broker.cached(QUERY).source == FROM_CACHE
     assert len(refresher.queued) == 1  # queued, not started (both refresher threads busy)
     started = time.monotonic()
     fresh = broker.fetch(QUERY, skip_cache=True)  # leads its own call: does not wait
     assert time.monotonic() - started < 0.1
     assert (fresh.source, fresh.token.access_token) == (FROM_IDP, "token-2")
-    assert refresher.run_due(clock.now, latency=0) == 1
+    assert refresher.run_due(clock.wall, latency=0) == 1
     assert idp.calls == 2  # the late refresh saw the fresh token and did nothing
     assert broker.in_flight == 0
 
 
 def test_one_refresh_per_key_however_many_hits():
-    clock, idp = Clock(), FakeIdp(300)
+    clock, idp = Clock(), FakeIssuer(expires_in=300)
     broker, refresher = make(idp, clock)
     broker.fetch(QUERY)
-    clock.now += 250
+    clock.advance(250)
     for _ in range(50):
         broker.cached(QUERY)
     assert len(refresher.queued) == 1
-    refresher.run_due(clock.now, latency=0)
+    refresher.run_due(clock.wall, latency=0)
     assert idp.calls == 2
     assert broker.cached(QUERY).token.access_token == "token-2"
     assert broker.refreshes == 1
 
 
 def test_each_request_counts_one_hit_or_one_miss():
-    clock, idp, metrics = Clock(), FakeIdp(300), Metrics()
+    clock, idp, metrics = Clock(), FakeIssuer(expires_in=300), Metrics()
     broker, _ = make(idp, clock, metrics=metrics)
 
     def count(event: str) -> float:
@@ -148,7 +95,7 @@ def test_each_request_counts_one_hit_or_one_miss():
 
 
 def test_a_passed_deadline_fails_without_calling_the_idp():
-    clock, idp = Clock(), FakeIdp()
+    clock, idp = Clock(), FakeIssuer(expires_in=45)
     broker, _ = make(idp, clock)
     with pytest.raises(IdpTimeout, match="deadline passed"):
         broker.fetch(QUERY, deadline=time.monotonic() - 0.01)
@@ -156,7 +103,7 @@ def test_a_passed_deadline_fails_without_calling_the_idp():
 
 
 def test_the_deadline_reaches_the_idp_and_bounds_a_followers_wait():
-    clock, idp = Clock(), FakeIdp()
+    clock, idp = Clock(), FakeIssuer(expires_in=45)
     broker, _ = make(idp, clock)
     due = time.monotonic() + 5
     broker.fetch(QUERY, deadline=due)
@@ -175,7 +122,7 @@ def test_the_deadline_reaches_the_idp_and_bounds_a_followers_wait():
 
 
 def test_discard_drops_the_cached_token():
-    clock, idp = Clock(), FakeIdp(300)
+    clock, idp = Clock(), FakeIssuer(expires_in=300)
     broker, _ = make(idp, clock)
     broker.fetch(QUERY)
     assert broker.discard(QUERY) is True
@@ -185,18 +132,18 @@ def test_discard_drops_the_cached_token():
 
 
 def test_a_huge_expires_in_is_capped_in_replies_and_cache():
-    clock, idp = Clock(), FakeIdp(10**12)
+    clock, idp = Clock(), FakeIssuer(expires_in=10**12)
     broker, _ = make(idp, clock)
     assert broker.fetch(QUERY).expires_in == 86_400
-    clock.now += 100
+    clock.advance(100)
     assert broker.fetch(QUERY).expires_in == 86_300
 
 
 def test_no_refresh_is_queued_while_the_idp_fails_fast():
-    clock, idp = Clock(), FakeIdp(300)
+    clock, idp = Clock(), FakeIssuer(expires_in=300)
     broker, refresher = make(idp, clock)
     broker.fetch(QUERY)
-    clock.now += 250
+    clock.advance(250)
     idp.failing_fast = True  # circuit open or a Retry-After running
     for _ in range(100):
         assert broker.cached(QUERY).source == FROM_CACHE  # still served

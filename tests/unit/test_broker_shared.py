@@ -5,92 +5,44 @@ and a broken tier that only costs IdP calls."""
 from __future__ import annotations
 
 import threading
-from concurrent.futures import Executor, Future
-from typing import Any
 
 import pytest
 
-from tests.helpers import TwoClocks, wait_until
-from token_worker.broker import FROM_CACHE, FROM_IDP, TokenBroker, TokenQuery
-from token_worker.cache import TokenCache
-from token_worker.idp import IssuedToken
-from token_worker.kv import KvTimeout, MemoryKeyValue
-from token_worker.shared_cache import SharedTier
+from tests.fakes import Clock, FakeIssuer, HeldExecutor, MemoryKeyValue
+from tests.helpers import wait_until
+from token_worker.errors import KvTimeout
+from token_worker.tokens.broker import FROM_CACHE, FROM_IDP, TokenBroker, TokenQuery
+from token_worker.tokens.cache import TokenCache
+from token_worker.tokens.shared import SharedTier
 
 QUERY = TokenQuery("svc", "secret", "read")
 FLEET_KEY = b"fleet-key-for-the-broker-tests-0123456789"
 MARGIN = 30.0
 
 
-
-
-class Idp:
-    """One IdP for the fleet: ``token-N`` per call, issued now; ``gate`` holds calls."""
-
-    known_token_url = token_url = "https://idp.test/token"
-    failing_fast = False
-
-    def __init__(self, clock: TwoClocks, expires_in: int = 300) -> None:
-        self.clock = clock
-        self.expires_in = expires_in
-        self.calls = 0
-        self.entered = threading.Event()
-        self.gate: threading.Event | None = None
-        self._lock = threading.Lock()
-
-    def fetch_token(self, client_id: str, client_secret: str, scope: str, *,
-                    deadline: float | None = None,
-                    auth_method: str | None = None) -> IssuedToken:
-        with self._lock:
-            self.calls += 1
-            number = self.calls
-        self.entered.set()
-        if self.gate is not None:
-            self.gate.wait(10)
-        return IssuedToken(f"token-{number}", "Bearer", self.expires_in, scope,
-                           self.clock.wall)
-
-
-class Later(Executor):
-    """Keeps submitted refreshes until the test runs them."""
-
-    def __init__(self) -> None:
-        self.queued: list[tuple[Any, tuple[Any, ...]]] = []
-
-    def submit(self, fn: Any, /, *args: Any, **kwargs: Any) -> Future[Any]:
-        self.queued.append((fn, args))
-        return Future()
-
-    def run_all(self) -> int:
-        tasks, self.queued = self.queued, []
-        for fn, args in tasks:
-            fn(*args)
-        return len(tasks)
-
-
 class Replica:
-    def __init__(self, kv: MemoryKeyValue, idp: Idp, clock: TwoClocks) -> None:
+    def __init__(self, kv: MemoryKeyValue, idp: FakeIssuer, clock: Clock) -> None:
         self.tier = SharedTier(kv, FLEET_KEY, expiry_margin=MARGIN, max_age=3600.0,
-                               now=clock.now, monotonic=clock.monotonic)
+                               now=clock.time, monotonic=clock.monotonic)
         self.cache = TokenCache(max_entries=10, expiry_margin=MARGIN, refresh_ahead=0.2,
-                                now=clock.now)
-        self.refresher = Later()
-        self.broker = TokenBroker(idp, self.cache,  # type: ignore[arg-type]
+                                now=clock.time)
+        self.refresher = HeldExecutor(clock.time)
+        self.broker = TokenBroker(idp, self.cache,
                                   auth_method="client_secret_post", follower_timeout=5.0,
                                   refresher=self.refresher, shared=self.tier, lease_ttl=5.0)
 
 
 @pytest.fixture
-def idp(clock: TwoClocks) -> Idp:
-    return Idp(clock)
+def idp(clock: Clock) -> FakeIssuer:
+    return FakeIssuer(issued_at=clock.time)
 
 
-def fleet(kv: MemoryKeyValue, idp: Idp, clock: TwoClocks, size: int = 3) -> list[Replica]:
+def fleet(kv: MemoryKeyValue, idp: FakeIssuer, clock: Clock, size: int = 3) -> list[Replica]:
     return [Replica(kv, idp, clock) for _ in range(size)]
 
 
 def test_a_token_one_replica_got_is_a_shared_hit_for_the_next_with_its_life_left(
-        kv: MemoryKeyValue, idp: Idp, clock: TwoClocks) -> None:
+        kv: MemoryKeyValue, idp: FakeIssuer, clock: Clock) -> None:
     first, second = fleet(kv, idp, clock, 2)
     got = first.broker.fetch(QUERY)
     clock.advance(100)
@@ -108,7 +60,7 @@ def test_a_token_one_replica_got_is_a_shared_hit_for_the_next_with_its_life_left
 
 
 def test_a_cold_key_costs_one_idp_call_however_many_replicas_ask_at_once(
-        kv: MemoryKeyValue, idp: Idp, clock: TwoClocks) -> None:
+        kv: MemoryKeyValue, idp: FakeIssuer, clock: Clock) -> None:
     replicas = fleet(kv, idp, clock)
     idp.gate = threading.Event()
     answers: list[str] = []
@@ -134,7 +86,7 @@ def test_a_cold_key_costs_one_idp_call_however_many_replicas_ask_at_once(
 
 
 def test_refresh_ahead_refreshes_once_for_the_fleet(
-        kv: MemoryKeyValue, idp: Idp, clock: TwoClocks) -> None:
+        kv: MemoryKeyValue, idp: FakeIssuer, clock: Clock) -> None:
     first, second = fleet(kv, idp, clock, 2)
     first.broker.fetch(QUERY)
     second.broker.fetch(QUERY)  # a shared hit
@@ -153,7 +105,7 @@ def test_refresh_ahead_refreshes_once_for_the_fleet(
 
 
 def test_skip_cache_reads_neither_tier_but_stores_in_both(
-        kv: MemoryKeyValue, idp: Idp, clock: TwoClocks) -> None:
+        kv: MemoryKeyValue, idp: FakeIssuer, clock: Clock) -> None:
     first, second = fleet(kv, idp, clock, 2)
     first.broker.fetch(QUERY)
     fresh = second.broker.fetch(QUERY, skip_cache=True)
@@ -164,7 +116,8 @@ def test_skip_cache_reads_neither_tier_but_stores_in_both(
 
 
 def test_a_broken_tier_only_costs_idp_calls(
-        kv: MemoryKeyValue, idp: Idp, clock: TwoClocks, caplog: pytest.LogCaptureFixture) -> None:
+        kv: MemoryKeyValue, idp: FakeIssuer, clock: Clock,
+        caplog: pytest.LogCaptureFixture) -> None:
     first, second = fleet(kv, idp, clock, 2)
     kv.fail = KvTimeout("no answer within 1 s")
     assert first.broker.fetch(QUERY).source == FROM_IDP
@@ -177,7 +130,7 @@ def test_a_broken_tier_only_costs_idp_calls(
 
 
 def test_a_token_with_less_than_the_margin_left_is_not_served_from_the_shared_tier(
-        kv: MemoryKeyValue, idp: Idp, clock: TwoClocks) -> None:
+        kv: MemoryKeyValue, idp: FakeIssuer, clock: Clock) -> None:
     first, second = fleet(kv, idp, clock, 2)
     first.broker.fetch(QUERY)
     clock.advance(300 - MARGIN)

@@ -6,18 +6,11 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from token_worker.cache import TokenCache, cache_key
-from token_worker.idp import IssuedToken
+from tests.fakes import Clock
+from token_worker.tokens.cache import TokenCache, cache_key
+from token_worker.tokens.model import IssuedToken
 
 KEY = cache_key("https://idp.test/token", "c", "s", "read", "client_secret_post")
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1_000_000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def token(expires_in: int) -> IssuedToken:
@@ -42,9 +35,9 @@ def make(clock: Clock, *, margin: float = 30.0, refresh_ahead: float = 0.2,
 def test_the_refresh_point_lies_inside_the_servable_life(expires_in, refresh_after):
     clock = Clock()
     entry = make(clock).put(KEY, token(expires_in))
-    assert entry.serve_until == clock.now + expires_in - 30
-    assert entry.refresh_at == pytest.approx(clock.now + refresh_after)
-    assert clock.now < entry.refresh_at < entry.serve_until
+    assert entry.serve_until == clock.wall + expires_in - 30
+    assert entry.refresh_at == pytest.approx(clock.wall + refresh_after)
+    assert clock.wall < entry.refresh_at < entry.serve_until
 
 
 @given(expires_in=st.integers(0, 10**7), margin=st.integers(0, 600),
@@ -53,8 +46,8 @@ def test_any_servable_token_is_refreshed_before_serving_stops(expires_in, margin
                                                               refresh_ahead):
     clock = Clock()
     entry = make(clock, margin=margin, refresh_ahead=refresh_ahead).put(KEY, token(expires_in))
-    if entry.serve_until > clock.now:
-        assert clock.now < entry.refresh_at < entry.serve_until
+    if entry.serve_until > clock.wall:
+        assert clock.wall < entry.refresh_at < entry.serve_until
 
 
 def test_refresh_ahead_zero_never_refreshes():
@@ -67,8 +60,8 @@ def test_a_huge_expires_in_is_capped_by_max_ttl():
     clock = Clock()
     cache = make(clock, max_ttl=3600)
     entry = cache.put(KEY, token(10**12))
-    assert entry.expires_in(clock.now) == 3600
-    clock.now += 3600 - 30
+    assert entry.expires_in(clock.wall) == 3600
+    clock.advance(3600 - 30)
     assert cache.get(KEY) is None  # not served forever
 
 
@@ -86,8 +79,8 @@ def test_a_token_issued_earlier_keeps_its_expiry_and_its_refresh_point():
     and its refresh point (216 s into its life) is not pushed back to a share of the 70 s
     left (which would refresh it at 256 s)."""
     clock = Clock()
-    issued_at = clock.now
-    clock.now += 200
+    issued_at = clock.wall
+    clock.advance(200)
     entry = make(clock).put(KEY, token(300), age=200)
     assert entry.expires_at == pytest.approx(issued_at + 300)
     assert entry.serve_until == pytest.approx(issued_at + 270)

@@ -8,8 +8,7 @@ import re
 
 import pytest
 
-from token_worker._pynats2 import describe_connect_error
-from token_worker.client import (
+from token_worker.client.client import (
     MAX_TTL,
     TokenClient,
     _credential,
@@ -19,16 +18,18 @@ from token_worker.client import (
     request_body,
     request_cache_key,
 )
-from token_worker.client_retries import (
+from token_worker.client.inbox import Inbox, Waiter, match_reply
+from token_worker.client.retries import (
     BACKOFF_MAX,
     ConnectionLost,
     NoResponders,
     RetryPolicy,
     Unanswered,
 )
-from token_worker.connection import Message, State, pynats2
 from token_worker.errors import ClientClosed, TokenRequestFailed
-from token_worker.inbox import Inbox, Waiter, match_reply
+from token_worker.nats.handshake import describe_connect_error, pynats2
+from token_worker.nats.link import State
+from token_worker.nats.protocol import Message
 from token_worker.wire import NamedTokenRequest, TokenRequest
 
 

@@ -8,17 +8,17 @@ from __future__ import annotations
 
 import ast
 import dataclasses
+import importlib
 import inspect
 import json
 import math
-from pathlib import Path
 from typing import Any
 
 import pytest
 
+from tests import ROOT
 from tests.nats_jwt import OperatorMode, new_user
 from token_worker import ConfigError, defaults, load_config
-from token_worker import config as config_module
 from token_worker.config import (
     SETTINGS,
     Config,
@@ -29,6 +29,10 @@ from token_worker.config import (
     describe_settings,
     parse_nats_urls,
 )
+
+CONFIG_MODULES = [importlib.import_module(f"token_worker.config.{name}")
+                  for name in ("declare", "parsers", "sections", "loader")]
+"""Where settings may be declared: every module of the config package."""
 
 ORIGINAL = {
     # key: (default, environment variables, flag), as the three-place declaration had them
@@ -176,7 +180,7 @@ def test_no_setting_is_declared_twice():
     assert len(set(flags)) == len(flags)
     # Each key is written once in the source: in its declaration, nowhere else (a flag may
     # be spelled as its key: "queue", "-queue").
-    tree = ast.parse(inspect.getsource(config_module))
+    tree = ast.parse("\n".join(inspect.getsource(module) for module in CONFIG_MODULES))
     flag_values = {id(keyword.value) for node in ast.walk(tree) if isinstance(node, ast.Call)
                    for keyword in node.keywords if keyword.arg == "flag"}
     literals = [node.value for node in ast.walk(tree)
@@ -469,7 +473,7 @@ def test_env_only_settings_beat_the_file(tmp_path):
 
 
 def test_the_readme_table_lists_each_key_once():
-    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text().splitlines()
+    readme = (ROOT / "README.md").read_text().splitlines()
     for row in describe_settings():
         assert sum(line.startswith(f"| `{row['key']}` |") for line in readme) == 1, row["key"]
 

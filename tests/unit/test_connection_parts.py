@@ -1,15 +1,28 @@
-"""The connection's pure parts: server order, the reconnect buffer, keep-alive verdicts."""
+"""The connection's parts that need no server: server order, the reconnect buffer,
+keep-alive verdicts, refusals; and close() ending a connect that has no server to reach."""
 
 from __future__ import annotations
 
+import contextlib
 import random
+import socket
+import threading
+import time
+from typing import Any
 
 import pytest
 
-from token_worker.connection import ServerPool, Subscription, refused_by
-from token_worker.errors import NotConnected
-from token_worker.keepalive import Verdict, judge
-from token_worker.pending import PendingWrites
+from tests import free_port
+from tests.conftest import report_figure
+from tests.helpers import wait_until
+from token_worker.config import NatsConfig
+from token_worker.errors import ConnectionClosed, NotConnected, ReconnectGaveUp
+from token_worker.nats.connection import NatsConnection
+from token_worker.nats.keepalive import Verdict, judge
+from token_worker.nats.link import State
+from token_worker.nats.reconnect_buffer import PendingWrites
+from token_worker.nats.server_pool import ServerPool
+from token_worker.nats.subscriptions import Subscription, refused_by
 
 URLS = ("nats://a:1", "nats://b:1", "nats://c:1")
 
@@ -85,3 +98,85 @@ def test_a_subscription_refusal_names_its_subscription_by_sid_or_subject_and_que
                       subs) == [plain]
     assert refused_by('Permissions Violation for Publish to "evil.1"', subs) == []
     assert refused_by("Slow Consumer", subs) == []
+
+
+# --- a connection without a server: close() during connect --------------------------------
+
+
+def nats_config(url: str, **overrides: Any) -> NatsConfig:
+    """Fast reconnects and pings, as the real-server suite's configs have them."""
+    return NatsConfig(urls=(url,), **{"reconnect_wait": 0.2, "max_reconnect": -1,
+                                      "connect_timeout": 1.0, "ping_interval": 1.0,
+                                      "max_pings_out": 2, **overrides})
+
+
+def _record(call, outcome: list) -> None:
+    try:
+        call()
+    except BaseException as error:
+        outcome.append(error)
+
+
+def test_close_ends_a_first_connect_that_is_still_retrying(caplog):
+    unreachable = f"nats://127.0.0.1:{free_port()}"
+    connection = NatsConnection(nats_config(unreachable, reconnect_wait=30), "x")
+    outcome: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            connection.connect()
+        except BaseException as error:
+            outcome.append(error)
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    wait_until(lambda: "nats connect round failed, retrying" in caplog.messages,
+               what="the first failed round (the next is 30 s away)")
+    started = time.monotonic()
+    connection.close()
+    thread.join(5)
+    took = time.monotonic() - started
+    assert not thread.is_alive() and isinstance(outcome[0], ConnectionClosed)
+    assert isinstance(outcome[0], ReconnectGaveUp)  # what callers already catch
+    report_figure(f"close() ended a retrying first connect in {took * 1000:.0f} ms")
+    assert took < 1.0
+
+
+def test_a_handshake_finishing_after_close_leaves_no_socket_open():
+    """A server that answers the handshake only after close(): the client's socket must
+    end (the server sees it closed), and connect() must not report a connection."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+    port = listener.getsockname()[1]
+    closed = threading.Event()
+    accepted = threading.Event()
+    peer_saw_eof = threading.Event()
+
+    def slow_server() -> None:
+        client, _ = listener.accept()
+        accepted.set()
+        closed.wait(5)
+        with contextlib.suppress(OSError):
+            client.sendall(b'INFO {"server_id": "slow", "max_payload": 1048576}\r\n')
+            client.settimeout(5)
+            while data := client.recv(4096):
+                if b"PING" in data:
+                    client.sendall(b"PONG\r\n")
+            peer_saw_eof.set()
+        client.close()
+
+    threading.Thread(target=slow_server, daemon=True).start()
+    connection = NatsConnection(nats_config(f"nats://127.0.0.1:{port}", connect_timeout=5,
+                                            max_reconnect=1), "late")
+    outcome: list[BaseException] = []
+    thread = threading.Thread(target=lambda: _record(connection.connect, outcome))
+    thread.start()
+    assert accepted.wait(5)  # connect() now waits for INFO
+    connection.close()
+    closed.set()
+    thread.join(5)
+    assert isinstance(outcome[0], ConnectionClosed)
+    assert peer_saw_eof.wait(5), "the handshake's socket was left open"
+    assert connection.state is State.CLOSED
+    listener.close()

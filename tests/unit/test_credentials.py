@@ -15,11 +15,10 @@ import pytest
 from tests.conftest import report_figure
 from tests.helpers import wait_until
 from tests.kubelet_volume import KubeletVolume, credential_files
-from token_worker.credentials import (
+from token_worker.errors import CredentialsDirError, InvalidCredentialName
+from token_worker.serve.credentials import (
     Credential,
-    CredentialsDirError,
     CredentialStore,
-    InvalidCredentialName,
     is_valid_name,
     name_from_subject,
 )
@@ -106,7 +105,7 @@ def test_change_add_and_remove_are_picked_up_and_logged_by_name_only(
     volume.write({**credential_files("orders", "orders-id", "old-secret-1"),
                   **credential_files("billing", "billing-id", "billing-secret-1")})
     store = open_store(stores, volume.root, start=False)
-    caplog.set_level(logging.INFO, logger="token_worker.credentials")
+    caplog.set_level(logging.INFO, logger="token_worker.serve.credentials")
     caplog.clear()
 
     volume.write({**credential_files("orders", "orders-id", "new-secret-2"),
@@ -129,7 +128,7 @@ def test_change_add_and_remove_are_picked_up_and_logged_by_name_only(
 
 def test_unusable_entries_are_not_credentials_and_say_why(
         tmp_path: Path, stores: list[CredentialStore], caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level(logging.WARNING, logger="token_worker.credentials")
+    caplog.set_level(logging.WARNING, logger="token_worker.serve.credentials")
     (tmp_path / "no-secret").mkdir()
     (tmp_path / "no-secret" / "client_id").write_text("id")
     (tmp_path / "bad-method").mkdir()
@@ -263,7 +262,7 @@ def test_the_deployment_projects_each_credential_secret_into_its_own_folder() ->
     ``<name>/<file>`` with names and files the store reads, mounted whole (no subPath)."""
     import yaml
 
-    from tests.servers import ROOT
+    from tests import ROOT
 
     deployment = yaml.safe_load((ROOT / "deploy" / "deployment.yaml").read_text())
     secrets = list(yaml.safe_load_all((ROOT / "deploy" / "credentials-secret.yaml").read_text()))
@@ -322,7 +321,7 @@ def plain_credential(root: Path, name: str, client_id: str = "id",
 def test_a_fifo_as_a_value_is_a_problem_for_that_credential_not_a_hang(
         tmp_path: Path, stores: list[CredentialStore],
         caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level(logging.WARNING, logger="token_worker.credentials")
+    caplog.set_level(logging.WARNING, logger="token_worker.serve.credentials")
     plain_credential(tmp_path, "good")
     os.mkfifo(plain_credential(tmp_path, "piped", secret=None) / "client_secret")
     made: list[CredentialStore] = []
@@ -384,7 +383,7 @@ def test_a_data_link_moved_outside_later_keeps_the_set_and_warns_once(
     plain_credential(tmp_path / "outside", "evil")
     os.symlink("../outside", volume.root / "..data_tmp")
     os.rename(volume.root / "..data_tmp", volume.root / "..data")
-    caplog.set_level(logging.WARNING, logger="token_worker.credentials")
+    caplog.set_level(logging.WARNING, logger="token_worker.serve.credentials")
     caplog.clear()
     assert store.reload() is False
     assert store.reload() is False
@@ -397,7 +396,7 @@ def test_a_data_link_moved_outside_later_keeps_the_set_and_warns_once(
 def test_value_symlinks_must_stay_inside_the_directory(
         tmp_path: Path, stores: list[CredentialStore],
         caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level(logging.WARNING, logger="token_worker.credentials")
+    caplog.set_level(logging.WARNING, logger="token_worker.serve.credentials")
     root = tmp_path / "creds"
     (tmp_path / "secret-outside").write_text("SENTINEL-SECRET")
     os.symlink("/proc/self/environ", plain_credential(root, "env", secret=None) / "client_secret")

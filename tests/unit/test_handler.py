@@ -10,43 +10,26 @@ from typing import Any
 
 import orjson
 
+from tests.fakes import FakeIssuer
 from tests.helpers import wait_until
 from token_worker import wire
-from token_worker.broker import TokenBroker
-from token_worker.cache import TokenCache
 from token_worker.errors import IdpRefused, IdpUnavailable
-from token_worker.handler import BytesHandler, Deferred, Reply, TokenHandler
-from token_worker.idp import IssuedToken
 from token_worker.metrics import Metrics
+from token_worker.serve.handler import BytesHandler, Deferred, Reply
+from token_worker.serve.token_handler import TokenHandler
+from token_worker.tokens.broker import TokenBroker
+from token_worker.tokens.cache import TokenCache
 
 LIMIT = 64 * 1024
 
 
-class ScriptedIdp:
-    """Stands in for ResilientIdp: issues a token per call, or raises what it is told."""
-
-    known_token_url = token_url = "http://idp.test/token"
-
-    def __init__(self, error: Exception | None = None) -> None:
-        self.calls = 0
-        self.error = error
-
-    def fetch_token(self, client_id: str, client_secret: str, scope: str, *,
-                    deadline: float | None = None,
-                    auth_method: str | None = None) -> IssuedToken:
-        self.calls += 1
-        if self.error is not None:
-            raise self.error
-        return IssuedToken(f"token-{self.calls}", "Bearer", 300, scope, time.time())
-
-
-def make(idp: ScriptedIdp | None = None, *, cache: bool = True
-         ) -> tuple[TokenHandler, ScriptedIdp, Metrics]:
-    idp = idp or ScriptedIdp()
+def make(idp: FakeIssuer | None = None, *, cache: bool = True
+         ) -> tuple[TokenHandler, FakeIssuer, Metrics]:
+    idp = idp or FakeIssuer()
     metrics = Metrics()
     token_cache = TokenCache(max_entries=10, expiry_margin=30, refresh_ahead=0.2,
                              now=time.time) if cache else None
-    broker = TokenBroker(idp, token_cache, auth_method="client_secret_post",  # type: ignore[arg-type]
+    broker = TokenBroker(idp, token_cache, auth_method="client_secret_post",
                          follower_timeout=5, metrics=metrics)
     return TokenHandler(broker, default_scope="openid profile", max_payload=LIMIT), idp, metrics
 
@@ -103,14 +86,14 @@ def test_an_invalid_request_is_answered_now_with_its_code():
 
 
 def test_idp_errors_become_error_replies_carrying_the_code():
-    refused, _, _ = make(ScriptedIdp(IdpRefused("invalid_client", description="who?")))
+    refused, _, _ = make(FakeIssuer(error=IdpRefused("invalid_client", description="who?")))
     outcome = refused.handle(request())
     assert isinstance(outcome, Deferred)
     reply = outcome.run()
     assert reply.error_code == "invalid_client"
     assert orjson.loads(reply.body)["error_description"] == "who?"
 
-    down, _, _ = make(ScriptedIdp(IdpUnavailable("connection refused")))
+    down, _, _ = make(FakeIssuer(error=IdpUnavailable("connection refused")))
     reply = down.handle(request()).run()  # type: ignore[union-attr]
     assert reply.error_code == wire.IDP_UNAVAILABLE
 
@@ -148,22 +131,6 @@ def test_a_miss_that_starts_after_the_first_one_finished_shares_its_answer():
     assert isinstance(third, Reply)  # and the next one is a hit
 
 
-class GatedIdp(ScriptedIdp):
-    """Holds each call until the test opens the gate."""
-
-    def __init__(self, error: Exception | None = None) -> None:
-        super().__init__(error)
-        self.entered = threading.Event()
-        self.gate = threading.Event()
-
-    def fetch_token(self, client_id: str, client_secret: str, scope: str, *,
-                    deadline: float | None = None,
-                    auth_method: str | None = None) -> IssuedToken:
-        self.entered.set()
-        self.gate.wait(10)
-        return super().fetch_token(client_id, client_secret, scope, deadline=deadline)
-
-
 def waiting_in(thread: threading.Thread, function: str) -> bool:
     """Whether ``thread`` is inside a call of ``function`` (a future's ``result``)."""
     frame = sys._current_frames().get(thread.ident or 0)
@@ -174,7 +141,7 @@ def waiting_in(thread: threading.Thread, function: str) -> bool:
     return False
 
 
-def run_together(first: Deferred[Any], second: Deferred[Any], idp: GatedIdp) -> list[Reply]:
+def run_together(first: Deferred[Any], second: Deferred[Any], idp: FakeIssuer) -> list[Reply]:
     """``first`` calls the IdP; ``second`` starts while that call is under way."""
     replies: dict[int, Reply] = {}
     threads = [threading.Thread(target=lambda: replies.__setitem__(0, first.run()))]
@@ -191,7 +158,8 @@ def run_together(first: Deferred[Any], second: Deferred[Any], idp: GatedIdp) -> 
 
 
 def test_a_miss_joins_the_call_under_way_and_shares_its_error_then_the_next_asks_again():
-    idp = GatedIdp(IdpUnavailable("connection refused"))
+    idp = FakeIssuer(error=IdpUnavailable("connection refused"))
+    idp.gate = threading.Event()
     failing, _, _ = make(idp)
     first, second = failing.handle(request("a")), failing.handle(request("b"))
     assert isinstance(first, Deferred) and isinstance(second, Deferred)
@@ -205,25 +173,17 @@ def test_a_miss_joins_the_call_under_way_and_shares_its_error_then_the_next_asks
 
 
 def test_a_request_is_due_one_idp_deadline_after_it_arrived():
-    idp = ScriptedIdp()
-    deadlines: list[float | None] = []
-    original = idp.fetch_token
-
-    def fetch(*args: Any, deadline: float | None = None, **kwargs: Any) -> IssuedToken:
-        deadlines.append(deadline)
-        return original(*args, deadline=deadline, **kwargs)
-
-    idp.fetch_token = fetch  # type: ignore[method-assign]
-    broker = TokenBroker(idp, None, auth_method="client_secret_post",  # type: ignore[arg-type]
-                         follower_timeout=5)
+    idp = FakeIssuer()
+    broker = TokenBroker(idp, None, auth_method="client_secret_post", follower_timeout=5)
     handler = TokenHandler(broker, default_scope="openid", max_payload=LIMIT, deadline=8.0)
     arrived = time.monotonic()
     deferred = handler.handle(request("a"))
     assert isinstance(deferred, Deferred)
     time.sleep(0.05)  # queued for a pool thread: that time counts against the deadline
     deferred.run()
-    assert deadlines[0] is not None
-    assert arrived + 8.0 <= deadlines[0] <= arrived + 8.0 + 0.04
+    deadline = idp.deadlines[0]
+    assert deadline is not None
+    assert arrived + 8.0 <= deadline <= arrived + 8.0 + 0.04
 
 
 def test_an_unsent_token_reply_leaves_the_cache():

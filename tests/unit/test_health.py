@@ -16,7 +16,7 @@ from prometheus_client import CollectorRegistry
 
 from tests.conftest import report_figure
 from tests.helpers import wait_until
-from token_worker.health import MAX_CONNECTIONS, HealthServer
+from token_worker.serve.health import MAX_CONNECTIONS, HealthServer
 
 
 @contextlib.contextmanager

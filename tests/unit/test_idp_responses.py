@@ -17,22 +17,22 @@ import time
 import zlib
 from urllib.parse import quote, quote_plus
 
-import psutil
 import pytest
 
 from tests.conftest import report_figure
 from tests.faulty_idp import Scripted
-from tests.helpers import wait_until
+from tests.helpers import resident_bytes, wait_until
 from token_worker.config import IdpConfig
 from token_worker.errors import (
+    AskedToWait,
     IdpBadResponse,
     IdpError,
     IdpRefused,
     IdpTimeout,
     IdpUnavailable,
 )
-from token_worker.idp import IdpClient
-from token_worker.resilience import LONGEST_HOLD, AskedToWait, ResilientIdp
+from token_worker.idp.client import IdpClient
+from token_worker.idp.resilience import LONGEST_HOLD, ResilientIdp
 
 TOKEN = b'{"access_token": "tok-abc", "token_type": "Bearer", "expires_in": 60}'
 SECRET_TOKEN = "secret-token-never-logged-0123456789"
@@ -330,8 +330,7 @@ def test_a_100_mb_answer_is_refused_without_reading_it(content_length, faulty):
     huge = Scripted(size=100 * 1024 * 1024, content_length=content_length)
     server = faulty(script=[huge, huge, huge, huge, Scripted(body=TOKEN)])
     idp = resilient(server.url, timeout=10, deadline=20)
-    process = psutil.Process()
-    before = process.memory_info().rss
+    before = resident_bytes()
     started = time.monotonic()
     errors: list[BaseException] = []
 
@@ -346,7 +345,7 @@ def test_a_100_mb_answer_is_refused_without_reading_it(content_length, faulty):
         thread.start()
     for thread in threads:
         thread.join(30)
-    grown = (process.memory_info().rss - before) / 1024 / 1024
+    grown = (resident_bytes() - before) / 1024 / 1024
     elapsed = time.monotonic() - started
     report_figure(f"4 concurrent 100 MB answers ({'with' if content_length else 'without'} "
                   f"Content-Length): RSS +{grown:.1f} MB, {elapsed:.2f} s")
@@ -388,11 +387,10 @@ def test_a_gzip_answer_is_read_and_a_gzip_bomb_is_cut_at_the_limit(faulty):
                             (200, bomb, gzip_header)])
     idp = resilient(server.url)
     assert idp.fetch_token("c", "s", "").access_token == "tok-abc"
-    process = psutil.Process()
-    before = process.memory_info().rss
+    before = resident_bytes()
     with pytest.raises(IdpBadResponse, match="larger than 1048576 bytes"):
         idp.fetch_token("c", "s", "")
-    grown = (process.memory_info().rss - before) / 1024 / 1024
+    grown = (resident_bytes() - before) / 1024 / 1024
     report_figure(f"gzip bomb ({len(bomb) // 1024} KiB -> 200 MiB): RSS +{grown:.1f} MB")
     assert grown < 8
 

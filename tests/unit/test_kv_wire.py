@@ -4,13 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from token_worker.kv import (
-    check_key,
-    encode_headers,
-    parse_headers,
-    publish_frame,
-    ttl_header,
-)
+from token_worker.nats.kv import check_key, ttl_header
+from token_worker.nats.protocol import encode_headers, parse_headers, publish_frame
 
 
 def test_a_status_line_and_fields_are_read_from_a_header_block() -> None:

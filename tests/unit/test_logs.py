@@ -6,6 +6,7 @@ import io
 import json
 import logging
 
+from tests.fakes import Clock
 from token_worker.logs import (
     ContextFilter,
     RateLimitedLog,
@@ -16,24 +17,16 @@ from token_worker.logs import (
 )
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = 100.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
 def test_one_line_per_interval_and_the_next_counts_what_was_suppressed(caplog):
     clock = Clock()
     warn = RateLimitedLog(logging.getLogger("unit.rate"), logging.WARNING, "bad thing",
-                          interval=1.0, clock=clock)
+                          interval=1.0, clock=clock.monotonic)
     caplog.set_level(logging.WARNING)
     assert warn({"n": 1}) is True
     assert [warn({"n": 2}), warn({"n": 3})] == [False, False]
-    clock.now += 0.999
+    clock.advance(0.999)
     assert warn() is False
-    clock.now += 0.001
+    clock.advance(0.001)
     assert warn({"n": 5}) is True
     lines = [(r.getMessage(), r.suppressed, getattr(r, "n", None)) for r in caplog.records]
     assert lines == [("bad thing", 0, 1), ("bad thing", 3, 5)]

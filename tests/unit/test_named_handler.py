@@ -15,46 +15,32 @@ from urllib.parse import parse_qs
 import orjson
 import pytest
 
+from tests.fakes import FakeIssuer
 from tests.kubelet_volume import KubeletVolume, credential_files
 from token_worker import wire
-from token_worker.broker import TokenBroker
-from token_worker.cache import TokenCache
 from token_worker.config import IdpConfig
-from token_worker.credentials import CredentialStore
-from token_worker.handler import Deferred, Reply, TokenHandler
-from token_worker.idp import IdpClient, IssuedToken
+from token_worker.idp.client import IdpClient
 from token_worker.metrics import Metrics
+from token_worker.serve.credentials import CredentialStore
+from token_worker.serve.handler import Deferred, Reply
+from token_worker.serve.token_handler import TokenHandler
+from token_worker.tokens.broker import TokenBroker
+from token_worker.tokens.cache import TokenCache
 
 LIMIT = 64 * 1024
 
 
-class RecordingIdp:
-    """Stands in for ResilientIdp and remembers what each call sent."""
-
-    known_token_url = token_url = "http://idp.test/token"
-
-    def __init__(self) -> None:
-        self.calls: list[tuple[str, str, str, str | None]] = []
-
-    def fetch_token(self, client_id: str, client_secret: str, scope: str, *,
-                    deadline: float | None = None,
-                    auth_method: str | None = None) -> IssuedToken:
-        self.calls.append((client_id, client_secret, scope, auth_method))
-        return IssuedToken(f"token-for-{client_id}-{len(self.calls)}", "Bearer", 300, scope,
-                           time.time())
-
-
 def make(tmp_path: Path, *, inline: bool = True
-         ) -> tuple[TokenHandler, RecordingIdp, Metrics, KubeletVolume, CredentialStore]:
+         ) -> tuple[TokenHandler, FakeIssuer, Metrics, KubeletVolume, CredentialStore]:
     volume = KubeletVolume(tmp_path / "credentials")
     volume.write({**credential_files("orders", "orders-client", "orders-secret-1"),
                   **credential_files("billing", "billing-client", "billing-secret-1",
                                      scope="billing.read", auth_method="client_secret_basic")})
     store = CredentialStore(volume.root, start=False)
-    idp = RecordingIdp()
+    idp = FakeIssuer(name_client=True)
     metrics = Metrics()
     cache = TokenCache(max_entries=10, expiry_margin=30, refresh_ahead=0.2, now=time.time)
-    broker = TokenBroker(idp, cache, auth_method="client_secret_post",  # type: ignore[arg-type]
+    broker = TokenBroker(idp, cache, auth_method="client_secret_post",
                          follower_timeout=5, metrics=metrics)
     handler = TokenHandler(broker, default_scope="openid profile", max_payload=LIMIT,
                            credentials=store, inline_secrets=inline, named_prefix="token.named")
@@ -73,10 +59,10 @@ def test_a_named_request_is_served_with_the_credential_the_subject_names(tmp_pat
     assert isinstance(first, Deferred)  # a miss goes to a pool thread
     body = served(first)
     assert (body["request_id"], body["credential"], body["token_source"]) == ("a", "orders", "idp")
-    assert idp.calls == [("orders-client", "orders-secret-1", "openid profile", None)]
+    assert idp.sent == [("orders-client", "orders-secret-1", "openid profile", None)]
     second = handler.handle_named("token.named.orders", b'{"request_id": "b"}')
     assert isinstance(second, Reply)  # a hit, on the reader thread
-    assert served(second)["token_source"] == "cache" and len(idp.calls) == 1
+    assert served(second)["token_source"] == "cache" and len(idp.sent) == 1
 
 
 def test_the_credentials_scope_and_auth_method_apply_and_the_request_scope_wins(tmp_path):
@@ -84,7 +70,7 @@ def test_the_credentials_scope_and_auth_method_apply_and_the_request_scope_wins(
     served(handler.handle_named("token.named.billing", b'{"request_id": "1"}'))
     served(handler.handle_named("token.named.billing",
                                 b'{"request_id": "2", "scope": "billing.write"}'))
-    assert idp.calls == [("billing-client", "billing-secret-1", "billing.read",
+    assert idp.sent == [("billing-client", "billing-secret-1", "billing.read",
                           "client_secret_basic"),
                          ("billing-client", "billing-secret-1", "billing.write",
                           "client_secret_basic")]
@@ -97,7 +83,7 @@ def test_nothing_in_the_body_chooses_another_credential(tmp_path, caplog):
                        "client_secret": "attacker-secret", "credential": "billing"}).encode()
     reply = served(handler.handle_named("token.named.orders", body))
     assert reply["credential"] == "orders"
-    assert idp.calls == [("orders-client", "orders-secret-1", "openid profile", None)]
+    assert idp.sent == [("orders-client", "orders-secret-1", "openid profile", None)]
     assert "attacker-secret" not in caplog.text
 
 
@@ -107,7 +93,7 @@ def test_a_subject_that_names_no_valid_credential_is_invalid_request(tmp_path, s
     handler, idp, _, _, _ = make(tmp_path)
     outcome = handler.handle_named(subject, b'{"request_id": "q"}')
     assert isinstance(outcome, Reply) and outcome.error_code == wire.INVALID_REQUEST
-    assert orjson.loads(outcome.body)["request_id"] == "q" and idp.calls == []
+    assert orjson.loads(outcome.body)["request_id"] == "q" and idp.sent == []
 
 
 def test_unknown_and_removed_credentials_answer_unknown_credential(tmp_path):
@@ -119,7 +105,7 @@ def test_unknown_and_removed_credentials_answer_unknown_credential(tmp_path):
     assert store.reload()
     gone = handler.handle_named("token.named.orders", b'{"request_id": "2"}')
     assert isinstance(gone, Reply) and gone.error_code == wire.UNKNOWN_CREDENTIAL
-    assert len(idp.calls) == 1
+    assert len(idp.sent) == 1
 
 
 def test_a_rotated_secret_is_used_for_the_next_idp_call(tmp_path):
@@ -130,17 +116,17 @@ def test_a_rotated_secret_is_used_for_the_next_idp_call(tmp_path):
     assert store.reload()
     reply = served(handler.handle_named("token.named.orders", b"{}"))
     assert reply["token_source"] == "idp"  # a new secret is a new cache key
-    assert idp.calls[-1][:2] == ("orders-client", "orders-secret-2")
+    assert idp.sent[-1][:2] == ("orders-client", "orders-secret-2")
 
 
 def test_without_a_store_every_name_is_unknown():
-    idp = RecordingIdp()
-    broker = TokenBroker(idp, None, auth_method="client_secret_post",  # type: ignore[arg-type]
+    idp = FakeIssuer(name_client=True)
+    broker = TokenBroker(idp, None, auth_method="client_secret_post",
                          follower_timeout=5)
     bare = TokenHandler(broker, default_scope="", max_payload=LIMIT)
     outcome = bare.handle_named("token.named.orders", b"{}")
     assert isinstance(outcome, Reply) and outcome.error_code == wire.UNKNOWN_CREDENTIAL
-    assert idp.calls == []
+    assert idp.sent == []
 
 
 def test_inline_secrets_off_refuses_them_with_no_idp_call_cache_or_log(tmp_path, caplog):
@@ -153,7 +139,7 @@ def test_inline_secrets_off_refuses_them_with_no_idp_call_cache_or_log(tmp_path,
         assert isinstance(outcome, Reply)
         assert outcome.error_code == wire.INLINE_SECRETS_DISABLED
         assert orjson.loads(outcome.body)["request_id"] == "i"
-    assert idp.calls == []
+    assert idp.sent == []
     sample = metrics.registry.get_sample_value
     assert (sample("token_worker_cache_events_total", {"event": "miss"}) or 0) == 0
     assert "inline-secret-xyz" not in caplog.text
@@ -170,7 +156,7 @@ def test_named_and_inline_requests_share_cache_single_flight_and_metrics(tmp_pat
     assert isinstance(first, Deferred) and isinstance(follower, Deferred)
     served(first)
     assert served(follower)["access_token"] == "token-for-orders-client-1"
-    assert len(idp.calls) == 1
+    assert len(idp.sent) == 1
     sample = metrics.registry.get_sample_value
     assert sample("token_worker_cache_events_total", {"event": "miss"}) == 2.0
 

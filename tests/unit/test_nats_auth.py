@@ -10,15 +10,12 @@ from pathlib import Path
 import nkeys
 import pytest
 
+from tests.conftest import remember_secret
 from tests.nats_jwt import Identity, OperatorMode, creds_text, new_account, new_user, user_jwt
+from token_worker.cli import request_main
+from token_worker.errors import NatsCredentialsError
 from token_worker.logs import RedactSecrets
-from token_worker.nats_auth import (
-    CredsFileAuth,
-    NatsCredentialsError,
-    NkeySeedFileAuth,
-    load_creds_file,
-    load_nkey_file,
-)
+from token_worker.nkey_auth import CredsFileAuth, NkeySeedFileAuth, load_creds_file, load_nkey_file
 
 NONCE = "wD7hUfHZtkzMMYv"
 
@@ -217,3 +214,14 @@ def test_a_bad_rotated_file_fails_the_connect_attempt_with_a_typed_error(
     path.unlink()
     with pytest.raises(NatsCredentialsError, match="file does not exist"):
         auth.connect_auth_fields({"nonce": NONCE})
+
+
+def test_token_request_refuses_a_malformed_nkey_file_with_exit_2(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    seed = new_user().seed
+    remember_secret(seed)
+    path = tmp_path / "broken.nk"
+    path.write_text(seed[:-4] + "AAAA\n")
+    assert request_main(["--credential", "orders", "--nkey", str(path)]) == 2
+    error = capsys.readouterr().err
+    assert "nats.nkeyFile" in error and "flag --nkey" in error and seed[:16] not in error

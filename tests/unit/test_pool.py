@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 
 from tests.helpers import wait_until
-from token_worker.pool import BoundedPool
+from token_worker.serve.pool import BoundedPool
 
 
 def test_admits_workers_plus_backlog_and_hands_back_what_never_started():

@@ -16,8 +16,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from token_worker import protocol
-from token_worker.protocol import (
+from token_worker.nats import protocol
+from token_worker.nats.protocol import (
     Control,
     Info,
     Message,

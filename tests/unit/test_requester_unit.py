@@ -11,9 +11,10 @@ from typing import Any
 
 import pytest
 
-from token_worker.connection import Message, State
-from token_worker.inbox import Inbox
-from token_worker.requester import Requester
+from token_worker.client.inbox import Inbox
+from token_worker.client.requester import Requester
+from token_worker.nats.link import State
+from token_worker.nats.protocol import Message
 from token_worker.wire import OVERLOADED, SHUTTING_DOWN
 
 Answer = Callable[[str], list[Message]]

@@ -11,11 +11,14 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import TwoClocks, wait_until
-from token_worker.errors import ConfigError
-from token_worker.idp import IssuedToken
-from token_worker.kv import BucketInfo, KvTimeout, KvUnavailable, MemoryKeyValue
-from token_worker.shared_cache import FleetKey, SharedTier, Unsealable, load_key_file
+from tests.fakes import Clock, MemoryKeyValue
+from tests.helpers import wait_until
+from token_worker.errors import ConfigError, KvTimeout, KvUnavailable
+from token_worker.nats.kv import BucketInfo
+from token_worker.secret import load_key_file
+from token_worker.tokens.model import IssuedToken
+from token_worker.tokens.sealing import FleetKey, Unsealable
+from token_worker.tokens.shared import SharedTier
 
 KEY = b"k" * 32
 OTHER_KEY = b"o" * 40
@@ -28,22 +31,22 @@ MARGIN = 30.0
 
 
 
-def make_tier(kv: MemoryKeyValue, clock: TwoClocks, key: bytes = KEY, **kwargs: object
+def make_tier(kv: MemoryKeyValue, clock: Clock, key: bytes = KEY, **kwargs: object
               ) -> SharedTier:
     options: dict[str, object] = {"expiry_margin": MARGIN, "max_age": 3600.0,
-                                  "now": clock.now, "monotonic": clock.monotonic}
+                                  "now": clock.time, "monotonic": clock.monotonic}
     options.update(kwargs)
     return SharedTier(kv, key, **options)  # type: ignore[arg-type]
 
 
-def issued(clock: TwoClocks, expires_in: int = 300, access_token: str = ACCESS_TOKEN
+def issued(clock: Clock, expires_in: int = 300, access_token: str = ACCESS_TOKEN
            ) -> IssuedToken:
     return IssuedToken(access_token=access_token, token_type="Bearer", expires_in=expires_in,
                        scope="read write", issued_at=clock.wall)
 
 
 @pytest.fixture
-def tier(kv: MemoryKeyValue, clock: TwoClocks) -> SharedTier:
+def tier(kv: MemoryKeyValue, clock: Clock) -> SharedTier:
     return make_tier(kv, clock)
 
 
@@ -51,7 +54,7 @@ def tier(kv: MemoryKeyValue, clock: TwoClocks) -> SharedTier:
 
 
 def test_a_stored_token_comes_back_with_its_life_counted_on_the_clock(
-        tier: SharedTier, clock: TwoClocks) -> None:
+        tier: SharedTier, clock: Clock) -> None:
     key = tier.key(URL, CLIENT_ID, SECRET, "write read", "client_secret_post")
     tier.store(key, issued(clock, expires_in=300))
     clock.advance(100)
@@ -78,7 +81,7 @@ def test_every_part_of_a_request_changes_its_name(tier: SharedTier) -> None:
 
 
 def test_nothing_readable_in_any_stored_key_or_value(
-        tier: SharedTier, kv: MemoryKeyValue, clock: TwoClocks) -> None:
+        tier: SharedTier, kv: MemoryKeyValue, clock: Clock) -> None:
     key = tier.key(URL, CLIENT_ID, SECRET, "read", "client_secret_post")
     assert tier.lease(key, ttl=5)
     tier.store(key, issued(clock))
@@ -93,7 +96,7 @@ def test_nothing_readable_in_any_stored_key_or_value(
 
 
 def test_a_value_copied_to_another_key_does_not_open(
-        tier: SharedTier, kv: MemoryKeyValue, clock: TwoClocks,
+        tier: SharedTier, kv: MemoryKeyValue, clock: Clock,
         caplog: pytest.LogCaptureFixture) -> None:
     mine = tier.key(URL, CLIENT_ID, SECRET, "read", "client_secret_post")
     theirs = tier.key(URL, "another-client", "another-secret", "read", "client_secret_post")
@@ -102,7 +105,7 @@ def test_a_value_copied_to_another_key_does_not_open(
     assert entry is not None
     kv.put(theirs.value_key(), entry.value)
 
-    with caplog.at_level(logging.WARNING, "token_worker.shared_cache"):
+    with caplog.at_level(logging.WARNING, "token_worker.tokens.shared"):
         assert tier.lookup(theirs) is None
         assert tier.lookup(theirs) is None
     assert [r.getMessage() for r in caplog.records].count(
@@ -113,7 +116,7 @@ def test_a_value_copied_to_another_key_does_not_open(
 
 
 def test_a_value_that_does_not_open_is_overwritten_by_the_next_store(
-        tier: SharedTier, kv: MemoryKeyValue, clock: TwoClocks) -> None:
+        tier: SharedTier, kv: MemoryKeyValue, clock: Clock) -> None:
     key = tier.key(URL, CLIENT_ID, SECRET, "read", "client_secret_post")
     kv.put(key.value_key(), b"\x01" + b"garbage" * 10)
     assert tier.lookup(key) is None
@@ -124,7 +127,7 @@ def test_a_value_that_does_not_open_is_overwritten_by_the_next_store(
 
 
 def test_another_fleet_key_neither_finds_nor_opens_the_value(
-        tier: SharedTier, kv: MemoryKeyValue, clock: TwoClocks) -> None:
+        tier: SharedTier, kv: MemoryKeyValue, clock: Clock) -> None:
     key = tier.key(URL, CLIENT_ID, SECRET, "read", "client_secret_post")
     tier.store(key, issued(clock))
     stranger = make_tier(kv, clock, key=OTHER_KEY)
@@ -139,7 +142,7 @@ def test_another_fleet_key_neither_finds_nor_opens_the_value(
 
 
 def test_rotation_reads_old_values_with_the_previous_key_and_moves_them(
-        kv: MemoryKeyValue, clock: TwoClocks) -> None:
+        kv: MemoryKeyValue, clock: Clock) -> None:
     old = make_tier(kv, clock, key=OTHER_KEY)
     old.store(old.key(URL, CLIENT_ID, SECRET, "read", "client_secret_post"), issued(clock))
 
@@ -196,7 +199,7 @@ def test_a_fifo_device_or_huge_key_file_is_a_config_error_not_a_hang(tmp_path: P
 
 
 def test_tokens_within_the_expiry_margin_are_never_served(
-        tier: SharedTier, clock: TwoClocks) -> None:
+        tier: SharedTier, clock: Clock) -> None:
     key = tier.key(URL, CLIENT_ID, SECRET, "read", "client_secret_post")
     tier.store(key, issued(clock, expires_in=100))
 
@@ -207,14 +210,14 @@ def test_tokens_within_the_expiry_margin_are_never_served(
 
 
 def test_a_token_too_short_lived_to_serve_is_not_stored(
-        tier: SharedTier, kv: MemoryKeyValue, clock: TwoClocks) -> None:
+        tier: SharedTier, kv: MemoryKeyValue, clock: Clock) -> None:
     key = tier.key(URL, CLIENT_ID, SECRET, "read", "client_secret_post")
     tier.store(key, issued(clock, expires_in=int(MARGIN)))
     assert kv.stored_keys() == []
 
 
 def test_the_stored_value_expires_with_its_token(
-        tier: SharedTier, kv: MemoryKeyValue, clock: TwoClocks) -> None:
+        tier: SharedTier, kv: MemoryKeyValue, clock: Clock) -> None:
     key = tier.key(URL, CLIENT_ID, SECRET, "read", "client_secret_post")
     tier.store(key, issued(clock, expires_in=300))
     clock.advance(301)
@@ -225,7 +228,7 @@ def test_the_stored_value_expires_with_its_token(
 
 
 def test_one_lease_per_key_until_released_or_expired(
-        tier: SharedTier, kv: MemoryKeyValue, clock: TwoClocks) -> None:
+        tier: SharedTier, kv: MemoryKeyValue, clock: Clock) -> None:
     key = tier.key(URL, CLIENT_ID, SECRET, "read", "client_secret_post")
     other = make_tier(kv, clock)  # another replica
 
@@ -238,7 +241,7 @@ def test_one_lease_per_key_until_released_or_expired(
 
 
 def test_a_release_after_the_lease_passed_on_leaves_the_new_holder_alone(
-        tier: SharedTier, kv: MemoryKeyValue, clock: TwoClocks) -> None:
+        tier: SharedTier, kv: MemoryKeyValue, clock: Clock) -> None:
     key = tier.key(URL, CLIENT_ID, SECRET, "read", "client_secret_post")
     other = make_tier(kv, clock)
     assert tier.lease(key, ttl=5)
@@ -259,7 +262,7 @@ def background() -> Iterator[list[threading.Thread]]:
 
 
 def test_a_waiter_gets_the_value_the_lease_holder_stores(
-        tier: SharedTier, kv: MemoryKeyValue, clock: TwoClocks,
+        tier: SharedTier, kv: MemoryKeyValue, clock: Clock,
         background: list[threading.Thread]) -> None:
     key = tier.key(URL, CLIENT_ID, SECRET, "read", "client_secret_post")
     leader = make_tier(kv, clock)
@@ -281,14 +284,14 @@ def test_a_waiter_gets_the_value_the_lease_holder_stores(
 
 
 def test_a_value_stored_before_the_wait_is_served_at_once(
-        tier: SharedTier, clock: TwoClocks) -> None:
+        tier: SharedTier, clock: Clock) -> None:
     key = tier.key(URL, CLIENT_ID, SECRET, "read", "client_secret_post")
     tier.store(key, issued(clock))
     assert tier.wait(key, timeout=0.01) is not None
 
 
 def test_a_released_lease_without_a_value_ends_the_wait_early(
-        tier: SharedTier, kv: MemoryKeyValue, clock: TwoClocks,
+        tier: SharedTier, kv: MemoryKeyValue, clock: Clock,
         background: list[threading.Thread]) -> None:
     key = tier.key(URL, CLIENT_ID, SECRET, "read", "client_secret_post")
     leader = make_tier(kv, clock)
@@ -316,12 +319,12 @@ def test_a_wait_ends_after_its_timeout(tier: SharedTier) -> None:
 
 @pytest.mark.parametrize("failure", [KvUnavailable("no responders"), KvTimeout("slow")])
 def test_a_broken_bucket_reads_as_misses_with_one_warning_and_a_count(
-        tier: SharedTier, kv: MemoryKeyValue, clock: TwoClocks,
+        tier: SharedTier, kv: MemoryKeyValue, clock: Clock,
         caplog: pytest.LogCaptureFixture, failure: Exception) -> None:
     key = tier.key(URL, CLIENT_ID, SECRET, "read", "client_secret_post")
     kv.fail = failure  # type: ignore[assignment]
 
-    with caplog.at_level(logging.WARNING, "token_worker.shared_cache"):
+    with caplog.at_level(logging.WARNING, "token_worker.tokens.shared"):
         for _ in range(3):
             assert tier.lookup(key) is None
             tier.store(key, issued(clock))
@@ -337,7 +340,7 @@ def test_a_broken_bucket_reads_as_misses_with_one_warning_and_a_count(
 
 
 def test_after_a_failure_the_tier_rests_then_recovers(
-        tier: SharedTier, kv: MemoryKeyValue, clock: TwoClocks) -> None:
+        tier: SharedTier, kv: MemoryKeyValue, clock: Clock) -> None:
     key = tier.key(URL, CLIENT_ID, SECRET, "read", "client_secret_post")
     tier.store(key, issued(clock))
     kv.fail = KvTimeout("quorum lost")
@@ -372,7 +375,7 @@ class SlowBucket(MemoryKeyValue):
 
 
 def test_while_one_caller_probes_the_others_go_on_without_the_tier(
-        clock: TwoClocks, background: list[threading.Thread]) -> None:
+        clock: Clock, background: list[threading.Thread]) -> None:
     kv = SlowBucket()
     tier = make_tier(kv, clock)
     key = tier.key(URL, CLIENT_ID, SECRET, "read", "client_secret_post")
@@ -390,7 +393,7 @@ def test_while_one_caller_probes_the_others_go_on_without_the_tier(
     assert tier.lease(key, ttl=5)
 
 
-def test_prepare_says_whether_the_bucket_is_there(kv: MemoryKeyValue, clock: TwoClocks) -> None:
+def test_prepare_says_whether_the_bucket_is_there(kv: MemoryKeyValue, clock: Clock) -> None:
     assert make_tier(kv, clock).prepare()
     kv.fail = KvUnavailable("no responders")
     tier = make_tier(kv, clock)
@@ -399,7 +402,7 @@ def test_prepare_says_whether_the_bucket_is_there(kv: MemoryKeyValue, clock: Two
 
 
 def test_a_lease_taken_after_the_value_arrived_is_given_back(
-        tier: SharedTier, kv: MemoryKeyValue, clock: TwoClocks) -> None:
+        tier: SharedTier, kv: MemoryKeyValue, clock: Clock) -> None:
     """The race that would cost a second IdP call: a replica misses, the leader stores and
     releases, then the replica's lease succeeds."""
     key = tier.key(URL, CLIENT_ID, SECRET, "read", "client_secret_post")
@@ -415,7 +418,7 @@ def test_a_lease_taken_after_the_value_arrived_is_given_back(
 
 
 def test_refresh_ahead_takes_the_lease_only_while_no_newer_token_is_stored(
-        tier: SharedTier, kv: MemoryKeyValue, clock: TwoClocks) -> None:
+        tier: SharedTier, kv: MemoryKeyValue, clock: Clock) -> None:
     key = tier.key(URL, CLIENT_ID, SECRET, "read", "client_secret_post")
     first = issued(clock, expires_in=300)
     tier.store(key, first)
@@ -434,7 +437,7 @@ def test_refresh_ahead_takes_the_lease_only_while_no_newer_token_is_stored(
 
 
 def test_a_token_living_longer_than_the_max_age_is_kept_and_served_for_the_max_age(
-        kv: MemoryKeyValue, clock: TwoClocks) -> None:
+        kv: MemoryKeyValue, clock: Clock) -> None:
     """As the local tier caps a token at cache.maxTtl, so does the bucket: the fleet agrees
     on when it expires (else a refresh would find the bucket's copy "newer" for ever)."""
     tier = make_tier(kv, clock, max_age=600.0)
@@ -448,7 +451,7 @@ def test_a_token_living_longer_than_the_max_age_is_kept_and_served_for_the_max_a
 
 
 def test_a_wait_for_a_refresh_takes_only_a_token_that_expires_later(
-        kv: MemoryKeyValue, clock: TwoClocks) -> None:
+        kv: MemoryKeyValue, clock: Clock) -> None:
     tier = make_tier(kv, clock)
     key = tier.key(URL, CLIENT_ID, SECRET, "read", "client_secret_post")
     old = issued(clock, expires_in=300)

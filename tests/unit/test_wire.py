@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from token_worker import wire
+from token_worker import micro, wire
 from token_worker.errors import InvalidReply, InvalidRequest
 
 LIMIT = 64 * 1024
@@ -173,24 +173,24 @@ def test_malformed_replies_raise_invalid_reply_naming_the_field(body, fragment):
 
 
 def test_service_bodies_have_the_adr32_shapes_and_round_trip():
-    identity = wire.ServiceIdentity("token-worker", "ID1", "0.1.0", {"client_name": "w"})
-    endpoint = wire.Endpoint("token", "token.request", "token-workers")
-    ping = wire.PingResponse(identity)
+    identity = micro.ServiceIdentity("token-worker", "ID1", "0.1.0", {"client_name": "w"})
+    endpoint = micro.Endpoint("token", "token.request", "token-workers")
+    ping = micro.PingResponse(identity)
     assert orjson.loads(ping.to_bytes()) == {
         "type": "io.nats.micro.v1.ping_response", "name": "token-worker", "id": "ID1",
         "version": "0.1.0", "metadata": {"client_name": "w"}}
-    info = wire.InfoResponse(identity, "tokens", (endpoint,))
+    info = micro.InfoResponse(identity, "tokens", (endpoint,))
     assert orjson.loads(info.to_bytes())["endpoints"] == [
         {"name": "token", "subject": "token.request", "queue_group": "token-workers",
          "metadata": None}]
-    stats = wire.StatsResponse(identity, "2026-11-29T12:00:00Z", (wire.EndpointStats(
+    stats = micro.StatsResponse(identity, "2026-11-29T12:00:00Z", (micro.EndpointStats(
         endpoint, 7, 1, "overloaded", 7000, 1000),))
     assert orjson.loads(stats.to_bytes())["endpoints"][0]["num_errors"] == 1
-    assert wire.PingResponse.from_bytes(ping.to_bytes()) == ping
-    assert wire.InfoResponse.from_bytes(info.to_bytes()) == info
-    assert wire.StatsResponse.from_bytes(stats.to_bytes()) == stats
+    assert micro.PingResponse.from_bytes(ping.to_bytes()) == ping
+    assert micro.InfoResponse.from_bytes(info.to_bytes()) == info
+    assert micro.StatsResponse.from_bytes(stats.to_bytes()) == stats
     with pytest.raises(InvalidReply, match="ping_response"):
-        wire.PingResponse.from_bytes(info.to_bytes())
+        micro.PingResponse.from_bytes(info.to_bytes())
 
 
 @settings(max_examples=500, deadline=None)

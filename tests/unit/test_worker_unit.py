@@ -13,14 +13,15 @@ from typing import Any
 import orjson
 import pytest
 
-from tests.helpers import StubConnection, spy_on_signal_handlers, wait_until
+from tests.fakes import StubConnection
+from tests.helpers import spy_on_signal_handlers, wait_until
 from token_worker import wire
 from token_worker.config import Config, NatsConfig, Secret
-from token_worker.connection import State
 from token_worker.errors import ReconnectGaveUp
-from token_worker.handler import Deferred, Reply, RequestHandler
 from token_worker.logs import RedactSecrets
-from token_worker.worker import TokenWorker
+from token_worker.nats.link import State
+from token_worker.serve.handler import Deferred, Reply, RequestHandler
+from token_worker.serve.worker import TokenWorker
 
 SUBJECT = "token.request"
 

@@ -1,0 +1,246 @@
+"""Setting values: the parsers that turn a raw value (a JSON value, a string from the
+environment or a flag, or a value given in code) into a typed, normalised one.
+
+Each parser raises ``ValueError`` with a sentence that completes "invalid config X (from
+Y): ...", and is idempotent (a parsed value parses to itself), so the config types can
+run them on values given in code as the loader runs them on values read from a source.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+from collections.abc import Sequence
+from typing import Any
+from urllib.parse import urlsplit
+
+from token_worker import nkey_auth
+from token_worker.secret import Secret
+
+# --- value parsers: each takes the raw value (JSON value, string, or a value given in code)
+# and returns it typed and normalised, or raises ValueError with a sentence that completes
+# "invalid config X (from Y): ...". Each is idempotent: a parsed value parses to itself.
+
+LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
+AUTH_METHODS = ("client_secret_post", "client_secret_basic")
+
+
+def text(raw: Any) -> str:
+    if not isinstance(raw, str):
+        raise ValueError(f"must be a string, got {type(raw).__name__}")
+    return raw
+
+
+def name(raw: Any) -> str:
+    value = text(raw).strip()
+    if not value or any(c.isspace() for c in value):
+        raise ValueError("must be a non-empty NATS name without spaces")
+    return value
+
+
+def optional_text(raw: Any) -> str | None:
+    return text(raw) or None
+
+
+def secret(raw: Any) -> Secret | None:
+    if isinstance(raw, Secret):
+        return raw if raw.reveal() else None
+    if not isinstance(raw, str):
+        raise ValueError(f"must be a string, got {type(raw).__name__}")
+    return Secret(raw) if raw else None
+
+
+def boolean(raw: Any) -> bool:
+    if isinstance(raw, bool):
+        return raw
+    if isinstance(raw, str) and raw.strip().lower() in ("true", "1", "yes", "on"):
+        return True
+    if isinstance(raw, str) and raw.strip().lower() in ("false", "0", "no", "off"):
+        return False
+    raise ValueError(f"must be true or false, got {raw!r}")
+
+
+def integer(raw: Any) -> int:
+    if isinstance(raw, bool) or not isinstance(raw, int | str):
+        raise ValueError(f"must be a whole number, got {raw!r}")
+    try:
+        return int(raw)
+    except ValueError:
+        raise ValueError(f"must be a whole number, got {raw!r}") from None
+
+
+def positive_integer(raw: Any) -> int:
+    value = integer(raw)
+    if value < 1:
+        raise ValueError(f"must be at least 1, got {value}")
+    return value
+
+
+def non_negative_integer(raw: Any) -> int:
+    value = integer(raw)
+    if value < 0:
+        raise ValueError(f"must be 0 or more, got {value}")
+    return value
+
+
+def seconds(raw: Any, *, allow_zero: bool) -> float:
+    if isinstance(raw, bool) or not isinstance(raw, int | float | str):
+        raise ValueError(f"must be a number of seconds, got {raw!r}")
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ValueError(f"must be a number of seconds, got {raw!r}") from None
+    if not math.isfinite(value):
+        raise ValueError(f"must be a finite number of seconds, got {raw!r}")
+    if value < 0 or (value == 0 and not allow_zero):
+        bound = ">= 0" if allow_zero else "> 0"
+        raise ValueError(f"must be a number of seconds {bound}, got {raw!r}")
+    return value
+
+
+def wait_seconds(raw: Any) -> float:
+    return seconds(raw, allow_zero=True)
+
+
+def timeout_seconds(raw: Any) -> float:
+    return seconds(raw, allow_zero=False)
+
+
+def fraction(raw: Any) -> float:
+    value = seconds(raw, allow_zero=True)
+    if value >= 1:
+        raise ValueError(f"must be a fraction from 0 to below 1, got {raw!r}")
+    return value
+
+
+def subject_prefix(raw: Any) -> str:
+    value = name(raw)
+    if any(not token or token in ("*", ">") for token in value.split(".")):
+        raise ValueError(f"must be a subject prefix without wildcards or empty tokens, "
+                         f"got {value!r}")
+    return value
+
+
+def creds_file(raw: Any) -> str | None:
+    """A ``.creds`` file, read and checked now (so a bad one fails at start, exit 2)."""
+    path = text(raw).strip()
+    if path:
+        nkey_auth.load_creds_file(path)  # NatsCredentialsError is a ValueError; no secret
+    return path or None
+
+
+def nkey_file(raw: Any) -> str | None:
+    """A file holding a user NKey seed, read and checked now."""
+    path = text(raw).strip()
+    if path:
+        nkey_auth.load_nkey_file(path)
+    return path or None
+
+
+def directory(raw: Any) -> str | None:
+    path = text(raw).strip()
+    if path and not os.path.isdir(path):
+        raise ValueError(f"{path!r} is not a directory")
+    return path or None
+
+
+def optional_http_url(raw: Any) -> str | None:
+    return http_url(raw) if text(raw).strip() else None
+
+
+def port(raw: Any) -> int | None:
+    if raw == "" or raw is None:
+        return None
+    value = integer(raw)
+    if not 0 <= value <= 65535:
+        raise ValueError(f"must be a TCP port from 0 to 65535, got {value}")
+    return value
+
+
+def log_level(raw: Any) -> str:
+    value = text(raw).strip().lower()
+    if value == "warn":
+        value = "warning"
+    if value not in LOG_LEVELS:
+        raise ValueError(f"must be one of {', '.join(LOG_LEVELS)}, got {raw!r}")
+    return value
+
+
+def auth_method(raw: Any) -> str:
+    value = text(raw).strip()
+    if value not in AUTH_METHODS:
+        raise ValueError(f"must be one of {', '.join(AUTH_METHODS)}, got {raw!r}")
+    return value
+
+
+def http_url(raw: Any) -> str:
+    value = text(raw).strip()
+    parts = urlsplit(value)
+    if parts.username or parts.password:  # checked first: the error must not quote them
+        raise ValueError("must not carry credentials; clients authenticate per request")
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"must be an http:// or https:// URL with a host, got {value!r}")
+    return value.rstrip("/")
+
+
+def url_path(raw: Any) -> str:
+    value = text(raw).strip()
+    if not value.startswith("/") or any(c.isspace() for c in value):
+        raise ValueError(f"must be a path starting with '/', got {value!r}")
+    return value
+
+
+def parse_nats_urls(raw: str | Sequence[str]) -> tuple[str, ...]:
+    """Normalise NATS server URLs as ``nats.url`` is read: one string with URLs separated by
+    commas, or a list or tuple of URLs; ``nats://`` is the default scheme and 4222 the
+    default port (``host`` becomes ``nats://host:4222``).
+
+    Credentials in a URL are refused, so that a password never sits where URLs get logged
+    (use nats.username/password or token). Raises ``ValueError`` with a sentence that
+    completes "invalid config nats.url: ..." and never quotes a URL holding credentials.
+    """
+    items = raw if isinstance(raw, list | tuple) else text(raw).split(",")
+    urls = []
+    for item in items:
+        url = text(item).strip()
+        if not url:
+            continue
+        if "://" not in url:
+            url = "nats://" + url
+        parts = urlsplit(url)
+        if parts.username or parts.password:  # checked first: the error must not quote them
+            raise ValueError("must not carry credentials: use nats.username/password or token")
+        try:
+            port = parts.port
+        except ValueError:
+            raise ValueError(f"has a bad port in {url!r}") from None
+        if parts.scheme not in ("nats", "tls") or not parts.hostname:
+            raise ValueError(f"must be nats://host:port or tls://host:port, got {url!r}")
+        urls.append(f"{parts.scheme}://{parts.hostname}:{port or 4222}")
+    if not urls:
+        raise ValueError("must name at least one server")
+    return tuple(urls)
+
+
+
+
+
+
+def bucket_name(raw: Any) -> str | None:
+    name = optional_text(raw)
+    if name is not None and not BUCKET_NAME.match(name):
+        raise ValueError("must be letters, digits, '-' or '_' (a JetStream KV bucket name), "
+                         f"got {name!r}")
+    return name
+
+
+def replicas(raw: Any) -> int:
+    count = positive_integer(raw)
+    if count > MAX_REPLICAS:
+        raise ValueError(f"must be {MAX_REPLICAS} or fewer (JetStream's limit), got {count}")
+    return count
+
+
+BUCKET_NAME = re.compile(r"^[a-zA-Z0-9_-]+$")
+MAX_REPLICAS = 5

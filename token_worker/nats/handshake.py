@@ -1,0 +1,195 @@
+"""pynats2, imported safely, and the handshake token-worker keeps from it.
+
+Why pynats2 0.9.0 at all: it is the NATS client the project is required to build on (the
+service token-worker re-creates used it), and the pin is to the one release whose
+internals the subclass below overrides (``_recv``, ``_readline``, ``_send_connect_command``,
+``_connect_tls``). It has traps, measured against a real server: it imports
+``pkg_resources`` (gone from setuptools 82+); its reader spins a core once the server goes
+away; any ``-ERR`` or a late message kills its reader while the socket stays open; its
+``close()`` can hang; it announces protocol 0, so servers never send asynchronous INFO.
+So token-worker takes only the handshake from it (URL, socket, INFO, TLS, CONNECT) and
+does everything after it itself (:mod:`token_worker.nats.connection`).
+
+The CONNECT options are built by one function, :func:`connect_options`, which receives
+the server's INFO: authentication that signs the server's ``nonce`` (``nats.credsFile``,
+``nats.nkeyFile``, through :mod:`token_worker.nkey_auth`) is added there, for every
+connect and reconnect, ``tls://`` included. The CONNECT dict holds passwords, JWTs and
+signatures: it is sent and never logged.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.metadata
+import json
+import socket
+import sys
+import types
+from collections.abc import Callable
+from typing import Any
+
+from token_worker.config import NatsConfig
+from token_worker.errors import HandshakeFailed, NatsConnectionError
+
+
+def _import_pynats2() -> types.ModuleType:
+    """Import pynats2 even where setuptools no longer ships ``pkg_resources``.
+
+    pynats2 only calls ``pkg_resources.get_distribution("pynats2").version``. Where the real
+    module is missing, a stand-in answering that one call from ``importlib.metadata`` is
+    put in ``sys.modules`` for the duration of the import and removed afterwards, so no
+    other library in the process ever sees it.
+    """
+    try:
+        importlib.import_module("pkg_resources")
+    except ImportError:
+        pass
+    else:
+        return importlib.import_module("pynats2")
+
+    stand_in = types.ModuleType("pkg_resources")
+
+    def get_distribution(name: str) -> Any:
+        return types.SimpleNamespace(version=importlib.metadata.version(name))
+
+    stand_in.get_distribution = get_distribution  # type: ignore[attr-defined]
+    missing = object()
+    previous = sys.modules.get("pkg_resources", missing)
+    sys.modules["pkg_resources"] = stand_in
+    try:
+        return importlib.import_module("pynats2")
+    finally:
+        if previous is missing:
+            sys.modules.pop("pkg_resources", None)
+        else:
+            sys.modules["pkg_resources"] = previous  # type: ignore[assignment]
+
+
+pynats2 = _import_pynats2()
+PYNATS2_VERSION = importlib.metadata.version("pynats2")
+
+OptionsBuilder = Callable[[dict[str, Any]], dict[str, Any]]
+"""Builds the CONNECT options from the server's INFO."""
+
+
+def connect_options(config: NatsConfig, name: str, *, no_responders: bool,
+                    server_info: dict[str, Any]) -> dict[str, Any]:
+    """The CONNECT options for one server; ``server_info`` is its INFO (``nonce``,
+    ``auth_required``, ...), for authentication that must sign the nonce."""
+    options: dict[str, Any] = {
+        "name": name,
+        "lang": "python",
+        "version": PYNATS2_VERSION,
+        "protocol": 1,  # the server sends asynchronous INFO (cluster changes, lame duck)
+        "verbose": False,
+        "pedantic": False,
+        "echo": True,
+        # Headers for everyone: the shared tier's JetStream calls send HPUB and read
+        # header replies. Only requesters ask for no_responders, so the server tells them
+        # at once (a 503 status) when nobody listens on the subject.
+        "headers": True,
+        "no_responders": no_responders,
+    }
+    if config.username:
+        options["user"] = config.username
+        options["pass"] = config.password.reveal() if config.password else ""
+    if config.token:
+        options["auth_token"] = config.token.reveal()
+    auth = config.auth()
+    if auth is not None:  # read and signed at every connect: a rotated file is picked up
+        options.update(auth.connect_auth_fields(server_info))
+    return options
+
+
+class Handshake(pynats2.NATSNoSubscribeClient):  # type: ignore[misc,name-defined]
+    """pynats2's connection set-up with four fixes.
+
+    It shows its socket before connecting (``on_socket``: so ``close()`` can cut a connect
+    that hangs), keeps the server's INFO (pynats2 drops it), sends the CONNECT built from
+    that INFO, and fails on a closed socket instead of spinning on empty reads.
+    """
+
+    _socket_buffer: bytes
+
+    def __init__(self, url: str, config: NatsConfig, build_options: OptionsBuilder,
+                 on_socket: Callable[[socket.socket], None]) -> None:
+        tls = config.tls
+        super().__init__(
+            url,
+            name="token-worker",
+            tls_cacert=tls.ca_file,
+            tls_client_cert=tls.cert_file,
+            tls_client_key=tls.key_file,
+            tls_verify=tls.verify,
+            socket_timeout=config.connect_timeout,
+        )
+        self._build_options = build_options
+        self._on_socket = on_socket
+        self.server_info: dict[str, Any] = {}
+
+    @property
+    def socket(self) -> socket.socket:
+        """The connected socket (TLS-wrapped for ``tls://``)."""
+        sock: socket.socket = self._socket
+        return sock
+
+    @property
+    def leftover(self) -> bytes:
+        """What the server sent after the lines the handshake read."""
+        return self._socket_buffer
+
+    def connect(self) -> None:
+        """pynats2's ``connect()``, with the socket shown to ``on_socket`` before the
+        blocking TCP connect, and errors that say what went wrong."""
+        options = self._conn_options
+        sock = socket.socket(family=socket.AF_INET, type=socket.SOCK_STREAM)
+        self._socket = sock
+        self._on_socket(sock)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock.settimeout(self._socket_options["timeout"])
+        sock.connect((options["hostname"], options["port"]))
+        _command, result = self._recv(pynats2.client.INFO_RE)
+        if result is None:
+            raise HandshakeFailed("no NATS greeting (INFO) within the connect timeout: not a NATS "
+                                  "server, or it does not answer")
+        if bool(self.server_info.get("tls_required", False)) != options["tls"]:
+            raise HandshakeFailed("server requires TLS: use a tls:// URL" if not options["tls"]
+                                  else "server does not offer TLS: use a nats:// URL")
+        if options["tls"]:
+            self._connect_tls()
+            self._on_socket(self._socket)
+        self._send(pynats2.client.CONNECT_OP, json.dumps(self._build_options(self.server_info)))
+
+    def _recv(self, *commands: Any) -> Any:
+        command, match = super()._recv(*commands)
+        if match is not None and command is pynats2.client.INFO_RE:
+            self.server_info = json.loads(match.group(1))
+        return command, match
+
+    def _readline(self, *, size: int | None = None) -> bytes:
+        buffer: bytes = self._socket_buffer
+        while b"\r\n" not in buffer:
+            chunk = self._socket.recv(4096)
+            if not chunk:
+                raise HandshakeFailed("server closed the connection during the handshake")
+            buffer += chunk
+        end = buffer.index(b"\r\n") + 2
+        self._socket_buffer = buffer[end:]
+        return buffer[:end]
+
+
+def describe_connect_error(error: BaseException) -> str:
+    """Why one connect attempt failed. pynats2's exceptions have empty messages (their text
+    sits in ``.line``, and "connection failed" means no INFO came), so ``str()`` alone
+    said nothing."""
+    if isinstance(error, NatsConnectionError) and str(error):
+        return str(error)
+    if isinstance(error, OSError) and error.strerror:
+        return f"{type(error).__name__} [errno {error.errno}]: {error.strerror}"
+    line = getattr(error, "line", None)
+    if line == "connection failed":
+        return ("no NATS greeting (INFO) within the connect timeout: "
+                "not a NATS server, or it does not answer")
+    if isinstance(line, bytes):
+        return f"unexpected answer {line[:80]!r}: not a NATS server"
+    return f"{type(error).__name__}: {str(error) or line or repr(error)}"

@@ -1,0 +1,163 @@
+"""NATS service discovery (ADR-32): each worker answers ``$SRV.PING``, ``$SRV.INFO`` and
+``$SRV.STATS``, alone, with the service name and with name plus instance id.
+
+So ``nats micro list``, ``nats micro stats token-worker`` or any services client lists
+the replicas, each with its own id, its version, the endpoint's subject and queue group,
+and its request, error and processing-time numbers. These subscriptions are plain (not
+queue) subscriptions: every instance answers. The bodies are :mod:`token_worker.wire`
+types.
+
+A worker with named credentials lists two endpoints: ``token`` (the token subject) and
+``named`` (``token.named.*``, same queue group). The named endpoint counts its replies in a
+:class:`Tally`; the token endpoint's numbers are the worker's totals (the Prometheus
+counters, as without named credentials) minus the named ones, so the inline hot path pays
+nothing for the split.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import secrets
+import string
+import threading
+from collections.abc import Callable
+from datetime import datetime, timezone
+from typing import Any, Protocol
+
+from token_worker.errors import NotConnected
+from token_worker.metrics import Metrics
+from token_worker.micro import (
+    Endpoint,
+    EndpointStats,
+    InfoResponse,
+    PingResponse,
+    ServiceIdentity,
+    StatsResponse,
+)
+from token_worker.nats.protocol import Message
+
+SERVICE_NAME = "token-worker"
+ENDPOINT_NAME = "token"
+NAMED_ENDPOINT_NAME = "named"
+DESCRIPTION = "OAuth2 client-credentials tokens over NATS request-reply"
+_ID_ALPHABET = string.ascii_uppercase + string.digits
+
+
+class Bus(Protocol):
+    """What the responder needs of a connection."""
+
+    def subscribe(self, subject: str, callback: Callable[[Message], None],
+                  queue: str = "") -> Any: ...
+
+    def publish(self, subject: str, payload: bytes, reply: str = "") -> None: ...
+
+
+def new_instance_id() -> str:
+    """A 22-character instance id, in the alphabet NATS ids use."""
+    return "".join(secrets.choice(_ID_ALPHABET) for _ in range(22))
+
+
+class Tally:
+    """One endpoint's numbers for ``$SRV.STATS`` (replies, errors, time)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.requests = 0
+        self.errors = 0
+        self.nanoseconds = 0
+        self.last_error = ""
+
+    def count(self, error_code: str, seconds: float) -> None:
+        """One reply sent (from the reader or a pool thread)."""
+        with self._lock:
+            self.requests += 1
+            self.nanoseconds += int(seconds * 1e9)
+            if error_code:
+                self.errors += 1
+                self.last_error = error_code
+
+    def stats(self, endpoint: Endpoint) -> EndpointStats:
+        with self._lock:
+            average = self.nanoseconds // self.requests if self.requests else 0
+            return EndpointStats(endpoint, self.requests, self.errors, self.last_error,
+                                 self.nanoseconds, average)
+
+
+class ServiceResponder:
+    """Answers the services API for one worker instance.
+
+    ``named_subject`` (``token.named.*``), when given, is listed as a second endpoint in the
+    same queue group. The worker reports each named reply through :meth:`count_named` and
+    each inline error through :meth:`inline_error`."""
+
+    def __init__(self, connection: Bus, *, version: str, subject: str, queue: str,
+                 metrics: Metrics, metadata: dict[str, str],
+                 named_subject: str | None = None) -> None:
+        self._connection = connection
+        self._metrics = metrics
+        self.instance_id = new_instance_id()
+        self._identity = ServiceIdentity(SERVICE_NAME, self.instance_id, version, metadata)
+        self._endpoint = Endpoint(ENDPOINT_NAME, subject, queue)
+        self._named = (Endpoint(NAMED_ENDPOINT_NAME, named_subject, queue)
+                       if named_subject is not None else None)
+        self._named_tally = Tally()
+        self._last_inline_error = ""
+
+    def count_named(self, error_code: str, seconds: float) -> None:
+        """One reply sent on the named endpoint."""
+        self._named_tally.count(error_code, seconds)
+
+    def inline_error(self, error_code: str) -> None:
+        """An error reply sent on the token endpoint (for its ``last_error``)."""
+        self._last_inline_error = error_code
+
+    def start(self) -> None:
+        """Subscribe to the nine discovery subjects."""
+        answers: tuple[tuple[str, Callable[[], bytes]], ...] = (
+            ("PING", self._ping), ("INFO", self._info), ("STATS", self._stats))
+        for verb, answer in answers:
+            for subject in (f"$SRV.{verb}", f"$SRV.{verb}.{SERVICE_NAME}",
+                            f"$SRV.{verb}.{SERVICE_NAME}.{self.instance_id}"):
+                self._connection.subscribe(subject, self._responder(answer))
+
+    def _responder(self, answer: Callable[[], bytes]) -> Callable[[Message], None]:
+        def respond(message: Message) -> None:
+            if message.reply:
+                # Without a connection there is nobody to tell; the asker will ask again.
+                with contextlib.suppress(NotConnected):
+                    self._connection.publish(message.reply, answer())
+        return respond
+
+    def _ping(self) -> bytes:
+        return PingResponse(self._identity).to_bytes()
+
+    def _info(self) -> bytes:
+        endpoints = (self._endpoint,) if self._named is None else (self._endpoint, self._named)
+        return InfoResponse(self._identity, DESCRIPTION, endpoints).to_bytes()
+
+    def _stats(self) -> bytes:
+        started = datetime.fromtimestamp(self._metrics.started, timezone.utc)
+        totals = self._metrics.endpoint_stats()
+        data = _shared_data(self._metrics.shared_stats())
+        if self._named is None:
+            stats: tuple[EndpointStats, ...] = (EndpointStats(
+                self._endpoint, int(totals["num_requests"]), int(totals["num_errors"]),
+                str(totals["last_error"]), int(totals["processing_time"]),
+                int(totals["average_processing_time"]), data),)
+        else:
+            named = self._named_tally.stats(self._named)
+            requests = max(0, int(totals["num_requests"]) - named.num_requests)
+            nanoseconds = max(0, int(totals["processing_time"]) - named.processing_time)
+            inline = EndpointStats(
+                self._endpoint, requests,
+                max(0, int(totals["num_errors"]) - named.num_errors), self._last_inline_error,
+                nanoseconds, nanoseconds // requests if requests else 0, data)
+            stats = (inline, dataclasses.replace(named, data=data))
+        return StatsResponse(self._identity, started.isoformat().replace("+00:00", "Z"),
+                             stats).to_bytes()
+
+
+def _shared_data(counts: dict[str, int] | None) -> dict[str, Any] | None:
+    """The endpoint's ``data``: the shared tier's counts, when there is a shared tier."""
+    return None if counts is None else {"shared_cache": counts}

@@ -1,0 +1,139 @@
+"""The per-worker token cache: bounded, keyed so that no secret can reach another's token.
+
+A key is the token endpoint, the ``client_id``, a keyed digest (BLAKE2b in its MAC mode,
+under a random per-process key) of the ``client_secret``, the sorted scope set and the
+auth method. The secret itself is never stored, so a wrong or rotated secret can never hit
+another secret's entry. Only an allow-list of token fields is kept (as MSAL does). Entries
+are evicted least-recently-used first (``cachetools.LRUCache``), so memory stays bounded
+with any number of clients. Time is injected (``now``), so expiry is tested without sleeping.
+
+A token's servable life runs from its arrival to ``expiryMargin`` before its expiry (and is
+never longer than ``maxTtl``). Its refresh point lies inside that servable life, the last
+``refreshAhead`` share of it, so refresh-ahead works for any lifetime: a 45 s token with a
+30 s margin is served for 15 s and refreshed from its 12th second (a share of the full
+lifetime would put the refresh point after serving had stopped).
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import secrets
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import NamedTuple
+
+from cachetools import LRUCache
+
+from token_worker import defaults
+from token_worker.tokens.model import IssuedToken
+
+MIN_REFRESH_LEAD = 2.0
+"""Seconds a refresh is started at least before serving stops (an IdP round trip), but
+never earlier than half-way through the servable life."""
+
+
+class CacheKey(NamedTuple):
+    """What makes two requests ask for the same token (a tuple: hashed on every request)."""
+
+    token_url: str
+    client_id: str
+    secret_digest: bytes
+    """Keyed BLAKE2b of the secret: equal for equal secrets, useless outside the process."""
+    scopes: tuple[str, ...]
+    auth_method: str
+
+
+@dataclass(frozen=True)
+class CachedToken:
+    """A cached token with the two moments that matter for it."""
+
+    token: IssuedToken
+    expires_at: float
+    """When the IdP said it expires."""
+    serve_until: float
+    """Last moment it may be served (``expires_at`` less the margin)."""
+    refresh_at: float
+    """From here on, one background refresh replaces it (always before ``serve_until``)."""
+
+    def expires_in(self, now: float) -> int:
+        """Whole seconds of life left, never negative (the reply's ``expires_in``)."""
+        return max(0, int(self.expires_at - now))
+
+
+_DIGEST_KEY = secrets.token_bytes(32)
+"""Random per process: digests of secrets mean nothing outside it."""
+
+
+def cache_key(token_url: str, client_id: str, client_secret: str, scope: str,
+              auth_method: str) -> CacheKey:
+    """The key of a request; the secret enters only as a keyed digest, the scope as a sorted
+    set (``"b a a"`` and ``"a b"`` are the same request)."""
+    digest = hashlib.blake2b(client_secret.encode(), key=_DIGEST_KEY, digest_size=32).digest()
+    return CacheKey(token_url, client_id, digest, scope_set(scope), auth_method)
+
+
+@functools.lru_cache(maxsize=4096)
+def scope_set(scope: str) -> tuple[str, ...]:
+    """A scope string as a sorted set; memoised, as a fleet asks for few distinct scopes."""
+    return tuple(sorted(set(scope.split())))
+
+
+class TokenCache:
+    """A thread-safe LRU cache of tokens; ``now`` is the clock (``time.time`` in service)."""
+
+    def __init__(self, *, max_entries: int, expiry_margin: float, refresh_ahead: float,
+                 now: Callable[[], float], max_ttl: float = defaults.CACHE_MAX_TTL) -> None:
+        self._entries: LRUCache[CacheKey, CachedToken] = LRUCache(maxsize=max_entries)
+        self._lock = threading.Lock()
+        self._margin = expiry_margin
+        self._refresh_ahead = refresh_ahead
+        self.max_ttl = max_ttl
+        """Longest life an entry is given, whatever the token's ``expires_in``."""
+        self.now = now
+
+    def get(self, key: CacheKey) -> CachedToken | None:
+        """The entry if it may still be served; an expired entry is dropped."""
+        with self._lock:
+            try:
+                entry = self._entries[key]  # one lookup (get() looks up twice)
+            except KeyError:
+                return None
+            if self.now() >= entry.serve_until:
+                del self._entries[key]
+                return None
+            return entry
+
+    def put(self, key: CacheKey, token: IssuedToken, *, age: float = 0.0) -> CachedToken:
+        """Store a token (unless too short-lived to serve); return its entry. Its life is
+        counted on the cache's clock from ``age`` seconds ago (0: the IdP just issued it; a
+        token read from the shared tier was issued earlier) and capped at ``max_ttl``. The
+        refresh point is a share of the whole servable life, so a token that arrives late in
+        its life is refreshed as soon as one issued here would be (or at once)."""
+        now = self.now()
+        issued = now - max(0.0, age)
+        expires_at = issued + min(token.expires_in, self.max_ttl)
+        serve_until = expires_at - self._margin
+        entry = CachedToken(token=token, expires_at=expires_at, serve_until=serve_until,
+                            refresh_at=serve_until - self._refresh_lead(serve_until - issued))
+        if serve_until > now:
+            with self._lock:
+                self._entries[key] = entry
+        return entry
+
+    def _refresh_lead(self, servable: float) -> float:
+        """How long before ``serve_until`` the refresh point lies; 0 turns refreshes off."""
+        if self._refresh_ahead <= 0 or servable <= 0:
+            return 0.0
+        floor = min(MIN_REFRESH_LEAD, servable / 2)
+        return min(max(self._refresh_ahead * servable, floor), servable)
+
+    def discard(self, key: CacheKey) -> bool:
+        """Drop the entry of ``key``; True if there was one."""
+        with self._lock:
+            return self._entries.pop(key, None) is not None
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._entries)

@@ -1,0 +1,400 @@
+"""The shared token tier: one sealed cache and one lease per key for a whole fleet.
+
+Each replica keeps its local LRU (:mod:`token_worker.tokens.cache`) as the first tier.
+Behind it, this tier keeps tokens in a JetStream KV bucket (:mod:`token_worker.nats.kv`)
+that every replica reads, so a fleet asks the IdP once per key, and a new pod starts warm.
+
+Entries are named by keyed digests and sealed under the fleet's key file
+(:mod:`token_worker.tokens.sealing`): no client id, secret or token shows in the bucket. A
+value holds an allow-list of token fields (``access_token``, ``token_type``, ``scope``,
+``issued_at``, ``expires_at``), never the secret, and comes back as it was issued, so a
+replica that takes it counts its life and refresh point as the one that got it from the
+IdP does. A value that does not open (another key file, corruption, moved) is a miss,
+warned about and overwritten by the next store. With a previous key file (a rotation), a
+miss under the new names is looked up under the old ones, opened with the old key and
+copied under the new name.
+
+Single flight across the fleet: :meth:`SharedTier.lease` takes a short lease on the key
+(KV's atomic create, a per-message TTL): one replica calls the IdP for a cold key while
+the others :meth:`SharedTier.wait` for its value, watching the key's subjects; a released
+lease (the leader's call failed) or the timeout sends them to the IdP themselves.
+
+This tier never takes a request down: no JetStream, a bucket that cannot be created,
+timeouts, a lost quorum all end as a miss (or a lease not taken), one rate-limited warning,
+a count in :attr:`SharedTier.counts`, a short rest; then one caller probes while the others
+go on without the tier, so an outage never costs every request a timeout.
+
+How a broker uses it, after a local miss (never on the reader thread: these are I/O)::
+
+    key = tier.key(token_url, client_id, client_secret, scope, auth_method)
+    token = tier.lookup(key)                  # a shared hit: put it in the local tier
+    if token is None:
+        if tier.lease(key, ttl=idp_deadline):     # this replica calls the IdP
+            try:
+                token = idp.fetch_token(...)
+                tier.store(key, token)            # before release: waiters see the value
+            finally:
+                tier.release(key)
+        else:
+            token = tier.wait(key, timeout=idp_deadline) or idp.fetch_token(...)
+
+Refresh-ahead takes the same lease, with ``newer_than`` the local token's ``expires_at``:
+only the replica whose ``lease`` succeeds refreshes (and stores, and releases); on False
+the others keep serving their valid local token, and may take the refreshed one with
+``lookup`` (it expires later than theirs).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import orjson
+
+from token_worker.errors import KvError, KvUnavailable
+from token_worker.nats.kv import ERR_STREAM_NOT_FOUND, PUT, KeyValueStore
+from token_worker.tokens.model import IssuedToken
+from token_worker.tokens.sealing import FleetKey, Unsealable
+
+log = logging.getLogger(__name__)
+
+TOKEN_FIELDS = ("access_token", "token_type", "scope", "issued_at", "expires_at")
+"""All a sealed value holds: the allow-list."""
+VALUE_SUFFIX = "tok"
+LEASE_SUFFIX = "lease"
+PROBE_KEY = "probe"
+"""Read (and never written) to learn whether the bucket answers again after a failure."""
+RETRY_AFTER = 5.0
+"""Seconds the tier rests after a failure before JetStream is asked again."""
+WARN_EVERY = 60.0
+"""Seconds between two warnings of one kind (a broken tier must not flood the log)."""
+
+
+@dataclass(frozen=True)
+class SharedKey:
+    """Where one token lives in the bucket: digests only, safe to keep and to log a part of.
+
+    ``names[0]`` is the name under the current key file, ``names[1]`` (if any) under the
+    previous one.
+    """
+
+    names: tuple[str, ...]
+
+    def __repr__(self) -> str:
+        return f"SharedKey({self.names[0][:12]}...)"
+
+    def value_key(self, index: int = 0) -> str:
+        return f"{self.names[index]}.{VALUE_SUFFIX}"
+
+    @property
+    def lease_key(self) -> str:
+        return f"{self.names[0]}.{LEASE_SUFFIX}"
+
+
+def _scope_set(scope: str | tuple[str, ...]) -> tuple[str, ...]:
+    words = scope.split() if isinstance(scope, str) else scope
+    return tuple(sorted(set(words)))
+
+
+class _Warnings:
+    """One warning per kind per ``every`` seconds."""
+
+    def __init__(self, every: float, clock: Callable[[], float]) -> None:
+        self._every = every
+        self._clock = clock
+        self._last: dict[str, float] = {}
+        self._lock = threading.Lock()
+
+    def warn(self, kind: str, message: str, **extra: object) -> None:
+        now = self._clock()
+        with self._lock:
+            last = self._last.get(kind)
+            if last is not None and now - last < self._every:
+                return
+            self._last[kind] = now
+        log.warning(message, extra=extra)
+
+
+COUNTER_NAMES = ("hits", "misses", "leases", "lease_waits", "lease_takeovers", "errors")
+
+
+class SharedTier:
+    """The shared tier over one bucket; every method is safe to call from many threads and
+    never raises (a broken tier reads as a miss).
+
+    ``now`` is the wall clock tokens expire on (``expires_at`` is absolute, so the fleet's
+    clocks must agree within the expiry margin, as NTP keeps them); ``monotonic`` paces
+    retries and warnings.
+    """
+
+    def __init__(self, kv: KeyValueStore, key: bytes, *, previous_key: bytes | None = None,
+                 expiry_margin: float, max_age: float, replicas: int = 1,
+                 retry_after: float = RETRY_AFTER, warn_every: float = WARN_EVERY,
+                 now: Callable[[], float] = time.time,
+                 monotonic: Callable[[], float] = time.monotonic) -> None:
+        self._kv = kv
+        self._keys = (FleetKey(key),) + ((FleetKey(previous_key),) if previous_key else ())
+        self._margin = expiry_margin
+        self._max_age = max_age
+        self._replicas = replicas
+        self._retry_after = retry_after
+        self._now = now
+        self._monotonic = monotonic
+        self._warnings = _Warnings(warn_every, monotonic)
+        self._lock = threading.Lock()
+        self._counts = dict.fromkeys(COUNTER_NAMES, 0)
+        self._leases: dict[str, int] = {}
+        self._bucket_ready = False
+        self._healthy = False
+        self._failed_before = False
+        self._probing = threading.Lock()
+        self._resting_until = 0.0
+
+    # --- the broker's API -----------------------------------------------------------------
+
+    def key(self, token_url: str, client_id: str, client_secret: str,
+            scope: str | tuple[str, ...], auth_method: str) -> SharedKey:
+        """The names of a request's entries; the secret enters only an HMAC."""
+        scopes = _scope_set(scope)
+        return SharedKey(tuple(k.name(token_url, client_id, client_secret, scopes, auth_method)
+                               for k in self._keys))
+
+    def lookup(self, key: SharedKey) -> IssuedToken | None:
+        """A servable token from the bucket, or None (a miss, or the tier is down)."""
+        if not self._ready():
+            return None
+        try:
+            for index in range(len(key.names)):
+                entry = self._kv.get(key.value_key(index))
+                token = self._open(key, index, entry.value) if entry is not None else None
+                if token is not None:
+                    self._count("hits")
+                    if index:
+                        self.store(key, token)  # rotation: copy under the current key
+                    return token
+        except Exception as error:
+            self._failed("lookup", error)
+            return None
+        self._count("misses")
+        return None
+
+    def store(self, key: SharedKey, token: IssuedToken) -> None:
+        """Keep a token the IdP just issued for the fleet (until it expires), unless it is
+        too short-lived to serve."""
+        if not self._ready():
+            return
+        try:
+            self._store(key, token)
+        except Exception as error:
+            self._failed("store", error)
+
+    def lease(self, key: SharedKey, ttl: float, *, newer_than: float | None = None) -> bool:
+        """Take the key's lease for ``ttl`` seconds: True means call the IdP, then
+        :meth:`store` and :meth:`release`; False means another replica holds it (then
+        :meth:`wait`) or the tier is down (then :meth:`wait` returns None at once).
+
+        Once taken, the value is read again: if a servable one is there (the previous holder
+        stored it since this replica's lookup), the lease is given back and False returned,
+        so :meth:`wait` serves that value at once. For refresh-ahead, ``newer_than`` is the
+        local token's ``expires_at``: only a value that expires later counts (another
+        replica has refreshed: :meth:`lookup` takes it), an older one is refreshed.
+        """
+        if not self._ready():
+            return False
+        try:
+            revision = self._kv.create(key.lease_key, b"", ttl=ttl)
+            if revision is None:
+                return False
+            entry = self._kv.get(key.value_key(), latest=True)  # a replica may lag
+            opened = self._open_entry(key, 0, entry.value) if entry is not None else None
+            if opened is not None and (newer_than is None or opened[1] > newer_than):
+                self._kv.delete(key.lease_key, last_revision=revision)
+                return False
+        except Exception as error:
+            self._failed("lease", error)
+            return False
+        with self._lock:
+            self._leases[key.names[0]] = revision
+            self._counts["leases"] += 1
+        return True
+
+    def release(self, key: SharedKey) -> None:
+        """Give a lease back (only if it is still ours): waiters that see it go without a
+        value call the IdP themselves at once."""
+        with self._lock:
+            revision = self._leases.pop(key.names[0], None)
+        if revision is None or not self._ready():
+            return
+        try:
+            self._kv.delete(key.lease_key, last_revision=revision)
+        except Exception as error:
+            self._failed("release", error)
+
+    def wait(self, key: SharedKey, timeout: float, *,
+             newer_than: float | None = None) -> IssuedToken | None:
+        """The token the lease holder stores, watched for up to ``timeout`` seconds; None
+        when it does not come (released, timed out, tier down): call the IdP yourself.
+        With ``newer_than`` (refresh-ahead: the local token's ``expires_at``) only a value
+        that expires later counts."""
+        if not self._ready():
+            return None
+        self._count("lease_waits")
+        deadline = self._monotonic() + timeout
+        try:
+            token = self._watch_for_value(key, deadline, newer_than)
+        except Exception as error:
+            self._failed("wait", error)
+            token = None
+        if token is None:
+            self._count("lease_takeovers")
+        else:
+            self._count("hits")
+        return token
+
+    @property
+    def counts(self) -> dict[str, int]:
+        """hits, misses, leases (taken), lease_waits, lease_takeovers (waits that ended
+        without a value), errors: a snapshot for metrics."""
+        with self._lock:
+            return dict(self._counts)
+
+    @property
+    def available(self) -> bool:
+        """True while the tier answers (the bucket ensured, no failure since)."""
+        return self._healthy
+
+    def prepare(self) -> bool:
+        """Ensure the bucket now (at start, before serving: otherwise requests arriving
+        while the first caller ensures it go without the tier); never raises."""
+        return self._ready()
+
+    # --- inside -------------------------------------------------------------------------
+
+    def _watch_for_value(self, key: SharedKey, deadline: float,
+                         newer_than: float | None = None) -> IssuedToken | None:
+        value_key = key.value_key()
+
+        def servable(sealed: bytes) -> IssuedToken | None:
+            opened = self._open_entry(key, 0, sealed)
+            if opened is None or (newer_than is not None and opened[1] <= newer_than):
+                return None
+            return opened[0]
+
+        def latest() -> IssuedToken | None:
+            # From the stream leader: a lagging replica could miss a value already stored.
+            entry = self._kv.get(value_key, latest=True)
+            return servable(entry.value) if entry is not None else None
+
+        with self._kv.watch(f"{key.names[0]}.*") as watch:
+            # Subscribed before reading: a value stored in between is seen on the watch...
+            token = latest()
+            while token is None and (left := deadline - self._monotonic()) > 0:
+                change = watch.next(left)
+                if change is None:
+                    break
+                if change.key == value_key and change.operation == PUT:
+                    token = servable(change.value)
+                elif change.key == key.lease_key and change.operation != PUT:
+                    break  # released: stored first, or the leader's call failed
+        if token is not None:
+            return token
+        # ...once the interest has reached every node of a cluster: until then a put made
+        # elsewhere may pass by unseen. The leader stores before it releases, so one last
+        # read from the stream leader finds what the watch missed.
+        return latest()
+
+    def _store(self, key: SharedKey, token: IssuedToken) -> None:
+        """Seal and put; a token's life is capped at the bucket's max age (``cache.maxTtl``,
+        as the local tier caps it), so the fleet agrees on when it expires."""
+        lifetime = token.expires_in
+        if self._max_age > 0:
+            lifetime = min(lifetime, int(self._max_age))
+        expires_at = token.issued_at + lifetime
+        life = expires_at - self._now()
+        if life <= self._margin:
+            return
+        plain = orjson.dumps(dict(zip(TOKEN_FIELDS, (
+            token.access_token, token.token_type, token.scope, token.issued_at, expires_at),
+            strict=True)))
+        value_key = key.value_key()
+        self._kv.put(value_key, self._keys[0].seal(value_key, plain), ttl=math.ceil(life))
+
+    def _open(self, key: SharedKey, index: int, sealed: bytes) -> IssuedToken | None:
+        """The token in a sealed value if it may still be served; None otherwise."""
+        opened = self._open_entry(key, index, sealed)
+        return opened[0] if opened is not None else None
+
+    def _open_entry(self, key: SharedKey, index: int, sealed: bytes
+                    ) -> tuple[IssuedToken, float] | None:
+        """A servable token in a sealed value and its ``expires_at``; None otherwise."""
+        value_key = key.value_key(index)
+        try:
+            fields = orjson.loads(self._keys[index].open(value_key, sealed))
+            expires_at = float(fields["expires_at"])
+            issued_at = float(fields["issued_at"])
+            access_token, token_type, scope = (str(fields[name]) for name in TOKEN_FIELDS[:3])
+        except (Unsealable, ValueError, KeyError, TypeError) as error:
+            self._warnings.warn("unreadable", "shared token cache: a value does not open; "
+                                "treated as a miss, the next store overwrites it",
+                                entry=f"{key.names[index][:12]}...", error=str(error))
+            return None
+        now = self._now()
+        if expires_at - self._margin <= now:
+            return None
+        token = IssuedToken(access_token=access_token, token_type=token_type, scope=scope,
+                            expires_in=round(expires_at - issued_at), issued_at=issued_at)
+        return token, expires_at
+
+    def _ready(self) -> bool:
+        """Whether to ask the bucket now. While healthy, yes. After a failure, nobody asks
+        until the rest is over; then one caller probes (ensuring the bucket if it may be
+        gone) while the others go on without the tier, so an outage never costs every
+        request a timeout."""
+        if self._healthy:
+            return True
+        if self._monotonic() < self._resting_until:
+            return False
+        if not self._probing.acquire(blocking=False):
+            return False
+        try:
+            if self._bucket_ready:
+                self._kv.get(PROBE_KEY)
+            else:
+                self._kv.ensure_bucket(history=1, max_age=self._max_age,
+                                       replicas=self._replicas, allow_msg_ttl=True)
+                self._bucket_ready = True
+        except Exception as error:
+            self._failed("bucket" if not self._bucket_ready else "probe", error)
+            return False
+        finally:
+            self._probing.release()
+        if self._failed_before:
+            log.info("shared token cache available again")
+        self._healthy = True
+        return True
+
+    def _failed(self, operation: str, error: Exception) -> None:
+        """Count, warn (rate-limited), and rest before asking again; when the bucket looks
+        gone (no responders, stream not found), ensure it again first. A timeout does not
+        (the stream's API needs a meta leader, the data path only the stream's replicas)."""
+        self._count("errors")
+        self._healthy = False
+        self._failed_before = True
+        if isinstance(error, KvUnavailable) or (
+                isinstance(error, KvError) and error.err_code == ERR_STREAM_NOT_FOUND):
+            self._bucket_ready = False  # deleted, or never made: ensure it again
+        log.debug("shared token cache call failed: %s", error,
+                  extra={"operation": operation, "error": str(error) or type(error).__name__})
+        self._resting_until = self._monotonic() + self._retry_after
+        self._warnings.warn("unavailable", "shared token cache unavailable: serving from the "
+                            "local cache and the identity provider",
+                            operation=operation, error=str(error) or type(error).__name__,
+                            retry_in_s=self._retry_after)
+
+    def _count(self, name: str) -> None:
+        with self._lock:
+            self._counts[name] += 1

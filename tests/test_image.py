@@ -322,6 +322,15 @@ def test_the_image_is_small_non_root_and_holds_no_compiler_cache_or_pip(
     uid, gid = image.config["User"].split(":")
     assert uid.isdigit() and int(uid) > 0 and gid.isdigit() and int(gid) > 0
     assert "Cmd" not in image.config or not image.config["Cmd"]
+    # Nothing left behind by the build in the places a build leaves things (a build secret's
+    # or a bind mount's mount point, a download).
+    root = Path(buildah("mount", container).strip())
+    try:
+        leftovers = sorted(str(path.relative_to(root)) for folder in ("run", "tmp", "build")
+                           if (root / folder).is_dir() for path in (root / folder).iterdir())
+    finally:
+        buildah("umount", container)
+    assert set(leftovers) <= {"run/lock"}, leftovers
     # Every module the worker imports has a valid compiled file, so a read-only root costs no
     # compiling at start; no toolchain, no pip, nothing left by apt or pip (seen as root).
     probe = r"""

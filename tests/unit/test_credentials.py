@@ -258,14 +258,15 @@ def test_readers_never_see_a_torn_credential_during_200_swaps(
 
 
 def test_the_deployment_projects_each_credential_secret_into_its_own_folder() -> None:
-    """deploy/: every Secret of credentials-secret.yaml reaches CREDENTIALS_DIR as
+    """deploy/: every Secret of examples/credentials-secret.yaml reaches CREDENTIALS_DIR as
     ``<name>/<file>`` with names and files the store reads, mounted whole (no subPath)."""
     import yaml
 
     from tests import ROOT
 
     deployment = yaml.safe_load((ROOT / "deploy" / "deployment.yaml").read_text())
-    secrets = list(yaml.safe_load_all((ROOT / "deploy" / "credentials-secret.yaml").read_text()))
+    examples = ROOT / "deploy" / "examples"
+    secrets = list(yaml.safe_load_all((examples / "credentials-secret.yaml").read_text()))
     spec = deployment["spec"]["template"]["spec"]
     container = spec["containers"][0]
     env = {item["name"]: item.get("value") for item in container["env"]}

@@ -12,9 +12,12 @@ from tests import ROOT
 def test_deploy_config_map_is_etc_app_json():
     import yaml
 
-    config_map = yaml.safe_load((ROOT / "deploy" / "configmap.yaml").read_text())
+    kustomization = yaml.safe_load((ROOT / "deploy" / "kustomization.yaml").read_text())
+    generator = next(g for g in kustomization["configMapGenerator"]
+                     if g["name"] == "token-worker-config")
+    assert generator["files"] == ["app.json"]
     shipped = json.loads((ROOT / "etc" / "app.json").read_text())
-    assert json.loads(config_map["data"]["app.json"]) == shipped
+    assert json.loads((ROOT / "deploy" / "app.json").read_text()) == shipped
 
 
 def test_deployment_runs_the_guides_command_with_probes_and_a_long_enough_grace():
@@ -35,7 +38,7 @@ def test_deployment_runs_the_guides_command_with_probes_and_a_long_enough_grace(
     assert container["securityContext"]["readOnlyRootFilesystem"] is True
     assert spec["securityContext"]["runAsNonRoot"] is True
     assert container["volumeMounts"][0]["mountPath"] == "/app/configs"
-    dockerfile = (ROOT / "Dockerfile").read_text()
-    assert "/app/token-worker" in dockerfile
-    assert "USER 10001" in dockerfile
+    containerfile = (ROOT / "Containerfile").read_text()
+    assert "/app/token-worker" in containerfile
+    assert "USER 10001" in containerfile
     assert Path(ROOT / "deploy" / "kustomization.yaml").exists()

@@ -22,9 +22,9 @@ import pytest
 import urllib3
 from urllib3.util import make_headers
 
-from tests.connect_proxy import ConnectProxy, is_loopback
-from tests.idp_modes import ModalIdp
-from tests.ipv6 import (
+from tests.integration.connect_proxy import ConnectProxy, is_loopback
+from tests.integration.idp_modes import ModalIdp
+from tests.integration.ipv6 import (
     NatsServerV6,
     connect_any,
     ipv6_loopback_available,
@@ -465,7 +465,7 @@ def test_a_name_that_resolves_only_to_ipv6(tmp_path: Path) -> None:
     probe = (
         "import socket, sys\n"
         "sys.path.insert(0, sys.argv[2])\n"
-        "from tests.ipv6 import connect_any\n"
+        "from tests.integration.ipv6 import connect_any\n"
         "port = int(sys.argv[1])\n"
         "infos = socket.getaddrinfo('nats6.test', port, socket.AF_UNSPEC, socket.SOCK_STREAM)\n"
         "print(sorted({info[4][0] for info in infos}))\n"

@@ -18,13 +18,17 @@ a requester error keeps the reply's ``error_code``. Catch the branch you mean::
     ├── KvError                     a JetStream key-value call failed (the shared tier's)
     │   ├── KvTimeout               no answer within the call's timeout
     │   └── KvUnavailable           nobody answers JetStream's API, or nothing was sent
-    ├── IdpError                    the identity provider did not issue a token
-    │   ├── IdpRefused              it answered with an OAuth2 error (never retried)
-    │   ├── IdpUnavailable          unreachable, 5xx or 429: it may work on a retry
-    │   │   ├── CircuitOpen         failing fast: the IdP failed repeatedly, cooling down
-    │   │   └── AskedToWait         failing fast: its Retry-After has not passed yet
-    │   ├── IdpTimeout              no answer within ``idp.timeout`` / ``idp.deadline``
-    │   └── IdpBadResponse          an answer no retry can fix (not a token, a redirect)
+    ├── NoToken                     a request gets no token; its reply names the error_code
+    │   ├── Overloaded              no room now (pool, waiters, deadline, IdP call ceiling)
+    │   ├── RateLimited             the client's IdP call budget is spent
+    │   ├── ShuttingDown            the worker stopped before serving it
+    │   └── IdpError                the identity provider did not issue a token
+    │       ├── IdpRefused          it answered with an OAuth2 error (never retried)
+    │       ├── IdpUnavailable      unreachable, 5xx or 429: it may work on a retry
+    │       │   ├── CircuitOpen     failing fast: the endpoint is failing, cooling down
+    │       │   └── AskedToWait     failing fast: its Retry-After has not passed yet
+    │       ├── IdpTimeout          no answer within ``idp.timeout`` / ``idp.deadline``
+    │       └── IdpBadResponse      an answer no retry can fix (not a token, a redirect)
     ├── InvalidRequest              a request body the wire contract refuses
     ├── InvalidReply                requester side: a reply body the wire contract refuses
     ├── TokenRequestFailed          requester side: a worker answered with an error
@@ -50,6 +54,7 @@ elsewhere are control flow that never reaches a user: a requester's attempt outc
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 
 class TokenWorkerError(Exception):
@@ -157,31 +162,77 @@ class KvUnavailable(KvError):
         super().__init__(503, description)
 
 
-class IdpError(TokenWorkerError):
+class NoToken(TokenWorkerError):
+    """A request gets no token, for a reason its reply names: the base of everything a
+    worker answers with an error code after a request was understood (the IdP's errors,
+    and the worker's own refusals: ``overloaded``, ``rate_limited``, ``shutting_down``).
+
+    ``error_code`` is the reply's ``error_code``; the message is one sentence that says
+    why (the reply's ``error``); ``description`` the IdP's ``error_description`` if any;
+    ``retry_after`` the seconds after which asking again may succeed, when known (the
+    reply's ``retry_after``)."""
+
+    error_code = "no_token"
+
+    def __init__(self, message: str, *, description: str = "",
+                 retry_after: float | None = None) -> None:
+        self.description = description
+        self.retry_after = retry_after
+        super().__init__(message)
+
+    def add_context(self, text: str) -> None:
+        """Append what is known beyond the cause (attempts, time spent, a hold) to the
+        message."""
+        self.args = (f"{self.args[0]} ({text})",) if self.args else (text,)
+
+
+class Overloaded(NoToken):
+    """The worker has no room for the request now (its pool and backlog are full, too many
+    requests wait for tokens, the request waited too long for a thread to leave the IdP
+    the time it needs, or the replica's ceiling on IdP calls is reached): retry shortly,
+    another replica may answer."""
+
+    error_code = "overloaded"
+
+
+class RateLimited(NoToken):
+    """The client (a client id, or a named credential) asked the IdP more often than its
+    budget allows (``idp.clientRate``, ``idp.clientBurst``), and no cached token could
+    stand in: retry after ``retry_after`` seconds."""
+
+    error_code = "rate_limited"
+
+
+class ShuttingDown(NoToken):
+    """The worker stopped before it could serve the request: retry at once, another
+    replica answers."""
+
+    error_code = "shutting_down"
+
+
+class IdpError(NoToken):
     """The identity provider did not issue a token.
 
-    ``error_code`` is the machine-readable code sent to the requester; the message is one
-    sentence that says why (it becomes the reply's ``error``). ``reason`` is the short
-    cause for the log line (``HTTP 503``, ``not JSON``, ``ConnectionRefusedError: ...``),
-    ``status`` the HTTP status if there was an answer, and ``body`` the start of an error
-    answer's body (never of a 2xx, which may hold a token).
+    ``reason`` is the short cause for the log line (``HTTP 503``, ``not JSON``,
+    ``ConnectionRefusedError: ...``), ``status`` the HTTP status if there was an answer,
+    and ``body`` the start of an error answer's body (never of a 2xx, which may hold a
+    token). ``attempted`` is False for an error raised without calling the IdP (its
+    circuit open, a ``Retry-After`` running, no time left); ``unreachable`` is True when the
+    endpoint could not be reached at all (refused, reset, DNS, TLS, a connect timeout):
+    evidence about the endpoint, whoever asked.
     """
 
     error_code = "idp_error"
 
     def __init__(self, message: str, *, description: str = "", status: int | None = None,
-                 retry_after: float | None = None, reason: str = "", body: str = "") -> None:
-        self.description = description
+                 retry_after: float | None = None, reason: str = "", body: str = "",
+                 attempted: bool = True, unreachable: bool = False) -> None:
         self.status = status
-        self.retry_after = retry_after
-        """Seconds the IdP asked us to wait (a 429's or 5xx's ``Retry-After``)."""
         self.reason = reason or message
         self.body = body
-        super().__init__(message)
-
-    def add_context(self, text: str) -> None:
-        """Append what the retry policy knows (attempts, time spent) to the message."""
-        self.args = (f"{self.args[0]} ({text})",) if self.args else (text,)
+        self.attempted = attempted
+        self.unreachable = unreachable
+        super().__init__(message, description=description, retry_after=retry_after)
 
 
 class IdpRefused(IdpError):
@@ -205,7 +256,8 @@ class IdpUnavailable(IdpError):
 
 
 class CircuitOpen(IdpUnavailable):
-    """The IdP failed repeatedly; it is not asked until the cool-down has passed."""
+    """The token endpoint is failing (failures for several clients, or it cannot be
+    reached); it is not asked until the cool-down has passed."""
 
 
 class AskedToWait(IdpUnavailable):
@@ -213,9 +265,17 @@ class AskedToWait(IdpUnavailable):
 
 
 class IdpTimeout(IdpError):
-    """The IdP did not answer within the attempt's timeout or the fetch's deadline."""
+    """The IdP did not answer within the attempt's timeout or the fetch's deadline.
+
+    ``cut_short`` is True when the attempt had less than half the time a fresh request gets
+    (the request had waited, or spent its deadline on earlier attempts): such a timeout is
+    the request's, no evidence against the client or the endpoint."""
 
     error_code = "idp_timeout"
+
+    def __init__(self, message: str, *, cut_short: bool = False, **kwargs: Any) -> None:
+        self.cut_short = cut_short
+        super().__init__(message, **kwargs)
 
 
 class IdpBadResponse(IdpError):

@@ -29,6 +29,7 @@ could drift from the other's.
 
 from __future__ import annotations
 
+import math
 import re
 import time
 from typing import Any, NamedTuple
@@ -47,6 +48,7 @@ __all__ = [
     "INVALID_REQUEST",
     "MAX_FIELD_LENGTH",
     "OVERLOADED",
+    "RATE_LIMITED",
     "SHUTTING_DOWN",
     "TOKEN_TOO_LARGE",
     "UNKNOWN_CREDENTIAL",
@@ -63,6 +65,7 @@ __all__ = [
     "parse_reply",
     "peek_request_id",
     "reply_from_document",
+    "retry_seconds",
     "text_field",
 ]
 
@@ -79,7 +82,13 @@ IDP_BAD_RESPONSE = "idp_bad_response"
 INTERNAL_ERROR = "internal_error"
 """A bug in a handler; the exception is logged."""
 OVERLOADED = "overloaded"
-"""Every handler thread is busy and the backlog is full: retry shortly."""
+"""No room for the request now (pool and backlog full, too many waiting, too little of the
+deadline left after waiting for a thread, the replica's IdP call ceiling): retry shortly."""
+RATE_LIMITED = "rate_limited"
+"""The client's budget of IdP calls is spent and no cached token could stand in; the reply
+says ``retry_after``."""
+LONGEST_RETRY_AFTER = 86400
+"""The longest ``retry_after`` a reply says (a day)."""
 TOKEN_TOO_LARGE = "token_too_large"  # noqa: S105 - an error code, not a secret
 """The reply would be larger than the NATS server's ``max_payload``."""
 SHUTTING_DOWN = "shutting_down"
@@ -300,6 +309,9 @@ class TokenReply(NamedTuple):
     """The named credential the token is for (named requests only); omitted when None."""
     timestamp: str = ""
     """When the reply was built (RFC 3339); empty: the moment it is encoded."""
+    fetch_refused: str = ""
+    """Why the fresh token asked for (``skip_cache``) was not fetched and a cached one is
+    served instead (``rate_limited``); omitted when empty."""
 
     def __repr__(self) -> str:
         return (f"TokenReply(request_id={self.request_id!r}, token_type={self.token_type!r}, "
@@ -310,7 +322,8 @@ class TokenReply(NamedTuple):
         return encode_token_reply(self.request_id, self.access_token, self.token_type,
                                   self.expires_in, scope=self.scope,
                                   token_source=self.token_source,
-                                  credential=self.credential, timestamp=self.timestamp)
+                                  credential=self.credential, timestamp=self.timestamp,
+                                  fetch_refused=self.fetch_refused)
 
     @classmethod
     def from_bytes(cls, payload: bytes) -> TokenReply:
@@ -341,12 +354,14 @@ class TokenReply(NamedTuple):
             token_source=text_field(document, "token_source"),
             credential=credential,
             timestamp=text_field(document, "timestamp"),
+            fetch_refused=text_field(document, "fetch_refused"),
         )
 
 
 def encode_token_reply(request_id: str, access_token: str, token_type: str, expires_in: int,
                        *, scope: str = "", token_source: str = "",
-                       credential: str | None = None, timestamp: str = "") -> bytes:
+                       credential: str | None = None, timestamp: str = "",
+                       fetch_refused: str = "") -> bytes:
     """:meth:`TokenReply.to_bytes` without building the tuple first: the worker's cache hits
     encode through here, one per request."""
     body: dict[str, Any] = {
@@ -361,6 +376,8 @@ def encode_token_reply(request_id: str, access_token: str, token_type: str, expi
         body["token_source"] = token_source
     if credential is not None:
         body["credential"] = credential
+    if fetch_refused:
+        body["fetch_refused"] = fetch_refused
     body["timestamp"] = timestamp or now_rfc3339()
     return orjson.dumps(body)
 
@@ -376,6 +393,9 @@ class ErrorReply(NamedTuple):
     error_description: str = ""
     """The IdP's ``error_description``, when it sent one; omitted when empty."""
     timestamp: str = ""
+    retry_after: int | None = None
+    """Whole seconds after which asking again may succeed, when the worker knows (a
+    client's back-off or budget, a cool-down, a ``Retry-After``); omitted when None."""
 
     def to_bytes(self) -> bytes:
         body: dict[str, Any] = {
@@ -385,6 +405,8 @@ class ErrorReply(NamedTuple):
         }
         if self.error_description:
             body["error_description"] = self.error_description
+        if self.retry_after is not None:
+            body["retry_after"] = self.retry_after
         body["timestamp"] = self.timestamp or now_rfc3339()
         return orjson.dumps(body)
 
@@ -404,7 +426,25 @@ class ErrorReply(NamedTuple):
             error_code=text_field(document, "error_code"),
             error_description=text_field(document, "error_description"),
             timestamp=text_field(document, "timestamp"),
+            retry_after=_retry_after(document),
         )
+
+
+def retry_seconds(seconds: float | None) -> int | None:
+    """A ``retry_after`` for a reply: whole seconds, rounded up, at least 1 (a requester
+    asking again in 0 s would only be told the same), at most a day; None stays None."""
+    if seconds is None:
+        return None
+    return min(LONGEST_RETRY_AFTER, max(1, math.ceil(seconds)))
+
+
+def _retry_after(document: dict[str, Any]) -> int | None:
+    value = document.get("retry_after")
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise InvalidReply("reply field retry_after must be a non-negative integer")
+    return value
 
 
 def parse_reply(payload: bytes) -> TokenReply | ErrorReply:

@@ -55,7 +55,31 @@ IDP_DEADLINE = 8.0
 """Seconds one token fetch may take with all its retries; keep it below requesters'
 timeouts so they get an answer rather than silence."""
 IDP_FAILURE_THRESHOLD = 5
-"""Consecutive transient IdP failures after which the worker stops asking for a cool-down."""
+"""Distinct clients whose fetches failed (or failures to reach the endpoint at all) within
+``IDP_FAILURE_WINDOW`` after which the token endpoint counts as failing and is not asked for
+a cool-down. One client's failures never open it: they back that client off."""
+IDP_FAILURE_WINDOW = 30.0
+"""Seconds in which failures add up to evidence against the token endpoint."""
+IDP_HALF_OPEN_PROBES = 3
+"""Calls let through at once after a cool-down (a few, so one client's failure cannot keep
+the endpoint closed for everyone); the first that gets an answer closes the circuit."""
+IDP_CLIENT_BACKOFF = 1.0
+"""First pause, seconds, before a key whose fetch failed is sent to the IdP again; it
+doubles with each failure (full jitter), up to ``IDP_CLIENT_BACKOFF_MAX``."""
+IDP_CLIENT_BACKOFF_MAX = 60.0
+"""Longest pause, seconds, for a key that keeps failing."""
+IDP_REFUSAL_MEMORY = 10.0
+"""Seconds an ``invalid_client``, ``unauthorized_client`` or ``invalid_scope`` answer is
+given again from memory: a wrong secret asked a thousand times is one IdP call, not a
+brute-force lockout at the IdP."""
+IDP_CLIENT_RATE = 1.0
+"""IdP calls a second one client id (or named credential) may cause, ``skip_cache``
+included: a token bucket refilled at this rate."""
+IDP_CLIENT_BURST = 10
+"""IdP calls one client id (or named credential) may cause at once (the bucket's size)."""
+IDP_MAX_CALLS_PER_SECOND = 50.0
+"""Ceiling on one replica's calls to one token endpoint a second (a flood of distinct
+client ids ends here, answered ``overloaded``); the fleet's is this times the replicas."""
 IDP_COOL_DOWN = 10.0
 """Seconds the IdP is not asked after the failure threshold (fail fast, no thread pile-up)."""
 IDP_DEFAULT_EXPIRES_IN = 3600
@@ -68,6 +92,9 @@ CACHE_ENABLED = True
 """Serve repeated requests for the same client, secret and scopes from memory."""
 CACHE_MAX_ENTRIES = 10_000
 """Tokens kept per worker (least recently used go first): memory stays bounded."""
+CACHE_MAX_ENTRIES_PER_CLIENT = 100
+"""Tokens one client id keeps at most (its scope sets): a client over its share evicts its
+own least recently used tokens, never another client's."""
 CACHE_EXPIRY_MARGIN = 30.0
 """Seconds of life a token must have left to be served from the cache."""
 CACHE_REFRESH_AHEAD = 0.2
@@ -89,6 +116,11 @@ MAX_PAYLOAD = 64 * 1024
 """Largest request body accepted, in bytes; larger ones get ``invalid_request``."""
 DRAIN_TIMEOUT = 30.0
 """Seconds a stop waits for in-flight requests before closing anyway."""
+MAX_WAITERS_PER_KEY = 1000
+"""Requests that may wait for one token being fetched (they hold no thread: only memory,
+which this bounds); the next is answered ``overloaded``."""
+MAX_WAITING = 10_000
+"""Requests that may wait for tokens being fetched, all keys together."""
 
 NATS_TLS_VERIFY = True
 """Verify the NATS server's certificate on ``tls://`` URLs (off only for local experiments)."""

@@ -244,3 +244,16 @@ def replicas(raw: Any) -> int:
 
 BUCKET_NAME = re.compile(r"^[a-zA-Z0-9_-]+$")
 MAX_REPLICAS = 5
+
+
+def rate(raw: Any) -> float:
+    """A rate per second: a finite number above 0."""
+    if isinstance(raw, bool) or not isinstance(raw, int | float | str):
+        raise ValueError(f"must be a number per second above 0, got {raw!r}")
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ValueError(f"must be a number per second above 0, got {raw!r}") from None
+    if not math.isfinite(value) or value <= 0:
+        raise ValueError(f"must be a finite number per second above 0, got {raw!r}")
+    return value

@@ -141,7 +141,9 @@ class IdpConfig(Section):
         help="seconds one token fetch may take, retries included")
     failure_threshold: int = setting(
         "idp.failureThreshold", parsers.positive_integer, default=defaults.IDP_FAILURE_THRESHOLD,
-        env="IDP_FAILURE_THRESHOLD", help="consecutive IdP failures before failing fast")
+        env="IDP_FAILURE_THRESHOLD",
+        help="distinct clients failing (or failures to reach the endpoint) in "
+             "idp.failureWindow before the token endpoint's circuit opens")
     cool_down: float = setting(
         "idp.coolDown", parsers.timeout_seconds, default=defaults.IDP_COOL_DOWN,
         env="IDP_COOL_DOWN",
@@ -155,6 +157,36 @@ class IdpConfig(Section):
         "idp.maxResponseBytes", parsers.positive_integer, default=defaults.IDP_MAX_RESPONSE_BYTES,
         env="IDP_MAX_RESPONSE_BYTES",
         help="largest token endpoint answer read, bytes; a larger one is refused")
+    failure_window: float = setting(
+        "idp.failureWindow", parsers.timeout_seconds, default=defaults.IDP_FAILURE_WINDOW,
+        env="IDP_FAILURE_WINDOW",
+        help="seconds in which failures count as evidence against the token endpoint")
+    half_open_probes: int = setting(
+        "idp.halfOpenProbes", parsers.positive_integer, default=defaults.IDP_HALF_OPEN_PROBES,
+        env="IDP_HALF_OPEN_PROBES",
+        help="calls let through at once after a cool-down; the first answer closes the circuit")
+    client_backoff: float = setting(
+        "idp.clientBackoff", parsers.timeout_seconds, default=defaults.IDP_CLIENT_BACKOFF,
+        env="IDP_CLIENT_BACKOFF",
+        help="first pause, seconds, for a key whose fetch failed (doubles, jittered)")
+    client_backoff_max: float = setting(
+        "idp.clientBackoffMax", parsers.timeout_seconds, default=defaults.IDP_CLIENT_BACKOFF_MAX,
+        env="IDP_CLIENT_BACKOFF_MAX", help="longest pause, seconds, for a failing key")
+    refusal_memory: float = setting(
+        "idp.refusalMemory", parsers.wait_seconds, default=defaults.IDP_REFUSAL_MEMORY,
+        env="IDP_REFUSAL_MEMORY",
+        help="seconds an invalid_client, unauthorized_client or invalid_scope answer is "
+             "given again from memory; 0: off")
+    client_rate: float = setting(
+        "idp.clientRate", parsers.rate, default=defaults.IDP_CLIENT_RATE, env="IDP_CLIENT_RATE",
+        help="IdP calls a second one client id or credential may cause (skip_cache included)")
+    client_burst: int = setting(
+        "idp.clientBurst", parsers.positive_integer, default=defaults.IDP_CLIENT_BURST,
+        env="IDP_CLIENT_BURST", help="IdP calls one client id or credential may cause at once")
+    max_calls_per_second: float = setting(
+        "idp.maxCallsPerSecond", parsers.rate, default=defaults.IDP_MAX_CALLS_PER_SECOND,
+        env="IDP_MAX_CALLS_PER_SECOND",
+        help="ceiling on this replica's calls to one token endpoint, per second")
 
     @property
     def token_url(self) -> str:
@@ -213,6 +245,10 @@ class CacheConfig(Section):
     max_entries: int = setting(
         "cache.maxEntries", parsers.positive_integer, default=defaults.CACHE_MAX_ENTRIES,
         env="CACHE_MAX_ENTRIES", help="tokens kept (LRU)")
+    max_entries_per_client: int = setting(
+        "cache.maxEntriesPerClient", parsers.positive_integer,
+        default=defaults.CACHE_MAX_ENTRIES_PER_CLIENT, env="CACHE_MAX_ENTRIES_PER_CLIENT",
+        help="tokens one client id keeps; past it, it evicts its own least recently used")
     expiry_margin: float = setting(
         "cache.expiryMargin", parsers.wait_seconds, default=defaults.CACHE_EXPIRY_MARGIN,
         env="CACHE_EXPIRY_MARGIN",
@@ -294,6 +330,13 @@ class Config(Section):
     drain_timeout: float = setting(
         "drainTimeout", parsers.wait_seconds, default=defaults.DRAIN_TIMEOUT, env="DRAIN_TIMEOUT",
         help="seconds a stop waits for in-flight requests")
+    max_waiters_per_key: int = setting(
+        "maxWaitersPerKey", parsers.positive_integer, default=defaults.MAX_WAITERS_PER_KEY,
+        env="MAX_WAITERS_PER_KEY",
+        help="requests that may wait for one token being fetched (no thread each)")
+    max_waiting: int = setting(
+        "maxWaiting", parsers.positive_integer, default=defaults.MAX_WAITING, env="MAX_WAITING",
+        help="requests that may wait for tokens being fetched, in all")
     nats: NatsConfig = field(default_factory=NatsConfig)
     idp: IdpConfig = field(default_factory=IdpConfig)
     cache: CacheConfig = field(default_factory=CacheConfig)

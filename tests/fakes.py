@@ -4,6 +4,8 @@ product's interfaces, no server, no network, no sleeping.
 - :class:`Clock`: wall and monotonic time, moved by hand;
 - :class:`FakeIssuer`: the one fake IdP, an :class:`~token_worker.tokens.model.Issuer`;
 - :class:`HeldExecutor`: an executor whose tasks run when the test says (refreshes);
+- :class:`HeldWork`: the worker's pool without threads, run when the test says;
+- :class:`ManualTimers`: timers fired by hand;
 - :class:`MemoryKeyValue`: a JetStream KV bucket in memory;
 - :class:`StubConnection`: a NATS connection with no server, for the worker.
 
@@ -24,8 +26,17 @@ from typing import Any
 
 import pytest
 
-from token_worker.errors import KvError, NotConnected, PayloadTooLarge
-from token_worker.nats.kv import DEL, PUT, BucketInfo, Entry, Watch, check_key, wait_for_value
+from token_worker.errors import KvError, KvUnavailable, NoToken, NotConnected, PayloadTooLarge
+from token_worker.nats.kv import (
+    DEL,
+    PUT,
+    BucketInfo,
+    Entry,
+    Watch,
+    check_key,
+    ttl_header,
+    wait_for_value,
+)
 from token_worker.nats.link import State
 from token_worker.nats.protocol import Message
 from token_worker.nats.subscriptions import Subscription
@@ -81,12 +92,22 @@ class FakeIssuer:
         self.error = error
         self.name_client = name_client
         self.failing_fast = False
+        self.refused: dict[str, NoToken] = {}
+        """Client id -> the refusal :meth:`refusal` gives for it (a circuit, a hold)."""
+        self.need = 0.0
+        """What :meth:`time_needed` says a fetch needs."""
         self.calls = 0
         self.sent: list[tuple[str, str, str, str | None]] = []
         self.deadlines: list[float | None] = []
         self.entered = threading.Event()
         self.gate: threading.Event | None = None
         self._lock = threading.Lock()
+
+    def refusal(self, client_id: str) -> NoToken | None:
+        return self.refused.get(client_id)
+
+    def time_needed(self) -> float:
+        return self.need
 
     def fetch_token(self, client_id: str, client_secret: str, scope: str, *,
                     deadline: float | None = None,
@@ -132,18 +153,101 @@ class HeldExecutor(Executor):
         return len(tasks)
 
 
+class HeldWork:
+    """The worker's pool without threads: what is submitted waits until the test runs it
+    (:meth:`run_all`, :meth:`run_next`); ``capacity`` bounds it as the pool's backlog does,
+    and :meth:`close` drops what was never run, as the pool does at a stop."""
+
+    def __init__(self, capacity: int = 1000, workers: int = 4, *,
+                 at_once: bool = False) -> None:
+        self.capacity = capacity
+        self.workers = workers
+        self.at_once = at_once
+        """Run each task as it is submitted (a pool with a free thread), for tests that ask
+        with ``fetch``; the tasks it submits in turn run then too."""
+        self.closed = False
+        self.tasks: list[tuple[Callable[[], None], Callable[[], None]]] = []
+        self.submitted = 0
+
+    def try_submit(self, run: Callable[[], None], drop: Callable[[], None]) -> bool:
+        if self.closed or len(self.tasks) >= self.capacity:
+            return False
+        self.tasks.append((run, drop))
+        self.submitted += 1
+        if self.at_once:
+            self.run_all()
+        return True
+
+    def run_next(self) -> None:
+        run, _ = self.tasks.pop(0)
+        run()
+
+    def run_all(self) -> int:
+        """Run every task, including those the tasks submit; how many ran."""
+        ran = 0
+        while self.tasks:
+            self.run_next()
+            ran += 1
+        return ran
+
+    def close(self) -> None:
+        self.closed = True
+        tasks, self.tasks = self.tasks, []
+        for _, drop in tasks:
+            drop()
+
+
+class ManualTimers:
+    """Timers that fire when the test says (:meth:`fire_due` at a moment of its clock)."""
+
+    def __init__(self) -> None:
+        self.pending: list[list[Any]] = []
+
+    def call_at(self, when: float, callback: Callable[[], None]) -> _ManualTimer:
+        timer = _ManualTimer(self, [when, callback])
+        self.pending.append(timer.entry)
+        return timer
+
+    def fire_due(self, now: float) -> int:
+        due = [entry for entry in self.pending if entry[0] <= now]
+        self.pending = [entry for entry in self.pending if entry[0] > now]
+        for _, callback in due:
+            callback()
+        return len(due)
+
+
+class _ManualTimer:
+    def __init__(self, timers: ManualTimers, entry: list[Any]) -> None:
+        self._timers = timers
+        self.entry = entry
+
+    def cancel(self) -> None:
+        if self.entry in self._timers.pending:
+            self._timers.pending.remove(self.entry)
+
+
 # --- a JetStream KV bucket in memory ------------------------------------------------------
 
 
 class _MemoryWatch:
-    def __init__(self, pattern: str) -> None:
+    def __init__(self, pattern: str, on_entry: Callable[[Entry], None]) -> None:
         self._pattern = re.compile("^" + re.escape(pattern).replace(r"\*", r"[^.]+")
                                    .replace(r"\>", ".+") + "$")
-        self._queue: queue.SimpleQueue[Entry] = queue.SimpleQueue()
+        self._on_entry = on_entry
+        self._close: Callable[[_MemoryWatch], None] | None = None
 
     def offer(self, entry: Entry) -> None:
         if self._pattern.match(entry.key):
-            self._queue.put(Entry(entry.key, entry.value, 0, entry.operation))
+            self._on_entry(Entry(entry.key, entry.value, 0, entry.operation))
+
+    def close(self) -> None:
+        if self._close is not None:
+            self._close(self)
+
+
+class _QueuedWatch:
+    def __init__(self) -> None:
+        self._queue: queue.SimpleQueue[Entry] = queue.SimpleQueue()
 
     def next(self, timeout: float) -> Entry | None:
         try:
@@ -153,28 +257,55 @@ class _MemoryWatch:
 
 
 class MemoryKeyValue:
-    """:class:`KeyValue`'s behaviour in memory (history 1, TTLs on ``clock``); ``fail``
-    set to an error makes every call raise it, as a broken JetStream would."""
+    """:class:`KeyValue`'s behaviour in memory (history 1, TTLs on ``clock``, the time a
+    value was stored on ``wall``); ``fail`` set to an error makes every call raise it, as a
+    broken JetStream would; :meth:`drop_bucket` plays a deleted stream (every call answers
+    no responders until ``ensure_bucket`` makes it again). Watchers are told of a change
+    after the store's lock is released, as the reader thread tells them."""
 
-    def __init__(self, *, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, *, clock: Callable[[], float] = time.monotonic,
+                 wall: Callable[[], float] = time.time) -> None:
         self._clock = clock
+        self._wall = wall
         self._entries: dict[str, tuple[Entry, float | None]] = {}
         self._watches: list[_MemoryWatch] = []
         self._lock = threading.Lock()
         self._sequence = 0
+        self._missing = False
         self.fail: KvError | None = None
         self.calls = 0
+        self.created = 0
+        """Times ``ensure_bucket`` made the bucket."""
 
     def ensure_bucket(self, *, history: int = 1, max_age: float = 0.0, replicas: int = 1,
                       allow_msg_ttl: bool = True) -> BucketInfo:
-        self._enter()
+        self.calls += 1
+        if self.fail is not None:
+            raise self.fail
+        created = self._missing or self.created == 0
+        if created:
+            self._missing = False
+            self.created += 1
         return BucketInfo("memory", history, max_age, replicas, allow_msg_ttl, True,
-                          len(self._entries))
+                          len(self._entries), created=created)
+
+    def drop_bucket(self) -> None:
+        """The stream is deleted: its values are gone, and nobody answers for it."""
+        with self._lock:
+            self._entries.clear()
+            self._missing = True
 
     def raw(self, key: str) -> Entry | None:
         """The key's last message, markers included (for tests to look at what is stored)."""
         with self._lock:
             return self._live(key)
+
+    def plant(self, key: str, value: bytes, *, ttl: float | None = None,
+              stored_at: float | None = None) -> int:
+        """Store as another writer would, TTL or none, at a given moment (a squatted lease)."""
+        with self._lock:
+            sequence, _ = self._store_locked(check_key(key), value, PUT, ttl, stored_at)
+        return sequence
 
     @property
     def watching(self) -> int:
@@ -203,7 +334,20 @@ class MemoryKeyValue:
             last = self._live(check_key(key))
             if last is not None and last.operation == PUT:
                 return None
-            return self._store_locked(key, value, PUT, ttl)
+            sequence, entry = self._store_locked(key, value, PUT, ttl)
+        self._notify(entry)
+        return sequence
+
+    def update(self, key: str, value: bytes, *, last_revision: int,
+               ttl: float | None = None) -> int | None:
+        self._enter()
+        with self._lock:
+            last = self._live(check_key(key))
+            if (last.revision if last else 0) != last_revision:
+                return None
+            sequence, entry = self._store_locked(key, value, PUT, ttl)
+        self._notify(entry)
+        return sequence
 
     def delete(self, key: str, *, last_revision: int | None = None) -> int | None:
         self._enter()
@@ -211,27 +355,41 @@ class MemoryKeyValue:
             last = self._live(check_key(key))
             if last_revision is not None and (last.revision if last else 0) != last_revision:
                 return None
-            return self._store_locked(key, b"", DEL, None)
+            sequence, entry = self._store_locked(key, b"", DEL, None)
+        self._notify(entry)
+        return sequence
 
     @contextmanager
     def watch(self, pattern: str) -> Iterator[Watch]:
+        queued = _QueuedWatch()
+        watch = self.watch_each(pattern, queued._queue.put)
+        try:
+            yield queued
+        finally:
+            watch.close()
+
+    def watch_each(self, pattern: str, on_entry: Callable[[Entry], None]) -> _MemoryWatch:
         self._enter()
-        watch = _MemoryWatch(pattern)
+        watch = _MemoryWatch(pattern, on_entry)
+        watch._close = self._unwatch
         with self._lock:
             self._watches.append(watch)
-        try:
-            yield watch
-        finally:
-            with self._lock:
-                self._watches.remove(watch)
+        return watch
 
     def wait_for(self, key: str, timeout: float, *, after: int = 0) -> Entry | None:
         return wait_for_value(self, key, timeout, after)
+
+    def _unwatch(self, watch: _MemoryWatch) -> None:
+        with self._lock:
+            if watch in self._watches:
+                self._watches.remove(watch)
 
     def _enter(self) -> None:
         self.calls += 1
         if self.fail is not None:
             raise self.fail
+        if self._missing:
+            raise KvUnavailable("no responders: the stream is gone")
 
     def _live(self, key: str) -> Entry | None:
         held = self._entries.get(key)
@@ -245,16 +403,25 @@ class MemoryKeyValue:
 
     def _store(self, key: str, value: bytes, operation: str, ttl: float | None) -> int:
         with self._lock:
-            return self._store_locked(key, value, operation, ttl)
+            sequence, entry = self._store_locked(key, value, operation, ttl)
+        self._notify(entry)
+        return sequence
 
-    def _store_locked(self, key: str, value: bytes, operation: str, ttl: float | None) -> int:
+    def _store_locked(self, key: str, value: bytes, operation: str, ttl: float | None,
+                      stored_at: float | None = None) -> tuple[int, Entry]:
         self._sequence += 1
-        entry = Entry(key, value, self._sequence, operation)
+        entry = Entry(key, value, self._sequence, operation,
+                      ttl_header(ttl) if ttl is not None else "",
+                      self._wall() if stored_at is None else stored_at)
         dies_at = self._clock() + max(1, math.ceil(ttl)) if ttl is not None else None
         self._entries[key] = (entry, dies_at)
-        for watch in self._watches:
+        return self._sequence, entry
+
+    def _notify(self, entry: Entry) -> None:
+        with self._lock:
+            watches = list(self._watches)
+        for watch in watches:
             watch.offer(entry)
-        return self._sequence
 
 
 # --- a NATS connection with no server -------------------------------------------------------

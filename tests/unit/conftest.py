@@ -15,4 +15,4 @@ def clock() -> Clock:
 
 @pytest.fixture
 def kv(clock: Clock) -> MemoryKeyValue:
-    return MemoryKeyValue(clock=clock.monotonic)
+    return MemoryKeyValue(clock=clock.monotonic, wall=clock.time)

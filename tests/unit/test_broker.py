@@ -1,33 +1,81 @@
-"""The broker on an injected clock with a fake IdP and a refresher that runs tasks when the
-test says: refresh-ahead timing, refreshes that never block fetches, counting, deadlines."""
+"""The broker on an injected clock, with the one fake IdP, a pool the test runs by hand and
+a refresher that runs tasks when the test says: refresh-ahead timing, counting, single
+flight without threads, and the bulkheads (admission by deadline, per-key back-off,
+remembered refusals, call budgets, bounded waiters)."""
 
 from __future__ import annotations
 
-import threading
-import time
-
 import pytest
 
-from tests.fakes import Clock, FakeIssuer, HeldExecutor
-from tests.helpers import wait_until
-from token_worker.errors import IdpTimeout
+from tests.fakes import Clock, FakeIssuer, HeldExecutor, HeldWork
+from token_worker.errors import (
+    CircuitOpen,
+    IdpRefused,
+    IdpTimeout,
+    IdpUnavailable,
+    NoToken,
+    Overloaded,
+    RateLimited,
+    ShuttingDown,
+)
 from token_worker.metrics import Metrics
-from token_worker.tokens.broker import FROM_CACHE, FROM_IDP, TokenBroker, TokenQuery
+from token_worker.tokens.broker import (
+    FROM_CACHE,
+    FROM_IDP,
+    Answer,
+    Guards,
+    TokenBroker,
+    TokenQuery,
+)
 from token_worker.tokens.cache import TokenCache
+from token_worker.tokens.guards import Backoffs, Budgets, Refusals
 
 QUERY = TokenQuery("svc", "secret", "read")
 
 
+class Outcomes:
+    """Collects what a flight hands each request that waits for it."""
+
+    def __init__(self) -> None:
+        self.got: list[tuple[Answer | None, BaseException | None]] = []
+
+    def __call__(self, answer: Answer | None, error: BaseException | None) -> None:
+        self.got.append((answer, error))
+
+    @property
+    def tokens(self) -> list[str]:
+        return [answer.token.access_token for answer, _ in self.got if answer is not None]
+
+    @property
+    def errors(self) -> list[BaseException]:
+        return [error for _, error in self.got if error is not None]
+
+
 def make(idp: FakeIssuer, clock: Clock, *, margin: float = 30.0, refresh_ahead: float = 0.2,
-         metrics: Metrics | None = None, follower_timeout: float = 5.0
-         ) -> tuple[TokenBroker, HeldExecutor]:
+         metrics: Metrics | None = None, work: HeldWork | None = None,
+         guards: Guards | None = None, cache: bool = True, per_key: int = 1000,
+         waiting: int = 10_000) -> tuple[TokenBroker, HeldExecutor]:
     refresher = HeldExecutor(clock)
-    cache = TokenCache(max_entries=100, expiry_margin=margin, refresh_ahead=refresh_ahead,
-                       now=clock)
-    broker = TokenBroker(idp, cache, auth_method="client_secret_post",
-                         follower_timeout=follower_timeout, metrics=metrics,
-                         refresher=refresher)
+    tokens = TokenCache(max_entries=100, expiry_margin=margin, refresh_ahead=refresh_ahead,
+                        now=clock) if cache else None
+    broker = TokenBroker(idp, tokens, auth_method="client_secret_post", metrics=metrics,
+                         refresher=refresher, work=work,
+                         guards=guards or Guards.from_defaults(clock=clock.monotonic),
+                         max_waiters_per_key=per_key, max_waiting=waiting,
+                         clock=clock.monotonic)
     return broker, refresher
+
+
+def guards(clock: Clock, *, rate: float = 1000.0, burst: int = 1000, memory: float = 10.0,
+           first: float = 1.0, longest: float = 60.0) -> Guards:
+    return Guards(
+        backoffs=Backoffs(first=first, longest=longest, capacity=100, clock=clock.monotonic,
+                          rng=lambda low, high: high),
+        refusals=Refusals(ttl=memory, capacity=100, clock=clock.monotonic),
+        budgets=Budgets(rate=rate, burst=burst, capacity=100, clock=clock.monotonic))
+
+
+# --- the cache in front, refresh-ahead, counting --------------------------------------------
 
 
 @pytest.mark.parametrize(("expires_in", "margin"), [(45, 30.0), (60, 30.0), (300, 30.0),
@@ -49,14 +97,12 @@ def test_steady_traffic_never_waits_for_the_idp_after_the_first_request(expires_
 
 def test_a_queued_refresh_never_holds_the_key_against_a_fetch():
     clock, idp = Clock(), FakeIssuer(expires_in=300)
-    broker, refresher = make(idp, clock, follower_timeout=0.2)
+    broker, refresher = make(idp, clock)
     broker.fetch(QUERY)
     clock.advance(250)  # refresh window
     assert broker.cached(QUERY).source == FROM_CACHE
     assert len(refresher.queued) == 1  # queued, not started (both refresher threads busy)
-    started = time.monotonic()
-    fresh = broker.fetch(QUERY, skip_cache=True)  # leads its own call: does not wait
-    assert time.monotonic() - started < 0.1
+    fresh = broker.fetch(QUERY, skip_cache=True)  # leads its own call at once
     assert (fresh.source, fresh.token.access_token) == (FROM_IDP, "token-2")
     assert refresher.run_due(clock.wall, latency=0) == 1
     assert idp.calls == 2  # the late refresh saw the fresh token and did nothing
@@ -86,7 +132,7 @@ def test_each_request_counts_one_hit_or_one_miss():
                                                  {"event": event}) or 0.0
 
     assert broker.cached(QUERY) is None  # the reading thread's lookup: one miss
-    broker.fetch(QUERY, skip_cache=True)  # the pool thread's fetch: no second miss
+    broker.fetch(QUERY, skip_cache=True)  # a fetch that reads no tier: no second miss
     assert (count("miss"), count("hit")) == (1, 0)
     broker.fetch(QUERY)  # one lookup, a hit
     assert (count("miss"), count("hit")) == (1, 1)
@@ -94,31 +140,12 @@ def test_each_request_counts_one_hit_or_one_miss():
     assert (count("miss"), count("hit")) == (2, 1)
 
 
-def test_a_passed_deadline_fails_without_calling_the_idp():
+def test_the_deadline_reaches_the_idp():
     clock, idp = Clock(), FakeIssuer(expires_in=45)
     broker, _ = make(idp, clock)
-    with pytest.raises(IdpTimeout, match="deadline passed"):
-        broker.fetch(QUERY, deadline=time.monotonic() - 0.01)
-    assert idp.calls == 0
-
-
-def test_the_deadline_reaches_the_idp_and_bounds_a_followers_wait():
-    clock, idp = Clock(), FakeIssuer(expires_in=45)
-    broker, _ = make(idp, clock)
-    due = time.monotonic() + 5
+    due = clock.mono + 5
     broker.fetch(QUERY, deadline=due)
     assert idp.deadlines == [due]
-
-    idp.gate = threading.Event()
-    leader = threading.Thread(target=broker.fetch, args=(QUERY,), kwargs={"skip_cache": True})
-    leader.start()
-    wait_until(lambda: broker.in_flight == 1, what="the leader's call")
-    started = time.monotonic()
-    with pytest.raises(IdpTimeout, match="call in flight"):
-        broker.fetch(QUERY, skip_cache=True, deadline=time.monotonic() + 0.2)
-    assert 0.15 < time.monotonic() - started < 0.5
-    idp.gate.set()
-    leader.join(5)
 
 
 def test_discard_drops_the_cached_token():
@@ -151,3 +178,343 @@ def test_no_refresh_is_queued_while_the_idp_fails_fast():
     idp.failing_fast = False
     broker.cached(QUERY)
     assert len(refresher.queued) == 1
+
+
+# --- waiting is free: one task per key, however many wait -------------------------------------
+
+
+def test_requests_for_a_key_being_fetched_wait_without_a_pool_task():
+    clock, idp, work = Clock(), FakeIssuer(), HeldWork()
+    broker, _ = make(idp, clock, work=work)
+    outcomes = Outcomes()
+    for _ in range(300):
+        assert broker.ask(QUERY, deadline=clock.mono + 8, skip_cache=False,
+                          on_outcome=outcomes) is None
+    assert (work.submitted, broker.waiting, idp.calls) == (1, 299, 0)
+    other = Outcomes()
+    broker.ask(TokenQuery("other", "s", "read"), deadline=clock.mono + 8, skip_cache=False,
+               on_outcome=other)
+    assert work.submitted == 2  # another client's fetch queues beside it, unblocked
+    work.run_all()
+    assert outcomes.tokens == ["token-1"] * 300
+    assert other.tokens == ["token-2"]
+    assert (idp.calls, broker.waiting, broker.in_flight) == (2, 0, 0)
+
+
+def test_skip_cache_requests_join_a_fetch_under_way_too():
+    clock, idp, work = Clock(), FakeIssuer(), HeldWork()
+    broker, _ = make(idp, clock, work=work)
+    outcomes = Outcomes()
+    for _ in range(20):
+        broker.ask(QUERY, deadline=clock.mono + 8, skip_cache=True, on_outcome=outcomes)
+    work.run_all()
+    assert outcomes.tokens == ["token-1"] * 20
+    assert idp.calls == 1
+
+
+def test_waiters_for_one_key_and_in_all_are_bounded():
+    clock, idp, work = Clock(), FakeIssuer(), HeldWork()
+    broker, _ = make(idp, clock, work=work, per_key=3, waiting=5)
+    outcomes = Outcomes()
+    answers = [broker.ask(QUERY, deadline=None, skip_cache=False, on_outcome=outcomes)
+               for _ in range(5)]
+    assert answers[:4] == [None] * 4  # the leader and three waiters
+    assert isinstance(answers[4], Overloaded)
+    assert answers[4].retry_after
+    second = [broker.ask(TokenQuery(f"c{n}", "s", "read"), deadline=None, skip_cache=False,
+                         on_outcome=outcomes) for n in range(3)]
+    assert second == [None] * 3  # three more leaders: leaders are not waiters
+    for n in range(3):
+        broker.ask(TokenQuery(f"c{n}", "s", "read"), deadline=None, skip_cache=False,
+                   on_outcome=outcomes)
+    assert broker.waiting == 5  # 3 + 2: the sixth did not get in
+    work.run_all()
+    assert broker.waiting == 0
+
+
+def test_a_full_pool_answers_overloaded_and_gives_the_budget_back():
+    clock, idp, work = Clock(), FakeIssuer(), HeldWork(capacity=1)
+    broker, _ = make(idp, clock, work=work, guards=guards(clock, rate=0.001, burst=1))
+    first = Outcomes()
+    broker.ask(TokenQuery("a", "s", "read"), deadline=None, skip_cache=False, on_outcome=first)
+    full = Outcomes()
+    assert broker.ask(QUERY, deadline=None, skip_cache=False, on_outcome=full) is None
+    assert [type(error) for error in full.errors] == [Overloaded]
+    work.run_all()
+    again = Outcomes()
+    broker.ask(QUERY, deadline=None, skip_cache=False, on_outcome=again)
+    work.run_all()
+    assert again.tokens  # its budget was not spent on the call that never happened
+
+
+def test_a_stop_answers_shutting_down_to_everyone_waiting_for_work_never_started():
+    clock, idp, work = Clock(), FakeIssuer(), HeldWork()
+    broker, _ = make(idp, clock, work=work)
+    outcomes = Outcomes()
+    for _ in range(5):
+        broker.ask(QUERY, deadline=None, skip_cache=False, on_outcome=outcomes)
+    work.close()
+    assert [type(error) for error in outcomes.errors] == [ShuttingDown] * 5
+    assert idp.calls == 0 and broker.in_flight == 0
+
+
+# --- the deadline decides admission -------------------------------------------------------
+
+
+def test_a_fetch_without_the_time_the_idp_needs_is_overloaded_and_never_reaches_it():
+    clock, idp, work = Clock(), FakeIssuer(), HeldWork()
+    idp.need = 2.0
+    broker, _ = make(idp, clock, work=work, guards=guards(clock))
+    outcomes = Outcomes()
+    broker.ask(QUERY, deadline=clock.mono + 8, skip_cache=False, on_outcome=outcomes)
+    broker.ask(QUERY, deadline=clock.mono + 8, skip_cache=False, on_outcome=outcomes)
+    clock.advance(6.5)  # waited for a thread: 1.5 s left, the IdP needs 2
+    work.run_all()
+    assert idp.calls == 0
+    assert [type(error) for error in outcomes.errors] == [Overloaded] * 2
+    message = str(outcomes.errors[0])
+    assert "waited 6.5 s for a worker thread" in message
+    assert "1.5 s of the deadline were left" in message
+    fresh = Outcomes()  # no back-off, no memory: the next request is asked for at once
+    broker.ask(QUERY, deadline=clock.mono + 8, skip_cache=False, on_outcome=fresh)
+    work.run_all()
+    assert fresh.tokens == ["token-1"]
+
+
+def test_enough_time_left_is_admitted():
+    clock, idp, work = Clock(), FakeIssuer(), HeldWork()
+    idp.need = 2.0
+    broker, _ = make(idp, clock, work=work)
+    outcomes = Outcomes()
+    broker.ask(QUERY, deadline=clock.mono + 8, skip_cache=False, on_outcome=outcomes)
+    clock.advance(6.0)  # exactly what the IdP needs is left
+    work.run_all()
+    assert outcomes.tokens == ["token-1"]
+
+
+# --- a client's failures are its own: back-off, remembered refusals -------------------------
+
+
+def test_a_clients_failure_backs_that_key_off_and_nobody_else():
+    clock, idp = Clock(), FakeIssuer()
+    broker, _ = make(idp, clock, guards=guards(clock, first=1.0, longest=8.0))
+    idp.error = IdpUnavailable("identity provider failed: HTTP 500", status=500,
+                               reason="HTTP 500")
+    with pytest.raises(IdpUnavailable):
+        broker.fetch(QUERY)
+    assert idp.calls == 1
+    for _ in range(100):  # held: answered at once, saying for how long
+        with pytest.raises(IdpUnavailable, match=r"HTTP 500 \(1 failed fetches for this "
+                                                 r"client: not asked again for 1 s\)") as held:
+            broker.fetch(QUERY)
+    assert held.value.retry_after == pytest.approx(1.0)
+    assert idp.calls == 1
+    idp.error = None
+    assert broker.fetch(TokenQuery("other", "secret", "read")).source == FROM_IDP
+    clock.advance(1.0)
+    idp.error = IdpUnavailable("HTTP 500 again", status=500)
+    with pytest.raises(IdpUnavailable):
+        broker.fetch(QUERY)
+    with pytest.raises(IdpUnavailable) as second:  # the pause doubles
+        broker.fetch(QUERY)
+    assert second.value.retry_after == pytest.approx(2.0)
+    clock.advance(2.0)
+    idp.error = None
+    assert broker.fetch(QUERY).source == FROM_IDP  # a success clears it
+    idp.error = IdpUnavailable("HTTP 500", status=500)
+    broker.discard(QUERY)
+    with pytest.raises(IdpUnavailable):
+        broker.fetch(QUERY)
+    with pytest.raises(IdpUnavailable) as fresh:
+        broker.fetch(QUERY)
+    assert fresh.value.retry_after == pytest.approx(1.0)  # counting starts again
+
+
+def test_a_retry_after_longer_than_the_pause_is_honoured():
+    clock, idp = Clock(), FakeIssuer()
+    broker, _ = make(idp, clock, guards=guards(clock, first=1.0))
+    idp.error = IdpUnavailable("HTTP 503", status=503, retry_after=30.0)
+    with pytest.raises(IdpUnavailable):
+        broker.fetch(QUERY)
+    clock.advance(29)
+    with pytest.raises(IdpUnavailable) as held:
+        broker.fetch(QUERY)
+    assert held.value.retry_after == pytest.approx(1.0)
+    assert idp.calls == 1
+
+
+def test_a_timeout_the_requests_own_deadline_cut_short_backs_nobody_off():
+    clock, idp = Clock(), FakeIssuer()
+    broker, _ = make(idp, clock)
+    idp.error = IdpTimeout("no complete answer within 0.8 s", cut_short=True)
+    for _ in range(3):
+        with pytest.raises(IdpTimeout):
+            broker.fetch(QUERY)
+    assert idp.calls == 3
+
+
+def test_refusals_made_without_a_call_back_nobody_off():
+    clock, idp = Clock(), FakeIssuer()
+    broker, _ = make(idp, clock)
+    idp.error = CircuitOpen("identity provider failing", attempted=False)
+    for _ in range(3):
+        with pytest.raises(CircuitOpen):
+            broker.fetch(QUERY)
+    assert idp.calls == 3
+
+
+@pytest.mark.parametrize("code", ["invalid_client", "unauthorized_client", "invalid_scope"])
+def test_a_refusal_is_remembered_for_its_key_only(code):
+    clock, idp = Clock(), FakeIssuer()
+    broker, _ = make(idp, clock, guards=guards(clock, memory=10.0))
+    idp.error = IdpRefused(code, description="client authentication failed", status=401)
+    for _ in range(1000):
+        with pytest.raises(IdpRefused) as refused:
+            broker.fetch(QUERY)
+    assert idp.calls == 1
+    assert refused.value.error_code == code
+    assert "remembered: not asked again for 10 s" in str(refused.value)
+    assert refused.value.description == "client authentication failed"
+    with pytest.raises(IdpRefused):  # another secret is another key: asked
+        broker.fetch(TokenQuery("svc", "right-secret", "read"))
+    assert idp.calls == 2
+    clock.advance(10)
+    with pytest.raises(IdpRefused):
+        broker.fetch(QUERY)
+    assert idp.calls == 3
+
+
+def test_other_refusals_are_not_remembered():
+    clock, idp = Clock(), FakeIssuer()
+    broker, _ = make(idp, clock, guards=guards(clock, first=0.5))
+    idp.error = IdpRefused("invalid_request", status=400)
+    with pytest.raises(IdpRefused):
+        broker.fetch(QUERY)
+    clock.advance(0.5)  # past the back-off such a refusal still gets
+    with pytest.raises(IdpRefused):
+        broker.fetch(QUERY)
+    assert idp.calls == 2
+
+
+def test_a_credentials_rotation_forgets_its_refusals_at_once():
+    clock, idp = Clock(), FakeIssuer()
+    broker, _ = make(idp, clock)
+    named = TokenQuery("orders-client", "secret", "read", credential="orders")
+    idp.error = IdpRefused("invalid_client", status=401)
+    with pytest.raises(IdpRefused):
+        broker.fetch(named)
+    with pytest.raises(IdpRefused):
+        broker.fetch(named)
+    assert idp.calls == 1
+    assert broker.forget_refusals("billing") == 0
+    assert broker.forget_refusals("orders") == 1
+    idp.error = None
+    assert broker.fetch(named).source == FROM_IDP
+
+
+def test_the_issuers_refusal_is_answered_without_a_call():
+    clock, idp = Clock(), FakeIssuer()
+    broker, _ = make(idp, clock)
+    idp.refused["svc"] = CircuitOpen("identity provider failing", retry_after=7.0,
+                                     attempted=False)
+    outcome = broker.ask(QUERY, deadline=None, skip_cache=False, on_outcome=Outcomes())
+    assert isinstance(outcome, CircuitOpen)
+    assert idp.calls == 0
+    assert broker.fetch(TokenQuery("other", "s", "read")).source == FROM_IDP
+
+
+# --- budgets -----------------------------------------------------------------------------------
+
+
+def test_skip_cache_beyond_the_budget_serves_the_cached_token_saying_so():
+    clock, idp = Clock(), FakeIssuer()
+    broker, _ = make(idp, clock, guards=guards(clock, rate=1.0, burst=3))
+    answers = [broker.fetch(QUERY, skip_cache=True) for _ in range(10)]
+    assert idp.calls == 3
+    assert [a.fetch_refused for a in answers] == [""] * 3 + ["rate_limited"] * 7
+    assert {a.token.access_token for a in answers[3:]} == {"token-3"}
+    clock.advance(1.0)
+    assert broker.fetch(QUERY, skip_cache=True).token.access_token == "token-4"
+
+
+def test_over_budget_without_a_cached_token_is_rate_limited_with_retry_after():
+    clock, idp = Clock(), FakeIssuer()
+    broker, _ = make(idp, clock, cache=False, guards=guards(clock, rate=0.5, burst=2))
+    broker.fetch(QUERY)
+    broker.fetch(QUERY)
+    with pytest.raises(RateLimited) as limited:
+        broker.fetch(QUERY)
+    assert limited.value.retry_after == pytest.approx(2.0)
+    assert limited.value.error_code == "rate_limited"
+    assert idp.calls == 2
+    broker.fetch(TokenQuery("other", "s", "read"))  # another client's budget is its own
+    assert idp.calls == 3
+
+
+def test_a_named_credential_has_a_budget_of_its_own():
+    clock, idp = Clock(), FakeIssuer()
+    broker, _ = make(idp, clock, cache=False, guards=guards(clock, rate=0.1, burst=1))
+    broker.fetch(TokenQuery("shared-client", "s", "read", credential="orders"))
+    broker.fetch(TokenQuery("shared-client", "s", "read", credential="billing"))
+    broker.fetch(TokenQuery("shared-client", "s", "read"))  # inline: the client id's
+    with pytest.raises(RateLimited):
+        broker.fetch(TokenQuery("shared-client", "s", "read", credential="orders"))
+    assert idp.calls == 3
+
+
+def test_a_token_from_the_cache_costs_no_budget():
+    clock, idp = Clock(), FakeIssuer()
+    broker, _ = make(idp, clock, guards=guards(clock, rate=0.001, burst=1))
+    broker.fetch(QUERY)
+    for _ in range(100):
+        assert broker.fetch(QUERY).source == FROM_CACHE
+
+
+# --- outcomes reach every waiter, errors too ----------------------------------------------------
+
+
+def test_waiters_share_the_leaders_error_too():
+    clock, idp, work = Clock(), FakeIssuer(), HeldWork()
+    broker, _ = make(idp, clock, work=work)
+    idp.error = IdpRefused("invalid_client", status=401)
+    outcomes = Outcomes()
+    for _ in range(10):
+        broker.ask(QUERY, deadline=None, skip_cache=False, on_outcome=outcomes)
+    work.run_all()
+    assert [error.error_code for error in outcomes.errors  # type: ignore[attr-defined]
+            ] == ["invalid_client"] * 10
+    assert idp.calls == 1
+
+
+def test_a_bug_in_the_issuer_reaches_every_waiter_and_is_raised():
+    clock, idp, work = Clock(), FakeIssuer(), HeldWork()
+    broker, _ = make(idp, clock, work=work)
+    idp.error = RuntimeError("a bug")
+    outcomes = Outcomes()
+    for _ in range(3):
+        broker.ask(QUERY, deadline=None, skip_cache=False, on_outcome=outcomes)
+    with pytest.raises(RuntimeError):
+        work.run_next()
+    assert [type(error) for error in outcomes.errors] == [RuntimeError] * 3
+    assert broker.in_flight == 0
+
+
+def test_a_failing_waiter_does_not_cost_the_others_their_answer():
+    clock, idp, work = Clock(), FakeIssuer(), HeldWork()
+    broker, _ = make(idp, clock, work=work)
+    outcomes = Outcomes()
+
+    def broken(_answer: Answer | None, _error: BaseException | None) -> None:
+        raise ValueError("a waiter's bug")
+
+    broker.ask(QUERY, deadline=None, skip_cache=False, on_outcome=outcomes)
+    broker.ask(QUERY, deadline=None, skip_cache=False, on_outcome=broken)
+    broker.ask(QUERY, deadline=None, skip_cache=False, on_outcome=outcomes)
+    work.run_all()
+    assert outcomes.tokens == ["token-1", "token-1"]
+
+
+def test_every_error_is_a_no_token_with_a_code():
+    for error in (Overloaded("x"), RateLimited("x"), ShuttingDown("x"),
+                  IdpUnavailable("x"), CircuitOpen("x")):
+        assert isinstance(error, NoToken) and error.error_code

@@ -11,14 +11,14 @@ from pathlib import Path
 
 import pytest
 
-from tests.fakes import Clock, MemoryKeyValue
+from tests.fakes import Clock, ManualTimers, MemoryKeyValue
 from tests.helpers import wait_until
 from token_worker.errors import ConfigError, KvTimeout, KvUnavailable
 from token_worker.nats.kv import BucketInfo
 from token_worker.secret import load_key_file
 from token_worker.tokens.model import IssuedToken
 from token_worker.tokens.sealing import FleetKey, Unsealable
-from token_worker.tokens.shared import SharedTier
+from token_worker.tokens.shared import Lease, SharedTier
 
 KEY = b"k" * 32
 OTHER_KEY = b"o" * 40
@@ -83,7 +83,7 @@ def test_every_part_of_a_request_changes_its_name(tier: SharedTier) -> None:
 def test_nothing_readable_in_any_stored_key_or_value(
         tier: SharedTier, kv: MemoryKeyValue, clock: Clock) -> None:
     key = tier.key(URL, CLIENT_ID, SECRET, "read", "client_secret_post")
-    assert tier.lease(key, ttl=5)
+    assert tier.lease(key, ttl=5) is Lease.TAKEN
     tier.store(key, issued(clock))
 
     stored = [(name, kv.raw(name)) for name in kv.stored_keys()]
@@ -232,25 +232,25 @@ def test_one_lease_per_key_until_released_or_expired(
     key = tier.key(URL, CLIENT_ID, SECRET, "read", "client_secret_post")
     other = make_tier(kv, clock)  # another replica
 
-    assert tier.lease(key, ttl=5)
-    assert not other.lease(key, ttl=5)
+    assert tier.lease(key, ttl=5) is Lease.TAKEN
+    assert other.lease(key, ttl=5) is Lease.HELD_ELSEWHERE
     tier.release(key)
-    assert other.lease(key, ttl=5)
+    assert other.lease(key, ttl=5) is Lease.TAKEN
     clock.advance(5)
-    assert tier.lease(key, ttl=5)  # expired by its TTL
+    assert tier.lease(key, ttl=5) is Lease.TAKEN  # expired by its TTL
 
 
 def test_a_release_after_the_lease_passed_on_leaves_the_new_holder_alone(
         tier: SharedTier, kv: MemoryKeyValue, clock: Clock) -> None:
     key = tier.key(URL, CLIENT_ID, SECRET, "read", "client_secret_post")
     other = make_tier(kv, clock)
-    assert tier.lease(key, ttl=5)
+    assert tier.lease(key, ttl=5) is Lease.TAKEN
     clock.advance(5)
-    assert other.lease(key, ttl=5)
+    assert other.lease(key, ttl=5) is Lease.TAKEN
 
     tier.release(key)  # too late: the lease is the other replica's now
 
-    assert not make_tier(kv, clock).lease(key, ttl=5)
+    assert make_tier(kv, clock).lease(key, ttl=5) is Lease.HELD_ELSEWHERE
 
 
 @pytest.fixture
@@ -266,7 +266,7 @@ def test_a_waiter_gets_the_value_the_lease_holder_stores(
         background: list[threading.Thread]) -> None:
     key = tier.key(URL, CLIENT_ID, SECRET, "read", "client_secret_post")
     leader = make_tier(kv, clock)
-    assert leader.lease(key, ttl=5)
+    assert leader.lease(key, ttl=5) is Lease.TAKEN
 
     def lead() -> None:
         wait_until(lambda: kv.watching, what="the waiter's watch")
@@ -295,7 +295,7 @@ def test_a_released_lease_without_a_value_ends_the_wait_early(
         background: list[threading.Thread]) -> None:
     key = tier.key(URL, CLIENT_ID, SECRET, "read", "client_secret_post")
     leader = make_tier(kv, clock)
-    assert leader.lease(key, ttl=5)
+    assert leader.lease(key, ttl=5) is Lease.TAKEN
 
     def fail_and_release() -> None:
         wait_until(lambda: kv.watching, what="the waiter's watch")
@@ -328,7 +328,7 @@ def test_a_broken_bucket_reads_as_misses_with_one_warning_and_a_count(
         for _ in range(3):
             assert tier.lookup(key) is None
             tier.store(key, issued(clock))
-            assert not tier.lease(key, ttl=5)
+            assert tier.lease(key, ttl=5) is Lease.NO_TIER
             assert tier.wait(key, timeout=5) is None
             tier.release(key)
             clock.advance(10)  # past every rest: each round asks the bucket again
@@ -355,7 +355,8 @@ def test_after_a_failure_the_tier_rests_then_recovers(
     clock.advance(5)
     assert tier.lookup(key) is not None
     assert tier.counts == {"hits": 1, "misses": 0, "leases": 0, "lease_waits": 0,
-                           "lease_takeovers": 0, "errors": 1}
+                           "lease_takeovers": 0, "errors": 1, "squats_taken_over": 0,
+                           "recreated": 0}
 
 
 class SlowBucket(MemoryKeyValue):
@@ -384,13 +385,13 @@ def test_while_one_caller_probes_the_others_go_on_without_the_tier(
     assert kv.entered.wait(5)
 
     assert tier.lookup(key) is None  # at once: not waiting for the probe
-    assert not tier.lease(key, ttl=5)
+    assert tier.lease(key, ttl=5) is Lease.NO_TIER
     assert kv.ensures == 1
     kv.go_on.set()
     background[0].join(5)
 
     assert tier.available
-    assert tier.lease(key, ttl=5)
+    assert tier.lease(key, ttl=5) is Lease.TAKEN
 
 
 def test_prepare_says_whether_the_bucket_is_there(kv: MemoryKeyValue, clock: Clock) -> None:
@@ -407,12 +408,12 @@ def test_a_lease_taken_after_the_value_arrived_is_given_back(
     releases, then the replica's lease succeeds."""
     key = tier.key(URL, CLIENT_ID, SECRET, "read", "client_secret_post")
     leader = make_tier(kv, clock)
-    assert leader.lease(key, ttl=5)
+    assert leader.lease(key, ttl=5) is Lease.TAKEN
     assert tier.lookup(key) is None  # missed while the leader was at the IdP
     leader.store(key, issued(clock))
     leader.release(key)
 
-    assert not tier.lease(key, ttl=5)
+    assert tier.lease(key, ttl=5) is Lease.HELD_ELSEWHERE  # a value is there: wait
     assert kv.get(key.lease_key) is None  # given back
     assert tier.wait(key, timeout=5) is not None
 
@@ -426,11 +427,11 @@ def test_refresh_ahead_takes_the_lease_only_while_no_newer_token_is_stored(
     clock.advance(250)  # into the refresh-ahead part of its life
     other = make_tier(kv, clock)
 
-    assert other.lease(key, ttl=5, newer_than=local_expires_at)  # refresh: the IdP again
+    assert other.lease(key, ttl=5, newer_than=local_expires_at) is Lease.TAKEN  # refresh
     other.store(key, issued(clock, expires_in=300, access_token="refreshed-token-7f3a"))
     other.release(key)
 
-    assert not tier.lease(key, ttl=5, newer_than=local_expires_at)  # already refreshed
+    assert tier.lease(key, ttl=5, newer_than=local_expires_at) is Lease.HELD_ELSEWHERE
     token = tier.lookup(key)
     assert token is not None
     assert token.access_token == "refreshed-token-7f3a"
@@ -462,3 +463,95 @@ def test_a_wait_for_a_refresh_takes_only_a_token_that_expires_later(
     tier.store(key, issued(clock, expires_in=300, access_token="refreshed-token-9c1e"))
     found = tier.wait(key, timeout=5, newer_than=old_expires_at)
     assert found is not None and found.access_token == "refreshed-token-9c1e"
+
+
+# --- waiting without a thread, squatted leases, a bucket that comes back ------------------
+
+
+def test_a_wait_without_a_thread_ends_with_the_value_the_watch_sees(
+        kv: MemoryKeyValue, clock: Clock) -> None:
+    timers = ManualTimers()
+    tier = make_tier(kv, clock, timers=timers)
+    leader = make_tier(kv, clock)
+    key = tier.key(URL, CLIENT_ID, SECRET, "read", "client_secret_post")
+    assert leader.lease(key, ttl=5) is Lease.TAKEN
+    got: list[IssuedToken | None] = []
+    tier.wait_then(key, 5, got.append)
+    assert got == [] and kv.watching == 1 and len(timers.pending) == 1
+    leader.store(key, issued(clock))  # seen on the watch, on the thread that stored
+    assert [token.access_token for token in got if token] == [ACCESS_TOKEN]
+    assert kv.watching == 0 and timers.pending == []  # watch closed, timer cancelled
+    leader.release(key)
+    assert len(got) == 1  # once
+
+
+def test_a_wait_without_a_thread_ends_with_none_on_release_or_at_its_timeout(
+        kv: MemoryKeyValue, clock: Clock) -> None:
+    timers = ManualTimers()
+    tier = make_tier(kv, clock, timers=timers)
+    leader = make_tier(kv, clock)
+    key = tier.key(URL, CLIENT_ID, SECRET, "read", "client_secret_post")
+    assert leader.lease(key, ttl=5) is Lease.TAKEN
+    released: list[IssuedToken | None] = []
+    tier.wait_then(key, 5, released.append)
+    leader.release(key)  # the leader's IdP call failed
+    assert released == [None] and kv.watching == 0
+
+    assert leader.lease(key, ttl=5) is Lease.TAKEN
+    timed_out: list[IssuedToken | None] = []
+    tier.wait_then(key, 5, timed_out.append)
+    assert timers.fire_due(clock.mono + 4.9) == 0 and timed_out == []
+    assert timers.fire_due(clock.mono + 5) == 1
+    assert timed_out == [None] and kv.watching == 0
+    assert tier.latest(key) is None  # the last read before a takeover: counted as one
+    assert tier.counts["lease_takeovers"] == 1
+
+
+def test_a_wait_on_a_broken_tier_ends_at_once(kv: MemoryKeyValue, clock: Clock) -> None:
+    tier = make_tier(kv, clock, timers=ManualTimers())
+    key = tier.key(URL, CLIENT_ID, SECRET, "read", "client_secret_post")
+    kv.fail = KvTimeout("quorum lost")
+    got: list[IssuedToken | None] = []
+    tier.wait_then(key, 5, got.append)
+    assert got == [None]
+
+
+@pytest.mark.parametrize(("ttl", "age", "taken_over"), [
+    (None, 0.0, True),      # no TTL: nobody's lease, it would last the bucket's max age
+    (3600, 30.0, True),     # older than this worker's lease lives
+    (5, 3.0, False),        # a live lease of a peer
+])
+def test_a_squatted_lease_is_taken_over_at_once(kv: MemoryKeyValue, clock: Clock,
+                                               ttl: float | None, age: float,
+                                               taken_over: bool) -> None:
+    tier = make_tier(kv, clock)
+    key = tier.key(URL, CLIENT_ID, SECRET, "read", "client_secret_post")
+    kv.plant(key.lease_key, b"mine", ttl=ttl, stored_at=clock.wall - age)
+    lease = tier.lease(key, ttl=8)
+    assert lease is (Lease.TAKEN if taken_over else Lease.HELD_ELSEWHERE)
+    assert tier.counts["squats_taken_over"] == int(taken_over)
+    if taken_over:
+        held = kv.raw(key.lease_key)
+        assert held is not None and held.ttl == "8s"
+        tier.release(key)
+        assert kv.get(key.lease_key) is None
+
+
+def test_a_lost_bucket_is_made_again_and_the_broker_is_told(
+        kv: MemoryKeyValue, clock: Clock) -> None:
+    tier = make_tier(kv, clock)
+    told: list[bool] = []
+    tier.on_recreated = lambda: told.append(True)
+    key = tier.key(URL, CLIENT_ID, SECRET, "read", "client_secret_post")
+    assert tier.prepare() and kv.created == 1
+    tier.store(key, issued(clock))
+    kv.drop_bucket()  # the stream deleted: no responders, at once
+    calls = kv.calls
+    assert tier.lookup(key) is None
+    assert kv.calls == calls + 1  # one call failed fast; the tier rests
+    assert tier.lookup(key) is None and kv.calls == calls + 1
+    clock.advance(5)
+    assert tier.lookup(key) is None  # the probe made the bucket again; the value is gone
+    assert kv.created == 2 and tier.counts["recreated"] == 1 and told == [True]
+    tier.store(key, issued(clock))
+    assert tier.lookup(key) is not None

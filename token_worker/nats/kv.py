@@ -34,9 +34,10 @@ import math
 import queue
 import re
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import AbstractContextManager, contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timezone
 from typing import Any, Protocol
 
 from token_worker.errors import KvError, NatsConnectionError
@@ -75,6 +76,10 @@ class Entry:
     sequence)."""
     operation: str = PUT
     """``PUT``, or ``DEL``/``PURGE`` for a deletion marker."""
+    ttl: str = ""
+    """The message's own time to live (its ``Nats-TTL`` header, e.g. ``8s``), "" for none."""
+    stored_at: float | None = None
+    """When the stream stored it (``time.time()`` scale), where the server said."""
 
 
 @dataclass(frozen=True)
@@ -91,6 +96,8 @@ class BucketInfo:
     messages: int
     leader: str = ""
     """The server name of the stream's leader (clustered JetStream), else ""."""
+    created: bool = False
+    """True when :meth:`KeyValue.ensure_bucket` made it just now (it was missing)."""
 
 
 class Watch(Protocol):
@@ -112,11 +119,28 @@ class KeyValueStore(Protocol):
 
     def create(self, key: str, value: bytes, *, ttl: float | None = None) -> int | None: ...
 
+    def update(self, key: str, value: bytes, *, last_revision: int,
+               ttl: float | None = None) -> int | None: ...
+
     def delete(self, key: str, *, last_revision: int | None = None) -> int | None: ...
 
     def watch(self, pattern: str) -> AbstractContextManager[Watch]: ...
 
+    def watch_each(self, pattern: str, on_entry: Callable[[Entry], None]) -> Closeable: ...
+
     def wait_for(self, key: str, timeout: float, *, after: int = 0) -> Entry | None: ...
+
+
+def parse_timestamp(text: str) -> float | None:
+    """An RFC 3339 time as the server writes it (nanoseconds, ``Z``) on ``time.time()``'s
+    scale, or None when it is not one."""
+    whole, _, fraction = text.rstrip("Zz").partition(".")
+    try:
+        moment = datetime.strptime(whole, "%Y-%m-%dT%H:%M:%S").replace(tzinfo=timezone.utc)
+    except ValueError:
+        return None
+    digits = "".join(c for c in fraction if c.isdigit())[:9]
+    return moment.timestamp() + (int(digits) / 10 ** len(digits) if digits else 0.0)
 
 
 def ttl_header(ttl: float) -> str:
@@ -168,30 +192,49 @@ def _wrong_last_sequence(error: KvError) -> bool:
 # --- the bucket over NATS ----------------------------------------------------------------
 
 
-class _SubjectWatch:
-    """A core subscription on key subjects; entries queue up until read."""
+class Closeable(Protocol):
+    """Something to stop: a watch."""
 
-    def __init__(self, connection: Connection, subject: str, prefix_length: int) -> None:
+    def close(self) -> None: ...
+
+
+class _SubjectWatch:
+    """A core subscription on key subjects, each change handed to ``on_entry`` on the
+    connection's reader thread (no I/O there: hand it on)."""
+
+    def __init__(self, connection: Connection, subject: str, prefix_length: int,
+                 on_entry: Callable[[Entry], None]) -> None:
         self._connection = connection
         self._prefix_length = prefix_length
-        self._queue: queue.SimpleQueue[Entry] = queue.SimpleQueue()
+        self._on_entry = on_entry
         self._sub = connection.subscribe(subject, self._on_message)
 
     def _on_message(self, message: Message) -> None:
         fields = parse_headers(message.headers).fields if message.headers else {}
         operation = fields.get("KV-Operation", PUT).upper()
-        self._queue.put(Entry(message.subject[self._prefix_length:], message.payload, 0,
-                              operation))
+        self._on_entry(Entry(message.subject[self._prefix_length:], message.payload, 0,
+                             operation))
+
+    def close(self) -> None:
+        with contextlib.suppress(NatsConnectionError):  # gone with the connection
+            self._connection.unsubscribe(self._sub)
+
+
+class _QueuedWatch:
+    """A watch read with :meth:`next`: changes queue up until read."""
+
+    def __init__(self) -> None:
+        self._queue: queue.SimpleQueue[Entry] = queue.SimpleQueue()
+        self.subscription: Closeable | None = None
+
+    def offer(self, entry: Entry) -> None:
+        self._queue.put(entry)
 
     def next(self, timeout: float) -> Entry | None:
         try:
             return self._queue.get(timeout=max(0.0, timeout))
         except queue.Empty:
             return None
-
-    def close(self) -> None:
-        with contextlib.suppress(NatsConnectionError):  # gone with the connection
-            self._connection.unsubscribe(self._sub)
 
 
 def wait_for_value(store: KeyValueStore, key: str, timeout: float, after: int) -> Entry | None:
@@ -273,7 +316,7 @@ class KeyValue:
             if info is None:
                 raise
             return info
-        return _bucket_info(self.bucket, body)
+        return replace(_bucket_info(self.bucket, body), created=True)
 
     def get(self, key: str, *, latest: bool = False) -> Entry | None:
         """The key's value, or None when it has none (never put, deleted or expired).
@@ -305,8 +348,11 @@ class KeyValue:
         except ValueError:
             raise KvError(500, "unreadable stream message") from None
         sequence = message.get("seq")
+        stored = message.get("time")
         return Entry(key, value, sequence if isinstance(sequence, int) else 0,
-                     headers.fields.get("KV-Operation", PUT).upper())
+                     headers.fields.get("KV-Operation", PUT).upper(),
+                     headers.fields.get("Nats-TTL", ""),
+                     parse_timestamp(stored) if isinstance(stored, str) else None)
 
     def _get_raw(self, key: str) -> Entry | None:
         """The key's last message, deletion markers included."""
@@ -323,7 +369,9 @@ class KeyValue:
                                "announce header support?")
         revision = headers.fields.get("Nats-Sequence", "0")
         return Entry(key, reply.payload, int(revision) if revision.isdigit() else 0,
-                     headers.fields.get("KV-Operation", PUT).upper())
+                     headers.fields.get("KV-Operation", PUT).upper(),
+                     headers.fields.get("Nats-TTL", ""),
+                     parse_timestamp(headers.fields.get("Nats-Time-Stamp", "")))
 
     def put(self, key: str, value: bytes, *, ttl: float | None = None) -> int:
         """Store ``value`` (for ``ttl`` seconds when given); return its revision."""
@@ -355,6 +403,20 @@ class KeyValue:
                 return None
             raise
 
+    def update(self, key: str, value: bytes, *, last_revision: int,
+               ttl: float | None = None) -> int | None:
+        """Store ``value`` only if the key's last message is still revision
+        ``last_revision``; the new revision, or None when it is not (someone else's)."""
+        headers = {"Nats-Expected-Last-Subject-Sequence": str(last_revision)}
+        if ttl is not None:
+            headers["Nats-TTL"] = ttl_header(ttl)
+        try:
+            return self._publish(key, value, headers)
+        except KvError as error:
+            if _wrong_last_sequence(error):
+                return None
+            raise
+
     def delete(self, key: str, *, last_revision: int | None = None) -> int | None:
         """Mark the key deleted; with ``last_revision``, only if that is still its value
         (None when it is not: someone else's by now)."""
@@ -372,13 +434,21 @@ class KeyValue:
     def watch(self, pattern: str) -> Iterator[Watch]:
         """Live puts and deletions on the keys ``pattern`` covers (KV wildcards ``*``, ``>``),
         from the moment the subscription is made; closed when the context ends."""
-        if not _PATTERN_RE.match(pattern):
-            raise ValueError(f"not a legal key pattern: {pattern!r}")
-        watch = _SubjectWatch(self._connection, self._prefix + pattern, len(self._prefix))
+        queued = _QueuedWatch()
+        watch = self.watch_each(pattern, queued.offer)
         try:
-            yield watch
+            yield queued
         finally:
             watch.close()
+
+    def watch_each(self, pattern: str, on_entry: Callable[[Entry], None]) -> Closeable:
+        """Live puts and deletions on the keys ``pattern`` covers, each handed to
+        ``on_entry`` on the connection's reader thread as it happens (a waiter that holds
+        no thread); stop it with ``close()``."""
+        if not _PATTERN_RE.match(pattern):
+            raise ValueError(f"not a legal key pattern: {pattern!r}")
+        return _SubjectWatch(self._connection, self._prefix + pattern, len(self._prefix),
+                             on_entry)
 
     def wait_for(self, key: str, timeout: float, *, after: int = 0) -> Entry | None:
         """The key's value once it is newer than revision ``after``: at once if it already

@@ -1,55 +1,81 @@
-"""The token broker: cache, single-flight and refresh-ahead in front of the IdP.
+"""The token broker: cache, single flight, refresh-ahead and the bulkheads in front of the IdP.
 
-The IdP is whatever implements :class:`~token_worker.tokens.model.Issuer` (in a worker,
-:class:`~token_worker.idp.resilience.ResilientIdp`): the broker never imports the IdP client.
+A request the cache cannot answer (or one that asks ``skip_cache``) goes through
+:meth:`TokenBroker.ask`, on the connection's reader thread and without I/O, which answers
+it at once, joins a fetch under way, or starts one:
 
-- A cache hit answers without I/O, so the worker can answer it on the reading thread.
-- Single-flight: however many concurrent requests miss for one key, one IdP call is made;
-  the others wait for its result (bounded by the IdP deadline) and share it, success or
-  error.
-- Refresh-ahead: a hit past the entry's refresh point (inside its servable life, see
-  :mod:`token_worker.tokens.cache`) queues one background refresh (with the secret of the request
-  that triggered it, held only by the queued task) while the still-valid token keeps being
-  served, so steady traffic never waits for the IdP. A failed refresh leaves the valid
-  token in place. A queued refresh takes the key's in-flight slot only when its thread
-  starts: a fetch never waits behind a refresh that has not begun.
-- Deadlines: a caller may pass the moment (``time.monotonic()``) its request must be
-  answered by; the IdP call and the wait for another request's call end by then.
-- Counting: each lookup counts one hit or one miss; ``fetch(skip_cache=True)`` looks
-  nothing up and counts nothing, and :meth:`TokenBroker.fetch_after_miss` (the pool
-  thread's call after a miss on the reading thread) looks again without counting.
-- The shared tier (:mod:`token_worker.tokens.shared`), when given, sits between the local
-  cache and the IdP, only ever on a pool or refresher thread: the key's single flight
-  leader reads it, and on a miss takes the key's fleet-wide lease (one replica calls the
-  IdP) or waits for the lease holder's token, calling the IdP itself only when none comes.
-  A token from the IdP goes to both tiers; one from the shared tier enters the local cache
-  with what is left of its life. Refresh-ahead takes the same lease, so a fleet refreshes
-  each token once. ``skip_cache`` reads neither tier, and still stores in both.
+- **Answered at once** (each a typed :class:`~token_worker.errors.NoToken`, or a cached
+  token): a refusal the IdP gave this key moments ago (``invalid_client``,
+  ``unauthorized_client``, ``invalid_scope``: remembered for ``idp.refusalMemory``), the
+  key's back-off after its own failures, the endpoint's circuit or a client's
+  ``Retry-After``, or the client's call budget (``idp.clientRate``/``idp.clientBurst``)
+  spent: then a still-servable cached token is returned saying the fresh fetch was
+  refused, or ``rate_limited`` with ``retry_after``.
+- **Joined**: another request for the key is being fetched for. The request waits for that
+  fetch's outcome without a thread or a pool slot (a :class:`Flight` callback); at most
+  ``max_waiters_per_key`` per key and ``max_waiting`` in all, so memory stays bounded.
+- **Started**: the request leads a :class:`Flight` whose work is queued on the worker's
+  pool (``workers`` threads, ``backlog`` queued: only IdP work counts against them). When
+  a thread takes it, the deadline decides: a fetch with less time left than the IdP needs
+  (see :meth:`Issuer.time_needed`) is answered ``overloaded``, saying how long it waited,
+  and the IdP is not called. Otherwise the shared tier is read, its lease taken (or the
+  lease holder's token awaited, again without a thread), and the IdP asked.
+
+A fetch's failure backs its key off (the client's own 5xx and timeouts; a timeout of an
+attempt the request's own deadline cut short does not count), a refusal is remembered;
+neither touches the endpoint's circuit, which only evidence about the endpoint opens
+(:mod:`token_worker.idp.circuit`). Tokens go to the local cache (fair between clients:
+:mod:`token_worker.tokens.cache`) and the shared tier before the flight's waiters get
+them.
+
+Refresh-ahead: a hit past the entry's refresh point queues one background refresh on the
+broker's own two threads (never on the request pool), while the valid token keeps being
+served. It takes the key's flight only when it starts, so a request never waits behind a
+refresh that has not begun; a failed refresh leaves the valid token in place.
 """
 
 from __future__ import annotations
 
+import contextlib
+import copy
 import logging
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import Executor, Future, ThreadPoolExecutor
-from concurrent.futures import TimeoutError as FutureTimeout
+from concurrent.futures import Executor, ThreadPoolExecutor
 from typing import NamedTuple
 
-from token_worker.errors import IdpError, IdpTimeout
+from token_worker import defaults
+from token_worker.errors import (
+    IdpError,
+    IdpRefused,
+    IdpTimeout,
+    NoToken,
+    Overloaded,
+    RateLimited,
+    ShuttingDown,
+)
 from token_worker.metrics import Metrics, NullMetrics
 from token_worker.tokens.cache import CachedToken, CacheKey, TokenCache, cache_key
-from token_worker.tokens.model import IssuedToken, Issuer
-from token_worker.tokens.shared import SharedKey, SharedTier
+from token_worker.tokens.flight import Flight
+from token_worker.tokens.guards import REMEMBERED_CODES, Backoffs, Budgets, Refusals
+from token_worker.tokens.model import IssuedToken, Issuer, WorkQueue
+from token_worker.tokens.shared import Lease, SharedKey, SharedTier
 
 log = logging.getLogger(__name__)
 
 FROM_CACHE = "cache"
 FROM_IDP = "idp"
+GUARD_CAPACITY = 100_000
+"""Keys and clients whose back-off, remembered refusal or budget is kept at once (least
+recently used forgotten first): a flood of distinct ids costs bounded memory."""
 EXPIRY_SLACK = 1.0
 """Seconds by which a shared token must outlive the local one to count as a refresh (the
 two tiers count the same expiry on different clocks' arithmetic)."""
+
+Outcome = Callable[["Answer | None", "BaseException | None"], None]
+"""Called once with a flight's outcome: an answer, or the error (a :class:`NoToken`, or
+anything a bug raised)."""
 
 
 class Answer(NamedTuple):
@@ -60,6 +86,9 @@ class Answer(NamedTuple):
     """Seconds left now (recomputed for cached tokens)."""
     source: str
     """``cache`` or ``idp`` (the reply's ``token_source``)."""
+    fetch_refused: str = ""
+    """Why a fresh token asked for (``skip_cache``) was not fetched and this cached one is
+    served instead (``rate_limited``), else ""."""
 
 
 class TokenQuery(NamedTuple):
@@ -70,129 +99,457 @@ class TokenQuery(NamedTuple):
     scope: str
     auth_method: str | None = None
     """A named credential's own ``client_secret_post``/``_basic``; None: the worker's."""
+    credential: str | None = None
+    """The named credential asked for (its budget and remembered refusals are its own);
+    None for a request that carries its own secret."""
 
     def __repr__(self) -> str:
         return f"TokenQuery(client_id={self.client_id!r}, scope={self.scope!r})"
 
+    @property
+    def budget_key(self) -> str:
+        """Whose call budget a fetch spends: the credential's, or the client id's."""
+        return f"credential:{self.credential}" if self.credential else f"client:{self.client_id}"
+
+
+class Guards(NamedTuple):
+    """The per-key and per-client bulkheads (:mod:`token_worker.tokens.guards`)."""
+
+    backoffs: Backoffs[CacheKey, NoToken]
+    refusals: Refusals[CacheKey, NoToken]
+    budgets: Budgets[str]
+
+    @classmethod
+    def from_defaults(cls, *, capacity: int = GUARD_CAPACITY,
+                      clock: Callable[[], float] = time.monotonic) -> Guards:
+        """The bulkheads as the worker's defaults set them, on ``clock``."""
+        return cls(
+            backoffs=Backoffs(first=defaults.IDP_CLIENT_BACKOFF,
+                              longest=defaults.IDP_CLIENT_BACKOFF_MAX, capacity=capacity,
+                              clock=clock),
+            refusals=Refusals(ttl=defaults.IDP_REFUSAL_MEMORY, capacity=capacity, clock=clock),
+            budgets=Budgets(rate=defaults.IDP_CLIENT_RATE, burst=defaults.IDP_CLIENT_BURST,
+                            capacity=capacity, clock=clock))
+
 
 class TokenBroker:
-    """Gets tokens through the cache (if any), one IdP call per key at a time."""
+    """Gets tokens through the cache (if any), one fetch per key at a time, behind the
+    bulkheads."""
 
-    def __init__(self, idp: Issuer, cache: TokenCache | None, *, auth_method: str,
-                 follower_timeout: float, metrics: Metrics | None = None,
+    def __init__(self, issuer: Issuer, cache: TokenCache | None, *, auth_method: str,
+                 guards: Guards | None = None, work: WorkQueue | None = None,
+                 max_waiters_per_key: int = 1000, max_waiting: int = 10_000,
+                 lease_ttl: float = 8.0, metrics: Metrics | None = None,
                  refresher: Executor | None = None, shared: SharedTier | None = None,
-                 lease_ttl: float | None = None) -> None:
-        """``refresher`` runs background refreshes (two threads by default; tests pass one
-        that runs tasks when they say). ``shared`` is the fleet's tier (used with a local
-        cache only); ``lease_ttl`` how long its lease on a key lasts (``idp.deadline``: a
-        leader that dies frees the key by then)."""
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        """``work`` runs the IdP work (the worker's pool; without one, the thread that asks
+        runs it: for callers outside a worker); ``refresher`` runs background
+        refreshes (two threads by default; tests pass one that runs tasks when they say).
+        ``shared`` is the fleet's tier (used with a local cache only); ``lease_ttl`` how
+        long its lease on a key lasts (``idp.deadline``: a leader that dies frees the key
+        by then)."""
         self._metrics = NullMetrics() if metrics is None else metrics
-        self._idp = idp
+        self._issuer = issuer
         self._cache = cache
         self._shared = shared if cache is not None else None
-        self._lease_ttl = follower_timeout if lease_ttl is None else lease_ttl
         self._auth_method = auth_method
-        self._follower_timeout = follower_timeout
-        self._in_flight: dict[CacheKey, Future[Answer]] = {}
+        self._guards = guards if guards is not None else Guards.from_defaults(clock=clock)
+        self._work: WorkQueue = work if work is not None else InlineWork()
+        self._max_waiters_per_key = max_waiters_per_key
+        self._max_waiting = max_waiting
+        self._lease_ttl = lease_ttl
+        self._clock = clock
+        self._in_flight: dict[CacheKey, Flight[CacheKey, Answer]] = {}
         self._refresh_queued: set[CacheKey] = set()
         self._lock = threading.Lock()
+        self._waiting = 0
         self._refresher = refresher or ThreadPoolExecutor(max_workers=2,
                                                           thread_name_prefix="refresh")
+        if self._shared is not None:
+            self._shared.on_recreated = self._give_back_to_bucket
         self.refreshes = 0
         """Background refreshes queued."""
 
     @property
     def in_flight(self) -> int:
-        """IdP calls under way (fetches and refreshes)."""
+        """Fetches under way (requests' and refreshes')."""
         with self._lock:
             return len(self._in_flight)
+
+    @property
+    def waiting(self) -> int:
+        """Requests waiting for a fetch under way (holding no thread)."""
+        return self._waiting
 
     @property
     def shared(self) -> SharedTier | None:
         """The shared tier, if any (for its counts and its preparation at start)."""
         return self._shared
 
-    def cached(self, query: TokenQuery) -> Answer | None:
-        """A servable cached token, or None; never does I/O (safe on the reader thread)."""
-        token_url = self._idp.known_token_url
-        if self._cache is None or not token_url:
-            return None  # no cache, or discovery not done yet (it is I/O: not here)
-        key = self._key(query, token_url)
+    # --- the reader thread: no I/O ----------------------------------------------------------
+
+    def key(self, query: TokenQuery) -> CacheKey | None:
+        """The query's cache key, or None while the token endpoint is not known without
+        I/O (OIDC discovery still to come)."""
+        token_url = self._issuer.known_token_url
+        if not token_url:
+            return None
+        return cache_key(token_url, query.client_id, query.client_secret, query.scope,
+                         query.auth_method or self._auth_method)
+
+    def cached(self, query: TokenQuery, key: CacheKey | None = None) -> Answer | None:
+        """A servable cached token, or None; counts one hit or one miss; never does I/O."""
+        if self._cache is None:
+            return None
+        key = key or self.key(query)
+        if key is None:
+            return None  # discovery not done yet (it is I/O: not here)
         entry = self._cache.get(key)
         if entry is None:
             self._metrics.cache_miss.inc()
             return None
         self._metrics.cache_hit.inc()
         now = self._cache.now()
-        if now >= entry.refresh_at and not self._idp.failing_fast:
+        if now >= entry.refresh_at and not self._issuer.failing_fast:
             self._refresh_in_background(key, query)  # not while it would only fail at once
         return Answer(entry.token, entry.expires_in(now), FROM_CACHE)
 
+    def ask(self, query: TokenQuery, *, deadline: float | None, skip_cache: bool,
+            on_outcome: Outcome, key: CacheKey | None = None) -> Answer | NoToken | None:
+        """After a cache miss (or for ``skip_cache``): an answer now (a token, or the
+        :class:`NoToken` to reply with), or None when ``on_outcome`` will be called with
+        the outcome of a fetch (joined or started). Never does I/O, never blocks.
+
+        ``deadline`` is the ``time.monotonic()`` moment the answer is due (the request's
+        arrival plus ``idp.deadline``)."""
+        key = key or self.key(query)
+        if key is None:  # the endpoint is still to be discovered: that is I/O, on the pool
+            return self._start(None, query, deadline, skip_cache, on_outcome)
+        held = self._held(key, query)
+        if held is not None:
+            return held
+        with self._lock:
+            flight = self._in_flight.get(key)
+            if flight is not None:
+                return None if self._join(flight, on_outcome) else self._crowded()
+            if not skip_cache:
+                # A leader caches its token before it leaves the table, so with no flight
+                # under way the cache holds whatever the last one got.
+                answer = self._local(key)
+                if answer is not None:
+                    return answer
+        return self._start(key, query, deadline, skip_cache, on_outcome)
+
     def fetch(self, query: TokenQuery, *, skip_cache: bool = False,
               deadline: float | None = None) -> Answer:
-        """A token from the cache or, once per key at a time, from the shared tier or the
-        IdP.
-
-        ``skip_cache`` goes to the IdP without reading either tier (and counts no miss); the
-        token still goes to both. ``deadline`` is the ``time.monotonic()`` moment the answer
-        is due; past it, :class:`IdpTimeout`."""
+        """A token on the calling thread's time, for callers outside a worker (scripts,
+        tests): :meth:`cached`, then :meth:`ask`, waiting for its outcome. Raises the
+        :class:`~token_worker.errors.NoToken` a reply would carry."""
         if not skip_cache:
             answer = self.cached(query)
             if answer is not None:
                 return answer
-        return self._fetch(query, deadline, read_tiers=not skip_cache, recheck=False)
+        done = threading.Event()
+        got: list[tuple[Answer | None, BaseException | None]] = []
 
-    def fetch_after_miss(self, query: TokenQuery, deadline: float | None = None) -> Answer:
-        """What a pool thread calls after :meth:`cached` missed on the reading thread: look
-        the local cache up again without counting a second miss (a fetch that finished
-        since has cached the token), else join or lead the key's single flight."""
-        return self._fetch(query, deadline, read_tiers=True, recheck=True)
+        def on_outcome(answer: Answer | None, error: BaseException | None) -> None:
+            got.append((answer, error))
+            done.set()
+
+        outcome = self.ask(query, deadline=deadline, skip_cache=skip_cache,
+                           on_outcome=on_outcome)
+        if isinstance(outcome, NoToken):
+            raise outcome
+        if isinstance(outcome, Answer):
+            return outcome
+        done.wait()  # a flight always ends: the deadline bounds the IdP, a timer the waits
+        answer, error = got[0]
+        if error is not None:
+            raise error
+        assert answer is not None
+        return answer
 
     def discard(self, query: TokenQuery) -> bool:
         """Drop the cached token of ``query`` (one the worker cannot send, for instance);
         True if there was one. Never does I/O (the shared tier keeps its copy: another
         replica's server may take it)."""
-        token_url = self._idp.known_token_url
-        if self._cache is None or not token_url:
+        key = self.key(query)
+        if self._cache is None or key is None:
             return False
-        return self._cache.discard(self._key(query, token_url))
+        return self._cache.discard(key)
+
+    def forget_refusals(self, credential: str) -> int:
+        """A named credential changed: the refusals remembered for it are forgotten at
+        once (its next request asks the IdP); how many."""
+        return self._guards.refusals.forget(credential)
 
     def close(self) -> None:
-        """Stop background refreshes."""
+        """Stop background refreshes; fetches still under way end ``shutting_down``."""
         self._refresher.shutdown(wait=False, cancel_futures=True)
-
-    # --- the single flight ------------------------------------------------------------------
-
-    def _key(self, query: TokenQuery, token_url: str) -> CacheKey:
-        return cache_key(token_url, query.client_id, query.client_secret, query.scope,
-                         query.auth_method or self._auth_method)
-
-    def _fetch(self, query: TokenQuery, deadline: float | None, *, read_tiers: bool,
-               recheck: bool) -> Answer:
-        if deadline is not None and deadline - time.monotonic() <= 0:
-            raise IdpTimeout("the request's deadline passed before the identity provider "
-                             "could be asked", reason="deadline passed while queued")
-        key = self._key(query, self._idp.token_url)
         with self._lock:
-            future = self._in_flight.get(key)
-            leader = future is None
-            if future is None:
-                # A leader caches its token before it leaves the in-flight table, so with
-                # no flight under way the cache already holds whatever the last one got.
-                answer = self._local(key) if recheck else None
-                if answer is not None:
-                    return answer
-                future = self._in_flight[key] = Future()
-        if leader:
-            self._lead(key, future, lambda: self._obtain(key, query, deadline, read_tiers))
-        wait = self._follower_timeout
-        if deadline is not None:
-            wait = max(0.0, min(wait, deadline - time.monotonic()))
+            flights = list(self._in_flight.values())
+        for flight in flights:
+            self._settle(flight, error=ShuttingDown("worker shutting down, retry (another "
+                                                    "replica answers)"))
+
+    def _held(self, key: CacheKey, query: TokenQuery) -> NoToken | None:
+        """Why the IdP is not asked for ``key`` now, or None: a remembered refusal, the
+        key's back-off, the endpoint's circuit or the client's ``Retry-After``."""
+        guards = self._guards
+        remembered = guards.refusals.recall(key)
+        if remembered is not None:
+            self._metrics.bulkhead("refusal_remembered")
+            return _again(remembered.error, remembered.retry_after,
+                          "remembered: not asked again")
+        backed_off = guards.backoffs.held(key)
+        if backed_off is not None:
+            self._metrics.bulkhead("backoff")
+            return _again(backed_off.error, backed_off.retry_after,
+                          f"{backed_off.failures} failed fetches for this client: not asked "
+                          "again")
+        refused = self._issuer.refusal(query.client_id)
+        if refused is not None:
+            self._metrics.bulkhead("circuit_open" if refused.error_code != "rate_limited"
+                                   else "client_retry_after")
+        return refused
+
+    def _join(self, flight: Flight[CacheKey, Answer], on_outcome: Outcome) -> bool:
+        """Wait for ``flight`` without a thread (lock held); False when it is full."""
+        if self._waiting >= self._max_waiting:
+            return False
+        if not flight.join(self._waiter(on_outcome)):
+            return False
+        self._waiting += 1
+        return True
+
+    def _waiter(self, on_outcome: Outcome) -> Outcome:
+        def done(answer: Answer | None, error: BaseException | None) -> None:
+            with self._lock:
+                self._waiting -= 1
+            on_outcome(answer, error)
+        return done
+
+    def _crowded(self) -> Overloaded:
+        self._metrics.bulkhead("waiters_full")
+        return Overloaded(f"too many requests waiting for tokens (at most "
+                          f"{self._max_waiters_per_key} for one, {self._max_waiting} in "
+                          "all); retry shortly", retry_after=1.0)
+
+    def _start(self, key: CacheKey | None, query: TokenQuery, deadline: float | None,
+               skip_cache: bool, on_outcome: Outcome) -> Answer | NoToken | None:
+        """Lead a new flight for ``key``: spend the client's budget and queue its work."""
+        wait = self._guards.budgets.take(query.budget_key)
+        if wait > 0:
+            self._metrics.bulkhead("client_budget")
+            cached = self._local(key) if key is not None else None
+            if cached is not None:
+                return cached._replace(fetch_refused="rate_limited")
+            return RateLimited(f"this client asked the identity provider too often; retry "
+                               f"in {wait:.1f} s", retry_after=wait)
+        flight: Flight[CacheKey, Answer] = Flight(key, started=self._clock(), deadline=deadline,
+                                        max_waiters=self._max_waiters_per_key + 1)
+        flight.join(on_outcome)  # the leader's own request: not counted as a waiter
+        if key is not None:
+            with self._lock:
+                if key in self._in_flight:  # another thread started one meanwhile: join it
+                    self._guards.budgets.give_back(query.budget_key)
+                    joined = self._join(self._in_flight[key], on_outcome)
+                    return None if joined else self._crowded()
+                self._in_flight[key] = flight
+        self._submit(flight, lambda: self._lead(flight, query, not skip_cache),
+                     query.budget_key)
+        return None
+
+    def _submit(self, flight: Flight[CacheKey, Answer], work: Callable[[], None],
+                budget_key: str | None = None) -> None:
+        """Queue ``work`` for ``flight`` on the pool, or end the flight when it is full or
+        closed (the budget spent for it given back)."""
+        def dropped() -> None:
+            self._settle(flight, error=ShuttingDown("worker shutting down, retry (another "
+                                                    "replica answers)"))
+        if self._work.try_submit(work, dropped):
+            return
+        if budget_key is not None:
+            self._guards.budgets.give_back(budget_key)
+        if self._work.closed:
+            dropped()
+        else:
+            self._metrics.bulkhead("pool_full")
+            self._settle(flight, error=Overloaded(
+                f"all {self._work.workers} workers are busy and the backlog is full; retry "
+                "shortly", retry_after=1.0))
+
+    # --- a pool thread: the flight's work ----------------------------------------------------
+
+    def _lead(self, flight: Flight[CacheKey, Answer], query: TokenQuery, read_tiers: bool) -> None:
         try:
-            return future.result(timeout=wait)
-        except FutureTimeout:
-            raise IdpTimeout(f"waited {wait:.3g} s for the identity provider call in flight",
-                             reason="follower wait ended") from None
+            if flight.key is None and not self._rekey(flight, query, read_tiers):
+                return  # joined a flight for the same key, or answered from the cache
+            if self._admit(flight):
+                assert flight.key is not None
+                self._obtain(flight, query, flight.key, read_tiers)
+        except BaseException as error:
+            self._settle(flight, error=error)
+            if not isinstance(error, NoToken):
+                raise
+
+    def _rekey(self, flight: Flight[CacheKey, Answer], query: TokenQuery, read_tiers: bool) -> bool:
+        """A flight started before the token endpoint was known (OIDC discovery): learn it
+        (I/O, once), then go on as if it had been known: join a flight for the same key
+        under way, take a token cached meanwhile, or lead under the key. True: lead."""
+        self._issuer.token_url  # noqa: B018 - discovery, once; an IdpError ends the flight
+        key = self.key(query)
+        assert key is not None
+        with self._lock:
+            other = self._in_flight.get(key)
+            if other is None:
+                answer = self._local(key) if read_tiers else None
+                if answer is None:
+                    flight.key = key
+                    self._in_flight[key] = flight
+                    return True
+        self._guards.budgets.give_back(query.budget_key)
+        callbacks = flight.take_callbacks()
+        if other is None:
+            for callback in callbacks:
+                callback(answer, None)
+            return False
+        for callback in callbacks:
+            with self._lock:
+                joined = self._join(other, callback)
+            if not joined:
+                callback(None, self._crowded())
+        return False
+
+    def _admit(self, flight: Flight[CacheKey, Answer]) -> bool:
+        """The deadline decides: a fetch that cannot start with the time the IdP needs is
+        answered ``overloaded`` now, and the IdP is not called (nor blamed)."""
+        if flight.deadline is None:
+            return True
+        now = self._clock()
+        left = flight.deadline - now
+        needed = self._issuer.time_needed()
+        if left >= needed:
+            return True
+        self._metrics.bulkhead("admission")
+        self._settle(flight, error=Overloaded(
+            f"waited {now - flight.started:.1f} s for a worker thread; {max(0.0, left):.1f} "
+            f"s of the deadline were left, the identity provider needs about {needed:.1f} s; "
+            "retry shortly", retry_after=1.0))
+        return False
+
+    def _obtain(self, flight: Flight[CacheKey, Answer], query: TokenQuery, key: CacheKey,
+                read_tiers: bool) -> None:
+        """The leader's way to a token: the shared tier, its lease (or, without a thread,
+        the lease holder's token), then the IdP."""
+        shared = self._shared
+        if shared is None:
+            self._call_idp(flight, query, key)
+            return
+        shared_key = self._shared_key(shared, key, query)
+        if not read_tiers:
+            self._call_idp(flight, query, key, shared_key)
+            return
+        token = shared.lookup(shared_key)
+        if token is not None:
+            self._guards.budgets.give_back(query.budget_key)
+            self._settle(flight, answer=self._keep(key, token, shared_key))
+            return
+        lease = shared.lease(shared_key, self._lease_ttl)
+        if lease is Lease.HELD_ELSEWHERE:
+            shared.wait_then(shared_key, self._wait_budget(flight.deadline),
+                             lambda token: self._waited(flight, query, key, shared_key, token))
+            return
+        self._call_idp(flight, query, key, shared_key, leased=lease is Lease.TAKEN)
+
+    def _waited(self, flight: Flight[CacheKey, Answer], query: TokenQuery, key: CacheKey,
+                shared_key: SharedKey, token: IssuedToken | None) -> None:
+        """The lease holder's token came (or not: the lease was released, the wait ended):
+        on the thread that saw it, no I/O here; a takeover goes back to the pool."""
+        if token is not None:
+            self._guards.budgets.give_back(query.budget_key)
+            self._settle(flight, answer=self._keep(key, token, shared_key))
+            return
+        self._submit(flight, lambda: self._take_over(flight, query, key, shared_key))
+
+    def _take_over(self, flight: Flight[CacheKey, Answer], query: TokenQuery, key: CacheKey,
+                   shared_key: SharedKey) -> None:
+        """Nothing came from the lease holder: read the stream leader once more (a value
+        stored while the watch was being set up on a cluster), then ask the IdP."""
+        try:
+            if not self._admit(flight):
+                return
+            assert self._shared is not None
+            token = self._shared.latest(shared_key)
+            if token is not None:
+                self._guards.budgets.give_back(query.budget_key)
+                self._settle(flight, answer=self._keep(key, token, shared_key))
+                return
+            self._call_idp(flight, query, key, shared_key)
+        except BaseException as error:
+            self._settle(flight, error=error)
+            if not isinstance(error, NoToken):
+                raise
+
+    def _call_idp(self, flight: Flight[CacheKey, Answer], query: TokenQuery, key: CacheKey,
+                  shared_key: SharedKey | None = None, *, leased: bool = False) -> None:
+        """One fetch from the IdP; its token goes to both tiers, its failure to the
+        guards, then the flight's waiters get the outcome."""
+        shared = self._shared
+        try:
+            token = self._issuer.fetch_token(query.client_id, query.client_secret, query.scope,
+                                             deadline=flight.deadline,
+                                             auth_method=query.auth_method)
+        except NoToken as error:
+            if leased and shared is not None and shared_key is not None:
+                shared.release(shared_key)
+            self._after_failure(key, query, error)
+            self._settle(flight, error=error)
+            return
+        self._guards.backoffs.succeeded(key)
+        if self._cache is not None:
+            self._cache.put(key, token, shared_key=shared_key)
+        if shared is not None and shared_key is not None:
+            shared.store(shared_key, token)
+            if leased:
+                shared.release(shared_key)
+        self._settle(flight, answer=Answer(token, self._expires_in(token), FROM_IDP))
+
+    def _after_failure(self, key: CacheKey, query: TokenQuery, error: NoToken) -> None:
+        """Remember a refusal; back the key off after its own failure. Refusals made before
+        any call (the circuit, a Retry-After running, the pool) and attempts the request's
+        own deadline cut short are no evidence against the client."""
+        if isinstance(error, IdpRefused) and error.error_code in REMEMBERED_CODES:
+            self._guards.refusals.remember(key, error, tag=query.credential)
+        elif isinstance(error, IdpError) and error.attempted and not (
+                isinstance(error, IdpTimeout) and error.cut_short):
+            pause = self._guards.backoffs.failed(key, error, error.retry_after)
+            log.info("client backed off after a failed fetch",
+                     extra={"client_id": query.client_id, "error_code": error.error_code,
+                            "backoff_s": round(pause, 2)})
+
+    def _wait_budget(self, deadline: float | None) -> float:
+        """How long to wait for another replica's token: the lease's life, but at most half
+        the request's time left, so a takeover still has time for its own IdP call."""
+        if deadline is None:
+            return self._lease_ttl
+        return max(0.0, min(self._lease_ttl, (deadline - self._clock()) / 2))
+
+    def _settle(self, flight: Flight[CacheKey, Answer], *, answer: Answer | None = None,
+                error: BaseException | None = None) -> None:
+        """End ``flight``: out of the table first (so the next miss starts afresh, finding
+        the token in the cache), then every waiter gets the outcome."""
+        key = flight.key
+        if key is not None:
+            with self._lock:
+                if self._in_flight.get(key) is flight:
+                    del self._in_flight[key]
+        if answer is not None:
+            flight.succeed(answer)
+        else:
+            flight.fail(error or RuntimeError("no token"))
+
+    # --- the tiers ------------------------------------------------------------------------
 
     def _local(self, key: CacheKey) -> Answer | None:
         """The cached answer, looked up without counting."""
@@ -203,81 +560,18 @@ class TokenBroker:
             return None
         return Answer(entry.token, entry.expires_in(self._cache.now()), FROM_CACHE)
 
-    def _lead(self, key: CacheKey, future: Future[Answer], obtain: Callable[[], Answer]
-              ) -> None:
-        """The leader's work: its outcome goes to every waiter (the tiers hold it by then)."""
-        try:
-            answer = obtain()
-        except Exception as error:
-            self._finish(key, future, error=error)  # every waiter gets the same answer
-            if not isinstance(error, IdpError):
-                raise
-        else:
-            self._finish(key, future, answer=answer)
-
-    def _finish(self, key: CacheKey, future: Future[Answer], *,
-                answer: Answer | None = None, error: BaseException | None = None) -> None:
-        with self._lock:
-            self._in_flight.pop(key, None)
-        if answer is not None:
-            future.set_result(answer)
-        else:
-            future.set_exception(error or RuntimeError("no token"))
-
-    # --- the tiers behind the local cache ---------------------------------------------------
-
-    def _obtain(self, key: CacheKey, query: TokenQuery, deadline: float | None,
-                read_tiers: bool) -> Answer:
-        """The leader's way to a token: the shared tier, its lease (or the lease holder's
-        token), then the IdP."""
-        shared = self._shared
-        if shared is None:
-            return self._from_idp(key, query, deadline)
-        shared_key = self._shared_key(shared, key, query)
-        if not read_tiers:
-            return self._from_idp(key, query, deadline, shared_key)
-        token = shared.lookup(shared_key)
-        if token is not None:
-            return self._keep(key, token)
-        if shared.lease(shared_key, self._lease_ttl):
-            try:
-                return self._from_idp(key, query, deadline, shared_key)
-            finally:
-                shared.release(shared_key)
-        token = shared.wait(shared_key, self._wait_budget(deadline))
-        if token is not None:
-            return self._keep(key, token)
-        return self._from_idp(key, query, deadline, shared_key)  # nothing came: take over
-
-    def _wait_budget(self, deadline: float | None) -> float:
-        """How long to wait for another replica's token: the lease's life, but at most half
-        the request's time left, so a takeover still has time for its own IdP call."""
-        if deadline is None:
-            return self._lease_ttl
-        return max(0.0, min(self._lease_ttl, (deadline - time.monotonic()) / 2))
-
     def _shared_key(self, shared: SharedTier, key: CacheKey, query: TokenQuery) -> SharedKey:
         return shared.key(key.token_url, query.client_id, query.client_secret, key.scopes,
                           query.auth_method or self._auth_method)
 
-    def _from_idp(self, key: CacheKey, query: TokenQuery, deadline: float | None,
-                  shared_key: SharedKey | None = None) -> Answer:
-        """One IdP call; its token goes to the local cache and the shared tier."""
-        token = self._idp.fetch_token(query.client_id, query.client_secret, query.scope,
-                                      deadline=deadline, auth_method=query.auth_method)
-        if self._cache is not None:
-            self._cache.put(key, token)
-        if shared_key is not None and self._shared is not None:
-            self._shared.store(shared_key, token)
-        return Answer(token, self._expires_in(token), FROM_IDP)
-
-    def _keep(self, key: CacheKey, token: IssuedToken) -> Answer:
+    def _keep(self, key: CacheKey, token: IssuedToken, shared_key: SharedKey) -> Answer:
         """A token from the shared tier: into the local cache with the life it has left."""
         cache = self._cache
         if cache is None:  # not reached: the shared tier is used with a local cache only
             return Answer(token, self._expires_in(token), FROM_CACHE)
         now = cache.now()
-        entry = cache.put(key, token, age=max(0.0, now - token.issued_at))
+        entry = cache.put(key, token, age=max(0.0, now - token.issued_at),
+                          shared_key=shared_key)
         return Answer(token, entry.expires_in(now), FROM_CACHE)
 
     def _expires_in(self, token: IssuedToken) -> int:
@@ -287,10 +581,25 @@ class TokenBroker:
             return token.expires_in
         return min(token.expires_in, int(self._cache.max_ttl))
 
-    # --- refresh-ahead ----------------------------------------------------------------------
+    def _give_back_to_bucket(self) -> None:
+        """The bucket was lost and made again: store what this replica holds back into it,
+        in the background, so replicas started since find those tokens there."""
+        def store_all() -> None:
+            if self._cache is None or self._shared is None:
+                return
+            entries = [e for e in self._cache.servable() if isinstance(e.shared_key, SharedKey)]
+            for entry in entries:
+                assert isinstance(entry.shared_key, SharedKey)
+                self._shared.store(entry.shared_key, entry.token)
+            log.info("shared token cache refilled after it was made again",
+                     extra={"tokens": len(entries)})
+        with contextlib.suppress(RuntimeError):  # shutting down
+            self._refresher.submit(store_all)
+
+    # --- refresh-ahead (the broker's own threads) -------------------------------------------
 
     def _refresh_in_background(self, key: CacheKey, query: TokenQuery) -> None:
-        """Queue one refresh for ``key``; it takes the in-flight slot only when it starts."""
+        """Queue one refresh for ``key``; it takes the key's flight only when it starts."""
         with self._lock:
             if key in self._refresh_queued or key in self._in_flight:
                 return  # a refresh (or a fetch) for this key is already coming
@@ -313,34 +622,62 @@ class TokenBroker:
 
     def _refresh(self, key: CacheKey, query: TokenQuery) -> None:
         """The refresh, on a refresher thread: lead the key's flight now, unless a fetch
-        already leads one (its token lands in the cache all the same)."""
+        already leads one (its token lands in the cache all the same) or the key is held
+        back (its back-off, a remembered refusal)."""
         with self._lock:
             self._refresh_queued.discard(key)
             entry = None if key in self._in_flight else self._due(key)
             if entry is None:
                 return
-            future: Future[Answer] = Future()
-            self._in_flight[key] = future
-        self._lead(key, future, lambda: self._renew(key, query, entry))
-        error = future.exception()
-        if error is not None:
+            flight: Flight[CacheKey, Answer] = Flight(key, started=self._clock(), deadline=None,
+                                            max_waiters=self._max_waiters_per_key + 1)
+            self._in_flight[key] = flight
+        if self._guards.backoffs.held(key) or self._guards.refusals.recall(key):
+            self._settle(flight, error=ShuttingDown("refresh skipped: the key is held back"))
+            return
+        try:
+            self._renew(flight, key, query, entry)
+        except Exception as error:
+            self._settle(flight, error=error)
             log.warning("refresh ahead failed; the cached token is still served",
                         extra={"client_id": query.client_id, "error": str(error)})
 
-    def _renew(self, key: CacheKey, query: TokenQuery, entry: CachedToken) -> Answer:
+    def _renew(self, flight: Flight[CacheKey, Answer], key: CacheKey, query: TokenQuery,
+               entry: CachedToken) -> None:
         """A newer token for ``entry``: with a shared tier, only the replica holding the
         key's lease asks the IdP; the others take its token from the bucket."""
         shared = self._shared
         if shared is None:
-            return self._from_idp(key, query, None)
+            self._call_idp(flight, query, key)
+            return
         shared_key = self._shared_key(shared, key, query)
         newer_than = entry.expires_at + EXPIRY_SLACK
-        if shared.lease(shared_key, self._lease_ttl, newer_than=newer_than):
-            try:
-                return self._from_idp(key, query, None, shared_key)
-            finally:
-                shared.release(shared_key)
+        lease = shared.lease(shared_key, self._lease_ttl, newer_than=newer_than)
+        if lease is not Lease.HELD_ELSEWHERE:
+            self._call_idp(flight, query, key, shared_key, leased=lease is Lease.TAKEN)
+            return
         token = shared.wait(shared_key, self._lease_ttl, newer_than=newer_than)
         if token is not None:
-            return self._keep(key, token)
-        return self._from_idp(key, query, None, shared_key)  # nothing came: take over
+            self._settle(flight, answer=self._keep(key, token, shared_key))
+        else:
+            self._call_idp(flight, query, key, shared_key)  # nothing came: take over
+
+
+class InlineWork:
+    """Runs each task at once on the thread that submits it: the broker's work queue for
+    callers outside a worker (no pool, no bound)."""
+
+    closed = False
+    workers = 1
+
+    def try_submit(self, run: Callable[[], None], drop: Callable[[], None]) -> bool:
+        run()
+        return True
+
+
+def _again(error: NoToken, seconds: float, how: str) -> NoToken:
+    """A copy of a held error for one more request, saying for how long it is held."""
+    held = copy.copy(error)
+    held.retry_after = seconds
+    held.add_context(f"{how} for {max(1, round(seconds))} s")
+    return held

@@ -5,7 +5,10 @@ under a random per-process key) of the ``client_secret``, the sorted scope set a
 auth method. The secret itself is never stored, so a wrong or rotated secret can never hit
 another secret's entry. Only an allow-list of token fields is kept (as MSAL does). Entries
 are evicted least-recently-used first (``cachetools.LRUCache``), so memory stays bounded
-with any number of clients. Time is injected (``now``), so expiry is tested without sleeping.
+with any number of clients, and fairly: each client id (at a token endpoint) keeps at most
+its share (``cache.maxEntriesPerClient``); a client over it evicts its own least recently
+used entries, never another client's. Time is injected (``now``), so expiry is tested
+without sleeping.
 
 A token's servable life runs from its arrival to ``expiryMargin`` before its expiry (and is
 never longer than ``maxTtl``). Its refresh point lies inside that servable life, the last
@@ -20,7 +23,7 @@ import functools
 import hashlib
 import secrets
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -56,6 +59,9 @@ class CachedToken:
     """Last moment it may be served (``expires_at`` less the margin)."""
     refresh_at: float
     """From here on, one background refresh replaces it (always before ``serve_until``)."""
+    shared_key: Hashable | None = None
+    """Where the shared tier keeps the same token (digests only), if there is one: a bucket
+    made again after it was lost is given back what this replica holds."""
 
     def expires_in(self, now: float) -> int:
         """Whole seconds of life left, never negative (the reply's ``expires_in``)."""
@@ -80,18 +86,45 @@ def scope_set(scope: str) -> tuple[str, ...]:
     return tuple(sorted(set(scope.split())))
 
 
+class _Entries(LRUCache[CacheKey, CachedToken]):
+    """The LRU of every entry; tells its owner which key it evicted for room."""
+
+    def __init__(self, maxsize: int, on_evict: Callable[[CacheKey], None]) -> None:
+        super().__init__(maxsize)
+        self._on_evict = on_evict
+
+    def popitem(self) -> tuple[CacheKey, CachedToken]:
+        key, entry = super().popitem()
+        self._on_evict(key)
+        return key, entry
+
+
 class TokenCache:
-    """A thread-safe LRU cache of tokens; ``now`` is the clock (``time.time`` in service)."""
+    """A thread-safe LRU cache of tokens, fair between clients; ``now`` is the clock
+    (``time.time`` in service).
+
+    Each client (a client id at a token endpoint) holds at most ``per_client`` entries: a
+    client over its share evicts its own least recently used entry, never another
+    client's, so one client asking for ten thousand scope sets cannot empty the cache of
+    everyone else. When the whole cache is full, the least recently used entry of all goes.
+    ``evictions`` counts both kinds (``client_share``, ``capacity``).
+    """
 
     def __init__(self, *, max_entries: int, expiry_margin: float, refresh_ahead: float,
-                 now: Callable[[], float], max_ttl: float = defaults.CACHE_MAX_TTL) -> None:
-        self._entries: LRUCache[CacheKey, CachedToken] = LRUCache(maxsize=max_entries)
+                 now: Callable[[], float], max_ttl: float = defaults.CACHE_MAX_TTL,
+                 per_client: int | None = None) -> None:
+        self._entries = _Entries(max_entries, self._evicted_for_room)
+        self._per_client = min(per_client or max_entries, max_entries)
+        self._clients: dict[tuple[str, str], LRUCache[CacheKey, None]] = {}
+        """Each client's keys, least recently used first."""
         self._lock = threading.Lock()
         self._margin = expiry_margin
         self._refresh_ahead = refresh_ahead
         self.max_ttl = max_ttl
         """Longest life an entry is given, whatever the token's ``expires_in``."""
         self.now = now
+        self.evictions = {"client_share": 0, "capacity": 0}
+        """Entries evicted to make room: for a client over its share, or a full cache."""
 
     def get(self, key: CacheKey) -> CachedToken | None:
         """The entry if it may still be served; an expired entry is dropped."""
@@ -101,11 +134,15 @@ class TokenCache:
             except KeyError:
                 return None
             if self.now() >= entry.serve_until:
-                del self._entries[key]
+                self._remove(key)
                 return None
+            mine = self._clients.get((key.token_url, key.client_id))
+            if mine is not None:
+                mine.get(key)  # most recently used of its client too
             return entry
 
-    def put(self, key: CacheKey, token: IssuedToken, *, age: float = 0.0) -> CachedToken:
+    def put(self, key: CacheKey, token: IssuedToken, *, age: float = 0.0,
+            shared_key: Hashable | None = None) -> CachedToken:
         """Store a token (unless too short-lived to serve); return its entry. Its life is
         counted on the cache's clock from ``age`` seconds ago (0: the IdP just issued it; a
         token read from the shared tier was issued earlier) and capped at ``max_ttl``. The
@@ -116,11 +153,41 @@ class TokenCache:
         expires_at = issued + min(token.expires_in, self.max_ttl)
         serve_until = expires_at - self._margin
         entry = CachedToken(token=token, expires_at=expires_at, serve_until=serve_until,
-                            refresh_at=serve_until - self._refresh_lead(serve_until - issued))
+                            refresh_at=serve_until - self._refresh_lead(serve_until - issued),
+                            shared_key=shared_key)
         if serve_until > now:
             with self._lock:
-                self._entries[key] = entry
+                self._store(key, entry)
         return entry
+
+    def _store(self, key: CacheKey, entry: CachedToken) -> None:
+        client = (key.token_url, key.client_id)
+        mine = self._clients.get(client)
+        if mine is None:
+            mine = self._clients[client] = LRUCache(self._per_client)
+        elif key not in mine and len(mine) >= self._per_client:
+            oldest, _ = mine.popitem()
+            del self._entries[oldest]
+            self.evictions["client_share"] += 1
+        mine[key] = None
+        self._entries[key] = entry  # may evict the least recently used of all
+
+    def _evicted_for_room(self, key: CacheKey) -> None:
+        """Called by the LRU (lock held) when the whole cache was full."""
+        self._forget_client_key(key)
+        self.evictions["capacity"] += 1
+
+    def _remove(self, key: CacheKey) -> None:
+        del self._entries[key]
+        self._forget_client_key(key)
+
+    def _forget_client_key(self, key: CacheKey) -> None:
+        client = (key.token_url, key.client_id)
+        mine = self._clients.get(client)
+        if mine is not None:
+            mine.pop(key, None)
+            if not mine:
+                del self._clients[client]
 
     def _refresh_lead(self, servable: float) -> float:
         """How long before ``serve_until`` the refresh point lies; 0 turns refreshes off."""
@@ -132,7 +199,17 @@ class TokenCache:
     def discard(self, key: CacheKey) -> bool:
         """Drop the entry of ``key``; True if there was one."""
         with self._lock:
-            return self._entries.pop(key, None) is not None
+            if key not in self._entries:
+                return False
+            self._remove(key)
+            return True
+
+    def servable(self) -> list[CachedToken]:
+        """Every entry that may still be served, now (a copy: for giving a bucket back what
+        this replica holds)."""
+        now = self.now()
+        with self._lock:
+            return [entry for entry in self._entries.values() if entry.serve_until > now]
 
     def __len__(self) -> int:
         with self._lock:

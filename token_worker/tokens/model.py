@@ -1,17 +1,23 @@
-"""The token model: a token as the IdP issued it, and what the broker needs of an issuer.
+"""The token model: a token as the IdP issued it, what the broker needs of an issuer, and
+where it runs the work that needs a thread.
 
 :class:`IssuedToken` is what every tier holds (the local cache, the shared tier, the
 requester's cache) and what the IdP client returns. :class:`Issuer` is the broker's view of
 whoever issues tokens (:class:`~token_worker.idp.resilience.ResilientIdp` in a worker, a
 fake in tests): the broker depends on this protocol, never on the IdP client.
+:class:`WorkQueue` is the broker's view of the worker's pool
+(:class:`~token_worker.serve.pool.BoundedPool`): bounded, refusing at once when full.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
-__all__ = ["IssuedToken", "Issuer"]
+from token_worker.errors import NoToken
+
+__all__ = ["IssuedToken", "Issuer", "WorkQueue"]
 
 
 @dataclass(frozen=True)
@@ -48,9 +54,38 @@ class Issuer(Protocol):
         """True while every fetch would fail at once, without a call (no refresh then)."""
         ...  # pragma: no cover
 
+    def refusal(self, client_id: str) -> NoToken | None:
+        """Why a fetch for ``client_id`` would fail without a call now (the endpoint's
+        circuit open, the client's ``Retry-After`` running), or None. No I/O."""
+        ...  # pragma: no cover
+
+    def time_needed(self) -> float:
+        """The least time, in seconds, a fetch should start with to have a fair chance."""
+        ...  # pragma: no cover
+
     def fetch_token(self, client_id: str, client_secret: str, scope: str, *,
                     deadline: float | None = None,
                     auth_method: str | None = None) -> IssuedToken:
         """A token for this client, by ``deadline`` (a ``time.monotonic()`` value) if one
-        is given; raises :class:`~token_worker.errors.IdpError`."""
+        is given; raises a :class:`~token_worker.errors.NoToken` (an
+        :class:`~token_worker.errors.IdpError`, or ``overloaded`` at the call ceiling)."""
+        ...  # pragma: no cover
+
+
+class WorkQueue(Protocol):
+    """Where the broker runs what needs a thread (IdP calls, shared-tier reads)."""
+
+    @property
+    def closed(self) -> bool:
+        """True once the worker stops: nothing more is admitted."""
+        ...  # pragma: no cover
+
+    @property
+    def workers(self) -> int:
+        """Threads that run the work."""
+        ...  # pragma: no cover
+
+    def try_submit(self, run: Callable[[], None], drop: Callable[[], None]) -> bool:
+        """Queue ``run`` for a thread; False, and nothing queued, when full or closed.
+        ``drop`` is called instead of ``run`` if the queue closes before it starts."""
         ...  # pragma: no cover

@@ -16,49 +16,59 @@ copied under the new name.
 
 Single flight across the fleet: :meth:`SharedTier.lease` takes a short lease on the key
 (KV's atomic create, a per-message TTL): one replica calls the IdP for a cold key while
-the others :meth:`SharedTier.wait` for its value, watching the key's subjects; a released
-lease (the leader's call failed) or the timeout sends them to the IdP themselves.
+the others wait for its value, watching the key's subjects, without a thread
+(:meth:`SharedTier.wait_then`: a callback when the value comes, the lease is released or
+the wait ends); a released lease (the leader's call failed) or the end of the wait sends
+them to the IdP themselves. A lease someone wrote without a TTL, or older than this
+worker's own lease TTL, is a squat: it is taken over at once (its revision replaced), so
+no writer can stall a key for the bucket's max age.
 
 This tier never takes a request down: no JetStream, a bucket that cannot be created,
-timeouts, a lost quorum all end as a miss (or a lease not taken), one rate-limited warning,
-a count in :attr:`SharedTier.counts`, a short rest; then one caller probes while the others
-go on without the tier, so an outage never costs every request a timeout.
+timeouts, a lost quorum all end as a miss (or :data:`Lease.NO_TIER`), one rate-limited
+warning, a count in :attr:`SharedTier.counts`, a short rest; then one caller probes while
+the others go on without the tier, so an outage never costs every request a timeout. The
+worker's connection asks for ``no_responders``, so a call to a stream that is gone fails at
+once; the probe after the rest then makes the bucket again (counted as ``recreated``, and
+``on_recreated`` lets the broker store the tokens it holds back into it).
 
 How a broker uses it, after a local miss (never on the reader thread: these are I/O)::
 
     key = tier.key(token_url, client_id, client_secret, scope, auth_method)
     token = tier.lookup(key)                  # a shared hit: put it in the local tier
     if token is None:
-        if tier.lease(key, ttl=idp_deadline):     # this replica calls the IdP
-            try:
-                token = idp.fetch_token(...)
-                tier.store(key, token)            # before release: waiters see the value
-            finally:
+        lease = tier.lease(key, ttl=idp_deadline)
+        if lease is Lease.HELD_ELSEWHERE:          # another replica calls the IdP
+            tier.wait_then(key, budget, on_token)  # no thread held; None: take over
+        else:                                      # TAKEN, or NO_TIER
+            token = idp.fetch_token(...)
+            tier.store(key, token)                 # before release: waiters see the value
+            if lease is Lease.TAKEN:
                 tier.release(key)
-        else:
-            token = tier.wait(key, timeout=idp_deadline) or idp.fetch_token(...)
 
 Refresh-ahead takes the same lease, with ``newer_than`` the local token's ``expires_at``:
-only the replica whose ``lease`` succeeds refreshes (and stores, and releases); on False
-the others keep serving their valid local token, and may take the refreshed one with
-``lookup`` (it expires later than theirs).
+only the replica whose lease is taken refreshes (and stores, and releases); the others keep
+serving their valid local token, and may take the refreshed one with ``lookup`` (it expires
+later than theirs).
 """
 
 from __future__ import annotations
 
+import enum
 import logging
 import math
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
 
 import orjson
 
 from token_worker.errors import KvError, KvUnavailable
-from token_worker.nats.kv import ERR_STREAM_NOT_FOUND, PUT, KeyValueStore
+from token_worker.nats.kv import ERR_STREAM_NOT_FOUND, PUT, Closeable, Entry, KeyValueStore
 from token_worker.tokens.model import IssuedToken
 from token_worker.tokens.sealing import FleetKey, Unsealable
+from token_worker.tokens.timers import Cancellable, Timers, TimerService
 
 log = logging.getLogger(__name__)
 
@@ -119,7 +129,19 @@ class _Warnings:
         log.warning(message, extra=extra)
 
 
-COUNTER_NAMES = ("hits", "misses", "leases", "lease_waits", "lease_takeovers", "errors")
+COUNTER_NAMES = ("hits", "misses", "leases", "lease_waits", "lease_takeovers", "errors",
+                 "squats_taken_over", "recreated")
+
+
+class Lease(enum.Enum):
+    """What :meth:`SharedTier.lease` says to do."""
+
+    TAKEN = "taken"
+    """This replica holds the key: call the IdP, then store and release."""
+    HELD_ELSEWHERE = "held_elsewhere"
+    """Another replica holds it (or has just stored a value): wait for its token."""
+    NO_TIER = "no_tier"
+    """The tier does not answer now: go to the IdP without it."""
 
 
 class SharedTier:
@@ -135,7 +157,8 @@ class SharedTier:
                  expiry_margin: float, max_age: float, replicas: int = 1,
                  retry_after: float = RETRY_AFTER, warn_every: float = WARN_EVERY,
                  now: Callable[[], float] = time.time,
-                 monotonic: Callable[[], float] = time.monotonic) -> None:
+                 monotonic: Callable[[], float] = time.monotonic,
+                 timers: TimerService | None = None) -> None:
         self._kv = kv
         self._keys = (FleetKey(key),) + ((FleetKey(previous_key),) if previous_key else ())
         self._margin = expiry_margin
@@ -153,6 +176,9 @@ class SharedTier:
         self._failed_before = False
         self._probing = threading.Lock()
         self._resting_until = 0.0
+        self._timers = timers
+        self.on_recreated: Callable[[], None] | None = None
+        """Called (on the probing thread) after the bucket was found gone and made again."""
 
     # --- the broker's API -----------------------------------------------------------------
 
@@ -192,35 +218,53 @@ class SharedTier:
         except Exception as error:
             self._failed("store", error)
 
-    def lease(self, key: SharedKey, ttl: float, *, newer_than: float | None = None) -> bool:
-        """Take the key's lease for ``ttl`` seconds: True means call the IdP, then
-        :meth:`store` and :meth:`release`; False means another replica holds it (then
-        :meth:`wait`) or the tier is down (then :meth:`wait` returns None at once).
+    def lease(self, key: SharedKey, ttl: float, *, newer_than: float | None = None) -> Lease:
+        """Take the key's lease for ``ttl`` seconds (see :class:`Lease` for what to do).
 
-        Once taken, the value is read again: if a servable one is there (the previous holder
-        stored it since this replica's lookup), the lease is given back and False returned,
-        so :meth:`wait` serves that value at once. For refresh-ahead, ``newer_than`` is the
-        local token's ``expires_at``: only a value that expires later counts (another
-        replica has refreshed: :meth:`lookup` takes it), an older one is refreshed.
+        A lease without a TTL, or older than ``ttl`` (a writer that squats the key), is
+        taken over at once. Once taken, the value is read again: if a servable one is there
+        (the previous holder stored it since this replica's lookup), the lease is given back
+        and ``HELD_ELSEWHERE`` returned, so a wait serves that value at once. For
+        refresh-ahead, ``newer_than`` is the local token's ``expires_at``: only a value that
+        expires later counts (another replica has refreshed), an older one is refreshed.
         """
         if not self._ready():
-            return False
+            return Lease.NO_TIER
         try:
             revision = self._kv.create(key.lease_key, b"", ttl=ttl)
             if revision is None:
-                return False
+                revision = self._take_over_squat(key, ttl)
+                if revision is None:
+                    return Lease.HELD_ELSEWHERE
             entry = self._kv.get(key.value_key(), latest=True)  # a replica may lag
             opened = self._open_entry(key, 0, entry.value) if entry is not None else None
             if opened is not None and (newer_than is None or opened[1] > newer_than):
                 self._kv.delete(key.lease_key, last_revision=revision)
-                return False
+                return Lease.HELD_ELSEWHERE
         except Exception as error:
             self._failed("lease", error)
-            return False
+            return Lease.NO_TIER
         with self._lock:
             self._leases[key.names[0]] = revision
             self._counts["leases"] += 1
-        return True
+        return Lease.TAKEN
+
+    def _take_over_squat(self, key: SharedKey, ttl: float) -> int | None:
+        """The lease is held: if the holder wrote it without a TTL, or longer ago than this
+        worker's lease lives, replace it (atomically, only that revision); the new
+        revision, or None for a live lease."""
+        holder = self._kv.get(key.lease_key, latest=True)
+        if holder is None:  # released a moment ago
+            return self._kv.create(key.lease_key, b"", ttl=ttl)
+        if not _squatted(holder, ttl, self._now()):
+            return None
+        revision = self._kv.update(key.lease_key, b"", last_revision=holder.revision, ttl=ttl)
+        if revision is not None:
+            self._count("squats_taken_over")
+            self._warnings.warn("squat", "shared token cache: a lease with no TTL, or older "
+                                "than this worker's, was taken over",
+                                entry=f"{key.names[0][:12]}...", ttl=holder.ttl or None)
+        return revision
 
     def release(self, key: SharedKey) -> None:
         """Give a lease back (only if it is still ours): waiters that see it go without a
@@ -234,25 +278,73 @@ class SharedTier:
         except Exception as error:
             self._failed("release", error)
 
+    def wait_then(self, key: SharedKey, timeout: float,
+                  on_done: Callable[[IssuedToken | None], None], *,
+                  newer_than: float | None = None) -> None:
+        """Wait, holding no thread, for the token the lease holder stores: ``on_done`` is
+        called once, with the token (on the connection's reader thread, where the watch
+        sees it, or on this one if it is already stored), or with None when the lease is
+        released without a value, ``timeout`` seconds pass (on the timers' thread) or the
+        tier is down (at once). None means: read :meth:`latest` once more, then take over.
+        With ``newer_than`` (refresh-ahead) only a value that expires later counts. Call
+        it from a thread that may do I/O (it subscribes and reads once)."""
+        waiter = self._start_wait(key, on_done, newer_than)
+        if waiter is not None:
+            waiter.attach(self._timer_service().call_at(self._monotonic() + timeout,
+                                                        lambda: waiter.finish(None)))
+
     def wait(self, key: SharedKey, timeout: float, *,
              newer_than: float | None = None) -> IssuedToken | None:
-        """The token the lease holder stores, watched for up to ``timeout`` seconds; None
-        when it does not come (released, timed out, tier down): call the IdP yourself.
-        With ``newer_than`` (refresh-ahead: the local token's ``expires_at``) only a value
-        that expires later counts."""
+        """:meth:`wait_then` holding this thread (refresh-ahead's, which has its own): the
+        token, or None when it did not come within ``timeout``, after one last read from
+        the stream leader."""
+        done = threading.Event()
+        got: list[IssuedToken | None] = []
+
+        def on_done(token: IssuedToken | None) -> None:
+            got.append(token)
+            done.set()
+
+        waiter = self._start_wait(key, on_done, newer_than)
+        if waiter is not None and not done.wait(timeout):
+            waiter.finish(None)
+        return got[0] if got[0] is not None else self.latest(key, newer_than=newer_than)
+
+    def _start_wait(self, key: SharedKey, on_done: Callable[[IssuedToken | None], None],
+                    newer_than: float | None) -> _LeaseWait | None:
+        """Watch the key, then read it once (a value stored in between is seen on the
+        watch): the wait, or None when it has ended already (a value found, the tier
+        down; ``on_done`` was called)."""
         if not self._ready():
+            on_done(None)
             return None
         self._count("lease_waits")
-        deadline = self._monotonic() + timeout
+        waiter = _LeaseWait(self, key, newer_than, on_done)
         try:
-            token = self._watch_for_value(key, deadline, newer_than)
+            waiter.attach(self._kv.watch_each(f"{key.names[0]}.*", waiter.seen))
+            token = self._latest(key, newer_than)
+        except Exception as error:
+            self._failed("wait", error)
+            waiter.finish(None)
+            return None
+        if token is not None:
+            waiter.finish(token)
+            return None
+        return waiter
+
+    def latest(self, key: SharedKey, *, newer_than: float | None = None) -> IssuedToken | None:
+        """After a wait that ended without a token: the value as the stream leader has it.
+        A watch's interest takes a moment to reach every node of a cluster, and a put made
+        elsewhere meanwhile passes unseen; the leader stores before it releases, so this
+        one read finds what the watch missed. None: take over (counted)."""
+        if not self._ready():
+            return None
+        try:
+            token = self._latest(key, newer_than)
         except Exception as error:
             self._failed("wait", error)
             token = None
-        if token is None:
-            self._count("lease_takeovers")
-        else:
-            self._count("hits")
+        self._count("hits" if token is not None else "lease_takeovers")
         return token
 
     @property
@@ -274,38 +366,24 @@ class SharedTier:
 
     # --- inside -------------------------------------------------------------------------
 
-    def _watch_for_value(self, key: SharedKey, deadline: float,
-                         newer_than: float | None = None) -> IssuedToken | None:
-        value_key = key.value_key()
+    def _latest(self, key: SharedKey, newer_than: float | None) -> IssuedToken | None:
+        """The servable value from the stream leader (a lagging replica could miss one)."""
+        entry = self._kv.get(key.value_key(), latest=True)
+        return self._servable(key, entry.value, newer_than) if entry is not None else None
 
-        def servable(sealed: bytes) -> IssuedToken | None:
-            opened = self._open_entry(key, 0, sealed)
-            if opened is None or (newer_than is not None and opened[1] <= newer_than):
-                return None
-            return opened[0]
+    def _servable(self, key: SharedKey, sealed: bytes, newer_than: float | None
+                  ) -> IssuedToken | None:
+        opened = self._open_entry(key, 0, sealed)
+        if opened is None or (newer_than is not None and opened[1] <= newer_than):
+            return None
+        return opened[0]
 
-        def latest() -> IssuedToken | None:
-            # From the stream leader: a lagging replica could miss a value already stored.
-            entry = self._kv.get(value_key, latest=True)
-            return servable(entry.value) if entry is not None else None
-
-        with self._kv.watch(f"{key.names[0]}.*") as watch:
-            # Subscribed before reading: a value stored in between is seen on the watch...
-            token = latest()
-            while token is None and (left := deadline - self._monotonic()) > 0:
-                change = watch.next(left)
-                if change is None:
-                    break
-                if change.key == value_key and change.operation == PUT:
-                    token = servable(change.value)
-                elif change.key == key.lease_key and change.operation != PUT:
-                    break  # released: stored first, or the leader's call failed
-        if token is not None:
-            return token
-        # ...once the interest has reached every node of a cluster: until then a put made
-        # elsewhere may pass by unseen. The leader stores before it releases, so one last
-        # read from the stream leader finds what the watch missed.
-        return latest()
+    def _timer_service(self) -> TimerService:
+        if self._timers is None:
+            with self._lock:
+                if self._timers is None:
+                    self._timers = Timers(name="shared-cache-waits", clock=self._monotonic)
+        return self._timers
 
     def _store(self, key: SharedKey, token: IssuedToken) -> None:
         """Seal and put; a token's life is capped at the bucket's max age (``cache.maxTtl``,
@@ -363,18 +441,24 @@ class SharedTier:
         try:
             if self._bucket_ready:
                 self._kv.get(PROBE_KEY)
+                recreated = False
             else:
-                self._kv.ensure_bucket(history=1, max_age=self._max_age,
-                                       replicas=self._replicas, allow_msg_ttl=True)
+                info = self._kv.ensure_bucket(history=1, max_age=self._max_age,
+                                              replicas=self._replicas, allow_msg_ttl=True)
                 self._bucket_ready = True
+                recreated = info.created and self._failed_before
         except Exception as error:
             self._failed("bucket" if not self._bucket_ready else "probe", error)
             return False
         finally:
             self._probing.release()
         if self._failed_before:
-            log.info("shared token cache available again")
+            log.info("shared token cache available again", extra={"recreated": recreated})
         self._healthy = True
+        if recreated:
+            self._count("recreated")
+            if self.on_recreated is not None:
+                self.on_recreated()
         return True
 
     def _failed(self, operation: str, error: Exception) -> None:
@@ -398,3 +482,78 @@ class SharedTier:
     def _count(self, name: str) -> None:
         with self._lock:
             self._counts[name] += 1
+
+
+def _squatted(holder: Entry, ttl: float, now: float) -> bool:
+    """A lease nobody can be waiting on: written without a TTL, or longer ago than a lease
+    of this worker's lives (clocks agree within a second or so, as NTP keeps them)."""
+    if not holder.ttl:
+        return True
+    return holder.stored_at is not None and now - holder.stored_at > ttl + 1.0
+
+
+class _LeaseWait:
+    """One :meth:`SharedTier.wait_then`: its watch, its timer, and the once-only end."""
+
+    __slots__ = ("_done", "_key", "_lock", "_newer_than", "_on_done", "_tier", "_timer",
+                 "_watch")
+
+    def __init__(self, tier: SharedTier, key: SharedKey, newer_than: float | None,
+                 on_done: Callable[[IssuedToken | None], None]) -> None:
+        self._tier = tier
+        self._key = key
+        self._newer_than = newer_than
+        self._on_done = on_done
+        self._lock = threading.Lock()
+        self._done = False
+        self._watch: Closeable | None = None
+        self._timer: Cancellable | None = None
+
+    def attach(self, part: Closeable | Cancellable) -> None:
+        """Keep the watch or the timer to stop at the end; stopped at once if the wait has
+        ended meanwhile (the watch may see the value before it is attached)."""
+        with self._lock:
+            done = self._done
+            if not done:
+                if isinstance(part, _Closes):
+                    self._watch = part
+                else:
+                    self._timer = part
+        if done:
+            _stop(part)
+
+    def seen(self, change: Entry) -> None:
+        """A change on the key's subjects (the reader thread): a servable value ends the
+        wait with it; the lease released (the holder's call failed) ends it without."""
+        key = self._key
+        if change.key == key.value_key() and change.operation == PUT:
+            token = self._tier._servable(key, change.value, self._newer_than)
+            if token is not None:
+                self.finish(token)
+        elif change.key == key.lease_key and change.operation != PUT:
+            self.finish(None)
+
+    def finish(self, token: IssuedToken | None) -> None:
+        with self._lock:
+            if self._done:
+                return
+            self._done = True
+            parts = (self._timer, self._watch)
+        for part in parts:
+            if part is not None:
+                _stop(part)
+        if token is not None:
+            self._tier._count("hits")
+        self._on_done(token)
+
+
+@runtime_checkable
+class _Closes(Protocol):
+    def close(self) -> None: ...
+
+
+def _stop(part: Closeable | Cancellable) -> None:
+    if isinstance(part, _Closes):
+        part.close()
+    else:
+        part.cancel()

@@ -145,15 +145,16 @@ class IdpClient:
         except NewConnectionError as error:  # refused, unresolved: urllib3 files it as timeout
             reason = network_reason(error, scrub)  # a bad status line is quoted in it
             raise IdpUnavailable(f"identity provider unreachable: {reason}",
-                                 reason=reason) from None
+                                 reason=reason, unreachable=True) from None
         except HttpTimeout as error:
-            what = "connect" if isinstance(error, ConnectTimeoutError) else "complete answer"
-            reason = f"no {what} within {limit:.3g} s"
-            raise IdpTimeout(f"identity provider gave {reason}", reason=reason) from None
+            connect = isinstance(error, ConnectTimeoutError)
+            reason = f"no {'connect' if connect else 'complete answer'} within {limit:.3g} s"
+            raise IdpTimeout(f"identity provider gave {reason}", reason=reason,
+                             unreachable=connect) from None
         except (HTTPError, OSError, http.client.HTTPException) as error:
             reason = network_reason(error, scrub)  # a bad status line is quoted in it
             raise IdpUnavailable(f"identity provider unreachable: {reason}",
-                                 reason=reason) from None
+                                 reason=reason, unreachable=True) from None
 
 
 def _basic_auth(client_id: str, client_secret: str) -> str:

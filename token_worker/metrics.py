@@ -34,6 +34,14 @@ _OUTCOMES = frozenset({OK, INVALID_REQUEST, IDP_UNAVAILABLE, IDP_TIMEOUT, IDP_BA
                        INTERNAL_ERROR, OVERLOADED, TOKEN_TOO_LARGE, SHUTTING_DOWN,
                        UNKNOWN_CREDENTIAL, INLINE_SECRETS_DISABLED})
 
+BULKHEADS = ("refusal_remembered", "backoff", "circuit_open", "client_retry_after",
+             "client_budget", "replica_ceiling", "admission", "waiters_full", "pool_full")
+"""Why a request was answered without calling the IdP (the label of
+``token_worker_bulkhead_refusals_total``): a refusal remembered, the key's back-off, the
+endpoint's circuit, the client's Retry-After, the client's call budget, the replica's call
+ceiling, too little deadline left after waiting for a thread, too many waiting, the pool
+full."""
+
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
                    2.5, 5.0, 10.0)
 
@@ -84,8 +92,28 @@ class Metrics:
             "Bytes published while reconnecting, waiting for the next server",
             registry=registry)
         self.circuit_open = Gauge("token_worker_idp_circuit_open",
-                                  "1 while the IdP is not asked after repeated failures",
+                                  "1 while the token endpoint is not asked (its circuit open)",
                                   registry=registry)
+        self.circuit_state = Gauge(
+            "token_worker_idp_circuit_state",
+            "The token endpoint's circuit: 0 closed, 1 open, 2 half-open (probing)",
+            registry=registry)
+        self.waiting = Gauge(
+            "token_worker_waiting",
+            "Requests waiting, without a thread, for a token being fetched", registry=registry)
+        self.client_backoffs = Gauge(
+            "token_worker_client_backoffs",
+            "Keys (client, secret, scope) held back after their own failed fetches",
+            registry=registry)
+        self.refusals_remembered = Gauge(
+            "token_worker_refusals_remembered",
+            "IdP refusals (invalid_client, unauthorized_client, invalid_scope) kept to answer "
+            "again from memory", registry=registry)
+        self.bulkheads = Counter(
+            "token_worker_bulkhead_refusals",
+            "Requests answered without an IdP call to protect the IdP or other clients, by "
+            "reason", ["reason"], registry=registry)
+        self._by_bulkhead = {reason: self.bulkheads.labels(reason) for reason in BULKHEADS}
         self._by_outcome = {label: self.requests.labels(label)
                             for label in (*_OUTCOMES, IDP_REFUSED)}
         self._by_error_code = {"": self._by_outcome[OK], **self._by_outcome}
@@ -97,12 +125,29 @@ class Metrics:
         self.last_error = ""
         self._shared_counts: Callable[[], Mapping[str, int]] | None = None
 
+    def bulkhead(self, reason: str) -> None:
+        """A request answered by a bulkhead (one of :data:`BULKHEADS`) instead of the IdP."""
+        self._by_bulkhead[reason].inc()
+
+    def track_cache(self, evictions: Callable[[], Mapping[str, int]]) -> None:
+        """Export the token cache's evictions (``client_share``: a client over its share
+        evicted its own; ``capacity``: the cache was full) as
+        ``token_worker_cache_evictions_total``, read when scraped."""
+        self.registry.register(_CountsCollector(
+            "token_worker_cache_evictions", "Cached tokens evicted to make room, by reason: "
+            "client_share (a client over its share evicted its own), capacity (cache full)",
+            "reason", evictions))
+
     def track_shared(self, counts: Callable[[], Mapping[str, int]]) -> None:
         """Export the shared tier's counts (``SharedTier.counts``: hits, misses, leases,
         lease_waits, lease_takeovers, errors) as ``token_worker_shared_cache_events_total``
         and in ``$SRV.STATS``; read when scraped, so the tier only counts."""
         self._shared_counts = counts
-        self.registry.register(_SharedCollector(counts))
+        self.registry.register(_CountsCollector(
+            "token_worker_shared_cache_events",
+            "Shared token tier: hits, misses, leases taken, lease waits, lease takeovers "
+            "(waits that ended without a token), errors, squatted leases taken over, buckets "
+            "made again after they were lost", "event", counts))
 
     def shared_stats(self) -> dict[str, int] | None:
         """The shared tier's counts, or None without a shared tier."""
@@ -132,23 +177,25 @@ class Metrics:
                 "average_processing_time": processing_ns // int(requests) if requests else 0}
 
 
-class _SharedCollector(Collector):
-    """The shared tier's counters, read from its own counts at scrape time."""
+class _CountsCollector(Collector):
+    """Counters kept by a part of the worker (a dict of counts), read at scrape time, so
+    the part only counts."""
 
-    def __init__(self, counts: Callable[[], Mapping[str, int]]) -> None:
+    def __init__(self, name: str, documentation: str, label: str,
+                 counts: Callable[[], Mapping[str, int]]) -> None:
+        self._name = name
+        self._documentation = documentation
+        self._label = label
         self._counts = counts
 
     def collect(self) -> Iterator[Metric]:
-        family = CounterMetricFamily(
-            "token_worker_shared_cache_events",
-            "Shared token tier: hits, misses, leases taken, lease waits, lease takeovers "
-            "(waits that ended without a token), errors", labels=["event"])
-        for event, count in sorted(self._counts().items()):
-            family.add_metric([event], count)
+        family = CounterMetricFamily(self._name, self._documentation, labels=[self._label])
+        for value, count in sorted(self._counts().items()):
+            family.add_metric([value], count)
         yield family
 
     def describe(self) -> Iterator[Metric]:
-        yield CounterMetricFamily("token_worker_shared_cache_events", "", labels=["event"])
+        yield CounterMetricFamily(self._name, self._documentation, labels=[self._label])
 
 
 class NullMetrics(Metrics):

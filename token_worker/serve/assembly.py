@@ -1,75 +1,138 @@
 """Assembly: what a worker serves tokens with, built as the config says.
 
-The one place that knows how the parts fit: the IdP client and its retry policy (the
-:class:`~token_worker.tokens.model.Issuer` the broker asks), the token cache, the shared
-tier over the worker's own NATS connection, the broker, and the
-:class:`~token_worker.serve.token_handler.TokenHandler` in front of them; and the named
-credentials of ``credentials.dir``. :class:`~token_worker.serve.worker.TokenWorker` calls
-it when no handler of the caller's own is given.
+The one place that knows how the parts fit: the IdP client and its resilience (the
+:class:`~token_worker.tokens.model.Issuer` the broker asks), the per-key and per-client
+bulkheads, the token cache, the shared tier over the worker's own NATS connection, the
+broker (which runs its IdP work on the worker's pool), and the handlers of the token and
+named-credential endpoints in front of them; and the named credentials of
+``credentials.dir``. :class:`~token_worker.serve.worker.TokenWorker` calls
+:func:`token_service` when no handler of the caller's own is given.
 """
 
 from __future__ import annotations
 
+import threading
 import time
+from dataclasses import dataclass, field
 
 from token_worker.config import Config
 from token_worker.errors import ConfigError, CredentialsDirError
+from token_worker.idp.circuit import CircuitState
 from token_worker.idp.client import IdpClient
 from token_worker.idp.resilience import ResilientIdp
 from token_worker.logs import redact_secrets
-from token_worker.metrics import Metrics, NullMetrics
+from token_worker.metrics import Metrics
 from token_worker.nats.kv import KeyValue
 from token_worker.nats.replies import Connection as KvConnection
 from token_worker.secret import load_key_file
 from token_worker.serve.credentials import CredentialStore
-from token_worker.serve.token_handler import TokenHandler
-from token_worker.tokens.broker import TokenBroker
+from token_worker.serve.dispatch import Route
+from token_worker.serve.pool import BoundedPool
+from token_worker.serve.token_handler import NamedTokenHandler, TokenHandler
+from token_worker.tokens.broker import GUARD_CAPACITY, Guards, TokenBroker
 from token_worker.tokens.cache import TokenCache
+from token_worker.tokens.guards import Backoffs, Budgets, Refusals
 from token_worker.tokens.shared import SharedTier
 
-__all__ = ["credential_store", "shared_tier", "token_handler"]
+__all__ = ["TokenService", "credential_store", "shared_tier", "token_service"]
+
+CIRCUIT_STATES = {CircuitState.CLOSED: 0.0, CircuitState.OPEN: 1.0,
+                  CircuitState.HALF_OPEN: 2.0}
 
 
-def token_handler(config: Config, metrics: Metrics | None = None, *,
+@dataclass
+class TokenService:
+    """What serves tokens: the routes a worker subscribes, and the parts it starts and
+    closes with them."""
+
+    routes: list[Route]
+    broker: TokenBroker
+    client: IdpClient
+    credentials: CredentialStore | None = None
+    closed: bool = field(default=False, init=False)
+
+    def prepare(self) -> None:
+        """Make the shared tier's bucket ready on a thread of its own (created when
+        missing): never in the way of serving, which goes without the tier meanwhile."""
+        shared = self.broker.shared
+        if shared is not None:
+            threading.Thread(target=shared.prepare, name="shared-cache-prepare",
+                             daemon=True).start()
+
+    @property
+    def shared_available(self) -> bool | None:
+        """Whether the shared tier answers now; None without a shared tier."""
+        shared = self.broker.shared
+        return None if shared is None else shared.available
+
+    def close(self) -> None:
+        """Stop background refreshes, end fetches still under way, release the IdP's
+        connections (the credentials are the worker's to close)."""
+        if not self.closed:
+            self.closed = True
+            self.broker.close()
+            self.client.close()
+
+
+def token_service(config: Config, metrics: Metrics, pool: BoundedPool, *,
                   connection: KvConnection | None = None,
-                  credentials: CredentialStore | None = None) -> TokenHandler:
-    """Wire IdP client, retry policy, cache, shared tier (with ``cache.shared.bucket``,
-    over ``connection``, the worker's, which must announce headers) and broker as the
-    config says; the handler closes them in :meth:`~TokenHandler.close` (``credentials``
-    stays its owner's)."""
-    metrics = NullMetrics() if metrics is None else metrics
+                  credentials: CredentialStore | None = None) -> TokenService:
+    """Wire IdP client, resilience, bulkheads, cache, shared tier (with
+    ``cache.shared.bucket``, over ``connection``, the worker's, which must announce headers)
+    and broker as the config says, and the handlers of the token subject and, with
+    ``credentials``, of the named subjects."""
     client = IdpClient(config.idp, pool_size=config.workers + 2)
     idp = ResilientIdp(client, config.idp, metrics)
     metrics.circuit_open.set_function(lambda: 1.0 if idp.circuit_open else 0.0)
+    metrics.circuit_state.set_function(lambda: CIRCUIT_STATES[idp.circuit.state])
     cache = None
     if config.cache.enabled:
         cache = TokenCache(max_entries=config.cache.max_entries,
+                           per_client=config.cache.max_entries_per_client,
                            expiry_margin=config.cache.expiry_margin,
                            refresh_ahead=config.cache.refresh_ahead, now=time.time,
                            max_ttl=config.cache.max_ttl)
+        metrics.track_cache(lambda: cache.evictions if cache is not None else {})
     shared = None
     if cache is not None and connection is not None and config.cache.shared.bucket:
         shared = tier = shared_tier(config, connection)
         metrics.track_shared(lambda: tier.counts)
-    broker = TokenBroker(idp, cache, auth_method=config.idp.auth_method,
-                         follower_timeout=config.idp.deadline + 1.0, metrics=metrics,
-                         shared=shared, lease_ttl=config.idp.deadline)
+    guards = bulkheads(config, metrics)
+    broker = TokenBroker(idp, cache, auth_method=config.idp.auth_method, guards=guards,
+                         work=pool, max_waiters_per_key=config.max_waiters_per_key,
+                         max_waiting=config.max_waiting, lease_ttl=config.idp.deadline,
+                         metrics=metrics, shared=shared)
+    metrics.waiting.set_function(lambda: broker.waiting)
+    common = {"default_scope": config.idp.default_scope, "max_payload": config.max_payload,
+              "deadline": config.idp.deadline, "named_prefix": config.named_subject}
+    routes = [Route("token", config.subject, TokenHandler(
+        broker, inline_secrets=config.credentials.inline, **common))]  # type: ignore[arg-type]
+    if credentials is not None:
+        def forget(_event: str, name: str) -> None:
+            broker.forget_refusals(name)
+        credentials.listen(forget)
+        routes.append(Route("named", f"{config.named_subject}.*", NamedTokenHandler(
+            broker, credentials, **common)))  # type: ignore[arg-type]
+    return TokenService(routes, broker, client, credentials)
 
-    def close() -> None:
-        broker.close()
-        client.close()
 
-    return TokenHandler(broker, default_scope=config.idp.default_scope,
-                        max_payload=config.max_payload, deadline=config.idp.deadline,
-                        on_close=close, credentials=credentials,
-                        inline_secrets=config.credentials.inline,
-                        named_prefix=config.named_subject)
+def bulkheads(config: Config, metrics: Metrics) -> Guards:
+    """The per-key back-offs, remembered refusals and per-client call budgets."""
+    idp = config.idp
+    guards = Guards(
+        backoffs=Backoffs(first=idp.client_backoff, longest=idp.client_backoff_max,
+                          capacity=GUARD_CAPACITY),
+        refusals=Refusals(ttl=idp.refusal_memory, capacity=GUARD_CAPACITY),
+        budgets=Budgets(rate=idp.client_rate, burst=idp.client_burst,
+                        capacity=GUARD_CAPACITY))
+    metrics.client_backoffs.set_function(lambda: len(guards.backoffs))
+    metrics.refusals_remembered.set_function(lambda: len(guards.refusals))
+    return guards
 
 
 def shared_tier(config: Config, connection: KvConnection) -> SharedTier:
     """The shared tier ``cache.shared`` describes, over ``connection`` (not ensured yet:
-    :meth:`TokenHandler.prepare
-    <token_worker.serve.token_handler.TokenHandler.prepare>`)."""
+    :meth:`TokenService.prepare`)."""
     settings = config.cache.shared
     if not settings.bucket or not settings.key_file:
         raise ValueError("cache.shared needs a bucket and a key file")

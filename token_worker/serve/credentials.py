@@ -267,7 +267,7 @@ class CredentialStore:
                  on_change: Callable[[str, str], None] | None = None) -> None:
         self.directory = Path(directory)
         self.interval = interval
-        self._on_change = on_change
+        self._listeners = [on_change] if on_change is not None else []
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         if not self.directory.is_dir():
@@ -289,6 +289,10 @@ class CredentialStore:
         self._apply(first)
         if start:
             self.start()
+
+    def listen(self, on_change: Callable[[str, str], None]) -> None:
+        """Also call ``on_change(event, name)`` for each change (on the reload thread)."""
+        self._listeners.append(on_change)
 
     def start(self) -> None:
         """Start the reload thread (done by the constructor unless ``start=False``)."""
@@ -367,8 +371,8 @@ class CredentialStore:
         self._snapshot = new
         for event, name in changes:
             logger.info("credential %s", event, extra={"credential": name})
-            if self._on_change is not None:
-                self._on_change(event, name)
+            for listener in self._listeners:
+                listener(event, name)
         for name, problem in sorted(new.problems.items()):
             if old.problems.get(name) != problem:
                 logger.warning("credential not usable", extra={"credential": name,

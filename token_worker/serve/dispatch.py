@@ -1,176 +1,235 @@
-"""Dispatch: each request from the reader thread to its reply, through the pool if needed.
+"""Dispatch: each request from the reader thread to exactly one reply.
 
-The connection's reader thread hands each request to the handler
-(:mod:`token_worker.serve.handler`), which answers at once what needs no I/O (a cache hit,
-a bad request: a :class:`~token_worker.serve.handler.Reply`) and defers the rest (a
-:class:`~token_worker.serve.handler.Deferred`) to the bounded pool, or the dispatcher
-answers ``overloaded`` at once when the pool is full (``shutting_down`` while draining). A
-pool thread runs the deferred call, and its reply goes back through the reply path
-(:mod:`token_worker.serve.replying`). A handler that raises costs its requester an
-``internal_error``, never the reader thread.
+The connection's reader thread hands each request to its endpoint's handler
+(:mod:`token_worker.serve.handler`), which answers at once what needs no I/O (a
+:class:`~token_worker.serve.handler.Reply`: a cache hit, a bad request, a refusal from
+memory), defers what needs a thread (a :class:`~token_worker.serve.handler.Deferred`, run
+on the bounded pool, or answered ``overloaded`` at once when the pool is full), or waits,
+holding no thread, for work under way (a :class:`~token_worker.serve.handler.Waiting`: a
+request for a token already being fetched). Replies go back through the reply path
+(:mod:`token_worker.serve.replying`), counted for their endpoint. A handler that raises
+costs its requester an ``internal_error``, never the reader thread.
 
-When the worker drains, :meth:`Dispatcher.hand_back_queued` answers ``shutting_down`` to
-the requests not started, and :meth:`Dispatcher.answer_running` to those still running when
-the drain ends (their late replies are dropped: exactly one answer per request).
+Every request not answered at once holds a ticket in :class:`Outstanding` until it is
+answered, exactly once: by its handler, or by the drain. When the worker stops, the pool
+drops what it has not started (a flight's waiters are then answered ``shutting_down`` by
+the flight), running work may finish within ``drainTimeout``, and whatever is still
+outstanding at the end is answered ``shutting_down`` (late replies are dropped).
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 import time
-from collections.abc import Callable
-from typing import Any, NamedTuple
+from dataclasses import dataclass
+from typing import Any
 
 from token_worker import wire
 from token_worker.logs import request_context
+from token_worker.micro import Endpoint
 from token_worker.nats.protocol import Message
-from token_worker.serve.handler import Deferred, Reply, RequestHandler
+from token_worker.serve.handler import Deferred, Reply, RequestHandler, Waiting
 from token_worker.serve.pool import BoundedPool
 from token_worker.serve.replying import ReplySender, Warnings, error_reply
+from token_worker.serve.service import Tally
 
-__all__ = ["Dispatcher"]
+__all__ = ["Dispatcher", "Route"]
 
 log = logging.getLogger(__name__)
 
-NamedHandle = Callable[[str, bytes], "Reply | Deferred[Any]"]
-"""A named-credential request's entry: (subject, payload) to a reply or a deferral."""
+SHUTTING_DOWN_TEXT = "worker shutting down, retry (another replica answers)"
 
 
-class _Job(NamedTuple):
-    """A deferred request waiting for (or on) a pool thread."""
+@dataclass(frozen=True)
+class Route:
+    """One endpoint a worker serves: its ``$SRV`` name, the subject it subscribes (in the
+    worker's queue group) and the handler of its requests."""
 
-    message: Message
-    deferred: Deferred[Any]
-    received: float
-    named: bool = False
-    """Came on a named-credential subject (counted for its own ``$SRV`` endpoint)."""
+    name: str
+    subject: str
+    handler: RequestHandler
 
 
-class Dispatcher:
-    """Serves the requests of one worker: ``workers`` pool threads, ``backlog`` waiting.
+class _Ticket:
+    """A request accepted and not answered yet."""
 
-    ``handler`` serves the token subject; ``handle_named``, when given, the
-    named-credential subjects. ``draining`` (set by the worker when it stops) turns the
-    answer to a full pool from ``overloaded`` into ``shutting_down``.
-    """
+    __slots__ = ("payload", "received", "reply_to", "request_id", "tally")
 
-    def __init__(self, handler: RequestHandler, *, workers: int, backlog: int,
-                 max_payload: int, replies: ReplySender, warnings: Warnings,
-                 handle_named: NamedHandle | None = None) -> None:
-        self._handle = handler.handle
-        self._handle_named = handle_named
-        self._max_payload = max_payload
-        self._replies = replies
-        self._warn = warnings
-        self.pool: BoundedPool[_Job] = BoundedPool(workers, backlog, self.serve)
-        self.draining = False
+    def __init__(self, reply_to: str, received: float, tally: Tally, payload: bytes,
+                 request_id: str | None) -> None:
+        self.reply_to = reply_to
+        self.received = received
+        self.tally = tally
+        self.payload = payload
+        self.request_id = request_id
+
+
+class Outstanding:
+    """The requests accepted and not answered yet; :meth:`close` says which answer is the
+    one (the first), so each request is answered exactly once."""
+
+    def __init__(self) -> None:
+        self._open: set[_Ticket] = set()
+        self._lock = threading.Lock()
+        self._idle = threading.Condition(self._lock)
+
+    def open(self, ticket: _Ticket) -> _Ticket:
+        with self._lock:
+            self._open.add(ticket)
+        return ticket
+
+    def close(self, ticket: _Ticket) -> bool:
+        """True the first time: the caller answers; False: it was answered already."""
+        with self._lock:
+            if ticket not in self._open:
+                return False
+            self._open.remove(ticket)
+            if not self._open:
+                self._idle.notify_all()
+            return True
+
+    def take_all(self) -> list[_Ticket]:
+        """Close every ticket still open (the drain answers them)."""
+        with self._lock:
+            taken = list(self._open)
+            self._open.clear()
+            self._idle.notify_all()
+        return taken
+
+    def wait_idle(self, timeout: float) -> bool:
+        with self._lock:
+            return self._idle.wait_for(lambda: not self._open, timeout)
+
+    def __len__(self) -> int:
+        return len(self._open)
+
+
+class _Served:
+    """One endpoint being served: its handler's entry, and its tally (``$SRV.STATS``)."""
+
+    __slots__ = ("dispatcher", "handle", "route", "tally")
+
+    def __init__(self, dispatcher: Dispatcher, route: Route) -> None:
+        self.dispatcher = dispatcher
+        self.route = route
+        self.handle = route.handler.handle_message
+        self.tally = Tally()
 
     def on_message(self, message: Message) -> None:
         """Runs on the reader thread: answer what needs no I/O at once (the connection
-        sends all replies of one read together); hand the rest to the pool, never block.
-        (Kept apart from :meth:`on_named_message`, line for line, because it is the
-        hottest path: one call less per request.)"""
+        sends all replies of one read together); hand the rest on, never block."""
         received = time.perf_counter()
+        dispatcher = self.dispatcher
         if not message.reply:
-            self._warn.no_reply({"subject": message.subject, "bytes": len(message.payload)})
+            dispatcher.warn.no_reply({"subject": message.subject,
+                                      "bytes": len(message.payload)})
             return
         try:
-            outcome = self._handle(message.payload)
+            outcome = self.handle(message)
         except Exception:
-            self._replies.send(message.reply, self._internal_error(message.payload, None),
-                               received)
+            dispatcher.replies.send(message.reply, dispatcher.internal_error(
+                message.payload, None), received, self.tally)
             return
         if isinstance(outcome, Reply):
-            self._replies.send(message.reply, outcome, received)
-        elif not self.pool.try_submit(_Job(message, outcome, received)):
-            self._reject(message, outcome, received)
-
-    def on_named_message(self, message: Message) -> None:
-        """A request on ``<namedSubject>.<credential>``, on the reader thread: as
-        :meth:`on_message`, through the handler's named path."""
-        received = time.perf_counter()
-        handle_named = self._handle_named
-        if not message.reply or handle_named is None:
-            self._warn.no_reply({"subject": message.subject, "bytes": len(message.payload)})
-            return
-        try:
-            outcome = handle_named(message.subject, message.payload)
-        except Exception:
-            self._replies.send(message.reply, self._internal_error(message.payload, None),
-                               received, True)
-            return
-        if isinstance(outcome, Reply):
-            self._replies.send(message.reply, outcome, received, True)
-        elif not self.pool.try_submit(_Job(message, outcome, received, True)):
-            self._reject(message, outcome, received, True)
-
-    def serve(self, job: _Job) -> None:
-        """Runs on a pool thread. A reply that comes after the drain ended is dropped: its
-        requester was answered ``shutting_down`` already (:meth:`answer_running`)."""
-        try:
-            reply = job.deferred.run()
-        except Exception:
-            reply = self._internal_error(job.message.payload, job.deferred.request_id)
-        if self.pool.claim(job):
-            self._replies.send(job.message.reply, reply, job.received, job.named)
+            dispatcher.replies.send(message.reply, outcome, received, self.tally)
         else:
-            log.debug("late reply dropped: answered shutting_down at the end of the drain",
+            dispatcher.later(message, outcome, received, self.tally)
+
+
+class Dispatcher:
+    """Serves the requests of one worker's ``routes`` with ``pool``. ``draining`` (set by
+    the worker when it stops) turns the answer to a full pool from ``overloaded`` into
+    ``shutting_down``."""
+
+    def __init__(self, routes: list[Route], *, pool: BoundedPool, max_payload: int,
+                 replies: ReplySender, warnings: Warnings) -> None:
+        self.pool = pool
+        self.replies = replies
+        self.warn = warnings
+        self.outstanding = Outstanding()
+        self.served = [_Served(self, route) for route in routes]
+        self.draining = False
+        self._max_payload = max_payload
+
+    def later(self, message: Message, outcome: Deferred[Any] | Waiting, received: float,
+              tally: Tally) -> None:
+        """A request not answered at once: it waits (no thread) or goes to the pool."""
+        if isinstance(outcome, Waiting):
+            ticket = self.outstanding.open(_Ticket(message.reply, received, tally,
+                                                   message.payload, outcome.request_id))
+            outcome.then(lambda reply: self.answer(ticket, reply))
+            return
+        ticket = self.outstanding.open(_Ticket(message.reply, received, tally,
+                                               message.payload, outcome.request_id))
+        if not self.pool.try_submit(lambda: self._run(ticket, outcome),
+                                    lambda: self._drop(ticket, outcome)):
+            outcome.drop()
+            self.answer(ticket, self._turned_away(ticket))
+
+    def answer(self, ticket: _Ticket, reply: Reply) -> None:
+        """Send ``reply`` unless the request was answered already (late replies after the
+        drain ended are dropped)."""
+        if self.outstanding.close(ticket):
+            self.replies.send(ticket.reply_to, reply, ticket.received, ticket.tally)
+        else:
+            log.debug("late reply dropped: the request was answered already",
                       extra={"request_id": reply.request_id})
 
-    def _internal_error(self, payload: bytes, request_id: str | None) -> Reply:
+    def answer_outstanding(self) -> int:
+        """The drain ended (``drainTimeout``, or a second signal) with requests not
+        answered: answer each ``shutting_down`` now, so its requester retries another
+        replica at once instead of waiting out its timeout; how many."""
+        taken = self.outstanding.take_all()
+        for ticket in taken:
+            self.replies.send(ticket.reply_to, self._shutting_down(ticket), ticket.received,
+                              ticket.tally)
+        if taken:
+            log.warning("drain ended with requests not answered: answered shutting_down",
+                        extra={"requests": len(taken)})
+        return len(taken)
+
+    def internal_error(self, payload: bytes, request_id: str | None) -> Reply:
         if request_id is None:
             request_id = wire.peek_request_id(payload, max_size=self._max_payload)
         with request_context(request_id):
-            self._warn.handler_failed(exc_info=True)
+            self.warn.handler_failed(exc_info=True)
         return error_reply(request_id, wire.INTERNAL_ERROR,
                            "internal error while serving the request")
 
-    def _reject(self, message: Message, deferred: Deferred[Any], received: float,
-                named: bool = False) -> None:
-        """The pool is full (``overloaded``) or closed (``shutting_down``): answer at once,
-        and log at most once a second, with a count."""
+    def _run(self, ticket: _Ticket, deferred: Deferred[Any]) -> None:
+        """On a pool thread."""
+        try:
+            reply = deferred.run()
+        except Exception:
+            reply = self.internal_error(ticket.payload, ticket.request_id)
+        self.answer(ticket, reply)
+
+    def _drop(self, ticket: _Ticket, deferred: Deferred[Any]) -> None:
+        """The pool closed before running it."""
         deferred.drop()
-        request_id = self._request_id(message, deferred)
-        if self.draining:
-            reply = error_reply(request_id, wire.SHUTTING_DOWN,
-                                "worker shutting down, retry (another replica answers)")
-        else:
-            with request_context(request_id):
-                self._warn.overloaded({"capacity": self.pool.capacity})
-            reply = error_reply(request_id, wire.OVERLOADED, "worker overloaded, retry shortly")
-        self._replies.send(message.reply, reply, received, named)
+        self.answer(ticket, self._shutting_down(ticket))
 
-    def _request_id(self, message: Message, deferred: Deferred[Any]) -> str:
-        if deferred.request_id is not None:
-            return deferred.request_id
-        return wire.peek_request_id(message.payload, max_size=self._max_payload)
+    def _turned_away(self, ticket: _Ticket) -> Reply:
+        """The pool is full (``overloaded``) or closed (``shutting_down``); logged at most
+        once a second, with a count."""
+        if self.draining or self.pool.closed:
+            return self._shutting_down(ticket)
+        request_id = self._request_id(ticket)
+        with request_context(request_id):
+            self.warn.overloaded({"capacity": self.pool.capacity})
+        return error_reply(request_id, wire.OVERLOADED, "worker overloaded, retry shortly")
 
-    def hand_back_queued(self) -> None:
-        """Answer ``shutting_down`` to every request not started: its requester retries
-        another replica at once instead of waiting out its timeout."""
-        queued = self.pool.close()
-        for job in queued:
-            job.deferred.drop()
-            request_id = self._request_id(job.message, job.deferred)
-            self._replies.send(job.message.reply, error_reply(
-                request_id, wire.SHUTTING_DOWN,
-                "worker shutting down, retry (another replica answers)"), job.received,
-                job.named)
-        if queued:
-            log.info("queued requests answered shutting_down", extra={"requests": len(queued)})
+    def _shutting_down(self, ticket: _Ticket) -> Reply:
+        return error_reply(self._request_id(ticket), wire.SHUTTING_DOWN, SHUTTING_DOWN_TEXT)
 
-    def answer_running(self) -> None:
-        """The drain ended (``drainTimeout``, or a second signal) with requests still
-        running: answer each ``shutting_down`` now, so its requester retries another
-        replica at once instead of waiting out its timeout. Their late replies are dropped
-        (exactly one answer per request)."""
-        running = self.pool.take_running()
-        for job in running:
-            request_id = self._request_id(job.message, job.deferred)
-            self._replies.send(job.message.reply, error_reply(
-                request_id, wire.SHUTTING_DOWN,
-                "worker shutting down, retry (another replica answers)"), job.received,
-                job.named)
-        if running:
-            log.warning("drain ended with requests running: answered shutting_down",
-                        extra={"requests": len(running)})
+    def _request_id(self, ticket: _Ticket) -> str:
+        if ticket.request_id is not None:
+            return ticket.request_id
+        return wire.peek_request_id(ticket.payload, max_size=self._max_payload)
+
+    def endpoints(self, queue: str) -> list[tuple[Endpoint, Tally]]:
+        """The ``$SRV`` endpoints served, each with its tally."""
+        return [(Endpoint(served.route.name, served.route.subject, queue), served.tally)
+                for served in self.served]
+

@@ -7,9 +7,14 @@ returns, without blocking:
   bad request or a cache hit. The worker sends it at once, batched with the other
   replies of the same read. This is the fast path: keep it free of I/O and locks held
   for long.
-- a :class:`Deferred` otherwise: the request, parsed once, with the call that serves it.
-  The worker runs the call on a pool thread (or answers ``overloaded`` when the pool is
-  full, ``shutting_down`` when it stops before starting it).
+- a :class:`Deferred` when it needs a thread: the request, parsed once, with the call that
+  serves it. The worker runs the call on a pool thread (or answers ``overloaded`` when the
+  pool is full, ``shutting_down`` when it stops before starting it).
+- a :class:`Waiting` when the answer will come from work already under way (or work the
+  handler queued itself): the request holds no thread and no pool slot; the handler
+  resolves it with its :class:`Reply` when the work ends, on whatever thread ends it. The
+  token handler answers this way while a token is being fetched: however many requests
+  wait for one key, they cost the pool one task.
 
 Outcomes travel with the reply (``Reply.error_code``), so counting them never reads the
 bytes. A plain function from request bytes to reply bytes becomes a handler through
@@ -25,10 +30,13 @@ is the contract's one home; the package's top level exports it too
 from __future__ import annotations
 
 import abc
+import threading
 from collections.abc import Callable
 from typing import Any, Generic, NamedTuple, TypeVar
 
-__all__ = ["BytesHandler", "Deferred", "Reply", "RequestHandler"]
+from token_worker.nats.protocol import Message
+
+__all__ = ["BytesHandler", "Deferred", "Reply", "RequestHandler", "Waiting"]
 
 RequestT = TypeVar("RequestT")
 
@@ -79,15 +87,55 @@ class Deferred(Generic[RequestT]):
             self.on_drop()
 
 
+class Waiting:
+    """A reply that will come later without a thread: the handler calls :meth:`resolve`
+    once, from any thread; the worker calls :meth:`then` once, with what to do with it
+    (whichever comes second delivers). ``request_id`` is the request's, for the reply the
+    worker sends instead if it stops first (``shutting_down``)."""
+
+    __slots__ = ("_deliver", "_lock", "_reply", "request_id")
+
+    def __init__(self, request_id: str) -> None:
+        self.request_id = request_id
+        self._lock = threading.Lock()
+        self._reply: Reply | None = None
+        self._deliver: Callable[[Reply], None] | None = None
+
+    def resolve(self, reply: Reply) -> None:
+        """The reply is ready."""
+        with self._lock:
+            if self._reply is not None:
+                return
+            self._reply = reply
+            deliver = self._deliver
+        if deliver is not None:
+            deliver(reply)
+
+    def then(self, deliver: Callable[[Reply], None]) -> None:
+        """Send the reply with ``deliver`` once it is ready (at once if it is)."""
+        with self._lock:
+            self._deliver = deliver
+            reply = self._reply
+        if reply is not None:
+            deliver(reply)
+
+
 class RequestHandler(abc.ABC):
     """What a worker asks to serve each request (see the module's docstring)."""
 
     @abc.abstractmethod
-    def handle(self, payload: bytes) -> Reply | Deferred[Any]:
-        """Runs on the reader thread: a :class:`Reply` now, or a :class:`Deferred`.
+    def handle(self, payload: bytes) -> Reply | Deferred[Any] | Waiting:
+        """Runs on the reader thread: a :class:`Reply` now, a :class:`Deferred` or a
+        :class:`Waiting`.
 
         Should not raise; if it does, the requester gets ``internal_error`` and the
         exception is logged."""
+
+    def handle_message(self, message: Message) -> Reply | Deferred[Any] | Waiting:
+        """What the worker calls for each request: :meth:`handle` with its payload.
+        Override it to see the subject (the named-credential endpoint reads the
+        credential's name there)."""
+        return self.handle(message.payload)
 
     def unsent(self, reply: Reply) -> None:  # noqa: B027 - a hook: doing nothing is right
         """The worker replaced ``reply`` (too large to send, ``token_too_large``): forget

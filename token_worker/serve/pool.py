@@ -2,17 +2,16 @@
 that hands back what it never started.
 
 :class:`concurrent.futures.ThreadPoolExecutor` queues without limit and, at shutdown, can
-only cancel what is queued: the caller never learns which items those were, so their
+only cancel what is queued: the caller never learns which tasks those were, so their
 requesters would wait out their timeouts. :class:`BoundedPool` admits at most ``workers +
-backlog`` items at a time (:meth:`~BoundedPool.try_submit` says no at once when full, and
-the caller answers ``overloaded``), runs each with the function it was built with, and
-:meth:`~BoundedPool.close` returns the items not started yet, so the caller can answer them
-(``shutting_down``). Threads are started as work arrives, up to ``workers``.
+backlog`` tasks at a time (:meth:`~BoundedPool.try_submit` says no at once when full, and
+the caller answers ``overloaded``) and runs each on one of ``workers`` threads, started as
+work arrives. At :meth:`~BoundedPool.close`, each task not started yet has its ``drop``
+called instead of its ``run``, so whoever waits for it can be answered (``shutting_down``).
 
-It also knows which items are running: when the drain ends before they finish,
-:meth:`~BoundedPool.take_running` hands them to the caller (who answers them
-``shutting_down``), and :meth:`~BoundedPool.claim` tells the run function whether its item
-is still its own to answer: exactly one of the two answers each item.
+Only work that needs a thread comes here: IdP calls and shared-tier reads, or a handler's
+deferred calls. A request waiting for a fetch already under way holds no task (see
+:mod:`token_worker.tokens.flight`), so the pool's bound counts work, not waiters.
 """
 
 from __future__ import annotations
@@ -21,36 +20,39 @@ import logging
 import threading
 from collections import deque
 from collections.abc import Callable
-from typing import Generic, TypeVar
+from typing import NamedTuple
+
+__all__ = ["BoundedPool", "Task"]
 
 log = logging.getLogger(__name__)
 
-Item = TypeVar("Item")
+
+class Task(NamedTuple):
+    """Work for a thread, and what to do instead if it never runs."""
+
+    run: Callable[[], None]
+    drop: Callable[[], None]
 
 
-class BoundedPool(Generic[Item]):
-    """``workers`` threads running ``run(item)``, and at most ``backlog`` waiting items."""
+class BoundedPool:
+    """``workers`` threads running tasks, and at most ``backlog`` tasks waiting."""
 
-    def __init__(self, workers: int, backlog: int, run: Callable[[Item], None], *,
-                 name: str = "token-worker") -> None:
+    def __init__(self, workers: int, backlog: int, *, name: str = "token-worker") -> None:
         self.capacity = workers + backlog
-        self._workers = workers
-        self._run = run
+        self.workers = workers
         self._name = name
-        self._queue: deque[Item] = deque()
+        self._queue: deque[Task] = deque()
         self._lock = threading.Lock()
         self._work = threading.Condition(self._lock)
         self._idle = threading.Condition(self._lock)
         self._admitted = 0
         self._waiting_threads = 0
         self._threads: list[threading.Thread] = []
-        self._running: dict[int, Item] = {}
-        """Items a thread runs and nobody answered yet, by ``id``."""
         self._closed = False
 
     @property
     def admitted(self) -> int:
-        """Items running or waiting."""
+        """Tasks running or waiting."""
         return self._admitted
 
     @property
@@ -58,24 +60,28 @@ class BoundedPool(Generic[Item]):
         """Threads started so far (at most ``workers``)."""
         return len(self._threads)
 
-    def try_submit(self, item: Item) -> bool:
-        """Queue ``item`` for a pool thread; False (nothing queued) when full or closed."""
+    @property
+    def closed(self) -> bool:
+        """True once :meth:`close` was called: nothing more is admitted."""
+        return self._closed
+
+    def try_submit(self, run: Callable[[], None], drop: Callable[[], None]) -> bool:
+        """Queue ``run`` for a thread; False (nothing queued) when full or closed."""
         with self._lock:
             if self._closed or self._admitted >= self.capacity:
                 return False
             self._admitted += 1
-            self._queue.append(item)
-            if len(self._queue) <= self._waiting_threads:
-                self._work.notify()
-            elif len(self._threads) < self._workers:
+            self._queue.append(Task(run, drop))
+            if len(self._queue) > self._waiting_threads and len(self._threads) < self.workers:
                 self._start_thread()
             else:
                 self._work.notify()
         return True
 
-    def close(self) -> list[Item]:
-        """Admit nothing more and return the items not started (removed from the queue);
-        running items finish, then the threads end. Safe to call more than once."""
+    def close(self) -> list[Task]:
+        """Admit nothing more and return the tasks not started (removed from the queue:
+        the caller drops them); running tasks finish, then the threads end. Safe to call
+        more than once."""
         with self._lock:
             self._closed = True
             taken = list(self._queue)
@@ -86,22 +92,8 @@ class BoundedPool(Generic[Item]):
             self._work.notify_all()
         return taken
 
-    def claim(self, item: Item) -> bool:
-        """Called by ``run(item)`` before it answers: True if the item is still its own,
-        False if :meth:`take_running` took it (it was answered: drop the late answer)."""
-        with self._lock:
-            return self._running.pop(id(item), None) is not None
-
-    def take_running(self) -> list[Item]:
-        """Take the items running and not claimed yet: the caller answers them now, and
-        their run functions' :meth:`claim` says False."""
-        with self._lock:
-            taken = list(self._running.values())
-            self._running.clear()
-        return taken
-
     def wait_idle(self, timeout: float) -> bool:
-        """Wait until no item is running or waiting; False if ``timeout`` ran out first."""
+        """Wait until no task is running or waiting; False if ``timeout`` ran out first."""
         with self._lock:
             return self._idle.wait_for(lambda: self._admitted == 0, timeout)
 
@@ -123,15 +115,13 @@ class BoundedPool(Generic[Item]):
                         self._waiting_threads -= 1
                 if not self._queue:
                     return  # closed, nothing left
-                item = self._queue.popleft()
-                self._running[id(item)] = item
+                task = self._queue.popleft()
             try:
-                self._run(item)
+                task.run()
             except Exception:
                 log.exception("pool task failed")
             finally:
                 with self._lock:
-                    self._running.pop(id(item), None)
                     self._admitted -= 1
                     if self._admitted == 0:
                         self._idle.notify_all()

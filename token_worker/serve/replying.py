@@ -24,7 +24,7 @@ from token_worker.nats.link import State
 from token_worker.nats.protocol import Message
 from token_worker.nats.subscriptions import Subscription
 from token_worker.serve.handler import Reply
-from token_worker.serve.service import ServiceResponder
+from token_worker.serve.service import Tally
 
 __all__ = ["Connection", "ReplySender", "Warnings", "error_reply"]
 
@@ -79,29 +79,23 @@ class ReplySender:
     """
 
     def __init__(self, connection: Connection, *, metrics: Metrics,
-                 service: ServiceResponder, unsent: Callable[[Reply], None],
-                 warnings: Warnings) -> None:
+                 unsent: Callable[[Reply], None], warnings: Warnings) -> None:
         self._connection = connection
         self._metrics = metrics
-        self._service = service
         self._unsent = unsent
         self._warn = warnings
 
-    def send(self, subject: str, reply: Reply, received: float, named: bool = False) -> None:
+    def send(self, subject: str, reply: Reply, received: float, tally: Tally) -> None:
         """Check the size, count the reply, then send it: whoever reads the metrics or
         ``$SRV.STATS`` after getting the reply sees it counted. ``received`` is the
-        ``time.perf_counter()`` moment the request arrived; ``named``, whether it came on
-        a named-credential subject (its own ``$SRV`` endpoint)."""
+        ``time.perf_counter()`` moment the request arrived; ``tally``, its endpoint's."""
         limit = self._connection.max_payload
         if len(reply.body) > limit:
             self._unsent(reply)
             reply = self._too_large(reply, len(reply.body), limit)
         seconds = time.perf_counter() - received
         self._metrics.count_reply(reply.error_code, seconds)
-        if named:
-            self._service.count_named(reply.error_code, seconds)
-        elif reply.error_code:
-            self._service.inline_error(reply.error_code)
+        tally.count(reply.error_code, seconds)
         try:
             self._connection.publish(subject, reply.body)
         except PayloadTooLarge as error:  # the server's limit changed under us

@@ -8,16 +8,14 @@ queue) subscriptions: every instance answers. The bodies are :mod:`token_worker.
 types.
 
 A worker with named credentials lists two endpoints: ``token`` (the token subject) and
-``named`` (``token.named.*``, same queue group). The named endpoint counts its replies in a
-:class:`Tally`; the token endpoint's numbers are the worker's totals (the Prometheus
-counters, as without named credentials) minus the named ones, so the inline hot path pays
-nothing for the split.
+``named`` (``token.named.*``, same queue group). Each endpoint counts its own replies in
+its :class:`Tally`, where they are sent (as the NATS micro libraries count them in each
+endpoint's handler): nothing is derived from worker-wide totals.
 """
 
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import secrets
 import string
 import threading
@@ -77,40 +75,25 @@ class Tally:
                 self.errors += 1
                 self.last_error = error_code
 
-    def stats(self, endpoint: Endpoint) -> EndpointStats:
+    def stats(self, endpoint: Endpoint, data: dict[str, Any] | None = None) -> EndpointStats:
         with self._lock:
             average = self.nanoseconds // self.requests if self.requests else 0
             return EndpointStats(endpoint, self.requests, self.errors, self.last_error,
-                                 self.nanoseconds, average)
+                                 self.nanoseconds, average, data)
 
 
 class ServiceResponder:
-    """Answers the services API for one worker instance.
+    """Answers the services API for one worker instance, about ``endpoints`` (each with the
+    :class:`Tally` its replies are counted in)."""
 
-    ``named_subject`` (``token.named.*``), when given, is listed as a second endpoint in the
-    same queue group. The worker reports each named reply through :meth:`count_named` and
-    each inline error through :meth:`inline_error`."""
-
-    def __init__(self, connection: Bus, *, version: str, subject: str, queue: str,
-                 metrics: Metrics, metadata: dict[str, str],
-                 named_subject: str | None = None) -> None:
+    def __init__(self, connection: Bus, *, version: str,
+                 endpoints: list[tuple[Endpoint, Tally]], metrics: Metrics,
+                 metadata: dict[str, str]) -> None:
         self._connection = connection
         self._metrics = metrics
         self.instance_id = new_instance_id()
         self._identity = ServiceIdentity(SERVICE_NAME, self.instance_id, version, metadata)
-        self._endpoint = Endpoint(ENDPOINT_NAME, subject, queue)
-        self._named = (Endpoint(NAMED_ENDPOINT_NAME, named_subject, queue)
-                       if named_subject is not None else None)
-        self._named_tally = Tally()
-        self._last_inline_error = ""
-
-    def count_named(self, error_code: str, seconds: float) -> None:
-        """One reply sent on the named endpoint."""
-        self._named_tally.count(error_code, seconds)
-
-    def inline_error(self, error_code: str) -> None:
-        """An error reply sent on the token endpoint (for its ``last_error``)."""
-        self._last_inline_error = error_code
+        self._endpoints = endpoints
 
     def start(self) -> None:
         """Subscribe to the nine discovery subjects."""
@@ -133,27 +116,13 @@ class ServiceResponder:
         return PingResponse(self._identity).to_bytes()
 
     def _info(self) -> bytes:
-        endpoints = (self._endpoint,) if self._named is None else (self._endpoint, self._named)
-        return InfoResponse(self._identity, DESCRIPTION, endpoints).to_bytes()
+        return InfoResponse(self._identity, DESCRIPTION,
+                            tuple(endpoint for endpoint, _ in self._endpoints)).to_bytes()
 
     def _stats(self) -> bytes:
         started = datetime.fromtimestamp(self._metrics.started, timezone.utc)
-        totals = self._metrics.endpoint_stats()
         data = _shared_data(self._metrics.shared_stats())
-        if self._named is None:
-            stats: tuple[EndpointStats, ...] = (EndpointStats(
-                self._endpoint, int(totals["num_requests"]), int(totals["num_errors"]),
-                str(totals["last_error"]), int(totals["processing_time"]),
-                int(totals["average_processing_time"]), data),)
-        else:
-            named = self._named_tally.stats(self._named)
-            requests = max(0, int(totals["num_requests"]) - named.num_requests)
-            nanoseconds = max(0, int(totals["processing_time"]) - named.processing_time)
-            inline = EndpointStats(
-                self._endpoint, requests,
-                max(0, int(totals["num_errors"]) - named.num_errors), self._last_inline_error,
-                nanoseconds, nanoseconds // requests if requests else 0, data)
-            stats = (inline, dataclasses.replace(named, data=data))
+        stats = tuple(tally.stats(endpoint, data) for endpoint, tally in self._endpoints)
         return StatsResponse(self._identity, started.isoformat().replace("+00:00", "Z"),
                              stats).to_bytes()
 

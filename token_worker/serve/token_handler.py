@@ -1,111 +1,179 @@
-"""The default handler: a client-credentials token through the broker.
+"""The default handlers: a client-credentials token through the broker.
 
-:class:`TokenHandler` implements the handler contract (:mod:`token_worker.serve.handler`):
-parse, look the cache up once on the reader thread, and on a miss ask the broker from a
-pool thread (:meth:`TokenBroker.fetch_after_miss
-<token_worker.tokens.broker.TokenBroker.fetch_after_miss>`: it looks again without
-counting a second miss, then joins the key's single flight, so misses for one query that
-queue behind each other share one IdP call). Every request's deadline is ``idp.deadline``
-from its arrival, so time spent waiting for a pool thread counts. What it serves with (IdP
-client, retry policy, caches, broker) is built by :mod:`token_worker.serve.assembly`.
-Named requests (``<namedSubject>.<credential>``, :meth:`TokenHandler.handle_named`) take
-the same path once the credential is looked up (a dict lookup in the
-:class:`~token_worker.serve.credentials.CredentialStore`, no I/O): only the subject names the
-credential, and a ``client_id`` or ``client_secret`` in their body is never read. With
-``credentials.inline`` false, a request on the token subject (which always carries its
-secret) is answered ``inline_secrets_disabled`` without a lookup, an IdP call or a log
-line quoting it.
+Two endpoints, one path. :class:`TokenHandler` serves the token subject (requests that
+carry their client's secret); :class:`NamedTokenHandler` serves ``<namedSubject>.<name>``
+with the credential ``name`` the worker holds (a dict lookup in the
+:class:`~token_worker.serve.credentials.CredentialStore`, no I/O; only the subject names
+the credential, and a ``client_id`` or ``client_secret`` in the body is never read). Both
+implement the handler contract (:mod:`token_worker.serve.handler`) on the reader thread:
+parse once, look the cache up once, and otherwise ask the broker
+(:meth:`~token_worker.tokens.broker.TokenBroker.ask`), which answers at once (a refusal
+remembered, the client's back-off or budget, the endpoint's circuit) or resolves a
+:class:`~token_worker.serve.handler.Waiting` when the fetch it joined or started ends.
+Every request's deadline is ``idp.deadline`` from its arrival, so time spent waiting for a
+pool thread counts. With ``credentials.inline`` false, a request on the token subject is
+answered ``inline_secrets_disabled`` without a lookup, an IdP call or a log line quoting it.
 """
 
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from collections.abc import Callable
 from typing import NamedTuple
 
 from token_worker import defaults, wire
-from token_worker.errors import IdpError, IdpRefused, InvalidCredentialName, InvalidRequest
+from token_worker.errors import IdpRefused, InvalidCredentialName, InvalidRequest, NoToken
 from token_worker.logs import RateLimitedLog, request_context
+from token_worker.nats.protocol import Message
 from token_worker.serve.credentials import CredentialStore, name_from_subject
-from token_worker.serve.handler import Deferred, Reply, RequestHandler
+from token_worker.serve.handler import Reply, RequestHandler, Waiting
 from token_worker.tokens.broker import Answer, TokenBroker, TokenQuery
 
-__all__ = ["Asked", "TokenHandler"]
+__all__ = ["NamedTokenHandler", "TokenHandler"]
 
 log = logging.getLogger(__name__)
 
 
-class Asked(NamedTuple):
-    """What one token request asks the broker for, inline or named (a tuple: one is built
-    for every request that misses the cache)."""
+class _Asked(NamedTuple):
+    """A request waiting for a fetch: what its reply needs."""
 
     request_id: str
     client_id: str
-    """For log lines (never the secret)."""
+    credential: str | None
     query: TokenQuery
-    credential: str | None = None
-    """The named credential, echoed in the reply; None for an inline request."""
-    skip_cache: bool = False
-    deadline: float | None = None
-    """``time.monotonic()`` by which the answer is due (time queued for a thread counts)."""
+    started: float
 
 
-class TokenHandler(RequestHandler):
-    """The default handler: a client-credentials token through the broker.
+class _Logs:
+    """The token handlers' per-request lines, each at most one a second (a flood of bad
+    requests is not a flood of log)."""
 
-    ``credentials`` serves named requests (:meth:`handle_named`, subjects
-    ``<named_prefix>.<name>``); ``inline_secrets`` False refuses requests that carry their
-    own secret."""
+    def __init__(self) -> None:
+        self.invalid = RateLimitedLog(log, logging.WARNING, "invalid request")
+        self.not_issued = RateLimitedLog(log, logging.WARNING, "token not issued")
+        self.refused_by_idp = RateLimitedLog(log, logging.INFO, "token not issued")
+        self.refused = RateLimitedLog(log, logging.WARNING, "request refused")
+
+
+class _TokenPath(RequestHandler):
+    """What both token endpoints do once they know the query."""
 
     def __init__(self, broker: TokenBroker, *, default_scope: str, max_payload: int,
-                 deadline: float | None = None,
-                 on_close: Callable[[], None] | None = None,
-                 credentials: CredentialStore | None = None, inline_secrets: bool = True,
-                 named_prefix: str = defaults.NAMED_SUBJECT) -> None:
+                 deadline: float | None, clock: Callable[[], float] = time.monotonic) -> None:
         """``deadline``: seconds from a request's arrival to its answer being due (the
-        IdP's deadline); None: only the IdP's own bounds."""
+        IdP's deadline); None: only the IdP's own bounds. ``clock`` is the broker's."""
         self._broker = broker
-        self._credentials = credentials
-        self._inline_secrets = inline_secrets
-        self._named_prefix = named_prefix
+        self._clock = clock
         self._default_scope = default_scope
         self._max_payload = max_payload
         self._deadline = deadline
-        self._on_close = on_close
-        self._warn_invalid = RateLimitedLog(log, logging.WARNING, "invalid request")
-        self._warn_not_issued = RateLimitedLog(log, logging.WARNING, "token not issued")
-        self._note_refused_by_idp = RateLimitedLog(log, logging.INFO, "token not issued")
-        self._warn_refused = RateLimitedLog(log, logging.WARNING, "request refused")
-
-    def prepare(self) -> None:
-        """Make the shared tier's bucket ready on a thread of its own (created when
-        missing): never in the way of serving, which goes without the tier meanwhile."""
-        shared = self._broker.shared
-        if shared is not None:
-            threading.Thread(target=shared.prepare, name="shared-cache-prepare",
-                             daemon=True).start()
-
-    @property
-    def shared_available(self) -> bool | None:
-        """Whether the shared tier answers now (its bucket ensured, no failure resting);
-        None without a shared tier."""
-        shared = self._broker.shared
-        return None if shared is None else shared.available
+        self._logs = _Logs()
 
     def unsent(self, reply: Reply) -> None:
         """A token reply the worker could not send: its token leaves the local cache."""
         if isinstance(reply.query, TokenQuery):
             self._broker.discard(reply.query)
 
-    def close(self) -> None:
-        """Release the IdP connections and stop background refreshes."""
-        if self._on_close is not None:
-            self._on_close()
+    def _route(self, request_id: str, client_id: str, query: TokenQuery,
+               credential: str | None, skip_cache: bool) -> Reply | Waiting:
+        """A cache hit is answered now (the hot path); the rest goes to the broker, due
+        ``idp.deadline`` from now."""
+        broker = self._broker
+        key = broker.key(query)
+        if not skip_cache:
+            answer = broker.cached(query, key)
+            if answer is not None:
+                if log.isEnabledFor(logging.DEBUG):
+                    with request_context(request_id, client_id):
+                        log.debug("token served from cache",
+                                  extra={"expires_in": answer.expires_in,
+                                         "credential": credential})
+                return _token_reply(request_id, client_id, credential, answer, query)
+        started = self._clock()
+        deadline = None if self._deadline is None else started + self._deadline
+        waiting = Waiting(request_id)
+        outcome = broker.ask(query, deadline=deadline, skip_cache=skip_cache, key=key,
+                             on_outcome=self._resolver(waiting, _Asked(
+                                 request_id, client_id, credential, query, started)))
+        if outcome is None:
+            return waiting
+        if isinstance(outcome, Answer):
+            return _token_reply(request_id, client_id, credential, outcome, query)
+        with request_context(request_id, client_id):
+            return self._not_issued(request_id, client_id, outcome, started)
 
-    def handle(self, payload: bytes) -> Reply | Deferred[Asked]:
-        """Parse once; a bad request or a cache hit is answered now, the rest deferred."""
+    def _resolver(self, waiting: Waiting, asked: _Asked
+                  ) -> Callable[[Answer | None, BaseException | None], None]:
+        """What runs when the fetch ends (on the thread that ends it): the reply."""
+        request_id, client_id, credential, query, started = asked
+
+        def resolve(answer: Answer | None, error: BaseException | None) -> None:
+            with request_context(request_id, client_id):
+                if answer is not None:
+                    log.info("token issued", extra={"idp_ms": self._ms_since(started),
+                                                     "expires_in": answer.expires_in,
+                                                     "token_source": answer.source,
+                                                     "credential": credential})
+                    waiting.resolve(_token_reply(request_id, client_id, credential, answer,
+                                                 query))
+                elif isinstance(error, NoToken):
+                    waiting.resolve(self._not_issued(request_id, client_id, error, started))
+                else:
+                    log.error("fetch failed unexpectedly", exc_info=error)
+                    waiting.resolve(_error(request_id, wire.INTERNAL_ERROR,
+                                           "internal error while serving the request",
+                                           client_id=client_id))
+        return resolve
+
+    def _not_issued(self, request_id: str, client_id: str, error: NoToken,
+                    started: float) -> Reply:
+        """The error reply for ``error``, logged at most a line a second: a refusal is an
+        answer (INFO), anything else a fault."""
+        details = {"error_code": error.error_code, "error": str(error),
+                   "idp_ms": self._ms_since(started)}
+        if isinstance(error, IdpRefused):
+            self._logs.refused_by_idp(details)
+        else:
+            self._logs.not_issued(details)
+        body = wire.ErrorReply(request_id, str(error), error.error_code, error.description,
+                               retry_after=wire.retry_seconds(error.retry_after)).to_bytes()
+        return Reply(body, error.error_code, request_id, client_id)
+
+    def _ms_since(self, started: float) -> float:
+        return round((self._clock() - started) * 1000, 1)
+
+    def _refuse(self, request_id: str, error_code: str, error: str) -> Reply:
+        """A request refused before any lookup; logged without its body, at most once a
+        second."""
+        with request_context(request_id):
+            self._logs.refused({"error_code": error_code})
+        return _error(request_id, error_code, error)
+
+    def _invalid(self, error: InvalidRequest) -> Reply:
+        with request_context(error.request_id):
+            self._logs.invalid({"error": str(error)})
+        return _error(error.request_id, wire.INVALID_REQUEST, str(error))
+
+
+class TokenHandler(_TokenPath):
+    """The token subject: requests that carry their client's id and secret (refused
+    ``inline_secrets_disabled`` when ``inline_secrets`` is False)."""
+
+    def __init__(self, broker: TokenBroker, *, default_scope: str, max_payload: int,
+                 deadline: float | None = None, inline_secrets: bool = True,
+                 named_prefix: str = defaults.NAMED_SUBJECT,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        super().__init__(broker, default_scope=default_scope, max_payload=max_payload,
+                         deadline=deadline, clock=clock)
+        self._inline_secrets = inline_secrets
+        self._named_prefix = named_prefix
+
+    def handle_message(self, message: Message) -> Reply | Waiting:
+        return self.handle(message.payload)
+
+    def handle(self, payload: bytes) -> Reply | Waiting:
+        """Parse once; a bad request or a cache hit is answered now."""
         try:
             request = wire.TokenRequest.from_bytes(payload, max_size=self._max_payload)
         except InvalidRequest as error:
@@ -119,18 +187,38 @@ class TokenHandler(RequestHandler):
         return self._route(request.request_id, request.client_id, query, None,
                            request.skip_cache)
 
-    def handle_named(self, subject: str, payload: bytes) -> Reply | Deferred[Asked]:
-        """A request on ``<named_prefix>.<name>``: served with the credential ``name`` from
-        the store (the subject alone decides which); on the reader thread, no I/O."""
+
+class NamedTokenHandler(_TokenPath):
+    """``<named_prefix>.<name>``: served with the credential ``name`` from ``credentials``
+    (the subject alone decides which)."""
+
+    def __init__(self, broker: TokenBroker, credentials: CredentialStore, *,
+                 default_scope: str, max_payload: int, deadline: float | None = None,
+                 named_prefix: str = defaults.NAMED_SUBJECT,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        super().__init__(broker, default_scope=default_scope, max_payload=max_payload,
+                         deadline=deadline, clock=clock)
+        self._credentials = credentials
+        self._named_prefix = named_prefix
+
+    def handle(self, payload: bytes) -> Reply:
+        """A named request needs its subject: without one it is not a request."""
+        request_id = wire.peek_request_id(payload, max_size=self._max_payload)
+        return self._invalid(InvalidRequest("a named request needs its subject",
+                                            request_id=request_id))
+
+    def handle_message(self, message: Message) -> Reply | Waiting:
+        """On the reader thread, no I/O."""
+        payload = message.payload
         try:
-            name = name_from_subject(subject, self._named_prefix)
+            name = name_from_subject(message.subject, self._named_prefix)
             request = wire.NamedTokenRequest.from_bytes(payload, max_size=self._max_payload)
         except InvalidCredentialName as error:
             request_id = wire.peek_request_id(payload, max_size=self._max_payload)
             return self._invalid(InvalidRequest(str(error), request_id=request_id))
         except InvalidRequest as error:
             return self._invalid(error)
-        credential = self._credentials.get(name) if self._credentials is not None else None
+        credential = self._credentials.get(name)
         if credential is None:
             return self._refuse(request.request_id, wire.UNKNOWN_CREDENTIAL,
                                 f"no credential named {name!r} on this worker")
@@ -138,74 +226,9 @@ class TokenHandler(RequestHandler):
         if scope is None:
             scope = self._default_scope if credential.scope is None else credential.scope
         query = TokenQuery(credential.client_id, credential.client_secret.reveal(), scope,
-                           credential.auth_method)
+                           credential.auth_method, name)
         return self._route(request.request_id, credential.client_id, query, name,
                            request.skip_cache)
-
-    def _route(self, request_id: str, client_id: str, query: TokenQuery,
-               credential: str | None, skip_cache: bool) -> Reply | Deferred[Asked]:
-        """A cache hit is answered now; the rest is deferred, due ``idp.deadline`` from now
-        (an :class:`Asked` is built only then: hits are the hot path)."""
-        answer = None if skip_cache else self._broker.cached(query)
-        if answer is None:
-            deadline = None if self._deadline is None else time.monotonic() + self._deadline
-            return Deferred(self._serve, Asked(request_id, client_id, query, credential,
-                                               skip_cache, deadline), request_id)
-        if log.isEnabledFor(logging.DEBUG):
-            with request_context(request_id, client_id):
-                log.debug("token served from cache", extra={"expires_in": answer.expires_in,
-                                                            "credential": credential})
-        return _token_reply(request_id, client_id, credential, answer, query)
-
-    def _refuse(self, request_id: str, error_code: str, error: str) -> Reply:
-        """A request refused before any lookup; logged without its body, at most once a
-        second."""
-        with request_context(request_id):
-            self._warn_refused({"error_code": error_code})
-        return Reply(wire.ErrorReply(request_id, error, error_code).to_bytes(), error_code,
-                     request_id)
-
-    def _invalid(self, error: InvalidRequest) -> Reply:
-        with request_context(error.request_id):
-            self._warn_invalid({"error": str(error)})
-        body = wire.ErrorReply(error.request_id, str(error), wire.INVALID_REQUEST).to_bytes()
-        return Reply(body, wire.INVALID_REQUEST, error.request_id)
-
-    def _serve(self, request: Asked) -> Reply:
-        """On a pool thread: the cache was looked up already (or skipping it was asked),
-        so to the broker's single flight, which caches what it gets."""
-        if request.skip_cache:
-            return self._answer(request, lambda: self._broker.fetch(
-                request.query, skip_cache=True, deadline=request.deadline))
-        return self._answer(request, lambda: self._broker.fetch_after_miss(
-            request.query, request.deadline))
-
-    def _answer(self, request: Asked, get: Callable[[], Answer]) -> Reply:
-        with request_context(request.request_id, request.client_id):
-            started = time.monotonic()
-            try:
-                answer = get()
-            except IdpError as error:
-                self._log_failure(error, started)
-                body = wire.ErrorReply(request.request_id, str(error), error.error_code,
-                                       error.description).to_bytes()
-                return Reply(body, error.error_code, request.request_id, request.client_id)
-            log.info("token issued", extra={"idp_ms": _ms_since(started),
-                                             "expires_in": answer.expires_in,
-                                             "token_source": answer.source,
-                                             "credential": request.credential})
-            return _token_reply(request.request_id, request.client_id, request.credential,
-                                answer, request.query)
-
-    def _log_failure(self, error: IdpError, started: float) -> None:
-        """At most a line a second: a refusal is an answer (INFO), anything else a fault;
-        a flood of wrong secrets must not become a flood of lines."""
-        details = {"error_code": error.error_code, "error": str(error),
-                   "idp_ms": _ms_since(started)}
-        if isinstance(error, IdpRefused):
-            self._note_refused_by_idp(details)
-        else:
-            self._warn_not_issued(details)
 
 
 def _token_reply(request_id: str, client_id: str, credential: str | None, answer: Answer,
@@ -213,9 +236,12 @@ def _token_reply(request_id: str, client_id: str, credential: str | None, answer
     token = answer.token
     body = wire.encode_token_reply(request_id, token.access_token, token.token_type,
                                    answer.expires_in, scope=token.scope,
-                                   token_source=answer.source, credential=credential)
+                                   token_source=answer.source, credential=credential,
+                                   fetch_refused=answer.fetch_refused)
     return Reply(body, "", request_id, client_id, query)
 
 
-def _ms_since(started: float) -> float:
-    return round((time.monotonic() - started) * 1000, 1)
+def _error(request_id: str, error_code: str, error: str, *, client_id: str = "") -> Reply:
+    return Reply(wire.ErrorReply(request_id, error, error_code).to_bytes(), error_code,
+                 request_id, client_id)
+

@@ -47,14 +47,14 @@ from token_worker.nats.link import State
 from token_worker.nats.subscriptions import Subscription
 from token_worker.serve import assembly
 from token_worker.serve.credentials import CredentialStore
-from token_worker.serve.dispatch import Dispatcher
-from token_worker.serve.handler import BytesHandler, RequestHandler
+from token_worker.serve.dispatch import Dispatcher, Route
+from token_worker.serve.handler import BytesHandler, Reply, RequestHandler
 from token_worker.serve.health import HealthServer
 from token_worker.serve.naming import client_name
+from token_worker.serve.pool import BoundedPool
 from token_worker.serve.replying import Connection, ReplySender, Warnings
 from token_worker.serve.service import ServiceResponder
 from token_worker.serve.signals import SignalCatcher, Wakeup
-from token_worker.serve.token_handler import TokenHandler
 from token_worker.version import __version__
 
 log = logging.getLogger(__name__)
@@ -94,37 +94,34 @@ class TokenWorker:
                                                on_gave_up=self._on_gave_up,
                                                on_refused=self._on_refused)
         self._connection: Connection = connection
-        self._token_handler: TokenHandler | None = None
+        self._pool = BoundedPool(config.workers, config.backlog)
+        self._tokens: assembly.TokenService | None = None
         self._credentials: CredentialStore | None = None
         if handler is None:
             self._credentials = assembly.credential_store(config)
-            handler = self._token_handler = assembly.token_handler(
-                config, self.metrics, connection=nats,  # the shared tier shares it
+            self._tokens = assembly.token_service(
+                config, self.metrics, self._pool, connection=nats,  # the shared tier's too
                 credentials=self._credentials)
-        self._handler: RequestHandler = (handler if isinstance(handler, RequestHandler)
-                                         else BytesHandler(handler))
-        self._named_subject = (f"{config.named_subject}.*"
-                               if self._credentials is not None else None)
-        self._service = ServiceResponder(
-            self._connection, version=__version__, subject=config.subject, queue=config.queue,
-            metrics=self.metrics, metadata={"client_name": self.client_name},
-            named_subject=self._named_subject)
+            routes = self._tokens.routes
+        else:
+            routes = [Route("token", config.subject, handler if isinstance(
+                handler, RequestHandler) else BytesHandler(handler))]
         self._warn = Warnings(log)
         self._dispatch = Dispatcher(
-            self._handler, workers=config.workers, backlog=config.backlog,
-            max_payload=config.max_payload, warnings=self._warn,
-            handle_named=(self._token_handler.handle_named
-                          if self._token_handler is not None else None),
-            replies=ReplySender(self._connection, metrics=self.metrics, service=self._service,
-                                unsent=self._handler.unsent, warnings=self._warn))
-        pool = self._dispatch.pool
+            routes, pool=self._pool, max_payload=config.max_payload, warnings=self._warn,
+            replies=ReplySender(self._connection, metrics=self.metrics,
+                                unsent=_unsent(routes), warnings=self._warn))
+        self._service = ServiceResponder(
+            self._connection, version=__version__,
+            endpoints=self._dispatch.endpoints(config.queue), metrics=self.metrics,
+            metadata={"client_name": self.client_name})
+        pool = self._pool
         self.metrics.in_flight.set_function(lambda: pool.admitted)
         self.metrics.capacity.set(pool.capacity)
         self.metrics.reconnect_buffer.set_function(lambda: self._connection.buffered_bytes)
         self._health: HealthServer | None = None
         self._last_state = State.DISCONNECTED
-        self._subscription: Subscription | None = None
-        self._named_subscription: Subscription | None = None
+        self._subscriptions: list[Subscription] = []
         self._stop_requested = threading.Event()
         self._cold_stop = threading.Event()
         self._stopped = threading.Event()
@@ -155,21 +152,20 @@ class TokenWorker:
                 raise ReconnectGaveUp("stopped while connecting")
             if self._credentials is not None:
                 self._credentials.start()
-            self._subscription = self._connection.subscribe(
-                self.config.subject, self._dispatch.on_message, self.config.queue)
-            if self._named_subject is not None:
-                self._named_subscription = self._connection.subscribe(
-                    self._named_subject, self._dispatch.on_named_message, self.config.queue)
+            self._subscriptions = [
+                self._connection.subscribe(served.route.subject, served.on_message,
+                                           self.config.queue)
+                for served in self._dispatch.served]
             self._service.start()
         except BaseException:
             self._release()
             raise
-        if self._token_handler is not None:
-            self._token_handler.prepare()  # the shared tier's bucket, off the critical path
+        if self._tokens is not None:
+            self._tokens.prepare()  # the shared tier's bucket, off the critical path
         with contextlib.suppress(NatsConnectionError):
             self._connection.flush(SUBSCRIBE_CONFIRM_TIMEOUT)
-        log.info("serving", extra={"subject": self.config.subject, "queue": self.config.queue,
-                                   "named_subject": self._named_subject,
+        log.info("serving", extra={"subjects": [sub.subject for sub in self._subscriptions],
+                                   "queue": self.config.queue,
                                    "credentials": (self._credentials.names()
                                                    if self._credentials is not None else None),
                                    "server": self._connection.server_url,
@@ -225,22 +221,23 @@ class TokenWorker:
                 return True
             self._stopped.set()
             self._ask_stop()
-            if self._subscription is None:  # start() failed or was aborted: nothing to drain
+            if not self._subscriptions:  # start() failed or was aborted: nothing to drain
                 self._release()
                 log.info("stopped before serving", extra={"reason": self._stop_reason()})
                 return True
             self._dispatch.draining = True
             budget = self.config.drain_timeout if timeout is None else timeout
             deadline = time.monotonic() + budget
-            log.info("draining", extra={"in_flight": self._dispatch.pool.admitted})
-            if self._named_subscription is not None:
-                self._connection.unsubscribe(self._named_subscription)
-            self._connection.unsubscribe(self._subscription,
+            log.info("draining", extra={"in_flight": len(self._dispatch.outstanding)})
+            *others, last = self._subscriptions
+            for subscription in others:
+                self._connection.unsubscribe(subscription)
+            self._connection.unsubscribe(last,
                                          drain_timeout=min(budget, SUBSCRIBE_CONFIRM_TIMEOUT))
-            self._dispatch.hand_back_queued()
+            self._hand_back_queued()
             drained = self._wait_for_running(deadline)
             if not drained:
-                self._dispatch.answer_running()
+                self._dispatch.answer_outstanding()
             if self._connection.is_connected:
                 with contextlib.suppress(NatsConnectionError):
                     self._connection.flush(max(0.1, min(2.0, deadline - time.monotonic())))
@@ -261,9 +258,9 @@ class TokenWorker:
     def shared_cache_available(self) -> bool | None:
         """Whether the shared token tier answers now; None without one (or with a handler
         of your own). Readiness never depends on it."""
-        if self._token_handler is None:
+        if self._tokens is None:
             return None
-        return self._token_handler.shared_available
+        return self._tokens.shared_available
 
     @property
     def instance_id(self) -> str:
@@ -317,9 +314,9 @@ class TokenWorker:
     def _ready(self) -> tuple[bool, str]:
         if self._dispatch.draining:
             return False, "draining"
-        subscription = self._subscription
-        if subscription is None:
+        if not self._subscriptions:
             return False, "not subscribed yet"
+        subscription = self._subscriptions[0]
         if not self._connection.is_connected:
             return False, f"nats {self._connection.state.value}"
         if subscription.refused:
@@ -329,7 +326,7 @@ class TokenWorker:
     def _on_refused(self, subscription: Subscription, text: str) -> None:
         """The server refused a subscription (an ACL, at start or after a config reload):
         for the work subject, the worker is not ready until a reconnect re-subscribes."""
-        if subscription is self._subscription or subscription.subject == self.config.subject:
+        if subscription in self._subscriptions[:1] or subscription.subject == self.config.subject:
             log.error("subscription refused by the server: not ready",
                       extra={"subject": subscription.subject, "queue": subscription.queue,
                              "server_error": text})
@@ -371,13 +368,26 @@ class TokenWorker:
             return f"{self._signals.last_name} before NATS was reached"
         return self.failure or "stop requested before NATS was reached"
 
+    def _hand_back_queued(self) -> None:
+        """Drop what the pool has not started: each waiting requester is answered
+        ``shutting_down`` and retries another replica at once."""
+        queued = self._pool.close()
+        for task in queued:
+            task.drop()
+        if queued:
+            log.info("queued work dropped: its requests answered shutting_down",
+                     extra={"tasks": len(queued)})
+
     def _wait_for_running(self, deadline: float) -> bool:
+        """Wait for every request accepted to be answered (running work finishing, waiters
+        getting its outcome), until ``deadline`` or a second signal."""
+        outstanding = self._dispatch.outstanding
         while True:
             self._act_on_signals_if_main_thread()
             remaining = deadline - time.monotonic()
             if remaining <= 0 or self._cold_stop.is_set():
-                return self._dispatch.pool.admitted == 0
-            if self._dispatch.pool.wait_idle(min(remaining, 0.2)):
+                return len(outstanding) == 0
+            if outstanding.wait_idle(min(remaining, 0.2)):
                 return True
 
     def _act_on_signals_if_main_thread(self) -> None:
@@ -390,11 +400,22 @@ class TokenWorker:
             if self._released:
                 return
             self._released = True
-        self._dispatch.pool.close()
+        for task in self._pool.close():
+            task.drop()
+        if self._tokens is not None:
+            self._tokens.close()
         self._connection.close()
-        if self._token_handler is not None:
-            self._token_handler.close()
         if self._credentials is not None:
             self._credentials.close()
         if self._health is not None:
             self._health.stop()
+
+
+def _unsent(routes: list[Route]) -> Callable[[Reply], None]:
+    """Tell every handler of a reply the worker could not send (its own ignore others')."""
+    handlers = {id(route.handler): route.handler for route in routes}.values()
+
+    def unsent(reply: Reply) -> None:
+        for handler in handlers:
+            handler.unsent(reply)
+    return unsent

@@ -29,8 +29,7 @@ def make_broker(url: str, *, clock: Clock | None = None, cache: bool = True,
     idp = ResilientIdp(IdpClient(config), config)
     token_cache = TokenCache(max_entries=100, expiry_margin=margin,
                              refresh_ahead=refresh_ahead, now=clock or time.time) if cache else None
-    return TokenBroker(idp, token_cache, auth_method="client_secret_post",
-                       follower_timeout=config.deadline + 1), idp
+    return TokenBroker(idp, token_cache, auth_method="client_secret_post"), idp
 
 
 def query(client=DEMO, scope="openid profile") -> TokenQuery:

@@ -20,7 +20,7 @@ from token_worker.errors import KvError, KvTimeout, KvUnavailable
 from token_worker.nats.connection import NatsConnection
 from token_worker.nats.kv import BucketInfo, KeyValue
 from token_worker.tokens.model import IssuedToken
-from token_worker.tokens.shared import SharedTier
+from token_worker.tokens.shared import Lease, SharedTier
 
 BUCKET = "tokens"
 FLEET_KEY = b"fleet-key-from-a-kubernetes-secret-0123456789"
@@ -204,8 +204,8 @@ def test_one_replica_leads_and_another_waits_for_its_token(
     leader = tier_on(kv)
     follower = tier_on(KeyValue(connect(js_server.url), BUCKET))
     key = leader.key(URL, CLIENT_ID, SECRET, "read", "client_secret_post")
-    assert leader.lease(key, ttl=10)
-    assert not follower.lease(key, ttl=10)
+    assert leader.lease(key, ttl=10) is Lease.TAKEN
+    assert follower.lease(key, ttl=10) is Lease.HELD_ELSEWHERE
 
     got: list[IssuedToken | None] = []
     waiter = threading.Thread(target=lambda: got.append(follower.wait(key, timeout=10)))
@@ -218,7 +218,8 @@ def test_one_replica_leads_and_another_waits_for_its_token(
     assert got and got[0] is not None
     assert got[0].access_token == ACCESS_TOKEN
     assert follower.counts["lease_takeovers"] == 0
-    assert follower.lease(key, ttl=10, newer_than=time.time() + 3600)  # released: a
+    assert follower.lease(key, ttl=10,
+                          newer_than=time.time() + 3600) is Lease.TAKEN  # released: a
     # refresh may take it
 
 
@@ -226,7 +227,7 @@ def test_nothing_readable_is_written_to_the_store_directory(
         js_server: NatsServer, kv: KeyValue, tmp_path: Path) -> None:
     tier = tier_on(kv)
     key = tier.key(URL, CLIENT_ID, SECRET, "read", "client_secret_post")
-    assert tier.lease(key, ttl=30)
+    assert tier.lease(key, ttl=30) is Lease.TAKEN
     tier.store(key, token())
     assert tier.lookup(key) is not None
     js_server.stop()  # a clean stop writes everything out
@@ -250,7 +251,7 @@ def test_without_jetstream_the_tier_degrades_to_misses_with_one_warning(
         for _ in range(5):
             assert tier.lookup(key) is None
             tier.store(key, token())
-            assert not tier.lease(key, ttl=5)
+            assert tier.lease(key, ttl=5) is Lease.NO_TIER
             assert tier.wait(key, timeout=5) is None
             tier.release(key)
 
@@ -339,9 +340,10 @@ def test_an_r3_bucket_keeps_serving_and_leasing_with_a_node_killed(
     hit = wait_until(lambda: tiers[alive[0]].lookup(key) is not None, timeout=20,
                      what="the shared tier after losing a node")
     refresh_all = time.time() + 3600  # every stored token counts as due for refresh
-    lease = wait_until(lambda: tiers[alive[1]].lease(key, ttl=10, newer_than=refresh_all),
+    lease = wait_until(lambda: tiers[alive[1]].lease(key, ttl=10, newer_than=refresh_all)
+                       is Lease.TAKEN,
                        timeout=20, what="a lease on two nodes")
-    assert not tiers[alive[0]].lease(key, ttl=10, newer_than=refresh_all)
+    assert tiers[alive[0]].lease(key, ttl=10, newer_than=refresh_all) is Lease.HELD_ELSEWHERE
     report_figure(f"R3 bucket, stream leader killed: shared hits again after {hit:.2f} s, "
                   f"leases again after a further {lease:.2f} s")
 
@@ -370,7 +372,7 @@ def test_three_replicas_in_a_cold_burst_call_the_idp_once_per_key(
         found = replica.lookup(key)
         if found is not None:
             return found
-        if replica.lease(key, ttl=5):
+        if replica.lease(key, ttl=5) is Lease.TAKEN:
             try:
                 found = idp(client_id)
                 replica.store(key, found)
@@ -453,8 +455,8 @@ def test_the_documented_permissions_are_all_the_shared_tier_needs(tmp_path: Path
         leader, follower = tier(), tier()
         assert leader.prepare()  # creates the bucket
         key = leader.key(URL, CLIENT_ID, SECRET, "read", "client_secret_post")
-        assert leader.lease(key, ttl=10)
-        assert not follower.lease(key, ttl=10)
+        assert leader.lease(key, ttl=10) is Lease.TAKEN
+        assert follower.lease(key, ttl=10) is Lease.HELD_ELSEWHERE
         leader.store(key, token())
         leader.release(key)
         assert follower.wait(key, timeout=5) is not None

@@ -7,7 +7,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from tests.fakes import Clock
-from token_worker.tokens.cache import TokenCache, cache_key
+from token_worker.tokens.cache import CacheKey, TokenCache, cache_key
 from token_worker.tokens.model import IssuedToken
 
 KEY = cache_key("https://idp.test/token", "c", "s", "read", "client_secret_post")
@@ -93,3 +93,79 @@ def test_a_token_issued_too_long_ago_is_not_stored():
     cache.put(KEY, token(300), age=271)
     assert cache.get(KEY) is None
     assert len(cache) == 0
+
+
+# --- fair between clients ------------------------------------------------------------------
+
+
+def client_key(client: str, scope: str, url: str = "https://idp.test/token") -> CacheKey:
+    return cache_key(url, client, "secret", scope, "client_secret_post")
+
+
+def test_a_client_over_its_share_evicts_its_own_least_recently_used_never_others():
+    clock = Clock()
+    cache = TokenCache(max_entries=10_000, per_client=100, expiry_margin=30,
+                       refresh_ahead=0.2, now=clock)
+    others = [client_key(f"service-{n}", "read") for n in range(20)]
+    for key in others:
+        cache.put(key, token(300))
+    greedy = [client_key("greedy", f"scope-{n}") for n in range(10_000)]
+    for key in greedy:
+        cache.put(key, token(300))
+    assert all(cache.get(key) is not None for key in others)
+    assert len(cache) == 20 + 100
+    kept = [key for key in greedy if cache.get(key) is not None]
+    assert kept == greedy[-100:]  # its most recent hundred
+    assert cache.evictions == {"client_share": 9_900, "capacity": 0}
+
+
+def test_a_clients_recently_used_entries_are_the_ones_it_keeps():
+    clock = Clock()
+    cache = TokenCache(max_entries=100, per_client=2, expiry_margin=30, refresh_ahead=0.2,
+                       now=clock)
+    first, second, third = (client_key("c", scope) for scope in ("a", "b", "c"))
+    cache.put(first, token(300))
+    cache.put(second, token(300))
+    assert cache.get(first) is not None  # used: now the newest
+    cache.put(third, token(300))
+    assert cache.get(second) is None
+    assert cache.get(first) is not None and cache.get(third) is not None
+
+
+def test_the_same_client_id_at_two_endpoints_has_two_shares():
+    clock = Clock()
+    cache = TokenCache(max_entries=100, per_client=1, expiry_margin=30, refresh_ahead=0.2,
+                       now=clock)
+    here = client_key("c", "read", "https://a/token")
+    there = client_key("c", "read", "https://b/token")
+    cache.put(here, token(300))
+    cache.put(there, token(300))
+    assert cache.get(here) is not None and cache.get(there) is not None
+
+
+def test_a_full_cache_evicts_the_least_recently_used_of_all_and_counts_it():
+    clock = Clock()
+    cache = TokenCache(max_entries=3, per_client=100, expiry_margin=30, refresh_ahead=0.2,
+                       now=clock)
+    keys = [client_key(f"c{n}", "read") for n in range(4)]
+    for key in keys:
+        cache.put(key, token(300))
+    assert cache.get(keys[0]) is None
+    assert len(cache) == 3 and cache.evictions == {"client_share": 0, "capacity": 1}
+    cache.put(keys[0], token(300))  # the share table stays right
+    assert len(cache) == 3
+
+
+def test_an_expired_or_discarded_entry_frees_its_clients_share():
+    clock = Clock()
+    cache = TokenCache(max_entries=100, per_client=1, expiry_margin=30, refresh_ahead=0.2,
+                       now=clock)
+    old, new = client_key("c", "a"), client_key("c", "b")
+    cache.put(old, token(60))
+    clock.advance(31)
+    assert cache.get(old) is None
+    cache.put(new, token(300))
+    assert cache.evictions["client_share"] == 0  # the expired one had left already
+    assert cache.discard(new) is True
+    cache.put(old, token(300))
+    assert cache.evictions["client_share"] == 0

@@ -85,8 +85,8 @@ def connect_options(config: NatsConfig, name: str, *, no_responders: bool,
         "pedantic": False,
         "echo": True,
         # Headers for everyone: the shared tier's JetStream calls send HPUB and read
-        # header replies. Only requesters ask for no_responders, so the server tells them
-        # at once (a 503 status) when nobody listens on the subject.
+        # header replies. With no_responders (requesters, and the worker for its JetStream
+        # calls) the server says at once (a 503 status) when nobody listens on a subject.
         "headers": True,
         "no_responders": no_responders,
     }

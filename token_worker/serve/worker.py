@@ -89,10 +89,13 @@ class TokenWorker:
         """This worker's numbers (a registry of its own, served at ``/metrics``)."""
         nats: NatsConnection | None = None
         if connection is None:
+            # no_responders: a JetStream call to a stream that is gone fails at once (the
+            # server answers 503) instead of waiting out its timeout.
             connection = nats = NatsConnection(config.nats, self.client_name,
                                                on_state=self._on_state,
                                                on_gave_up=self._on_gave_up,
-                                               on_refused=self._on_refused)
+                                               on_refused=self._on_refused,
+                                               no_responders=True)
         self._connection: Connection = connection
         self._pool = BoundedPool(config.workers, config.backlog)
         self._tokens: assembly.TokenService | None = None

@@ -66,6 +66,7 @@ log = logging.getLogger(__name__)
 
 FROM_CACHE = "cache"
 FROM_IDP = "idp"
+TOO_MANY_REQUESTS = 429
 GUARD_CAPACITY = 100_000
 """Keys and clients whose back-off, remembered refusal or budget is kept at once (least
 recently used forgotten first): a flood of distinct ids costs bounded memory."""
@@ -518,11 +519,13 @@ class TokenBroker:
     def _after_failure(self, key: CacheKey, query: TokenQuery, error: NoToken) -> None:
         """Remember a refusal; back the key off after its own failure. Refusals made before
         any call (the circuit, a Retry-After running, the pool) and attempts the request's
-        own deadline cut short are no evidence against the client."""
+        own deadline cut short are no evidence against the client; a 429 holds the whole
+        client id at the issuer, for as long as it asked."""
         if isinstance(error, IdpRefused) and error.error_code in REMEMBERED_CODES:
             self._guards.refusals.remember(key, error, tag=query.credential)
         elif isinstance(error, IdpError) and error.attempted and not (
-                isinstance(error, IdpTimeout) and error.cut_short):
+                isinstance(error, IdpTimeout) and error.cut_short) and (
+                error.status != TOO_MANY_REQUESTS):  # a 429 holds its client at the issuer
             pause = self._guards.backoffs.failed(key, error, error.retry_after)
             log.info("client backed off after a failed fetch",
                      extra={"client_id": query.client_id, "error_code": error.error_code,

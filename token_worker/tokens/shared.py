@@ -308,6 +308,7 @@ class SharedTier:
         waiter = self._start_wait(key, on_done, newer_than)
         if waiter is not None and not done.wait(timeout):
             waiter.finish(None)
+        done.wait()  # whoever ended the wait (the watch, a moment before?) calls on_done
         return got[0] if got[0] is not None else self.latest(key, newer_than=newer_than)
 
     def _start_wait(self, key: SharedKey, on_done: Callable[[IssuedToken | None], None],

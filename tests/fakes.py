@@ -26,7 +26,7 @@ from typing import Any
 
 import pytest
 
-from token_worker.errors import KvError, KvUnavailable, NoToken, NotConnected, PayloadTooLarge
+from token_worker.errors import KvError, KvUnavailable, NotConnected, NoToken, PayloadTooLarge
 from token_worker.nats.kv import (
     DEL,
     PUT,

@@ -24,7 +24,7 @@ import pytest
 from tests.conftest import report_figure
 from tests.fakes import Clock
 from tests.faulty_idp import Scripted
-from tests.helpers import resident_bytes, wait_until
+from tests.helpers import resident_bytes
 from token_worker.config import IdpConfig
 from token_worker.errors import (
     AskedToWait,

@@ -21,8 +21,8 @@ from token_worker import wire
 from token_worker.config import IdpConfig
 from token_worker.idp.client import IdpClient
 from token_worker.metrics import Metrics
-from token_worker.serve.credentials import CredentialStore
 from token_worker.nats.protocol import Message
+from token_worker.serve.credentials import CredentialStore
 from token_worker.serve.handler import Reply, Waiting
 from token_worker.serve.token_handler import NamedTokenHandler, TokenHandler
 from token_worker.tokens.broker import TokenBroker

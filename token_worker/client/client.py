@@ -1,8 +1,10 @@
 """The requester side: ask the worker fleet for a token in one call.
 
-:class:`TokenClient` is safe to share between threads. It holds one NATS connection with
-one wildcard inbox subscription (:mod:`token_worker.client.inbox`: unguessable reply subjects, and
-which replies are believed); requests are built and replies read with the worker's own wire
+:class:`TokenClient` is safe to share between threads. It holds one NATS connection whose
+reply space (:mod:`token_worker.nats.replies`: one wildcard inbox subscription under
+``inbox_prefix``, an unguessable reply subject per attempt) its calls wait on
+(:mod:`token_worker.client.inbox`, which also says which replies are believed); requests
+are built and replies read with the worker's own wire
 types (:mod:`token_worker.wire`), so the two ends cannot drift apart.
 
 A reply is believed only if it arrives on an attempt's subject, fits the size cap, is a JSON
@@ -39,6 +41,7 @@ from token_worker.client.requester import Requester
 from token_worker.config import NatsConfig, parse_nats_urls
 from token_worker.errors import ClientClosed, InvalidReply, InvalidRequest, TokenRequestFailed
 from token_worker.nats.connection import NatsConnection
+from token_worker.nats.link import State
 from token_worker.tokens.cache import CachedToken, CacheKey, TokenCache, cache_key
 from token_worker.tokens.model import IssuedToken
 from token_worker.wire import (
@@ -137,12 +140,15 @@ class TokenClient:
         self._now = now
         self._cache = TokenCache(max_entries=max_cached, expiry_margin=expiry_margin,
                                  refresh_ahead=0.0, now=now) if cache else None
-        self._inbox = Inbox(inbox_prefix, max_reply_size)
+
+        def on_state(state: State) -> None:
+            inbox.on_state(state)
+
         self._connection = NatsConnection(self._config, name, no_responders=True,
-                                          first_connect_rounds=1,
-                                          on_state=self._inbox.on_state)
+                                          first_connect_rounds=1, inbox_prefix=inbox_prefix,
+                                          on_state=on_state)
+        self._inbox = inbox = Inbox(self._connection.replies, max_reply_size)
         self._connection.connect()
-        self._connection.subscribe(f"{self._inbox.prefix}.*", self._inbox.deliver)
         self._finalizer = weakref.finalize(self, _shut, self._connection, self._inbox)
         self._requester = Requester(self._connection, self._inbox, self._closed,
                                     timeout=timeout, retries=retries)

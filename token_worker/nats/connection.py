@@ -21,7 +21,7 @@ import contextlib
 import logging
 import socket
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from token_worker.config import NatsConfig
@@ -35,8 +35,10 @@ from token_worker.nats import protocol
 from token_worker.nats.dial import Dialed, dial
 from token_worker.nats.handshake import connect_options
 from token_worker.nats.link import State, shut
+from token_worker.nats.protocol import Message
 from token_worker.nats.reader import SocketReader
 from token_worker.nats.reconnect import ReconnectPolicy
+from token_worker.nats.replies import INBOX_PREFIX, ReplyMux
 from token_worker.nats.subscriptions import (
     MessageCallback,
     RefusedCallback,
@@ -57,7 +59,7 @@ class NatsConnection(SocketReader):
     connection is then closed). The first connect follows the reconnect policy too (a
     worker may start before NATS), unless ``first_connect_rounds`` bounds it (a requester
     wants to know at once). Callbacks run on the reader thread: keep them short and hand
-    work off.
+    work off. Requests' replies are awaited under ``inbox_prefix`` (:attr:`replies`).
     """
 
     def __init__(
@@ -70,6 +72,7 @@ class NatsConnection(SocketReader):
         no_responders: bool = False,
         first_connect_rounds: int | None = None,
         on_refused: RefusedCallback | None = None,
+        inbox_prefix: str = INBOX_PREFIX,
     ) -> None:
         super().__init__(config, on_refused=on_refused)
         self._name = name
@@ -82,6 +85,9 @@ class NatsConnection(SocketReader):
         self._reader: threading.Thread | None = None
         self.reconnects = 0
         self.gave_up_reason = ""
+        self.replies = ReplyMux(self, inbox_prefix)
+        """This connection's reply space (one wildcard inbox under ``inbox_prefix``),
+        subscribed on first use: :meth:`request` and the requester's attempts go through it."""
 
     # --- public API -------------------------------------------------------------------
 
@@ -162,6 +168,12 @@ class NatsConnection(SocketReader):
                 self.flush(drain_timeout)
         with self._send_lock:
             self._subscriptions.pop(sub.sid, None)
+
+    def request(self, subject: str, payload: bytes, timeout: float, *,
+                headers: Mapping[str, str] | None = None) -> Message | None:
+        """Send and return the one reply, or None after ``timeout`` seconds
+        (:meth:`ReplyMux.request <token_worker.nats.replies.ReplyMux.request>`)."""
+        return self.replies.request(subject, payload, timeout, headers=headers)
 
     def close(self, timeout: float = 5.0) -> None:
         """Close for good: stop the reader thread and the socket. Never hangs, never

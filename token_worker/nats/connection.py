@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import socket
 import threading
 from collections.abc import Callable, Mapping
@@ -85,6 +86,8 @@ class NatsConnection(SocketReader):
         self._reader: threading.Thread | None = None
         self.reconnects = 0
         self.gave_up_reason = ""
+        self._pid = os.getpid()
+        """The process that owns the socket: in a forked child, the parent's."""
         self.replies = ReplyMux(self, inbox_prefix)
         """This connection's reply space (one wildcard inbox under ``inbox_prefix``),
         subscribed on first use: :meth:`request` and the requester's attempts go through it."""
@@ -177,7 +180,11 @@ class NatsConnection(SocketReader):
 
     def close(self, timeout: float = 5.0) -> None:
         """Close for good: stop the reader thread and the socket. Never hangs, never
-        waits for a blocked write, and ends a ``connect()`` still trying."""
+        waits for a blocked write, and ends a ``connect()`` still trying. In a forked
+        child the connection is the parent's: it is only let go (:meth:`abandon`)."""
+        if os.getpid() != self._pid:
+            self.abandon()
+            return
         self._closing.set()
         with self._sock_lock:
             sock, handshake_sock = self._sock, self._handshake_sock
@@ -190,6 +197,20 @@ class NatsConnection(SocketReader):
             self._retire()
         self._set_state(State.CLOSED)
         self._discard_pending()
+
+    def abandon(self) -> None:
+        """In a process forked from the one that connected: let go of this connection,
+        which is still the parent's, without touching it. Nothing is written, read or shut
+        down, and no lock is taken (a thread of the parent may have held one at the fork,
+        and none of its threads runs here); only this process's copies of the sockets are
+        closed, which the parent's connection does not notice. Nothing here uses the
+        object afterwards."""
+        self._state = State.CLOSED  # no listener: they belong to the parent's objects too
+        for sock in {self._sock, self._installed, self._handshake_sock}:
+            if sock is not None:
+                with contextlib.suppress(OSError):
+                    sock.close()
+        self._sock = self._installed = self._handshake_sock = None
 
     # --- connecting -------------------------------------------------------------------
 

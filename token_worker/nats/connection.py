@@ -143,7 +143,8 @@ class NatsConnection(SocketReader):
         ).start()
 
     def subscribe(self, subject: str, callback: MessageCallback, queue: str = "") -> Subscription:
-        """Subscribe; the subscription survives reconnects."""
+        """Subscribe; the subscription survives reconnects. It is ``confirmed`` once the
+        server answered the PING sent after its SUB."""
         protocol.sub(subject, 1, queue)  # a bad subject or queue fails before it is kept
         with self._send_lock:
             sub = Subscription(self._next_sid, subject, queue, callback)
@@ -151,7 +152,9 @@ class NatsConnection(SocketReader):
             self._subscriptions[sub.sid] = sub
             sock = self._sock
             if sock is not None:
-                self._sendall(sock, protocol.sub(subject, sub.sid, queue))
+                with self._sock_lock:
+                    self._pending_pongs.append(SubscribeCheck([sub]))
+                self._sendall(sock, protocol.sub(subject, sub.sid, queue) + b"PING\r\n")
         return sub
 
     def unsubscribe(self, sub: Subscription, *, drain_timeout: float = 0.0) -> None:
@@ -246,8 +249,9 @@ class NatsConnection(SocketReader):
             self._handshake_sock = sock
 
     def _install(self, dialed: Dialed) -> None:
-        """Make the dialed socket the connection's: re-subscribe, send the reconnect
-        buffer. Refused once ``close()`` was called, so a late handshake leaks no socket."""
+        """Make the dialed socket the connection's: re-subscribe (with a PING after the
+        SUBs: their PONG confirms them), send the reconnect buffer. Refused once ``close()``
+        was called, so a late handshake leaks no socket."""
         sock = dialed.sock
         with self._send_lock:
             with self._sock_lock:
@@ -262,17 +266,15 @@ class NatsConnection(SocketReader):
             self.server_url = dialed.url
             self.server_info = dialed.info
             self._learn(dialed.info)
-            subscriptions = b"".join(protocol.sub(s.subject, s.sid, s.queue)
-                                     for s in self._subscriptions.values())
+            kept = list(self._subscriptions.values())
+            for sub in kept:
+                sub.confirmed = False  # until the server answers the PING after the SUBs
             try:
-                if subscriptions:
-                    check = SubscribeCheck([s for s in self._subscriptions.values()
-                                             if s.refused])
-                    if check.subscriptions:
-                        with self._sock_lock:
-                            self._pending_pongs.append(check)
-                        subscriptions += b"PING\r\n"
-                    self._sendall(sock, subscriptions)
+                if kept:
+                    with self._sock_lock:
+                        self._pending_pongs.append(SubscribeCheck(kept))
+                    self._sendall(sock, b"".join(protocol.sub(s.subject, s.sid, s.queue)
+                                                 for s in kept) + b"PING\r\n")
                 data, writes, dropped = self._pending.take(self._max_payload)
                 if data:
                     self._sendall(sock, data)

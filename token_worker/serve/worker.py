@@ -15,9 +15,11 @@ finish and reply, answer ``shutting_down`` to those still running when ``drainTi
 ends or a second signal cuts the drain short (their late replies are dropped: one answer
 per request), then close what it built.
 
-Readiness is false while the server refuses the work subscription (an ACL denying
-``sub token.request``, at start or after a config reload): connected but deaf is not
-ready.
+Readiness is false until the server has confirmed the subscriptions (the PONG of the PING
+sent after their SUBs), at start and again after every reconnect: a socket that is back
+is not yet a subscription that is back. It is false too while the server refuses the work
+subscription (an ACL denying ``sub token.request``, at start or after a config reload):
+connected but deaf is not ready.
 
 With ``credentials.dir`` set, the worker also holds the named credentials (a
 :class:`~token_worker.serve.credentials.CredentialStore`, reloaded in the background from
@@ -254,7 +256,8 @@ class TokenWorker:
 
     @property
     def is_ready(self) -> bool:
-        """Connected, subscribed and not draining: a requester's message would be served."""
+        """Connected, subscribed (the server confirmed it, also after a reconnect) and not
+        draining: a requester's message would be served."""
         return self._ready()[0]
 
     @property
@@ -322,6 +325,9 @@ class TokenWorker:
             return False, "not subscribed yet"
         if not self._connection.is_connected:
             return False, f"nats {self._connection.state.value}"
+        for sub in (subscription, self._named_subscription):
+            if sub is not None and not sub.confirmed:
+                return False, f"subscription to {sub.subject} not confirmed by the server yet"
         if subscription.refused:
             return False, f"subscription to {subscription.subject} refused by the server"
         return True, "serving"

@@ -15,6 +15,7 @@ import pytest
 
 from tests import ROOT
 from tests.conftest import remember_secret
+from tests.helpers import wait_until
 from tests.integration.helpers import DEMO, TEST_CLIENTS, WorkerProcess, token_request
 from tests.integration.processes import IdpServer, NatsServer
 
@@ -112,6 +113,36 @@ def test_sigterm_during_a_slow_request_still_delivers_its_reply(nats_server, run
         messages = [r["message"] for r in worker.records()]
         assert messages.index("draining") < messages.index("token issued") < messages.index(
             "stopped")
+    finally:
+        slow_idp.stop()
+
+
+def test_sighup_with_a_request_in_flight_is_logged_and_the_reply_arrives(nats_server,
+                                                                       run_worker,
+                                                                       requester_factory):
+    slow_idp = IdpServer(clients=TEST_CLIENTS, delay_ms=1000).start()
+    try:
+        worker = run_worker("-name-suffix", "hup", env=fast_env(nats_server, slow_idp.url))
+        worker.wait_for_log("serving")
+        requester = requester_factory(nats_server.url)
+        reply: dict = {}
+        asking = threading.Thread(target=lambda: reply.update(
+            requester.request(token_request(DEMO, "in-flight"), timeout=10)))
+        asking.start()
+        wait_until(lambda: slow_idp.token_calls() == 1, what="the request at the slow IdP")
+        worker.process.send_signal(signal.SIGHUP)
+        hangup = worker.wait_for_log("signal received")
+        asking.join(15)
+        assert (hangup["signal"], reply["request_id"]) == ("SIGHUP", "in-flight")
+        assert reply["access_token"]
+        assert worker.process.poll() is None  # still serving
+        again = requester.request(token_request(DEMO, "after"), timeout=10)
+        assert again["request_id"] == "after" and again["token_source"] == "cache"
+        worker.process.send_signal(signal.SIGTERM)
+        assert worker.finish() == 0
+        messages = [r["message"] for r in worker.records()]
+        assert messages.count("draining") == 1
+        assert messages.index("signal received") < messages.index("token issued")
     finally:
         slow_idp.stop()
 

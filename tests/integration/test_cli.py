@@ -46,6 +46,7 @@ def fast_env(nats: NatsServer, idp_url: str = "http://127.0.0.1:9") -> dict[str,
     [
         (["-reconnect"], {}, "unrecognized arguments"),
         ([], {"RECONNECT_WAIT": "-3"}, "nats.reconnectWait (from env RECONNECT_WAIT)"),
+        ([], {"IDP_TIMEOUT": "1e10"}, "idp.timeout (from env IDP_TIMEOUT): must be at most"),
         (["--idp-url", "idp.example.com"], {}, "idp.url (from flag -idp-url)"),
         ([], {"NATS_URL": "nats://admin:pa55word-xyz@h:4222"}, "nats.url (from env NATS_URL)"),
         (["-config", "/nonexistent/app.json"], {}, "config (from flag -config"),
@@ -67,6 +68,15 @@ def test_bad_config_file_names_the_file(tmp_path, run_worker):
     worker = run_worker("-config", str(path))
     assert worker.finish() == 2
     assert f"nats.reconnectWait (from file {path})" in worker.lines[-1]
+
+
+def test_a_config_file_giving_a_key_twice_exits_2_naming_the_key_and_the_file(tmp_path,
+                                                                              run_worker):
+    path = tmp_path / "app.json"
+    path.write_text('{"idp": {"url": "https://idp.internal"}, "idp": {"timeout": 4}}')
+    worker = run_worker("-config", str(path))
+    assert worker.finish() == 2
+    assert f"invalid config idp (from file {path}): given more than once" in worker.lines[-1]
 
 
 def test_unique_client_names_in_connz_for_flag_env_pod_name_and_host(nats_server, run_worker):

@@ -465,7 +465,8 @@ class StubConnection:
 
     def subscribe(self, subject: str, callback: Callable[[Message], None],
                   queue: str = "") -> Subscription:
-        subscription = Subscription(self._next_sid, subject, queue, callback)
+        subscription = Subscription(self._next_sid, subject, queue, callback,
+                                    confirmed=True)  # no server: nothing to wait for
         self._next_sid += 1
         self.subscriptions[subscription.sid] = subscription
         return subscription

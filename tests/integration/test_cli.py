@@ -15,6 +15,7 @@ import pytest
 
 from tests import ROOT
 from tests.conftest import remember_secret
+from tests.helpers import wait_until
 from tests.integration.helpers import DEMO, TEST_CLIENTS, WorkerProcess, token_request
 from tests.integration.processes import IdpServer, NatsServer
 
@@ -45,6 +46,7 @@ def fast_env(nats: NatsServer, idp_url: str = "http://127.0.0.1:9") -> dict[str,
     [
         (["-reconnect"], {}, "unrecognized arguments"),
         ([], {"RECONNECT_WAIT": "-3"}, "nats.reconnectWait (from env RECONNECT_WAIT)"),
+        ([], {"IDP_TIMEOUT": "1e10"}, "idp.timeout (from env IDP_TIMEOUT): must be at most"),
         (["--idp-url", "idp.example.com"], {}, "idp.url (from flag -idp-url)"),
         ([], {"NATS_URL": "nats://admin:pa55word-xyz@h:4222"}, "nats.url (from env NATS_URL)"),
         (["-config", "/nonexistent/app.json"], {}, "config (from flag -config"),
@@ -66,6 +68,15 @@ def test_bad_config_file_names_the_file(tmp_path, run_worker):
     worker = run_worker("-config", str(path))
     assert worker.finish() == 2
     assert f"nats.reconnectWait (from file {path})" in worker.lines[-1]
+
+
+def test_a_config_file_giving_a_key_twice_exits_2_naming_the_key_and_the_file(tmp_path,
+                                                                              run_worker):
+    path = tmp_path / "app.json"
+    path.write_text('{"idp": {"url": "https://idp.internal"}, "idp": {"timeout": 4}}')
+    worker = run_worker("-config", str(path))
+    assert worker.finish() == 2
+    assert f"invalid config idp (from file {path}): given more than once" in worker.lines[-1]
 
 
 def test_unique_client_names_in_connz_for_flag_env_pod_name_and_host(nats_server, run_worker):
@@ -112,6 +123,36 @@ def test_sigterm_during_a_slow_request_still_delivers_its_reply(nats_server, run
         messages = [r["message"] for r in worker.records()]
         assert messages.index("draining") < messages.index("token issued") < messages.index(
             "stopped")
+    finally:
+        slow_idp.stop()
+
+
+def test_sighup_with_a_request_in_flight_is_logged_and_the_reply_arrives(nats_server,
+                                                                       run_worker,
+                                                                       requester_factory):
+    slow_idp = IdpServer(clients=TEST_CLIENTS, delay_ms=1000).start()
+    try:
+        worker = run_worker("-name-suffix", "hup", env=fast_env(nats_server, slow_idp.url))
+        worker.wait_for_log("serving")
+        requester = requester_factory(nats_server.url)
+        reply: dict = {}
+        asking = threading.Thread(target=lambda: reply.update(
+            requester.request(token_request(DEMO, "in-flight"), timeout=10)))
+        asking.start()
+        wait_until(lambda: slow_idp.token_calls() == 1, what="the request at the slow IdP")
+        worker.process.send_signal(signal.SIGHUP)
+        hangup = worker.wait_for_log("signal received")
+        asking.join(15)
+        assert (hangup["signal"], reply["request_id"]) == ("SIGHUP", "in-flight")
+        assert reply["access_token"]
+        assert worker.process.poll() is None  # still serving
+        again = requester.request(token_request(DEMO, "after"), timeout=10)
+        assert again["request_id"] == "after" and again["token_source"] == "cache"
+        worker.process.send_signal(signal.SIGTERM)
+        assert worker.finish() == 0
+        messages = [r["message"] for r in worker.records()]
+        assert messages.count("draining") == 1
+        assert messages.index("signal received") < messages.index("token issued")
     finally:
         slow_idp.stop()
 

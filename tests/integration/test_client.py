@@ -5,14 +5,18 @@ from __future__ import annotations
 import gc
 import http.server
 import json
+import os
 import secrets
 import socket
+import subprocess
+import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
+from tests import ROOT
 from tests.conftest import remember_secret, report_figure
 from tests.helpers import wait_until
 from tests.integration.helpers import DEMO, make_config
@@ -473,6 +477,60 @@ def test_a_dropped_client_cleans_up_its_threads_and_socket(nats_server):
     gc.collect()
     wait_until(lambda: not threads(), what="the client's threads to end")
     wait_until(lambda: name not in nats_server.client_names(), what="its connection to close")
+
+
+# --- a client made before a fork (gunicorn --preload, celery prefork) --------------------
+
+FORK_PROGRAM = ROOT / "tests" / "integration" / "fork_requester.py"
+
+
+@pytest.mark.parametrize("how", ["os.fork", "multiprocessing"])
+def test_a_client_made_before_a_fork_serves_every_child_and_leaves_the_parents_connection(
+        nats_server, idp, start_worker, how):
+    """Each child opens its own connection on first use; the parent's connection (the same
+    one at the server, by cid) survives the children's normal exits, finalisers included."""
+    start_worker(make_config(nats_server.url, idp.url))
+    name = f"forked-{secrets.token_hex(4)}"
+    program = subprocess.Popen(
+        [sys.executable, str(FORK_PROGRAM), nats_server.url, how, name, "4", "10"],
+        env={**os.environ, "FORK_CLIENT_ID": DEMO[0], "FORK_CLIENT_SECRET": DEMO[1]},
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert program.stdin is not None and program.stdout is not None
+    try:
+        assert json.loads(program.stdout.readline())["parent"] == "connected"
+
+        def cids() -> list[int]:
+            return sorted(c["cid"] for c in nats_server.connz() if c.get("name") == name)
+
+        parents = cids()
+        assert len(parents) == 1
+        children = []
+        while "children" not in (line := json.loads(program.stdout.readline())):
+            children.append(line)
+        assert line["exit_codes"] == [0] * len(line["exit_codes"])
+        assert len(children) == 4
+        for child in children:
+            assert (child["answered"], child["errors"]) == (10, []), child
+            assert child["requests_sent"] == 10 and child["seconds"] < 5.0, child
+        wait_until(lambda: cids() == parents, timeout=5,
+                   what="the children's connections to close, and the parent's to stay")
+        program.stdin.write("go\n")
+        program.stdin.flush()
+        parent = json.loads(program.stdout.readline())
+        assert parent["parent"] == "answered" and parent["token_type"] == "Bearer"
+        assert parent["requests_sent"] == 2  # the children's calls are their own
+        assert program.wait(30) == 0
+    finally:
+        if program.poll() is None:
+            program.kill()
+            program.wait(10)
+    stderr = program.stderr.read() if program.stderr is not None else ""
+    assert "nats disconnected" not in stderr, stderr
+    report_figure(f"TokenClient made before {how}: 4 children x 10 calls, each child's calls "
+                  f"in {min(c['seconds'] for c in children):.2f}-"
+                  f"{max(c['seconds'] for c in children):.2f} s (slowest call "
+                  f"{max(c['slowest'] for c in children) * 1000:.0f} ms); the parent kept "
+                  f"its connection (cid {parents[0]}), next call {parent['seconds'] * 1000:.0f} ms")
 
 
 # --- named credentials, requester side (issue 8 item 5) -----------------------------------

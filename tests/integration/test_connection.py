@@ -547,9 +547,9 @@ def test_max_payload_comes_from_the_server_and_oversized_messages_are_refused():
         with pytest.raises(PayloadTooLarge, match=r"2001 bytes exceeds .* 2000") as caught:
             connection.publish("s", b"x" * 2001)
         assert not isinstance(caught.value, NotConnected)
-        with pytest.raises(PayloadTooLarge):
-            connection.send_raw(protocol.pub("a", b"1") + protocol.pub("b", b"y" * 2500))
-        connection.send_raw(protocol.pub("a", b"x" * 1500) * 3)  # a batch of small ones
+        with pytest.raises(PayloadTooLarge, match=r"2001 bytes"):  # headers count too
+            connection.publish("s", b"x" * (2001 - 26), headers={"Nats-TTL": "5s"})
+        connection.publish("s", b"x" * (2000 - 26), headers={"Nats-TTL": "5s"})  # 26: the block
         connection.flush(2)
         assert connection.is_connected and len(server.connz()) == 1  # the server kept us
         server.kill()

@@ -30,6 +30,7 @@ from token_worker.errors import ClientClosed, TokenRequestFailed
 from token_worker.nats.handshake import describe_connect_error, pynats2
 from token_worker.nats.link import State
 from token_worker.nats.protocol import Message
+from token_worker.nats.replies import ReplyMux
 from token_worker.wire import NamedTokenRequest, TokenRequest
 
 
@@ -180,33 +181,59 @@ def test_a_bad_nats_url_is_refused_before_connecting():
 
 # --- inboxes ---------------------------------------------------------------------------------
 
+class Wires:
+    """The connection under a reply space: remembers the wildcard subscription's callback."""
+
+    def __init__(self) -> None:
+        self.subscribed: list[str] = []
+        self.deliver = None
+
+    def subscribe(self, subject, callback, queue=""):
+        self.subscribed.append(subject)
+        self.deliver = callback
+
+    def publish(self, subject, payload, reply="", *, headers=None):
+        pass
+
+    def on_reader_thread(self):
+        return False
+
+
+def inbox_on(prefix: str, max_reply_size: int) -> tuple[Inbox, Wires]:
+    wires = Wires()
+    return Inbox(ReplyMux(wires, prefix), max_reply_size), wires
+
+
 def test_inbox_subjects_are_random_under_the_prefix():
-    inbox = Inbox("svc.orders", 1024)
+    inbox, wires = inbox_on("svc.orders", 1024)
     waiter = Waiter()
     subjects = {inbox.new_subject(waiter) for _ in range(1000)}
     assert len(subjects) == 1000
     pattern = re.compile(r"svc\.orders\.[A-Za-z0-9_-]{22}\.[A-Za-z0-9_-]{22}")
     assert all(pattern.fullmatch(subject) for subject in subjects)
     assert {s.rsplit(".", 1)[0] for s in subjects} == {inbox.prefix}
-    assert Inbox("svc.orders", 1024).prefix != inbox.prefix
+    assert wires.subscribed == [inbox.prefix + ".*"]  # one wildcard subscription
+    assert inbox_on("svc.orders", 1024)[0].prefix != inbox.prefix
 
 
 def test_the_inbox_drops_what_nobody_awaits_and_what_is_too_large():
-    inbox = Inbox("_INBOX", 10)
+    inbox, wires = inbox_on("_INBOX", 10)
     waiter = Waiter()
     subject = inbox.new_subject(waiter)
-    inbox.deliver(Message(subject, "", b"0123456789"))
-    inbox.deliver(Message(subject, "", b"0123456789+"))
-    inbox.deliver(Message(inbox.prefix + ".guessed", "", b"{}"))
+    wires.deliver(Message(subject, "", b"0123456789"))
+    wires.deliver(Message(subject, "", b"0123456789+"))
+    wires.deliver(Message(inbox.prefix + ".guessed", "", b"{}"))
     assert [m.payload for m in waiter.messages] == [b"0123456789"]
     assert inbox.dropped == 2
     inbox.forget([subject])
-    inbox.deliver(Message(subject, "", b"late"))
+    wires.deliver(Message(subject, "", b"late"))
     assert inbox.dropped == 3
+    inbox.count_dropped()  # delivered, but not the answer
+    assert inbox.dropped == 4
 
 
 def test_a_lost_connection_and_a_close_wake_the_waiters():
-    inbox = Inbox("_INBOX", 10)
+    inbox, _ = inbox_on("_INBOX", 10)
     waiter = Waiter()
     inbox.new_subject(waiter)
     inbox.on_state(State.CONNECTED)

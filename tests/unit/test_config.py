@@ -298,6 +298,94 @@ def test_every_validated_setting_has_an_invalid_case():
     assert set(BY_KEY) - free == checked
 
 
+# --- bounds: every duration, count and size --------------------------------------------------
+
+BOUNDS = {
+    # key: (the smallest value taken, the largest), as the README's settings table gives them
+    "workers": (1, 1024),
+    "backlog": (0, 100_000),
+    "maxPayload": (1, 64 * 1024 * 1024),
+    "drainTimeout": (0, 3600),
+    "nats.maxReconnect": (-1, 1_000_000),
+    "nats.reconnectWait": (0, 600),
+    "nats.connectTimeout": (0.001, 300),
+    "nats.pingInterval": (0.001, 3600),
+    "nats.maxPingsOut": (1, 100),
+    "nats.reconnectBufSize": (0, 1024 * 1024 * 1024),
+    "idp.timeout": (0.001, 300),
+    "idp.deadline": (0.001, 600),
+    "idp.failureThreshold": (1, 1000),
+    "idp.coolDown": (0.001, 3600),
+    "idp.defaultExpiresIn": (0, 604_800),
+    "idp.maxResponseBytes": (1, 64 * 1024 * 1024),
+    "cache.maxEntries": (1, 1_000_000),
+    "cache.expiryMargin": (0, 3600),
+    "cache.maxTtl": (0.001, 604_800),
+    "cache.shared.timeout": (0.001, 60),
+    "idp.failureWindow": (0.001, 3600),
+    "idp.halfOpenProbes": (1, 100),
+    "idp.clientBackoff": (0.001, 3600),
+    "idp.clientBackoffMax": (0.001, 86_400),
+    "idp.refusalMemory": (0, 3600),
+    "idp.clientRate": (0.001, 100_000),
+    "idp.clientBurst": (1, 1_000_000),
+    "idp.maxCallsPerSecond": (0.001, 100_000),
+    "cache.maxEntriesPerClient": (1, 1_000_000),
+    "maxWaitersPerKey": (1, 1_000_000),
+    "maxWaiting": (1, 10_000_000),
+}
+NUMBERS_BOUNDED_OTHERWISE = {"cache.refreshAhead", "cache.shared.replicas", "health.port"}
+"""A fraction below 1, JetStream's replica limit, a TCP port: bounded by what they are."""
+
+
+def test_every_duration_count_and_size_has_bounds():
+    numbers = {setting.key for setting in SETTINGS if isinstance(setting.default, int | float)
+               and not isinstance(setting.default, bool)}
+    assert numbers | {"health.port"} == set(BOUNDS) | NUMBERS_BOUNDED_OTHERWISE
+
+
+@pytest.mark.parametrize("key", sorted(BOUNDS))
+def test_the_bounds_are_taken_and_a_step_beyond_is_refused_naming_the_maximum(key, tmp_path):
+    lowest, highest = BOUNDS[key]
+    integral = isinstance(BY_KEY[key].default, int)
+    for value in (lowest, highest):
+        assert value_at(built_in_code(key, value), BY_KEY[key].path[-1:]) == value
+    beyond = highest + 1 if integral else highest + 0.5
+    with pytest.raises(ConfigError) as in_code:
+        built_in_code(key, beyond)
+    assert f"must be at most {highest}" in in_code.value.problem
+    path = tmp_path / "app.json"
+    path.write_text(json.dumps(as_document(key, 10**10)))
+    with pytest.raises(ConfigError) as in_file:
+        load_config(["-config", str(path)], {})
+    assert (in_file.value.field, in_file.value.source) == (key, f"file {path}")
+    below = lowest - 1 if integral else (0 if lowest else -0.5)  # 0 where it must be above
+    if key != "nats.maxReconnect":  # any negative number means forever
+        with pytest.raises(ConfigError):
+            built_in_code(key, below)
+
+
+def test_a_huge_timeout_from_the_environment_names_the_variable():
+    """IDP_TIMEOUT=1e10 used to pass, and every cache miss then answered internal_error
+    (the socket refused the timeout)."""
+    with pytest.raises(ConfigError) as caught:
+        load_config([], {"IDP_TIMEOUT": "1e10"})
+    assert (caught.value.field, caught.value.source) == ("idp.timeout", "env IDP_TIMEOUT")
+    assert str(caught.value) == ("invalid config idp.timeout (from env IDP_TIMEOUT): must be "
+                                 "at most 300 seconds, got '1e10'")
+
+
+def test_the_readme_row_of_every_bounded_setting_gives_its_bounds():
+    readme = (ROOT / "README.md").read_text().splitlines()
+    for key, (lowest, highest) in BOUNDS.items():
+        row = next(line for line in readme if line.startswith(f"| `{key}` |"))
+        assert f"at most {highest})" in row, key
+        if 0 < lowest < 1:
+            assert "(above 0, at most" in row, key
+        elif lowest >= 1:
+            assert f"(at least {lowest}, at most" in row, key
+
+
 def test_rules_between_fields_name_the_field_in_code_and_the_source_when_loaded():
     with pytest.raises(ConfigError, match="certFile and keyFile go together") as caught:
         TlsConfig(cert_file="client.pem")

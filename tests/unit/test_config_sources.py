@@ -127,6 +127,21 @@ def test_unreadable_and_invalid_files_are_config_errors(tmp_path, config_file):
         load_config(["-config", config_file("{nope")], {})
 
 
+@pytest.mark.parametrize(("text", "key"), [
+    ('{"idp": {"url": "https://a.example"}, "idp": {"timeout": 3}}', "idp"),
+    ('{"idp": {"url": "https://a.example", "url": "https://b.example"}}', "idp.url"),
+    ('{"nats": {"tls": {"caFile": "a.pem", "caFile": "b.pem"}}}', "nats.tls.caFile"),
+    ('{"workers": 4, "workers": 4}', "workers"),
+])
+def test_a_key_given_twice_is_refused_naming_the_key_and_the_file(text, key, tmp_path):
+    path = tmp_path / "app.json"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as caught:
+        load_config(["-config", str(path)], {})
+    assert (caught.value.field, caught.value.source) == (key, f"file {path}")
+    assert "given more than once" in caught.value.problem
+
+
 def test_secrets_never_appear_in_errors_or_reprs():
     with pytest.raises(ConfigError) as caught:
         load_config([], {"NATS_URL": "nats://user:hunter2-secret@x:4222"})

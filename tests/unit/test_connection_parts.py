@@ -4,6 +4,7 @@ keep-alive verdicts, refusals; and close() ending a connect that has no server t
 from __future__ import annotations
 
 import contextlib
+import os
 import random
 import socket
 import threading
@@ -180,3 +181,27 @@ def test_a_handshake_finishing_after_close_leaves_no_socket_open():
     assert peer_saw_eof.wait(5), "the handshake's socket was left open"
     assert connection.state is State.CLOSED
     listener.close()
+
+
+def test_close_in_a_forked_child_shuts_nothing_and_takes_no_lock(monkeypatch):
+    """A forked child shares the parent's socket (one file description, two descriptors):
+    close() there must not shut it down (the parent would lose its connection) nor wait
+    for a lock a parent thread held at the fork; it closes the child's descriptor only."""
+    parents_end, server_end = socket.socketpair()
+    childs_copy = socket.socket(fileno=os.dup(parents_end.fileno()))  # what fork hands down
+    connection = NatsConnection(nats_config("nats://127.0.0.1:9"), "forked")
+    connection._sock = connection._installed = childs_copy
+    assert connection._send_lock.acquire() and connection._sock_lock.acquire()  # at the fork
+    parent = os.getpid()
+    monkeypatch.setattr(os, "getpid", lambda: parent + 1)
+    closer = threading.Thread(target=connection.close, daemon=True)
+    closer.start()
+    closer.join(5)
+    assert not closer.is_alive()
+    assert childs_copy.fileno() == -1 and connection.state is State.CLOSED
+    parents_end.sendall(b"PING\r\n")  # the parent's connection works both ways
+    assert server_end.recv(16) == b"PING\r\n"
+    server_end.sendall(b"PONG\r\n")
+    assert parents_end.recv(16) == b"PONG\r\n"
+    parents_end.close()
+    server_end.close()

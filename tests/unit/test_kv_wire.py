@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from token_worker.nats.kv import check_key, ttl_header
-from token_worker.nats.protocol import encode_headers, parse_headers, publish_frame
+from token_worker.nats.protocol import encode_headers, hpub, parse_headers
 
 
 def test_a_status_line_and_fields_are_read_from_a_header_block() -> None:
@@ -22,12 +22,11 @@ def test_a_status_line_and_fields_are_read_from_a_header_block() -> None:
 
 
 def test_hpub_counts_the_header_block_and_the_total() -> None:
-    frame = publish_frame("$KV.t.k", b"value", reply="_INBOX.x.1",
-                          headers={"Nats-TTL": "5s"})
+    frame = hpub("$KV.t.k", encode_headers({"Nats-TTL": "5s"}), b"value",
+                 reply="_INBOX.x.1")
     block = b"NATS/1.0\r\nNats-TTL: 5s\r\n\r\n"
     assert frame == (b"HPUB $KV.t.k _INBOX.x.1 %d %d\r\n" % (len(block), len(block) + 5)
                      + block + b"value\r\n")
-    assert publish_frame("a.b", b"xy") == b"PUB a.b 2\r\nxy\r\n"
     assert parse_headers(encode_headers({"A": "1", "B": "two"})).fields == {"A": "1",
                                                                             "B": "two"}
 

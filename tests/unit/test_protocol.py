@@ -308,13 +308,6 @@ def test_built_messages_parse_back():
         (9, Message("a.b", "r.1", b"payload"))]
 
 
-def test_largest_payload():
-    batch = protocol.pub("a", b"x" * 10) + protocol.pub("b", b"y" * 300, reply="r") + (
-        protocol.hpub("c", b"NATS/1.0\r\n\r\n", b"z" * 50))
-    assert protocol.largest_payload(batch) == 300
-    assert protocol.largest_payload(b"PING\r\n") == 4
-
-
 # --- generated streams ---------------------------------------------------------------
 
 subjects = st.binary(min_size=1, max_size=40).filter(

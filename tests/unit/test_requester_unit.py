@@ -15,6 +15,7 @@ from token_worker.client.inbox import Inbox
 from token_worker.client.requester import Requester
 from token_worker.nats.link import State
 from token_worker.nats.protocol import Message
+from token_worker.nats.replies import ReplyMux
 from token_worker.wire import OVERLOADED, SHUTTING_DOWN
 
 Answer = Callable[[str], list[Message]]
@@ -23,22 +24,32 @@ Answer = Callable[[str], list[Message]]
 
 class ScriptedFleet:
     """Stands in for the connection: each publish is answered by the next script entry
-    (the last one repeats), delivered to the inbox as the reader thread would."""
+    (the last one repeats), delivered to the reply space's subscription as the reader
+    thread would."""
 
     max_payload = 1024 * 1024
     state = State.CONNECTED
     gave_up_reason = ""
 
-    def __init__(self, inbox: Inbox, *answers: Answer) -> None:
-        self._inbox = inbox
+    def __init__(self, *answers: Answer) -> None:
         self._answers = list(answers)
+        self._deliver: Callable[[Message], None] | None = None
         self.sent: list[dict[str, Any]] = []
 
-    def publish(self, subject: str, payload: bytes, reply: str = "") -> None:
+    def subscribe(self, subject: str, callback: Callable[[Message], None],
+                  queue: str = "") -> None:
+        self._deliver = callback
+
+    def on_reader_thread(self) -> bool:
+        return False
+
+    def publish(self, subject: str, payload: bytes, reply: str = "", *,
+                headers: dict[str, str] | None = None) -> None:
         self.sent.append(json.loads(payload))
         answer = self._answers.pop(0) if len(self._answers) > 1 else self._answers[0]
+        assert self._deliver is not None
         for message in answer(reply):
-            self._inbox.deliver(message)
+            self._deliver(message)
 
 
 def error(code: str) -> Answer:
@@ -61,8 +72,8 @@ def silence(_reply: str) -> list[Message]:
 
 def run(*answers: Answer, retries: int = 2, timeout: float = 1.0, budget: float = 5.0
         ) -> tuple[dict[str, Any], ScriptedFleet, float]:
-    inbox = Inbox("_INBOX", 4096)
-    fleet = ScriptedFleet(inbox, *answers)
+    fleet = ScriptedFleet(*answers)
+    inbox = Inbox(ReplyMux(fleet, "_INBOX"), 4096)
     requester = Requester(fleet, inbox, threading.Event(),  # type: ignore[arg-type]
                           timeout=timeout, retries=retries)
     started = time.monotonic()

@@ -16,10 +16,11 @@ import pytest
 from tests.fakes import StubConnection
 from tests.helpers import spy_on_signal_handlers, wait_until
 from token_worker import wire
-from token_worker.config import Config, NatsConfig, Secret
+from token_worker.config import Config, CredentialsConfig, NatsConfig, Secret
 from token_worker.errors import ReconnectGaveUp
 from token_worker.logs import RedactSecrets
 from token_worker.nats.link import State
+from token_worker.serve.credentials import CredentialStore
 from token_worker.serve.handler import Deferred, Reply, RequestHandler
 from token_worker.serve.worker import TokenWorker
 
@@ -254,6 +255,69 @@ def test_signals_take_no_lock_and_the_second_one_stops_a_drain_at_once(made, mon
     assert "signal received again: stopping at once" in caplog.messages
     assert worker.connection_state is State.CLOSED
     handler.release.set()
+
+
+def test_sighup_is_logged_never_stops_and_loses_no_reply(made, monkeypatch, caplog):
+    caplog.set_level(logging.INFO)
+    locks = spy_on_signal_handlers(monkeypatch)
+    handler = Scripted()
+    worker, connection = made(handler, start=False)
+    seen: dict[str, Any] = {}
+
+    def hang_up() -> None:
+        wait_until(lambda: worker.is_ready, what="the worker serving")
+        ask(connection, "in.slow", request_id="slow")  # in flight on a pool thread
+        assert handler.started.acquire(timeout=5)
+        os.kill(os.getpid(), signal.SIGHUP)
+        wait_until(lambda: "signal received" in caplog.messages, what="the SIGHUP logged")
+        handler.release.set()
+        seen["in_flight"] = replied(connection, "in.slow")
+        ask(connection, "in.after", request_id="after", now=2)
+        seen["after"] = replied(connection, "in.after")
+        seen["still_serving"] = worker.is_ready and not worker.wait(0)
+        worker.request_stop()
+
+    sender = threading.Thread(target=hang_up)
+    sender.start()
+    worker.run()
+    sender.join(5)
+    assert seen == {"in_flight": {"request_id": "slow", "served": True},
+                    "after": {"request_id": "after", "now": 2}, "still_serving": True}
+    assert locks == []
+    hangup = next(r for r in caplog.records if r.getMessage() == "signal received")
+    assert (hangup.signal, hangup.action) == ("SIGHUP",
+                                              "nothing to reload (settings are read at start)")
+    assert caplog.messages.count("draining") == 1  # the stop asked for afterwards, only
+
+
+def test_sighup_reloads_the_credentials_directory_at_once(made, monkeypatch, caplog, tmp_path):
+    caplog.set_level(logging.INFO)
+
+    def credential(name: str) -> None:
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "client_id").write_text(f"{name}-id")
+        (tmp_path / name / "client_secret").write_text(f"{name}-secret-5d1e")
+
+    credential("orders")
+    monkeypatch.setattr(CredentialStore, "start", lambda self: None)  # SIGHUP alone reads
+    worker, _ = made(None, start=False,
+                     credentials=CredentialsConfig(directory=str(tmp_path)))
+
+    def rotate_and_hang_up() -> None:
+        wait_until(lambda: worker.is_ready, what="the worker serving")
+        credential("billing")
+        os.kill(os.getpid(), signal.SIGHUP)
+        wait_until(lambda: "credentials reloaded" in caplog.messages, what="the reload")
+        worker.request_stop()
+
+    sender = threading.Thread(target=rotate_and_hang_up)
+    sender.start()
+    worker.run()
+    sender.join(5)
+    hangup = next(r for r in caplog.records if r.getMessage() == "signal received")
+    assert (hangup.signal, hangup.action) == ("SIGHUP", "reloading the credentials directory")
+    reloaded = next(r for r in caplog.records if r.getMessage() == "credentials reloaded")
+    assert (reloaded.changed, reloaded.credentials) == (True, ["billing", "orders"])
 
 
 def test_the_workers_nats_secrets_are_given_to_the_log_filter(made):

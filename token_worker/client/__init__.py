@@ -5,8 +5,8 @@
 - :mod:`~token_worker.client.requester`: one request, attempt by attempt, until the genuine
   reply or the final error; :mod:`~token_worker.client.retries`: what follows a failed
   attempt;
-- :mod:`~token_worker.client.inbox`: unguessable reply subjects, and which replies are
-  believed.
+- :mod:`~token_worker.client.inbox`: the calls waiting on the connection's reply space
+  (:mod:`token_worker.nats.replies`), and which replies are believed.
 
 It depends on the NATS transport, the token model and cache, the config and the
 foundation; never on the worker side (:mod:`token_worker.serve`, :mod:`token_worker.idp`,

@@ -1,8 +1,10 @@
 """The requester side: ask the worker fleet for a token in one call.
 
-:class:`TokenClient` is safe to share between threads. It holds one NATS connection with
-one wildcard inbox subscription (:mod:`token_worker.client.inbox`: unguessable reply subjects, and
-which replies are believed); requests are built and replies read with the worker's own wire
+:class:`TokenClient` is safe to share between threads. It holds one NATS connection whose
+reply space (:mod:`token_worker.nats.replies`: one wildcard inbox subscription under
+``inbox_prefix``, an unguessable reply subject per attempt) its calls wait on
+(:mod:`token_worker.client.inbox`, which also says which replies are believed); requests
+are built and replies read with the worker's own wire
 types (:mod:`token_worker.wire`), so the two ends cannot drift apart.
 
 A reply is believed only if it arrives on an attempt's subject, fits the size cap, is a JSON
@@ -24,21 +26,18 @@ service asking every second sends almost nothing over NATS.
 
 from __future__ import annotations
 
+import functools
 import re
-import threading
 import time
 import uuid
-import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
 from token_worker import defaults, wire
-from token_worker.client.inbox import Inbox
-from token_worker.client.requester import Requester
+from token_worker.client.session import Session, Sessions, open_session
 from token_worker.config import NatsConfig, parse_nats_urls
 from token_worker.errors import ClientClosed, InvalidReply, InvalidRequest, TokenRequestFailed
-from token_worker.nats.connection import NatsConnection
 from token_worker.tokens.cache import CachedToken, CacheKey, TokenCache, cache_key
 from token_worker.tokens.model import IssuedToken
 from token_worker.wire import (
@@ -82,12 +81,6 @@ class Token:
                 f"scope={self.scope!r}, access_token='********')")
 
 
-def _shut(connection: NatsConnection, inbox: Inbox) -> None:
-    """Close what a client owns; also run by its finaliser when it is dropped unclosed."""
-    inbox.close()
-    connection.close()
-
-
 class TokenClient:
     """Requests tokens from the worker fleet; share one instance between threads.
 
@@ -100,6 +93,9 @@ class TokenClient:
     ``inbox_prefix`` is where replies are awaited (``<inbox_prefix>.<random>.<random>``), so
     NATS permissions can give each service a private reply space. ``max_reply_size``
     bounds a believed reply; ``named_subject`` is the prefix of named-credential requests.
+
+    Safe across ``fork``: a child process opens its own connection on first use and never
+    touches its parent's (:mod:`token_worker.client.session`).
     """
 
     def __init__(
@@ -133,40 +129,35 @@ class TokenClient:
         self._timeout = timeout
         self._retries = retries
         self._max_ttl = max_ttl
-        self._closed = threading.Event()
         self._now = now
-        self._cache = TokenCache(max_entries=max_cached, expiry_margin=expiry_margin,
-                                 refresh_ahead=0.0, now=now) if cache else None
-        self._inbox = Inbox(inbox_prefix, max_reply_size)
-        self._connection = NatsConnection(self._config, name, no_responders=True,
-                                          first_connect_rounds=1,
-                                          on_state=self._inbox.on_state)
-        self._connection.connect()
-        self._connection.subscribe(f"{self._inbox.prefix}.*", self._inbox.deliver)
-        self._finalizer = weakref.finalize(self, _shut, self._connection, self._inbox)
-        self._requester = Requester(self._connection, self._inbox, self._closed,
-                                    timeout=timeout, retries=retries)
+        new_cache = functools.partial(TokenCache, max_entries=max_cached,
+                                      expiry_margin=expiry_margin, refresh_ahead=0.0,
+                                      now=now) if cache else lambda: None
+        self._sessions = Sessions(functools.partial(
+            open_session, config=self._config, name=name, inbox_prefix=inbox_prefix,
+            max_reply_size=max_reply_size, timeout=timeout, retries=retries,
+            new_cache=new_cache))
 
     @property
     def requests_sent(self) -> int:
-        """Requests that went over NATS (cache hits send none)."""
-        return self._requester.requests_sent
+        """Requests that went over NATS from this process (cache hits send none)."""
+        return mine.requester.requests_sent if (mine := self._sessions.mine()) else 0
 
     @property
     def attempts_unanswered(self) -> int:
-        """Attempts that got no genuine answer in time."""
-        return self._requester.attempts_unanswered
+        """Attempts from this process that got no genuine answer in time."""
+        return mine.requester.attempts_unanswered if (mine := self._sessions.mine()) else 0
 
     @property
     def replies_dropped(self) -> int:
         """Replies not believed (other or no ``request_id``, not JSON, too large, late,
         for no pending request): dropped, never returned or cached."""
-        return self._inbox.dropped
+        return mine.inbox.dropped if (mine := self._sessions.mine()) else 0
 
     @property
     def inbox(self) -> str:
-        """This client's reply space: replies arrive on ``<inbox>.<random token>``."""
-        return self._inbox.prefix
+        """This process's reply space: replies arrive on ``<inbox>.<random token>``."""
+        return self._sessions.here().inbox.prefix
 
     def __enter__(self) -> TokenClient:
         return self
@@ -175,9 +166,9 @@ class TokenClient:
         self.close()
 
     def close(self) -> None:
-        """Close the connection; calls waiting or made later raise :class:`ClientClosed`."""
-        self._closed.set()
-        self._finalizer()
+        """Close the connection; calls waiting or made later raise :class:`ClientClosed`.
+        In a forked child, only the child's own connection is closed, never the parent's."""
+        self._sessions.close()
 
     def get_token(self, client_id: str | None = None, client_secret: str | None = None,
                   scope: str | None = None, *, credential: str | None = None,
@@ -192,7 +183,7 @@ class TokenClient:
         :class:`RequestTimedOut`; NATS away: :class:`NatsUnavailable`; after
         :meth:`close`: :class:`ClientClosed`. ``skip_cache`` asks for a fresh token.
         """
-        if self._closed.is_set():
+        if self._sessions.closed.is_set():
             raise ClientClosed("the TokenClient is closed")
         request_id = str(uuid.uuid4())
         request: TokenRequest | NamedTokenRequest
@@ -208,18 +199,19 @@ class TokenClient:
             request = TokenRequest(request_id, client_id, client_secret, scope,
                                    skip_cache=skip_cache)
             key = request_cache_key(self._subject, client_id, client_secret, scope)
-        if self._cache is not None and not skip_cache:
-            entry = self._cache.get(key)
+        here = self._sessions.here()
+        if here.cache is not None and not skip_cache:
+            entry = here.cache.get(key)
             if entry is not None:
                 return _token_from_entry(entry)
         sent = self._now()
-        reply = self._send(request.to_bytes(), request_id, credential, budget)
+        reply = self._send(here, request.to_bytes(), request_id, credential, budget)
         # expires_in was counted when the reply was built, after the request was sent:
         # counting from the send, the token is never kept longer than it said it lives.
         issued = _issued_from_reply(reply, request_id, sent, self._max_ttl)
-        if self._cache is None:
+        if here.cache is None:
             return _token(issued, issued.issued_at + issued.expires_in, request_id)
-        return _token_from_entry(self._cache.put(key, issued, age=self._now() - sent),
+        return _token_from_entry(here.cache.put(key, issued, age=self._now() - sent),
                                  request_id)
 
     def request(self, body: dict[str, Any], *, budget: float | None = None,
@@ -232,20 +224,21 @@ class TokenClient:
         field too long, of the wrong type, with control characters, a missing secret) is
         not sent: :class:`TokenRequestFailed` ``invalid_request`` says why, at once.
         """
-        if self._closed.is_set():
+        if self._sessions.closed.is_set():
             raise ClientClosed("the TokenClient is closed")
         if not isinstance(body.get("request_id"), str) or not body["request_id"]:
             body = {**body, "request_id": str(uuid.uuid4())}
-        return self._send(encode(body), body["request_id"], credential, budget)
+        return self._send(self._sessions.here(), encode(body), body["request_id"], credential,
+                          budget)
 
-    def _send(self, payload: bytes, request_id: str, credential: str | None,
+    def _send(self, here: Session, payload: bytes, request_id: str, credential: str | None,
               budget: float | None) -> dict[str, Any]:
         """Send one encoded request and return the decoded reply that answers it."""
         subject = self._subject if credential is None else (
             f"{self._named_subject}.{_credential(credential)}")
         check_request(payload, named=credential is not None)
         total = budget if budget is not None else self._timeout * (self._retries + 1) + 1.0
-        return self._requester.send(subject, payload, request_id, credential, total)
+        return here.requester.send(subject, payload, request_id, credential, total)
 
 
 def check_request(payload: bytes, *, named: bool) -> None:

@@ -4,7 +4,7 @@ Sources rise in precedence in that order. Each setting is declared once, as the 
 field it fills (:mod:`token_worker.config.sections`)::
 
     reconnect_wait: float = setting(
-        "nats.reconnectWait", parsers.wait_seconds, default=defaults.RECONNECT_WAIT,
+        "nats.reconnectWait", parsers.seconds(maximum=600), default=defaults.RECONNECT_WAIT,
         env="RECONNECT_WAIT", help="seconds between reconnect rounds")
 
 The declaration holds the JSON key, environment variables, flag, parser, help and default;
@@ -28,10 +28,13 @@ The package, one job a module:
 To add a setting, add one ``setting(...)`` field to the section its key names (``nats.*`` in
 :class:`NatsConfig`; a key without a dot in :class:`Config`), with its default in
 :mod:`token_worker.defaults` (or ``None`` for "unset"), ``secret=True`` for a secret, and a
-README row. A new section is a frozen dataclass deriving from ``Section``, added to its
-parent as ``field(default_factory=...)``; its JSON name is the attribute name. A rule
-between fields goes in the section's ``_check``. A key in the wrong section, or a key,
-variable or flag claimed twice, fails at import.
+README row. A duration, count or size is bounded: its parser is
+``parsers.seconds(maximum=..., positive=...)`` or ``parsers.whole_number(minimum=...,
+maximum=...)``, and its README row says "at most" that maximum. A new section is a frozen
+dataclass deriving from ``Section``, added to its parent as ``field(default_factory=...)``;
+its JSON name is the attribute name. A rule between fields goes in the section's
+``_check``. A key in the wrong section, or a key, variable or flag claimed twice, fails at
+import.
 """
 
 from __future__ import annotations

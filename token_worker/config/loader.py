@@ -100,11 +100,21 @@ def build_flag_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class _JsonObject(dict[str, Any]):
+    """A JSON object as read, remembering the keys it gives more than once (``json`` keeps
+    the last silently: an ``"idp"`` section given twice would drop the first)."""
+
+    def __init__(self, pairs: list[tuple[str, Any]]) -> None:
+        super().__init__(pairs)
+        names = [name for name, _ in pairs]
+        self.repeated = sorted({name for name in names if names.count(name) > 1})
+
+
 def _read_file(path: str) -> dict[str, tuple[Any, str]]:
     source = f"file {path}"
     try:
         with open(path, encoding="utf-8") as handle:
-            document = json.load(handle)
+            document = json.load(handle, object_pairs_hook=_JsonObject)
     except OSError as error:
         raise ConfigError("config", f"flag -config {path}",
                           f"cannot read: {error.strerror}") from None
@@ -118,6 +128,10 @@ def _read_file(path: str) -> dict[str, tuple[Any, str]]:
 
 
 def _flatten(node: dict[str, Any], prefix: str, source: str, found: dict[str, Any]) -> None:
+    repeated: list[str] = getattr(node, "repeated", [])
+    if repeated:
+        raise ConfigError(prefix + repeated[0], source, "given more than once in the file "
+                          "(a JSON object must not repeat a key: one value would be lost)")
     for name, value in node.items():
         key = prefix + name
         if key in _SECTIONS:

@@ -4,6 +4,11 @@ environment or a flag, or a value given in code) into a typed, normalised one.
 Each parser raises ``ValueError`` with a sentence that completes "invalid config X (from
 Y): ...", and is idempotent (a parsed value parses to itself), so the config types can
 run them on values given in code as the loader runs them on values read from a source.
+
+Every duration, count and size is bounded at load: :func:`seconds` and
+:func:`whole_number` make its parser from its bounds (``seconds(maximum=300,
+positive=True)``), so a value no one means (``IDP_TIMEOUT=1e10``) stops the start naming
+the setting and its source, instead of failing later where it is used.
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ import math
 import os
 import re
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -70,21 +76,7 @@ def integer(raw: Any) -> int:
         raise ValueError(f"must be a whole number, got {raw!r}") from None
 
 
-def positive_integer(raw: Any) -> int:
-    value = integer(raw)
-    if value < 1:
-        raise ValueError(f"must be at least 1, got {value}")
-    return value
-
-
-def non_negative_integer(raw: Any) -> int:
-    value = integer(raw)
-    if value < 0:
-        raise ValueError(f"must be 0 or more, got {value}")
-    return value
-
-
-def seconds(raw: Any, *, allow_zero: bool) -> float:
+def _finite_number(raw: Any) -> float:
     if isinstance(raw, bool) or not isinstance(raw, int | float | str):
         raise ValueError(f"must be a number of seconds, got {raw!r}")
     try:
@@ -93,22 +85,66 @@ def seconds(raw: Any, *, allow_zero: bool) -> float:
         raise ValueError(f"must be a number of seconds, got {raw!r}") from None
     if not math.isfinite(value):
         raise ValueError(f"must be a finite number of seconds, got {raw!r}")
-    if value < 0 or (value == 0 and not allow_zero):
-        bound = ">= 0" if allow_zero else "> 0"
-        raise ValueError(f"must be a number of seconds {bound}, got {raw!r}")
     return value
 
 
-def wait_seconds(raw: Any) -> float:
-    return seconds(raw, allow_zero=True)
+def _plain(number: float) -> str:
+    """A bound as the README writes it: 600, 0.5."""
+    return str(int(number)) if float(number).is_integer() else str(number)
 
 
-def timeout_seconds(raw: Any) -> float:
-    return seconds(raw, allow_zero=False)
+@dataclass(frozen=True)
+class Seconds:
+    """A duration: a finite number of seconds from 0 (above 0 when ``positive``) up to
+    ``maximum``. Made by :func:`seconds`."""
+
+    maximum: float
+    positive: bool = False
+
+    def __call__(self, raw: Any) -> float:
+        value = _finite_number(raw)
+        if value < 0 or (value == 0 and self.positive):
+            bound = "> 0" if self.positive else ">= 0"
+            raise ValueError(f"must be a number of seconds {bound}, got {raw!r}")
+        if value > self.maximum:
+            raise ValueError(f"must be at most {_plain(self.maximum)} seconds, got {raw!r}")
+        return value
+
+
+@dataclass(frozen=True)
+class WholeNumber:
+    """A count or a size: a whole number from ``minimum`` (None: no lower bound) up to
+    ``maximum``. Made by :func:`whole_number`."""
+
+    maximum: int
+    minimum: int | None = 0
+
+    def __call__(self, raw: Any) -> int:
+        value = integer(raw)
+        if self.minimum is not None and value < self.minimum:
+            bound = "0 or more" if self.minimum == 0 else f"at least {self.minimum}"
+            raise ValueError(f"must be {bound}, got {value}")
+        if value > self.maximum:
+            raise ValueError(f"must be at most {self.maximum}, got {value}")
+        return value
+
+
+def seconds(*, maximum: float, positive: bool = False) -> Seconds:
+    """The parser of a duration setting: seconds from 0 (above 0 when ``positive``: a
+    timeout or an interval, where 0 makes no sense) up to ``maximum``."""
+    return Seconds(maximum=maximum, positive=positive)
+
+
+def whole_number(*, maximum: int, minimum: int | None = 0) -> WholeNumber:
+    """The parser of a count or size setting: a whole number from ``minimum`` (1 where 0
+    makes no sense; None where a negative number means something) up to ``maximum``."""
+    return WholeNumber(maximum=maximum, minimum=minimum)
 
 
 def fraction(raw: Any) -> float:
-    value = seconds(raw, allow_zero=True)
+    value = _finite_number(raw)
+    if value < 0:
+        raise ValueError(f"must be a number of seconds >= 0, got {raw!r}")
     if value >= 1:
         raise ValueError(f"must be a fraction from 0 to below 1, got {raw!r}")
     return value
@@ -223,10 +259,6 @@ def parse_nats_urls(raw: str | Sequence[str]) -> tuple[str, ...]:
     return tuple(urls)
 
 
-
-
-
-
 def bucket_name(raw: Any) -> str | None:
     name = optional_text(raw)
     if name is not None and not BUCKET_NAME.match(name):
@@ -236,7 +268,9 @@ def bucket_name(raw: Any) -> str | None:
 
 
 def replicas(raw: Any) -> int:
-    count = positive_integer(raw)
+    count = integer(raw)
+    if count < 1:
+        raise ValueError(f"must be at least 1, got {count}")
     if count > MAX_REPLICAS:
         raise ValueError(f"must be {MAX_REPLICAS} or fewer (JetStream's limit), got {count}")
     return count
@@ -246,14 +280,26 @@ BUCKET_NAME = re.compile(r"^[a-zA-Z0-9_-]+$")
 MAX_REPLICAS = 5
 
 
-def rate(raw: Any) -> float:
-    """A rate per second: a finite number above 0."""
-    if isinstance(raw, bool) or not isinstance(raw, int | float | str):
-        raise ValueError(f"must be a number per second above 0, got {raw!r}")
-    try:
-        value = float(raw)
-    except ValueError:
-        raise ValueError(f"must be a number per second above 0, got {raw!r}") from None
-    if not math.isfinite(value) or value <= 0:
-        raise ValueError(f"must be a finite number per second above 0, got {raw!r}")
-    return value
+@dataclass(frozen=True)
+class Rate:
+    """A rate per second: a finite number above 0, up to ``maximum``. Made by :func:`rate`."""
+
+    maximum: float
+
+    def __call__(self, raw: Any) -> float:
+        if isinstance(raw, bool) or not isinstance(raw, int | float | str):
+            raise ValueError(f"must be a number per second above 0, got {raw!r}")
+        try:
+            value = float(raw)
+        except ValueError:
+            raise ValueError(f"must be a number per second above 0, got {raw!r}") from None
+        if not math.isfinite(value) or value <= 0:
+            raise ValueError(f"must be a finite number per second above 0, got {raw!r}")
+        if value > self.maximum:
+            raise ValueError(f"must be at most {_plain(self.maximum)} a second, got {raw!r}")
+        return value
+
+
+def rate(*, maximum: float) -> Rate:
+    """The parser of a rate setting: calls a second, above 0, up to ``maximum``."""
+    return Rate(maximum=maximum)

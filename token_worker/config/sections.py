@@ -56,23 +56,27 @@ class NatsConfig(Section):
         "nats.allowReconnect", parsers.boolean, default=defaults.ALLOW_RECONNECT,
         env="ALLOW_RECONNECT", help="reconnect after losing the server")
     max_reconnect: int = setting(
-        "nats.maxReconnect", parsers.integer, default=defaults.MAX_RECONNECT, env="MAX_RECONNECT",
+        "nats.maxReconnect", parsers.whole_number(minimum=None, maximum=1_000_000),
+        default=defaults.MAX_RECONNECT, env="MAX_RECONNECT",
         help="reconnect rounds before giving up; negative: forever")
     """Rounds over the servers before giving up; negative is forever, 0 is none."""
     reconnect_wait: float = setting(
-        "nats.reconnectWait", parsers.wait_seconds, default=defaults.RECONNECT_WAIT,
+        "nats.reconnectWait", parsers.seconds(maximum=600), default=defaults.RECONNECT_WAIT,
         env="RECONNECT_WAIT", help="seconds between reconnect rounds")
     connect_timeout: float = setting(
-        "nats.connectTimeout", parsers.timeout_seconds, default=defaults.CONNECT_TIMEOUT,
+        "nats.connectTimeout", parsers.seconds(maximum=300, positive=True),
+        default=defaults.CONNECT_TIMEOUT,
         env="NATS_CONNECT_TIMEOUT", help="seconds for TCP connect and handshake")
     ping_interval: float = setting(
-        "nats.pingInterval", parsers.timeout_seconds, default=defaults.PING_INTERVAL,
+        "nats.pingInterval", parsers.seconds(maximum=3600, positive=True),
+        default=defaults.PING_INTERVAL,
         env="NATS_PING_INTERVAL", help="seconds between keep-alive PINGs")
     max_pings_out: int = setting(
-        "nats.maxPingsOut", parsers.positive_integer, default=defaults.MAX_PINGS_OUT,
+        "nats.maxPingsOut", parsers.whole_number(minimum=1, maximum=100),
+        default=defaults.MAX_PINGS_OUT,
         env="NATS_MAX_PINGS_OUT", help="unanswered PINGs before the server is lost")
     reconnect_buffer_size: int = setting(
-        "nats.reconnectBufSize", parsers.non_negative_integer,
+        "nats.reconnectBufSize", parsers.whole_number(maximum=1024 * 1024 * 1024),
         default=defaults.RECONNECT_BUFFER_SIZE, env="NATS_RECONNECT_BUF_SIZE",
         help="bytes published while reconnecting, sent once back; 0: fail at once")
     """Bytes published while reconnecting that are kept for the next server; 0: none."""
@@ -124,7 +128,8 @@ class IdpConfig(Section):
         "idp.tokenPath", parsers.url_path, default=defaults.IDP_TOKEN_PATH, env="IDP_TOKEN_PATH",
         flag="idp-token-path", help="token endpoint path")
     timeout: float = setting(
-        "idp.timeout", parsers.timeout_seconds, default=defaults.IDP_TIMEOUT, env="IDP_TIMEOUT",
+        "idp.timeout", parsers.seconds(maximum=300, positive=True),
+        default=defaults.IDP_TIMEOUT, env="IDP_TIMEOUT",
         help="seconds one IdP attempt may take: connect, headers and body")
     auth_method: str = setting(
         "idp.authMethod", parsers.auth_method, default=defaults.IDP_AUTH_METHOD,
@@ -137,54 +142,64 @@ class IdpConfig(Section):
         help="issuer URL: token endpoint from OIDC discovery (instead of url + tokenPath)")
     """With an issuer, the token endpoint is read from its OIDC discovery document."""
     deadline: float = setting(
-        "idp.deadline", parsers.timeout_seconds, default=defaults.IDP_DEADLINE, env="IDP_DEADLINE",
+        "idp.deadline", parsers.seconds(maximum=600, positive=True),
+        default=defaults.IDP_DEADLINE, env="IDP_DEADLINE",
         help="seconds one token fetch may take, retries included")
     failure_threshold: int = setting(
-        "idp.failureThreshold", parsers.positive_integer, default=defaults.IDP_FAILURE_THRESHOLD,
-        env="IDP_FAILURE_THRESHOLD",
+        "idp.failureThreshold", parsers.whole_number(minimum=1, maximum=1000),
+        default=defaults.IDP_FAILURE_THRESHOLD, env="IDP_FAILURE_THRESHOLD",
         help="distinct clients failing (or failures to reach the endpoint) in "
              "idp.failureWindow before the token endpoint's circuit opens")
     cool_down: float = setting(
-        "idp.coolDown", parsers.timeout_seconds, default=defaults.IDP_COOL_DOWN,
+        "idp.coolDown", parsers.seconds(maximum=3600, positive=True),
+        default=defaults.IDP_COOL_DOWN,
         env="IDP_COOL_DOWN",
         help="seconds of failing fast before the IdP is tried again")
     default_expires_in: int = setting(
-        "idp.defaultExpiresIn", parsers.non_negative_integer,
+        "idp.defaultExpiresIn", parsers.whole_number(maximum=604_800),
         default=defaults.IDP_DEFAULT_EXPIRES_IN, env="IDP_DEFAULT_EXPIRES_IN",
         help="seconds of life of a token whose answer has no expires_in")
     """Seconds of life of a token whose answer has no ``expires_in`` (RFC 6749 5.1)."""
     max_response_bytes: int = setting(
-        "idp.maxResponseBytes", parsers.positive_integer, default=defaults.IDP_MAX_RESPONSE_BYTES,
+        "idp.maxResponseBytes", parsers.whole_number(minimum=1, maximum=64 * 1024 * 1024),
+        default=defaults.IDP_MAX_RESPONSE_BYTES,
         env="IDP_MAX_RESPONSE_BYTES",
         help="largest token endpoint answer read, bytes; a larger one is refused")
     failure_window: float = setting(
-        "idp.failureWindow", parsers.timeout_seconds, default=defaults.IDP_FAILURE_WINDOW,
+        "idp.failureWindow", parsers.seconds(maximum=3600, positive=True),
+        default=defaults.IDP_FAILURE_WINDOW,
         env="IDP_FAILURE_WINDOW",
         help="seconds in which failures count as evidence against the token endpoint")
     half_open_probes: int = setting(
-        "idp.halfOpenProbes", parsers.positive_integer, default=defaults.IDP_HALF_OPEN_PROBES,
+        "idp.halfOpenProbes", parsers.whole_number(minimum=1, maximum=100),
+        default=defaults.IDP_HALF_OPEN_PROBES,
         env="IDP_HALF_OPEN_PROBES",
         help="calls let through at once after a cool-down; the first answer closes the circuit")
     client_backoff: float = setting(
-        "idp.clientBackoff", parsers.timeout_seconds, default=defaults.IDP_CLIENT_BACKOFF,
+        "idp.clientBackoff", parsers.seconds(maximum=3600, positive=True),
+        default=defaults.IDP_CLIENT_BACKOFF,
         env="IDP_CLIENT_BACKOFF",
         help="first pause, seconds, for a key whose fetch failed (doubles, jittered)")
     client_backoff_max: float = setting(
-        "idp.clientBackoffMax", parsers.timeout_seconds, default=defaults.IDP_CLIENT_BACKOFF_MAX,
+        "idp.clientBackoffMax", parsers.seconds(maximum=86400, positive=True),
+        default=defaults.IDP_CLIENT_BACKOFF_MAX,
         env="IDP_CLIENT_BACKOFF_MAX", help="longest pause, seconds, for a failing key")
     refusal_memory: float = setting(
-        "idp.refusalMemory", parsers.wait_seconds, default=defaults.IDP_REFUSAL_MEMORY,
+        "idp.refusalMemory", parsers.seconds(maximum=3600), default=defaults.IDP_REFUSAL_MEMORY,
         env="IDP_REFUSAL_MEMORY",
         help="seconds an invalid_client, unauthorized_client or invalid_scope answer is "
              "given again from memory; 0: off")
     client_rate: float = setting(
-        "idp.clientRate", parsers.rate, default=defaults.IDP_CLIENT_RATE, env="IDP_CLIENT_RATE",
+        "idp.clientRate", parsers.rate(maximum=100_000),
+        default=defaults.IDP_CLIENT_RATE, env="IDP_CLIENT_RATE",
         help="IdP calls a second one client id or credential may cause (skip_cache included)")
     client_burst: int = setting(
-        "idp.clientBurst", parsers.positive_integer, default=defaults.IDP_CLIENT_BURST,
+        "idp.clientBurst", parsers.whole_number(minimum=1, maximum=1_000_000),
+        default=defaults.IDP_CLIENT_BURST,
         env="IDP_CLIENT_BURST", help="IdP calls one client id or credential may cause at once")
     max_calls_per_second: float = setting(
-        "idp.maxCallsPerSecond", parsers.rate, default=defaults.IDP_MAX_CALLS_PER_SECOND,
+        "idp.maxCallsPerSecond", parsers.rate(maximum=100_000),
+        default=defaults.IDP_MAX_CALLS_PER_SECOND,
         env="IDP_MAX_CALLS_PER_SECOND",
         help="ceiling on this replica's calls to one token endpoint, per second")
 
@@ -215,7 +230,8 @@ class SharedCacheConfig(Section):
         "cache.shared.replicas", parsers.replicas, default=defaults.CACHE_SHARED_REPLICAS,
         env="CACHE_SHARED_REPLICAS", help="copies of the bucket kept by clustered JetStream")
     timeout: float = setting(
-        "cache.shared.timeout", parsers.timeout_seconds, default=defaults.CACHE_SHARED_TIMEOUT,
+        "cache.shared.timeout", parsers.seconds(maximum=60, positive=True),
+        default=defaults.CACHE_SHARED_TIMEOUT,
         env="CACHE_SHARED_TIMEOUT",
         help="seconds one JetStream call waits; past it the tier counts as down for a while")
 
@@ -243,14 +259,15 @@ class CacheConfig(Section):
         "cache.enabled", parsers.boolean, default=defaults.CACHE_ENABLED, env="CACHE_ENABLED",
         help="serve repeated requests from the token cache")
     max_entries: int = setting(
-        "cache.maxEntries", parsers.positive_integer, default=defaults.CACHE_MAX_ENTRIES,
+        "cache.maxEntries", parsers.whole_number(minimum=1, maximum=1_000_000),
+        default=defaults.CACHE_MAX_ENTRIES,
         env="CACHE_MAX_ENTRIES", help="tokens kept (LRU)")
     max_entries_per_client: int = setting(
-        "cache.maxEntriesPerClient", parsers.positive_integer,
+        "cache.maxEntriesPerClient", parsers.whole_number(minimum=1, maximum=1_000_000),
         default=defaults.CACHE_MAX_ENTRIES_PER_CLIENT, env="CACHE_MAX_ENTRIES_PER_CLIENT",
         help="tokens one client id keeps; past it, it evicts its own least recently used")
     expiry_margin: float = setting(
-        "cache.expiryMargin", parsers.wait_seconds, default=defaults.CACHE_EXPIRY_MARGIN,
+        "cache.expiryMargin", parsers.seconds(maximum=3600), default=defaults.CACHE_EXPIRY_MARGIN,
         env="CACHE_EXPIRY_MARGIN",
         help="seconds of life a cached token must have left to be served")
     refresh_ahead: float = setting(
@@ -258,7 +275,8 @@ class CacheConfig(Section):
         env="CACHE_REFRESH_AHEAD",
         help="last share of a token's servable life in which it is refreshed in the background")
     max_ttl: float = setting(
-        "cache.maxTtl", parsers.timeout_seconds, default=defaults.CACHE_MAX_TTL,
+        "cache.maxTtl", parsers.seconds(maximum=604_800, positive=True),
+        default=defaults.CACHE_MAX_TTL,
         env="CACHE_MAX_TTL",
         help="longest life in seconds a cached token is given (and replies say)")
     shared: SharedCacheConfig = field(default_factory=SharedCacheConfig)
@@ -318,24 +336,29 @@ class Config(Section):
         "namedSubject", parsers.subject_prefix, default=defaults.NAMED_SUBJECT, env="NAMED_SUBJECT",
         help="prefix of named-credential subjects (<prefix>.<credential>)")
     workers: int = setting(
-        "workers", parsers.positive_integer, default=defaults.WORKERS,
+        "workers", parsers.whole_number(minimum=1, maximum=1024), default=defaults.WORKERS,
         env="WORKERS", flag="workers",
         help="requests served at once")
     backlog: int = setting(
-        "backlog", parsers.non_negative_integer, default=defaults.BACKLOG, env="BACKLOG",
+        "backlog", parsers.whole_number(maximum=100_000), default=defaults.BACKLOG,
+        env="BACKLOG",
         help="requests that may wait for a thread before 'overloaded'")
     max_payload: int = setting(
-        "maxPayload", parsers.positive_integer, default=defaults.MAX_PAYLOAD, env="MAX_PAYLOAD",
+        "maxPayload", parsers.whole_number(minimum=1, maximum=64 * 1024 * 1024),
+        default=defaults.MAX_PAYLOAD, env="MAX_PAYLOAD",
         help="largest request accepted, bytes")
     drain_timeout: float = setting(
-        "drainTimeout", parsers.wait_seconds, default=defaults.DRAIN_TIMEOUT, env="DRAIN_TIMEOUT",
+        "drainTimeout", parsers.seconds(maximum=3600), default=defaults.DRAIN_TIMEOUT,
+        env="DRAIN_TIMEOUT",
         help="seconds a stop waits for in-flight requests")
     max_waiters_per_key: int = setting(
-        "maxWaitersPerKey", parsers.positive_integer, default=defaults.MAX_WAITERS_PER_KEY,
+        "maxWaitersPerKey", parsers.whole_number(minimum=1, maximum=1_000_000),
+        default=defaults.MAX_WAITERS_PER_KEY,
         env="MAX_WAITERS_PER_KEY",
         help="requests that may wait for one token being fetched (no thread each)")
     max_waiting: int = setting(
-        "maxWaiting", parsers.positive_integer, default=defaults.MAX_WAITING, env="MAX_WAITING",
+        "maxWaiting", parsers.whole_number(minimum=1, maximum=10_000_000),
+        default=defaults.MAX_WAITING, env="MAX_WAITING",
         help="requests that may wait for tokens being fetched, in all")
     nats: NatsConfig = field(default_factory=NatsConfig)
     idp: IdpConfig = field(default_factory=IdpConfig)

@@ -11,7 +11,8 @@
   send path; the reader thread's work; the life cycle and the public API), with
   :mod:`~token_worker.nats.subscriptions`, :mod:`~token_worker.nats.keepalive` and
   :mod:`~token_worker.nats.reconnect_buffer`;
-- :mod:`~token_worker.nats.replies`: request/reply over one wildcard inbox;
+- :mod:`~token_worker.nats.replies`: a connection's one reply space (one wildcard inbox,
+  an unguessable subject per request), used by the KV client and the requester alike;
   :mod:`~token_worker.nats.kv`: the JetStream key-value calls the shared tier needs.
 
 It depends on the config and the foundation modules only.

@@ -19,9 +19,10 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import socket
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from token_worker.config import NatsConfig
@@ -35,8 +36,10 @@ from token_worker.nats import protocol
 from token_worker.nats.dial import Dialed, dial
 from token_worker.nats.handshake import connect_options
 from token_worker.nats.link import State, shut
+from token_worker.nats.protocol import Message
 from token_worker.nats.reader import SocketReader
 from token_worker.nats.reconnect import ReconnectPolicy
+from token_worker.nats.replies import INBOX_PREFIX, ReplyMux
 from token_worker.nats.subscriptions import (
     MessageCallback,
     RefusedCallback,
@@ -57,7 +60,7 @@ class NatsConnection(SocketReader):
     connection is then closed). The first connect follows the reconnect policy too (a
     worker may start before NATS), unless ``first_connect_rounds`` bounds it (a requester
     wants to know at once). Callbacks run on the reader thread: keep them short and hand
-    work off.
+    work off. Requests' replies are awaited under ``inbox_prefix`` (:attr:`replies`).
     """
 
     def __init__(
@@ -70,6 +73,7 @@ class NatsConnection(SocketReader):
         no_responders: bool = False,
         first_connect_rounds: int | None = None,
         on_refused: RefusedCallback | None = None,
+        inbox_prefix: str = INBOX_PREFIX,
     ) -> None:
         super().__init__(config, on_refused=on_refused)
         self._name = name
@@ -82,6 +86,11 @@ class NatsConnection(SocketReader):
         self._reader: threading.Thread | None = None
         self.reconnects = 0
         self.gave_up_reason = ""
+        self._pid = os.getpid()
+        """The process that owns the socket: in a forked child, the parent's."""
+        self.replies = ReplyMux(self, inbox_prefix)
+        """This connection's reply space (one wildcard inbox under ``inbox_prefix``),
+        subscribed on first use: :meth:`request` and the requester's attempts go through it."""
 
     # --- public API -------------------------------------------------------------------
 
@@ -134,7 +143,8 @@ class NatsConnection(SocketReader):
         ).start()
 
     def subscribe(self, subject: str, callback: MessageCallback, queue: str = "") -> Subscription:
-        """Subscribe; the subscription survives reconnects."""
+        """Subscribe; the subscription survives reconnects. It is ``confirmed`` once the
+        server answered the PING sent after its SUB."""
         protocol.sub(subject, 1, queue)  # a bad subject or queue fails before it is kept
         with self._send_lock:
             sub = Subscription(self._next_sid, subject, queue, callback)
@@ -142,7 +152,9 @@ class NatsConnection(SocketReader):
             self._subscriptions[sub.sid] = sub
             sock = self._sock
             if sock is not None:
-                self._sendall(sock, protocol.sub(subject, sub.sid, queue))
+                with self._sock_lock:
+                    self._pending_pongs.append(SubscribeCheck([sub]))
+                self._sendall(sock, protocol.sub(subject, sub.sid, queue) + b"PING\r\n")
         return sub
 
     def unsubscribe(self, sub: Subscription, *, drain_timeout: float = 0.0) -> None:
@@ -163,9 +175,19 @@ class NatsConnection(SocketReader):
         with self._send_lock:
             self._subscriptions.pop(sub.sid, None)
 
+    def request(self, subject: str, payload: bytes, timeout: float, *,
+                headers: Mapping[str, str] | None = None) -> Message | None:
+        """Send and return the one reply, or None after ``timeout`` seconds
+        (:meth:`ReplyMux.request <token_worker.nats.replies.ReplyMux.request>`)."""
+        return self.replies.request(subject, payload, timeout, headers=headers)
+
     def close(self, timeout: float = 5.0) -> None:
         """Close for good: stop the reader thread and the socket. Never hangs, never
-        waits for a blocked write, and ends a ``connect()`` still trying."""
+        waits for a blocked write, and ends a ``connect()`` still trying. In a forked
+        child the connection is the parent's: it is only let go (:meth:`abandon`)."""
+        if os.getpid() != self._pid:
+            self.abandon()
+            return
         self._closing.set()
         with self._sock_lock:
             sock, handshake_sock = self._sock, self._handshake_sock
@@ -178,6 +200,20 @@ class NatsConnection(SocketReader):
             self._retire()
         self._set_state(State.CLOSED)
         self._discard_pending()
+
+    def abandon(self) -> None:
+        """In a process forked from the one that connected: let go of this connection,
+        which is still the parent's, without touching it. Nothing is written, read or shut
+        down, and no lock is taken (a thread of the parent may have held one at the fork,
+        and none of its threads runs here); only this process's copies of the sockets are
+        closed, which the parent's connection does not notice. Nothing here uses the
+        object afterwards."""
+        self._state = State.CLOSED  # no listener: they belong to the parent's objects too
+        for sock in {self._sock, self._installed, self._handshake_sock}:
+            if sock is not None:
+                with contextlib.suppress(OSError):
+                    sock.close()
+        self._sock = self._installed = self._handshake_sock = None
 
     # --- connecting -------------------------------------------------------------------
 
@@ -213,8 +249,9 @@ class NatsConnection(SocketReader):
             self._handshake_sock = sock
 
     def _install(self, dialed: Dialed) -> None:
-        """Make the dialed socket the connection's: re-subscribe, send the reconnect
-        buffer. Refused once ``close()`` was called, so a late handshake leaks no socket."""
+        """Make the dialed socket the connection's: re-subscribe (with a PING after the
+        SUBs: their PONG confirms them), send the reconnect buffer. Refused once ``close()``
+        was called, so a late handshake leaks no socket."""
         sock = dialed.sock
         with self._send_lock:
             with self._sock_lock:
@@ -229,17 +266,15 @@ class NatsConnection(SocketReader):
             self.server_url = dialed.url
             self.server_info = dialed.info
             self._learn(dialed.info)
-            subscriptions = b"".join(protocol.sub(s.subject, s.sid, s.queue)
-                                     for s in self._subscriptions.values())
+            kept = list(self._subscriptions.values())
+            for sub in kept:
+                sub.confirmed = False  # until the server answers the PING after the SUBs
             try:
-                if subscriptions:
-                    check = SubscribeCheck([s for s in self._subscriptions.values()
-                                             if s.refused])
-                    if check.subscriptions:
-                        with self._sock_lock:
-                            self._pending_pongs.append(check)
-                        subscriptions += b"PING\r\n"
-                    self._sendall(sock, subscriptions)
+                if kept:
+                    with self._sock_lock:
+                        self._pending_pongs.append(SubscribeCheck(kept))
+                    self._sendall(sock, b"".join(protocol.sub(s.subject, s.sid, s.queue)
+                                                 for s in kept) + b"PING\r\n")
                 data, writes, dropped = self._pending.take(self._max_payload)
                 if data:
                     self._sendall(sock, data)

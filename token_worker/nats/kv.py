@@ -4,7 +4,7 @@ pynats2 has no JetStream API, and the shared tier needs only a little of it, fol
 key-value design of NATS ADR-8: a bucket ``B`` is the stream ``KV_B`` over the subjects
 ``$KV.B.>``; a key ``k`` is the subject ``$KV.B.k``; a value is the last message on it
 (history 1). So this module does just that, on any connection with ``subscribe``,
-``unsubscribe`` and ``send_raw`` (a :class:`~token_worker.nats.connection.NatsConnection` that
+``unsubscribe`` and ``request`` (a :class:`~token_worker.nats.connection.NatsConnection` that
 announced header support in its CONNECT):
 
 - stream info and create (``$JS.API.STREAM.INFO|CREATE.KV_B``), per-message TTLs allowed;
@@ -17,9 +17,9 @@ announced header support in its CONNECT):
 - a watch of a key's subject: a plain core subscription sees every put as it happens,
   so a waiter never polls.
 
-Requests go out through the reply multiplexer (:mod:`token_worker.nats.replies`): PUB or
-HPUB frames built by :mod:`token_worker.nats.protocol`, each with its own reply subject
-under one wildcard inbox subscription. Every call has a timeout and raises a typed
+Requests go out through the connection's reply multiplexer (:mod:`token_worker.nats.replies`):
+published with their headers, each with its own reply subject under the connection's one
+wildcard inbox subscription. Every call has a timeout and raises a typed
 :class:`~token_worker.errors.KvError`; nothing here blocks forever. Never call this from a
 subscription callback: the replies arrive on the connection's reader thread, so a call
 made there would wait for itself until its timeout (and fails at once instead).
@@ -40,9 +40,9 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from typing import Any, Protocol
 
-from token_worker.errors import KvError, NatsConnectionError
+from token_worker.errors import KvError, KvTimeout, KvUnavailable, NatsConnectionError
 from token_worker.nats.protocol import Message, parse_headers
-from token_worker.nats.replies import Connection, ReplyMux
+from token_worker.nats.replies import Connection
 
 PUT = "PUT"
 DEL = "DEL"
@@ -264,7 +264,6 @@ class KeyValue:
         self.timeout = timeout
         self._connection = connection
         self._prefix = f"$KV.{bucket}."
-        self._requests = ReplyMux(connection)
 
     def info(self) -> BucketInfo | None:
         """The bucket's configuration and size, or None when it does not exist."""
@@ -357,8 +356,7 @@ class KeyValue:
     def _get_raw(self, key: str) -> Entry | None:
         """The key's last message, deletion markers included."""
         subject = self._prefix + check_key(key)
-        reply = self._requests.request(f"$JS.API.DIRECT.GET.{self.stream}.{subject}", b"",
-                                       self.timeout)
+        reply = self._request(f"$JS.API.DIRECT.GET.{self.stream}.{subject}", b"")
         headers = parse_headers(reply.headers)
         if headers.status == 404:
             return None
@@ -456,12 +454,34 @@ class KeyValue:
         return wait_for_value(self, check_key(key), timeout, after)
 
     def _publish(self, key: str, value: bytes, headers: Mapping[str, str] | None) -> int:
-        body = _json_reply(self._requests.request(self._prefix + check_key(key), value,
-                                                  self.timeout, headers=headers))
+        body = _json_reply(self._request(self._prefix + check_key(key), value, headers))
         sequence = body.get("seq")
         if not isinstance(sequence, int):
             raise KvError(500, "publish acknowledgement without a sequence")
         return sequence
 
     def _api(self, subject: str, payload: bytes) -> dict[str, Any]:
-        return _json_reply(self._requests.request(subject, payload, self.timeout))
+        return _json_reply(self._request(subject, payload))
+
+    def _request(self, subject: str, payload: bytes,
+                 headers: Mapping[str, str] | None = None) -> Message:
+        """Send and wait for the one reply; raises KvTimeout or KvUnavailable."""
+        if self._connection.on_reader_thread():
+            raise KvError(500, "a JetStream call on the connection's reader thread would "
+                               "wait for its own reply: call it from another thread")
+        try:
+            reply = self._connection.request(subject, payload, self.timeout, headers=headers)
+        except NatsConnectionError as error:
+            raise KvUnavailable(f"request not sent: {error}") from None
+        if reply is None:
+            raise KvTimeout(f"no answer on {_api_name(subject)} within {self.timeout:g} s")
+        if reply.status == 503:
+            raise KvUnavailable(f"no responders on {_api_name(subject)}: JetStream is off, "
+                                "the bucket is missing, or its stream has no leader yet")
+        return reply
+
+
+def _api_name(subject: str) -> str:
+    """A subject fit for an error text: the API call, never the key (a digest anyway)."""
+    parts = subject.split(".")
+    return ".".join(parts[:4]) if subject.startswith("$JS.") else ".".join(parts[:2])

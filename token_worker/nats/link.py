@@ -23,6 +23,7 @@ import socket
 import threading
 import time
 from collections import deque
+from collections.abc import Mapping
 
 from token_worker.config import NatsConfig
 from token_worker.errors import NatsConnectionError, NotConnected, PayloadTooLarge
@@ -84,17 +85,30 @@ class SocketLink:
         refreshed on every connect and asynchronous INFO; 1 MiB before the first)."""
         return self._max_payload
 
-    def publish(self, subject: str, payload: bytes, reply: str = "") -> None:
-        """Send one message; raises :class:`NotConnected` if it cannot go out now, and
-        :class:`PayloadTooLarge` (never buffered) if the server would refuse it.
+    def publish(self, subject: str, payload: bytes, reply: str = "", *,
+                headers: Mapping[str, str] | None = None) -> None:
+        """Send one message (with ``headers``, an HPUB: the connection announced headers).
+
+        Raises :class:`PayloadTooLarge` (never buffered) if the server would refuse it
+        (headers count towards its ``max_payload``). While reconnecting, the message waits
+        in the reconnect buffer for the next server (``nats.reconnectBufSize``), so a reply
+        finished during a short outage still reaches its requester;
+        :class:`NotConnected` only when it cannot wait.
 
         Called from a subscription callback (the reader thread), the message joins the
         others published while handling the same read, and all go out in one write.
         """
-        size = len(payload)
-        if size > self._max_payload:
-            raise PayloadTooLarge(size, self._max_payload)
-        data = protocol.pub(subject, payload, reply)
+        if headers:
+            block = protocol.encode_headers(headers)
+            size = len(block) + len(payload)
+            if size > self._max_payload:
+                raise PayloadTooLarge(size, self._max_payload)
+            data = protocol.hpub(subject, block, payload, reply)
+        else:
+            size = len(payload)
+            if size > self._max_payload:
+                raise PayloadTooLarge(size, self._max_payload)
+            data = protocol.pub(subject, payload, reply)
         outbox = self._outbox
         if outbox is not None and threading.get_ident() == self._reader_ident:
             outbox.append(data)
@@ -102,19 +116,6 @@ class SocketLink:
                 self._outbox_largest = size
             return
         self._write(data, size)
-
-    def send_raw(self, data: bytes) -> None:
-        """Write already encoded protocol bytes (several PUBs at once, for instance).
-
-        While reconnecting, the bytes wait in the reconnect buffer for the next server
-        (``nats.reconnectBufSize``), so a reply finished during a short outage still
-        reaches its requester; :class:`NotConnected` only when they cannot wait.
-        :class:`PayloadTooLarge` when a message in ``data`` exceeds ``max_payload``.
-        """
-        largest = protocol.largest_payload(data) if len(data) > self._max_payload else 0
-        if largest > self._max_payload:
-            raise PayloadTooLarge(largest, self._max_payload)
-        self._write(data, largest)
 
     def flush(self, timeout: float) -> None:
         """Wait until the server has processed everything sent so far (a PING round-trip)."""

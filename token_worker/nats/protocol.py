@@ -1,7 +1,7 @@
 """The NATS client protocol: bytes in, events out; bytes out for PUB, HPUB, SUB and UNSUB.
 
 The one place where frames are read and written: the parser, the frame encoders
-(:func:`pub`, :func:`hpub`, :func:`sub`, :func:`unsub`, :func:`publish_frame`) and header
+(:func:`pub`, :func:`hpub`, :func:`sub`, :func:`unsub`) and header
 blocks (:func:`encode_headers`, :func:`parse_headers`). It is longer than 400 lines because
 both directions of the contract stay side by side, the parser's hot loop inlined: split,
 a change to what is read would no longer be seen next to what is written.
@@ -405,14 +405,6 @@ def hpub(subject: str, headers: bytes, payload: bytes, reply: str = "") -> bytes
     return b"HPUB %s %s\r\n%s%s\r\n" % (target, sizes, headers, payload)
 
 
-def publish_frame(subject: str, payload: bytes, *, reply: str = "",
-                  headers: Mapping[str, str] | None = None) -> bytes:
-    """:func:`pub`, or :func:`hpub` when there are headers."""
-    if not headers:
-        return pub(subject, payload, reply)
-    return hpub(subject, encode_headers(headers), payload, reply)
-
-
 class Headers(NamedTuple):
     """A parsed NATS header block."""
 
@@ -460,27 +452,3 @@ def unsub(sid: int, max_messages: int = 0) -> bytes:
     if max_messages:
         return b"UNSUB %d %d\r\n" % (sid, max_messages)
     return b"UNSUB %d\r\n" % sid
-
-
-def largest_payload(data: bytes) -> int:
-    """The largest message size (payload, with headers for HPUB) among the PUB and HPUB
-    commands in ``data``; other commands count as their own length. Called only when
-    ``data`` is larger than the server's limit, to tell a batch of small messages from one
-    message that the server would refuse."""
-    largest = 0
-    pos = 0
-    size = len(data)
-    while pos < size:
-        end = data.find(b"\r\n", pos)
-        if end < 0:
-            return max(largest, size - pos)
-        parts = data[pos:end].split()
-        op = parts[0].upper() if parts else b""
-        if op in (b"PUB", b"HPUB") and len(parts) > 2 and parts[-1].isdigit():
-            length = int(parts[-1])
-            largest = max(largest, length)
-            pos = end + 2 + length + 2
-        else:
-            largest = max(largest, end - pos)
-            pos = end + 2
-    return largest

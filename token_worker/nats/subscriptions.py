@@ -1,11 +1,13 @@
 """Subscriptions that outlive a socket: kept so every reconnect re-creates them, and
 marked when the server refuses them.
 
-A refusal is a ``-ERR`` permissions violation, at subscribe time or after a config reload
-that took the permission away (:func:`refused_by` reads which subscriptions it names). A
-refused subscription receives nothing; a reconnect re-subscribes it, and a
-:class:`SubscribeCheck` waiting in the PONG queue clears the mark once a PING round trip
-passed with no new refusal.
+Every SUB is followed by a PING, and a :class:`SubscribeCheck` waits in the PONG queue
+for its PONG: the server has then processed the SUB (the subscription is *confirmed*; a
+reconnect makes every subscription unconfirmed until its re-sent SUB is). A refusal is a
+``-ERR`` permissions violation, at subscribe time or after a config reload that took the
+permission away (:func:`refused_by` reads which subscriptions it names). A refused
+subscription receives nothing; a reconnect re-subscribes it, and its check clears the mark
+once the PING round trip passed with no new refusal.
 """
 
 from __future__ import annotations
@@ -43,6 +45,9 @@ class Subscription:
     refusal comes within a PING round trip."""
     refusals: int = 0
     """How many ``-ERR`` refusals named it so far."""
+    confirmed: bool = False
+    """The server has processed its SUB on the current socket (the PONG of a PING sent
+    after it came back); false again from every reconnect until the re-sent SUB is."""
 
 
 RefusedCallback = Callable[[Subscription, str], None]
@@ -50,15 +55,18 @@ RefusedCallback = Callable[[Subscription, str], None]
 
 
 class SubscribeCheck:
-    """Waits, in the PONG queue, for the PONG after a reconnect's SUBs: a subscription not
-    refused by then is served again."""
+    """Waits, in the PONG queue, for the PONG after SUBs (a subscribe, or a reconnect's
+    re-sent subscriptions): the server has then processed them, and a subscription not
+    refused by then is served."""
 
     def __init__(self, subscriptions: list[Subscription]) -> None:
         self.subscriptions = [(sub, sub.refusals) for sub in subscriptions]
 
     def confirmed(self) -> None:
-        """The PONG came: every subscription refused no more since the SUBs is served."""
+        """The PONG came: every subscription is confirmed, and served unless refused
+        since its SUB."""
         for sub, refusals in self.subscriptions:
+            sub.confirmed = True
             if sub.refusals == refusals:
                 sub.refused = False
 

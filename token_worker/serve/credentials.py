@@ -270,6 +270,7 @@ class CredentialStore:
         self._listeners = [on_change] if on_change is not None else []
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._reloading = threading.Lock()
         if not self.directory.is_dir():
             raise CredentialsDirError(self.directory, "is not a directory")
         self._target: str | None = None
@@ -323,7 +324,12 @@ class CredentialStore:
         only the link is read unless it moved. Keeps the previous snapshot (and logs a
         warning, once while the same failure lasts) when the directory cannot be read
         consistently or ``..data`` points outside it. A plain directory whose
-        :func:`plain_signature` is unchanged is not read again."""
+        :func:`plain_signature` is unchanged is not read again. Safe to call from any
+        thread (SIGHUP reloads from the main thread): one reload at a time."""
+        with self._reloading:
+            return self._reload()
+
+    def _reload(self) -> bool:
         try:
             target = data_target(self.directory)
             if self._target is not None and target == self._target:

@@ -15,9 +15,9 @@ finish and reply, answer ``shutting_down`` to those still running when ``drainTi
 ends or a second signal cuts the drain short (their late replies are dropped: one answer
 per request), then close what it built.
 
-Readiness is false while the server refuses the work subscription (an ACL denying
-``sub token.request``, at start or after a config reload): connected but deaf is not
-ready.
+Readiness waits for the server to confirm the subscriptions (the PONG after their SUBs), at
+start and after every reconnect, and is false while the server refuses the work
+subscription (an ACL denying ``sub token.request``): connected but deaf is not ready.
 
 With ``credentials.dir`` set, the worker also holds the named credentials (a
 :class:`~token_worker.serve.credentials.CredentialStore`, reloaded in the background from
@@ -26,8 +26,8 @@ named subjects are not subscribed, so a named request finds no responder at once
 
 Signals take no lock (:mod:`token_worker.serve.signals`): the handler records the signal,
 and the byte that ``signal.set_wakeup_fd`` writes wakes the main thread, which logs and
-acts. The first connect runs on a helper thread, so a signal stops a worker that is still
-trying to reach NATS at once.
+acts (SIGHUP reloads, never stops). The first connect runs on a helper thread, so a signal
+stops a worker that is still trying to reach NATS at once.
 """
 
 from __future__ import annotations
@@ -175,7 +175,7 @@ class TokenWorker:
                                    "workers": self.config.workers})
 
     def run(self, *, handle_signals: bool = True) -> None:
-        """Serve until :meth:`stop`, SIGTERM or SIGINT; then drain and return.
+        """Serve until :meth:`stop`, SIGTERM or SIGINT (SIGHUP only reloads); then drain.
 
         A second signal during the drain stops at once; a signal while the first connect
         is still being tried stops at once too (and ``run`` returns normally). Raises
@@ -254,7 +254,8 @@ class TokenWorker:
 
     @property
     def is_ready(self) -> bool:
-        """Connected, subscribed and not draining: a requester's message would be served."""
+        """Connected, subscribed (confirmed by the server) and not draining: a requester's
+        message would be served."""
         return self._ready()[0]
 
     @property
@@ -322,6 +323,9 @@ class TokenWorker:
         subscription = self._subscriptions[0]
         if not self._connection.is_connected:
             return False, f"nats {self._connection.state.value}"
+        for sub in self._subscriptions:
+            if not sub.confirmed:
+                return False, f"subscription to {sub.subject} not confirmed by the server yet"
         if subscription.refused:
             return False, f"subscription to {subscription.subject} refused by the server"
         return True, "serving"
@@ -356,15 +360,7 @@ class TokenWorker:
             self._ask_stop()
 
     def _act_on_signals(self) -> None:
-        """On the main thread, after the handler recorded a signal: log it and stop (warm
-        the first time, cold the second)."""
-        for count in self._signals.take():
-            name = self._signals.last_name
-            if count == 1:
-                log.info("signal received", extra={"signal": name})
-            else:
-                log.info("signal received again: stopping at once", extra={"signal": name})
-            self.request_stop()
+        self._signals.act(stop=self.request_stop, credentials=self._credentials)
 
     def _stop_reason(self) -> str:
         if self._signals.received:

@@ -253,8 +253,13 @@ def test_a_flood_past_capacity_is_bounded_and_never_a_slow_consumer(nats_server,
                                                                     requester_factory):
     slow_idp = faulty(body=b'{"access_token": "flood-token-value", "expires_in": 300}',
                       delay=0.005)
+    # Every request a cache miss of its own (a scope of its own), so each needs IdP work:
+    # 2 threads, 50 queued, the rest answered overloaded at once. The client's call budget
+    # and the replica's ceiling are lifted: this is about the pool's bound.
     worker = WorkerProcess(env={"NATS_URL": nats_server.url, "IDP_URL": slow_idp.url,
                                 "WORKERS": "2", "BACKLOG": "50", "LOG_LEVEL": "info",
+                                "IDP_CLIENT_RATE": "100000", "IDP_CLIENT_BURST": "1000000",
+                                "IDP_MAX_CALLS_PER_SECOND": "100000",
                                 "WORKER_NAME_SUFFIX": "flood"})
     try:
         worker.wait_for_log("serving")
@@ -267,7 +272,8 @@ def test_a_flood_past_capacity_is_bounded_and_never_a_slow_consumer(nats_server,
 def _flood(worker: WorkerProcess, nats_server, requester) -> None:
     process = psutil.Process(worker.process.pid)
     flood = 20_000
-    body = json.dumps(token_request(DEMO, "flood", skip_cache=True)).encode()
+    bodies = [json.dumps(token_request(DEMO, f"flood-{n}", scope=f"scope-{n}")).encode()
+              for n in range(flood)]
 
     async def blast(count: int) -> dict[str, int]:
         nc = requester.nc
@@ -287,7 +293,7 @@ def _flood(worker: WorkerProcess, nats_server, requester) -> None:
 
         sub = await nc.subscribe(inbox + ".*", cb=on_reply, pending_msgs_limit=count * 2)
         for i in range(count):
-            await nc.publish("token.request", body, reply=f"{inbox}.{i}")
+            await nc.publish("token.request", bodies[i], reply=f"{inbox}.{i}")
         await nc.flush()
         await asyncio.wait_for(done.wait(), 60)
         await sub.unsubscribe()
@@ -298,7 +304,8 @@ def _flood(worker: WorkerProcess, nats_server, requester) -> None:
     second = requester.run(blast(flood), 90)
     growth_mib = (process.memory_info().rss - rss_before) / 2**20
     slow_consumers = _slow_consumers(nats_server)
-    overload_lines = [r for r in worker.records() if r["message"].startswith("overloaded")]
+    overload_lines = [r for r in worker.records() if r["message"] == "token not issued"
+                      and r.get("error_code") == "overloaded"]
     report_figure(f"flood of {flood} requests at capacity 52: {second['ok']} served, "
           f"{second['overloaded']} answered overloaded, worker RSS growth {growth_mib:+.1f} "
           f"MiB, slow consumers {slow_consumers}, {len(overload_lines)} overload log lines")
@@ -308,7 +315,7 @@ def _flood(worker: WorkerProcess, nats_server, requester) -> None:
     assert second["overloaded"] > flood // 2
     assert growth_mib < 5
     assert slow_consumers == 0
-    assert len(overload_lines) < 30  # rate-limited, not one per rejected request
+    assert 1 <= len(overload_lines) < 30  # rate-limited, not one per rejected request
     assert "Token Worker-flood" in nats_server.client_names()
 
 

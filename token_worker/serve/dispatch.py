@@ -22,6 +22,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -34,7 +35,7 @@ from token_worker.serve.pool import BoundedPool
 from token_worker.serve.replying import ReplySender, Warnings, error_reply
 from token_worker.serve.service import Tally
 
-__all__ = ["Dispatcher", "Route"]
+__all__ = ["Dispatcher", "Outstanding", "Route", "unsent_to"]
 
 log = logging.getLogger(__name__)
 
@@ -176,6 +177,16 @@ class Dispatcher:
             log.debug("late reply dropped: the request was answered already",
                       extra={"request_id": reply.request_id})
 
+    def hand_back_queued(self) -> None:
+        """Close the pool and drop what it has not started: each requester waiting for it
+        is answered ``shutting_down`` and retries another replica at once."""
+        queued = self.pool.close()
+        for task in queued:
+            task.drop()
+        if queued:
+            log.info("queued work dropped: its requests answered shutting_down",
+                     extra={"tasks": len(queued)})
+
     def answer_outstanding(self) -> int:
         """The drain ended (``drainTimeout``, or a second signal) with requests not
         answered: answer each ``shutting_down`` now, so its requester retries another
@@ -233,3 +244,13 @@ class Dispatcher:
         return [(Endpoint(served.route.name, served.route.subject, queue), served.tally)
                 for served in self.served]
 
+
+
+def unsent_to(routes: list[Route]) -> Callable[[Reply], None]:
+    """Tell every handler of a reply the worker could not send (each ignores the others')."""
+    handlers = {id(route.handler): route.handler for route in routes}.values()
+
+    def unsent(reply: Reply) -> None:
+        for handler in handlers:
+            handler.unsent(reply)
+    return unsent

@@ -47,8 +47,8 @@ from token_worker.nats.link import State
 from token_worker.nats.subscriptions import Subscription
 from token_worker.serve import assembly
 from token_worker.serve.credentials import CredentialStore
-from token_worker.serve.dispatch import Dispatcher, Route
-from token_worker.serve.handler import BytesHandler, Reply, RequestHandler
+from token_worker.serve.dispatch import Dispatcher, Route, unsent_to
+from token_worker.serve.handler import BytesHandler, RequestHandler
 from token_worker.serve.health import HealthServer
 from token_worker.serve.naming import client_name
 from token_worker.serve.pool import BoundedPool
@@ -113,7 +113,7 @@ class TokenWorker:
         self._dispatch = Dispatcher(
             routes, pool=self._pool, max_payload=config.max_payload, warnings=self._warn,
             replies=ReplySender(self._connection, metrics=self.metrics,
-                                unsent=_unsent(routes), warnings=self._warn))
+                                unsent=unsent_to(routes), warnings=self._warn))
         self._service = ServiceResponder(
             self._connection, version=__version__,
             endpoints=self._dispatch.endpoints(config.queue), metrics=self.metrics,
@@ -237,7 +237,7 @@ class TokenWorker:
                 self._connection.unsubscribe(subscription)
             self._connection.unsubscribe(last,
                                          drain_timeout=min(budget, SUBSCRIBE_CONFIRM_TIMEOUT))
-            self._hand_back_queued()
+            self._dispatch.hand_back_queued()
             drained = self._wait_for_running(deadline)
             if not drained:
                 self._dispatch.answer_outstanding()
@@ -367,26 +367,15 @@ class TokenWorker:
             return f"{self._signals.last_name} before NATS was reached"
         return self.failure or "stop requested before NATS was reached"
 
-    def _hand_back_queued(self) -> None:
-        """Drop what the pool has not started: each waiting requester is answered
-        ``shutting_down`` and retries another replica at once."""
-        queued = self._pool.close()
-        for task in queued:
-            task.drop()
-        if queued:
-            log.info("queued work dropped: its requests answered shutting_down",
-                     extra={"tasks": len(queued)})
-
     def _wait_for_running(self, deadline: float) -> bool:
         """Wait for every request accepted to be answered (running work finishing, waiters
         getting its outcome), until ``deadline`` or a second signal."""
-        outstanding = self._dispatch.outstanding
         while True:
             self._act_on_signals_if_main_thread()
             remaining = deadline - time.monotonic()
             if remaining <= 0 or self._cold_stop.is_set():
-                return len(outstanding) == 0
-            if outstanding.wait_idle(min(remaining, 0.2)):
+                return len(self._dispatch.outstanding) == 0
+            if self._dispatch.outstanding.wait_idle(min(remaining, 0.2)):
                 return True
 
     def _act_on_signals_if_main_thread(self) -> None:
@@ -399,8 +388,7 @@ class TokenWorker:
             if self._released:
                 return
             self._released = True
-        for task in self._pool.close():
-            task.drop()
+        self._dispatch.hand_back_queued()
         if self._tokens is not None:
             self._tokens.close()
         self._connection.close()
@@ -408,13 +396,3 @@ class TokenWorker:
             self._credentials.close()
         if self._health is not None:
             self._health.stop()
-
-
-def _unsent(routes: list[Route]) -> Callable[[Reply], None]:
-    """Tell every handler of a reply the worker could not send (its own ignore others')."""
-    handlers = {id(route.handler): route.handler for route in routes}.values()
-
-    def unsent(reply: Reply) -> None:
-        for handler in handlers:
-            handler.unsent(reply)
-    return unsent

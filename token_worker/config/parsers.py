@@ -217,7 +217,8 @@ def parse_nats_urls(raw: str | Sequence[str]) -> tuple[str, ...]:
             raise ValueError(f"has a bad port in {url!r}") from None
         if parts.scheme not in ("nats", "tls") or not parts.hostname:
             raise ValueError(f"must be nats://host:port or tls://host:port, got {url!r}")
-        urls.append(f"{parts.scheme}://{parts.hostname}:{port or 4222}")
+        host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
+        urls.append(f"{parts.scheme}://{host}:{port or 4222}")  # IPv6 keeps its brackets
     if not urls:
         raise ValueError("must name at least one server")
     return tuple(urls)

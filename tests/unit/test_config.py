@@ -241,6 +241,8 @@ INVALID = [
     ("idp.coolDown", -5, "> 0"),
     ("idp.defaultExpiresIn", -1, "0 or more"),
     ("idp.maxResponseBytes", 0, "at least 1"),
+    ("idp.caFile", "/no/such/ca.pem", "cannot read the CA file '/no/such/ca.pem'"),
+    ("idp.caFile", "/etc/hostname", "holds no PEM certificate"),
     ("cache.enabled", "maybe", "true or false"),
     ("cache.maxEntries", 0, "at least 1"),
     ("cache.expiryMargin", -1, ">= 0"),

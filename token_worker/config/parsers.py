@@ -11,12 +11,13 @@ from __future__ import annotations
 import math
 import os
 import re
+import ssl
 from collections.abc import Sequence
 from typing import Any
 from urllib.parse import urlsplit
 
 from token_worker import nkey_auth
-from token_worker.secret import Secret
+from token_worker.secret import Secret, read_regular_file
 
 # --- value parsers: each takes the raw value (JSON value, string, or a value given in code)
 # and returns it typed and normalised, or raises ValueError with a sentence that completes
@@ -245,3 +246,25 @@ def replicas(raw: Any) -> int:
 
 BUCKET_NAME = re.compile(r"^[a-zA-Z0-9_-]+$")
 MAX_REPLICAS = 5
+
+
+MAX_CA_FILE_BYTES = 4 * 1024 * 1024
+"""A CA bundle is a few kilobytes (the system's, some hundreds); a bigger file is refused."""
+
+
+def ca_file(raw: Any) -> str | None:
+    """A PEM CA bundle, read and loaded as TLS will load it, now (so a missing, unreadable
+    or certificate-less file fails the start, exit 2, naming the setting)."""
+    path = text(raw).strip()
+    if not path:
+        return None
+    try:
+        data = read_regular_file(path, MAX_CA_FILE_BYTES, label="the CA file")
+    except OSError as error:
+        raise ValueError(f"cannot read the CA file {path!r}: {error.strerror}") from None
+    try:
+        ssl.create_default_context(cadata=data.decode("ascii"))
+    except (UnicodeDecodeError, ValueError, ssl.SSLError):
+        raise ValueError(f"{path!r} holds no PEM certificate TLS can load") from None
+    return path
+

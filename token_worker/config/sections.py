@@ -155,6 +155,12 @@ class IdpConfig(Section):
         "idp.maxResponseBytes", parsers.positive_integer, default=defaults.IDP_MAX_RESPONSE_BYTES,
         env="IDP_MAX_RESPONSE_BYTES",
         help="largest token endpoint answer read, bytes; a larger one is refused")
+    ca_file: str | None = setting(
+        "idp.caFile", parsers.ca_file, default=None, env="IDP_CA_FILE",
+        help="CA bundle (PEM) the IdP's certificate is verified against, instead of the "
+             "system's")
+    """Trusted for IdP connections in place of the system's CAs (a private CA); a
+    credential's own ``ca.crt`` wins for its calls. Verification is never switched off."""
 
     @property
     def token_url(self) -> str:

@@ -217,9 +217,9 @@ def test_the_digest_keeps_apart_what_may_get_another_token(ca: CertificateAuthor
 
 
 @pytest.mark.parametrize(("values", "problem"), [
-    (["https://api.example#part"], "has a fragment"),
-    (["api.example"], "not an absolute URI"),
-    (["/relative"], "not an absolute URI"),
+    (["https://api.example#part"], "must not have a fragment"),
+    (["api.example"], "must be an absolute URI"),
+    (["/relative"], "must be an absolute URI"),
     (["https://api example"], "without spaces"),
     ([""], "non-empty"),
 ])

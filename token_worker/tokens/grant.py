@@ -31,7 +31,7 @@ if TYPE_CHECKING:
     from token_worker.tokens.keys import CaBundle, ClientCertificate, PrivateKey
 
 __all__ = ["AUTH_METHODS", "SECRET_METHODS", "ClientAuth", "Grant", "check_audience",
-           "check_key_id", "check_resources", "check_token_url"]
+           "check_key_id", "check_resource", "check_resources", "check_token_url"]
 
 CLIENT_SECRET_POST = "client_secret_post"  # noqa: S105 - a method's name, not a secret
 CLIENT_SECRET_BASIC = "client_secret_basic"  # noqa: S105 - a method's name, not a secret
@@ -168,21 +168,27 @@ def _digest(key: bytes | None, parts: list[bytes]) -> bytes:
 
 def check_resources(values: tuple[str, ...] | list[str]) -> tuple[str, ...]:
     """RFC 8707 resource indicators: each an absolute URI without a fragment; the order
-    kept, duplicates dropped. Raises ValueError naming the problem."""
+    kept, duplicates dropped. Raises ValueError naming the problem (never the value)."""
     kept: list[str] = []
     for value in values:
-        if not isinstance(value, str) or not value:
-            raise ValueError("a resource must be a non-empty string")
-        if len(value) > LONGEST_VALUE or _CONTROL.search(value):
-            raise ValueError("a resource must be a URI without spaces or control characters")
-        scheme, _, rest = value.partition(":")
-        if not _SCHEME.fullmatch(scheme) or not rest:
-            raise ValueError(f"resource {value[:100]!r} is not an absolute URI")
-        if "#" in value:
-            raise ValueError(f"resource {value[:100]!r} has a fragment (RFC 8707 2)")
+        check_resource(value)
         if value not in kept:
             kept.append(value)
     return tuple(kept)
+
+
+def check_resource(value: str) -> str:
+    """One resource indicator (RFC 8707 2): an absolute URI without a fragment."""
+    if not isinstance(value, str) or not value:
+        raise ValueError("a resource must be a non-empty string")
+    if len(value) > LONGEST_VALUE or _CONTROL.search(value):
+        raise ValueError("a resource must be a URI without spaces or control characters")
+    scheme, _, rest = value.partition(":")
+    if not _SCHEME.fullmatch(scheme) or not rest:
+        raise ValueError("a resource must be an absolute URI (scheme:...)")
+    if "#" in value:
+        raise ValueError("a resource must not have a fragment (RFC 8707 2)")
+    return value
 
 
 def check_audience(value: str) -> str:

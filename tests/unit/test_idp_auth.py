@@ -275,6 +275,18 @@ def test_each_client_certificate_has_its_own_connections(serve,
     assert "client_secret" not in dict(recorder.seen[0].form)
 
 
+def test_http_and_https_never_share_a_manager(serve, ca: CertificateAuthority) -> None:
+    """A plain-http call first, then an https one of the same client: the second is
+    verified against idp.caFile, not against whatever the first one's manager had."""
+    plain, _ = serve()
+    secure, recorder = serve(tls=True)
+    idp = client(secure, ca_file=str(ca.cert_file))
+    grant = Grant("s", ClientAuth("client_secret_post", Secret("secret-s")))
+    idp.fetch(Grant("s", grant.auth, token_url=plain + "/token"))
+    assert idp.fetch(grant).access_token
+    assert len(recorder.seen) == 1
+
+
 def test_the_ca_a_call_trusts(serve, ca: CertificateAuthority, tmp_path: Path) -> None:
     url, _ = serve(tls=True)
     grant = Grant("s", ClientAuth("client_secret_post", Secret("secret-s")))

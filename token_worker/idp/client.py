@@ -91,8 +91,9 @@ _IDENTITY_KEY = secrets.token_bytes(32)
 """Random per process: what a certificate or CA bundle is named under in the pool table."""
 _FORM_HEADERS = {"Content-Type": "application/x-www-form-urlencoded"}
 
-_Identity = tuple[str, bytes, bytes]
-"""(proxy URL or "", digest of the trusted CAs, digest of the client certificate)."""
+_Identity = tuple[str, bool, bytes, bytes]
+"""(proxy URL or "", TLS or not, digest of the trusted CAs, digest of the client
+certificate): what one connection manager serves."""
 
 
 class IdpClient:
@@ -294,7 +295,7 @@ class IdpClient:
             certificate = grant.auth.certificate
         tls = urlsplit(url).scheme == "https"
         identity: _Identity = (
-            route.url if route is not None else "",
+            route.url if route is not None else "", tls,
             _named(ca.pem) if tls and ca is not None else b"",
             _named(certificate.material) if tls and certificate is not None else b"")
         with self._managers_lock:

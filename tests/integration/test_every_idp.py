@@ -27,7 +27,7 @@ import urllib3
 from tests import ROOT
 from tests.conftest import CAPTURED_LOG_LINES, remember_secret, report_figure
 from tests.integration.connect_proxy import ConnectProxy
-from tests.integration.helpers import DEMO, TEST_CLIENTS, make_config
+from tests.integration.helpers import DEMO, TEST_CLIENTS, WorkerProcess, make_config
 from tests.integration.idp_modes import ModalIdp
 from tests.integration.ipv6 import (
     NatsServerV6,
@@ -443,3 +443,25 @@ def test_bin_token_worker_reaches_a_name_that_resolves_only_to_ipv6(
             process.terminate()
             assert process.wait(15) == 0
             reader.join(5)
+
+
+@pytest.mark.parametrize(("value", "problem"), [
+    ("/no/such/ca.pem", "cannot read the CA file '/no/such/ca.pem': No such file or directory"),
+    ("/etc/hostname", "'/etc/hostname' holds no PEM certificate TLS can load"),
+])
+def test_a_bad_ca_file_stops_the_start_naming_the_setting(value: str, problem: str) -> None:
+    worker = WorkerProcess(env={"IDP_CA_FILE": value, "NATS_URL": "nats://127.0.0.1:9"})
+    assert worker.finish() == 2
+    assert worker.lines == [f"token-worker: invalid config idp.caFile (from env IDP_CA_FILE): "
+                            f"{problem}"]
+
+
+def test_a_bad_proxy_variable_stops_the_start(no_proxy_env) -> None:
+    remember_secret("proxy-secret-never-shown")
+    worker = WorkerProcess(env={"HTTPS_PROXY": "socks5://u:proxy-secret-never-shown@p:1080",
+                                "NATS_URL": "nats://127.0.0.1:9"})
+    assert worker.finish() == 2
+    assert worker.lines[-1] == (
+        "token-worker: invalid config HTTPS_PROXY (from env HTTPS_PROXY or https_proxy): "
+        "must be an http:// or https:// proxy URL with a host (got scheme 'socks5')")
+    assert "proxy-secret-never-shown" not in "\n".join(worker.lines)

@@ -402,10 +402,12 @@ def test_proxy_credentials_are_taken_out_of_the_url(proxy_env) -> None:
 def test_a_bad_proxy_variable_stops_the_start(proxy_env, monkeypatch) -> None:
     proxy_env()
     monkeypatch.setenv("HTTPS_PROXY", "socks5://user:secret-pw@proxy:1080")
-    with pytest.raises(ConfigError, match="HTTPS_PROXY must be an http:// or https:// proxy") \
-            as caught:
+    with pytest.raises(ConfigError) as caught:
+        IdpClient(IdpConfig(url="https://idp.example"))
+    assert str(caught.value) == (
+        "invalid config HTTPS_PROXY (from env HTTPS_PROXY or https_proxy): must be an "
+        "http:// or https:// proxy URL with a host (got scheme 'socks5')")
+    monkeypatch.setenv("HTTPS_PROXY", "http://u:secret-pw@proxy:port")
+    with pytest.raises(ConfigError, match="not a valid proxy URL") as caught:
         IdpClient(IdpConfig(url="https://idp.example"))
     assert "secret-pw" not in str(caught.value)
-    monkeypatch.setenv("HTTPS_PROXY", "http://proxy:port")
-    with pytest.raises(ConfigError, match="HTTPS_PROXY is not a valid proxy URL"):
-        IdpClient(IdpConfig(url="https://idp.example"))

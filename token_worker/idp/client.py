@@ -57,7 +57,6 @@ from urllib3.exceptions import TimeoutError as HttpTimeout
 from token_worker.config import IdpConfig
 from token_worker.errors import (
     CannotAuthenticate,
-    ConfigError,
     IdpError,
     IdpTimeout,
     IdpUnavailable,
@@ -102,7 +101,8 @@ class IdpClient:
     Each connection manager keeps up to ``pool_size`` kept-alive connections per host, so
     a busy worker does not open a TCP (and TLS) connection per request. Retries are not
     urllib3's business here: :mod:`token_worker.idp.resilience` decides them. ``proxies``
-    defaults to the process's proxy variables, read now.
+    defaults to the process's proxy variables, read now (an unusable one is a
+    :class:`~token_worker.errors.ConfigError`).
     """
 
     def __init__(self, config: IdpConfig, *, pool_size: int = 10,
@@ -114,14 +114,9 @@ class IdpClient:
         for the endpoint it named."""
         self._discovery_lock = threading.Lock()
         self._pool_size = pool_size
-        if proxies is None:
-            try:
-                proxies = Proxies.from_environment()
-            except ValueError as error:
-                raise ConfigError("proxy", "environment", str(error)) from None
-        self._proxies = proxies
-        if proxies:
-            log.info("idp calls go through a proxy", extra={"proxies": repr(proxies)})
+        self._proxies = Proxies.from_environment() if proxies is None else proxies
+        if self._proxies:
+            log.info("idp calls go through a proxy", extra={"proxies": repr(self._proxies)})
         self._managers: OrderedDict[_Identity, urllib3.PoolManager] = OrderedDict()
         self._managers_lock = threading.Lock()
 

@@ -25,6 +25,8 @@ from urllib.parse import unquote, urlsplit, urlunsplit
 
 from urllib3.util import make_headers
 
+from token_worker.errors import ConfigError
+
 __all__ = ["Proxies", "ProxyRoute"]
 
 SCHEMES = ("http", "https")
@@ -53,8 +55,9 @@ class Proxies:
 
     def __init__(self, proxies: Mapping[str, str]) -> None:
         """``proxies`` as ``getproxies_environment`` returns them (``https``, ``http``,
-        ``all``, and ``no`` for NO_PROXY); unusable entries raise ValueError naming the
-        variable, never its credentials."""
+        ``all``, and ``no`` for NO_PROXY); an unusable entry raises
+        :class:`~token_worker.errors.ConfigError` naming the variable, never its
+        credentials (the start fails, exit 2)."""
         self._raw = {key: value for key, value in proxies.items() if value}
         self._routes: dict[str, ProxyRoute] = {
             scheme: _route(self._raw[scheme], scheme)
@@ -105,6 +108,7 @@ def _route(raw: str, scheme: str) -> ProxyRoute:
     """A :class:`ProxyRoute` from a proxy variable's value (``host:port`` is
     ``http://host:port``, as curl reads it)."""
     name = f"{scheme.upper()}_PROXY"
+    source = f"env {name} or {name.lower()}"
     value = raw.strip()
     if "://" not in value:
         value = "http://" + value
@@ -112,10 +116,11 @@ def _route(raw: str, scheme: str) -> ProxyRoute:
         parts = urlsplit(value)
         port = parts.port
     except ValueError:
-        raise ValueError(f"{name} is not a valid proxy URL") from None
+        raise ConfigError(name, source, "not a valid proxy URL (a bad port or bracket?)"
+                          ) from None
     if parts.scheme not in SCHEMES or not parts.hostname:
-        raise ValueError(f"{name} must be an http:// or https:// proxy URL with a host "
-                         f"(got scheme {parts.scheme!r})")
+        raise ConfigError(name, source, "must be an http:// or https:// proxy URL with a "
+                          f"host (got scheme {parts.scheme!r})")
     host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
     netloc = host + (f":{port}" if port else "")
     url = urlunsplit((parts.scheme, netloc, "", "", ""))

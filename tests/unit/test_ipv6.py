@@ -1,6 +1,7 @@
-"""IPv6 without a server: NATS URLs and IdP origins keep their brackets, and the NATS
+"""IPv6 without a real server: NATS URLs and IdP origins keep their brackets, the NATS
 handshake reaches a host whatever family its addresses are, trying each in turn (a
-one-thread fake NATS server on ::1 answers it)."""
+one-thread fake NATS server on ::1 answers it), and the IdP client reaches an IdP on ::1
+by address or by a name that resolves only there."""
 
 from __future__ import annotations
 
@@ -8,14 +9,17 @@ import contextlib
 import socket
 import threading
 from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
 
 from tests import free_port
-from token_worker.config import NatsConfig, load_config, parse_nats_urls
+from token_worker.config import IdpConfig, NatsConfig, load_config, parse_nats_urls
 from token_worker.errors import ConfigError
 from token_worker.idp.answers import origin
+from token_worker.idp.client import IdpClient
+from token_worker.idp.proxy import Proxies
 from token_worker.nats.dial import dial
 
 
@@ -152,3 +156,51 @@ def test_the_last_refusal_is_raised_when_no_address_answers(
         (socket.AF_INET, socket.SOCK_STREAM, 6, "", ("127.0.0.1", closed))])
     with pytest.raises(ConnectionRefusedError):
         _dial(f"nats://twice.test:{closed}")
+
+
+# --- the IdP on IPv6 -----------------------------------------------------------------------
+
+class _TokenHandler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        body = b'{"access_token": "v6-token", "token_type": "Bearer", "expires_in": 60}'
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *_args: object) -> None:
+        pass
+
+
+class _V6Server(ThreadingHTTPServer):
+    address_family = socket.AF_INET6
+    daemon_threads = True
+
+
+@needs_ipv6
+def test_an_idp_named_by_a_name_that_resolves_only_to_ipv6(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    server = _V6Server(("::1", 0), _TokenHandler)
+    threading.Thread(target=server.serve_forever, args=(0.01,), daemon=True).start()
+    port = server.server_address[1]
+    real = socket.getaddrinfo
+
+    def resolve(host: str, *args: Any, **kwargs: Any) -> Any:
+        if host == "idp6.test":
+            return [(socket.AF_INET6, socket.SOCK_STREAM, 6, "", ("::1", port, 0, 0))]
+        return real(host, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", resolve)
+    try:
+        for url in (f"http://idp6.test:{port}", f"http://[::1]:{port}"):
+            client = IdpClient(IdpConfig(url=url, token_path="/token", timeout=2.0),
+                               proxies=Proxies({}))
+            assert client.fetch_token("c", "secret-v6", "").access_token == "v6-token"
+            client.close()
+    finally:
+        server.shutdown()
+        server.server_close()

@@ -36,6 +36,7 @@ if TYPE_CHECKING:
     from token_worker.errors import (
         AskedToWait,
         BadSubject,
+        CannotAuthenticate,
         CircuitOpen,
         ClientClosed,
         ConfigError,
@@ -70,13 +71,13 @@ if TYPE_CHECKING:
     from token_worker.serve.worker import TokenWorker
 
 _ERRORS = (
-    "AskedToWait", "BadSubject", "CircuitOpen", "ClientClosed", "ConfigError",
-    "ConnectionClosed", "CredentialsDirError", "HandshakeFailed", "IdpBadResponse", "IdpError",
-    "IdpRefused", "IdpTimeout", "IdpUnavailable", "InvalidCredentialName", "InvalidReply",
-    "InvalidRequest", "KvError", "KvTimeout", "KvUnavailable", "NatsConnectionError",
-    "NatsCredentialsError", "NatsUnavailable", "NoWorkerAnswered", "NotConnected",
-    "PayloadTooLarge", "ReconnectGaveUp", "RefusedFile", "RequestTimedOut",
-    "TokenRequestFailed", "TokenWorkerError",
+    "AskedToWait", "BadSubject", "CannotAuthenticate", "CircuitOpen", "ClientClosed",
+    "ConfigError", "ConnectionClosed", "CredentialsDirError", "HandshakeFailed",
+    "IdpBadResponse", "IdpError", "IdpRefused", "IdpTimeout", "IdpUnavailable",
+    "InvalidCredentialName", "InvalidReply", "InvalidRequest", "KvError", "KvTimeout",
+    "KvUnavailable", "NatsConnectionError", "NatsCredentialsError", "NatsUnavailable",
+    "NoWorkerAnswered", "NotConnected", "PayloadTooLarge", "ReconnectGaveUp", "RefusedFile",
+    "RequestTimedOut", "TokenRequestFailed", "TokenWorkerError",
 )
 
 _EXPORTS: dict[str, str] = {
@@ -95,8 +96,9 @@ _EXPORTS: dict[str, str] = {
 """Each exported name and the module it lives in (imported when the name is first used)."""
 
 __all__ = [
-    "AskedToWait", "BadSubject", "BytesHandler", "CircuitOpen", "ClientClosed", "Config",
-    "ConfigError", "ConnectionClosed", "CredentialsDirError", "Deferred", "HandshakeFailed",
+    "AskedToWait", "BadSubject", "BytesHandler", "CannotAuthenticate", "CircuitOpen",
+    "ClientClosed", "Config", "ConfigError", "ConnectionClosed", "CredentialsDirError",
+    "Deferred", "HandshakeFailed",
     "IdpBadResponse", "IdpError", "IdpRefused", "IdpTimeout", "IdpUnavailable",
     "InvalidCredentialName", "InvalidReply", "InvalidRequest", "KvError", "KvTimeout",
     "KvUnavailable", "NatsConnectionError", "NatsCredentialsError", "NatsUnavailable",

@@ -28,7 +28,8 @@ a requester error keeps the reply's ``error_code``. Catch the branch you mean::
     │       │   ├── CircuitOpen     failing fast: the endpoint is failing, cooling down
     │       │   └── AskedToWait     failing fast: its Retry-After has not passed yet
     │       ├── IdpTimeout          no answer within ``idp.timeout`` / ``idp.deadline``
-    │       └── IdpBadResponse      an answer no retry can fix (not a token, a redirect)
+    │       ├── IdpBadResponse      an answer no retry can fix (not a token, a redirect)
+    │       └── CannotAuthenticate  the worker cannot prove the client as asked: not sent
     ├── InvalidRequest              a request body the wire contract refuses
     ├── InvalidReply                requester side: a reply body the wire contract refuses
     ├── TokenRequestFailed          requester side: a worker answered with an error
@@ -290,6 +291,21 @@ class IdpBadResponse(IdpError):
         where = f" (HTTP {status})" if status is not None else ""
         super().__init__(f"unusable answer from the identity provider{where}: {reason}",
                          status=status, reason=reason, body=body)
+
+
+class CannotAuthenticate(IdpError):
+    """The worker cannot authenticate the client the way it was asked to, so nothing was
+    sent: ``private_key_jwt`` or ``tls_client_auth`` without the key or certificate it
+    needs, a client certificate for a plain ``http`` token endpoint, a certificate or CA
+    that TLS cannot load. A fault of the worker's set-up, not of the requester nor the
+    IdP: never retried, never counted towards failing fast, answered ``internal_error``;
+    the message names the method and the problem, never a key."""
+
+    error_code = "internal_error"
+
+    def __init__(self, problem: str) -> None:
+        super().__init__(f"cannot authenticate the client: {problem}", reason=problem,
+                         attempted=False)
 
 
 class TokenRequestFailed(TokenWorkerError):

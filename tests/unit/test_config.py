@@ -252,6 +252,8 @@ INVALID = [
     ("idp.clientRate", "fast", "a number per second"),
     ("idp.clientBurst", 0, "at least 1"),
     ("idp.maxCallsPerSecond", math.inf, "finite"),
+    ("idp.caFile", "/no/such/ca.pem", "cannot read the CA file '/no/such/ca.pem'"),
+    ("idp.caFile", "/etc/hostname", "holds no PEM certificate"),
     ("cache.enabled", "maybe", "true or false"),
     ("cache.maxEntries", 0, "at least 1"),
     ("cache.maxEntriesPerClient", 0, "at least 1"),

@@ -134,7 +134,7 @@ def test_unusable_entries_are_not_credentials_and_say_why(
     (tmp_path / "bad-method").mkdir()
     (tmp_path / "bad-method" / "client_id").write_text("id")
     (tmp_path / "bad-method" / "client_secret").write_text("do-not-log-me")
-    (tmp_path / "bad-method" / "auth_method").write_text("private_key_jwt")
+    (tmp_path / "bad-method" / "auth_method").write_text("client_secret_jwt")  # not supported
     (tmp_path / "bad.name").mkdir()
     (tmp_path / "stray-file").write_text("x")
     store = open_store(stores, tmp_path, start=False)

@@ -16,13 +16,14 @@ from __future__ import annotations
 import math
 import os
 import re
+import ssl
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
 from token_worker import nkey_auth
-from token_worker.secret import Secret
+from token_worker.secret import Secret, read_regular_file
 
 # --- value parsers: each takes the raw value (JSON value, string, or a value given in code)
 # and returns it typed and normalised, or raises ValueError with a sentence that completes
@@ -253,7 +254,8 @@ def parse_nats_urls(raw: str | Sequence[str]) -> tuple[str, ...]:
             raise ValueError(f"has a bad port in {url!r}") from None
         if parts.scheme not in ("nats", "tls") or not parts.hostname:
             raise ValueError(f"must be nats://host:port or tls://host:port, got {url!r}")
-        urls.append(f"{parts.scheme}://{parts.hostname}:{port or 4222}")
+        host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
+        urls.append(f"{parts.scheme}://{host}:{port or 4222}")  # IPv6 keeps its brackets
     if not urls:
         raise ValueError("must name at least one server")
     return tuple(urls)
@@ -303,3 +305,24 @@ class Rate:
 def rate(*, maximum: float) -> Rate:
     """The parser of a rate setting: calls a second, above 0, up to ``maximum``."""
     return Rate(maximum=maximum)
+
+MAX_CA_FILE_BYTES = 4 * 1024 * 1024
+"""A CA bundle is a few kilobytes (the system's, some hundreds); a bigger file is refused."""
+
+
+def ca_file(raw: Any) -> str | None:
+    """A PEM CA bundle, read and loaded as TLS will load it, now (so a missing, unreadable
+    or certificate-less file fails the start, exit 2, naming the setting)."""
+    path = text(raw).strip()
+    if not path:
+        return None
+    try:
+        data = read_regular_file(path, MAX_CA_FILE_BYTES, label="the CA file")
+    except OSError as error:
+        raise ValueError(f"cannot read the CA file {path!r}: {error.strerror}") from None
+    try:
+        ssl.create_default_context(cadata=data.decode("ascii"))
+    except (UnicodeDecodeError, ValueError, ssl.SSLError):
+        raise ValueError(f"{path!r} holds no PEM certificate TLS can load") from None
+    return path
+

@@ -202,6 +202,12 @@ class IdpConfig(Section):
         default=defaults.IDP_MAX_CALLS_PER_SECOND,
         env="IDP_MAX_CALLS_PER_SECOND",
         help="ceiling on this replica's calls to one token endpoint, per second")
+    ca_file: str | None = setting(
+        "idp.caFile", parsers.ca_file, default=None, env="IDP_CA_FILE",
+        help="CA bundle (PEM) the IdP's certificate is verified against, instead of the "
+             "system's")
+    """Trusted for IdP connections in place of the system's CAs (a private CA); a
+    credential's own ``ca.crt`` wins for its calls. Verification is never switched off."""
 
     @property
     def token_url(self) -> str:

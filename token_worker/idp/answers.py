@@ -206,18 +206,25 @@ def _redirect_reason(location: str | None, token_url: str, scrub: Scrubber) -> s
         port = parts.port
     except ValueError:
         port = None
-    host = (hostname or "?") + (f":{port}" if port else "")
-    return f"redirect to {_printable(host, 100, scrub)}"
+    return f"redirect to {_printable(_authority(hostname, port), 100, scrub)}"
 
 
 def origin(url: str) -> str:
-    """``scheme://host[:port]`` of ``url``: what a log line may name of a URL an IdP gave."""
+    """``scheme://host[:port]`` of ``url``: what a log line may name of a URL an IdP gave
+    (an IPv6 host keeps its brackets: ``http://[::1]:9400``)."""
     try:
         parts = urlsplit(url)
-        return f"{parts.scheme}://{parts.hostname or '?'}" + (
-            f":{parts.port}" if parts.port else "")
+        return f"{parts.scheme}://{_authority(parts.hostname, parts.port)}"
     except ValueError:
         return "(unparsable)"
+
+
+def _authority(hostname: str | None, port: int | None) -> str:
+    """``host[:port]``, an IPv6 address in brackets (``[::1]:9400``), so it reads back."""
+    host = hostname or "?"
+    if ":" in host:
+        host = f"[{host}]"
+    return host + (f":{port}" if port else "")
 
 
 def _retry_after(value: str | None) -> float | None:

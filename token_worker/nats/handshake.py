@@ -102,11 +102,12 @@ def connect_options(config: NatsConfig, name: str, *, no_responders: bool,
 
 
 class Handshake(pynats2.NATSNoSubscribeClient):  # type: ignore[misc,name-defined]
-    """pynats2's connection set-up with four fixes.
+    """pynats2's connection set-up with five fixes.
 
-    It shows its socket before connecting (``on_socket``: so ``close()`` can cut a connect
-    that hangs), keeps the server's INFO (pynats2 drops it), sends the CONNECT built from
-    that INFO, and fails on a closed socket instead of spinning on empty reads.
+    It tries every address of the host, IPv6 included (pynats2 dials IPv4 only), shows
+    each socket before connecting (``on_socket``: so ``close()`` can cut a connect that
+    hangs), keeps the server's INFO (pynats2 drops it), sends the CONNECT built from that
+    INFO, and fails on a closed socket instead of spinning on empty reads.
     """
 
     _socket_buffer: bytes
@@ -139,15 +140,12 @@ class Handshake(pynats2.NATSNoSubscribeClient):  # type: ignore[misc,name-define
         return self._socket_buffer
 
     def connect(self) -> None:
-        """pynats2's ``connect()``, with the socket shown to ``on_socket`` before the
-        blocking TCP connect, and errors that say what went wrong."""
+        """pynats2's ``connect()``, with every address of the host tried in turn (IPv6
+        too), each socket shown to ``on_socket`` before its blocking TCP connect, and
+        errors that say what went wrong."""
         options = self._conn_options
-        sock = socket.socket(family=socket.AF_INET, type=socket.SOCK_STREAM)
-        self._socket = sock
-        self._on_socket(sock)
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        sock.settimeout(self._socket_options["timeout"])
-        sock.connect((options["hostname"], options["port"]))
+        self._socket = open_socket(options["hostname"], options["port"],
+                                   self._socket_options["timeout"], self._on_socket)
         _command, result = self._recv(pynats2.client.INFO_RE)
         if result is None:
             raise HandshakeFailed("no NATS greeting (INFO) within the connect timeout: not a NATS "
@@ -176,6 +174,34 @@ class Handshake(pynats2.NATSNoSubscribeClient):  # type: ignore[misc,name-define
         end = buffer.index(b"\r\n") + 2
         self._socket_buffer = buffer[end:]
         return buffer[:end]
+
+
+def open_socket(host: str, port: int, timeout: float,
+                on_socket: Callable[[socket.socket], None]) -> socket.socket:
+    """A TCP connection to ``host`` (a name or an address, IPv6 without brackets): every
+    address ``getaddrinfo`` gives is tried in its order, each with a socket of its own
+    family and the whole connect timeout, as ``socket.create_connection`` does (pynats2
+    made an ``AF_INET`` socket, which cannot reach ``::1``). Each socket is shown to
+    ``on_socket`` before its blocking connect (closed if that raises); the last failure
+    is raised when no address answers."""
+    last: OSError | None = None
+    for family, kind, proto, _name, address in socket.getaddrinfo(
+            host, port, socket.AF_UNSPEC, socket.SOCK_STREAM):
+        sock = socket.socket(family, kind, proto)
+        try:
+            on_socket(sock)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            sock.settimeout(timeout)
+            sock.connect(address)
+        except OSError as error:
+            sock.close()
+            last = error
+            continue
+        except BaseException:
+            sock.close()
+            raise
+        return sock
+    raise last or OSError(f"no address for {host!r}")
 
 
 def describe_connect_error(error: BaseException) -> str:

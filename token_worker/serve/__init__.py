@@ -10,6 +10,7 @@
   through :mod:`~token_worker.serve.pool`; :mod:`~token_worker.serve.replying`: the reply
   path (checked, counted, sent);
 - :mod:`~token_worker.serve.credentials`: named credentials from a mounted Secret;
+  :mod:`~token_worker.serve.credential_folder`: one credential's files;
 - :mod:`~token_worker.serve.health`: ``/healthz``, ``/readyz``, ``/metrics``;
   :mod:`~token_worker.serve.service`: the NATS services API (``$SRV``);
   :mod:`~token_worker.serve.naming`: the client name.

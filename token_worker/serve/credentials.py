@@ -1,4 +1,5 @@
-"""Named credentials: client id and secret live in the worker's Secret, not on the bus.
+"""Named credentials: client ids and what proves them (a secret, a key, a certificate) live
+in the worker's Secret, not on the bus.
 
 The directory holds one folder per credential, exactly as the kubelet mounts a Secret (or
 a projected volume of several Secrets) whose items have paths ``<name>/client_id``::
@@ -7,8 +8,9 @@ a projected volume of several Secrets) whose items have paths ``<name>/client_id
     <dir>/..data -> ..2026_11_30_02_00_00.123456789           swapped atomically on update
     <dir>/orders -> ..data/orders                              what a reader sees
 
-Files: ``client_id``, ``client_secret``, optional ``scope`` and ``auth_method``; one
-trailing newline is stripped. Dot-entries are the kubelet's, never credentials.
+What one folder holds and how it is read: :mod:`token_worker.serve.credential_folder`
+(:data:`~token_worker.serve.credential_folder.FILES`). Dot-entries are the kubelet's,
+never credentials.
 
 A background thread looks at the directory every ``interval`` seconds (with ``..data``,
 one ``readlink`` unless it moved) and swaps in a new immutable snapshot, so
@@ -32,15 +34,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from token_worker.errors import CredentialsDirError, InvalidCredentialName
-from token_worker.secret import Secret, read_regular_file
+from token_worker.serve.credential_folder import Credential, read_credential
 
 logger = logging.getLogger(__name__)
 
 NAME_PATTERN = re.compile(r"[A-Za-z0-9_-]+")
 """A credential name: one NATS subject token, no wildcard, no dot."""
-AUTH_METHODS = frozenset({"client_secret_post", "client_secret_basic"})
-MAX_VALUE_BYTES = 64 * 1024
-"""A client id, secret or scope is far smaller; a bigger file is a mistake, not read."""
 DATA_TARGET_PATTERN = re.compile(r"\.\.[^/\x00]+")
 """What ``..data`` may point to: one kubelet ``..<timestamp>`` entry beside it."""
 DATA_LINK = "..data"
@@ -52,26 +51,6 @@ RACY_NS = 2_000_000_000
 """A plain directory touched this recently is always read in full: a same-size rewrite
 within one file-system timestamp tick would leave its signature unchanged."""
 """Attempts at one consistent read before keeping the previous snapshot for this round."""
-
-
-@dataclass(frozen=True)
-class Credential:
-    """One named client: what the worker sends to the IdP for ``token.named.<name>``."""
-
-    name: str
-    client_id: str
-    client_secret: Secret
-    scope: str | None = None
-    """The credential's default scope; a request's own ``scope`` still wins."""
-    auth_method: str | None = None
-    """``client_secret_post`` or ``client_secret_basic``; None means the worker's default."""
-
-    def __repr__(self) -> str:
-        return (f"Credential(name={self.name!r}, client_id={self.client_id!r}, "
-                f"scope={self.scope!r}, auth_method={self.auth_method!r}, "
-                "client_secret='********')")
-
-    __str__ = __repr__
 
 
 def is_valid_name(name: str) -> bool:
@@ -97,50 +76,6 @@ class _Torn(Exception):
 
 class _BadDataLink(Exception):
     """``..data`` points somewhere the kubelet never would (outside the directory)."""
-
-
-def _inside(path: Path, base: str) -> str:
-    """``path`` with every symlink resolved, or ValueError when that leaves ``base`` (the
-    resolved credentials directory): a value must never come from elsewhere, such as
-    ``/proc/self/environ`` or another mount."""
-    resolved = os.path.realpath(path)
-    if resolved != base and not resolved.startswith(base.rstrip(os.sep) + os.sep):
-        raise ValueError(f"{path.name} leads outside the credentials directory")
-    return resolved
-
-
-def _value(path: Path, base: str) -> str | None:
-    """A file's text minus one trailing newline; None when the file does not exist."""
-    try:
-        data = read_regular_file(_inside(path, base), MAX_VALUE_BYTES, label=path.name)
-    except FileNotFoundError:
-        return None
-    if data.endswith(b"\r\n"):
-        data = data[:-2]
-    elif data.endswith(b"\n"):
-        data = data[:-1]
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError:
-        raise ValueError(f"{path.name} is not UTF-8 text") from None
-
-
-def _credential(name: str, folder: Path, base: str) -> Credential:
-    """Read one credential folder, or raise ValueError saying what is wrong (no values)."""
-    client_id = _value(folder / "client_id", base)
-    secret = _value(folder / "client_secret", base)
-    if not client_id or not client_id.strip():
-        raise ValueError("client_id is missing or empty")
-    if not secret:
-        raise ValueError("client_secret is missing or empty")
-    if any(ord(char) < 32 for char in client_id):
-        raise ValueError("client_id contains control characters")
-    scope = (_value(folder / "scope", base) or "").strip() or None
-    method = (_value(folder / "auth_method", base) or "").strip() or None
-    if method is not None and method not in AUTH_METHODS:
-        raise ValueError(f"auth_method must be one of {sorted(AUTH_METHODS)}")
-    return Credential(name=name, client_id=client_id.strip(), client_secret=Secret(secret),
-                      scope=scope, auth_method=method)
 
 
 @dataclass(frozen=True)
@@ -172,7 +107,7 @@ def _read_set(root: Path, base: str) -> Snapshot:
             problems[entry] = "not a folder (expected <name>/client_id, <name>/client_secret)"
             continue
         try:
-            credentials[entry] = _credential(entry, folder, base)
+            credentials[entry] = read_credential(entry, folder, base)
         except ValueError as error:
             problems[entry] = str(error)
         except OSError as error:

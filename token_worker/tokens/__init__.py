@@ -2,6 +2,9 @@
 
 - :mod:`~token_worker.tokens.model`: :class:`~token_worker.tokens.model.IssuedToken` and the
   :class:`~token_worker.tokens.model.Issuer` protocol the broker depends on;
+- :mod:`~token_worker.tokens.grant`: what a client proves and asks for (a
+  :class:`~token_worker.tokens.grant.Grant`), and its keyed digest;
+  :mod:`~token_worker.tokens.keys`: private keys, client certificates, CA bundles;
 - :mod:`~token_worker.tokens.cache`: the bounded per-worker cache and its keys;
 - :mod:`~token_worker.tokens.sealing`: the fleet key (naming and sealing shared entries);
 - :mod:`~token_worker.tokens.shared`: the fleet's shared tier over JetStream KV;

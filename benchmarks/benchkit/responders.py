@@ -69,3 +69,9 @@ def baseline_worker(nats: NatsServer, idp: IdpServer, subject: str = "token.requ
 def null_responder(binary: str, nats: NatsServer, subject: str) -> WorkerProcess:
     """The C null responder: a fixed reply, no work."""
     return WorkerProcess([binary, str(nats.port), subject], {})
+
+
+def go_worker(binary: str, nats: NatsServer, idp: IdpServer, subject: str) -> WorkerProcess:
+    """The Go cached worker (benchmarks/go/cachedworker): the same job in compiled code."""
+    return WorkerProcess([binary, "-url", nats.url, "-subject", subject,
+                          "-token-url", idp.token_url], {})

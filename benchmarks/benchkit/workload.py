@@ -38,11 +38,12 @@ def named_payloads(count: int) -> list[bytes]:
 
 
 def credentials_dir(directory: str) -> str:
-    """A CREDENTIALS_DIR holding every bench client as ``<client_id>/client_id`` etc."""
+    """A CREDENTIALS_DIR holding every bench client as ``<client_id>/client_id`` etc.
+    (made again over the same files when asked again)."""
     root = Path(directory) / "credentials"
     for client in CLIENTS:
         folder = root / client["client_id"]
-        folder.mkdir(parents=True)
+        folder.mkdir(parents=True, exist_ok=True)
         (folder / "client_id").write_text(client["client_id"] + "\n")
         (folder / "client_secret").write_text(client["client_secret"] + "\n")
     return str(root)

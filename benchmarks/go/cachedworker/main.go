@@ -235,6 +235,9 @@ func (w *worker) fetch(k cacheKey, clientID, secret, scope string) (entry, strin
 		return entry{}, code, fmt.Errorf("the IdP refused: HTTP %d", response.StatusCode)
 	}
 	expires := asked.Add(time.Duration(answer.ExpiresIn) * time.Second)
+	if answer.Scope == "" {
+		answer.Scope = scope // as token-worker: the IdP granted what was asked
+	}
 	e := entry{accessToken: answer.AccessToken, tokenType: answer.TokenType,
 		scope: answer.Scope, expiresAt: expires, serveUntil: expires.Add(-expiryMargin)}
 	if e.serveUntil.After(asked) {

@@ -42,10 +42,12 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import io
 import os
 import signal
 import sys
 import threading
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from tempfile import TemporaryDirectory
@@ -122,9 +124,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     requests = args.requests or (10000 if args.quick else 100000)
     rounds = args.rounds or (1 if args.quick else 3)
     stop_on_sigterm()
+    began = time.monotonic()
+    if isinstance(sys.stdout, io.TextIOWrapper):
+        sys.stdout.reconfigure(line_buffering=True)  # piped to a file: nothing lost on a stop
     load = os.getloadavg()
     print(f"token-worker benchmark, {os.cpu_count()} cores, Python {sys.version.split()[0]}, "
-          f"{requests:,} requests per run, {rounds} rounds, load average before "
+          f"{requests:,} requests per run, {scenarios.rounds(rounds)}, load average before "
           f"{load[0]:.2f}; sections: {', '.join(chosen)}")
     if load[0] > 0.5 * (os.cpu_count() or 1):
         print("note: the machine is busy: compare responders within this run, not with "
@@ -145,7 +150,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                                 args.generator_threads)
         for name, run in SCENARIOS.items():
             if name in chosen:
+                started = time.monotonic()
                 run(setup)
+                print(f"({name}: {time.monotonic() - started:.0f} s)", flush=True)
+    print(f"\nbench.py took {time.monotonic() - began:.0f} s")
     return 0
 
 

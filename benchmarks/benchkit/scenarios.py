@@ -122,8 +122,7 @@ def pipelined(setup: Setup) -> None:
     bench, levels = setup.bench, (1, 16, 64)
     print(f"\nPipelined generator: {bench.generators} processes of one raw-protocol connection "
           f"each, cache warm, {setup.requests:,} requests per run "
-          f"({setup.requests // 10:,} at concurrency 1), median of {setup.rounds} "
-          "alternating rounds:")
+          f"({setup.requests // 10:,} at concurrency 1), {rounds(setup.rounds)}:")
 
     def measure(name: str, worker: WorkerProcess, concurrency: int) -> Result:
         count = setup.requests // 10 if concurrency == 1 else setup.requests
@@ -149,8 +148,8 @@ def closed_loop(setup: Setup) -> None:
                else "Go's default threads")
     print(f"\nClosed loop: independent requesters, each waiting for its reply, over "
           f"{setup.connections} NATS connections (nats.go, {threads}), {len(CLIENTS)} "
-          f"clients, cache warm, {setup.requests:,} requests per run, median of "
-          f"{setup.rounds} alternating rounds:")
+          f"clients, cache warm, {setup.requests:,} requests per run, "
+          f"{rounds(setup.rounds)}:")
 
     def measure(name: str, worker: WorkerProcess, concurrency: int) -> Result:
         return bench.measure(worker, setup.requests, lambda: generator.run(
@@ -180,11 +179,11 @@ def cpu(result: Result) -> float:
     return result.cpu_per_request
 
 
-def ratios(runs: Runs, levels: Sequence[int], rounds: int, targets: str = "") -> None:
+def ratios(runs: Runs, levels: Sequence[int], count: int, targets: str = "") -> None:
     """token-worker against the baseline (then ``targets``) and the Go worker, named
     against inline."""
-    print(f"\nRatios, medians of {rounds} alternating rounds' ratios (req/s: higher is "
-          "better; CPU per request: lower is better):")
+    each = "medians of the rounds' ratios" if count > 1 else "one round"
+    print(f"\nRatios ({each}; req/s: higher is better; CPU per request: lower is better):")
     for y in ("c", "g"):
         if (y, levels[0]) not in runs:
             continue
@@ -203,6 +202,10 @@ def ratios(runs: Runs, levels: Sequence[int], rounds: int, targets: str = "") ->
         r, _ = ratio(runs, "m", "a", concurrency, rate)
         c, _ = ratio(runs, "m", "a", concurrency, cpu)
         print(f"  concurrency {concurrency:>2}: req/s m/a {r:.2f}x, CPU per request m/a {c:.2f}x")
+
+
+def rounds(count: int) -> str:
+    return "one round" if count == 1 else f"median of {count} alternating rounds"
 
 
 def _each(values: Sequence[float]) -> str:

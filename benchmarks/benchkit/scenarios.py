@@ -92,17 +92,20 @@ def alternate(setup: Setup, levels: Sequence[int],
               measure: Callable[[str, WorkerProcess, int], Result]) -> Runs:
     """Every responder started, answering and warm (each of the 100 clients asked once),
     then measured in turn at each concurrency, ``setup.rounds`` times, so all see the
-    same machine."""
+    same machine; each round starts one responder further down the list, so none is
+    always first after the previous concurrency's last run."""
     bench, runs = setup.bench, {}
     with running(side_by_side(setup)) as workers:
         for name, worker in workers.items():
             bench.wait_serving(worker, SUBJECTS[name])
             make = named_payloads if name == "m" else payloads
             generate(bench.nats.port, make(len(CLIENTS)), 8, SUBJECTS[name], 1)
+        order = list(workers)
         for concurrency in levels:
-            for _ in range(setup.rounds):
-                for name, worker in workers.items():
-                    result = measure(name, worker, concurrency)
+            for round_ in range(setup.rounds):
+                shift = round_ % len(order)
+                for name in order[shift:] + order[:shift]:
+                    result = measure(name, workers[name], concurrency)
                     runs.setdefault((name, concurrency), []).append(result)
     return runs
 
@@ -166,7 +169,7 @@ def ratio(runs: Runs, x: str, y: str, concurrency: int, measure: Callable[[Resul
           ) -> tuple[float, list[float]]:
     """The median over rounds of ``measure`` of x / y (round i against round i), and each
     round's."""
-    each = [measure(p) / measure(q)
+    each = [measure(p) / measure(q) if measure(q) else float("nan")  # a run below a tick
             for p, q in zip(runs[(x, concurrency)], runs[(y, concurrency)], strict=True)]
     return statistics.median(each), each
 
@@ -182,8 +185,8 @@ def cpu(result: Result) -> float:
 def ratios(runs: Runs, levels: Sequence[int], count: int, targets: str = "") -> None:
     """token-worker against the baseline (then ``targets``) and the Go worker, named
     against inline."""
-    each = "medians of the rounds' ratios" if count > 1 else "one round"
-    print(f"\nRatios ({each}; req/s: higher is better; CPU per request: lower is better):")
+    how = "medians of the rounds' ratios" if count > 1 else "one round"
+    print(f"\nRatios ({how}; req/s: higher is better; CPU per request: lower is better):")
     for y in ("c", "g"):
         if (y, levels[0]) not in runs:
             continue

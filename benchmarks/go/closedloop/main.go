@@ -108,7 +108,7 @@ func main() {
 	clients := flag.Int64("clients", 100, "distinct client ids the requests cycle over")
 	named := flag.Bool("named", false, "named-credential bodies: request_id and timestamp only")
 	latencies := flag.String("latencies", "", "file for the latencies (float64 seconds, little-endian)")
-	wait := flag.Duration("wait", 10*time.Second, "no reply for this long: the rest are lost")
+	wait := flag.Duration("wait", 10*time.Second, "a request with no reply for this long is lost")
 	flag.Parse()
 	if *connections < 1 || *concurrency < 1 || *requests < 1 || *clients < 1 {
 		fail("-connections, -concurrency, -requests and -clients must be positive")

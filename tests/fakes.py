@@ -40,6 +40,7 @@ from token_worker.nats.kv import (
 from token_worker.nats.link import State
 from token_worker.nats.protocol import Message
 from token_worker.nats.subscriptions import Subscription
+from token_worker.tokens.grant import Grant
 from token_worker.tokens.model import IssuedToken
 
 # --- time ---------------------------------------------------------------------------------
@@ -98,6 +99,8 @@ class FakeIssuer:
         """What :meth:`time_needed` says a fetch needs."""
         self.calls = 0
         self.sent: list[tuple[str, str, str, str | None]] = []
+        self.grants: list[Grant | None] = []
+        """The grant each call was given (None for a secret method's)."""
         self.deadlines: list[float | None] = []
         self.entered = threading.Event()
         self.gate: threading.Event | None = None
@@ -110,12 +113,13 @@ class FakeIssuer:
         return self.need
 
     def fetch_token(self, client_id: str, client_secret: str, scope: str, *,
-                    deadline: float | None = None,
-                    auth_method: str | None = None) -> IssuedToken:
+                    deadline: float | None = None, auth_method: str | None = None,
+                    grant: Grant | None = None) -> IssuedToken:
         with self._lock:
             self.calls += 1
             number = self.calls
             self.sent.append((client_id, client_secret, scope, auth_method))
+            self.grants.append(grant)
             self.deadlines.append(deadline)
         self.entered.set()
         if self.gate is not None:

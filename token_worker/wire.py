@@ -108,6 +108,8 @@ space, a control character or a line separator into a header, a reply or a log l
 
 MAX_FIELD_LENGTH = 4096
 """Longest accepted value of any request string field; longer is a bad request."""
+MAX_RESOURCES = 16
+"""Most ``resource`` indicators one request may name."""
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
 """C0, DEL and C1 controls (U+0085 is a line break), the Unicode line and paragraph
 separators and the bidi overrides: a reader splitting on Unicode line breaks, or a
@@ -129,20 +131,30 @@ class TokenRequest(NamedTuple):
     timestamp: str = ""
     skip_cache: bool = False
     """Ask the IdP even if a cached token would do (the original front end's field)."""
+    resource: tuple[str, ...] = ()
+    """RFC 8707 resource indicators the token is for (``resource``: a string or a list of
+    strings); the worker checks each is an absolute URI."""
+    audience: str | None = None
+    """An Auth0-style ``audience`` the token is for."""
 
     def __repr__(self) -> str:
         return (f"TokenRequest(request_id={self.request_id!r}, client_id={self.client_id!r}, "
-                f"scope={self.scope!r}, client_secret='********')")
+                f"scope={self.scope!r}, resource={self.resource!r}, "
+                f"audience={self.audience!r}, client_secret='********')")
 
     @classmethod
     def from_bytes(cls, payload: bytes, *, max_size: int) -> TokenRequest:
         """Parse and validate one request body, or raise :class:`InvalidRequest`."""
         document = _request_document(payload, max_size)
         try:  # positional: this runs for every request
-            return cls(_request_id(document), _required_text(document, "client_id"),
-                       _required_text(document, "client_secret", secret=True),
-                       _scope(document), _optional_text(document, "timestamp"),
-                       _optional_flag(document, "skip_cache"))
+            request = cls(_request_id(document), _required_text(document, "client_id"),
+                          _required_text(document, "client_secret", secret=True),
+                          _scope(document), _optional_text(document, "timestamp"),
+                          _optional_flag(document, "skip_cache"))
+            if "resource" in document or "audience" in document:  # rare: off the hot path
+                request = request._replace(resource=_resource(document),
+                                           audience=_audience(document))
+            return request
         except ValueError as error:
             raise InvalidRequest(str(error), request_id=_readable_request_id(document)
                                  ) from None
@@ -156,6 +168,10 @@ class TokenRequest(NamedTuple):
             body["scope"] = self.scope
         if self.skip_cache:
             body["skip_cache"] = True
+        if self.resource:
+            body["resource"] = list(self.resource)
+        if self.audience is not None:
+            body["audience"] = self.audience
         return orjson.dumps(body)
 
 
@@ -284,6 +300,32 @@ def _scope(document: dict[str, Any]) -> str | None:
     if len(value) > MAX_FIELD_LENGTH or _CONTROL.search(value):
         raise ValueError("field scope is not a valid scope string")
     return " ".join(value.split())
+
+
+def _resource(document: dict[str, Any]) -> tuple[str, ...]:
+    """``resource``: a string or a list of strings, each one line, bounded (whether each
+    is an absolute URI is checked where the grant is made)."""
+    value = document.get("resource")
+    if value is None:
+        return ()
+    items = [value] if isinstance(value, str) else value
+    if not isinstance(items, list) or not items or len(items) > MAX_RESOURCES or not all(
+            isinstance(item, str) and item and len(item) <= MAX_FIELD_LENGTH
+            and not _CONTROL.search(item) for item in items):
+        raise ValueError(f"field resource must be a non-empty string or a list of at most "
+                         f"{MAX_RESOURCES} such strings")
+    return tuple(items)
+
+
+def _audience(document: dict[str, Any]) -> str | None:
+    value = document.get("audience")
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value.strip() or len(value) > MAX_FIELD_LENGTH or (
+            _CONTROL.search(value)):
+        raise ValueError("field audience must be a non-empty string without control "
+                         "characters")
+    return value
 
 
 def _json_type(value: Any) -> str:

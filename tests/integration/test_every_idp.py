@@ -2,8 +2,8 @@
 private_key_jwt and tls_client_auth credentials read from a credentials directory, verified
 by the IdP itself; resource indicators; a second IdP named by a credential's token_url; an
 HTTPS IdP on a private CA; the calls through a CONNECT proxy; IPv6 for the IdP and for
-NATS. At the IdpClient / ResilientIdp level (the broker passes grants through in the next
-step), plus a worker on ``nats://[::1]:PORT``.
+NATS; at the IdpClient level, and through a worker (named and inline requests, their cache
+keys, a second IdP), plus a worker on ``nats://[::1]:PORT``.
 
 Every private key, certificate key, assertion and proxy password used here is registered
 with the suite's secret scan: none may reach a log line."""
@@ -11,6 +11,7 @@ with the suite's secret scan: none may reach a log line."""
 from __future__ import annotations
 
 import base64
+import dataclasses
 import json
 import subprocess
 import sys
@@ -40,7 +41,12 @@ from tests.kubelet_volume import KubeletVolume
 from tests.pki import CertificateAuthority, ec_key, key_pem, public_jwk, rsa_key
 from token_worker import TokenClient
 from token_worker.config import IdpConfig, load_config
-from token_worker.errors import CannotAuthenticate, IdpRefused, IdpUnavailable
+from token_worker.errors import (
+    CannotAuthenticate,
+    IdpRefused,
+    IdpUnavailable,
+    TokenRequestFailed,
+)
 from token_worker.idp.client import IdpClient
 from token_worker.idp.resilience import ResilientIdp
 from token_worker.secret import Secret
@@ -465,3 +471,103 @@ def test_a_bad_proxy_variable_stops_the_start(no_proxy_env) -> None:
         "token-worker: invalid config HTTPS_PROXY (from env HTTPS_PROXY or https_proxy): "
         "must be an http:// or https:// proxy URL with a host (got scheme 'socks5')")
     assert "proxy-secret-never-shown" not in "\n".join(worker.lines)
+
+
+# --- through a worker: named and inline requests, the cache keys, a second endpoint -------
+
+def worker_config(nats_url: str, server: ModalIdp, keys: Keys, directory: Path | None,
+                  **settings: Any) -> Any:
+    from token_worker.config import CredentialsConfig
+
+    config = make_config(nats_url, server.url,
+                         idp={"token_path": server.token_path, "timeout": 5.0,
+                              "ca_file": str(keys.ca.cert_file)}, **settings)
+    if directory is None:
+        return config
+    return dataclasses.replace(config, credentials=CredentialsConfig(directory=str(directory)))
+
+
+def volume_of(tmp_path: Path, files: dict[str, str | bytes]) -> Path:
+    volume = KubeletVolume(tmp_path / "credentials")
+    volume.write({path: value.decode() if isinstance(value, bytes) else value
+                  for path, value in files.items()})
+    return volume.root
+
+
+def test_a_worker_serves_key_and_certificate_credentials_and_never_mixes_their_tokens(
+        idp: ModalIdp, keys: Keys, tmp_path: Path, nats_server: Any, start_worker: Any,
+        no_proxy_env: pytest.MonkeyPatch) -> None:
+    """private_key_jwt and tls_client_auth credentials asked by name over NATS; then a
+    credential for the same client id with a key the IdP does not know: invalid_client,
+    never the first credential's cached token (another key is another cache key)."""
+    directory = volume_of(tmp_path, {
+        "rsa/client_id": "jwt-rsa", "rsa/auth_method": "private_key_jwt",
+        "rsa/private_key": key_pem(keys.rsa), "rsa/key_id": "rsa-1",
+        "stolen/client_id": "jwt-rsa", "stolen/auth_method": "private_key_jwt",
+        "stolen/private_key": key_pem(keys.unknown), "stolen/key_id": "rsa-1",
+        "mtls/client_id": "mtls-service", "mtls/auth_method": "tls_client_auth",
+        "mtls/tls.crt": keys.client.cert_pem, "mtls/tls.key": keys.client.key_pem})
+    start_worker(worker_config(nats_server.url, idp, keys, directory))
+    idp.reset()
+    with TokenClient(nats_server.url, cache=False) as client:
+        rsa = client.get_token(credential="rsa", scope="")
+        assert idp.stats()["last_token_request"]["auth_method"] == "private_key_jwt"
+        mtls = client.get_token(credential="mtls", scope="")
+        assert idp.stats()["last_token_request"]["auth_method"] == "tls_client_auth"
+        again = client.get_token(credential="rsa", scope="")  # the worker's cache
+        with pytest.raises(TokenRequestFailed) as stolen:
+            client.get_token(credential="stolen", scope="")
+    for token in (rsa, mtls):
+        remember_secret(token.access_token)
+    assert again.access_token == rsa.access_token
+    assert stolen.value.error_code == "invalid_client"
+    assert idp.stats()["token_calls"] == 3  # rsa, mtls, stolen: the repeat was cached
+
+
+def test_resources_are_sent_named_and_inline_and_key_the_cache(
+        idp: ModalIdp, keys: Keys, tmp_path: Path, nats_server: Any, start_worker: Any,
+        no_proxy_env: pytest.MonkeyPatch) -> None:
+    directory = volume_of(tmp_path, {
+        "api/client_id": SECRET_CLIENT["client_id"],
+        "api/client_secret": SECRET_CLIENT["client_secret"], "api/resource": RESOURCE + "\n"})
+    start_worker(worker_config(nats_server.url, idp, keys, directory))
+    idp.reset()
+    with TokenClient(nats_server.url, cache=False) as client:
+        named_token = client.get_token(credential="api", scope="")
+        inline = {"client_id": SECRET_CLIENT["client_id"],
+                  "client_secret": SECRET_CLIENT["client_secret"], "scope": ""}
+        first = client.request({**inline, "resource": RESOURCE})
+        repeat = client.request({**inline, "resource": [RESOURCE, RESOURCE]})
+        other = client.request({**inline, "resource": OTHER_RESOURCE})
+        refused = client.request({**inline, "resource": "not a uri"})
+    for token in (named_token.access_token, first["access_token"], other["access_token"]):
+        remember_secret(token)
+    assert claims_of(named_token.access_token)["aud"] == RESOURCE
+    assert claims_of(first["access_token"])["aud"] == RESOURCE
+    assert claims_of(other["access_token"])["aud"] == OTHER_RESOURCE
+    # The same client, secret, scope and resource is the same token, named or inline; the
+    # same resource twice is one resource; another resource is another cache entry.
+    assert (first["token_source"], repeat["token_source"]) == ("cache", "cache")
+    assert other["token_source"] == "idp"
+    assert refused["error_code"] == "invalid_request" and "URI" in refused["error"]
+    assert idp.stats()["token_calls"] == 2
+
+
+def test_a_credential_with_a_token_url_is_served_by_its_own_idp(
+        idp: ModalIdp, second_idp: ModalIdp, keys: Keys, tmp_path: Path, nats_server: Any,
+        start_worker: Any, no_proxy_env: pytest.MonkeyPatch) -> None:
+    directory = volume_of(tmp_path, {
+        "elsewhere/client_id": "jwt-ec", "elsewhere/auth_method": "private_key_jwt",
+        "elsewhere/private_key": key_pem(keys.ec), "elsewhere/token_url": second_idp.token_url})
+    start_worker(worker_config(nats_server.url, idp, keys, directory))
+    idp.reset()
+    second_idp.reset()
+    with TokenClient(nats_server.url, cache=False) as client:
+        there = client.get_token(credential="elsewhere", scope="")
+        here = client.get_token(SECRET_CLIENT["client_id"], SECRET_CLIENT["client_secret"],
+                                scope="")
+    remember_secret(there.access_token, here.access_token)
+    assert second_idp.stats()["token_calls"] == 1
+    assert second_idp.stats()["last_token_request"]["assertion"]["claims"]["aud"] == (
+        second_idp.token_url)
+    assert idp.stats()["token_calls"] == 1  # the inline request used idp.url

@@ -19,6 +19,7 @@ from token_worker.errors import (
     ShuttingDown,
 )
 from token_worker.metrics import Metrics
+from token_worker.secret import Secret
 from token_worker.tokens.broker import (
     FROM_CACHE,
     FROM_IDP,
@@ -28,6 +29,7 @@ from token_worker.tokens.broker import (
     TokenQuery,
 )
 from token_worker.tokens.cache import TokenCache
+from token_worker.tokens.grant import ClientAuth, Grant
 from token_worker.tokens.guards import Backoffs, Budgets, Refusals
 
 QUERY = TokenQuery("svc", "secret", "read")
@@ -518,3 +520,59 @@ def test_every_error_is_a_no_token_with_a_code():
     for error in (Overloaded("x"), RateLimited("x"), ShuttingDown("x"),
                   IdpUnavailable("x"), CircuitOpen("x")):
         assert isinstance(error, NoToken) and error.error_code
+
+
+# --- grants: keys, certificates, resources, token endpoints of their own -------------------
+
+
+def grant_query(secret: str = "s3cret", resources: tuple[str, ...] = (),  # noqa: S107
+                token_url: str | None = None) -> TokenQuery:
+    grant = Grant("svc", ClientAuth("client_secret_post", Secret(secret)), "read",
+                  resources=resources, token_url=token_url)
+    return TokenQuery("svc", "", "read", grant.auth.method, "named", grant)
+
+
+def test_each_resource_is_a_cache_entry_of_its_own_and_the_grant_reaches_the_idp():
+    clock, idp = Clock(), FakeIssuer()
+    broker, _ = make(idp, clock)
+    api = grant_query(resources=("https://api.example",))
+    assert broker.fetch(api).source == FROM_IDP
+    assert broker.fetch(grant_query(resources=("https://api.example",))).source == FROM_CACHE
+    assert broker.fetch(grant_query(resources=("https://other.example",))).source == FROM_IDP
+    assert broker.fetch(grant_query()).source == FROM_IDP
+    assert idp.calls == 3
+    assert [grant.resources if grant else None for grant in idp.grants] == [
+        ("https://api.example",), ("https://other.example",), ()]
+
+
+def test_another_proof_never_gets_a_cached_token():
+    clock, idp = Clock(), FakeIssuer()
+    broker, _ = make(idp, clock)
+    broker.fetch(grant_query("first-secret"))
+    assert broker.fetch(grant_query("second-secret")).source == FROM_IDP
+    assert idp.calls == 2
+
+
+def test_a_token_url_of_its_own_is_asked_through_its_own_issuer():
+    clock, idp, elsewhere = Clock(), FakeIssuer(), FakeIssuer()
+    asked: list[str] = []
+
+    def endpoints(url: str) -> FakeIssuer:
+        asked.append(url)
+        return elsewhere
+
+    broker = TokenBroker(idp, TokenCache(max_entries=10, expiry_margin=30, refresh_ahead=0.2,
+                                         now=clock), auth_method="client_secret_post",
+                         endpoints=endpoints, clock=clock.monotonic)
+    there = grant_query(token_url="https://idp2.example/token")
+    broker.fetch(there)
+    broker.fetch(QUERY)
+    assert (idp.calls, elsewhere.calls) == (1, 1)
+    assert asked and set(asked) == {"https://idp2.example/token"}
+    key = broker.key(there)
+    assert key is not None and key.token_url == "https://idp2.example/token"
+    elsewhere.refused["svc"] = CircuitOpen("the other IdP is failing", attempted=False)
+    assert isinstance(broker.ask(grant_query(token_url="https://idp2.example/token",
+                                             secret="x"), deadline=None, skip_cache=False,
+                                 on_outcome=Outcomes()), CircuitOpen)
+    assert broker.fetch(TokenQuery("svc", "y", "read")).source == FROM_IDP  # not this one

@@ -219,3 +219,18 @@ def test_an_unsent_token_reply_leaves_the_cache():
     [fresh] = replies(again)
     assert orjson.loads(fresh.body)["access_token"] != orjson.loads(sent.body)["access_token"]
     assert made.idp.calls == 2
+
+
+def test_an_inline_resource_goes_into_the_grant_and_a_bad_one_is_invalid_request():
+    made = Handler()
+    outcome = made.handle(request("r", resource=["https://api.example"], audience="orders"))
+    made.work.run_all()
+    replies(outcome)
+    [grant] = made.idp.grants
+    assert grant is not None
+    assert (grant.resources, grant.audience, grant.auth.method) == (
+        ("https://api.example",), "orders", "client_secret_post")
+    bad = made.handle(request("bad", resource="not-a-uri"))
+    assert isinstance(bad, Reply) and bad.error_code == wire.INVALID_REQUEST
+    assert "absolute URI" in orjson.loads(bad.body)["error"]
+    assert made.idp.calls == 1

@@ -224,3 +224,23 @@ def test_the_idp_client_uses_the_auth_method_it_is_given_over_the_configured_one
     basic = "Basic " + base64.b64encode(b"billing-client:billing-secret").decode()
     assert seen[0][0] == basic and "client_secret" not in seen[0][1]
     assert seen[1][0] == "" and seen[1][1]["client_secret"] == ["orders-secret"]
+
+
+def test_a_credential_that_needs_a_grant_sends_it_made_once_per_scope(tmp_path):
+    from tests.pki import key_pem, rsa_key
+
+    volume = KubeletVolume(tmp_path / "grants")
+    volume.write({"jwt/client_id": "jwt-client", "jwt/auth_method": "private_key_jwt",
+                  "jwt/private_key": key_pem(rsa_key()).decode(), "jwt/resource": "urn:x"})
+    store = CredentialStore(volume.root, start=False)
+    idp, work = FakeIssuer(), HeldWork(at_once=True)
+    broker = TokenBroker(idp, None, auth_method="client_secret_post", work=work)
+    named = NamedTokenHandler(broker, store, default_scope="read", max_payload=LIMIT)
+    for _ in range(3):
+        served(named.handle_message(Message("token.named.jwt", "r", b"{}")), work)
+    served(named.handle_message(Message("token.named.jwt", "r", b'{"scope": "write"}')), work)
+    assert [(g.auth.method, g.resources, g.scope) for g in idp.grants if g] == [
+        ("private_key_jwt", ("urn:x",), "read")] * 3 + [
+        ("private_key_jwt", ("urn:x",), "write")]
+    assert idp.grants[0] is idp.grants[1]  # the same grant object: made once per scope
+    assert all(sent[1] == "" for sent in idp.sent)  # no secret for a key credential

@@ -555,3 +555,23 @@ def test_a_lost_bucket_is_made_again_and_the_broker_is_told(
     assert kv.created == 2 and tier.counts["recreated"] == 1 and told == [True]
     tier.store(key, issued(clock))
     assert tier.lookup(key) is not None
+
+
+def test_a_grants_name_is_the_fleets_and_says_nothing_of_its_proof(
+        kv: MemoryKeyValue, clock: Clock) -> None:
+    from token_worker.secret import Secret
+    from token_worker.tokens.grant import ClientAuth, Grant
+
+    def grant(secret: str, resource: str = "https://api.example") -> Grant:
+        return Grant(CLIENT_ID, ClientAuth("client_secret_post", Secret(secret)), "read",
+                     resources=(resource,))
+
+    one, another = make_tier(kv, clock), make_tier(kv, clock)  # two replicas
+    name = one.key_for_grant(URL, grant(SECRET), ("read",)).names[0]
+    assert another.key_for_grant(URL, grant(SECRET), ("read",)).names[0] == name
+    assert one.key_for_grant(URL, grant("other-secret"), ("read",)).names[0] != name
+    assert one.key_for_grant(URL, grant(SECRET, "https://b.example"), ("read",)
+                             ).names[0] != name
+    assert make_tier(kv, clock, key=OTHER_KEY).key_for_grant(
+        URL, grant(SECRET), ("read",)).names[0] != name
+    assert SECRET not in name and CLIENT_ID not in name

@@ -38,8 +38,9 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
+from typing import NamedTuple
 
-from cachetools import TTLCache
+from cachetools import LRUCache, TTLCache
 from tenacity import RetryCallState, Retrying, retry_if_exception
 
 from token_worker.config import IdpConfig
@@ -57,6 +58,7 @@ from token_worker.idp.circuit import CircuitState, EndpointCircuit, Verdict
 from token_worker.idp.client import IdpClient
 from token_worker.logs import RateLimitedLog
 from token_worker.metrics import Metrics, NullMetrics, outcome_label
+from token_worker.tokens.grant import Grant
 from token_worker.tokens.guards import Budgets
 from token_worker.tokens.model import IssuedToken
 
@@ -87,6 +89,8 @@ SHORTEST_NEED = 0.25
 """The least time a fetch is started with, seconds, whatever the IdP's recent speed."""
 NEED_FACTOR = 1.5
 """A fetch starts only with this many times the IdP's recent slow answers left."""
+MOST_ENDPOINTS = 256
+"""Token endpoints whose circuit and ceiling are kept at once (credentials name few)."""
 LATENCY_SAMPLES = 32
 """Recent answer times kept to judge what a fetch needs (the slowest tenth decides)."""
 
@@ -96,11 +100,13 @@ class ResilientIdp:
     circuit, the clients' ``Retry-After`` holds and the call ceiling."""
 
     def __init__(self, client: IdpClient, config: IdpConfig, metrics: Metrics | None = None,
-                 *, clock: Callable[[], float] = time.monotonic,
+                 *, endpoint: str | None = None, clock: Callable[[], float] = time.monotonic,
                  sleep: Callable[[float], None] = time.sleep,
                  rng: Callable[[float, float], float] = random.uniform) -> None:
         self._client = client
         self._config = config
+        self._endpoint = endpoint
+        """A token endpoint of a credential's own; None: the worker's."""
         self._metrics = NullMetrics() if metrics is None else metrics
         self._clock = clock
         self._sleep = sleep
@@ -126,12 +132,12 @@ class ResilientIdp:
     @property
     def token_url(self) -> str:
         """The token endpoint (after discovery, when configured: may do I/O once)."""
-        return self._client.token_url
+        return self._endpoint or self._client.token_url
 
     @property
     def known_token_url(self) -> str:
         """The token endpoint if known without I/O, else "" (discovery still to come)."""
-        return self._client.known_token_url
+        return self._endpoint or self._client.known_token_url
 
     @property
     def circuit_open(self) -> bool:
@@ -168,14 +174,14 @@ class ResilientIdp:
     # --- a fetch (a pool thread) --------------------------------------------------------
 
     def fetch_token(self, client_id: str, client_secret: str, scope: str, *,
-                    deadline: float | None = None,
-                    auth_method: str | None = None) -> IssuedToken:
+                    deadline: float | None = None, auth_method: str | None = None,
+                    grant: Grant | None = None) -> IssuedToken:
         """Fetch a token, retrying transient failures until ``idp.deadline`` or the caller's
         ``deadline`` (a ``time.monotonic()`` value), whichever comes first."""
         fetch = _Fetch(self._clock, self._config.deadline, deadline, client_id)
+        call = _Call(client_id, client_secret, scope, auth_method, grant)
         try:
-            token: IssuedToken = self._retrying(fetch)(
-                self._attempt, fetch, client_id, client_secret, scope, auth_method)
+            token: IssuedToken = self._retrying(fetch)(self._attempt, fetch, call)
         except _Ended as ended:
             raise ended.error from None
         except IdpError as error:
@@ -211,8 +217,7 @@ class ResilientIdp:
                 f"this replica's ceiling of {self._config.max_calls_per_second:g} identity "
                 f"provider calls a second is reached; retry shortly", retry_after=wait))
 
-    def _attempt(self, fetch: _Fetch, client_id: str, client_secret: str, scope: str,
-                 auth_method: str | None) -> IssuedToken:
+    def _attempt(self, fetch: _Fetch, call: _Call) -> IssuedToken:
         """One exchange within the time left, its outcome told to the circuit."""
         probe = self.circuit.acquire()
         if isinstance(probe, Verdict):  # the last probe slot went to another thread
@@ -220,7 +225,7 @@ class ResilientIdp:
         budget = min(self._config.timeout, fetch.left())
         started = self._clock()
         try:
-            token = self._call(client_id, client_secret, scope, budget, auth_method)
+            token = self._call(call, budget)
         except IdpError as error:
             self._judge(error, fetch, budget, probe, self._clock() - started)
             fetch.failures.append(error)
@@ -329,14 +334,15 @@ class ResilientIdp:
             chosen.add_context(f"{len(failures)} attempts in {now - started:.1f} s{ended}")
         return chosen
 
-    def _call(self, client_id: str, client_secret: str, scope: str, timeout: float,
-              auth_method: str | None) -> IssuedToken:
+    def _call(self, call: _Call, timeout: float) -> IssuedToken:
         self.calls += 1
         started = self._clock()
         outcome = "ok"
         try:
-            return self._client.fetch_token(client_id, client_secret, scope, timeout=timeout,
-                                            auth_method=auth_method)
+            if call.grant is not None:
+                return self._client.fetch(call.grant, timeout=timeout)
+            return self._client.fetch_token(call.client_id, call.client_secret, call.scope,
+                                            timeout=timeout, auth_method=call.auth_method)
         except IdpError as error:
             outcome = outcome_label(error.error_code)
             raise
@@ -369,6 +375,16 @@ class ResilientIdp:
             self._log_refusal(fields)
         else:  # transient: a few a fetch at most, and back-offs bound the fetches
             log.warning("idp call failed", extra=fields)
+
+
+class _Call(NamedTuple):
+    """What each attempt of a fetch sends."""
+
+    client_id: str
+    client_secret: str
+    scope: str
+    auth_method: str | None
+    grant: Grant | None
 
 
 class _Fetch:
@@ -408,3 +424,30 @@ def _transient(error: BaseException) -> bool:
 def _shown(seconds: float) -> str:
     """A wait as a reader wants it: ``120 s``, but never forty digits."""
     return f"{seconds:.0f} s" if seconds <= LONGEST_SHOWN_WAIT else "more than a day"
+
+
+class Endpoints:
+    """The resilient issuer of each token endpoint a worker asks: the worker's own, and any
+    a credential names (``token_url``), each with its own circuit, call ceiling and
+    ``Retry-After`` holds, over one IdP client (which keeps a connection pool per
+    endpoint). Endpoints come from the config and the credentials directory, so there are
+    few; past :data:`MOST_ENDPOINTS` the least recently used one is forgotten."""
+
+    def __init__(self, client: IdpClient, config: IdpConfig, metrics: Metrics | None = None
+                 ) -> None:
+        self._client = client
+        self._config = config
+        self._metrics = metrics
+        self.default = ResilientIdp(client, config, metrics)
+        """The worker's own token endpoint (``idp.url`` + ``idp.tokenPath``, or discovery)."""
+        self._others: LRUCache[str, ResilientIdp] = LRUCache(MOST_ENDPOINTS)
+        self._lock = threading.Lock()
+
+    def __call__(self, token_url: str) -> ResilientIdp:
+        """The issuer of ``token_url`` (made on first use)."""
+        with self._lock:
+            issuer = self._others.get(token_url)
+            if issuer is None:
+                issuer = self._others[token_url] = ResilientIdp(
+                    self._client, self._config, self._metrics, endpoint=token_url)
+            return issuer

@@ -19,7 +19,7 @@ from token_worker.config import Config
 from token_worker.errors import ConfigError, CredentialsDirError
 from token_worker.idp.circuit import CircuitState
 from token_worker.idp.client import IdpClient
-from token_worker.idp.resilience import ResilientIdp
+from token_worker.idp.resilience import Endpoints
 from token_worker.logs import redact_secrets
 from token_worker.metrics import Metrics
 from token_worker.nats.kv import KeyValue
@@ -82,7 +82,8 @@ def token_service(config: Config, metrics: Metrics, pool: BoundedPool, *,
     and broker as the config says, and the handlers of the token subject and, with
     ``credentials``, of the named subjects."""
     client = IdpClient(config.idp, pool_size=config.workers + 2)
-    idp = ResilientIdp(client, config.idp, metrics)
+    endpoints = Endpoints(client, config.idp, metrics)
+    idp = endpoints.default
     metrics.circuit_open.set_function(lambda: 1.0 if idp.circuit_open else 0.0)
     metrics.circuit_state.set_function(lambda: CIRCUIT_STATES[idp.circuit.state])
     cache = None
@@ -101,10 +102,11 @@ def token_service(config: Config, metrics: Metrics, pool: BoundedPool, *,
     broker = TokenBroker(idp, cache, auth_method=config.idp.auth_method, guards=guards,
                          work=pool, max_waiters_per_key=config.max_waiters_per_key,
                          max_waiting=config.max_waiting, lease_ttl=config.idp.deadline,
-                         metrics=metrics, shared=shared)
+                         metrics=metrics, shared=shared, endpoints=endpoints)
     metrics.waiting.set_function(lambda: broker.waiting)
     common = {"default_scope": config.idp.default_scope, "max_payload": config.max_payload,
-              "deadline": config.idp.deadline, "named_prefix": config.named_subject}
+              "deadline": config.idp.deadline, "named_prefix": config.named_subject,
+              "default_method": config.idp.auth_method}
     routes = [Route("token", config.subject, TokenHandler(
         broker, inline_secrets=config.credentials.inline, **common))]  # type: ignore[arg-type]
     if credentials is not None:
@@ -157,8 +159,8 @@ def credential_store(config: Config) -> CredentialStore | None:
 
     def redact(_event: str, name: str) -> None:
         credential = made[0].get(name) if made else None
-        if credential is not None:
-            redact_secrets([credential.client_secret.reveal()])
+        if credential is not None:  # the secret, or the key's and certificate key's PEM
+            redact_secrets(credential.secret_values())
 
     try:
         store = CredentialStore(directory, start=False, on_change=redact)

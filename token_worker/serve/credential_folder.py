@@ -99,6 +99,12 @@ class Credential:
             object.__setattr__(self, "auth", auth)
 
     @property
+    def needs_grant(self) -> bool:
+        """True when a secret is not all its calls send (a key or a certificate, resources,
+        an audience, a token endpoint or CA of its own): they go as its :meth:`grant`."""
+        return not self.client_secret.reveal()
+
+    @property
     def proof(self) -> ClientAuth:
         """How it proves itself (``auth``, never None once built)."""
         if self.auth is None:  # set by __post_init__: never

@@ -22,17 +22,25 @@ import time
 from collections.abc import Callable
 from typing import NamedTuple
 
+from cachetools import LRUCache
+
 from token_worker import defaults, wire
 from token_worker.errors import IdpRefused, InvalidCredentialName, InvalidRequest, NoToken
 from token_worker.logs import RateLimitedLog, request_context
 from token_worker.nats.protocol import Message
+from token_worker.secret import Secret
+from token_worker.serve.credential_folder import Credential
 from token_worker.serve.credentials import CredentialStore, name_from_subject
 from token_worker.serve.handler import Reply, RequestHandler, Waiting
 from token_worker.tokens.broker import Answer, TokenBroker, TokenQuery
+from token_worker.tokens.grant import ClientAuth, Grant
 
 __all__ = ["NamedTokenHandler", "TokenHandler"]
 
 log = logging.getLogger(__name__)
+
+GRANTS_KEPT = 10_000
+"""Credential grants kept ready (one per credential and scope asked for)."""
 
 
 class _Asked(NamedTuple):
@@ -60,11 +68,14 @@ class _TokenPath(RequestHandler):
     """What both token endpoints do once they know the query."""
 
     def __init__(self, broker: TokenBroker, *, default_scope: str, max_payload: int,
-                 deadline: float | None, clock: Callable[[], float] = time.monotonic) -> None:
+                 deadline: float | None, clock: Callable[[], float] = time.monotonic,
+                 default_method: str = defaults.IDP_AUTH_METHOD) -> None:
         """``deadline``: seconds from a request's arrival to its answer being due (the
-        IdP's deadline); None: only the IdP's own bounds. ``clock`` is the broker's."""
+        IdP's deadline); None: only the IdP's own bounds. ``clock`` is the broker's;
+        ``default_method`` the worker's ``idp.authMethod``, for grants made here."""
         self._broker = broker
         self._clock = clock
+        self._default_method = default_method
         self._default_scope = default_scope
         self._max_payload = max_payload
         self._deadline = deadline
@@ -163,9 +174,10 @@ class TokenHandler(_TokenPath):
     def __init__(self, broker: TokenBroker, *, default_scope: str, max_payload: int,
                  deadline: float | None = None, inline_secrets: bool = True,
                  named_prefix: str = defaults.NAMED_SUBJECT,
+                 default_method: str = defaults.IDP_AUTH_METHOD,
                  clock: Callable[[], float] = time.monotonic) -> None:
         super().__init__(broker, default_scope=default_scope, max_payload=max_payload,
-                         deadline=deadline, clock=clock)
+                         deadline=deadline, clock=clock, default_method=default_method)
         self._inline_secrets = inline_secrets
         self._named_prefix = named_prefix
 
@@ -184,6 +196,15 @@ class TokenHandler(_TokenPath):
                                 f"worker: ask on {self._named_prefix}.<credential>")
         scope = self._default_scope if request.scope is None else request.scope
         query = TokenQuery(request.client_id, request.client_secret, scope)
+        if request.resource or request.audience is not None:
+            try:  # a token aimed at a resource: off the hot path
+                query = query._replace(grant=Grant(
+                    request.client_id, ClientAuth(self._default_method,
+                                                  Secret(request.client_secret)),
+                    scope, resources=request.resource, audience=request.audience))
+            except ValueError as error:
+                return self._invalid(InvalidRequest(str(error),
+                                                    request_id=request.request_id))
         return self._route(request.request_id, request.client_id, query, None,
                            request.skip_cache)
 
@@ -195,11 +216,14 @@ class NamedTokenHandler(_TokenPath):
     def __init__(self, broker: TokenBroker, credentials: CredentialStore, *,
                  default_scope: str, max_payload: int, deadline: float | None = None,
                  named_prefix: str = defaults.NAMED_SUBJECT,
+                 default_method: str = defaults.IDP_AUTH_METHOD,
                  clock: Callable[[], float] = time.monotonic) -> None:
         super().__init__(broker, default_scope=default_scope, max_payload=max_payload,
-                         deadline=deadline, clock=clock)
+                         deadline=deadline, clock=clock, default_method=default_method)
         self._credentials = credentials
         self._named_prefix = named_prefix
+        self._grants: LRUCache[tuple[str, str], tuple[Credential, Grant]] = LRUCache(
+            GRANTS_KEPT)
 
     def handle(self, payload: bytes) -> Reply:
         """A named request needs its subject: without one it is not a request."""
@@ -225,10 +249,25 @@ class NamedTokenHandler(_TokenPath):
         scope = request.scope
         if scope is None:
             scope = self._default_scope if credential.scope is None else credential.scope
-        query = TokenQuery(credential.client_id, credential.client_secret.reveal(), scope,
-                           credential.auth_method, name)
+        if credential.needs_grant:
+            grant = self._grant(credential, scope)
+            query = TokenQuery(credential.client_id, "", scope, grant.auth.method, name, grant)
+        else:
+            query = TokenQuery(credential.client_id, credential.client_secret.reveal(), scope,
+                               credential.auth_method, name)
         return self._route(request.request_id, credential.client_id, query, name,
                            request.skip_cache)
+
+    def _grant(self, credential: Credential, scope: str) -> Grant:
+        """The credential's grant for ``scope``, made once per credential and scope (its
+        digest, the cache key's part, is made once with it); a rotated credential is a
+        new object, and gets new grants."""
+        kept = self._grants.get((credential.name, scope))
+        if kept is not None and kept[0] is credential:
+            return kept[1]
+        grant = credential.grant(scope, self._default_method)
+        self._grants[(credential.name, scope)] = (credential, grant)
+        return grant
 
 
 def _token_reply(request_id: str, client_id: str, credential: str | None, answer: Answer,

@@ -56,8 +56,9 @@ from token_worker.errors import (
     ShuttingDown,
 )
 from token_worker.metrics import Metrics, NullMetrics
-from token_worker.tokens.cache import CachedToken, CacheKey, TokenCache, cache_key
+from token_worker.tokens.cache import CachedToken, CacheKey, TokenCache, cache_key, scope_set
 from token_worker.tokens.flight import Flight
+from token_worker.tokens.grant import Grant
 from token_worker.tokens.guards import REMEMBERED_CODES, Backoffs, Budgets, Refusals
 from token_worker.tokens.model import IssuedToken, Issuer, WorkQueue
 from token_worker.tokens.shared import Lease, SharedKey, SharedTier
@@ -103,6 +104,9 @@ class TokenQuery(NamedTuple):
     credential: str | None = None
     """The named credential asked for (its budget and remembered refusals are its own);
     None for a request that carries its own secret."""
+    grant: Grant | None = None
+    """Everything the call must send when a secret is not all (a key or a certificate,
+    resources, an audience, a token endpoint or CA of its own); None: a secret method."""
 
     def __repr__(self) -> str:
         return f"TokenQuery(client_id={self.client_id!r}, scope={self.scope!r})"
@@ -142,15 +146,19 @@ class TokenBroker:
                  max_waiters_per_key: int = 1000, max_waiting: int = 10_000,
                  lease_ttl: float = 8.0, metrics: Metrics | None = None,
                  refresher: Executor | None = None, shared: SharedTier | None = None,
+                 endpoints: Callable[[str], Issuer] | None = None,
                  clock: Callable[[], float] = time.monotonic) -> None:
         """``work`` runs the IdP work (the worker's pool; without one, the thread that asks
         runs it: for callers outside a worker); ``refresher`` runs background
         refreshes (two threads by default; tests pass one that runs tasks when they say).
         ``shared`` is the fleet's tier (used with a local cache only); ``lease_ttl`` how
         long its lease on a key lasts (``idp.deadline``: a leader that dies frees the key
-        by then)."""
+        by then). ``endpoints`` gives the issuer of a token endpoint other than the
+        worker's (a credential's ``token_url``: its own circuit, ceiling and holds); without
+        it, ``issuer`` serves them all."""
         self._metrics = NullMetrics() if metrics is None else metrics
         self._issuer = issuer
+        self._endpoints = endpoints
         self._cache = cache
         self._shared = shared if cache is not None else None
         self._auth_method = auth_method
@@ -192,6 +200,13 @@ class TokenBroker:
     def key(self, query: TokenQuery) -> CacheKey | None:
         """The query's cache key, or None while the token endpoint is not known without
         I/O (OIDC discovery still to come)."""
+        grant = query.grant
+        if grant is not None:
+            token_url = grant.token_url or self._issuer.known_token_url
+            if not token_url:
+                return None
+            return CacheKey(token_url, query.client_id, grant.local_digest,
+                            scope_set(query.scope), grant.auth.method)
         token_url = self._issuer.known_token_url
         if not token_url:
             return None
@@ -308,7 +323,7 @@ class TokenBroker:
             return _again(backed_off.error, backed_off.retry_after,
                           f"{backed_off.failures} failed fetches for this client: not asked "
                           "again")
-        refused = self._issuer.refusal(query.client_id)
+        refused = self._issuer_for(query).refusal(query.client_id)
         if refused is not None:
             self._metrics.bulkhead("circuit_open" if refused.error_code != "rate_limited"
                                    else "client_retry_after")
@@ -386,7 +401,7 @@ class TokenBroker:
         try:
             if flight.key is None and not self._rekey(flight, query, read_tiers):
                 return  # joined a flight for the same key, or answered from the cache
-            if self._admit(flight):
+            if self._admit(flight, query):
                 assert flight.key is not None
                 self._obtain(flight, query, flight.key, read_tiers)
         except BaseException as error:
@@ -422,14 +437,14 @@ class TokenBroker:
                 callback(None, self._crowded())
         return False
 
-    def _admit(self, flight: Flight[CacheKey, Answer]) -> bool:
+    def _admit(self, flight: Flight[CacheKey, Answer], query: TokenQuery) -> bool:
         """The deadline decides: a fetch that cannot start with the time the IdP needs is
         answered ``overloaded`` now, and the IdP is not called (nor blamed)."""
         if flight.deadline is None:
             return True
         now = self._clock()
         left = flight.deadline - now
-        needed = self._issuer.time_needed()
+        needed = self._issuer_for(query).time_needed()
         if left >= needed:
             return True
         self._metrics.bulkhead("admission")
@@ -478,7 +493,7 @@ class TokenBroker:
         """Nothing came from the lease holder: read the stream leader once more (a value
         stored while the watch was being set up on a cluster), then ask the IdP."""
         try:
-            if not self._admit(flight):
+            if not self._admit(flight, query):
                 return
             assert self._shared is not None
             token = self._shared.latest(shared_key)
@@ -498,9 +513,9 @@ class TokenBroker:
         guards, then the flight's waiters get the outcome."""
         shared = self._shared
         try:
-            token = self._issuer.fetch_token(query.client_id, query.client_secret, query.scope,
-                                             deadline=flight.deadline,
-                                             auth_method=query.auth_method)
+            token = self._issuer_for(query).fetch_token(
+                query.client_id, query.client_secret, query.scope, deadline=flight.deadline,
+                auth_method=query.auth_method, grant=query.grant)
         except NoToken as error:
             if leased and shared is not None and shared_key is not None:
                 shared.release(shared_key)
@@ -564,8 +579,17 @@ class TokenBroker:
         return Answer(entry.token, entry.expires_in(self._cache.now()), FROM_CACHE)
 
     def _shared_key(self, shared: SharedTier, key: CacheKey, query: TokenQuery) -> SharedKey:
+        if query.grant is not None:
+            return shared.key_for_grant(key.token_url, query.grant, key.scopes)
         return shared.key(key.token_url, query.client_id, query.client_secret, key.scopes,
                           query.auth_method or self._auth_method)
+
+    def _issuer_for(self, query: TokenQuery) -> Issuer:
+        """The issuer of the query's token endpoint: the worker's, or a credential's own."""
+        grant = query.grant
+        if grant is None or grant.token_url is None or self._endpoints is None:
+            return self._issuer
+        return self._endpoints(grant.token_url)
 
     def _keep(self, key: CacheKey, token: IssuedToken, shared_key: SharedKey) -> Answer:
         """A token from the shared tier: into the local cache with the life it has left."""

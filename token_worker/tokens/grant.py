@@ -18,6 +18,7 @@ This module imports no ``cryptography``: a requester may import it for nothing.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import re
 import secrets
@@ -154,6 +155,12 @@ class Grant:
         parts.append("\n".join(sorted(set(self.resources))).encode())
         parts.append(b"" if self.audience is None else b"=" + self.audience.encode())
         return _digest(key, parts)
+
+    @functools.cached_property
+    def local_digest(self) -> bytes:
+        """:meth:`digest` under the per-process key, made once per grant (the local cache's
+        key; a handler that keeps a credential's grant pays for it once)."""
+        return self.digest()
 
 
 def _digest(key: bytes | None, parts: list[bytes]) -> bytes:

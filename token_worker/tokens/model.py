@@ -13,9 +13,12 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from token_worker.errors import NoToken
+
+if TYPE_CHECKING:
+    from token_worker.tokens.grant import Grant
 
 __all__ = ["IssuedToken", "Issuer", "WorkQueue"]
 
@@ -64,11 +67,13 @@ class Issuer(Protocol):
         ...  # pragma: no cover
 
     def fetch_token(self, client_id: str, client_secret: str, scope: str, *,
-                    deadline: float | None = None,
-                    auth_method: str | None = None) -> IssuedToken:
-        """A token for this client, by ``deadline`` (a ``time.monotonic()`` value) if one
-        is given; raises a :class:`~token_worker.errors.NoToken` (an
-        :class:`~token_worker.errors.IdpError`, or ``overloaded`` at the call ceiling)."""
+                    deadline: float | None = None, auth_method: str | None = None,
+                    grant: Grant | None = None) -> IssuedToken:
+        """A token for this client (sending ``grant`` when one is given: a key or a
+        certificate, resources, an audience, a token endpoint of its own), by ``deadline``
+        (a ``time.monotonic()`` value) if one is given; raises a
+        :class:`~token_worker.errors.NoToken` (an :class:`~token_worker.errors.IdpError`,
+        or ``overloaded`` at the call ceiling)."""
         ...  # pragma: no cover
 
 

@@ -20,6 +20,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from token_worker.secret import MIN_KEY_BYTES
+from token_worker.tokens.grant import Grant
 
 __all__ = ["NONCE_BYTES", "SEAL_VERSION", "FleetKey", "Unsealable"]
 
@@ -60,7 +61,17 @@ class FleetKey:
              scopes: tuple[str, ...], auth_method: str) -> str:
         """The hex digest naming a key's entries in the bucket."""
         secret_digest = hmac.digest(self._secret_key, client_secret.encode(), hashlib.sha256)
-        data = _fields(token_url.encode(), client_id.encode(), secret_digest,
+        return self._name(token_url, client_id, secret_digest, scopes, auth_method)
+
+    def name_for_grant(self, token_url: str, grant: Grant, scopes: tuple[str, ...]) -> str:
+        """The name of a grant's entries: its proof (secret, key or certificate), resources
+        and audience enter only the grant's digest under this fleet's key."""
+        return self._name(token_url, grant.client_id, grant.digest(key=self._secret_key),
+                          scopes, grant.auth.method)
+
+    def _name(self, token_url: str, client_id: str, proof: bytes, scopes: tuple[str, ...],
+              auth_method: str) -> str:
+        data = _fields(token_url.encode(), client_id.encode(), proof,
                        " ".join(scopes).encode(), auth_method.encode())
         return hmac.digest(self._name_key, data, hashlib.sha256).hex()
 

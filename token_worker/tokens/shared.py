@@ -66,6 +66,7 @@ import orjson
 
 from token_worker.errors import KvError, KvUnavailable
 from token_worker.nats.kv import ERR_STREAM_NOT_FOUND, PUT, Closeable, Entry, KeyValueStore
+from token_worker.tokens.grant import Grant
 from token_worker.tokens.model import IssuedToken
 from token_worker.tokens.sealing import FleetKey, Unsealable
 from token_worker.tokens.timers import Cancellable, Timers, TimerService
@@ -188,6 +189,12 @@ class SharedTier:
         scopes = _scope_set(scope)
         return SharedKey(tuple(k.name(token_url, client_id, client_secret, scopes, auth_method)
                                for k in self._keys))
+
+    def key_for_grant(self, token_url: str, grant: Grant,
+                      scopes: tuple[str, ...]) -> SharedKey:
+        """The names of a grant's entries (a key or certificate, resources, an audience):
+        its proof enters only a digest under the fleet's key."""
+        return SharedKey(tuple(k.name_for_grant(token_url, grant, scopes) for k in self._keys))
 
     def lookup(self, key: SharedKey) -> IssuedToken | None:
         """A servable token from the bucket, or None (a miss, or the tier is down)."""

@@ -7,10 +7,12 @@ from __future__ import annotations
 
 import contextlib
 import threading
+from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
+from urllib.parse import parse_qs
 
 import pytest
 
@@ -45,14 +47,20 @@ class FaultyIdp(ThreadingHTTPServer):
     client ports it saw, to prove connection reuse and to count calls."""
 
     daemon_threads = True
+    request_queue_size = 256  # socketserver's 5 resets connections in a burst: no IdP does
 
     def __init__(self, status: int = 200, body: bytes = b"", delay: float = 0.0,
-                 headers: dict[str, str] | None = None, script: list[Answer] | None = None
-                 ) -> None:
+                 headers: dict[str, str] | None = None, script: list[Answer] | None = None,
+                 by_client: dict[str, Answer] | None = None) -> None:
         self.script = [_scripted(answer) for answer in
                        script or [Scripted(status, body, headers or {})]]
+        self.by_client = {client: _scripted(answer)
+                          for client, answer in (by_client or {}).items()}
+        """A client id's own answer (read from the form's ``client_id``), in place of the
+        script: one client failing while the others are served."""
         self.delay = delay
         self.client_ports: list[int] = []
+        self.calls_by_client: Counter[str] = Counter()
         self.release = threading.Event()
         self._lock = threading.Lock()
         super().__init__(("127.0.0.1", 0), FaultHandler)
@@ -65,9 +73,12 @@ class FaultyIdp(ThreadingHTTPServer):
     def calls(self) -> int:
         return len(self.client_ports)
 
-    def next_answer(self, port: int) -> Scripted:
+    def next_answer(self, port: int, client_id: str = "") -> Scripted:
         with self._lock:
             self.client_ports.append(port)
+            self.calls_by_client[client_id] += 1
+            if client_id in self.by_client:
+                return self.by_client[client_id]
             index = min(len(self.client_ports), len(self.script)) - 1
             return self.script[index]
 
@@ -88,8 +99,10 @@ class FaultHandler(BaseHTTPRequestHandler):
             super().handle()  # a client that dropped a huge answer resets the connection
 
     def do_POST(self) -> None:
-        self.rfile.read(int(self.headers.get("Content-Length", 0)))
-        answer = self.server.next_answer(self.client_address[1])
+        form = parse_qs(self.rfile.read(int(self.headers.get("Content-Length", 0))).decode(
+            "utf-8", "replace"))
+        client_id = (form.get("client_id") or [""])[0]
+        answer = self.server.next_answer(self.client_address[1], client_id)
         if self.server.delay or answer.delay:
             self.server.release.wait(self.server.delay + answer.delay)
         with contextlib.suppress(BrokenPipeError, ConnectionResetError):

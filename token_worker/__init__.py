@@ -7,7 +7,7 @@ for an access token at an OpenID Connect identity provider and answers over requ
 Every name in ``__all__`` is importable from here and loaded on first use (PEP 562), so a
 requester pays only for the requester: ``from token_worker import TokenClient`` loads the
 NATS client and the wire contract, never the worker, the IdP client, urllib3,
-prometheus-client or circuitbreaker. The package, layer by layer (each imports only the
+prometheus-client, PyJWT or cryptography. The package, layer by layer (each imports only the
 layers below it; ``lint-imports`` checks it):
 
 - :mod:`token_worker.cli`: the command lines;

@@ -22,6 +22,7 @@ from token_worker.wire import (
     INTERNAL_ERROR,
     INVALID_REQUEST,
     OVERLOADED,
+    RATE_LIMITED,
     SHUTTING_DOWN,
     TOKEN_TOO_LARGE,
     UNKNOWN_CREDENTIAL,
@@ -31,7 +32,7 @@ OK = "ok"
 IDP_REFUSED = "idp_refused"
 """Outcome label of every OAuth2 refusal (the codes themselves go to logs and replies)."""
 _OUTCOMES = frozenset({OK, INVALID_REQUEST, IDP_UNAVAILABLE, IDP_TIMEOUT, IDP_BAD_RESPONSE,
-                       INTERNAL_ERROR, OVERLOADED, TOKEN_TOO_LARGE, SHUTTING_DOWN,
+                       INTERNAL_ERROR, OVERLOADED, RATE_LIMITED, TOKEN_TOO_LARGE, SHUTTING_DOWN,
                        UNKNOWN_CREDENTIAL, INLINE_SECRETS_DISABLED})
 
 BULKHEADS = ("refusal_remembered", "backoff", "circuit_open", "client_retry_after",
@@ -122,7 +123,6 @@ class Metrics:
         self.cache_miss = self.cache_events.labels("miss")
         self.cache_refresh = self.cache_events.labels("refresh")
         self.started = time.time()
-        self.last_error = ""
         self._shared_counts: Callable[[], Mapping[str, int]] | None = None
 
     def bulkhead(self, reason: str) -> None:
@@ -159,22 +159,6 @@ class Metrics:
         counter = self._by_error_code.get(error_code) or self._by_outcome[IDP_REFUSED]
         counter.inc()
         self.reply_seconds.observe(seconds)
-        if error_code:
-            self.last_error = error_code
-
-    def endpoint_stats(self) -> dict[str, int | str]:
-        """The endpoint fields of a NATS services ``$SRV.STATS`` response, read from the
-        same counters Prometheus scrapes."""
-        sample = self.registry.get_sample_value
-        counts = {label: sample("token_worker_requests_total", {"outcome": label}) or 0.0
-                  for label in self._by_outcome}
-        requests = sum(counts.values())
-        errors = requests - counts[OK]
-        seconds = sample("token_worker_reply_seconds_sum") or 0.0
-        processing_ns = int(seconds * 1e9)
-        return {"num_requests": int(requests), "num_errors": int(errors),
-                "last_error": self.last_error, "processing_time": processing_ns,
-                "average_processing_time": processing_ns // int(requests) if requests else 0}
 
 
 class _CountsCollector(Collector):

@@ -34,7 +34,7 @@ def test_public_api():
 
 WORKER_SIDE = ("token_worker.serve", "token_worker.idp", "token_worker.tokens.broker",
                "token_worker.tokens.shared", "token_worker.tokens.keys",
-               "token_worker.metrics", "urllib3", "prometheus_client", "circuitbreaker",
+               "token_worker.metrics", "urllib3", "prometheus_client",
                "jwt", "cryptography")
 """What a requester must never load: the worker side and its heavy packages."""
 

@@ -10,5 +10,5 @@
 
 It depends on the NATS transport, the token model and cache, the config and the
 foundation; never on the worker side (:mod:`token_worker.serve`, :mod:`token_worker.idp`,
-the broker, the shared tier), urllib3, prometheus-client or circuitbreaker.
+the broker, the shared tier), urllib3, prometheus-client, PyJWT or cryptography.
 """

@@ -29,6 +29,8 @@ The sections (``--scenario``, repeatable; all by default, in this order):
   cold-cache   (a) and (c) against an IdP answering in 50 ms: IdP calls and p99
   memory       token-worker's RSS while churning through far more keys than its cache holds
   requester    TokenClient.get_token calls per second from 16 threads, its cache on and off
+  profile      (only when named) (a) at concurrency 16, closed loop, sampled by py-spy: the
+               functions with the largest shares of the samples, self and total
 
 In the first two, the responders run side by side and are measured in alternating rounds
 (3 by default): each row is the median round, each ratio the median of the rounds'
@@ -57,6 +59,7 @@ sys.path.insert(0, str(ROOT))
 
 from benchkit import native, scenarios  # noqa: E402
 from benchkit.measure import Bench  # noqa: E402
+from benchkit.profile import profile  # noqa: E402
 from benchkit.workload import CLIENTS  # noqa: E402
 
 from tests.integration.processes import IdpServer, NatsServer  # noqa: E402
@@ -81,7 +84,10 @@ SCENARIOS: dict[str, Callable[[scenarios.Setup], None]] = {
     "memory": lambda setup: scenarios.memory(setup.bench, 2500 if setup.quick else 10000),
     "requester": lambda setup: scenarios.requester(setup.bench,
                                                    2000 if setup.quick else 10000),
+    "profile": profile,
 }
+ON_REQUEST = ("profile",)
+"""Sections run only when named with --scenario."""
 THROUGHPUT = ("pipelined", "closed-loop", "cache-off")
 
 
@@ -119,7 +125,8 @@ def main(argv: Sequence[str] | None = None) -> int:
               f"install {' '.join(missing)}  (scripts/demo installs them into .venv)",
               file=sys.stderr)
         return 2
-    chosen = args.scenario or (THROUGHPUT if args.only_throughput else list(SCENARIOS))
+    chosen = args.scenario or (THROUGHPUT if args.only_throughput
+                               else [name for name in SCENARIOS if name not in ON_REQUEST])
     # runs of a second or more: CPU times tick every 10 ms
     requests = args.requests or (10000 if args.quick else 100000)
     rounds = args.rounds or (1 if args.quick else 3)

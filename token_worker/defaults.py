@@ -77,9 +77,11 @@ IDP_CLIENT_RATE = 1.0
 included: a token bucket refilled at this rate."""
 IDP_CLIENT_BURST = 10
 """IdP calls one client id (or named credential) may cause at once (the bucket's size)."""
-IDP_MAX_CALLS_PER_SECOND = 50.0
+IDP_MAX_CALLS_PER_SECOND = 100.0
 """Ceiling on one replica's calls to one token endpoint a second (a flood of distinct
-client ids ends here, answered ``overloaded``); the fleet's is this times the replicas."""
+client ids ends here, answered ``overloaded``); the fleet's is this times the replicas.
+A new replica's first second fetches a token for every client it is asked for: 100 keeps
+a fleet of a hundred services' cold start within it."""
 IDP_COOL_DOWN = 10.0
 """Seconds the IdP is not asked after the failure threshold (fail fast, no thread pile-up)."""
 IDP_DEFAULT_EXPIRES_IN = 3600

@@ -55,4 +55,5 @@ class ClosedLoop:
         if sys.byteorder == "big":
             latencies.byteswap()  # written little-endian
         summary = json.loads(done.stdout)
-        return Load(summary["seconds"], latencies, summary["errors"], summary["cpu_seconds"])
+        return Load(summary["seconds"], latencies, summary["errors"], summary["cpu_seconds"],
+                    summary.get("first_error", ""))

@@ -98,8 +98,7 @@ def alternate(setup: Setup, levels: Sequence[int],
     with running(side_by_side(setup)) as workers:
         for name, worker in workers.items():
             bench.wait_serving(worker, SUBJECTS[name])
-            make = named_payloads if name == "m" else payloads
-            generate(bench.nats.port, make(len(CLIENTS)), 8, SUBJECTS[name], 1)
+            warm(bench, name)
         order = list(workers)
         for concurrency in levels:
             for round_ in range(setup.rounds):
@@ -110,6 +109,15 @@ def alternate(setup: Setup, levels: Sequence[int],
     return runs
 
 
+def warm(bench: Bench, name: str) -> None:
+    """Each of the 100 clients asked once, so the runs measure a warm cache."""
+    make = named_payloads if name == "m" else payloads
+    warmed = generate(bench.nats.port, make(len(CLIENTS)), 8, SUBJECTS[name], 1)
+    if warmed.errors:  # a run that fetches tokens would not measure a warm cache
+        raise RuntimeError(f"{LABELS[name]}: {warmed.errors} of the {len(CLIENTS)} "
+                           "warm-up requests got no token")
+
+
 def table(runs: Runs, levels: Sequence[int]) -> None:
     """One row per responder and concurrency: the median round by rate."""
     print(HEADER)
@@ -118,6 +126,11 @@ def table(runs: Runs, levels: Sequence[int]) -> None:
             if (name, concurrency) in runs:
                 results = sorted(runs[(name, concurrency)], key=lambda r: r.rate)
                 print(results[len(results) // 2].row(label, concurrency))
+    for (name, concurrency), results in runs.items():
+        for round_, result in enumerate(results, 1):
+            if result.load.errors:
+                print(f"errors of {LABELS[name]} at {concurrency}, round {round_}: "
+                      f"{result.load.errors} (the first: {result.load.first_error or '?'})")
 
 
 def pipelined(setup: Setup) -> None:

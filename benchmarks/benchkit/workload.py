@@ -61,3 +61,5 @@ class Load:
     """Replies without an access token, and requests that got no reply."""
     generator_cpu: float
     """User and system CPU seconds the generator spent over ``seconds``."""
+    first_error: str = ""
+    """The first error reply (its start), or why a request got none; "" without errors."""

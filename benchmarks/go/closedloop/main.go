@@ -18,7 +18,8 @@
 // with nobody subscribed) is lost, an error too, and its requester stops (so a dead
 // responder ends the run).
 //
-// It prints one JSON object: requests, answered, errors (lost ones included), seconds
+// It prints one JSON object: requests, answered, errors (lost ones included), first_error
+// (the first error reply's start, or why a request was lost), seconds
 // (from the first send to the last reply), and cpu_seconds (this process's user and
 // system CPU over the run, getrusage). With -latencies FILE it writes each answered
 // request's latency in seconds as little-endian float64, in request order.
@@ -46,10 +47,26 @@ type summary struct {
 	Answered    int64   `json:"answered"`
 	Errors      int64   `json:"errors"`
 	Stray       int64   `json:"stray"`
+	FirstError  string  `json:"first_error,omitempty"`
 	Seconds     float64 `json:"seconds"`
 	CPUSeconds  float64 `json:"cpu_seconds"`
 	Connections int     `json:"connections"`
 	Concurrency int     `json:"concurrency"`
+}
+
+// firstErrorText is the first error's text, or "" when there was none.
+func firstErrorText(v *atomic.Value) string {
+	if text, ok := v.Load().(string); ok {
+		return text
+	}
+	return ""
+}
+
+func min(a, b int) int {
+	if a < b {
+		return a
+	}
+	return b
 }
 
 func cpuSeconds() float64 {
@@ -145,6 +162,7 @@ func main() {
 	total := int64(*requests)
 	lat := make([]float64, total)
 	var next, answered, errors, stray, lastReply int64
+	var firstError atomic.Value // the first error reply's body (its start), for the report
 	start := make(chan struct{})
 	var running sync.WaitGroup
 	for r := 0; r < *concurrency; r++ {
@@ -168,6 +186,7 @@ func main() {
 				for {
 					m, err := sub.NextMsg(*wait)
 					if err == nats.ErrTimeout || err == nats.ErrNoResponders {
+						firstError.CompareAndSwap(nil, fmt.Sprintf("no reply: %v", err))
 						return // this requester's request is lost: it stops
 					} else if err != nil {
 						fail("next reply: %v", err)
@@ -180,6 +199,7 @@ func main() {
 					lat[n] = at.Sub(sent).Seconds()
 					if !bytes.Contains(m.Data, []byte(`"access_token"`)) {
 						atomic.AddInt64(&errors, 1)
+						firstError.CompareAndSwap(nil, string(m.Data[:min(len(m.Data), 300)]))
 					}
 					atomic.AddInt64(&answered, 1)
 					latest(&lastReply, at.UnixNano())
@@ -210,6 +230,7 @@ func main() {
 	}
 	result := summary{Requests: *requests, Answered: got,
 		Errors: atomic.LoadInt64(&errors) + total - got, Stray: atomic.LoadInt64(&stray),
+		FirstError: firstErrorText(&firstError),
 		Seconds:    elapsed,
 		CPUSeconds: cpu, Connections: *connections, Concurrency: *concurrency}
 	if err := json.NewEncoder(os.Stdout).Encode(result); err != nil {

@@ -8,12 +8,15 @@ IdP's free-form codes, so the number of series stays bounded.
 from __future__ import annotations
 
 import time
+from bisect import bisect_left
 from collections.abc import Callable, Iterator, Mapping
 
 from prometheus_client import CollectorRegistry, Counter, Enum, Gauge, Histogram
-from prometheus_client.core import CounterMetricFamily, Metric
+from prometheus_client import utils as prometheus_utils
+from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from token_worker.counting import ThreadCounts
 from token_worker.wire import (
     IDP_BAD_RESPONSE,
     IDP_TIMEOUT,
@@ -45,6 +48,19 @@ full."""
 
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
                    2.5, 5.0, 10.0)
+CACHE_EVENTS = ("hit", "miss", "refresh")
+"""The labels of ``token_worker_cache_events_total``."""
+
+_go_float: Callable[[float], str] = prometheus_utils.floatToGoString
+"""How prometheus_client writes a bucket's bound (``0.0005``, ``+Inf``)."""
+
+_OUTCOME_LABELS = (OK, *sorted(_OUTCOMES - {OK}), IDP_REFUSED)
+# Where each number of a thread's counts is (ThreadCounts): outcomes, latency buckets (the
+# last one +Inf), the latency sum, cache events.
+_BUCKETS_AT = len(_OUTCOME_LABELS)
+_SECONDS_AT = _BUCKETS_AT + len(LATENCY_BUCKETS) + 1
+_HIT_AT, _MISS_AT, _REFRESH_AT = range(_SECONDS_AT + 1, _SECONDS_AT + 1 + len(CACHE_EVENTS))
+_COUNTS = _REFRESH_AT + 1
 
 
 def outcome_label(error_code: str) -> str:
@@ -57,21 +73,20 @@ def outcome_label(error_code: str) -> str:
 class Metrics:
     """Counters, histograms and gauges of one worker.
 
-    Label children are resolved once, here: every reply counts itself, so the hot path
-    only increments (``labels()`` costs a lock and a lookup per call).
+    What every reply counts (its outcome and latency, a cache hit or miss) goes to
+    per-thread counts without a lock (:mod:`token_worker.counting`), exported when
+    scraped; the rest are ``prometheus_client``'s own, with label children resolved once
+    here.
     """
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         registry = self.registry
-        self.requests = Counter("token_worker_requests", "Requests answered, by outcome",
-                                ["outcome"], registry=registry)
-        self.reply_seconds = Histogram(
-            "token_worker_reply_seconds", "From request received to reply ready to send",
-            buckets=LATENCY_BUCKETS, registry=registry)
-        self.cache_events = Counter("token_worker_cache_events",
-                                    "Token cache hits, misses and refreshes ahead of expiry",
-                                    ["event"], registry=registry)
+        self._counts = ThreadCounts(_COUNTS)
+        self._code_at = {label: at for at, label in enumerate(_OUTCOME_LABELS)}
+        self._code_at[""] = self._code_at[OK]
+        """Reply error code -> where it is counted; any other code counts as idp_refused."""
+        registry.register(_ReplyCollector(self._counts))
         self.idp_calls = Counter("token_worker_idp_calls", "Token calls to the IdP, by outcome",
                                  ["outcome"], registry=registry)
         self.idp_seconds = Histogram("token_worker_idp_seconds", "IdP token call latency",
@@ -115,13 +130,6 @@ class Metrics:
             "Requests answered without an IdP call to protect the IdP or other clients, by "
             "reason", ["reason"], registry=registry)
         self._by_bulkhead = {reason: self.bulkheads.labels(reason) for reason in BULKHEADS}
-        self._by_outcome = {label: self.requests.labels(label)
-                            for label in (*_OUTCOMES, IDP_REFUSED)}
-        self._by_error_code = {"": self._by_outcome[OK], **self._by_outcome}
-        """Reply error code -> its counter child; any other code counts as ``idp_refused``."""
-        self.cache_hit = self.cache_events.labels("hit")
-        self.cache_miss = self.cache_events.labels("miss")
-        self.cache_refresh = self.cache_events.labels("refresh")
         self.started = time.time()
         self._shared_counts: Callable[[], Mapping[str, int]] | None = None
 
@@ -156,9 +164,55 @@ class Metrics:
 
     def count_reply(self, error_code: str, seconds: float) -> None:
         """One reply sent: its outcome and how long it took."""
-        counter = self._by_error_code.get(error_code) or self._by_outcome[IDP_REFUSED]
-        counter.inc()
-        self.reply_seconds.observe(seconds)
+        values = self._counts.mine()
+        values[self._code_at.get(error_code, _BUCKETS_AT - 1)] += 1  # the last: idp_refused
+        values[_BUCKETS_AT + bisect_left(LATENCY_BUCKETS, seconds)] += 1
+        values[_SECONDS_AT] += seconds
+
+    def cache_hit(self) -> None:
+        """A request served from the local cache."""
+        self._counts.mine()[_HIT_AT] += 1
+
+    def cache_miss(self) -> None:
+        """A request the local cache could not serve."""
+        self._counts.mine()[_MISS_AT] += 1
+
+    def cache_refresh(self) -> None:
+        """A token refreshed ahead of its expiry."""
+        self._counts.mine()[_REFRESH_AT] += 1
+
+
+class _ReplyCollector(Collector):
+    """``token_worker_requests_total``, ``token_worker_reply_seconds`` and
+    ``token_worker_cache_events_total``, from the per-thread counts, when scraped."""
+
+    def __init__(self, counts: ThreadCounts) -> None:
+        self._counts = counts
+
+    def collect(self) -> Iterator[Metric]:
+        totals = self._counts.totals()
+        requests, latency, cache = self.describe()
+        for at, label in enumerate(_OUTCOME_LABELS):
+            requests.add_metric([label], totals[at])
+        cumulative, buckets = 0.0, []
+        for at, bound in enumerate((*LATENCY_BUCKETS, float("inf"))):
+            cumulative += totals[_BUCKETS_AT + at]
+            buckets.append((_go_float(bound), cumulative))
+        latency.add_metric([], buckets, totals[_SECONDS_AT])
+        for at, event in enumerate(CACHE_EVENTS):
+            cache.add_metric([event], totals[_HIT_AT + at])
+        yield from (requests, latency, cache)
+
+    def describe(self) -> tuple[CounterMetricFamily, HistogramMetricFamily,
+                                CounterMetricFamily]:
+        return (
+            CounterMetricFamily("token_worker_requests", "Requests answered, by outcome",
+                                labels=["outcome"]),
+            HistogramMetricFamily("token_worker_reply_seconds",
+                                  "From request received to reply ready to send"),
+            CounterMetricFamily("token_worker_cache_events",
+                                "Token cache hits, misses and refreshes ahead of expiry",
+                                labels=["event"]))
 
 
 class _CountsCollector(Collector):

@@ -49,6 +49,9 @@ _SKIP_TAIL = 64
 """Bytes kept of a skipped line: its end holds the sizes (at most 2 x 10 digits)."""
 _ARGUMENT_SEPARATOR = re.compile(rb"[ \t]+")
 _MESSAGE_OPS = (b"MSG ", b"HMSG")
+_USUAL_MESSAGE = re.compile(
+    rb"MSG ([^ \r\n]+) ([0-9]{1,10})(?: ([^ \r\n]+))? ([0-9]{1,10})\r\n")
+"""``MSG <subject> <sid> [reply] <size>`` as servers send it: single spaces, plain digits."""
 
 
 class Message(NamedTuple):
@@ -98,6 +101,8 @@ class ProtocolError(NamedTuple):
 
     reason: str
 
+
+_new_tuple = tuple.__new__
 
 Delivery = tuple[int, Message]
 """A MSG or HMSG: the subscription id and the message (a plain tuple: one per message)."""
@@ -187,44 +192,44 @@ class Parser:
         size = len(data)
         limit = self.max_control_line
         append = events.append
+        usual = _USUAL_MESSAGE.match
         self._needed = 0
         while pos < size:
-            end = data.find(b"\r\n", pos)
-            if end < 0 or end - pos > limit:
-                if end >= 0 or size - pos > limit + 1:  # + 1: a last CR may end it
-                    return self._overlong(data, pos, events)
-                break
-            op = data[pos : pos + 4]
-            parts = data[pos + 4 : end].split(b" ") if op == b"MSG " else None
-            if parts is not None and 3 <= len(parts) <= 4 and b"" not in parts and (
-                    parts[1].isdigit() and parts[-1].isdigit()
-                    and len(parts[1]) <= _MAX_DIGITS and len(parts[-1]) <= _MAX_DIGITS):
-                # the hot path, inlined: a well-formed MSG, as servers send them
-                headed = False
-                sid = int(parts[1])
-                total = int(parts[-1])
-                if total > MAX_MESSAGE_SIZE:
-                    self._fail(events, "bad message size in message line")
-                    return b""
-                subject = parts[0].decode("utf-8", "surrogateescape")
-                reply = parts[2].decode("utf-8", "surrogateescape") if len(parts) == 4 else ""
-                header_size = 0
-            elif op in _MESSAGE_OPS or op.upper() in _MESSAGE_OPS:
+            matched = usual(data, pos)
+            if matched is not None and matched.end() - 2 - pos <= limit:
+                # the hot path: a MSG as servers send them, its line read by one regular
+                # expression; anything else takes the general path
+                subject_bytes, sid_digits, reply_bytes, total_digits = matched.groups()
+                sid, total, headed, header_size = int(sid_digits), int(total_digits), False, 0
+                subject = subject_bytes.decode("utf-8", "surrogateescape")
+                reply = "" if reply_bytes is None else reply_bytes.decode(
+                    "utf-8", "surrogateescape")
+                start = matched.end()
+            else:
+                end = data.find(b"\r\n", pos)
+                if end < 0 or end - pos > limit:
+                    if end >= 0 or size - pos > limit + 1:  # + 1: a last CR may end it
+                        return self._overlong(data, pos, events)
+                    break
+                op = data[pos : pos + 4]
+                if op not in _MESSAGE_OPS and op.upper() not in _MESSAGE_OPS:
+                    problem = _control_line(data[pos:end], append)
+                    if problem:
+                        self._fail(events, problem)
+                        return b""
+                    pos = end + 2
+                    continue
                 headed = op[0] in b"Hh"
                 parsed = _message_line(data[pos + 3 + headed : end], headed)
                 if isinstance(parsed, str):
                     self._fail(events, parsed)
                     return b""
                 subject, sid, reply, header_size, total = parsed
-            else:
-                problem = _control_line(data[pos:end], append)
-                if problem:
-                    self._fail(events, problem)
-                    return b""
-                pos = end + 2
-                continue
-            start = end + 2
+                start = end + 2
             stop = start + total
+            if total > MAX_MESSAGE_SIZE:
+                self._fail(events, "bad message size in message line")
+                return b""
             if stop + 2 > size:
                 self._needed = stop + 2 - pos
                 break
@@ -235,8 +240,8 @@ class Parser:
                 headers = data[start : start + header_size]
                 append((sid, Message(subject, reply, data[start + header_size : stop],
                                      _status_of(headers), headers)))
-            else:
-                append((sid, Message(subject, reply, data[start:stop])))
+            else:  # tuple.__new__: a NamedTuple's own __new__ is a Python call per message
+                append((sid, _new_tuple(Message, (subject, reply, data[start:stop], 0, b""))))
             pos = stop + 2
         return data[pos:]
 

@@ -23,6 +23,7 @@ from collections.abc import Callable
 from datetime import datetime, timezone
 from typing import Any, Protocol
 
+from token_worker.counting import ThreadCounts
 from token_worker.errors import NotConnected
 from token_worker.metrics import Metrics
 from token_worker.micro import (
@@ -57,29 +58,33 @@ def new_instance_id() -> str:
 
 
 class Tally:
-    """One endpoint's numbers for ``$SRV.STATS`` (replies, errors, time)."""
+    """One endpoint's numbers for ``$SRV.STATS`` (replies, errors, time), counted by each
+    thread without a lock (:class:`~token_worker.counting.ThreadCounts`): every reply is
+    counted here, most of them on the reader thread. Errors, rare, also keep the last
+    code under a lock."""
 
     def __init__(self) -> None:
+        self._counts = ThreadCounts(3)  # requests, errors, nanoseconds
         self._lock = threading.Lock()
-        self.requests = 0
-        self.errors = 0
-        self.nanoseconds = 0
         self.last_error = ""
 
     def count(self, error_code: str, seconds: float) -> None:
         """One reply sent (from the reader or a pool thread)."""
-        with self._lock:
-            self.requests += 1
-            self.nanoseconds += int(seconds * 1e9)
-            if error_code:
-                self.errors += 1
+        values = self._counts.mine()
+        values[0] += 1
+        values[2] += int(seconds * 1e9)
+        if error_code:
+            values[1] += 1
+            with self._lock:
                 self.last_error = error_code
 
     def stats(self, endpoint: Endpoint, data: dict[str, Any] | None = None) -> EndpointStats:
+        requests, errors, nanoseconds = (int(total) for total in self._counts.totals())
         with self._lock:
-            average = self.nanoseconds // self.requests if self.requests else 0
-            return EndpointStats(endpoint, self.requests, self.errors, self.last_error,
-                                 self.nanoseconds, average, data)
+            last_error = self.last_error
+        average = nanoseconds // requests if requests else 0
+        return EndpointStats(endpoint, requests, errors, last_error, nanoseconds, average,
+                             data)
 
 
 class ServiceResponder:

@@ -39,6 +39,7 @@ __all__ = ["NamedTokenHandler", "TokenHandler"]
 
 log = logging.getLogger(__name__)
 
+_new_tuple = tuple.__new__
 GRANTS_KEPT = 10_000
 """Credential grants kept ready (one per credential and scope asked for)."""
 
@@ -92,15 +93,17 @@ class _TokenPath(RequestHandler):
         ``idp.deadline`` from now."""
         broker = self._broker
         key = broker.key(query)
-        if not skip_cache:
-            answer = broker.cached(query, key)
-            if answer is not None:
+        if not skip_cache and key is not None:
+            hit = broker.hit(query, key)
+            if hit is not None:
+                entry, expires_in = hit
                 if log.isEnabledFor(logging.DEBUG):
                     with request_context(request_id, client_id):
                         log.debug("token served from cache",
-                                  extra={"expires_in": answer.expires_in,
-                                         "credential": credential})
-                return _token_reply(request_id, client_id, credential, answer, query)
+                                  extra={"expires_in": expires_in, "credential": credential})
+                return _new_tuple(Reply, (
+                    entry.reply_parts.encode(request_id, expires_in, credential), "",
+                    request_id, client_id, query))
         started = self._clock()
         deadline = None if self._deadline is None else started + self._deadline
         waiting = Waiting(request_id)

@@ -215,20 +215,28 @@ class TokenBroker:
 
     def cached(self, query: TokenQuery, key: CacheKey | None = None) -> Answer | None:
         """A servable cached token, or None; counts one hit or one miss; never does I/O."""
-        if self._cache is None:
-            return None
         key = key or self.key(query)
-        if key is None:
-            return None  # discovery not done yet (it is I/O: not here)
-        entry = self._cache.get(key)
-        if entry is None:
-            self._metrics.cache_miss.inc()
+        hit = None if key is None else self.hit(query, key)
+        if hit is None:
             return None
-        self._metrics.cache_hit.inc()
-        now = self._cache.now()
+        entry, expires_in = hit
+        return Answer(entry.token, expires_in, FROM_CACHE)
+
+    def hit(self, query: TokenQuery, key: CacheKey) -> tuple[CachedToken, int] | None:
+        """The hot path of :meth:`cached`: the servable entry and its ``expires_in`` now,
+        or None; counts one hit or one miss, starts a refresh ahead when it is time."""
+        cache = self._cache
+        if cache is None:
+            return None
+        entry = cache.get(key)
+        if entry is None:
+            self._metrics.cache_miss()
+            return None
+        self._metrics.cache_hit()
+        now = cache.now()
         if now >= entry.refresh_at and not self._issuer.failing_fast:
             self._refresh_in_background(key, query)  # not while it would only fail at once
-        return Answer(entry.token, entry.expires_in(now), FROM_CACHE)
+        return entry, max(0, int(entry.expires_at - now))
 
     def ask(self, query: TokenQuery, *, deadline: float | None, skip_cache: bool,
             on_outcome: Outcome, key: CacheKey | None = None) -> Answer | NoToken | None:
@@ -632,7 +640,7 @@ class TokenBroker:
                 return  # a refresh (or a fetch) for this key is already coming
             self._refresh_queued.add(key)
         self.refreshes += 1
-        self._metrics.cache_refresh.inc()
+        self._metrics.cache_refresh()
         log.debug("refreshing ahead of expiry", extra={"client_id": query.client_id})
         try:
             self._refresher.submit(self._refresh, key, query)

@@ -4,7 +4,7 @@ A key is the token endpoint, the ``client_id``, a keyed digest (BLAKE2b in its M
 under a random per-process key) of the ``client_secret``, the sorted scope set and the
 auth method. The secret itself is never stored, so a wrong or rotated secret can never hit
 another secret's entry. Only an allow-list of token fields is kept (as MSAL does). Entries
-are evicted least-recently-used first (``cachetools.LRUCache``), so memory stays bounded
+are evicted least-recently-used first, so memory stays bounded
 with any number of clients, and fairly: each client id (at a token endpoint) keeps at most
 its share (``cache.maxEntriesPerClient``); a client over it evicts its own least recently
 used entries, never another client's. Time is injected (``now``), so expiry is tested
@@ -23,13 +23,12 @@ import functools
 import hashlib
 import secrets
 import threading
+from collections import OrderedDict
 from collections.abc import Callable, Hashable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import NamedTuple
 
-from cachetools import LRUCache
-
-from token_worker import defaults
+from token_worker import defaults, wire
 from token_worker.tokens.model import IssuedToken
 
 MIN_REFRESH_LEAD = 2.0
@@ -67,36 +66,39 @@ class CachedToken:
         """Whole seconds of life left, never negative (the reply's ``expires_in``)."""
         return max(0, int(self.expires_at - now))
 
+    reply_parts: wire.TokenReplyParts = field(init=False, repr=False, compare=False)
+    """Its reply as a cache hit, prepared when it is cached: a hit only fills in the
+    request's own fields."""
+
+    def __post_init__(self) -> None:
+        token = self.token
+        object.__setattr__(self, "reply_parts", wire.TokenReplyParts(
+            token.access_token, token.token_type, token.scope))
+
 
 _DIGEST_KEY = secrets.token_bytes(32)
 """Random per process: digests of secrets mean nothing outside it."""
+_KEYED = hashlib.blake2b(key=_DIGEST_KEY, digest_size=32)
+"""BLAKE2b with the key block already hashed: each digest starts from a copy of it."""
+_new_tuple = tuple.__new__
 
 
 def cache_key(token_url: str, client_id: str, client_secret: str, scope: str,
               auth_method: str) -> CacheKey:
     """The key of a request; the secret enters only as a keyed digest, the scope as a sorted
-    set (``"b a a"`` and ``"a b"`` are the same request)."""
-    digest = hashlib.blake2b(client_secret.encode(), key=_DIGEST_KEY, digest_size=32).digest()
-    return CacheKey(token_url, client_id, digest, scope_set(scope), auth_method)
+    set (``"b a a"`` and ``"a b"`` are the same request). Built for every request, so the
+    key's block is not hashed again (a copy of :data:`_KEYED`) and the tuple is made
+    without a Python-level ``__new__``."""
+    mac = _KEYED.copy()
+    mac.update(client_secret.encode())
+    return _new_tuple(CacheKey, (token_url, client_id, mac.digest(), scope_set(scope),
+                                 auth_method))
 
 
 @functools.lru_cache(maxsize=4096)
 def scope_set(scope: str) -> tuple[str, ...]:
     """A scope string as a sorted set; memoised, as a fleet asks for few distinct scopes."""
     return tuple(sorted(set(scope.split())))
-
-
-class _Entries(LRUCache[CacheKey, CachedToken]):
-    """The LRU of every entry; tells its owner which key it evicted for room."""
-
-    def __init__(self, maxsize: int, on_evict: Callable[[CacheKey], None]) -> None:
-        super().__init__(maxsize)
-        self._on_evict = on_evict
-
-    def popitem(self) -> tuple[CacheKey, CachedToken]:
-        key, entry = super().popitem()
-        self._on_evict(key)
-        return key, entry
 
 
 class TokenCache:
@@ -108,14 +110,19 @@ class TokenCache:
     client's, so one client asking for ten thousand scope sets cannot empty the cache of
     everyone else. When the whole cache is full, the least recently used entry of all goes.
     ``evictions`` counts both kinds (``client_share``, ``capacity``).
+
+    Both orders are ``OrderedDict`` s (least recently used first), moved in C on every hit:
+    a hit is most of what a worker does, and ``cachetools.LRUCache`` would spend two
+    Python-level calls per order on it.
     """
 
     def __init__(self, *, max_entries: int, expiry_margin: float, refresh_ahead: float,
                  now: Callable[[], float], max_ttl: float = defaults.CACHE_MAX_TTL,
                  per_client: int | None = None) -> None:
-        self._entries = _Entries(max_entries, self._evicted_for_room)
+        self._max_entries = max_entries
+        self._entries: OrderedDict[CacheKey, CachedToken] = OrderedDict()
         self._per_client = min(per_client or max_entries, max_entries)
-        self._clients: dict[tuple[str, str], LRUCache[CacheKey, None]] = {}
+        self._clients: dict[tuple[str, str], OrderedDict[CacheKey, None]] = {}
         """Each client's keys, least recently used first."""
         self._lock = threading.Lock()
         self._margin = expiry_margin
@@ -127,18 +134,17 @@ class TokenCache:
         """Entries evicted to make room: for a client over its share, or a full cache."""
 
     def get(self, key: CacheKey) -> CachedToken | None:
-        """The entry if it may still be served; an expired entry is dropped."""
+        """The entry if it may still be served (now the most recently used, of all and of
+        its client); an expired entry is dropped."""
         with self._lock:
-            try:
-                entry = self._entries[key]  # one lookup (get() looks up twice)
-            except KeyError:
+            entry = self._entries.get(key)
+            if entry is None:
                 return None
             if self.now() >= entry.serve_until:
                 self._remove(key)
                 return None
-            mine = self._clients.get((key.token_url, key.client_id))
-            if mine is not None:
-                mine.get(key)  # most recently used of its client too
+            self._entries.move_to_end(key)
+            self._clients[key[0], key[1]].move_to_end(key)
             return entry
 
     def put(self, key: CacheKey, token: IssuedToken, *, age: float = 0.0,
@@ -161,21 +167,25 @@ class TokenCache:
         return entry
 
     def _store(self, key: CacheKey, entry: CachedToken) -> None:
+        entries = self._entries
         client = (key.token_url, key.client_id)
         mine = self._clients.get(client)
         if mine is None:
-            mine = self._clients[client] = LRUCache(self._per_client)
+            mine = self._clients[client] = OrderedDict()
         elif key not in mine and len(mine) >= self._per_client:
-            oldest, _ = mine.popitem()
-            del self._entries[oldest]
+            oldest, _ = mine.popitem(last=False)
+            del entries[oldest]
             self.evictions["client_share"] += 1
+        elif key in mine:
+            mine.move_to_end(key)
         mine[key] = None
-        self._entries[key] = entry  # may evict the least recently used of all
-
-    def _evicted_for_room(self, key: CacheKey) -> None:
-        """Called by the LRU (lock held) when the whole cache was full."""
-        self._forget_client_key(key)
-        self.evictions["capacity"] += 1
+        if key in entries:
+            entries.move_to_end(key)
+        elif len(entries) >= self._max_entries:
+            oldest, _ = entries.popitem(last=False)
+            self._forget_client_key(oldest)
+            self.evictions["capacity"] += 1
+        entries[key] = entry
 
     def _remove(self, key: CacheKey) -> None:
         del self._entries[key]

@@ -1,0 +1,78 @@
+"""The client secret taken out of what an IdP answered (idp/scrub.py), on strings: every
+secret of 4 characters or more (docs/security.md), in each form the request carried it."""
+
+from __future__ import annotations
+
+import base64
+import json
+from urllib.parse import quote, quote_plus
+
+import pytest
+
+from token_worker.idp.scrub import NO_SECRET, REDACTED, WITHHELD, Scrubber
+
+CLIENT = "orders-client"
+
+
+@pytest.mark.parametrize("secret", ["s3c4", "s3c4x", "pass-8ch", "fifteen-chars15",
+                                    "sixteen-chars-16", "a-much-longer-client-secret-0123"])
+def test_every_secret_of_four_characters_or_more_is_scrubbed(secret):
+    text = f"invalid_client: secret {secret} is not {CLIENT}'s"
+    scrubbed = Scrubber(CLIENT, secret)(text)
+    assert scrubbed == f"invalid_client: secret {REDACTED} is not {CLIENT}'s"
+    assert Scrubber(CLIENT, secret).found_in(text)
+
+
+def test_a_secret_under_four_characters_is_left_alone():
+    """It would match ordinary words; the log redaction leaves it too."""
+    scrubber = Scrubber(CLIENT, "abc")
+    assert scrubber("abc and abcd") == "abc and abcd"
+    assert not scrubber.found_in("abc")
+
+
+SECRET = "p@ss w/rd+ü&<x>"
+"""A secret every encoding changes: reserved, space, slash, plus, non-ASCII, HTML."""
+
+
+def basic(user: str, password: str) -> str:
+    return base64.b64encode(f"{user}:{password}".encode()).decode()
+
+
+@pytest.mark.parametrize("echoed", [
+    SECRET,
+    quote_plus(SECRET),
+    quote(SECRET),
+    quote(SECRET, safe=""),
+    quote(SECRET, safe="").lower(),                              # lower-case percent hex
+    json.dumps(SECRET)[1:-1],
+    json.dumps(SECRET, ensure_ascii=False)[1:-1],
+    "p@ss w&#47;rd+&#252;&amp;&lt;x&gt;",                        # HTML entities
+    json.dumps(SECRET).replace("/", "\\/")[1:-1],                # PHP's escaped slash
+    base64.b64encode(SECRET.encode()).decode(),
+    base64.urlsafe_b64encode(SECRET.encode()).decode().rstrip("="),
+    basic(CLIENT, SECRET),                                       # the Basic header
+    basic(quote_plus(CLIENT), quote_plus(SECRET)),               # RFC 6749 2.3.1 form
+])
+def test_no_form_of_the_secret_survives(echoed):
+    """Whatever an IdP or proxy echoed, the secret is not readable in what is kept: the
+    form is replaced, or the whole text withheld."""
+    text = f"error: could not verify {echoed} for {CLIENT}"
+    scrubbed = Scrubber(CLIENT, SECRET)(text)
+    assert scrubbed != text
+    assert echoed not in scrubbed and SECRET not in scrubbed
+    assert scrubbed == WITHHELD or REDACTED in scrubbed
+
+
+def test_a_text_without_the_secret_is_kept_as_it_was():
+    text = 'error="invalid_client", description: unknown client orders-client'
+    assert Scrubber(CLIENT, SECRET)(text) == text
+    assert not Scrubber(CLIENT, SECRET).found_in(text)
+    assert NO_SECRET(text) == text
+
+
+def test_a_longer_form_containing_another_is_replaced_whole():
+    """The form-encoded secret contains the raw one's start: replaced as one, no tail
+    of it left beside a mark."""
+    secret = "ab+cd/ef"
+    text = f"got {quote(secret, safe='')}"
+    assert Scrubber(CLIENT, secret)(text) == f"got {REDACTED}"

@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import json
 import threading
-import time
 from collections.abc import Callable
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
 
+from tests.fakes import Clock
+from token_worker.client import requester as requester_module
 from token_worker.client.inbox import Inbox
 from token_worker.client.requester import Requester
 from token_worker.nats.link import State
@@ -59,37 +61,67 @@ def silence(_reply: str) -> list[Message]:
     return []
 
 
-def run(*answers: Answer, retries: int = 2, timeout: float = 1.0, budget: float = 5.0
-        ) -> tuple[dict[str, Any], ScriptedFleet, float]:
+class Pauses(threading.Event):
+    """The client's ``closed`` event, on which the requester pauses between attempts: each
+    pause is recorded and moves ``clock`` instead of being slept."""
+
+    def __init__(self, clock: Clock) -> None:
+        super().__init__()
+        self.clock = clock
+        self.taken: list[float] = []
+
+    def wait(self, timeout: float | None = None) -> bool:
+        self.taken.append(timeout or 0.0)
+        self.clock.advance(timeout or 0.0)
+        return self.is_set()
+
+
+@pytest.fixture
+def requester_clock(monkeypatch: pytest.MonkeyPatch) -> Clock:
+    """The requester's monotonic clock (its budgets), moved only by its pauses."""
+    clock = Clock()
+    monkeypatch.setattr(requester_module, "time", SimpleNamespace(monotonic=clock.monotonic))
+    return clock
+
+
+def run(*answers: Answer, retries: int = 2, timeout: float = 1.0, budget: float = 5.0,
+        clock: Clock | None = None) -> tuple[dict[str, Any], ScriptedFleet, list[float]]:
+    """One call; with ``clock`` (see ``requester_clock``), its pauses are returned."""
     inbox = Inbox("_INBOX", 4096)
     fleet = ScriptedFleet(inbox, *answers)
-    requester = Requester(fleet, inbox, threading.Event(),  # type: ignore[arg-type]
+    closed = threading.Event() if clock is None else Pauses(clock)
+    requester = Requester(fleet, inbox, closed,  # type: ignore[arg-type]
                           timeout=timeout, retries=retries)
-    started = time.monotonic()
     reply = requester.send("token.request", b'{"request_id": "r"}', "r", None, budget)
-    return reply, fleet, time.monotonic() - started
+    return reply, fleet, closed.taken if isinstance(closed, Pauses) else []
 
 
-def test_shutting_down_is_asked_again_at_once_with_the_same_request_id():
-    reply, fleet, took = run(error(SHUTTING_DOWN), error(SHUTTING_DOWN), token, retries=1)
+def test_shutting_down_is_asked_again_at_once_with_the_same_request_id(requester_clock):
+    reply, fleet, pauses = run(error(SHUTTING_DOWN), error(SHUTTING_DOWN), token, retries=1,
+                               clock=requester_clock)
     assert reply["access_token"] == "genuine"
     assert len(fleet.sent) == 3  # neither counts against retries=1
     assert {body["request_id"] for body in fleet.sent} == {"r"}
-    assert took < 0.5  # the first again at once, the second after a short back-off
+    assert pauses[0] == 0  # the first again at once (another replica answers)
+    assert len(pauses) == 2 and 0 < pauses[1] < 0.5  # the second after a short back-off
 
 
-def test_overloaded_is_asked_again_after_a_short_back_off():
-    reply, fleet, took = run(error(OVERLOADED), error(OVERLOADED), token)
+def test_overloaded_is_asked_again_after_a_short_back_off(requester_clock):
+    reply, fleet, pauses = run(error(OVERLOADED), error(OVERLOADED), token,
+                               clock=requester_clock)
     assert reply["access_token"] == "genuine"
     assert len(fleet.sent) == 3
-    assert 0.025 <= took < 1.0
+    assert len(pauses) == 2 and all(0 < pause < 0.5 for pause in pauses)
 
 
 @pytest.mark.parametrize("code", [SHUTTING_DOWN, OVERLOADED])
-def test_a_fleet_turning_away_for_the_whole_budget_gets_its_answer_back(code):
-    reply, fleet, took = run(error(code), budget=1.0)
+def test_a_fleet_turning_away_for_the_whole_budget_gets_its_answer_back(code, requester_clock):
+    started = requester_clock.monotonic()
+    reply, fleet, pauses = run(error(code), budget=1.0, clock=requester_clock)
     assert reply["error_code"] == code  # the worker's own answer, not a timeout
-    assert len(fleet.sent) > 3 and took < 1.5
+    assert len(fleet.sent) > 3
+    waited = requester_clock.monotonic() - started
+    assert waited == pytest.approx(sum(pauses)) and waited <= 1.0  # within the budget
 
 
 def test_other_error_replies_are_final():

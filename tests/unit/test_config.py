@@ -12,6 +12,7 @@ import importlib
 import inspect
 import json
 import math
+import re
 from typing import Any
 
 import pytest
@@ -441,8 +442,25 @@ FLAGGED = {
 }
 
 
+LOADED = {
+    # key: what each of FLAGGED's values loads as, written out (not computed by the parser)
+    "environment": ("f", "e", "x"),
+    "logLevel": ("debug", "error", "critical"),
+    "nameSuffix": ("f", "e", "x"),
+    "subject": ("s.f", "s.e", "s.x"),
+    "queue": ("qf", "qe", "qx"),
+    "workers": (2, 3, 4),
+    "nats.url": (("nats://f:1",), ("nats://e:2",), ("nats://x:3",)),
+    "idp.url": ("https://f", "https://e", "https://x"),
+    "idp.tokenPath": ("/f", "/e", "/x"),
+    "idp.issuer": ("https://f/i", "https://e/i", "https://x/i"),
+    "health.port": (1, 2, 3),
+    "credentials.dir": ("/", "/tmp", "/usr"),
+}
+
+
 def test_every_flag_has_a_precedence_case():
-    assert {setting.key for setting in SETTINGS if setting.flag} == set(FLAGGED)
+    assert {setting.key for setting in SETTINGS if setting.flag} == set(FLAGGED) == set(LOADED)
 
 
 @pytest.mark.parametrize("key", sorted(FLAGGED))
@@ -458,11 +476,11 @@ def test_flags_beat_env_beats_file_beats_default(key, tmp_path):
     def loaded(argv: list[str], environ: dict[str, str]) -> Any:
         return value_at(load_config(argv, environ), setting.path)
 
+    from_file, from_env, from_flag = LOADED[key]
     assert loaded([], {}) == setting.default
-    assert loaded(file_arg, {}) == setting.parse(in_file)
-    assert loaded(file_arg, env) == setting.parse(in_env)
-    assert loaded([*file_arg, *flag], env) == setting.parse(in_flag)
-    assert setting.parse(in_file) != setting.parse(in_env) != setting.parse(in_flag)
+    assert loaded(file_arg, {}) == from_file
+    assert loaded(file_arg, env) == from_env
+    assert loaded([*file_arg, *flag], env) == from_flag
 
 
 def test_env_only_settings_beat_the_file(tmp_path):
@@ -472,10 +490,48 @@ def test_env_only_settings_beat_the_file(tmp_path):
     assert (config.nats.max_reconnect, config.backlog) == (-1, 7)
 
 
-def test_the_readme_table_lists_each_key_once():
-    readme = (ROOT / "README.md").read_text().splitlines()
-    for row in describe_settings():
-        assert sum(line.startswith(f"| `{row['key']}` |") for line in readme) == 1, row["key"]
+def readme_settings() -> dict[str, tuple[tuple[str, ...], str | None, str | None]]:
+    """The README's configuration table: key -> (env names, flag, default as written; None
+    for "—" or nothing)."""
+    rows = {}
+    for line in (ROOT / "README.md").read_text().splitlines():
+        cells = [cell.strip() for cell in line.split("|")[1:5]]
+        key = re.fullmatch(r"`([A-Za-z.]+)`", cells[0]) if len(cells) == 4 else None
+        if key is None or not re.search(r"`[A-Z_]+`", cells[1]):
+            continue  # not a settings row (the request and error tables have no env)
+        key, (env, flag, default) = key[1], cells[1:]
+        assert key not in rows, f"{key} has two rows in the README"
+        flags = re.findall(r"`-([a-z-]+)`", flag)
+        shown = re.match(r"`([^`]*)`", default)
+        rows[key] = (tuple(re.findall(r"`([A-Z_]+)`", env)), flags[0] if flags else None,
+                     shown[1] if shown else None)
+    return rows
+
+
+def as_written(value: Any) -> str | None:
+    """A default as the README writes it: ``true``, ``5``, ``0.2``, a comma-joined list."""
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, tuple):
+        return ",".join(value)
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
+
+
+def test_the_readme_table_gives_each_settings_env_flag_and_default():
+    """The README is the spec a user reads: every setting's row says its environment
+    variables, its flag and its default exactly as the code has them, and no row names a
+    setting that does not exist."""
+    table = readme_settings()
+    code = {setting.key: (setting.env, setting.flag,
+                          as_written(value_at(Config(), setting.path)))
+            for setting in SETTINGS}
+    assert sorted(table) == sorted(code)
+    for key, (env, flag, default) in code.items():
+        assert table[key] == (env, flag, default), key
 
 
 # --- NATS credentials files (issue 8) ---------------------------------------------------------

@@ -29,7 +29,7 @@ from tests.kubelet_volume import KubeletVolume, credential_files
 from token_worker import wire
 from token_worker.client.client import TokenClient
 from token_worker.config import Config, CredentialsConfig, NatsConfig, Secret
-from token_worker.errors import TokenRequestFailed
+from token_worker.errors import NoWorkerAnswered, TokenRequestFailed
 from token_worker.nats.connection import NatsConnection
 from token_worker.nats.protocol import Message
 from token_worker.serve.worker import TokenWorker
@@ -222,6 +222,25 @@ def test_inline_secrets_off_refuses_them_without_an_idp_call(
     named = requester.request({"request_id": "named-1"}, subject="token.named.orders")
     assert named["credential"] == "orders" and named["access_token"]
     assert named_idp.token_calls() == before + 1
+
+
+def test_without_a_credentials_dir_no_named_subject_is_subscribed(
+        named_idp: IdpServer, nats_server: NatsServer,
+        start_worker: Callable[..., TokenWorker], requester_factory) -> None:
+    """docs/security.md: without credentials.dir the worker does not subscribe
+    token.named.* at all, so a named request finds no responder (no_worker), and discovery
+    lists no named endpoint."""
+    start_worker(make_config(nats_server.url, named_idp.url))
+    subjects = [sub["subject"] for conn in nats_server.connz()
+                for sub in conn.get("subscriptions_list_detail", [])]
+    assert "token.request" in subjects  # the worker's subscriptions are in this view
+    assert [subject for subject in subjects if subject.startswith("token.named")] == []
+    with TokenClient(nats_server.url, retries=0) as client, \
+            pytest.raises(NoWorkerAnswered, match="no worker is subscribed") as caught:
+        client.get_token(credential="orders")
+    assert caught.value.error_code == "no_worker"
+    info = requester_factory(nats_server.url).request(b"", subject="$SRV.INFO.token-worker")
+    assert [endpoint["name"] for endpoint in info["endpoints"]] == ["token"]
 
 
 def test_discovery_lists_the_named_endpoint_next_to_the_inline_one(

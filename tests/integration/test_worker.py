@@ -53,6 +53,21 @@ def test_client_secret_basic_and_requested_scope(nats_server, idp, start_worker,
     assert reply["access_token"]
 
 
+def test_unknown_fields_are_ignored(nats_server, idp, start_worker, requester_factory):
+    """README: "Unknown fields are ignored": a newer requester's fields, of any JSON type,
+    neither fail the request nor change which token it gets."""
+    start_worker(make_config(nats_server.url, idp.url))
+    requester = requester_factory(nats_server.url)
+    reply = requester.request(token_request(
+        DEMO, "unknown-fields", scope="read", audience="https://api.example",
+        grant_type="password", resource=["a", "b"], future={"nested": [1, None, True]},
+        n=7, flag=False, nothing=None))
+    assert "error" not in reply, reply
+    assert (reply["request_id"], reply["scope"]) == ("unknown-fields", "read")
+    plain = requester.request(token_request(DEMO, "plain", scope="read"))
+    assert plain["access_token"] == reply["access_token"]  # the same request: cached
+
+
 def test_scope_the_client_may_not_have_is_invalid_scope(nats_server, idp, start_worker,
                                                          requester_factory):
     start_worker(make_config(nats_server.url, idp.url))

@@ -8,13 +8,13 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 
 import pytest
 
 from tests import ROOT
 from tests.conftest import remember_secret
+from tests.helpers import wait_until
 from tests.integration.helpers import DEMO, TEST_CLIENTS, WorkerProcess, token_request
 from tests.integration.processes import IdpServer, NatsServer
 
@@ -103,7 +103,8 @@ def test_sigterm_during_a_slow_request_still_delivers_its_reply(nats_server, run
         asking = threading.Thread(target=lambda: reply.update(
             requester.request(token_request(DEMO, "in-flight"), timeout=10)))
         asking.start()
-        time.sleep(0.5)  # the request is now waiting on the slow IdP
+        wait_until(lambda: slow_idp.token_calls() == 1,  # counted on arrival, then 1.5 s
+                   what="the request to wait on the slow IdP")
         worker.process.send_signal(signal.SIGTERM)
         asking.join(15)
         assert worker.finish() == 0
@@ -120,9 +121,7 @@ def test_server_gone_for_good_exits_3_after_the_configured_attempts(nats_server,
     worker = run_worker(env={**fast_env(nats_server), "MAX_RECONNECT": "3"})
     worker.wait_for_log("serving")
     nats_server.kill()
-    started = time.monotonic()
     assert worker.finish() == 3
-    assert time.monotonic() - started < 5
     assert "NATS unreachable, giving up" in worker.lines[-1]
     assert "after 3 round(s)" in worker.lines[-1]
     failed_rounds = [r for r in worker.records()

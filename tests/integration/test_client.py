@@ -1,4 +1,12 @@
-"""TokenClient, the requester API, against real workers, nats-server and IdP."""
+"""TokenClient, the requester API, against real workers, nats-server and IdP.
+
+What a requester gets from a worker is tested against the real one (:class:`TokenWorker`
+asking the real IdP, named credentials from a kubelet-style volume; a wiretap, a plain
+subscriber beside the worker, shows what went over the bus). Rogue responders and stub
+workers (tests/integration/rogue.py: ``forge``, ``spray``, ``stub_worker``) stand in only
+where the test is about an answer the real worker never sends: forgeries, a huge or
+fractional ``expires_in``, a malformed or oversized token, a slow answer on a moved clock.
+"""
 
 from __future__ import annotations
 
@@ -10,18 +18,47 @@ import socket
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 
 import pytest
 
 from tests.conftest import remember_secret, report_figure
 from tests.helpers import wait_until
-from tests.integration.helpers import DEMO, make_config
+from tests.integration.helpers import BASIC, DEMO, make_config
 from tests.integration.processes import NatsServer
-from tests.integration.rogue import FORGED_PREFIX, Responder, forge, imitate_worker, spray
+from tests.integration.rogue import FORGED_PREFIX, Responder, forge, spray, stub_worker
+from tests.kubelet_volume import KubeletVolume, credential_files
 from token_worker import NoWorkerAnswered, RequestTimedOut, TokenClient, TokenRequestFailed
-from token_worker.config import NatsConfig, Secret
+from token_worker.config import CredentialsConfig, NatsConfig, Secret
 from token_worker.errors import ClientClosed, NatsUnavailable
 from token_worker.wire import TokenReply
+
+
+@pytest.fixture
+def named_worker(nats_server, idp, start_worker, tmp_path):
+    """A real worker holding ``orders`` (the IdP's demo client) and ``billing`` (its basic
+    one, client_secret_basic)."""
+    volume = KubeletVolume(tmp_path / "credentials")
+    volume.write({**credential_files("orders", *DEMO),
+                  **credential_files("billing", *BASIC, auth_method="client_secret_basic")})
+    config = make_config(nats_server.url, idp.url)
+    return start_worker(replace(config, credentials=CredentialsConfig(
+        directory=str(volume.root))))
+
+
+class Wiretap:
+    """A plain subscriber (no queue group) beside the worker: every request on ``subject``
+    as it went over the bus (the worker still answers it)."""
+
+    def __init__(self, requester, subject: str) -> None:
+        self._requester = requester
+        self._subscription = requester.run(requester.nc.subscribe(subject))
+        requester.run(requester.nc.flush())
+
+    def next(self):
+        """The next request: (subject, reply subject, parsed body)."""
+        message = self._requester.run(self._subscription.next_msg(timeout=5))
+        return message.subject, message.reply, json.loads(message.data)
 
 
 def test_many_threads_share_one_client(nats_server, idp, start_worker):
@@ -129,7 +166,7 @@ def test_a_stopping_worker_hands_queued_requests_to_another_replica(nats_server,
     assert all(token.access_token.startswith("genuine-") for token in tokens)
     assert client.requests_sent == 7  # one more for each queued request, nothing else
 
-# --- a requester that cannot be fooled (issue 10 item 7) --------------------------------
+# --- a requester that cannot be fooled: rogue responders -------------------------------
 
 @pytest.fixture
 def responders():
@@ -162,7 +199,7 @@ def test_a_forged_reply_is_dropped_never_returned_nor_cached(nats_server, idp, s
 
 
 def test_a_forged_reply_does_not_end_the_attempt(nats_server, responders):
-    responders(nats_server.url, imitate_worker(forged_first=True))
+    responders(nats_server.url, stub_worker(forged_first=True))
     with TokenClient(nats_server.url, retries=0) as client:
         token = client.get_token(*DEMO)
     assert token.access_token.startswith("genuine-")
@@ -170,7 +207,7 @@ def test_a_forged_reply_does_not_end_the_attempt(nats_server, responders):
 
 
 def test_an_attempt_that_only_got_a_forgery_is_retried_at_once(nats_server, responders):
-    answers = iter([forge("other-id"), imitate_worker()])
+    answers = iter([forge("other-id"), stub_worker()])
 
     def first_forged_then_genuine(seen):
         return next(answers)(seen)
@@ -187,7 +224,7 @@ def test_an_attempt_that_only_got_a_forgery_is_retried_at_once(nats_server, resp
 
 def test_rogue_spraying_guessed_inboxes_wins_nothing(nats_server, idp, start_worker,
                                                      responders):
-    """The attack of issue 10 (it won 320 of 320 calls): a rogue in the queue group sprays
+    """The spraying attack (it once won 320 of 320 calls): a rogue in the queue group sprays
     forged tokens at guessed inboxes while a real worker serves."""
     start_worker(make_config(nats_server.url, idp.url))
     rogue = responders(nats_server.url, spray())
@@ -206,14 +243,17 @@ def test_rogue_spraying_guessed_inboxes_wins_nothing(nats_server, idp, start_wor
                   f"{client.replies_dropped} reached the client and were dropped)")
 
 
-def test_inboxes_are_unguessable_and_under_the_configured_prefix(nats_server, responders):
-    seen = responders(nats_server.url, imitate_worker()).seen
+def test_inboxes_are_unguessable_and_under_the_configured_prefix(nats_server, idp,
+                                                                 start_worker,
+                                                                 requester_factory):
+    start_worker(make_config(nats_server.url, idp.url))
+    tap = Wiretap(requester_factory(nats_server.url), "token.request")
     with TokenClient(nats_server.url) as first, TokenClient(
             nats_server.url, inbox_prefix="svc.orders.inbox") as second:
         for _ in range(3):
             first.get_token(*DEMO, skip_cache=True)
         second.get_token(*DEMO)
-    replies = [s.reply for s in seen]
+    replies = [tap.next()[1] for _ in range(4)]
     assert len(set(replies)) == 4
     for reply in replies[:3]:
         prefix, random_part, token = reply.split(".")
@@ -229,7 +269,7 @@ def test_a_bad_inbox_prefix_is_refused(prefix):
         TokenClient("nats://127.0.0.1:9", inbox_prefix=prefix)
 
 
-def test_nats_permissions_can_give_a_service_a_private_reply_space(responders):
+def test_nats_permissions_can_give_a_service_a_private_reply_space(idp, start_worker):
     server = NatsServer(config_text="""
         authorization { users = [
           { user: worker, password: worker-pass,
@@ -242,12 +282,15 @@ def test_nats_permissions_can_give_a_service_a_private_reply_space(responders):
     try:
         remember_secret("worker-pass", "orders-pass")
         base = f"127.0.0.1:{server.port}"
-        responders(f"nats://worker:worker-pass@{base}", imitate_worker())
+        start_worker(make_config(server.url, idp.url, nats={
+            "username": "worker", "password": Secret("worker-pass")}))
         config = NatsConfig(urls=(f"nats://{base}",), username="orders",
                             password=Secret("orders-pass"), reconnect_wait=0.2,
                             max_reconnect=-1)
         with TokenClient(config, inbox_prefix="svc.orders.inbox") as client:
-            assert client.get_token(*DEMO).access_token.startswith("genuine-")
+            token = client.get_token(*DEMO).access_token
+            remember_secret(token)
+            assert idp.introspect(token, *DEMO)["client_id"] == DEMO[0]
         with TokenClient(config, timeout=0.5, retries=0) as outside, \
                 pytest.raises(NoWorkerAnswered):
             outside.get_token(*DEMO)  # its subscription to _INBOX.> was refused
@@ -258,7 +301,7 @@ def test_nats_permissions_can_give_a_service_a_private_reply_space(responders):
 # --- bounded replies ----------------------------------------------------------------------
 
 def test_a_huge_expires_in_is_capped_by_max_ttl(nats_server, responders):
-    responders(nats_server.url, imitate_worker(expires_in=10**12))
+    responders(nats_server.url, stub_worker(expires_in=10**12))
     with TokenClient(nats_server.url, max_ttl=600) as client:
         token = client.get_token(*DEMO)
         default = TokenClient(nats_server.url)
@@ -275,7 +318,7 @@ def test_a_token_is_never_kept_longer_than_its_own_expires_in(nats_server, respo
 
     def slow_answer(seen):
         clock[0] += 100  # the worker took 100 s (a slow IdP) on the requester's clock
-        return imitate_worker(expires_in=300)(seen)
+        return stub_worker(expires_in=300)(seen)
 
     responders(nats_server.url, slow_answer)
     with TokenClient(nats_server.url, now=lambda: clock[0], expiry_margin=30) as client:
@@ -287,7 +330,7 @@ def test_a_token_is_never_kept_longer_than_its_own_expires_in(nats_server, respo
 
 
 def test_a_float_expires_in_is_a_token(nats_server, responders):
-    responders(nats_server.url, imitate_worker(expires_in=300.0))
+    responders(nats_server.url, stub_worker(expires_in=300.0))
     with TokenClient(nats_server.url) as client:
         first = client.get_token(*DEMO)
         assert client.get_token(*DEMO).access_token == first.access_token  # cached
@@ -300,7 +343,7 @@ def test_a_float_expires_in_is_a_token(nats_server, responders):
     {"token": "ATTACKER-TOKEN\r\nX-Injected: 1"}, {"extra": {"token_type": "DPoP"}},
 ])
 def test_a_malformed_token_is_refused_and_not_cached(nats_server, responders, bend):
-    responders(nats_server.url, imitate_worker(**bend))
+    responders(nats_server.url, stub_worker(**bend))
     with TokenClient(nats_server.url) as client:
         for attempt in (1, 2):
             with pytest.raises(TokenRequestFailed) as caught:
@@ -315,7 +358,7 @@ def test_an_oversized_reply_is_dropped_and_memory_stays_bounded(responders):
     server = NatsServer(config_text="max_payload: 8MB").start()
     try:
         big = "x" * (2 * 1024 * 1024)
-        responders(server.url, imitate_worker(token=big))
+        responders(server.url, stub_worker(token=big))
         process = psutil.Process()
         with TokenClient(server.url, timeout=0.3, retries=0) as client:
             before = process.memory_info().rss
@@ -342,18 +385,18 @@ def test_no_scope_and_empty_scope_are_different_requests(nats_server, idp, start
     assert default.scope == "openid" and none.scope == ""
 
 
-def test_a_request_over_the_servers_max_payload_fails_at_once(responders):
+def test_a_request_over_the_servers_max_payload_fails_at_once(idp, start_worker):
     server = NatsServer(config_text="max_payload: 2048").start()
     try:
-        seen = responders(server.url, imitate_worker()).seen
+        worker = start_worker(make_config(server.url, idp.url))
         with TokenClient(server.url) as client:
-            started = time.monotonic()
             with pytest.raises(TokenRequestFailed, match="max_payload is 2048") as caught:
                 client.get_token(*DEMO, scope="s" * 3000)
-            assert time.monotonic() - started < 0.2
             assert caught.value.error_code == "request_too_large"
+            assert client.requests_sent == 0  # refused before sending: nothing to wait for
             assert client.get_token(*DEMO).access_token  # still connected
-        assert len(seen) == 1
+        assert worker.metrics.registry.get_sample_value(
+            "token_worker_requests_total", {"outcome": "ok"}) == 1  # the second only
     finally:
         server.cleanup()
 
@@ -475,20 +518,22 @@ def test_a_dropped_client_cleans_up_its_threads_and_socket(nats_server):
     wait_until(lambda: name not in nats_server.client_names(), what="its connection to close")
 
 
-# --- named credentials, requester side (issue 8 item 5) -----------------------------------
+# --- named credentials, requester side: the real worker ------------------------------
 
-def test_a_named_credential_request_carries_no_secret(nats_server, responders):
-    seen = responders(nats_server.url, imitate_worker(), subject="token.named.*").seen
+def test_a_named_credential_request_carries_no_secret(nats_server, idp, named_worker,
+                                                      requester_factory):
+    tap = Wiretap(requester_factory(nats_server.url), "token.named.>")
     with TokenClient(nats_server.url) as client:
         token = client.get_token(credential="orders", scope="read")
-    assert token.access_token.startswith("genuine-") and token.scope == "read"
-    (request,) = seen
-    assert request.subject == "token.named.orders"
-    assert set(request.body) == {"request_id", "timestamp", "scope"}
+    remember_secret(token.access_token)
+    assert idp.introspect(token.access_token, *DEMO)["client_id"] == DEMO[0]
+    assert token.scope == "read"
+    subject, _reply, body = tap.next()
+    assert subject == "token.named.orders"
+    assert set(body) == {"request_id", "timestamp", "scope"}
 
 
-def test_named_tokens_are_cached_by_credential_and_scope(nats_server, responders):
-    responders(nats_server.url, imitate_worker(), subject="token.named.*")
+def test_named_tokens_are_cached_by_credential_and_scope(nats_server, named_worker):
     with TokenClient(nats_server.url) as client:
         orders = client.get_token(credential="orders").access_token
         assert client.get_token(credential="orders").access_token == orders
@@ -507,13 +552,10 @@ def test_a_reply_for_another_credential_is_dropped(nats_server, responders):
         assert client.replies_dropped == 1
 
 
-def test_named_credential_errors_come_back_typed(nats_server, responders):
-    responders(nats_server.url, imitate_worker(extra={
-        "error": "no credential named orders", "error_code": "unknown_credential"}),
-        subject="token.named.*")
+def test_named_credential_errors_come_back_typed(nats_server, named_worker):
     with TokenClient(nats_server.url) as client:
         with pytest.raises(TokenRequestFailed) as caught:
-            client.get_token(credential="orders")
+            client.get_token(credential="payroll")  # a name the worker does not hold
         assert caught.value.error_code == "unknown_credential"
         for bad in ("", "a.b", "a*", "orders>", "a b"):
             with pytest.raises(ValueError, match="credential"):
@@ -525,33 +567,36 @@ def test_named_credential_errors_come_back_typed(nats_server, responders):
         assert client.requests_sent == 1
 
 
-def test_token_request_with_a_credential_reads_no_secret(nats_server, responders, capsys,
+def test_token_request_with_a_credential_reads_no_secret(nats_server, named_worker,
+                                                         requester_factory, capsys,
                                                          monkeypatch):
     from token_worker.cli import EXIT_OK, request_main
 
-    seen = responders(nats_server.url, imitate_worker(), subject="token.named.*").seen
+    tap = Wiretap(requester_factory(nats_server.url), "token.named.>")
     monkeypatch.setattr("sys.stdin", None)  # reading a secret would fail
     code = request_main(["--nats-url", nats_server.url, "--credential", "orders",
                          "--inbox-prefix", "svc.orders.inbox"])
     assert code == EXIT_OK
     reply = json.loads(capsys.readouterr().out)
     assert reply["credential"] == "orders" and reply["access_token"].endswith("…")
-    assert seen[0].reply.startswith("svc.orders.inbox.")
+    assert tap.next()[1].startswith("svc.orders.inbox.")
     assert request_main(["--nats-url", nats_server.url, "--credential", "orders",
                          "--inbox-prefix", "a b"]) == 2
     assert request_main(["--nats-url", nats_server.url]) == 2
 
 
-def test_token_request_inline_reads_the_secret_from_the_environment(nats_server, responders,
-                                                                     capsys, monkeypatch):
+def test_token_request_inline_reads_the_secret_from_the_environment(nats_server, idp,
+                                                                     start_worker, capsys,
+                                                                     monkeypatch):
     from token_worker.cli import EXIT_OK, request_main
 
-    seen = responders(nats_server.url, imitate_worker()).seen
+    start_worker(make_config(nats_server.url, idp.url))
     monkeypatch.setenv("TW_TEST_SECRET", DEMO[1])
     assert request_main(["--nats-url", nats_server.url, "--client-id", DEMO[0],
-                         "--client-secret-env", "TW_TEST_SECRET"]) == EXIT_OK
-    assert json.loads(capsys.readouterr().out)["access_token"].startswith("genuine")
-    assert seen[0].body["client_secret"] == DEMO[1] and seen[0].reply.startswith("_INBOX.")
+                         "--client-secret-env", "TW_TEST_SECRET", "--show-token"]) == EXIT_OK
+    token = json.loads(capsys.readouterr().out)["access_token"]
+    remember_secret(token)
+    assert idp.introspect(token, *DEMO)["client_id"] == DEMO[0]  # the secret was DEMO's
 
 
 def test_a_raw_request_the_worker_would_refuse_fails_at_once_unsent(nats_server,
@@ -569,9 +614,11 @@ def test_a_raw_request_the_worker_would_refuse_fails_at_once_unsent(nats_server,
     assert (client.requests_sent, client.replies_dropped) == (0, 0)
 
 
-def test_a_raw_request_without_request_id_gets_one_and_is_matched_by_it(nats_server,
-                                                                          responders):
-    seen = responders(nats_server.url, imitate_worker()).seen
+def test_a_raw_request_without_request_id_gets_one_and_is_matched_by_it(
+        nats_server, idp, start_worker, requester_factory):
+    start_worker(make_config(nats_server.url, idp.url))
+    tap = Wiretap(requester_factory(nats_server.url), "token.request")
     with TokenClient(nats_server.url) as client:
         reply = client.request({"client_id": DEMO[0], "client_secret": DEMO[1]})
-    assert reply["request_id"] == seen[0].body["request_id"] and reply["request_id"]
+    remember_secret(reply["access_token"])
+    assert reply["request_id"] == tap.next()[2]["request_id"] and reply["request_id"]

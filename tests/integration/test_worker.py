@@ -7,7 +7,6 @@ import json
 import os
 import signal
 import threading
-import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -177,9 +176,9 @@ def test_full_pool_answers_overloaded_at_once(nats_server, start_worker, request
         held = [pool.submit(requester.request, {"request_id": f"h{i}"}) for i in range(2)]
         wait_until(lambda: worker.metrics.registry.get_sample_value(
             "token_worker_in_flight") == 2, what="one request running, one in the backlog")
-        started = time.monotonic()
+        # Answered while both others are held (released only after it): at once, not once
+        # a slot freed.
         rejected = requester.request({"request_id": "third"})
-        assert time.monotonic() - started < 1.0
         release.set()
         assert [f.result(10) for f in held] == [{"ok": True}, {"ok": True}]
     assert rejected["error_code"] == "overloaded"
@@ -237,9 +236,7 @@ def test_a_signal_during_the_first_connect_stops_the_worker_at_once():
     try:
         worker.wait_for_log("nats connect round failed, retrying")
         worker.process.send_signal(signal.SIGTERM)
-        signalled = time.monotonic()
-        assert worker.finish(timeout=10) == 0
-        assert time.monotonic() - signalled < 1.5
+        assert worker.finish(timeout=10) == 0  # the next round was 30 s away: at once
         messages = [record["message"] for record in worker.records()]
         assert "signal received" in messages
         assert "draining" not in messages
@@ -351,10 +348,8 @@ def test_requests_still_running_when_the_drain_ends_are_answered_shutting_down(
     replies = requester.run(requester.nc.subscribe(inbox, max_msgs=0))
     requester.publish("token.request", b'{"request_id": "held"}', reply=inbox)
     assert started.wait(5)
-    began = time.monotonic()
     assert worker.stop(timeout=0.2) is False
-    reply = json.loads(requester.run(replies.next_msg(timeout=2)).data)
-    assert time.monotonic() - began < 2
+    reply = json.loads(requester.run(replies.next_msg(timeout=2)).data)  # handler still held
     assert (reply["request_id"], reply["error_code"]) == ("held", "shutting_down")
     release.set()
     with pytest.raises(Exception, match=r"(?i)timeout"):  # the late reply is dropped
@@ -380,8 +375,6 @@ def test_the_issues_oversized_tokens_get_token_too_large_and_the_next_request_is
     reply = requester.request(token_request(DEMO, "huge"))
     assert reply["error_code"] == "token_too_large"
     assert "1048576" in reply["error"]
-    started = time.monotonic()
     assert requester.request(token_request(DEMO, "next"))["access_token"] == "normal-token"
-    assert time.monotonic() - started < 1
     assert worker.is_ready and worker.reconnects == 0
     assert client_before in [c["cid"] for c in nats_server.connz()]

@@ -86,7 +86,8 @@ def requester_clock(monkeypatch: pytest.MonkeyPatch) -> Clock:
 
 def run(*answers: Answer, retries: int = 2, timeout: float = 1.0, budget: float = 5.0,
         clock: Clock | None = None) -> tuple[dict[str, Any], ScriptedFleet, list[float]]:
-    """One call; with ``clock`` (see ``requester_clock``), its pauses are returned."""
+    """One call; with ``clock``, its pauses are recorded (not slept) and returned; with
+    ``requester_clock`` as well, the call's budget runs on that clock."""
     inbox = Inbox("_INBOX", 4096)
     fleet = ScriptedFleet(inbox, *answers)
     closed = threading.Event() if clock is None else Pauses(clock)
@@ -147,3 +148,20 @@ def test_a_503_after_someone_answered_starts_a_fresh_no_worker_window():
     script = [no_responders, error(OVERLOADED)] * 6 + [token]
     reply, fleet, _ = run(*script, timeout=0.2, budget=10.0)
     assert reply["access_token"] == "genuine" and len(fleet.sent) == 13
+
+
+def forged(reply: str) -> list[Message]:
+    return [Message(reply, "", json.dumps({"request_id": "someone-else",
+                                           "access_token": "forged", "token_type": "Bearer",
+                                           "expires_in": 60}).encode())]
+
+
+def test_an_attempt_that_only_got_a_forgery_is_asked_again_at_once():
+    """The genuine reply may have gone to a rogue: no back-off after the attempt's timeout
+    (a silent one waits a short jittered pause instead). The attempts wait out their real
+    0.1 s; the pauses are recorded, not slept."""
+    reply, fleet, pauses = run(forged, token, retries=1, timeout=0.1, clock=Clock())
+    assert reply["access_token"] == "genuine" and len(fleet.sent) == 2
+    assert pauses == [0.0]
+    reply, fleet, pauses = run(silence, token, retries=1, timeout=0.1, clock=Clock())
+    assert reply["access_token"] == "genuine" and len(pauses) == 1 and pauses[0] > 0

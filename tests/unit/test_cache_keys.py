@@ -5,7 +5,13 @@ method), must tell two requests apart on its own; nothing else may."""
 
 from __future__ import annotations
 
+import hashlib
+import hmac
+
 import pytest
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from tests.fakes import Clock
 from token_worker.tokens.cache import TokenCache, cache_key
@@ -125,3 +131,42 @@ def test_a_sealed_value_opens_only_under_its_key_and_its_entry():
 def test_what_is_not_a_sealed_value_does_not_open(value):
     with pytest.raises(Unsealable):
         FleetKey(FLEET_SECRET).open("entry-a", value)
+
+
+def test_a_value_of_another_format_version_does_not_open():
+    """The version byte is outside the AES-GCM tag: only the check of it refuses a value
+    whose first byte was changed."""
+    key = FleetKey(FLEET_SECRET)
+    sealed = key.seal("entry-a", b'{"access_token": "t"}')
+    with pytest.raises(Unsealable):
+        key.open("entry-a", b"\x02" + sealed[1:])
+
+
+# The format every replica of a fleet must read alike, whatever its version, written out
+# from the module's description (HKDF-SHA256 derived keys; HMAC-SHA256 over length-prefixed
+# fields; version byte 1, a 96-bit nonce, AES-256-GCM with the entry's name as associated
+# data) and checked against the code.
+
+
+def derived(label: bytes) -> bytes:
+    return HKDF(algorithm=hashes.SHA256(), length=32, salt=None,
+                info=b"token-worker/shared-cache/v1/" + label).derive(FLEET_SECRET)
+
+
+def test_an_entry_name_is_the_documented_hmac():
+    secret_digest = hmac.digest(derived(b"client-secret"), b"shared-secret", hashlib.sha256)
+    fields = b"".join(len(part).to_bytes(4, "big") + part for part in (
+        URL.encode(), b"orders", secret_digest, b"read write", b"client_secret_post"))
+    expected = hmac.digest(derived(b"name"), fields, hashlib.sha256).hex()
+    assert fleet_name(FleetKey(FLEET_SECRET), BASE) == expected
+
+
+def test_a_sealed_value_is_the_documented_aes_gcm_layout():
+    sealed = FleetKey(FLEET_SECRET).seal("entry-a", b"plain")
+    assert sealed[:1] == b"\x01" and len(sealed) == 1 + 12 + len(b"plain") + 16
+    nonce, box = sealed[1:13], sealed[13:]
+    aad = b"token-worker/shared-cache/v1\x00entry-a"
+    assert AESGCM(derived(b"seal")).decrypt(nonce, box, aad) == b"plain"
+    # and a value sealed that way by another replica opens here
+    other = b"\x01" + bytes(12) + AESGCM(derived(b"seal")).encrypt(bytes(12), b"theirs", aad)
+    assert FleetKey(FLEET_SECRET).open("entry-a", other) == b"theirs"

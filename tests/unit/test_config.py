@@ -534,6 +534,69 @@ def test_the_readme_table_gives_each_settings_env_flag_and_default():
         assert table[key] == (env, flag, default), key
 
 
+# --- bounds, at their edges (values from the README and NATS's limits) -------------------
+
+
+@pytest.mark.parametrize(("env", "value", "path", "expected"), [
+    ("HEALTH_PORT", "0", ("health", "port"), 0),                 # "0 picks a free port"
+    ("HEALTH_PORT", "65535", ("health", "port"), 65535),         # the last TCP port
+    ("HEALTH_PORT", "", ("health", "port"), None),               # set but empty: off
+    ("NATS_RECONNECT_BUF_SIZE", "0", ("nats", "reconnect_buffer_size"), 0),  # "with 0, ..."
+    ("MAX_RECONNECT", "0", ("nats", "max_reconnect"), 0),        # "0: none"
+    ("MAX_RECONNECT", "-1", ("nats", "max_reconnect"), -1),      # "negative: forever"
+    ("CACHE_REFRESH_AHEAD", "0", ("cache", "refresh_ahead"), 0.0),   # "0: never"
+    ("CACHE_REFRESH_AHEAD", "0.99", ("cache", "refresh_ahead"), 0.99),
+    ("CACHE_SHARED_REPLICAS", "5", ("cache", "shared", "replicas"), 5),  # JetStream's most
+    ("RECONNECT_WAIT", "0", ("nats", "reconnect_wait"), 0.0),
+    ("LOG_LEVEL", "WARN", ("log_level",), "warning"),
+    ("ALLOW_RECONNECT", "TRUE", ("nats", "allow_reconnect"), True),
+    ("ALLOW_RECONNECT", "1", ("nats", "allow_reconnect"), True),
+    ("ALLOW_RECONNECT", "false", ("nats", "allow_reconnect"), False),
+    ("ALLOW_RECONNECT", "0", ("nats", "allow_reconnect"), False),
+])
+def test_values_at_the_edge_of_their_bounds_are_accepted(env, value, path, expected):
+    assert value_at(load_config([], {env: value}), path) == expected
+
+
+@pytest.mark.parametrize(("env", "value"), [
+    ("HEALTH_PORT", "65536"), ("HEALTH_PORT", "-1"),
+    ("NATS_RECONNECT_BUF_SIZE", "-1"),
+    ("CACHE_REFRESH_AHEAD", "1"), ("CACHE_REFRESH_AHEAD", "1.5"),
+    ("CACHE_SHARED_REPLICAS", "6"), ("CACHE_SHARED_REPLICAS", "0"),
+    ("RECONNECT_WAIT", "-0.001"), ("IDP_TIMEOUT", "0"), ("IDP_DEADLINE", "0"),
+    ("WORKERS", "0"), ("BACKLOG", "-1"),
+    ("LOG_LEVEL", "warnings"), ("LOG_LEVEL", "zebra"), ("LOG_LEVEL", "yes"),
+    ("ALLOW_RECONNECT", "maybe"), ("ALLOW_RECONNECT", "2"),
+])
+def test_values_past_their_bounds_are_refused_naming_the_variable(env, value):
+    with pytest.raises(ConfigError) as caught:
+        load_config([], {env: value})
+    assert caught.value.source == f"env {env}"
+
+
+@pytest.mark.parametrize("value", [True, False])
+def test_a_boolean_is_not_a_number_of_seconds_or_a_count(value, tmp_path):
+    for key in ("nats.reconnectWait", "workers", "health.port"):
+        path = tmp_path / "app.json"
+        path.write_text(json.dumps(as_document(key, value)))
+        with pytest.raises(ConfigError) as caught:
+            load_config(["-config", str(path)], {})
+        assert caught.value.field == key
+
+
+@pytest.mark.parametrize(("env", "url"), [
+    ("NATS_URL", "nats://user@h:4222"),          # a user alone
+    ("NATS_URL", "nats://:pa55-only@h:4222"),    # a password alone
+    ("IDP_URL", "https://user@idp.example"),
+    ("IDP_URL", "https://:pa55-only@idp.example"),
+])
+def test_any_credential_in_a_url_is_refused_without_quoting_it(env, url):
+    """README: credentials inside a NATS URL are refused (and an IdP URL's too)."""
+    with pytest.raises(ConfigError) as caught:
+        load_config([], {env: url})
+    assert "pa55-only" not in str(caught.value) and "user@" not in str(caught.value)
+
+
 # --- NATS credentials files (issue 8) ---------------------------------------------------------
 
 

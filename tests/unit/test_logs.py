@@ -62,6 +62,24 @@ def test_secrets_of_four_characters_or_more_are_redacted(secret):
                                              "nats://u:********@h")
 
 
+@pytest.mark.parametrize("secret", ["!pa55word", "$ecret-1", " leading-space", "~tilde-pw"])
+def test_a_secret_is_redacted_whatever_characters_it_starts_with(secret):
+    """Characters that sort before or after the mark's '*' change nothing."""
+    line = record(f"pw={secret}", field=f"x{secret}y")
+    RedactSecrets([secret]).filter(line)
+    assert (line.getMessage(), line.field) == ("pw=********", "x********y")
+
+
+def test_a_secret_given_twice_is_still_redacted():
+    log_filter = RedactSecrets(["given-twice-1"])
+    log_filter.add("given-twice-1")
+    redact_secrets(["given-twice-1"], logging.getLogger("unit.twice"))
+    log_filter.add("given-twice-1", "another-one")
+    line = record("given-twice-1 and another-one")
+    log_filter.filter(line)
+    assert line.getMessage() == "******** and ********"
+
+
 def test_secrets_under_four_characters_are_left_alone():
     """Shorter values would mangle ordinary words: "abc" stays, in "abcd" too."""
     line = record("abc in abcd", url="nats://u:abc@h")

@@ -76,3 +76,22 @@ def test_a_longer_form_containing_another_is_replaced_whole():
     secret = "ab+cd/ef"
     text = f"got {quote(secret, safe='')}"
     assert Scrubber(CLIENT, secret)(text) == f"got {REDACTED}"
+
+
+@pytest.mark.parametrize("encode", [str, quote_plus])
+def test_an_error_excerpt_never_shows_the_start_of_a_secret_cut_by_the_scrub_window(encode):
+    """A body full of a long secret, cut by the window scrubbed first (64 KiB): scrubbing
+    shrinks the window so much that the cut secret's first characters would land in the
+    200-character excerpt, unless the whole body is scrubbed. It must be."""
+    import urllib3
+
+    from token_worker.idp.answers import EXCERPT_WINDOW, error_for
+    from token_worker.idp.http import Answer
+
+    secret = "".join(f"{index:04d}/+" for index in range(550))  # 3,300 characters
+    echo = encode(secret)
+    copies = EXCERPT_WINDOW // (len(echo) + 1) + 2  # the window ends inside a copy
+    body = (" ".join([echo] * copies)).encode()
+    error = error_for(Answer(500, urllib3.HTTPHeaderDict(), body), "https://idp.test/token",
+                      10 * EXCERPT_WINDOW, Scrubber(CLIENT, secret))
+    assert error.body and secret[:12] not in error.body and echo[:12] not in error.body

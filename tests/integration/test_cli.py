@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -134,6 +135,20 @@ def test_no_server_at_start_exits_3(run_worker):
     worker = run_worker(env={**fast_env(server), "MAX_RECONNECT": "2"})
     assert worker.finish() == 3
     assert "NATS unreachable" in worker.lines[-1]
+
+
+def test_anything_unexpected_exits_1_and_the_last_line_says_why(nats_server, run_worker):
+    """README: exit 1 for anything unexpected, the last line on stderr saying why; here the
+    health port is taken by another process."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        worker = run_worker(env={**fast_env(nats_server), "HEALTH_HOST": "127.0.0.1",
+                                 "HEALTH_PORT": str(taken.getsockname()[1])})
+        assert worker.finish() == 1
+    last = json.loads(worker.lines[-1])
+    assert last["message"] == "exiting: unexpected error"
+    assert "Address already in use" in last["exc_info"]
 
 
 def test_logs_are_json_with_context_and_never_carry_secrets(nats_server, idp, run_worker,

@@ -126,8 +126,10 @@ def test_a_sealed_value_opens_only_under_its_key_and_its_entry():
         key.open("entry-a", tampered)
 
 
-@pytest.mark.parametrize("value", [b"", b"\x01", b"\x01" + b"n" * 12 + b"t" * 15,
-                                   b"\x02" + b"n" * 12 + b"t" * 40, b'{"access_token": "t"}'])
+@pytest.mark.parametrize("value", [
+    b"", *(b"\x01" + b"n" * length for length in range(9)),  # shorter than any nonce
+    b"\x01" + b"n" * 12 + b"t" * 15,                          # shorter than the tag
+    b"\x02" + b"n" * 12 + b"t" * 40, b'{"access_token": "t"}'])
 def test_what_is_not_a_sealed_value_does_not_open(value):
     with pytest.raises(Unsealable):
         FleetKey(FLEET_SECRET).open("entry-a", value)
@@ -138,8 +140,15 @@ def test_a_value_of_another_format_version_does_not_open():
     whose first byte was changed."""
     key = FleetKey(FLEET_SECRET)
     sealed = key.seal("entry-a", b'{"access_token": "t"}')
-    with pytest.raises(Unsealable):
-        key.open("entry-a", b"\x02" + sealed[1:])
+    for version in (b"\x00", b"\x02", b"\xff"):
+        with pytest.raises(Unsealable):
+            key.open("entry-a", version + sealed[1:])
+
+
+def test_any_bytes_round_trip_even_none():
+    key = FleetKey(FLEET_SECRET)
+    for plaintext in (b"", b"x", bytes(range(256)) * 4):
+        assert key.open("entry-a", key.seal("entry-a", plaintext)) == plaintext
 
 
 # The format every replica of a fleet must read alike, whatever its version, written out

@@ -187,7 +187,7 @@ def test_rotation_is_picked_up_within_5_s_with_no_failed_request_under_load(
                 thread.join(10)
         requests = len(seen) + len(failures)
         assert failures == []
-        assert pickup < 5.0
+        assert pickup < 5.0  # the behaviour: a reload a second (README), 5 s leaves room for load
         report_figure(f"rotation under load (4 requesters): picked up {pickup:.2f} s after the "
                       f"..data swap; {len(failures)} of {requests} requests failed")
 

@@ -4,6 +4,7 @@ secret of 4 characters or more (docs/security.md), in each form the request carr
 from __future__ import annotations
 
 import base64
+import html
 import json
 from urllib.parse import quote, quote_plus
 
@@ -61,6 +62,40 @@ def test_no_form_of_the_secret_survives(echoed):
     assert scrubbed != text
     assert echoed not in scrubbed and SECRET not in scrubbed
     assert scrubbed == WITHHELD or REDACTED in scrubbed
+
+
+TRICKY = 'pa"ss\\w/rd+ü&<x> y'
+"""A secret every encoding changes, JSON's too (a quote and a backslash)."""
+
+
+@pytest.mark.parametrize("form", [
+    TRICKY, quote_plus(TRICKY), quote(TRICKY), quote(TRICKY, safe=""),
+    quote(TRICKY, safe="").lower(), html.escape(TRICKY),
+    json.dumps(TRICKY)[1:-1], json.dumps(TRICKY, ensure_ascii=False)[1:-1],
+    base64.b64encode(TRICKY.encode()).decode(),
+    base64.urlsafe_b64encode(TRICKY.encode()).decode().rstrip("="),
+    basic(CLIENT, TRICKY), basic(quote_plus(CLIENT), quote_plus(TRICKY)),
+    basic(quote(CLIENT, safe=""), quote(TRICKY, safe="")),
+], ids=["raw", "form", "quote", "quote-all", "lower-hex", "html", "json", "json-unicode",
+        "base64", "base64url", "basic", "basic-form", "basic-quoted"])
+def test_each_form_the_request_carried_is_replaced_and_the_rest_kept(form):
+    """The module's first layer: the forms the request carried the secret in (raw, form-
+    encoded, JSON- and HTML-escaped, base64, the Basic header) are replaced in place, so the
+    rest of the IdP's text stays readable."""
+    text = f"error: could not verify {form} for {CLIENT}"
+    assert Scrubber(CLIENT, TRICKY)(text) == f"error: could not verify {REDACTED} for {CLIENT}"
+
+
+@pytest.mark.parametrize("form", [
+    json.dumps(TRICKY).replace("/", "\\/")[1:-1],              # PHP's escaped slash
+    "".join(f"&#{ord(char)};" for char in TRICKY),               # HTML numeric entities
+    quote(quote(TRICKY, safe=""), safe=""),                      # percent-encoded twice
+    "".join(f"\\u{ord(char):04x}" for char in TRICKY),           # JSON escapes for all
+], ids=["php", "entities", "double-percent", "json-u-escapes"])
+def test_a_secret_that_shows_only_once_decoded_withholds_the_whole_text(form):
+    """The second layer: an echo re-encoded in a way no list keeps up with is found by
+    decoding, and then nothing of the text is kept."""
+    assert Scrubber(CLIENT, TRICKY)(f"error: could not verify {form}") == WITHHELD
 
 
 def test_a_text_without_the_secret_is_kept_as_it_was():

@@ -90,8 +90,11 @@ def test_each_form_the_request_carried_is_replaced_and_the_rest_kept(form):
     json.dumps(TRICKY).replace("/", "\\/")[1:-1],              # PHP's escaped slash
     "".join(f"&#{ord(char)};" for char in TRICKY),               # HTML numeric entities
     quote(quote(TRICKY, safe=""), safe=""),                      # percent-encoded twice
+    quote(quote(quote(TRICKY, safe=""), safe=""), safe=""),      # three times
+    quote(html.escape(json.dumps(TRICKY).replace("/", "\\/")[1:-1]), safe=""),  # 3 kinds
     "".join(f"\\u{ord(char):04x}" for char in TRICKY),           # JSON escapes for all
-], ids=["php", "entities", "double-percent", "json-u-escapes"])
+], ids=["php", "entities", "double-percent", "triple-percent", "json-html-percent",
+        "json-u-escapes"])
 def test_a_secret_that_shows_only_once_decoded_withholds_the_whole_text(form):
     """The second layer: an echo re-encoded in a way no list keeps up with is found by
     decoding, and then nothing of the text is kept."""
@@ -113,17 +116,24 @@ def test_a_longer_form_containing_another_is_replaced_whole():
     assert Scrubber(CLIENT, secret)(text) == f"got {REDACTED}"
 
 
-@pytest.mark.parametrize("encode", [str, quote_plus])
-def test_an_error_excerpt_never_shows_the_start_of_a_secret_cut_by_the_scrub_window(encode):
+LONG_ASCII = "".join(f"{index:04d}/+" for index in range(550))  # 3,300 characters
+
+
+@pytest.mark.parametrize(("secret", "encode"), [
+    (LONG_ASCII, str), (LONG_ASCII, quote_plus),
+    ("\U0001f600" * 2800, lambda secret: quote(secret, safe="")),  # 12 characters each
+], ids=["raw", "form", "percent-emoji"])
+def test_an_error_excerpt_never_shows_the_start_of_a_secret_cut_by_the_scrub_window(
+        secret, encode):
     """A body full of a long secret, cut by the window scrubbed first (64 KiB): scrubbing
     shrinks the window so much that the cut secret's first characters would land in the
-    200-character excerpt, unless the whole body is scrubbed. It must be."""
+    200-character excerpt, unless the whole body is scrubbed. It must be, for any encoding
+    of the secret (the longest: 12 characters for one, a 4-byte character in percent)."""
     import urllib3
 
     from token_worker.idp.answers import EXCERPT_WINDOW, error_for
     from token_worker.idp.http import Answer
 
-    secret = "".join(f"{index:04d}/+" for index in range(550))  # 3,300 characters
     echo = encode(secret)
     copies = EXCERPT_WINDOW // (len(echo) + 1) + 2  # the window ends inside a copy
     body = (" ".join([echo] * copies)).encode()

@@ -558,6 +558,16 @@ def test_values_at_the_edge_of_their_bounds_are_accepted(env, value, path, expec
     assert value_at(load_config([], {env: value}), path) == expected
 
 
+def test_an_empty_health_port_is_off_from_every_source(tmp_path):
+    """Set but empty means off (the README's default, no listener) in the environment, the
+    file and a flag alike."""
+    path = tmp_path / "app.json"
+    path.write_text(json.dumps({"health": {"port": ""}}))
+    assert load_config(["-config", str(path)], {}).health.port is None
+    assert load_config(["-health-port", ""], {}).health.port is None
+    assert load_config([], {"HEALTH_PORT": ""}).health.port is None
+
+
 @pytest.mark.parametrize(("env", "value"), [
     ("HEALTH_PORT", "65536"), ("HEALTH_PORT", "-1"),
     ("NATS_RECONNECT_BUF_SIZE", "-1"),

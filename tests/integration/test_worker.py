@@ -359,7 +359,7 @@ def test_requests_still_running_when_the_drain_ends_are_answered_shutting_down(
 @pytest.mark.parametrize("token_bytes", [1_100_000, 5_000_000])
 def test_the_issues_oversized_tokens_get_token_too_large_and_the_next_request_is_served(
         token_bytes, nats_server, requester_factory, start_worker, faulty):
-    """Issue 10's cases on a server with the default max_payload (1 MiB): with the IdP's
+    """Oversized tokens on a server with the default max_payload (1 MiB): with the IdP's
     answer cap raised so that such a token is read at all, its reply is token_too_large,
     the worker keeps its connection (same client in /connz) and serves the next request,
     a normal token, at once."""

@@ -56,7 +56,7 @@ def test_faults_become_typed_errors(status, body, headers, error, code, faulty):
 
 
 def test_a_trickled_token_is_cut_at_the_deadline(faulty):
-    """The issue's case: timeout 2, deadline 4, one byte per 100 ms (was: 7.1 s, accepted)."""
+    """A trickled answer: timeout 2, deadline 4, one byte per 100 ms (was: 7.1 s, accepted)."""
     trickle = Scripted(body=b'{"access_token": "trickled", "expires_in": 60}', trickle=0.1)
     server = faulty(script=[trickle])
     config = IdpConfig(url=server.url, timeout=2.0, deadline=4.0)

@@ -140,3 +140,10 @@ def test_an_error_excerpt_never_shows_the_start_of_a_secret_cut_by_the_scrub_win
     error = error_for(Answer(500, urllib3.HTTPHeaderDict(), body), "https://idp.test/token",
                       10 * EXCERPT_WINDOW, Scrubber(CLIENT, secret))
     assert error.body and secret[:12] not in error.body and echo[:12] not in error.body
+
+
+def test_json_escapes_of_any_character_are_decoded():
+    """\\uXXXX for characters past U+0FFF too (the euro sign, CJK), not only Latin-1."""
+    secret = "pa\u20acss\u4e2d\u6587-x"
+    echoed = "".join(f"\\u{ord(char):04x}" for char in secret)
+    assert Scrubber(CLIENT, secret)(f"bad secret {echoed}") == WITHHELD

@@ -44,9 +44,11 @@ CAPTURED_LOG_LINES: list[str] = []
 them) and the stderr lines of worker processes."""
 KNOWN_SECRETS: set[str] = set()
 """Client secrets, NATS passwords and access tokens the suite used or received."""
-MIN_SECRET_LENGTH = RedactSecrets.MIN_LENGTH
-"""Secrets this long or longer are scanned for: the shortest the log redaction hides (4),
-so a 4-character password that reached a line fails the run."""
+MIN_SECRET_LENGTH = 4
+"""Secrets this long or longer are scanned for: the shortest the log redaction hides, as
+documented (docs/testing.md), so a 4-character password that reached a line fails the run.
+A literal, not the product's constant: a redaction that stopped hiding short secrets must
+not quietly shrink the scan with it."""
 
 LEAKS: list[str] = []
 """What the scan at the end of the session found (shown in the summary; fails the run)."""

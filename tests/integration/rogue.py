@@ -3,7 +3,9 @@
 A :class:`Responder` joins a subject (by default ``token.request`` in the workers' queue
 group, as a rogue member would) and answers each request with whatever its ``answer``
 function returns: forged replies, sprays at guessed inboxes, oversized bodies, silence, or
-an honest imitation of the worker (for named credentials, whose worker side is not here).
+a stub of the worker (:func:`stub_worker`) answering what the real worker never sends (a
+huge or fractional ``expires_in``, a malformed token, an answer that took 100 s). Tests of
+what the requester gets from a worker use the real one; these are for what it must refuse.
 """
 
 from __future__ import annotations
@@ -110,7 +112,7 @@ def forge(kind: str) -> Answer:
 
 
 def spray(guesses: int = 64) -> Answer:
-    """The attack from issue 10: from its own share of requests, guess where the others'
+    """The spraying attack: from its own share of requests, guess where the others'
     replies are awaited (the next sequence numbers, random tokens under the same inbox
     prefix) and send forged tokens there; the request it got is swallowed, and gets a
     forgery with another id on its own reply subject."""
@@ -125,10 +127,10 @@ def spray(guesses: int = 64) -> Answer:
     return answer
 
 
-def imitate_worker(*, expires_in: Any = 300, token: Any = None, extra: dict[str, Any] | None = None,
+def stub_worker(*, expires_in: Any = 300, token: Any = None, extra: dict[str, Any] | None = None,
                    forged_first: bool = False) -> Answer:
-    """An honest responder in the worker's shape (echoes ``request_id``; on a named subject
-    names the credential), with fields a test wants to bend. ``forged_first`` sends a
+    """A stub worker: a responder in the worker's shape (echoes ``request_id``; on a named
+    subject names the credential), with fields a test wants to bend. ``forged_first`` sends a
     forgery with another id before the genuine reply."""
     def answer(seen: Seen) -> list[Publish]:
         body: dict[str, Any] = {

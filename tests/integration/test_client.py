@@ -1,4 +1,12 @@
-"""TokenClient, the requester API, against real workers, nats-server and IdP."""
+"""TokenClient, the requester API, against real workers, nats-server and IdP.
+
+What a requester gets from a worker is tested against the real one (:class:`TokenWorker`
+asking the real IdP, named credentials from a kubelet-style volume; a wiretap, a plain
+subscriber beside the worker, shows what went over the bus). Rogue responders and stub
+workers (tests/integration/rogue.py: ``forge``, ``spray``, ``stub_worker``) stand in only
+where the test is about an answer the real worker never sends: forgeries, a huge or
+fractional ``expires_in``, a malformed or oversized token, a slow answer on a moved clock.
+"""
 
 from __future__ import annotations
 
@@ -13,19 +21,48 @@ import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 
 import pytest
 
 from tests import ROOT
 from tests.conftest import remember_secret, report_figure
 from tests.helpers import wait_until
-from tests.integration.helpers import DEMO, make_config
+from tests.integration.helpers import BASIC, DEMO, make_config
 from tests.integration.processes import NatsServer
-from tests.integration.rogue import FORGED_PREFIX, Responder, forge, imitate_worker, spray
+from tests.integration.rogue import FORGED_PREFIX, Responder, forge, spray, stub_worker
+from tests.kubelet_volume import KubeletVolume, credential_files
 from token_worker import NoWorkerAnswered, RequestTimedOut, TokenClient, TokenRequestFailed
-from token_worker.config import NatsConfig, Secret
+from token_worker.config import CredentialsConfig, NatsConfig, Secret
 from token_worker.errors import ClientClosed, NatsUnavailable
 from token_worker.wire import TokenReply
+
+
+@pytest.fixture
+def named_worker(nats_server, idp, start_worker, tmp_path):
+    """A real worker holding ``orders`` (the IdP's demo client) and ``billing`` (its basic
+    one, client_secret_basic)."""
+    volume = KubeletVolume(tmp_path / "credentials")
+    volume.write({**credential_files("orders", *DEMO),
+                  **credential_files("billing", *BASIC, auth_method="client_secret_basic")})
+    config = make_config(nats_server.url, idp.url)
+    return start_worker(replace(config, credentials=CredentialsConfig(
+        directory=str(volume.root))))
+
+
+class Wiretap:
+    """A plain subscriber (no queue group) beside the worker: every request on ``subject``
+    as it went over the bus (the worker still answers it)."""
+
+    def __init__(self, requester, subject: str) -> None:
+        self._requester = requester
+        self._subscription = requester.run(requester.nc.subscribe(subject))
+        requester.run(requester.nc.flush())
+
+    def next(self):
+        """The next request: (subject, reply subject, parsed body)."""
+        message = self._requester.run(self._subscription.next_msg(timeout=5))
+        return message.subject, message.reply, json.loads(message.data)
 
 
 def test_many_threads_share_one_client(nats_server, idp, start_worker):
@@ -55,11 +92,11 @@ def test_the_clients_own_cache_keeps_tokens_until_near_expiry(nats_server, idp, 
 
 
 def test_no_worker_is_reported_at_once(nats_server):
-    with TokenClient(nats_server.url, retries=0) as client:
+    with TokenClient(nats_server.url, retries=0, timeout=10) as client:
         started = time.monotonic()
         with pytest.raises(NoWorkerAnswered, match="no worker is subscribed"):
             client.get_token(*DEMO)
-        assert time.monotonic() - started < 0.5
+        assert time.monotonic() - started < 5  # the server's no-responders, not the 10 s
 
 
 def test_retries_find_a_worker_that_starts_late(nats_server, idp, start_worker):
@@ -72,11 +109,13 @@ def test_a_silent_worker_times_out_within_the_budget(nats_server, start_worker):
     release = threading.Event()
     start_worker(make_config(nats_server.url), lambda payload: (release.wait(5), b"{}")[1])
     try:
-        with TokenClient(nats_server.url, timeout=0.3, retries=5) as client:
+        with TokenClient(nats_server.url, timeout=0.3, retries=20) as client:
             started = time.monotonic()
             with pytest.raises(RequestTimedOut):
                 client.get_token(*DEMO, budget=1.0)
-            assert 0.9 < time.monotonic() - started < 1.6
+            # The budget is the behaviour under test: 1 s, where the 21 attempts would take
+            # 6.3 s; the bounds leave room for a loaded machine.
+            assert 0.9 < time.monotonic() - started < 3
     finally:
         release.set()
 
@@ -96,7 +135,7 @@ def test_no_server_fails_at_once_instead_of_retrying_for_minutes():
     started = time.monotonic()
     with pytest.raises(ReconnectGaveUp, match="no NATS server reachable"):
         TokenClient(f"nats://127.0.0.1:{free_port()}")
-    assert time.monotonic() - started < 2
+    assert time.monotonic() - started < 10  # one round, not minutes of reconnecting
 
 
 
@@ -133,7 +172,7 @@ def test_a_stopping_worker_hands_queued_requests_to_another_replica(nats_server,
     assert all(token.access_token.startswith("genuine-") for token in tokens)
     assert client.requests_sent == 7  # one more for each queued request, nothing else
 
-# --- a requester that cannot be fooled (issue 10 item 7) --------------------------------
+# --- a requester that cannot be fooled: rogue responders -------------------------------
 
 @pytest.fixture
 def responders():
@@ -166,7 +205,7 @@ def test_a_forged_reply_is_dropped_never_returned_nor_cached(nats_server, idp, s
 
 
 def test_a_forged_reply_does_not_end_the_attempt(nats_server, responders):
-    responders(nats_server.url, imitate_worker(forged_first=True))
+    responders(nats_server.url, stub_worker(forged_first=True))
     with TokenClient(nats_server.url, retries=0) as client:
         token = client.get_token(*DEMO)
     assert token.access_token.startswith("genuine-")
@@ -174,24 +213,23 @@ def test_a_forged_reply_does_not_end_the_attempt(nats_server, responders):
 
 
 def test_an_attempt_that_only_got_a_forgery_is_retried_at_once(nats_server, responders):
-    answers = iter([forge("other-id"), imitate_worker()])
+    answers = iter([forge("other-id"), stub_worker()])
 
     def first_forged_then_genuine(seen):
         return next(answers)(seen)
 
     responders(nats_server.url, first_forged_then_genuine)
     with TokenClient(nats_server.url, timeout=0.5, retries=1) as client:
-        started = time.monotonic()
         token = client.get_token(*DEMO)
-        elapsed = time.monotonic() - started
     assert token.access_token.startswith("genuine-")
     assert (client.requests_sent, client.replies_dropped) == (2, 1)
-    assert elapsed < 0.5 + 0.3  # one attempt's timeout, no back-off after it
+    # "at once" (no back-off after a dropped forgery) is the policy's pause, asserted on a
+    # moved clock in tests/unit/test_requester_unit.py
 
 
 def test_rogue_spraying_guessed_inboxes_wins_nothing(nats_server, idp, start_worker,
                                                      responders):
-    """The attack of issue 10 (it won 320 of 320 calls): a rogue in the queue group sprays
+    """The spraying attack (it once won 320 of 320 calls): a rogue in the queue group sprays
     forged tokens at guessed inboxes while a real worker serves."""
     start_worker(make_config(nats_server.url, idp.url))
     rogue = responders(nats_server.url, spray())
@@ -210,14 +248,17 @@ def test_rogue_spraying_guessed_inboxes_wins_nothing(nats_server, idp, start_wor
                   f"{client.replies_dropped} reached the client and were dropped)")
 
 
-def test_inboxes_are_unguessable_and_under_the_configured_prefix(nats_server, responders):
-    seen = responders(nats_server.url, imitate_worker()).seen
+def test_inboxes_are_unguessable_and_under_the_configured_prefix(nats_server, idp,
+                                                                 start_worker,
+                                                                 requester_factory):
+    start_worker(make_config(nats_server.url, idp.url))
+    tap = Wiretap(requester_factory(nats_server.url), "token.request")
     with TokenClient(nats_server.url) as first, TokenClient(
             nats_server.url, inbox_prefix="svc.orders.inbox") as second:
         for _ in range(3):
             first.get_token(*DEMO, skip_cache=True)
         second.get_token(*DEMO)
-    replies = [s.reply for s in seen]
+    replies = [tap.next()[1] for _ in range(4)]
     assert len(set(replies)) == 4
     for reply in replies[:3]:
         prefix, random_part, token = reply.split(".")
@@ -233,7 +274,7 @@ def test_a_bad_inbox_prefix_is_refused(prefix):
         TokenClient("nats://127.0.0.1:9", inbox_prefix=prefix)
 
 
-def test_nats_permissions_can_give_a_service_a_private_reply_space(responders):
+def test_nats_permissions_can_give_a_service_a_private_reply_space(idp, start_worker):
     server = NatsServer(config_text="""
         authorization { users = [
           { user: worker, password: worker-pass,
@@ -246,12 +287,15 @@ def test_nats_permissions_can_give_a_service_a_private_reply_space(responders):
     try:
         remember_secret("worker-pass", "orders-pass")
         base = f"127.0.0.1:{server.port}"
-        responders(f"nats://worker:worker-pass@{base}", imitate_worker())
+        start_worker(make_config(server.url, idp.url, nats={
+            "username": "worker", "password": Secret("worker-pass")}))
         config = NatsConfig(urls=(f"nats://{base}",), username="orders",
                             password=Secret("orders-pass"), reconnect_wait=0.2,
                             max_reconnect=-1)
         with TokenClient(config, inbox_prefix="svc.orders.inbox") as client:
-            assert client.get_token(*DEMO).access_token.startswith("genuine-")
+            token = client.get_token(*DEMO).access_token
+            remember_secret(token)
+            assert idp.introspect(token, *DEMO)["client_id"] == DEMO[0]
         with TokenClient(config, timeout=0.5, retries=0) as outside, \
                 pytest.raises(NoWorkerAnswered):
             outside.get_token(*DEMO)  # its subscription to _INBOX.> was refused
@@ -262,7 +306,7 @@ def test_nats_permissions_can_give_a_service_a_private_reply_space(responders):
 # --- bounded replies ----------------------------------------------------------------------
 
 def test_a_huge_expires_in_is_capped_by_max_ttl(nats_server, responders):
-    responders(nats_server.url, imitate_worker(expires_in=10**12))
+    responders(nats_server.url, stub_worker(expires_in=10**12))
     with TokenClient(nats_server.url, max_ttl=600) as client:
         token = client.get_token(*DEMO)
         default = TokenClient(nats_server.url)
@@ -279,7 +323,7 @@ def test_a_token_is_never_kept_longer_than_its_own_expires_in(nats_server, respo
 
     def slow_answer(seen):
         clock[0] += 100  # the worker took 100 s (a slow IdP) on the requester's clock
-        return imitate_worker(expires_in=300)(seen)
+        return stub_worker(expires_in=300)(seen)
 
     responders(nats_server.url, slow_answer)
     with TokenClient(nats_server.url, now=lambda: clock[0], expiry_margin=30) as client:
@@ -291,7 +335,7 @@ def test_a_token_is_never_kept_longer_than_its_own_expires_in(nats_server, respo
 
 
 def test_a_float_expires_in_is_a_token(nats_server, responders):
-    responders(nats_server.url, imitate_worker(expires_in=300.0))
+    responders(nats_server.url, stub_worker(expires_in=300.0))
     with TokenClient(nats_server.url) as client:
         first = client.get_token(*DEMO)
         assert client.get_token(*DEMO).access_token == first.access_token  # cached
@@ -304,7 +348,7 @@ def test_a_float_expires_in_is_a_token(nats_server, responders):
     {"token": "ATTACKER-TOKEN\r\nX-Injected: 1"}, {"extra": {"token_type": "DPoP"}},
 ])
 def test_a_malformed_token_is_refused_and_not_cached(nats_server, responders, bend):
-    responders(nats_server.url, imitate_worker(**bend))
+    responders(nats_server.url, stub_worker(**bend))
     with TokenClient(nats_server.url) as client:
         for attempt in (1, 2):
             with pytest.raises(TokenRequestFailed) as caught:
@@ -319,7 +363,7 @@ def test_an_oversized_reply_is_dropped_and_memory_stays_bounded(responders):
     server = NatsServer(config_text="max_payload: 8MB").start()
     try:
         big = "x" * (2 * 1024 * 1024)
-        responders(server.url, imitate_worker(token=big))
+        responders(server.url, stub_worker(token=big))
         process = psutil.Process()
         with TokenClient(server.url, timeout=0.3, retries=0) as client:
             before = process.memory_info().rss
@@ -346,18 +390,18 @@ def test_no_scope_and_empty_scope_are_different_requests(nats_server, idp, start
     assert default.scope == "openid" and none.scope == ""
 
 
-def test_a_request_over_the_servers_max_payload_fails_at_once(responders):
+def test_a_request_over_the_servers_max_payload_fails_at_once(idp, start_worker):
     server = NatsServer(config_text="max_payload: 2048").start()
     try:
-        seen = responders(server.url, imitate_worker()).seen
+        worker = start_worker(make_config(server.url, idp.url))
         with TokenClient(server.url) as client:
-            started = time.monotonic()
             with pytest.raises(TokenRequestFailed, match="max_payload is 2048") as caught:
                 client.get_token(*DEMO, scope="s" * 3000)
-            assert time.monotonic() - started < 0.2
             assert caught.value.error_code == "request_too_large"
+            assert client.requests_sent == 0  # refused before sending: nothing to wait for
             assert client.get_token(*DEMO).access_token  # still connected
-        assert len(seen) == 1
+        assert worker.metrics.registry.get_sample_value(
+            "token_worker_requests_total", {"outcome": "ok"}) == 1  # the second only
     finally:
         server.cleanup()
 
@@ -414,7 +458,8 @@ def test_a_fleet_that_is_gone_is_reported_after_one_timeout_not_the_budget(nats_
         with pytest.raises(NoWorkerAnswered, match="no worker is subscribed"):
             client.get_token(*DEMO)
         waited = time.monotonic() - started
-    assert 0.5 < waited < 2.5 and client.requests_sent > 3
+    # The time is the behaviour: about one 1 s timeout of asking again, not the 7 s budget.
+    assert 0.5 < waited < 4.5 and client.requests_sent > 3
 
 
 def test_a_nats_outage_says_so_and_is_bridged_when_short(nats_server, idp, start_worker):
@@ -425,12 +470,12 @@ def test_a_nats_outage_says_so_and_is_bridged_when_short(nats_server, idp, start
         started = time.monotonic()
         with pytest.raises(NatsUnavailable, match="NATS connection lost"):
             client.get_token(*DEMO, skip_cache=True, budget=1.0)
-        assert time.monotonic() - started < 1.5
+        assert time.monotonic() - started < 3  # the behaviour: its 1 s budget bounds it
         killed = time.monotonic()
         threading.Timer(0.5, nats_server.start).start()
         assert client.get_token(*DEMO, skip_cache=True, budget=10).access_token
         waited = time.monotonic() - killed
-    assert waited < 3  # the reconnect ends the back-off, not the next doubling of it
+    assert waited < 3  # bridged soon after the server is back, well within the 10 s budget
     report_figure(f"NATS down for 0.5 s (+ restart): get_token answered {waited:.2f} s after "
                   "the kill")
 
@@ -443,7 +488,7 @@ def test_a_connection_that_gave_up_fails_the_call_at_once(nats_server):
         started = time.monotonic()
         with pytest.raises(NatsUnavailable, match="gave up: no NATS server reachable"):
             client.get_token(*DEMO, budget=20)
-        assert time.monotonic() - started < 3
+        assert time.monotonic() - started < 10  # at once, not after the 20 s budget
 
 
 def test_a_closed_client_says_so_at_once(nats_server, start_worker):
@@ -456,10 +501,9 @@ def test_a_closed_client_says_so_at_once(nats_server, start_worker):
         client.close()
         with pytest.raises(ClientClosed):
             waiting.result(2)
-        started = time.monotonic()
         with pytest.raises(ClientClosed):
             client.get_token(*DEMO)
-        assert time.monotonic() - started < 0.05
+        assert client.requests_sent == 1  # refused before anything was sent
     finally:
         release.set()
 
@@ -533,20 +577,22 @@ def test_a_client_made_before_a_fork_serves_every_child_and_leaves_the_parents_c
                   f"its connection (cid {parents[0]}), next call {parent['seconds'] * 1000:.0f} ms")
 
 
-# --- named credentials, requester side (issue 8 item 5) -----------------------------------
+# --- named credentials, requester side: the real worker ------------------------------
 
-def test_a_named_credential_request_carries_no_secret(nats_server, responders):
-    seen = responders(nats_server.url, imitate_worker(), subject="token.named.*").seen
+def test_a_named_credential_request_carries_no_secret(nats_server, idp, named_worker,
+                                                      requester_factory):
+    tap = Wiretap(requester_factory(nats_server.url), "token.named.>")
     with TokenClient(nats_server.url) as client:
         token = client.get_token(credential="orders", scope="read")
-    assert token.access_token.startswith("genuine-") and token.scope == "read"
-    (request,) = seen
-    assert request.subject == "token.named.orders"
-    assert set(request.body) == {"request_id", "timestamp", "scope"}
+    remember_secret(token.access_token)
+    assert idp.introspect(token.access_token, *DEMO)["client_id"] == DEMO[0]
+    assert token.scope == "read"
+    subject, _reply, body = tap.next()
+    assert subject == "token.named.orders"
+    assert set(body) == {"request_id", "timestamp", "scope"}
 
 
-def test_named_tokens_are_cached_by_credential_and_scope(nats_server, responders):
-    responders(nats_server.url, imitate_worker(), subject="token.named.*")
+def test_named_tokens_are_cached_by_credential_and_scope(nats_server, named_worker):
     with TokenClient(nats_server.url) as client:
         orders = client.get_token(credential="orders").access_token
         assert client.get_token(credential="orders").access_token == orders
@@ -565,13 +611,10 @@ def test_a_reply_for_another_credential_is_dropped(nats_server, responders):
         assert client.replies_dropped == 1
 
 
-def test_named_credential_errors_come_back_typed(nats_server, responders):
-    responders(nats_server.url, imitate_worker(extra={
-        "error": "no credential named orders", "error_code": "unknown_credential"}),
-        subject="token.named.*")
+def test_named_credential_errors_come_back_typed(nats_server, named_worker):
     with TokenClient(nats_server.url) as client:
         with pytest.raises(TokenRequestFailed) as caught:
-            client.get_token(credential="orders")
+            client.get_token(credential="payroll")  # a name the worker does not hold
         assert caught.value.error_code == "unknown_credential"
         for bad in ("", "a.b", "a*", "orders>", "a b"):
             with pytest.raises(ValueError, match="credential"):
@@ -583,33 +626,36 @@ def test_named_credential_errors_come_back_typed(nats_server, responders):
         assert client.requests_sent == 1
 
 
-def test_token_request_with_a_credential_reads_no_secret(nats_server, responders, capsys,
+def test_token_request_with_a_credential_reads_no_secret(nats_server, named_worker,
+                                                         requester_factory, capsys,
                                                          monkeypatch):
     from token_worker.cli import EXIT_OK, request_main
 
-    seen = responders(nats_server.url, imitate_worker(), subject="token.named.*").seen
+    tap = Wiretap(requester_factory(nats_server.url), "token.named.>")
     monkeypatch.setattr("sys.stdin", None)  # reading a secret would fail
     code = request_main(["--nats-url", nats_server.url, "--credential", "orders",
                          "--inbox-prefix", "svc.orders.inbox"])
     assert code == EXIT_OK
     reply = json.loads(capsys.readouterr().out)
     assert reply["credential"] == "orders" and reply["access_token"].endswith("…")
-    assert seen[0].reply.startswith("svc.orders.inbox.")
+    assert tap.next()[1].startswith("svc.orders.inbox.")
     assert request_main(["--nats-url", nats_server.url, "--credential", "orders",
                          "--inbox-prefix", "a b"]) == 2
     assert request_main(["--nats-url", nats_server.url]) == 2
 
 
-def test_token_request_inline_reads_the_secret_from_the_environment(nats_server, responders,
-                                                                     capsys, monkeypatch):
+def test_token_request_inline_reads_the_secret_from_the_environment(nats_server, idp,
+                                                                     start_worker, capsys,
+                                                                     monkeypatch):
     from token_worker.cli import EXIT_OK, request_main
 
-    seen = responders(nats_server.url, imitate_worker()).seen
+    start_worker(make_config(nats_server.url, idp.url))
     monkeypatch.setenv("TW_TEST_SECRET", DEMO[1])
     assert request_main(["--nats-url", nats_server.url, "--client-id", DEMO[0],
-                         "--client-secret-env", "TW_TEST_SECRET"]) == EXIT_OK
-    assert json.loads(capsys.readouterr().out)["access_token"].startswith("genuine")
-    assert seen[0].body["client_secret"] == DEMO[1] and seen[0].reply.startswith("_INBOX.")
+                         "--client-secret-env", "TW_TEST_SECRET", "--show-token"]) == EXIT_OK
+    token = json.loads(capsys.readouterr().out)["access_token"]
+    remember_secret(token)
+    assert idp.introspect(token, *DEMO)["client_id"] == DEMO[0]  # the secret was DEMO's
 
 
 def test_a_raw_request_the_worker_would_refuse_fails_at_once_unsent(nats_server,
@@ -618,18 +664,18 @@ def test_a_raw_request_the_worker_would_refuse_fails_at_once_unsent(nats_server,
     worker's invalid_request answer, with request_id "", was dropped as forged."""
     start_worker(make_config(nats_server.url))
     with TokenClient(nats_server.url, timeout=0.5, retries=1) as client:
-        started = time.monotonic()
         with pytest.raises(TokenRequestFailed, match="longer than 4096") as caught:
             client.request({"request_id": "R" * 5000, "client_id": DEMO[0],
                             "client_secret": DEMO[1]})
-        assert time.monotonic() - started < 0.2
         assert caught.value.error_code == "invalid_request"
     assert (client.requests_sent, client.replies_dropped) == (0, 0)
 
 
-def test_a_raw_request_without_request_id_gets_one_and_is_matched_by_it(nats_server,
-                                                                          responders):
-    seen = responders(nats_server.url, imitate_worker()).seen
+def test_a_raw_request_without_request_id_gets_one_and_is_matched_by_it(
+        nats_server, idp, start_worker, requester_factory):
+    start_worker(make_config(nats_server.url, idp.url))
+    tap = Wiretap(requester_factory(nats_server.url), "token.request")
     with TokenClient(nats_server.url) as client:
         reply = client.request({"client_id": DEMO[0], "client_secret": DEMO[1]})
-    assert reply["request_id"] == seen[0].body["request_id"] and reply["request_id"]
+    remember_secret(reply["access_token"])
+    assert reply["request_id"] == tap.next()[2]["request_id"] and reply["request_id"]

@@ -233,7 +233,8 @@ def test_close_never_hangs_even_while_reconnecting(nats_server):
     wait_until(lambda: connection.state is State.RECONNECTING, what="loss detection")
     started = time.monotonic()
     connection.close()
-    assert time.monotonic() - started < 1.0
+    # The behaviour under test is the time: far below the 30 s reconnect wait it would sit out.
+    assert time.monotonic() - started < 10
     assert connection.state is State.CLOSED
     with pytest.raises(NotConnected):
         connection.publish("x", b"y")
@@ -442,10 +443,8 @@ def test_odd_messages_from_a_raw_client_are_served_and_the_next_request_too(
         answers_seen = read_until(raw, b"spoofed\r\n")
         assert b"MSG %s 1 3\r\nodd\r\n" % odd_reply in answers_seen  # the same bytes back
         assert b"MSG %s 2 7\r\nspoofed\r\n" % long_reply in answers_seen
-        started = time.monotonic()
         requester = requester_factory(nats_server.url)
         assert requester.request_raw(b"normal", timeout=3) == b"normal"
-        assert time.monotonic() - started < 3
         assert connection.is_serving and connection.reconnects == 0
         raw.close()
     finally:
@@ -517,6 +516,8 @@ def test_a_peer_that_stops_reading_is_stale_even_while_a_write_blocks(nats_serve
     total_s = time.monotonic() - stopped
     report_figure(f"peer that stopped reading, send buffers full: stale in {total_s:.2f} s "
                   f"after SIGSTOP ({detect_s:.2f} s after the write blocked; pingInterval 0.5)")
+    # The time is the behaviour: keep-alive's pingInterval x (maxPingsOut + 1) = 1.5 s, not
+    # the kernel's TCP timeout (minutes); 4 s leaves room for a loaded machine.
     assert total_s < 4.0
     wait_until(lambda: connection.is_serving, what="reconnect after the server woke up")
     connection.close()
@@ -536,7 +537,7 @@ def test_close_does_not_wait_for_a_blocked_write(nats_server):
     finally:
         os.kill(nats_server.process.pid, signal.SIGCONT)
     report_figure(f"close() with a write blocked on full buffers: {close_s * 1000:.0f} ms")
-    assert close_s < 1.0
+    assert close_s < 5  # waiting for the write would be forever: the server is stopped
 
 
 def test_max_payload_comes_from_the_server_and_oversized_messages_are_refused():
@@ -604,7 +605,7 @@ def test_a_silent_partition_of_one_client_with_full_buffers_is_detected(nats_ser
         wait_until(lambda: connection.is_serving, what="reconnect through the proxy")
         report_figure(f"silent one-client partition (proxy stopped reading), send buffers "
                       f"full: stale in {detect_s:.2f} s with pingInterval 1 s")
-        assert detect_s < 5.0
+        assert detect_s < 5.0  # keep-alive's 3 s (pingInterval 1 s x 3), not TCP's minutes
     finally:
         connection.close()
         bystander.close()

@@ -131,7 +131,7 @@ def test_a_lease_expires_by_its_ttl_and_can_be_taken_again(kv: KeyValue) -> None
 
     took = wait_until(lambda: kv.get("k.lease") is None, timeout=5, what="the lease's TTL")
 
-    assert 0.5 < took < 4
+    assert 0.5 < took < 4  # the behaviour under test: the 1 s TTL, with room for load
     assert kv.create("k.lease", b"", ttl=1) is not None
 
 
@@ -157,21 +157,19 @@ def test_wait_for_returns_the_value_another_connection_puts(
                            for conn in js_server.connz()
                            for sub in conn.get("subscriptions_list_detail") or ()),
                what="the waiter's subscription")
-    started = time.monotonic()
     other.put("w.tok", b"value")
-    waiter.join(10)
+    waiter.join(10)  # woken by the put: its own 10 s timeout would have given None
 
     assert len(got) == 1
     entry = got[0]
     assert entry is not None
     assert entry.value == b"value"  # type: ignore[attr-defined]
-    assert time.monotonic() - started < 2
 
 
 def test_wait_for_times_out_without_a_put(kv: KeyValue) -> None:
     started = time.monotonic()
     assert kv.wait_for("nobody.tok", timeout=0.3) is None
-    assert 0.3 <= time.monotonic() - started < 2
+    assert 0.3 <= time.monotonic() - started < 2  # the behaviour: its 0.3 s timeout
 
 
 def test_a_server_without_jetstream_answers_no_responders_at_once(
@@ -180,7 +178,7 @@ def test_a_server_without_jetstream_answers_no_responders_at_once(
     started = time.monotonic()
     with pytest.raises(KvUnavailable, match="JetStream is off"):
         bucket.ensure_bucket(max_age=60)
-    assert time.monotonic() - started < 1
+    assert time.monotonic() - started < 2.5  # at once: well inside the call's 5 s timeout
 
 
 def test_a_stopped_server_gives_a_timeout_not_a_hang(
@@ -189,7 +187,7 @@ def test_a_stopped_server_gives_a_timeout_not_a_hang(
     started = time.monotonic()
     with pytest.raises((KvTimeout, KvUnavailable)):
         kv.get("a.tok")
-    assert time.monotonic() - started < 3
+    assert time.monotonic() - started < 6  # a hang would not end; the call's timeout is 2 s
 
 
 # --- the shared tier on the real bucket ----------------------------------------------------
@@ -255,7 +253,7 @@ def test_without_jetstream_the_tier_degrades_to_misses_with_one_warning(
             assert tier.wait(key, timeout=5) is None
             tier.release(key)
 
-    assert time.monotonic() - started < 2
+    assert time.monotonic() - started < 5  # no call waited: five waits would take 25 s
     warnings = [r for r in caplog.records if r.name == "token_worker.tokens.shared"]
     assert len(warnings) == 1
     assert tier.counts["errors"] >= 5

@@ -3,12 +3,21 @@ and NKey / operator-mode (JWT) servers that accept what token_worker.nkey_auth s
 
 What is proven here is the NATS side of the security model: which user may publish and
 subscribe to what. The server is started with the shipped file's text, unchanged; the
-passwords it references come from the server's environment.
+passwords it references come from the server's environment. The worker is the real one
+(:class:`TokenWorker`, logged in as the ``token-worker`` user, holding the ``orders`` and
+``billing`` credentials, asking the real IdP); services and the monitor are nats-py clients.
+Only the test of the worker role's own publish permission uses a nats-py client logged in
+as the worker user (a stand-in for a compromised worker: the real one never tries).
+
+Nothing waits for a message to not arrive: each "nothing arrived" is checked after a PING
+round trip that orders it behind whatever could have arrived (NATS delivers in order), and
+against the server's own view of the subscriptions (/connz).
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import socket
 from collections.abc import Awaitable, Callable, Iterator
@@ -20,13 +29,15 @@ import pytest
 from nats.aio.msg import Msg
 from nats.errors import NoRespondersError
 
-from tests.integration.helpers import SHIPPED_PASSWORDS
-from tests.integration.processes import NatsServer
+from tests.conftest import remember_secret
+from tests.helpers import wait_until
+from tests.integration.helpers import BASIC, DEMO, SHIPPED_PASSWORDS, make_config
+from tests.integration.processes import IdpServer, NatsServer
+from tests.kubelet_volume import KubeletVolume, credential_files
 from tests.nats_jwt import OperatorMode, creds_text, new_account, new_user, user_jwt
+from token_worker.config import CredentialsConfig, Secret
 from token_worker.nkey_auth import NatsAuth, load_creds_file, load_nkey_file
-
-WAIT = 0.5
-"""Seconds to let a message that must not arrive have its chance to arrive."""
+from token_worker.serve.worker import TokenWorker
 
 
 def start_server(config_text: str) -> NatsServer:
@@ -34,7 +45,8 @@ def start_server(config_text: str) -> NatsServer:
 
 
 class Errors:
-    """The asynchronous errors (permission violations) a nats-py client was sent."""
+    """The asynchronous errors (permission violations) a nats-py client was sent; nats-py
+    hands each to its callback before it reads on, so a flush returns after them."""
 
     def __init__(self) -> None:
         self.seen: list[str] = []
@@ -54,20 +66,58 @@ async def connect(server: NatsServer, user: str, **options: Any) -> tuple[Any, E
 
 
 def run(test: Callable[[], Awaitable[None]]) -> None:
-    asyncio.run(asyncio.wait_for(test(), 30))
+    asyncio.run(asyncio.wait_for(test(), 60))
 
 
-async def worker_stub(client: Any, seen: list[str]) -> None:
-    """Serve the subjects a token-worker serves, replying with the subject it came on."""
-
-    async def answer(message: Msg) -> None:
-        seen.append(message.subject)
-        await message.respond(json.dumps({"served": message.subject}).encode())
-
-    for subject in ("token.request", "token.named.*"):
-        await client.subscribe(subject, queue="token-workers", cb=answer)
-    await client.subscribe("$SRV.PING", cb=answer)
+async def round_trip(client: Any) -> None:
+    """A PING the server answers only after processing everything ``client`` sent before
+    this call. nats-py writes a flush's PING straight to the socket, ahead of the publishes
+    and subscriptions still in its buffer (its flusher task writes those): the first flush
+    lets the flusher run, the second flush's PING follows them."""
     await client.flush()
+    await client.flush()
+
+
+def credentials_volume(root: Path, **credentials: tuple[str, ...]) -> Path:
+    volume = KubeletVolume(root)
+    files: dict[str, str] = {}
+    for name, (client_id, secret, *method) in credentials.items():
+        files.update(credential_files(name, client_id, secret,
+                                      **({"auth_method": method[0]} if method else {})))
+    volume.write(files)
+    return volume.root
+
+
+@pytest.fixture
+def shipped_worker(shipped_server: NatsServer, idp: IdpServer, tmp_path: Path,
+                   start_worker: Callable[..., TokenWorker]) -> TokenWorker:
+    """The real worker as the shipped file's ``token-worker`` user: ``orders`` is the IdP's
+    demo client, ``billing`` its basic one (client_secret_basic)."""
+    directory = credentials_volume(tmp_path / "credentials", orders=DEMO,
+                                   billing=(*BASIC, "client_secret_basic"))
+    config = make_config(shipped_server.url, idp.url)
+    return start_worker(dataclasses.replace(
+        config, credentials=CredentialsConfig(directory=str(directory)),
+        nats=dataclasses.replace(config.nats, username="token-worker",
+                                 password=Secret(SHIPPED_PASSWORDS["token-worker"]))))
+
+
+def answered(worker: TokenWorker) -> float:
+    """Requests the worker answered so far, once none is still in its pool (a request it
+    received before a later one is in the pool by the time the later one is answered)."""
+    registry = worker.metrics.registry
+    wait_until(lambda: registry.get_sample_value("token_worker_in_flight") == 0,
+               what="the worker's pool to empty")
+    return sum(sample.value for family in registry.collect() for sample in family.samples
+               if sample.name == "token_worker_requests_total")
+
+
+def a_token(reply: Msg, credential: str) -> str:
+    """The access token of a genuine named reply (registered for the leak scan)."""
+    body = json.loads(reply.data)
+    assert body.get("credential") == credential and body.get("token_type") == "Bearer", body
+    remember_secret(body["access_token"])
+    return str(body["access_token"])
 
 
 async def first_request(client: Any, subject: str, payload: bytes) -> Msg:
@@ -81,113 +131,105 @@ async def first_request(client: Any, subject: str, payload: bytes) -> Msg:
     pytest.fail(f"no responder on {subject} after 5 s")
 
 
+def subscriptions_of(server: NatsServer, name: str) -> list[str]:
+    """The subjects the server holds for the connection called ``name``."""
+    connection = next(c for c in server.connz() if c.get("name") == name)
+    return [sub["subject"] for sub in connection.get("subscriptions_list_detail", [])]
+
+
 def test_a_service_gets_its_own_credential_and_the_server_refuses_anothers(
-        shipped_server: NatsServer) -> None:
+        shipped_server: NatsServer, shipped_worker: TokenWorker, idp: IdpServer) -> None:
     async def scenario() -> None:
-        worker, worker_errors = await connect(shipped_server, "token-worker")
         orders, orders_errors = await connect(shipped_server, "orders",
                                               inbox_prefix="_INBOX.orders")
-        seen: list[str] = []
-        await worker_stub(worker, seen)
-
         reply = await first_request(orders, "token.named.orders", b'{"request_id": "r-1"}')
-        assert json.loads(reply.data) == {"served": "token.named.orders"}
+        assert idp.introspect(a_token(reply, "orders"), *DEMO)["client_id"] == DEMO[0]
 
         await orders.publish("token.named.billing", b'{"request_id": "r-2"}',
                              reply="_INBOX.orders.x")
-        await orders.flush()
-        await asyncio.sleep(WAIT)
-        assert seen == ["token.named.orders"]
+        await round_trip(orders)  # the server has refused it: its -ERR came before the PONG
         assert any('permissions violation for publish to "token.named.billing"' in error
                    for error in orders_errors)
-        assert worker_errors.seen == []
+        # A later request from the same connection: had the worker been sent the refused
+        # one, it would have received it first.
+        a_token(await orders.request("token.named.orders", b'{"request_id": "r-3"}',
+                                     timeout=5), "orders")
         await orders.close()
-        await worker.close()
 
     run(scenario)
+    assert answered(shipped_worker) == 2  # r-1 and r-3; billing's never reached it
 
 
 def test_a_service_cannot_listen_to_requests_everything_or_another_inbox(
-        shipped_server: NatsServer) -> None:
+        shipped_server: NatsServer, shipped_worker: TokenWorker, idp: IdpServer) -> None:
+    forbidden = ("token.request", "token.named.*", ">", "_INBOX.billing.>", "_INBOX.>")
+
     async def scenario() -> None:
-        worker, _ = await connect(shipped_server, "token-worker")
-        orders, orders_errors = await connect(shipped_server, "orders",
+        orders, orders_errors = await connect(shipped_server, "orders", name="orders",
                                               inbox_prefix="_INBOX.orders")
         billing, _ = await connect(shipped_server, "billing", inbox_prefix="_INBOX.billing")
-        await worker_stub(worker, [])
-        stolen: list[str] = []
+        taps = [await orders.subscribe(subject) for subject in forbidden]
+        await round_trip(orders)  # every SUB processed, every refusal received
+        for subject in forbidden:
+            assert any(f'permissions violation for subscription to "{subject.lower()}"'
+                       in error for error in orders_errors), subject
+        assert subscriptions_of(shipped_server, "orders") == []  # the server kept none
 
-        async def steal(message: Msg) -> None:
-            stolen.append(message.subject)
-
-        for subject in ("token.request", "token.named.*", ">", "_INBOX.billing.>", "_INBOX.>"):
-            await orders.subscribe(subject, cb=steal)
-        await orders.flush()
         reply = await first_request(billing, "token.named.billing", b'{"request_id": "b-1"}')
-        assert json.loads(reply.data) == {"served": "token.named.billing"}
-        await asyncio.sleep(WAIT)
-
-        assert stolen == []
-        for subject in ("token.request", "token.named.*", ">", "_INBOX.billing.>", "_INBOX.>"):
-            assert any(f'permissions violation for subscription to "{subject.lower()}"' in error
-                       for error in orders_errors), subject
-        await asyncio.gather(orders.close(), billing.close(), worker.close())
+        assert idp.introspect(a_token(reply, "billing"), *BASIC)["client_id"] == BASIC[0]
+        # billing has its reply: the request and the reply have passed the server, and
+        # anything they sent orders' way is queued before the PONG of this flush.
+        await round_trip(orders)
+        assert [tap.pending_msgs for tap in taps] == [0] * len(forbidden)
+        await asyncio.gather(orders.close(), billing.close())
 
     run(scenario)
 
 
-def test_the_worker_publishes_replies_only(shipped_server: NatsServer) -> None:
+def test_the_worker_user_may_publish_replies_only(shipped_server: NatsServer) -> None:
+    """The worker role's own permission, tried by a nats-py client logged in as the worker
+    user (what a compromised worker could do; the real one only replies)."""
+
     async def scenario() -> None:
-        worker, worker_errors = await connect(shipped_server, "token-worker")
+        as_worker, worker_errors = await connect(shipped_server, "token-worker")
         orders, _ = await connect(shipped_server, "orders", inbox_prefix="_INBOX.orders")
-        received: list[str] = []
-
-        async def record(message: Msg) -> None:
-            received.append(message.subject)
-
-        await orders.subscribe("_INBOX.orders.unsolicited", cb=record)
-        await orders.flush()
+        unsolicited = await orders.subscribe("_INBOX.orders.unsolicited")
+        await round_trip(orders)
         for subject in ("_INBOX.orders.unsolicited", "token.named.orders", "token.request"):
-            await worker.publish(subject, b"{}")
-        await worker.flush()
-        await asyncio.sleep(WAIT)
-
-        assert received == []
-        assert sum("permissions violation for publish" in error for error in worker_errors) == 3
-        await asyncio.gather(orders.close(), worker.close())
+            await as_worker.publish(subject, b"{}")
+        await round_trip(as_worker)  # the three publishes processed (and refused)
+        assert sum("permissions violation for publish" in error
+                   for error in worker_errors) == 3
+        await round_trip(orders)  # a delivery from those publishes would be ahead of its PONG
+        assert unsolicited.pending_msgs == 0
+        await asyncio.gather(orders.close(), as_worker.close())
 
     run(scenario)
 
 
-def test_a_wildcard_monitor_sees_no_request_and_no_reply(shipped_server: NatsServer) -> None:
+def test_a_wildcard_monitor_sees_no_request_and_no_reply(
+        shipped_server: NatsServer, shipped_worker: TokenWorker) -> None:
     async def scenario() -> None:
-        worker, _ = await connect(shipped_server, "token-worker")
         orders, _ = await connect(shipped_server, "orders", inbox_prefix="_INBOX.orders")
         monitor, monitor_errors = await connect(shipped_server, "monitor", name="monitor")
-        await worker_stub(worker, [])
-        recorded: list[tuple[str, bytes]] = []
-
-        async def record(message: Msg) -> None:
-            recorded.append((message.subject, message.data))
-
-        await monitor.subscribe(">", cb=record)
-        await monitor.flush()
+        everything = await monitor.subscribe(">")
+        await round_trip(monitor)
+        assert subscriptions_of(shipped_server, "monitor") == [">"]
         await first_request(orders, "token.named.orders", b'{"request_id": "r-first"}')
         for index in range(20):
             reply = await orders.request("token.named.orders",
                                          f'{{"request_id": "r-{index}"}}'.encode(), timeout=5)
-            assert reply.data
+            a_token(reply, "orders")
         await monitor.publish("token.named.orders", b"{}")
-        await monitor.flush()
-        await asyncio.sleep(WAIT)
-
-        assert recorded == []
-        monitor_conn = next(c for c in shipped_server.connz() if c.get("name") == "monitor")
-        assert [s["subject"] for s in monitor_conn.get("subscriptions_list_detail", [])] == [">"]
+        # Every request and reply has passed the server (orders has them all): what the
+        # monitor was sent of them is ahead of this PONG, with the refusal of its publish.
+        await round_trip(monitor)
+        assert everything.pending_msgs == 0
         assert any("permissions violation for publish" in error for error in monitor_errors)
-        await asyncio.gather(orders.close(), monitor.close(), worker.close())
+        await asyncio.gather(orders.close(), monitor.close())
 
     run(scenario)
+    assert answered(shipped_worker) == 21  # the monitor's publish never reached it
 
 
 # --- NKey and operator-mode (JWT) servers accept what nats_auth signs ------------------
@@ -247,38 +289,44 @@ def test_operator_mode_uses_the_rotated_creds_file_on_the_next_connect(
 
 
 def test_operator_mode_user_permissions_refuse_another_services_credential(
-        tmp_path: Path, operator_mode: tuple[OperatorMode, NatsServer]) -> None:
+        tmp_path: Path, operator_mode: tuple[OperatorMode, NatsServer], idp: IdpServer,
+        start_worker: Callable[..., TokenWorker]) -> None:
     """The operator-mode variant of the model (deploy/nats/operator-mode.md): the same
-    permissions carried in user JWTs."""
+    permissions carried in user JWTs, the real worker signing with its creds file."""
     mode, server = operator_mode
-    worker_creds, _ = mode.user_creds(
+    worker_creds, worker_user = mode.user_creds(
         tmp_path, "token-worker",
         sub={"allow": ["token.request", "token.named.*", "$SRV.>"]}, resp={"max": 1})
-    orders_creds, _ = mode.user_creds(
+    orders_creds, orders_user = mode.user_creds(
         tmp_path, "orders", pub={"allow": ["token.named.orders"]},
         sub={"allow": ["_INBOX.orders.>"]})
+    remember_secret(worker_user.seed, orders_user.seed)
+    directory = credentials_volume(tmp_path / "credentials", orders=DEMO,
+                                   billing=(*BASIC, "client_secret_basic"))
+    config = make_config(server.url, idp.url)
+    worker = start_worker(dataclasses.replace(
+        config, credentials=CredentialsConfig(directory=str(directory)),
+        nats=dataclasses.replace(config.nats, creds_file=str(worker_creds))))
 
     async def scenario() -> None:
-        worker_errors, orders_errors = Errors(), Errors()
-        worker = await nats_py.connect(server.url, user_credentials=str(worker_creds),
-                                       allow_reconnect=False, error_cb=worker_errors.callback)
+        orders_errors = Errors()
         orders = await nats_py.connect(server.url, user_credentials=str(orders_creds),
                                        allow_reconnect=False, error_cb=orders_errors.callback,
-                                       inbox_prefix="_INBOX.orders")
-        seen: list[str] = []
-        await worker_stub(worker, seen)
+                                       inbox_prefix="_INBOX.orders", name="orders")
         reply = await first_request(orders, "token.named.orders", b"{}")
-        assert json.loads(reply.data) == {"served": "token.named.orders"}
-        await orders.publish("token.named.billing", b"{}")
+        assert idp.introspect(a_token(reply, "orders"), *DEMO)["client_id"] == DEMO[0]
+        await orders.publish("token.named.billing", b"{}", reply="_INBOX.orders.x")
         await orders.subscribe("token.request")
-        await orders.flush()
-        await asyncio.sleep(WAIT)
-        assert seen == ["token.named.orders"]
+        await round_trip(orders)  # both processed: their refusals came before the PONG
         assert any('publish to "token.named.billing"' in error for error in orders_errors)
         assert any('subscription to "token.request"' in error for error in orders_errors)
-        await asyncio.gather(orders.close(), worker.close())
+        assert "token.request" not in subscriptions_of(server, "orders")
+        # Had the worker been sent the refused request, it would have come before this one.
+        a_token(await orders.request("token.named.orders", b"{}", timeout=5), "orders")
+        await orders.close()
 
     run(scenario)
+    assert answered(worker) == 2
 
 
 @pytest.fixture

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import subprocess
 import threading
 import urllib.error
@@ -101,6 +102,40 @@ def test_metrics_count_what_happened(nats_server, idp, start_worker, requester_f
     assert samples["token_worker_capacity"] == 32 + 256
     assert samples["token_worker_idp_circuit_open"] == 0
     assert samples["token_worker_nats_reconnect_buffer_bytes"] == 0
+
+
+def test_metrics_name_no_client_and_no_credential(nats_server, idp, start_worker,
+                                                  requester_factory, tmp_path):
+    """docs/security.md: metrics are counts by outcome and cache event; no client id, no
+    credential name, no secret. Requests with distinctive ids and names (served, refused,
+    unknown) leave none of them in /metrics, nor any label beside the documented ones."""
+    from tests.kubelet_volume import KubeletVolume, credential_files
+    from token_worker.config import CredentialsConfig
+
+    volume = KubeletVolume(tmp_path / "credentials")
+    volume.write(credential_files("zq-credential-name-4b1", *DEMO))
+    worker = start_worker(with_health(replace(
+        make_config(nats_server.url, idp.url),
+        credentials=CredentialsConfig(directory=str(volume.root)))))
+    requester = requester_factory(nats_server.url)
+    served = requester.request(token_request(DEMO, "zq-request-id-ok"))
+    refused = requester.request(token_request(("zq-client-id-unknown-7f", "zq-secret-9d2e"),
+                                              "zq-request-id-refused"))
+    named = requester.request({"request_id": "zq-request-id-named"},
+                              subject="token.named.zq-credential-name-4b1")
+    unknown = requester.request({"request_id": "zq-request-id-unknown"},
+                                subject="token.named.zq-unknown-name-c3")
+    assert served["access_token"] and named["credential"] == "zq-credential-name-4b1"
+    assert refused["error_code"] == "invalid_client"
+    assert unknown["error_code"] == "unknown_credential"
+
+    status, text = get(worker.health_port, "/metrics")
+    assert status == 200
+    for value in ("zq-", DEMO[0], DEMO[1], served["access_token"], named["access_token"]):
+        assert value not in text, value
+    label_names = {name for line in text.splitlines() if line and not line.startswith("#")
+                   for name in re.findall(r'[{,]([a-zA-Z_]+)="', line)}
+    assert label_names == {"outcome", "event", "le", "token_worker_nats_connection"}
 
 
 def test_metrics_pass_the_prometheus_linter(nats_server, idp, start_worker, requester_factory):

@@ -7,7 +7,6 @@ import json
 import os
 import signal
 import threading
-import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -51,6 +50,21 @@ def test_client_secret_basic_and_requested_scope(nats_server, idp, start_worker,
     reply = requester_factory(nats_server.url).request(token_request(BASIC, scope="read write"))
     assert reply["scope"] == "read write"
     assert reply["access_token"]
+
+
+def test_unknown_fields_are_ignored(nats_server, idp, start_worker, requester_factory):
+    """README: "Unknown fields are ignored": a newer requester's fields, of any JSON type,
+    neither fail the request nor change which token it gets."""
+    start_worker(make_config(nats_server.url, idp.url))
+    requester = requester_factory(nats_server.url)
+    reply = requester.request(token_request(
+        DEMO, "unknown-fields", scope="read", aud="https://api.example",
+        grant_type="password", resources=["a", "b"], future={"nested": [1, None, True]},
+        n=7, flag=False, nothing=None))
+    assert "error" not in reply, reply
+    assert (reply["request_id"], reply["scope"]) == ("unknown-fields", "read")
+    plain = requester.request(token_request(DEMO, "plain", scope="read"))
+    assert plain["access_token"] == reply["access_token"]  # the same request: cached
 
 
 def test_scope_the_client_may_not_have_is_invalid_scope(nats_server, idp, start_worker,
@@ -162,9 +176,9 @@ def test_full_pool_answers_overloaded_at_once(nats_server, start_worker, request
         held = [pool.submit(requester.request, {"request_id": f"h{i}"}) for i in range(2)]
         wait_until(lambda: worker.metrics.registry.get_sample_value(
             "token_worker_in_flight") == 2, what="one request running, one in the backlog")
-        started = time.monotonic()
+        # Answered while both others are held (released only after it): at once, not once
+        # a slot freed.
         rejected = requester.request({"request_id": "third"})
-        assert time.monotonic() - started < 1.0
         release.set()
         assert [f.result(10) for f in held] == [{"ok": True}, {"ok": True}]
     assert rejected["error_code"] == "overloaded"
@@ -222,9 +236,7 @@ def test_a_signal_during_the_first_connect_stops_the_worker_at_once():
     try:
         worker.wait_for_log("nats connect round failed, retrying")
         worker.process.send_signal(signal.SIGTERM)
-        signalled = time.monotonic()
-        assert worker.finish(timeout=10) == 0
-        assert time.monotonic() - signalled < 1.5
+        assert worker.finish(timeout=10) == 0  # the next round was 30 s away: at once
         messages = [record["message"] for record in worker.records()]
         assert "signal received" in messages
         assert "draining" not in messages
@@ -336,10 +348,8 @@ def test_requests_still_running_when_the_drain_ends_are_answered_shutting_down(
     replies = requester.run(requester.nc.subscribe(inbox, max_msgs=0))
     requester.publish("token.request", b'{"request_id": "held"}', reply=inbox)
     assert started.wait(5)
-    began = time.monotonic()
     assert worker.stop(timeout=0.2) is False
-    reply = json.loads(requester.run(replies.next_msg(timeout=2)).data)
-    assert time.monotonic() - began < 2
+    reply = json.loads(requester.run(replies.next_msg(timeout=2)).data)  # handler still held
     assert (reply["request_id"], reply["error_code"]) == ("held", "shutting_down")
     release.set()
     with pytest.raises(Exception, match=r"(?i)timeout"):  # the late reply is dropped
@@ -349,7 +359,7 @@ def test_requests_still_running_when_the_drain_ends_are_answered_shutting_down(
 @pytest.mark.parametrize("token_bytes", [1_100_000, 5_000_000])
 def test_the_issues_oversized_tokens_get_token_too_large_and_the_next_request_is_served(
         token_bytes, nats_server, requester_factory, start_worker, faulty):
-    """Issue 10's cases on a server with the default max_payload (1 MiB): with the IdP's
+    """Oversized tokens on a server with the default max_payload (1 MiB): with the IdP's
     answer cap raised so that such a token is read at all, its reply is token_too_large,
     the worker keeps its connection (same client in /connz) and serves the next request,
     a normal token, at once."""
@@ -365,8 +375,6 @@ def test_the_issues_oversized_tokens_get_token_too_large_and_the_next_request_is
     reply = requester.request(token_request(DEMO, "huge"))
     assert reply["error_code"] == "token_too_large"
     assert "1048576" in reply["error"]
-    started = time.monotonic()
     assert requester.request(token_request(DEMO, "next"))["access_token"] == "normal-token"
-    assert time.monotonic() - started < 1
     assert worker.is_ready and worker.reconnects == 0
     assert client_before in [c["cid"] for c in nats_server.connz()]

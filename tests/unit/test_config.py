@@ -12,6 +12,7 @@ import importlib
 import inspect
 import json
 import math
+import re
 from typing import Any
 
 import pytest
@@ -88,7 +89,7 @@ ORIGINAL = {
 }
 
 NEW = {
-    # the security settings (issue 8): key: (default, environment variables, flag)
+    # the security settings: key: (default, environment variables, flag)
     "nats.credsFile": (None, ("NATS_CREDS",), None),
     "nats.nkeyFile": (None, ("NATS_NKEY",), None),
     "credentials.dir": (None, ("CREDENTIALS_DIR",), "credentials-dir"),
@@ -543,8 +544,25 @@ FLAGGED = {
 }
 
 
+LOADED = {
+    # key: what each of FLAGGED's values loads as, written out (not computed by the parser)
+    "environment": ("f", "e", "x"),
+    "logLevel": ("debug", "error", "critical"),
+    "nameSuffix": ("f", "e", "x"),
+    "subject": ("s.f", "s.e", "s.x"),
+    "queue": ("qf", "qe", "qx"),
+    "workers": (2, 3, 4),
+    "nats.url": (("nats://f:1",), ("nats://e:2",), ("nats://x:3",)),
+    "idp.url": ("https://f", "https://e", "https://x"),
+    "idp.tokenPath": ("/f", "/e", "/x"),
+    "idp.issuer": ("https://f/i", "https://e/i", "https://x/i"),
+    "health.port": (1, 2, 3),
+    "credentials.dir": ("/", "/tmp", "/usr"),
+}
+
+
 def test_every_flag_has_a_precedence_case():
-    assert {setting.key for setting in SETTINGS if setting.flag} == set(FLAGGED)
+    assert {setting.key for setting in SETTINGS if setting.flag} == set(FLAGGED) == set(LOADED)
 
 
 @pytest.mark.parametrize("key", sorted(FLAGGED))
@@ -560,11 +578,11 @@ def test_flags_beat_env_beats_file_beats_default(key, tmp_path):
     def loaded(argv: list[str], environ: dict[str, str]) -> Any:
         return value_at(load_config(argv, environ), setting.path)
 
+    from_file, from_env, from_flag = LOADED[key]
     assert loaded([], {}) == setting.default
-    assert loaded(file_arg, {}) == setting.parse(in_file)
-    assert loaded(file_arg, env) == setting.parse(in_env)
-    assert loaded([*file_arg, *flag], env) == setting.parse(in_flag)
-    assert setting.parse(in_file) != setting.parse(in_env) != setting.parse(in_flag)
+    assert loaded(file_arg, {}) == from_file
+    assert loaded(file_arg, env) == from_env
+    assert loaded([*file_arg, *flag], env) == from_flag
 
 
 def test_env_only_settings_beat_the_file(tmp_path):
@@ -574,13 +592,124 @@ def test_env_only_settings_beat_the_file(tmp_path):
     assert (config.nats.max_reconnect, config.backlog) == (-1, 7)
 
 
-def test_the_readme_table_lists_each_key_once():
-    readme = (ROOT / "README.md").read_text().splitlines()
-    for row in describe_settings():
-        assert sum(line.startswith(f"| `{row['key']}` |") for line in readme) == 1, row["key"]
+def readme_settings() -> dict[str, tuple[tuple[str, ...], str | None, str | None]]:
+    """The README's configuration table: key -> (env names, flag, default as written; None
+    for "—" or nothing)."""
+    rows = {}
+    for line in (ROOT / "README.md").read_text().splitlines():
+        cells = [cell.strip() for cell in line.split("|")[1:5]]
+        key = re.fullmatch(r"`([A-Za-z.]+)`", cells[0]) if len(cells) == 4 else None
+        if key is None or not re.search(r"`[A-Z_]+`", cells[1]):
+            continue  # not a settings row (the request and error tables have no env)
+        key, (env, flag, default) = key[1], cells[1:]
+        assert key not in rows, f"{key} has two rows in the README"
+        flags = re.findall(r"`-([a-z-]+)`", flag)
+        shown = re.match(r"`([^`]*)`", default)
+        rows[key] = (tuple(re.findall(r"`([A-Z_]+)`", env)), flags[0] if flags else None,
+                     shown[1] if shown else None)
+    return rows
 
 
-# --- NATS credentials files (issue 8) ---------------------------------------------------------
+def as_written(value: Any) -> str | None:
+    """A default as the README writes it: ``true``, ``5``, ``0.2``, a comma-joined list."""
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, tuple):
+        return ",".join(value)
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
+
+
+def test_the_readme_table_gives_each_settings_env_flag_and_default():
+    """The README is the spec a user reads: every setting's row says its environment
+    variables, its flag and its default exactly as the code has them, and no row names a
+    setting that does not exist."""
+    table = readme_settings()
+    code = {setting.key: (setting.env, setting.flag,
+                          as_written(value_at(Config(), setting.path)))
+            for setting in SETTINGS}
+    assert sorted(table) == sorted(code)
+    for key, (env, flag, default) in code.items():
+        assert table[key] == (env, flag, default), key
+
+
+# --- bounds, at their edges (values from the README and NATS's limits) -------------------
+
+
+@pytest.mark.parametrize(("env", "value", "path", "expected"), [
+    ("HEALTH_PORT", "0", ("health", "port"), 0),                 # "0 picks a free port"
+    ("HEALTH_PORT", "65535", ("health", "port"), 65535),         # the last TCP port
+    ("HEALTH_PORT", "", ("health", "port"), None),               # set but empty: off
+    ("NATS_RECONNECT_BUF_SIZE", "0", ("nats", "reconnect_buffer_size"), 0),  # "with 0, ..."
+    ("MAX_RECONNECT", "0", ("nats", "max_reconnect"), 0),        # "0: none"
+    ("MAX_RECONNECT", "-1", ("nats", "max_reconnect"), -1),      # "negative: forever"
+    ("CACHE_REFRESH_AHEAD", "0", ("cache", "refresh_ahead"), 0.0),   # "0: never"
+    ("CACHE_REFRESH_AHEAD", "0.99", ("cache", "refresh_ahead"), 0.99),
+    ("CACHE_SHARED_REPLICAS", "5", ("cache", "shared", "replicas"), 5),  # JetStream's most
+    ("RECONNECT_WAIT", "0", ("nats", "reconnect_wait"), 0.0),
+    ("LOG_LEVEL", "WARN", ("log_level",), "warning"),
+    ("ALLOW_RECONNECT", "TRUE", ("nats", "allow_reconnect"), True),
+    ("ALLOW_RECONNECT", "1", ("nats", "allow_reconnect"), True),
+    ("ALLOW_RECONNECT", "false", ("nats", "allow_reconnect"), False),
+    ("ALLOW_RECONNECT", "0", ("nats", "allow_reconnect"), False),
+])
+def test_values_at_the_edge_of_their_bounds_are_accepted(env, value, path, expected):
+    assert value_at(load_config([], {env: value}), path) == expected
+
+
+def test_an_empty_health_port_is_off_from_every_source(tmp_path):
+    """Set but empty means off (the README's default, no listener) in the environment, the
+    file and a flag alike."""
+    path = tmp_path / "app.json"
+    path.write_text(json.dumps({"health": {"port": ""}}))
+    assert load_config(["-config", str(path)], {}).health.port is None
+    assert load_config(["-health-port", ""], {}).health.port is None
+    assert load_config([], {"HEALTH_PORT": ""}).health.port is None
+
+
+@pytest.mark.parametrize(("env", "value"), [
+    ("HEALTH_PORT", "65536"), ("HEALTH_PORT", "-1"),
+    ("NATS_RECONNECT_BUF_SIZE", "-1"),
+    ("CACHE_REFRESH_AHEAD", "1"), ("CACHE_REFRESH_AHEAD", "1.5"),
+    ("CACHE_SHARED_REPLICAS", "6"), ("CACHE_SHARED_REPLICAS", "0"),
+    ("RECONNECT_WAIT", "-0.001"), ("IDP_TIMEOUT", "0"), ("IDP_DEADLINE", "0"),
+    ("WORKERS", "0"), ("BACKLOG", "-1"),
+    ("LOG_LEVEL", "warnings"), ("LOG_LEVEL", "zebra"), ("LOG_LEVEL", "yes"),
+    ("ALLOW_RECONNECT", "maybe"), ("ALLOW_RECONNECT", "2"),
+])
+def test_values_past_their_bounds_are_refused_naming_the_variable(env, value):
+    with pytest.raises(ConfigError) as caught:
+        load_config([], {env: value})
+    assert caught.value.source == f"env {env}"
+
+
+@pytest.mark.parametrize("value", [True, False])
+def test_a_boolean_is_not_a_number_of_seconds_or_a_count(value, tmp_path):
+    for key in ("nats.reconnectWait", "workers", "health.port"):
+        path = tmp_path / "app.json"
+        path.write_text(json.dumps(as_document(key, value)))
+        with pytest.raises(ConfigError) as caught:
+            load_config(["-config", str(path)], {})
+        assert caught.value.field == key
+
+
+@pytest.mark.parametrize(("env", "url"), [
+    ("NATS_URL", "nats://user@h:4222"),          # a user alone
+    ("NATS_URL", "nats://:pa55-only@h:4222"),    # a password alone
+    ("IDP_URL", "https://user@idp.example"),
+    ("IDP_URL", "https://:pa55-only@idp.example"),
+])
+def test_any_credential_in_a_url_is_refused_without_quoting_it(env, url):
+    """README: credentials inside a NATS URL are refused (and an IdP URL's too)."""
+    with pytest.raises(ConfigError) as caught:
+        load_config([], {env: url})
+    assert "pa55-only" not in str(caught.value) and "user@" not in str(caught.value)
+
+
+# --- NATS credentials files -------------------------------------------------------------------
 
 
 

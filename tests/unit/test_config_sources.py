@@ -6,7 +6,6 @@ import json
 
 import pytest
 
-from tests import ROOT
 from token_worker import ConfigError, client_name, load_config
 from token_worker.config import describe_settings
 
@@ -164,18 +163,6 @@ def test_settings_table_covers_every_setting():
     assert all(row["env"] or row["flag"] for row in rows)
 
 
-def test_readme_documents_every_setting_with_its_env_and_flag():
-    readme = (ROOT / "README.md").read_text().splitlines()
-    for row in describe_settings():
-        lines = [line for line in readme if line.startswith(f"| `{row['key']}` |")]
-        assert len(lines) == 1, f"{row['key']} is not in the README's settings table"
-        names = row["env"].split(", ") if row["env"] else []
-        if row["flag"]:
-            names.append(row["flag"])
-        for name in names:
-            assert f"`{name}`" in lines[0], f"{row['key']}: README row lacks {name}"
-
-
 @pytest.mark.parametrize(
     ("suffix", "env", "host", "expected"),
     [
@@ -191,13 +178,3 @@ def test_readme_documents_every_setting_with_its_env_and_flag():
 )
 def test_client_name_suffix_order(suffix, env, host, expected):
     assert client_name(suffix, environ=env, hostname=lambda: host) == expected
-
-
-def test_readme_documents_every_setting():
-    readme = (ROOT / "README.md").read_text()
-    for row in describe_settings():
-        assert f"`{row['key']}`" in readme, row["key"]
-        for variable in filter(None, row["env"].split(", ")):
-            assert f"`{variable}`" in readme, variable
-        if row["flag"]:
-            assert f"`{row['flag']}`" in readme, row["flag"]

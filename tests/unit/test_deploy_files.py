@@ -42,3 +42,45 @@ def test_deployment_runs_the_guides_command_with_probes_and_a_long_enough_grace(
     assert "/app/token-worker" in containerfile
     assert "USER 10001" in containerfile
     assert Path(ROOT / "deploy" / "kustomization.yaml").exists()
+
+
+def _documents(name: str) -> list[dict]:
+    import yaml
+
+    return [doc for doc in yaml.safe_load_all((ROOT / "deploy" / name).read_text()) if doc]
+
+
+def test_the_pod_runs_locked_down_as_operations_md_says():
+    """docs/operations.md (the manifests): non-root, read-only root filesystem, all
+    capabilities dropped, seccomp RuntimeDefault, its own ServiceAccount without an API
+    token (docs/security.md: the worker pod runs with no service account token); checked
+    as Kubernetes applies them, a container's own settings over the pod's."""
+    kustomization = _documents("kustomization.yaml")[0]
+    assert "patches" not in kustomization and "patchesStrategicMerge" not in kustomization
+    (deployment,) = _documents("deployment.yaml")
+    pod = deployment["spec"]["template"]["spec"]
+    pod_security = pod.get("securityContext", {})
+    containers = pod["containers"] + pod.get("initContainers", [])
+    for container in containers:
+        security = container.get("securityContext", {})
+        effective = {**pod_security, **security}
+        assert effective.get("runAsNonRoot") is True, container["name"]
+        assert effective.get("runAsUser", 0) != 0, container["name"]
+        assert security.get("readOnlyRootFilesystem") is True, container["name"]
+        assert security.get("allowPrivilegeEscalation") is False, container["name"]
+        assert security.get("privileged") in (None, False), container["name"]
+        capabilities = security.get("capabilities", {})
+        assert capabilities.get("drop") == ["ALL"] and not capabilities.get("add"), \
+            container["name"]
+        assert effective.get("seccompProfile") == {"type": "RuntimeDefault"}, container["name"]
+    for key in ("hostNetwork", "hostPID", "hostIPC"):
+        assert pod.get(key) in (None, False), key
+    (account,) = _documents("serviceaccount.yaml")
+    assert pod["serviceAccountName"] == account["metadata"]["name"] == "token-worker"
+    assert account["automountServiceAccountToken"] is False
+    assert pod.get("automountServiceAccountToken") is False  # the pod's word wins: false too
+    assert "serviceaccount.yaml" in kustomization["resources"]
+    assert not any(document.get("kind") in ("Role", "ClusterRole", "RoleBinding",
+                                            "ClusterRoleBinding")
+                   for resource in kustomization["resources"]
+                   for document in _documents(resource))  # no role: nothing to do with one

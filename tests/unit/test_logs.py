@@ -6,6 +6,8 @@ import io
 import json
 import logging
 
+import pytest
+
 from tests.fakes import Clock
 from token_worker.logs import (
     ContextFilter,
@@ -48,6 +50,39 @@ def test_each_filter_redacts_only_the_secrets_it_was_given():
     assert untouched.getMessage() == "user pa55-mine"
     RedactSecrets(["abc"]).filter(short := record("abc"))  # too short to redact safely
     assert short.getMessage() == "abc"
+
+
+@pytest.mark.parametrize("secret", ["pw4x", "pw5xy", "passwd7", "pass-8ch"])
+def test_secrets_of_four_characters_or_more_are_redacted(secret):
+    """The documented shortest redacted secret is 4 characters (docs/security.md): a short
+    NATS password is hidden in the message and in every field."""
+    line = record(f"connect with {secret} failed", url=f"nats://u:{secret}@h")
+    RedactSecrets([secret]).filter(line)
+    assert (line.getMessage(), line.url) == ("connect with ******** failed",
+                                             "nats://u:********@h")
+
+
+@pytest.mark.parametrize("secret", ["!pa55word", "$ecret-1", " leading-space", "~tilde-pw"])
+def test_a_secret_is_redacted_whatever_characters_it_starts_with(secret):
+    """Characters that sort before or after the mark's '*' change nothing."""
+    line = record(f"pw={secret}", field=f"x{secret}y")
+    RedactSecrets([secret]).filter(line)
+    assert (line.getMessage(), line.field) == ("pw=********", "x********y")
+
+
+def test_a_secret_given_twice_is_still_redacted():
+    log_filter = RedactSecrets(["given-twice-1", "another-one"])
+    log_filter.add("given-twice-1")
+    line = record("given-twice-1 and another-one")
+    log_filter.filter(line)
+    assert line.getMessage() == "******** and ********"
+
+
+def test_secrets_under_four_characters_are_left_alone():
+    """Shorter values would mangle ordinary words: "abc" stays, in "abcd" too."""
+    line = record("abc in abcd", url="nats://u:abc@h")
+    RedactSecrets(["abc"]).filter(line)
+    assert (line.getMessage(), line.url) == ("abc in abcd", "nats://u:abc@h")
 
 
 def test_redact_secrets_reaches_the_filters_on_the_loggers_handlers():

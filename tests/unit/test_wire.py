@@ -31,6 +31,30 @@ def test_a_valid_request_parses_to_its_fields():
     assert "s3cret-value" not in repr(parsed)
 
 
+UNKNOWN_FIELDS = {"grant_type": "password", "resources": ["a", "b"],
+                  "future": {"nested": [1, None, True]}, "n": 7, "flag": False,
+                  "nothing": None, "aud": "https://api.example"}
+"""Fields a requester may add that the worker does not know, of every JSON type."""
+
+
+def test_unknown_fields_are_ignored():
+    """README: "Unknown fields are ignored." A request with them is the same request."""
+    plain = wire.TokenRequest.from_bytes(request(scope="read"), max_size=LIMIT)
+    extended = wire.TokenRequest.from_bytes(request(scope="read", **UNKNOWN_FIELDS),
+                                            max_size=LIMIT)
+    assert extended == plain == wire.TokenRequest("r-1", "svc", "s3cret-value", "read",
+                                                  "2026-11-29T12:00:00Z", False)
+
+
+def test_unknown_fields_and_credentials_in_a_named_request_are_ignored():
+    """docs/security.md: a client_id, client_secret or any other field in the body of a
+    named request is ignored."""
+    body = {"request_id": "r-1", "scope": "read", "client_id": "other",
+            "client_secret": "other-secret", "credential": "billing", **UNKNOWN_FIELDS}
+    parsed = wire.NamedTokenRequest.from_bytes(json.dumps(body).encode(), max_size=LIMIT)
+    assert parsed == wire.NamedTokenRequest("r-1", "read", False, "")
+
+
 def test_a_request_without_request_id_is_served_with_an_empty_one():
     parsed = wire.TokenRequest.from_bytes(request(request_id=...), max_size=LIMIT)
     assert parsed.request_id == ""

@@ -494,7 +494,7 @@ class TokenReplyParts:
         named = b"" if credential is None else b',"credential":%s' % orjson.dumps(credential)
         return b'{"request_id":%s%s%d%s%s,"timestamp":"%s"}' % (
             orjson.dumps(request_id), self._after_id, expires_in, self._after_expires, named,
-            now_rfc3339().encode())
+            now_rfc3339_bytes())
 
 
 class ErrorReply(NamedTuple):
@@ -600,20 +600,25 @@ def text_field(document: dict[str, Any], name: str, *, required: bool = False) -
 
 # --- shared helpers ---------------------------------------------------------------------
 
-_second_text: tuple[int, str] = (0, "")
+_second_prefix: tuple[int, bytes] = (-1, b"")
 
 
 def now_rfc3339() -> str:
-    """The current UTC time in RFC 3339 with microseconds, as Go marshals ``time.Time``.
+    """The current UTC time in RFC 3339 with microseconds, as Go marshals ``time.Time``."""
+    return now_rfc3339_bytes().decode()
 
-    Built for every reply, so the formatted second is reused until the clock moves on."""
-    global _second_text  # noqa: PLW0603 - a one-entry memo, replaced whole (thread-safe)
-    now = time.time()
-    second = int(now)
-    memo = _second_text
+
+def now_rfc3339_bytes() -> bytes:
+    """:func:`now_rfc3339` as the bytes a reply carries. Built for every reply, so the
+    formatted second is reused until the clock moves on."""
+    global _second_prefix  # noqa: PLW0603 - a one-entry memo, replaced whole (thread-safe)
+    now = time.time_ns()
+    second = now // 1_000_000_000
+    memo = _second_prefix
     if memo[0] != second:
-        memo = _second_text = (second, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second)))
-    return f"{memo[1]}.{int((now - second) * 1_000_000):06d}Z"
+        memo = _second_prefix = (second, time.strftime(
+            "%Y-%m-%dT%H:%M:%S.", time.gmtime(second)).encode())
+    return memo[1] + b"%06dZ" % (now % 1_000_000_000 // 1000)
 
 
 def encode(body: dict[str, Any]) -> bytes:

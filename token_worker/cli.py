@@ -79,11 +79,8 @@ def request_main(argv: Sequence[str] | None = None) -> int:
         return int(exit_.code or 0)
     # Loaded only for a request: --help never pays for the NATS client, and token-request
     # never loads the worker.
-    from token_worker.client.client import (  # noqa: PLC0415
-        TokenClient,
-        named_request_body,
-        request_body,
-    )
+    from token_worker.client.client import TokenClient  # noqa: PLC0415
+    from token_worker.client.exchange import named_request_body, request_body  # noqa: PLC0415
 
     if (args.credential is None) == (args.client_id is None):
         print("token-request: give either --client-id or --credential", file=sys.stderr)

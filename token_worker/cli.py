@@ -40,10 +40,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SystemExit as exit_:  # argparse: --help (0) or a usage error (2)
         return int(exit_.code or 0)
     # Loaded only once a worker is to run: --help and a bad config never pay for it.
+    from token_worker.serve import telemetry  # noqa: PLC0415
     from token_worker.serve.naming import client_name  # noqa: PLC0415
     from token_worker.serve.worker import TokenWorker  # noqa: PLC0415
 
     configure_logging(config.log_level, client_name(config.name_suffix), config.environment)
+    tracer_provider = telemetry.configure_from_environment(os.environ)
     try:
         worker = TokenWorker(config)
         log.info("starting", extra={"nats": ",".join(config.nats.urls),
@@ -59,6 +61,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception:
         log.exception("exiting: unexpected error")
         return EXIT_UNEXPECTED
+    finally:
+        telemetry.shut_down(tracer_provider)
     return EXIT_OK
 
 

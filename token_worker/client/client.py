@@ -33,7 +33,7 @@ from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
-from token_worker import defaults
+from token_worker import defaults, tracing
 from token_worker.client.exchange import (
     MAX_REPLY_SIZE,
     MAX_TTL,
@@ -191,12 +191,15 @@ class TokenClient:
 
     def _send(self, here: Session, payload: bytes, request_id: str, credential: str | None,
               budget: float | None) -> dict[str, Any]:
-        """Send one encoded request and return the decoded reply that answers it."""
+        """Send one encoded request and return the decoded reply that answers it; with
+        tracing on, in a span of its own whose context the request's headers carry."""
         subject = self._subject if credential is None else named(self._named_subject,
                                                                  credential)
         check_request(payload, named=credential is not None)
         total = budget if budget is not None else self._timeout * (self._retries + 1) + 1.0
-        return here.requester.send(subject, payload, request_id, credential, total)
+        with tracing.requesting(subject, request_id) as headers:
+            return here.requester.send(subject, payload, request_id, credential, total,
+                                       headers=headers)
 
 
 def _urls(raw: str) -> tuple[str, ...]:

@@ -42,6 +42,7 @@ from collections.abc import Callable
 from cachetools import TTLCache
 from tenacity import RetryCallState, Retrying, retry_if_exception
 
+from token_worker import tracing
 from token_worker.config import IdpConfig
 from token_worker.errors import (
     AskedToWait,
@@ -220,7 +221,9 @@ class ResilientIdp:
         budget = min(self._config.timeout, fetch.left())
         started = self._clock()
         try:
-            token = self._call(client_id, client_secret, scope, budget, auth_method)
+            with tracing.span("idp token call",
+                              {"token_worker.idp.attempt": len(fetch.failures) + 1}, client=True):
+                token = self._call(client_id, client_secret, scope, budget, auth_method)
         except IdpError as error:
             self._judge(error, fetch, budget, probe, self._clock() - started)
             fetch.failures.append(error)

@@ -2,12 +2,14 @@
 
 A :class:`TokenWorker` joins a NATS queue group, exchanges each request's client credentials
 for an access token at an OpenID Connect identity provider and answers over request-reply.
-:class:`TokenClient` is the requester side.
+:class:`TokenClient` is the requester side (:class:`AsyncTokenClient` over an asyncio app's
+nats-py connection; :mod:`token_worker.auth` plugs either into requests and httpx).
 
 Every name in ``__all__`` is importable from here and loaded on first use (PEP 562), so a
 requester pays only for the requester: ``from token_worker import TokenClient`` loads the
 NATS client and the wire contract, never the worker, the IdP client, urllib3,
-prometheus-client, PyJWT or cryptography. The package, layer by layer (each imports only the
+prometheus-client, PyJWT or cryptography (and ``AsyncTokenClient`` not even the threaded
+NATS connection). The package, layer by layer (each imports only the
 layers below it; ``lint-imports`` checks it):
 
 - :mod:`token_worker.cli`: the command lines;
@@ -31,7 +33,9 @@ from typing import TYPE_CHECKING, Any
 from token_worker.version import __version__
 
 if TYPE_CHECKING:
-    from token_worker.client.client import Token, TokenClient
+    from token_worker.client.async_client import AsyncTokenClient
+    from token_worker.client.client import TokenClient
+    from token_worker.client.exchange import Token
     from token_worker.config import Config, load_config
     from token_worker.errors import (
         AskedToWait,
@@ -81,8 +85,9 @@ _ERRORS = (
 )
 
 _EXPORTS: dict[str, str] = {
-    "Token": "token_worker.client.client",
+    "Token": "token_worker.client.exchange",
     "TokenClient": "token_worker.client.client",
+    "AsyncTokenClient": "token_worker.client.async_client",
     "TokenWorker": "token_worker.serve.worker",
     "Config": "token_worker.config",
     "load_config": "token_worker.config",
@@ -96,7 +101,8 @@ _EXPORTS: dict[str, str] = {
 """Each exported name and the module it lives in (imported when the name is first used)."""
 
 __all__ = [
-    "AskedToWait", "BadSubject", "BytesHandler", "CannotAuthenticate", "CircuitOpen",
+    "AskedToWait", "AsyncTokenClient", "BadSubject", "BytesHandler", "CannotAuthenticate",
+    "CircuitOpen",
     "ClientClosed", "Config", "ConfigError", "ConnectionClosed", "CredentialsDirError",
     "Deferred", "HandshakeFailed",
     "IdpBadResponse", "IdpError", "IdpRefused", "IdpTimeout", "IdpUnavailable",

@@ -9,6 +9,7 @@ Exit codes say what happened, so Kubernetes and operators can tell failures apar
 from __future__ import annotations
 
 import argparse
+import getpass
 import json
 import logging
 import os
@@ -16,9 +17,11 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
+from token_worker import defaults
 from token_worker.config import SETTINGS, NatsConfig, load_config, parse_nats_urls
 from token_worker.errors import ClientClosed, ConfigError, ReconnectGaveUp, TokenRequestFailed
 from token_worker.logs import configure_logging
+from token_worker.version import __version__
 
 EXIT_OK = 0
 EXIT_UNEXPECTED = 1
@@ -40,10 +43,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SystemExit as exit_:  # argparse: --help (0) or a usage error (2)
         return int(exit_.code or 0)
     # Loaded only once a worker is to run: --help and a bad config never pay for it.
+    from token_worker.serve import telemetry  # noqa: PLC0415
     from token_worker.serve.naming import client_name  # noqa: PLC0415
     from token_worker.serve.worker import TokenWorker  # noqa: PLC0415
 
     configure_logging(config.log_level, client_name(config.name_suffix), config.environment)
+    tracer_provider = telemetry.configure_from_environment(os.environ)
     try:
         worker = TokenWorker(config)
         log.info("starting", extra={"nats": ",".join(config.nats.urls),
@@ -59,48 +64,52 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception:
         log.exception("exiting: unexpected error")
         return EXIT_UNEXPECTED
+    finally:
+        telemetry.shut_down(tracer_provider)
     return EXIT_OK
 
 
-def request_main(argv: Sequence[str] | None = None) -> int:
-    """``token-request``: ask the fleet for one token and print the reply as JSON.
+REQUEST_DESCRIPTION = """\
+Ask the token-worker fleet for one token over NATS and print the reply as JSON.
 
-    For operators and the demo: ``token-request --client-id demo-service
-    --client-secret-env DEMO_SECRET``, or ``token-request --credential orders`` for a
-    credential the workers hold (no secret is read). A secret is read from an environment
-    variable or standard input, never from the command line, where ``ps`` would show it.
-    ``--creds FILE`` / ``--nkey FILE`` (or ``NATS_CREDS`` / ``NATS_NKEY``) sign the NATS
-    connection as the worker's ``nats.credsFile`` / ``nats.nkeyFile`` do.
-    """
-    parser = _request_parser(request_main.__doc__)
+Ask with a client id and its secret (--client-id; the secret is read from the environment
+variable --client-secret-env names, else from standard input: with a prompt and no echo on
+a terminal, one line from a pipe), or for a credential the workers hold (--credential NAME:
+no secret is read or sent). A secret is never taken from the command line, where ps would
+show it. --creds and --nkey sign the NATS connection as the worker's nats.credsFile and
+nats.nkeyFile do."""
+
+REQUEST_EPILOG = """\
+exit codes: 0 a token was printed; 2 usage (a missing or bad option, an unset
+--client-secret-env variable, no secret); 3 NATS unreachable; 4 no token: the reply is an
+error, no worker is subscribed (asked again until --timeout, so a restarting worker is
+waited for), or no reply within --timeout; 1 anything else."""
+
+DEFAULT_REQUEST_NATS_URL = "nats://127.0.0.1:4222"
+
+
+def request_main(argv: Sequence[str] | None = None) -> int:
+    """``token-request``: ask the fleet for one token and print the reply as JSON (see
+    :data:`REQUEST_DESCRIPTION`)."""
+    parser = _request_parser()
     try:
         args = parser.parse_args(sys.argv[1:] if argv is None else list(argv))
     except SystemExit as exit_:
         return int(exit_.code or 0)
     # Loaded only for a request: --help never pays for the NATS client, and token-request
     # never loads the worker.
-    from token_worker.client.client import (  # noqa: PLC0415
-        TokenClient,
-        named_request_body,
-        request_body,
-    )
+    from token_worker.client.client import TokenClient  # noqa: PLC0415
 
-    if (args.credential is None) == (args.client_id is None):
-        print("token-request: give either --client-id or --credential", file=sys.stderr)
+    body = _request_body(args)
+    if body is None:
         return EXIT_CONFIG
-    if args.credential is not None:
-        body = named_request_body(args.scope)
-    else:
-        if args.client_secret_env:
-            secret = os.environ.get(args.client_secret_env, "")
-        else:
-            secret = sys.stdin.readline().rstrip("\n")
-        body = request_body(args.client_id, secret, args.scope)
     try:
         nats = _requester_nats(args)
-        with TokenClient(nats, subject=args.subject, timeout=args.timeout,
-                         inbox_prefix=args.inbox_prefix,
-                         named_subject=args.named_subject) as client:
+        with TokenClient(nats, subject=_from_env(args.subject, "TOKEN_SUBJECT",
+                                                 defaults.SUBJECT),
+                         timeout=args.timeout, inbox_prefix=args.inbox_prefix,
+                         named_subject=_from_env(args.named_subject, "NAMED_SUBJECT",
+                                                 defaults.NAMED_SUBJECT)) as client:
             reply = client.request(body, budget=args.timeout, credential=args.credential)
     except (ValueError, ConfigError) as error:  # a bad URL, creds or NKey seed file
         print(f"token-request: {error}", file=sys.stderr)
@@ -118,6 +127,48 @@ def request_main(argv: Sequence[str] | None = None) -> int:
     return EXIT_REQUEST_FAILED if reply.get("error") else EXIT_OK
 
 
+def _request_body(args: argparse.Namespace) -> dict[str, Any] | None:
+    """The request to send, or None (said on stderr) when the options do not make one."""
+    from token_worker.client.exchange import named_request_body, request_body  # noqa: PLC0415
+
+    if (args.credential is None) == (args.client_id is None):
+        print("token-request: give either --client-id or --credential", file=sys.stderr)
+        return None
+    if args.credential is not None:
+        return named_request_body(args.scope)
+    secret = _read_secret(args.client_id, args.client_secret_env)
+    return None if secret is None else request_body(args.client_id, secret, args.scope)
+
+
+def _read_secret(client_id: str, variable: str | None) -> str | None:
+    """The client secret: from ``variable`` (which must be set), else from standard input
+    (a terminal gets a prompt and no echo, a pipe gives one line); None, said on stderr,
+    when there is none."""
+    if variable:
+        secret = os.environ.get(variable)
+        if secret is None:
+            print(f"token-request: environment variable {variable} (--client-secret-env) is "
+                  "not set", file=sys.stderr)
+            return None
+    elif sys.stdin is None:
+        secret = ""
+    elif sys.stdin.isatty():
+        secret = getpass.getpass(f"client secret for {client_id}: ")
+    else:
+        secret = sys.stdin.readline().rstrip("\r\n")
+    if not secret:
+        where = f"environment variable {variable}" if variable else "standard input"
+        print(f"token-request: no client secret: {where} is empty", file=sys.stderr)
+        return None
+    return secret
+
+
+def _from_env(flag: str | None, variable: str, default: str) -> str:
+    """The flag's value, else the environment variable's (as the worker reads it), else the
+    default."""
+    return flag if flag is not None else os.environ.get(variable) or default
+
+
 def _requester_nats(args: argparse.Namespace) -> NatsConfig | str:
     """The requester's NATS settings: the URL alone, or with a creds or NKey seed file
     (checked now: a bad file is a ConfigError naming the flag or variable)."""
@@ -130,35 +181,52 @@ def _requester_nats(args: argparse.Namespace) -> NatsConfig | str:
         if value is not None:
             setting = next(s for s in SETTINGS if s.key == key)
             chosen[setting.path[-1]] = setting.read(value, source)
+    url, source = args.nats_url, "flag --nats-url"
+    if url is None:
+        url, source = os.environ.get("NATS_URL") or DEFAULT_REQUEST_NATS_URL, "env NATS_URL"
     if not chosen:
-        return str(args.nats_url)
+        return str(url)
     try:
-        urls = parse_nats_urls(args.nats_url)
+        urls = parse_nats_urls(url)
     except ValueError as error:
-        raise ConfigError("nats.url", "flag --nats-url", str(error)) from None
+        raise ConfigError("nats.url", source, str(error)) from None
     return NatsConfig(urls=urls, reconnect_wait=1.0, max_reconnect=-1, **chosen)
 
 
-def _request_parser(description: str | None) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="token-request", description=description)
-    parser.add_argument("--nats-url", default="nats://127.0.0.1:4222")
-    parser.add_argument("--creds", metavar="FILE", default=None,
-                        help="NATS .creds file to sign the connection (env NATS_CREDS)")
-    parser.add_argument("--nkey", metavar="FILE", default=None,
-                        help="file holding a NATS user NKey seed (env NATS_NKEY)")
-    parser.add_argument("--subject", default="token.request")
-    parser.add_argument("--client-id", default=None)
-    parser.add_argument("--client-secret-env", metavar="VAR",
-                        help="environment variable holding the secret (default: read stdin)")
-    parser.add_argument("--credential", metavar="NAME", default=None,
-                        help="a credential the workers hold (no secret is read or sent)")
-    parser.add_argument("--named-subject", default="token.named",
-                        help="prefix of named-credential subjects")
-    parser.add_argument("--inbox-prefix", default="_INBOX",
-                        help="subject prefix of this requester's reply inboxes")
-    parser.add_argument("--scope", default=None)
-    parser.add_argument("--timeout", type=float, default=10.0,
-                        help="seconds to wait for the answer (the IdP deadline is 8 s)")
-    parser.add_argument("--show-token", action="store_true",
-                        help="print the access token itself (default: only its first characters)")
+def _request_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="token-request", description=REQUEST_DESCRIPTION, epilog=REQUEST_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    add = parser.add_argument
+    add("--version", action="version", version=f"%(prog)s {__version__}")
+    add("--nats-url", metavar="URL", default=None,
+        help=f"NATS server URL(s), comma-separated (env NATS_URL; default: "
+             f"{DEFAULT_REQUEST_NATS_URL})")
+    add("--creds", metavar="FILE", default=None,
+        help="NATS .creds file to sign the connection (env NATS_CREDS; default: none)")
+    add("--nkey", metavar="FILE", default=None,
+        help="file holding a NATS user NKey seed (env NATS_NKEY; default: none)")
+    add("--subject", default=None,
+        help=f"subject of requests that carry a secret (env TOKEN_SUBJECT; default: "
+             f"{defaults.SUBJECT})")
+    add("--client-id", metavar="ID", default=None,
+        help="OAuth2 client id to ask a token for (default: none; or --credential)")
+    add("--client-secret-env", metavar="VAR", default=None,
+        help="environment variable holding the client secret (default: read standard "
+             "input)")
+    add("--credential", metavar="NAME", default=None,
+        help="a credential the workers hold: no secret is read or sent (default: none)")
+    add("--named-subject", metavar="PREFIX", default=None,
+        help=f"prefix of named-credential subjects (env NAMED_SUBJECT; default: "
+             f"{defaults.NAMED_SUBJECT})")
+    add("--inbox-prefix", metavar="PREFIX", default="_INBOX",
+        help="subject prefix of this requester's reply inboxes (default: %(default)s)")
+    add("--scope", default=None,
+        help="scopes to ask for, space-separated (default: the worker's idp.defaultScope; "
+             "\"\" for none)")
+    add("--timeout", metavar="SECONDS", type=float, default=10.0,
+        help="seconds to wait for the answer, retries included; the workers' IdP deadline "
+             "is 8 s (default: %(default)s)")
+    add("--show-token", action="store_true",
+        help="print the access token itself (default: only its first characters)")
     return parser

@@ -15,6 +15,7 @@ from tests.integration.helpers import (
     Requester,
 )
 from tests.integration.processes import IdpServer, NatsServer
+from tests.otel import spans  # noqa: F401 - a fixture of both layers
 from token_worker import Config, TokenWorker
 
 

@@ -6,6 +6,7 @@ import pytest
 
 from tests.fakes import Clock, MemoryKeyValue
 from tests.faulty_idp import faulty  # noqa: F401 - a fixture of both layers
+from tests.otel import spans  # noqa: F401 - a fixture of both layers
 
 
 @pytest.fixture

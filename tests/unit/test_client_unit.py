@@ -8,17 +8,18 @@ import re
 
 import pytest
 
-from token_worker.client.client import (
+from token_worker.client.client import TokenClient
+from token_worker.client.exchange import (
     MAX_TTL,
-    TokenClient,
-    _credential,
-    _issued_from_reply,
     check_request,
+    issued_from_reply,
+    match_reply,
+    named,
     named_request_body,
     request_body,
     request_cache_key,
 )
-from token_worker.client.inbox import Inbox, Waiter, match_reply
+from token_worker.client.inbox import Inbox, Waiter
 from token_worker.client.retries import (
     BACKOFF_MAX,
     ConnectionLost,
@@ -62,11 +63,11 @@ def test_a_named_reply_must_name_the_credential_asked_for():
 # --- which tokens are well formed ----------------------------------------------------------
 
 def test_expires_in_is_capped_by_max_ttl_and_may_be_a_float():
-    assert _issued_from_reply({**TOKEN, "expires_in": 10**12}, "r", 0.0, MAX_TTL).expires_in \
+    assert issued_from_reply({**TOKEN, "expires_in": 10**12}, "r", 0.0, MAX_TTL).expires_in \
         == 86400
-    assert _issued_from_reply({**TOKEN, "expires_in": 300.0}, "r", 0.0, MAX_TTL).expires_in \
+    assert issued_from_reply({**TOKEN, "expires_in": 300.0}, "r", 0.0, MAX_TTL).expires_in \
         == 300
-    assert _issued_from_reply({**TOKEN, "expires_in": 299.7}, "r", 0.0, 60).expires_in == 60
+    assert issued_from_reply({**TOKEN, "expires_in": 299.7}, "r", 0.0, 60).expires_in == 60
 
 
 @pytest.mark.parametrize("bent", [
@@ -80,7 +81,7 @@ def test_expires_in_is_capped_by_max_ttl_and_may_be_a_float():
 ])
 def test_a_malformed_token_is_a_bad_reply_naming_the_field(bent):
     with pytest.raises(TokenRequestFailed) as caught:
-        _issued_from_reply({**TOKEN, **bent}, "r", 0.0, MAX_TTL)
+        issued_from_reply({**TOKEN, **bent}, "r", 0.0, MAX_TTL)
     assert caught.value.error_code == "bad_reply"
     [field] = bent
     assert f"reply field {field} must be" in str(caught.value)  # the wire types' reason
@@ -93,14 +94,14 @@ def test_a_malformed_token_is_a_bad_reply_naming_the_field(bent):
     "ya29.a0Af-_~+/x==", "x", "opaque!token%with:other$visible#chars",
 ])
 def test_visible_ascii_tokens_are_tokens_and_bearer_is_read_in_any_case(access_token):
-    issued = _issued_from_reply({**TOKEN, "access_token": access_token, "token_type": "bearer"},
+    issued = issued_from_reply({**TOKEN, "access_token": access_token, "token_type": "bearer"},
                                 "r", 0.0, MAX_TTL)
     assert (issued.access_token, issued.token_type) == (access_token, "Bearer")
 
 
 def test_an_error_reply_keeps_its_code():
     with pytest.raises(TokenRequestFailed) as caught:
-        _issued_from_reply({"error": "refused", "error_code": "invalid_client"}, "r-9", 0.0, 1)
+        issued_from_reply({"error": "refused", "error_code": "invalid_client"}, "r-9", 0.0, 1)
     assert (caught.value.error_code, caught.value.request_id) == ("invalid_client", "r-9")
 
 
@@ -161,7 +162,7 @@ def test_no_scope_and_empty_scope_have_different_cache_keys():
 @pytest.mark.parametrize("name", ["", "a.b", "a*", "a>", "a b", "ü", "x" * 256])
 def test_a_bad_credential_name_is_refused_locally(name):
     with pytest.raises(ValueError, match="credential"):
-        _credential(name)
+        named("token.named", name)
 
 
 @pytest.mark.parametrize(("field", "value"), [

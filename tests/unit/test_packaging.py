@@ -59,6 +59,22 @@ def test_a_requester_loads_no_worker_module_and_none_of_its_packages():
     assert worker_side(modules) == []
 
 
+def test_the_asyncio_requester_and_the_auth_adapters_load_no_worker_module():
+    modules = loaded_after("from token_worker import AsyncTokenClient\n"
+                           "from token_worker.auth import AsyncTokenAuth, TokenAuth")
+    assert "token_worker.client.async_client" in modules
+    assert worker_side(modules) == []
+    threaded = ("token_worker.nats.connection", "token_worker.client.session", "pynats2")
+    assert [name for name in threaded if name in modules] == []
+    assert "nats" not in modules  # nats-py is the app's: never imported here
+
+
+def test_nothing_of_opentelemetry_is_loaded_by_the_package_or_a_requester():
+    modules = loaded_after("import token_worker\nfrom token_worker import TokenClient, "
+                           "AsyncTokenClient\nfrom token_worker import tracing")
+    assert sorted(m for m in modules if m.startswith("opentelemetry")) == []
+
+
 def test_every_export_loads_from_where_it_lives():
     import token_worker
 

@@ -5,12 +5,15 @@ from __future__ import annotations
 
 import json
 import threading
-import time
 from collections.abc import Callable
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
 
+from tests.fakes import Clock
+from token_worker.client import requester as requester_module
+from token_worker.client import retries as retries_module
 from token_worker.client.inbox import Inbox
 from token_worker.client.requester import Requester
 from token_worker.nats.link import State
@@ -70,37 +73,68 @@ def silence(_reply: str) -> list[Message]:
     return []
 
 
-def run(*answers: Answer, retries: int = 2, timeout: float = 1.0, budget: float = 5.0
-        ) -> tuple[dict[str, Any], ScriptedFleet, float]:
+class Pauses(threading.Event):
+    """The client's ``closed`` event, on which the requester pauses between attempts: each
+    pause is recorded and moves ``clock`` instead of being slept."""
+
+    def __init__(self, clock: Clock) -> None:
+        super().__init__()
+        self.clock = clock
+        self.taken: list[float] = []
+
+    def wait(self, timeout: float | None = None) -> bool:
+        self.taken.append(timeout or 0.0)
+        self.clock.advance(timeout or 0.0)
+        return self.is_set()
+
+
+@pytest.fixture
+def requester_clock(monkeypatch: pytest.MonkeyPatch) -> Clock:
+    """The requester's monotonic clock (its budgets), moved only by its pauses."""
+    clock = Clock()
+    for module in (requester_module, retries_module):
+        monkeypatch.setattr(module, "time", SimpleNamespace(monotonic=clock.monotonic))
+    return clock
+
+
+def run(*answers: Answer, retries: int = 2, timeout: float = 1.0, budget: float = 5.0,
+        clock: Clock | None = None) -> tuple[dict[str, Any], ScriptedFleet, list[float]]:
+    """One call; with ``clock``, its pauses are recorded (not slept) and returned; with
+    ``requester_clock`` as well, the call's budget runs on that clock."""
     fleet = ScriptedFleet(*answers)
     inbox = Inbox(ReplyMux(fleet, "_INBOX"), 4096)
-    requester = Requester(fleet, inbox, threading.Event(),  # type: ignore[arg-type]
+    closed = threading.Event() if clock is None else Pauses(clock)
+    requester = Requester(fleet, inbox, closed,  # type: ignore[arg-type]
                           timeout=timeout, retries=retries)
-    started = time.monotonic()
     reply = requester.send("token.request", b'{"request_id": "r"}', "r", None, budget)
-    return reply, fleet, time.monotonic() - started
+    return reply, fleet, closed.taken if isinstance(closed, Pauses) else []
 
 
-def test_shutting_down_is_asked_again_at_once_with_the_same_request_id():
-    reply, fleet, took = run(error(SHUTTING_DOWN), error(SHUTTING_DOWN), token, retries=1)
+def test_shutting_down_is_asked_again_at_once_with_the_same_request_id(requester_clock):
+    reply, fleet, pauses = run(error(SHUTTING_DOWN), error(SHUTTING_DOWN), token, retries=1,
+                               clock=requester_clock)
     assert reply["access_token"] == "genuine"
     assert len(fleet.sent) == 3  # neither counts against retries=1
     assert {body["request_id"] for body in fleet.sent} == {"r"}
-    assert took < 0.5  # the first again at once, the second after a short back-off
+    assert pauses[0] == 0.0 and 0 < pauses[1] <= retries_module.BACKOFF_FIRST
+    # the first again at once, the second after a short back-off
 
 
-def test_overloaded_is_asked_again_after_a_short_back_off():
-    reply, fleet, took = run(error(OVERLOADED), error(OVERLOADED), token)
+def test_overloaded_is_asked_again_after_a_short_back_off(requester_clock):
+    reply, fleet, pauses = run(error(OVERLOADED), error(OVERLOADED), token,
+                               clock=requester_clock)
     assert reply["access_token"] == "genuine"
     assert len(fleet.sent) == 3
-    assert 0.025 <= took < 1.0
+    first = retries_module.BACKOFF_FIRST
+    assert first / 2 <= pauses[0] <= first <= pauses[1] <= 2 * first  # doubling
 
 
 @pytest.mark.parametrize("code", [SHUTTING_DOWN, OVERLOADED])
-def test_a_fleet_turning_away_for_the_whole_budget_gets_its_answer_back(code):
-    reply, fleet, took = run(error(code), budget=1.0)
+def test_a_fleet_turning_away_for_the_whole_budget_gets_its_answer_back(code, requester_clock):
+    reply, fleet, pauses = run(error(code), budget=1.0, clock=requester_clock)
     assert reply["error_code"] == code  # the worker's own answer, not a timeout
-    assert len(fleet.sent) > 3 and took < 1.5
+    assert len(fleet.sent) > 3
+    assert sum(pauses) <= 1.0  # every pause within the budget, none past it
 
 
 def test_other_error_replies_are_final():
@@ -126,3 +160,20 @@ def test_a_503_after_someone_answered_starts_a_fresh_no_worker_window():
     script = [no_responders, error(OVERLOADED)] * 6 + [token]
     reply, fleet, _ = run(*script, timeout=0.2, budget=10.0)
     assert reply["access_token"] == "genuine" and len(fleet.sent) == 13
+
+
+def forged(reply: str) -> list[Message]:
+    return [Message(reply, "", json.dumps({"request_id": "someone-else",
+                                           "access_token": "forged", "token_type": "Bearer",
+                                           "expires_in": 60}).encode())]
+
+
+def test_an_attempt_that_only_got_a_forgery_is_asked_again_at_once():
+    """The genuine reply may have gone to a rogue: no back-off after the attempt's timeout
+    (a silent one waits a short jittered pause instead). The attempts wait out their real
+    0.1 s; the pauses are recorded, not slept."""
+    reply, fleet, pauses = run(forged, token, retries=1, timeout=0.1, clock=Clock())
+    assert reply["access_token"] == "genuine" and len(fleet.sent) == 2
+    assert pauses == [0.0]
+    reply, fleet, pauses = run(silence, token, retries=1, timeout=0.1, clock=Clock())
+    assert reply["access_token"] == "genuine" and len(pauses) == 1 and pauses[0] > 0

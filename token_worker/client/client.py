@@ -27,58 +27,32 @@ service asking every second sends almost nothing over NATS.
 from __future__ import annotations
 
 import functools
-import re
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import Any
 
-from token_worker import defaults, wire
+from token_worker import defaults, tracing
+from token_worker.client.exchange import (
+    MAX_REPLY_SIZE,
+    MAX_TTL,
+    NAMED_SUBJECT,
+    Token,
+    ask,
+    check_request,
+    check_subject,
+    named,
+    token_from_entry,
+    token_from_reply,
+)
 from token_worker.client.session import Session, Sessions, open_session
 from token_worker.config import NatsConfig, parse_nats_urls
-from token_worker.errors import ClientClosed, InvalidReply, InvalidRequest, TokenRequestFailed
-from token_worker.tokens.cache import CachedToken, CacheKey, TokenCache, cache_key
-from token_worker.tokens.model import IssuedToken
-from token_worker.wire import (
-    INVALID_REQUEST,
-    ErrorReply,
-    NamedTokenRequest,
-    TokenRequest,
-    decode,
-    encode,
-    reply_from_document,
-)
+from token_worker.errors import ClientClosed
+from token_worker.tokens.cache import TokenCache
+from token_worker.wire import encode
 
-NAMED_SUBJECT = "token.named"
-"""Prefix of the named-credential subjects: ``token.named.<credential>``."""
-MAX_REPLY_SIZE = 1024 * 1024
-"""Largest reply believed, in bytes (1 MiB, as x/oauth2 caps a token response)."""
-MAX_TTL = 86400.0
-"""Longest a token is kept by the client, whatever ``expires_in`` says (one day)."""
-CREDENTIAL_NAME = re.compile(r"[A-Za-z0-9_-]{1,255}")
-"""A credential name: what the worker accepts as the last token of its subject."""
-_SUBJECT_TOKEN = re.compile(r"[^\s.*>]+")
-
-
-@dataclass(frozen=True)
-class Token:
-    """An access token handed to a requester."""
-
-    access_token: str
-    token_type: str
-    expires_at: float
-    """Absolute expiry, as ``time.time()``."""
-    scope: str
-    request_id: str
-
-    def expires_in(self, now: float | None = None) -> float:
-        """Seconds of life left."""
-        return self.expires_at - (time.time() if now is None else now)
-
-    def __repr__(self) -> str:
-        return (f"Token(token_type={self.token_type!r}, expires_at={self.expires_at:.0f}, "
-                f"scope={self.scope!r}, access_token='********')")
+__all__ = ["MAX_REPLY_SIZE", "MAX_TTL", "NAMED_SUBJECT", "Token", "TokenClient"]
 
 
 class TokenClient:
@@ -115,8 +89,8 @@ class TokenClient:
         max_reply_size: int = MAX_REPLY_SIZE,
         max_ttl: float = MAX_TTL,
     ) -> None:
-        _check_subject("inbox_prefix", inbox_prefix)
-        _check_subject("named_subject", named_subject)
+        check_subject("inbox_prefix", inbox_prefix)
+        check_subject("named_subject", named_subject)
         if max_reply_size <= 0 or max_ttl <= 0:
             raise ValueError("max_reply_size and max_ttl must be positive")
         config = nats if isinstance(nats, NatsConfig) else NatsConfig(
@@ -185,34 +159,18 @@ class TokenClient:
         """
         if self._sessions.closed.is_set():
             raise ClientClosed("the TokenClient is closed")
-        request_id = str(uuid.uuid4())
-        request: TokenRequest | NamedTokenRequest
-        if credential is not None:
-            if client_id is not None or client_secret is not None:
-                raise TypeError("give either credential or client_id and client_secret")
-            request = NamedTokenRequest(request_id, scope=scope, skip_cache=skip_cache)
-            subject = f"{self._named_subject}.{_credential(credential)}"
-            key = request_cache_key(subject, "", "", scope)
-        else:
-            if client_id is None or client_secret is None:
-                raise TypeError("give client_id and client_secret, or credential")
-            request = TokenRequest(request_id, client_id, client_secret, scope,
-                                   skip_cache=skip_cache)
-            key = request_cache_key(self._subject, client_id, client_secret, scope)
+        asked = ask(client_id, client_secret, scope, credential=credential,
+                    skip_cache=skip_cache, subject=self._subject,
+                    named_subject=self._named_subject)
         here = self._sessions.here()
         if here.cache is not None and not skip_cache:
-            entry = here.cache.get(key)
+            entry = here.cache.get(asked.key)
             if entry is not None:
-                return _token_from_entry(entry)
+                return token_from_entry(entry)
         sent = self._now()
-        reply = self._send(here, request.to_bytes(), request_id, credential, budget)
-        # expires_in was counted when the reply was built, after the request was sent:
-        # counting from the send, the token is never kept longer than it said it lives.
-        issued = _issued_from_reply(reply, request_id, sent, self._max_ttl)
-        if here.cache is None:
-            return _token(issued, issued.issued_at + issued.expires_in, request_id)
-        return _token_from_entry(here.cache.put(key, issued, age=self._now() - sent),
-                                 request_id)
+        reply = self._send(here, asked.payload, asked.request_id, credential, budget)
+        return token_from_reply(reply, asked, sent, cache=here.cache, now=self._now,
+                                max_ttl=self._max_ttl)
 
     def request(self, body: dict[str, Any], *, budget: float | None = None,
                 credential: str | None = None) -> dict[str, Any]:
@@ -233,35 +191,15 @@ class TokenClient:
 
     def _send(self, here: Session, payload: bytes, request_id: str, credential: str | None,
               budget: float | None) -> dict[str, Any]:
-        """Send one encoded request and return the decoded reply that answers it."""
-        subject = self._subject if credential is None else (
-            f"{self._named_subject}.{_credential(credential)}")
+        """Send one encoded request and return the decoded reply that answers it; with
+        tracing on, in a span of its own whose context the request's headers carry."""
+        subject = self._subject if credential is None else named(self._named_subject,
+                                                                 credential)
         check_request(payload, named=credential is not None)
         total = budget if budget is not None else self._timeout * (self._retries + 1) + 1.0
-        return here.requester.send(subject, payload, request_id, credential, total)
-
-
-def check_request(payload: bytes, *, named: bool) -> None:
-    """Refuse, before sending, a body the worker would answer ``invalid_request``: it is
-    read with the worker's own wire types (:class:`~token_worker.wire.TokenRequest`, or
-    :class:`~token_worker.wire.NamedTokenRequest` for a named credential). Sending it would
-    cost a round trip, and an answer whose ``request_id`` the worker could not echo (too
-    long, not text) would be dropped as not genuine while the call waits out its budget."""
-    kind: type[TokenRequest] | type[NamedTokenRequest] = (
-        NamedTokenRequest if named else TokenRequest)
-    try:
-        kind.from_bytes(payload, max_size=len(payload))  # the size is the server's to say
-    except InvalidRequest as error:
-        raise TokenRequestFailed(INVALID_REQUEST, f"request not sent: {error}",
-                                 request_id=error.request_id) from None
-
-
-def request_cache_key(subject: str, client_id: str, secret: str, scope: str | None
-                      ) -> CacheKey:
-    """The client's cache key for a request (a keyed digest, never the secret): ``None``
-    (the worker's default scope) and ``""`` (no scope) are different requests."""
-    marker = "default-scope" if scope is None else "scope"
-    return cache_key(subject, client_id, secret, scope or "", marker)
+        with tracing.requesting(subject, request_id) as headers:
+            return here.requester.send(subject, payload, request_id, credential, total,
+                                       headers=headers)
 
 
 def _urls(raw: str) -> tuple[str, ...]:
@@ -270,76 +208,3 @@ def _urls(raw: str) -> tuple[str, ...]:
         return parse_nats_urls(raw)
     except ValueError as error:
         raise ValueError(f"NATS URL {error}") from None
-
-
-def _check_subject(field: str, value: str) -> None:
-    """A subject prefix: dot-separated tokens, no wildcards, no whitespace."""
-    if not value or not all(_SUBJECT_TOKEN.fullmatch(part) for part in value.split(".")):
-        raise ValueError(f"{field} must be dot-separated subject tokens without wildcards "
-                         f"or spaces, got {value!r}")
-
-
-def _credential(name: str) -> str:
-    if not isinstance(name, str) or not CREDENTIAL_NAME.fullmatch(name):
-        raise ValueError(f"credential must match [A-Za-z0-9_-]{{1,255}}, got {name!r}")
-    return name
-
-
-def request_body(client_id: str, client_secret: str, scope: str | None = None, *,
-                 skip_cache: bool = False) -> dict[str, Any]:
-    """A token request body (:class:`~token_worker.wire.TokenRequest`) as a dict for
-    :meth:`TokenClient.request`, with a fresh ``request_id``."""
-    request = TokenRequest(str(uuid.uuid4()), client_id, client_secret, scope,
-                           skip_cache=skip_cache)
-    return dict(decode(request.to_bytes()))
-
-
-def named_request_body(scope: str | None = None, *, skip_cache: bool = False) -> dict[str, Any]:
-    """A named-credential request body (:class:`~token_worker.wire.NamedTokenRequest`): no
-    client id, no secret (the worker holds them)."""
-    request = NamedTokenRequest(str(uuid.uuid4()), scope=scope, skip_cache=skip_cache)
-    return dict(decode(request.to_bytes()))
-
-
-def _issued_from_reply(reply: dict[str, Any], request_id: str, now: float,
-                       max_ttl: float) -> IssuedToken:
-    """A well-formed token from a genuine reply, read by the wire types (``expires_in``
-    capped at ``max_ttl``; the token a b64token, the type Bearer), or the reply's error as
-    :class:`TokenRequestFailed`."""
-    try:
-        typed = reply_from_document(_whole_seconds(reply))
-    except InvalidReply as error:
-        raise TokenRequestFailed("bad_reply", f"worker reply carries no well-formed token: "
-                                 f"{error}", request_id=request_id) from None
-    if isinstance(typed, ErrorReply):
-        raise TokenRequestFailed(typed.error_code or "error", typed.error,
-                                 request_id=request_id)
-    if not wire.ACCESS_TOKEN.fullmatch(typed.access_token):
-        raise TokenRequestFailed("bad_reply", "worker reply carries no well-formed token: reply "
-                                 "field access_token must be visible ASCII (no space, no "
-                                 "control character)", request_id=request_id)
-    if typed.token_type.lower() != "bearer":  # RFC 6749 5.1: compared in any case
-        raise TokenRequestFailed("bad_reply", "worker reply carries no well-formed token: reply "
-                                 "field token_type must be Bearer", request_id=request_id)
-    return IssuedToken(access_token=typed.access_token, token_type="Bearer",  # noqa: S106
-                       expires_in=int(min(typed.expires_in, max_ttl)), scope=typed.scope,
-                       issued_at=now)
-
-
-def _whole_seconds(reply: dict[str, Any]) -> dict[str, Any]:
-    """A float ``expires_in`` is still a number of seconds (JSON numbers are numbers, as the
-    worker reads its IdP's): read it as whole seconds. The wire types want an integer, which
-    is what a worker sends."""
-    expires_in = reply.get("expires_in")
-    if isinstance(expires_in, float) and expires_in >= 0:
-        return {**reply, "expires_in": int(expires_in)}
-    return reply
-
-
-def _token(issued: IssuedToken, expires_at: float, request_id: str) -> Token:
-    return Token(access_token=issued.access_token, token_type=issued.token_type,
-                 expires_at=expires_at, scope=issued.scope, request_id=request_id)
-
-
-def _token_from_entry(entry: CachedToken, request_id: str = "") -> Token:
-    return _token(entry.token, entry.expires_at, request_id)

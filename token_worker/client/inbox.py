@@ -7,18 +7,15 @@ A :class:`~token_worker.client.client.TokenClient`'s connection has one reply sp
 ending in another random token, so no other connection can guess where a reply is awaited.
 The :class:`Inbox` routes each attempt's subject to the :class:`Waiter` of its call (a
 reply over the size cap, or for no pending attempt, is dropped there, unread); the call
-then asks :func:`match_reply` whether the message is the answer to the request (it echoes
-the ``request_id`` and, for a named credential, names it). Anything else is dropped and
-counted, never returned or cached.
+then asks :func:`~token_worker.client.exchange.match_reply` whether the message is the
+answer to the request (it echoes the ``request_id`` and, for a named credential, names it).
+Anything else is dropped and counted, never returned or cached.
 """
 
 from __future__ import annotations
 
 import collections
 import threading
-from typing import Any
-
-import orjson
 
 from token_worker.errors import ClientClosed
 from token_worker.nats.link import State
@@ -117,26 +114,3 @@ class Inbox:
                 waiter.lost = waiter.lost or lost
                 waiter.closed = waiter.closed or closed
                 waiter.condition.notify()
-
-
-def match_reply(payload: bytes, request_id: str, credential: str | None
-                ) -> dict[str, Any] | None:
-    """The decoded reply if it answers this request, else None (to be dropped).
-
-    It answers when it is a JSON object echoing ``request_id``; for a named ``credential``
-    a token must also name it (an error need not, but must not name another). Whether the
-    answer is a well-formed token is for the wire types to say
-    (:func:`token_worker.wire.reply_from_document`): a malformed answer to this request is
-    an error for the caller, not a forgery to wait past.
-    """
-    try:
-        reply = orjson.loads(payload)
-    except orjson.JSONDecodeError:
-        return None
-    if not isinstance(reply, dict) or reply.get("request_id") != request_id:
-        return None
-    if credential is not None:
-        named = reply.get("credential")
-        if named != credential and (named is not None or "access_token" in reply):
-            return None
-    return reply

@@ -10,15 +10,29 @@ request away answers at once, so it is asked again within the budget: ``shutting
 (that worker stops; another replica answers) at once, ``overloaded`` after a short
 jittered back-off; neither counts against ``retries``.
 
-The outcomes are internal: :class:`~token_worker.client.client.TokenClient` turns the last one
-into a public :class:`~token_worker.errors.TokenRequestFailed`.
+The outcomes are internal: :func:`final_error` turns the last one into a public
+:class:`~token_worker.errors.TokenRequestFailed`. Both requesters run their attempts with
+tenacity under one :class:`Course` (the threaded one with ``Retrying``, the asyncio one with
+``AsyncRetrying``), so they retry alike.
 """
 
 from __future__ import annotations
 
 import random
 import time
+from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
+
+from tenacity import RetryCallState
+
+from token_worker.errors import (
+    NatsUnavailable,
+    NoWorkerAnswered,
+    RequestTimedOut,
+    TokenRequestFailed,
+)
+from token_worker.wire import OVERLOADED, SHUTTING_DOWN
 
 BACKOFF_FIRST = 0.05
 """First pause before asking again when no worker is subscribed or NATS is away."""
@@ -118,3 +132,86 @@ class RetryPolicy:
         self._nobody_since = self._nobody_since or now
         left = self._nobody_since + self._timeout - now
         return min(delay, left) if left > 0 else None
+
+
+@dataclass(frozen=True)
+class Call:
+    """One request: what is sent where, and its time budget."""
+
+    subject: str
+    payload: bytes
+    request_id: str
+    credential: str | None
+    started: float
+    """``time.monotonic()`` when the call began."""
+    budget: float
+    headers: Mapping[str, str] | None = None
+    """NATS headers sent with every attempt (the trace context), or None."""
+
+    def remaining(self) -> float:
+        return self.started + self.budget - time.monotonic()
+
+
+class Course:
+    """How one call is going: the last failed outcome and the policy's verdict on it, as
+    tenacity's ``wait`` (:meth:`pause`) and ``stop`` (:meth:`ends`)."""
+
+    def __init__(self, policy: RetryPolicy, call: Call) -> None:
+        self._policy = policy
+        self._call = call
+        self.failure: AttemptFailed = Unanswered("time budget spent", dropped=0)
+        """The last failed attempt's outcome (before any: the budget was spent)."""
+        self._delay: float | None = None
+        self.budget_spent = False
+        """Whether the call ends because its budget is spent (not because it gave up)."""
+
+    def pause(self, state: RetryCallState) -> float:
+        """tenacity's wait: the policy's pause after the outcome just seen."""
+        outcome = state.outcome
+        error = outcome.exception() if outcome is not None else None
+        assert isinstance(error, AttemptFailed)  # tenacity retries only these
+        self.failure = error
+        self._delay = self._policy.pause_after(error)
+        return self._delay or 0.0
+
+    def ends(self, _state: RetryCallState) -> bool:
+        """tenacity's stop: the policy gave up, or the pause would outlast the budget."""
+        remaining = self._call.remaining()
+        if self._delay is None:
+            self.budget_spent = remaining <= 0
+            return True
+        self.budget_spent = remaining <= self._delay
+        return self.budget_spent
+
+
+def turned_away(reply: dict[str, Any]) -> bool:
+    """Whether a genuine reply turns the request away (``shutting_down``, ``overloaded``)."""
+    return bool(reply.get("error")) and reply.get("error_code") in (SHUTTING_DOWN, OVERLOADED)
+
+
+def unless_turned_away(reply: dict[str, Any]) -> dict[str, Any]:
+    """The reply, unless the worker turned the request away (``shutting_down``,
+    ``overloaded``): then the attempt failed, and the policy asks again."""
+    if reply.get("error"):
+        code = reply.get("error_code")
+        if code == SHUTTING_DOWN:
+            raise ShuttingDown(reply)
+        if code == OVERLOADED:
+            raise Overloaded(reply)
+    return reply
+
+
+def final_error(call: Call, failure: AttemptFailed, *, budget_spent: bool
+                ) -> TokenRequestFailed:
+    """The public error a call ends with, after ``failure`` (its last attempt's outcome)."""
+    spent = time.monotonic() - call.started
+    if isinstance(failure, NoResponders):
+        return NoWorkerAnswered(f"no worker is subscribed to {call.subject} "
+                                f"(asked for {spent:.2f} s)", request_id=call.request_id)
+    if isinstance(failure, ConnectionLost):
+        return NatsUnavailable(f"{failure}; not back within {spent:.2f} s",
+                               request_id=call.request_id)
+    if budget_spent:
+        return RequestTimedOut(f"no reply within the {call.budget:g} s budget ({failure})",
+                               request_id=call.request_id)
+    return NoWorkerAnswered(str(failure), request_id=call.request_id)

@@ -15,6 +15,7 @@ from typing import Any, TypeVar
 from token_worker.config.declare import CODE, SECTION_KEYS, Setting, layout
 from token_worker.config.sections import Config
 from token_worker.errors import ConfigError
+from token_worker.version import __version__
 
 T = TypeVar("T")
 
@@ -87,17 +88,32 @@ def build_flag_parser() -> argparse.ArgumentParser:
     """The flag parser; ``-queue`` and ``--queue`` are the same flag, as in Go's flag package."""
     parser = argparse.ArgumentParser(
         prog="token-worker",
-        description="Serve OAuth2 client-credentials tokens over NATS request-reply.",
+        description="Serve OAuth2 client-credentials tokens over NATS request-reply. Every "
+                    "setting also comes from a JSON file (-config) and the environment; "
+                    "flags win, then the environment, then the file.",
         allow_abbrev=False,
     )
-    parser.add_argument("-config", "--config", metavar="PATH", help="JSON config file")
+    parser.add_argument("-version", "--version", action="version",
+                        version=f"%(prog)s {__version__}")
+    parser.add_argument("-config", "--config", metavar="PATH",
+                        help="JSON config file (default: none)")
     for setting_ in SETTINGS:
         if setting_.flag:
             parser.add_argument(
                 f"-{setting_.flag}", f"--{setting_.flag}", dest=setting_.flag,
-                help=setting_.help,
+                help=flag_help(setting_),
             )
     return parser
+
+
+def flag_help(setting_: Setting) -> str:
+    """A flag's help: what it sets, its environment variables and its default."""
+    default = setting_.default
+    if isinstance(default, tuple):
+        default = ",".join(str(part) for part in default)
+    shown = "unset" if default is None else str(default)
+    env = f"env {', '.join(setting_.env)}; " if setting_.env else ""
+    return f"{setting_.help} ({env}default: {shown})"
 
 
 class _JsonObject(dict[str, Any]):

@@ -54,6 +54,7 @@ import urllib3
 from urllib3.exceptions import ConnectTimeoutError, HTTPError, NewConnectionError
 from urllib3.exceptions import TimeoutError as HttpTimeout
 
+from token_worker import tracing
 from token_worker.config import IdpConfig
 from token_worker.errors import (
     CannotAuthenticate,
@@ -192,8 +193,10 @@ class IdpClient:
         form, headers, scrub = self._request_for(grant, token_url)
         limit = self._config.timeout if timeout is None else timeout
         started = time.monotonic()
+        tracing.annotate(endpoint_attributes(token_url))
         answer = self._exchange("POST", token_url, limit, body=urlencode(form), headers=headers,
                                 scrub=scrub, grant=grant)
+        tracing.annotate({"http.response.status_code": answer.status})
         log.debug("idp answered", extra={"status": answer.status,
                                          "idp_ms": round((time.monotonic() - started) * 1000, 1)})
         if 200 <= answer.status < 300:
@@ -335,6 +338,14 @@ class IdpClient:
                                            **options)
         manager.pool_classes_by_scheme = POOL_CLASSES
         return manager
+
+
+def endpoint_attributes(url: str) -> dict[str, str | int]:
+    """What a span says of a token endpoint: host, port and path (never a query)."""
+    parts = urlsplit(url)
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    return {"http.request.method": "POST", "server.address": parts.hostname or "",
+            "server.port": port, "url.scheme": parts.scheme, "url.path": parts.path}
 
 
 def _named(material: bytes) -> bytes:

@@ -43,6 +43,7 @@ from typing import NamedTuple
 from cachetools import LRUCache, TTLCache
 from tenacity import RetryCallState, Retrying, retry_if_exception
 
+from token_worker import tracing
 from token_worker.config import IdpConfig
 from token_worker.errors import (
     AskedToWait,
@@ -225,7 +226,9 @@ class ResilientIdp:
         budget = min(self._config.timeout, fetch.left())
         started = self._clock()
         try:
-            token = self._call(call, budget)
+            with tracing.span("idp token call",
+                              {"token_worker.idp.attempt": len(fetch.failures) + 1}, client=True):
+                token = self._call(call, budget)
         except IdpError as error:
             self._judge(error, fetch, budget, probe, self._clock() - started)
             fetch.failures.append(error)

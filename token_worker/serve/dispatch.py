@@ -15,6 +15,12 @@ answered, exactly once: by its handler, or by the drain. When the worker stops, 
 drops what it has not started (a flight's waiters are then answered ``shutting_down`` by
 the flight), running work may finish within ``drainTimeout``, and whatever is still
 outstanding at the end is answered ``shutting_down`` (late replies are dropped).
+
+With tracing on (:func:`token_worker.tracing.request_tracer`), each request gets a span from
+its arrival to its reply, a child of the requester's span when the request's headers carry
+its context; it is the current span while the handler runs, so work the handler hands to
+another thread can carry it along. With tracing off, nothing of it runs: the headers are
+not read.
 """
 
 from __future__ import annotations
@@ -24,16 +30,19 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from token_worker import wire
+from token_worker import tracing, wire
 from token_worker.logs import request_context
 from token_worker.micro import Endpoint
-from token_worker.nats.protocol import Message
+from token_worker.nats.protocol import Message, parse_headers
 from token_worker.serve.handler import Deferred, Reply, RequestHandler, Waiting
 from token_worker.serve.pool import BoundedPool
 from token_worker.serve.replying import ReplySender, Warnings, error_reply
 from token_worker.serve.service import Tally
+
+if TYPE_CHECKING:
+    from opentelemetry.trace import Span, Tracer
 
 __all__ = ["Dispatcher", "Outstanding", "Route", "unsent_to"]
 
@@ -55,15 +64,17 @@ class Route:
 class _Ticket:
     """A request accepted and not answered yet."""
 
-    __slots__ = ("payload", "received", "reply_to", "request_id", "tally")
+    __slots__ = ("payload", "received", "reply_to", "request_id", "span", "tally")
 
     def __init__(self, reply_to: str, received: float, tally: Tally, payload: bytes,
-                 request_id: str | None) -> None:
+                 request_id: str | None, *, span: Span | None = None) -> None:
         self.reply_to = reply_to
         self.received = received
         self.tally = tally
         self.payload = payload
         self.request_id = request_id
+        self.span = span
+        """The request's span, ended with its reply (None: tracing off)."""
 
 
 class Outstanding:
@@ -109,13 +120,14 @@ class Outstanding:
 class _Served:
     """One endpoint being served: its handler's entry, and its tally (``$SRV.STATS``)."""
 
-    __slots__ = ("dispatcher", "handle", "route", "tally")
+    __slots__ = ("dispatcher", "handle", "route", "span_name", "tally")
 
     def __init__(self, dispatcher: Dispatcher, route: Route) -> None:
         self.dispatcher = dispatcher
         self.route = route
         self.handle = route.handler.handle_message
         self.tally = Tally()
+        self.span_name = f"process {route.subject}"
 
     def on_message(self, message: Message) -> None:
         """Runs on the reader thread: answer what needs no I/O at once (the connection
@@ -125,6 +137,9 @@ class _Served:
         if not message.reply:
             dispatcher.warn.no_reply({"subject": message.subject,
                                       "bytes": len(message.payload)})
+            return
+        if dispatcher.tracer is not None:
+            self._traced(message, received, dispatcher.tracer)
             return
         try:
             outcome = self.handle(message)
@@ -137,6 +152,24 @@ class _Served:
         else:
             dispatcher.later(message, outcome, received, self.tally)
 
+    def _traced(self, message: Message, received: float, tracer: Tracer) -> None:
+        """:meth:`on_message` with tracing on (kept apart so that the untraced hot path
+        stays as it was): the handler runs with the request's span current, and the
+        span ends with the reply."""
+        dispatcher = self.dispatcher
+        headers = parse_headers(message.headers).fields if message.headers else None
+        span = tracing.start_request(tracer, self.span_name, message.subject, headers)
+        with tracing.current(span):
+            try:
+                outcome = self.handle(message)
+            except Exception:
+                outcome = dispatcher.internal_error(message.payload, None)
+        if isinstance(outcome, Reply):
+            dispatcher.replies.send(message.reply, outcome, received, self.tally)
+            finish(span, outcome)
+        else:
+            dispatcher.later(message, outcome, received, self.tally, span)
+
 
 class Dispatcher:
     """Serves the requests of one worker's ``routes`` with ``pool``. ``draining`` (set by
@@ -144,7 +177,10 @@ class Dispatcher:
     ``shutting_down``."""
 
     def __init__(self, routes: list[Route], *, pool: BoundedPool, max_payload: int,
-                 replies: ReplySender, warnings: Warnings) -> None:
+                 replies: ReplySender, warnings: Warnings, tracer: Tracer | None = None
+                 ) -> None:
+        self.tracer = tracer
+        """Records a span per request when set (:func:`token_worker.tracing.request_tracer`)."""
         self.pool = pool
         self.replies = replies
         self.warn = warnings
@@ -154,15 +190,18 @@ class Dispatcher:
         self._max_payload = max_payload
 
     def later(self, message: Message, outcome: Deferred[Any] | Waiting, received: float,
-              tally: Tally) -> None:
+              tally: Tally, span: Span | None = None) -> None:
         """A request not answered at once: it waits (no thread) or goes to the pool."""
         if isinstance(outcome, Waiting):
             ticket = self.outstanding.open(_Ticket(message.reply, received, tally,
-                                                   message.payload, outcome.request_id))
+                                                   message.payload, outcome.request_id,
+                                                   span=span))
             outcome.then(lambda reply: self.answer(ticket, reply))
             return
         ticket = self.outstanding.open(_Ticket(message.reply, received, tally,
-                                               message.payload, outcome.request_id))
+                                               message.payload, outcome.request_id,
+                                               span=span))
+
         if not self.pool.try_submit(lambda: self._run(ticket, outcome),
                                     lambda: self._drop(ticket, outcome)):
             outcome.drop()
@@ -173,6 +212,8 @@ class Dispatcher:
         drain ended are dropped)."""
         if self.outstanding.close(ticket):
             self.replies.send(ticket.reply_to, reply, ticket.received, ticket.tally)
+            if ticket.span is not None:
+                finish(ticket.span, reply)
         else:
             log.debug("late reply dropped: the request was answered already",
                       extra={"request_id": reply.request_id})
@@ -193,8 +234,10 @@ class Dispatcher:
         replica at once instead of waiting out its timeout; how many."""
         taken = self.outstanding.take_all()
         for ticket in taken:
-            self.replies.send(ticket.reply_to, self._shutting_down(ticket), ticket.received,
-                              ticket.tally)
+            reply = self._shutting_down(ticket)
+            self.replies.send(ticket.reply_to, reply, ticket.received, ticket.tally)
+            if ticket.span is not None:
+                finish(ticket.span, reply)
         if taken:
             log.warning("drain ended with requests not answered: answered shutting_down",
                         extra={"requests": len(taken)})
@@ -209,9 +252,13 @@ class Dispatcher:
                            "internal error while serving the request")
 
     def _run(self, ticket: _Ticket, deferred: Deferred[Any]) -> None:
-        """On a pool thread."""
+        """On a pool thread (with the request's span current, when tracing)."""
         try:
-            reply = deferred.run()
+            if ticket.span is None:
+                reply = deferred.run()
+            else:
+                with tracing.current(ticket.span):
+                    reply = deferred.run()
         except Exception:
             reply = self.internal_error(ticket.payload, ticket.request_id)
         self.answer(ticket, reply)
@@ -244,6 +291,12 @@ class Dispatcher:
         return [(Endpoint(served.route.name, served.route.subject, queue), served.tally)
                 for served in self.served]
 
+
+
+def finish(span: Span, reply: Reply) -> None:
+    """End a request's span with what its reply says."""
+    tracing.finish_request(span, error_code=reply.error_code, request_id=reply.request_id,
+                           client_id=reply.client_id)
 
 
 def unsent_to(routes: list[Route]) -> Callable[[Reply], None]:

@@ -38,6 +38,7 @@ import threading
 import time
 from collections.abc import Callable
 
+from token_worker import tracing
 from token_worker.config import Config
 from token_worker.errors import NatsConnectionError, ReconnectGaveUp
 from token_worker.logs import redact_secrets
@@ -112,6 +113,7 @@ class TokenWorker:
         self._warn = Warnings(log)
         self._dispatch = Dispatcher(
             routes, pool=self._pool, max_payload=config.max_payload, warnings=self._warn,
+            tracer=tracing.request_tracer(),
             replies=ReplySender(self._connection, metrics=self.metrics,
                                 unsent=unsent_to(routes), warnings=self._warn))
         self._service = ServiceResponder(
@@ -396,3 +398,4 @@ class TokenWorker:
             self._credentials.close()
         if self._health is not None:
             self._health.stop()
+        tracing.flush()

@@ -45,7 +45,7 @@ from collections.abc import Callable
 from concurrent.futures import Executor, ThreadPoolExecutor
 from typing import NamedTuple
 
-from token_worker import defaults
+from token_worker import defaults, tracing
 from token_worker.errors import (
     IdpError,
     IdpRefused,
@@ -391,7 +391,7 @@ class TokenBroker:
         def dropped() -> None:
             self._settle(flight, error=ShuttingDown("worker shutting down, retry (another "
                                                     "replica answers)"))
-        if self._work.try_submit(work, dropped):
+        if self._work.try_submit(tracing.carried(flight.trace, work), dropped):
             return
         if budget_key is not None:
             self._guards.budgets.give_back(budget_key)
@@ -474,7 +474,9 @@ class TokenBroker:
         if not read_tiers:
             self._call_idp(flight, query, key, shared_key)
             return
-        token = shared.lookup(shared_key)
+        with tracing.span("shared-tier lookup"):
+            token = shared.lookup(shared_key)
+            tracing.annotate({"token_worker.shared.found": token is not None})
         if token is not None:
             self._guards.budgets.give_back(query.budget_key)
             self._settle(flight, answer=self._keep(key, token, shared_key))

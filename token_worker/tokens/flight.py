@@ -15,6 +15,8 @@ import threading
 from collections.abc import Callable, Hashable
 from typing import Generic, TypeVar
 
+from token_worker import tracing
+
 __all__ = ["Flight"]
 
 log = logging.getLogger(__name__)
@@ -27,7 +29,7 @@ class Flight(Generic[K, T]):
     """The outcome of one fetch, and the callbacks waiting for it."""
 
     __slots__ = ("_callbacks", "_error", "_lock", "_result", "_settled", "deadline", "key",
-                 "max_waiters", "started")
+                 "max_waiters", "started", "trace")
 
     def __init__(self, key: K | None, *, started: float, deadline: float | None,
                  max_waiters: int) -> None:
@@ -38,6 +40,9 @@ class Flight(Generic[K, T]):
         self.deadline = deadline
         """When the leading request's answer is due (``time.monotonic()``); None: none."""
         self.max_waiters = max_waiters
+        self.trace = tracing.capture()
+        """The leading request's trace context (None: tracing off), carried into the
+        flight's work on other threads (:func:`token_worker.tracing.carried`)."""
         self._lock = threading.Lock()
         self._callbacks: list[Callable[[T | None, BaseException | None], None]] = []
         self._settled = False

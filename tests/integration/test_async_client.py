@@ -37,12 +37,14 @@ def twenty_idp() -> Iterator[IdpServer]:
 
 
 async def probe_lag(stop: asyncio.Event, worst: list[float]) -> None:
-    """The event loop's lag: how much later than asked a short sleep ends, at its worst."""
-    loop = asyncio.get_running_loop()
+    """The event loop's lag: how long the loop worked before a short sleep could end, at
+    its worst. Counted in the loop thread's CPU time (a sleep of ``LAG_TICK`` ends late
+    only by what the loop did meanwhile), so other processes on a busy machine, which delay
+    the wall clock's wake-up too, do not count as the client holding the loop."""
     while not stop.is_set():
-        before = loop.time()
+        before = time.thread_time()
         await asyncio.sleep(LAG_TICK)
-        worst[0] = max(worst[0], loop.time() - before - LAG_TICK)
+        worst[0] = max(worst[0], time.thread_time() - before)
 
 
 def test_a_thousand_concurrent_calls_over_twenty_clients_ask_the_idp_once_per_client(

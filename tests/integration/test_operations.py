@@ -135,7 +135,7 @@ def test_metrics_name_no_client_and_no_credential(nats_server, idp, start_worker
         assert value not in text, value
     label_names = {name for line in text.splitlines() if line and not line.startswith("#")
                    for name in re.findall(r'[{,]([a-zA-Z_]+)="', line)}
-    assert label_names == {"outcome", "event", "le", "token_worker_nats_connection"}
+    assert label_names == {"outcome", "event", "le", "reason", "token_worker_nats_connection"}
 
 
 def test_metrics_pass_the_prometheus_linter(nats_server, idp, start_worker, requester_factory):

@@ -1,0 +1,240 @@
+"""The cache hit's short cuts give exactly what the general paths give: per-thread counts
+summed exactly, the usual request checked in one go, a prepared reply, the MSG line read by
+one expression, several reads' replies in one write."""
+
+from __future__ import annotations
+
+import json
+import re
+import socket
+import threading
+from typing import Any
+
+import orjson
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from token_worker import wire
+from token_worker.config import NatsConfig
+from token_worker.counting import ThreadCounts
+from token_worker.errors import InvalidRequest
+from token_worker.metrics import LATENCY_BUCKETS, Metrics
+from token_worker.micro import Endpoint
+from token_worker.nats import protocol
+from token_worker.nats.link import State
+from token_worker.nats.reader import MORE_READS, SocketReader
+from token_worker.nats.subscriptions import Subscription
+from token_worker.serve.service import Tally
+
+# --- counts without a lock ---------------------------------------------------------------
+
+
+def count_in_threads(count: Any, threads: int, each: int) -> None:
+    workers = [threading.Thread(target=lambda: [count() for _ in range(each)])
+               for _ in range(threads)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+
+
+def test_thread_counts_add_up_every_thread_exactly_even_after_they_ended():
+    counts = ThreadCounts(2)
+
+    def count() -> None:
+        values = counts.mine()
+        values[0] += 1
+        values[1] += 0.5
+
+    count_in_threads(count, threads=8, each=5000)
+    count()  # and this thread's
+    assert counts.totals() == [40001, 20000.5]
+
+
+def test_replies_are_counted_exactly_by_outcome_and_latency_across_threads():
+    metrics = Metrics()
+    sample = metrics.registry.get_sample_value
+    count_in_threads(lambda: metrics.count_reply("", 0.0004), threads=4, each=2500)
+    metrics.count_reply("invalid_client", 0.02)  # an IdP refusal: counted as idp_refused
+    metrics.count_reply(wire.OVERLOADED, 20.0)  # beyond the last bucket
+    assert sample("token_worker_requests_total", {"outcome": "ok"}) == 10000
+    assert sample("token_worker_requests_total", {"outcome": "idp_refused"}) == 1
+    assert sample("token_worker_requests_total", {"outcome": "overloaded"}) == 1
+    assert sample("token_worker_reply_seconds_bucket", {"le": "0.0005"}) == 10000
+    assert sample("token_worker_reply_seconds_bucket", {"le": "0.025"}) == 10001
+    assert sample("token_worker_reply_seconds_bucket", {"le": "10.0"}) == 10001
+    assert sample("token_worker_reply_seconds_bucket", {"le": "+Inf"}) == 10002
+    assert sample("token_worker_reply_seconds_count") == 10002
+    assert sample("token_worker_reply_seconds_sum") == pytest.approx(10000 * 0.0004 + 20.02)
+    assert len(LATENCY_BUCKETS) == 14
+
+
+def test_a_latency_on_a_bucket_bound_is_in_that_bucket():
+    """Prometheus buckets are "less than or equal": 1 ms goes to le="0.001"."""
+    metrics = Metrics()
+    metrics.count_reply("", 0.001)
+    sample = metrics.registry.get_sample_value
+    assert sample("token_worker_reply_seconds_bucket", {"le": "0.0005"}) == 0
+    assert sample("token_worker_reply_seconds_bucket", {"le": "0.001"}) == 1
+
+
+def test_cache_events_are_counted_per_kind():
+    metrics = Metrics()
+    count_in_threads(metrics.cache_hit, threads=3, each=100)
+    metrics.cache_miss()
+    metrics.cache_refresh()
+    metrics.cache_refresh()
+    sample = metrics.registry.get_sample_value
+    assert [sample("token_worker_cache_events_total", {"event": event})
+            for event in ("hit", "miss", "refresh")] == [300, 1, 2]
+
+
+def test_an_endpoints_tally_adds_up_every_thread_and_keeps_the_last_error():
+    tally = Tally()
+    count_in_threads(lambda: tally.count("", 0.001), threads=4, each=1000)
+    tally.count(wire.OVERLOADED, 0.002)
+    stats = tally.stats(Endpoint("token", "token.request", "token-workers"))
+    assert (stats.num_requests, stats.num_errors, stats.last_error) == (4001, 1, "overloaded")
+    assert stats.processing_time == pytest.approx(4_002_000_000, rel=1e-6)  # 4.002 s
+    assert stats.average_processing_time == stats.processing_time // 4001
+
+
+# --- the usual request, checked in one go ---------------------------------------------
+
+LIMIT = 65536
+text = st.one_of(st.text(max_size=12), st.sampled_from(["", " ", "a\tb", "x\u2028",
+                                                        "é", "a" * 4097]))
+value = st.one_of(st.none(), text, st.booleans(), st.integers(), st.lists(text, max_size=2))
+documents = st.dictionaries(
+    st.sampled_from(["request_id", "client_id", "client_secret", "scope", "timestamp",
+                     "skip_cache", "resource", "audience", "other"]), value, max_size=9)
+
+
+def parse(body: bytes, *, usual: bool) -> wire.TokenRequest | str:
+    """The request, or the error it raises: by the usual path, or field by field."""
+    saved = wire._usual_request
+    try:
+        if not usual:
+            wire._usual_request = lambda *_args, **_kwargs: None  # type: ignore[assignment]
+        return wire.TokenRequest.from_bytes(body, max_size=LIMIT)
+    except InvalidRequest as error:
+        return f"{error.request_id!r}: {error}"
+    finally:
+        wire._usual_request = saved
+
+
+@settings(max_examples=1500, deadline=None)
+@given(documents)
+def test_the_usual_path_accepts_and_refuses_exactly_what_the_field_by_field_path_does(
+        document: dict[str, Any]) -> None:
+    body = json.dumps(document).encode()
+    assert parse(body, usual=True) == parse(body, usual=False)
+
+
+def test_a_long_body_still_has_its_fields_bounded():
+    body = json.dumps({"client_id": "c", "client_secret": "s",
+                       "request_id": "r" * (wire.MAX_FIELD_LENGTH + 1)}).encode()
+    with pytest.raises(InvalidRequest, match="request_id is longer than"):
+        wire.TokenRequest.from_bytes(body, max_size=LIMIT)
+
+
+# --- the prepared reply -------------------------------------------------------------------
+
+tokens = st.text(alphabet=st.characters(min_codepoint=0x21, max_codepoint=0x7e), min_size=1,
+                 max_size=40)
+
+
+@settings(max_examples=500, deadline=None)
+@given(token=tokens, token_type=st.sampled_from(["Bearer", "bearer", "DPoP"]),
+       scope=st.text(max_size=20), request_id=st.text(max_size=20),
+       expires_in=st.integers(0, 10**6), credential=st.one_of(st.none(), st.text(max_size=12)))
+def test_a_prepared_reply_is_byte_for_byte_the_encoded_one(
+        token: str, token_type: str, scope: str, request_id: str, expires_in: int,
+        credential: str | None) -> None:
+    prepared = wire.TokenReplyParts(token, token_type, scope).encode(request_id, expires_in,
+                                                                     credential)
+    stamp = orjson.loads(prepared)["timestamp"]
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z", stamp)
+    assert prepared == wire.encode_token_reply(
+        request_id, token, token_type, expires_in, scope=scope, token_source="cache",
+        credential=credential, timestamp=stamp)
+
+
+def test_prepared_parts_never_show_the_token():
+    assert "s3cret-token" not in repr(wire.TokenReplyParts("s3cret-token", "Bearer", ""))
+
+
+# --- the MSG line by one expression ---------------------------------------------------------
+
+lines = st.builds(
+    lambda subject, sid, reply, body, sep: (b"MSG" + sep + subject + sep + sid
+                                            + (sep + reply if reply else b"") + sep
+                                            + b"%d" % len(body) + b"\r\n" + body + b"\r\n"),
+    subject=st.binary(min_size=1, max_size=8).filter(lambda b: not set(b) & set(b" \r\n\t")),
+    sid=st.sampled_from([b"1", b"42", b"0001", b"12345678901", b"x"]),
+    reply=st.one_of(st.just(b""), st.binary(min_size=1, max_size=8)),
+    body=st.binary(max_size=16), sep=st.sampled_from([b" ", b"  ", b"\t"]))
+
+
+@settings(max_examples=1500, deadline=None)
+@given(st.lists(lines, min_size=1, max_size=4), st.integers(1, 40))
+def test_the_usual_msg_path_parses_exactly_as_the_general_path(frames: list[bytes],
+                                                               cut: int) -> None:
+    data = b"".join(frames)
+
+    def events(usual: bool) -> list[Any]:
+        saved = protocol._USUAL_MESSAGE
+        if not usual:
+            protocol._USUAL_MESSAGE = re.compile(rb"(?!)")  # never matches
+        try:
+            parser = protocol.Parser()
+            return parser.feed(data[:cut]) + parser.feed(data[cut:])
+        finally:
+            protocol._USUAL_MESSAGE = saved
+
+    assert events(usual=True) == events(usual=False)
+
+
+# --- several reads, one write -------------------------------------------------------------
+
+
+class CountingSocket:
+    """A socket end whose writes are counted (the reader's ``sendall``)."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.writes: list[bytes] = []
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.sock, name)
+
+    def sendall(self, data: bytes) -> None:
+        self.writes.append(data)
+
+
+def test_requests_that_arrived_behind_a_read_share_its_replies_write():
+    ours, server = socket.socketpair()
+    try:
+        reader = SocketReader(NatsConfig(urls=("nats://127.0.0.1:4222",)))
+        counting = CountingSocket(ours)
+        reader._sock = counting  # type: ignore[assignment]
+        reader._state = State.CONNECTED
+        reader._reader_ident = threading.get_ident()
+
+        def echo(message: protocol.Message) -> None:
+            reader.publish(message.reply, message.payload)
+
+        reader._subscriptions[1] = Subscription(1, "s", "", echo)
+        for n in range(MORE_READS + 3):  # separate sends: separate reads
+            server.sendall(b"MSG s 1 r.%d 2\r\nhi\r\n" % n)
+            assert ours.recv(1, socket.MSG_PEEK)  # it has arrived
+        view = memoryview(bytearray(19))  # one message a read
+        assert reader._read_once(ours, view) == ""
+        assert len(counting.writes) == 1  # one write for the replies of MORE_READS + 1 reads
+        assert counting.writes[0].count(b"PUB ") == MORE_READS + 1
+        assert reader._read_once(ours, view) == ""  # the rest: the next round
+        assert [write.count(b"PUB ") for write in counting.writes] == [MORE_READS + 1, 2]
+    finally:
+        ours.close()
+        server.close()

@@ -1,12 +1,11 @@
 """The cache hit's short cuts give exactly what the general paths give: per-thread counts
 summed exactly, the usual request checked in one go, a prepared reply, the MSG line read by
-one expression, several reads' replies in one write."""
+one expression."""
 
 from __future__ import annotations
 
 import json
 import re
-import socket
 import threading
 from typing import Any
 
@@ -16,15 +15,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from token_worker import wire
-from token_worker.config import NatsConfig
 from token_worker.counting import ThreadCounts
 from token_worker.errors import InvalidRequest
 from token_worker.metrics import LATENCY_BUCKETS, Metrics
 from token_worker.micro import Endpoint
 from token_worker.nats import protocol
-from token_worker.nats.link import State
-from token_worker.nats.reader import MORE_READS, SocketReader
-from token_worker.nats.subscriptions import Subscription
 from token_worker.serve.service import Tally
 
 # --- counts without a lock ---------------------------------------------------------------
@@ -194,47 +189,3 @@ def test_the_usual_msg_path_parses_exactly_as_the_general_path(frames: list[byte
             protocol._USUAL_MESSAGE = saved
 
     assert events(usual=True) == events(usual=False)
-
-
-# --- several reads, one write -------------------------------------------------------------
-
-
-class CountingSocket:
-    """A socket end whose writes are counted (the reader's ``sendall``)."""
-
-    def __init__(self, sock: socket.socket) -> None:
-        self.sock = sock
-        self.writes: list[bytes] = []
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.sock, name)
-
-    def sendall(self, data: bytes) -> None:
-        self.writes.append(data)
-
-
-def test_requests_that_arrived_behind_a_read_share_its_replies_write():
-    ours, server = socket.socketpair()
-    try:
-        reader = SocketReader(NatsConfig(urls=("nats://127.0.0.1:4222",)))
-        counting = CountingSocket(ours)
-        reader._sock = counting  # type: ignore[assignment]
-        reader._state = State.CONNECTED
-        reader._reader_ident = threading.get_ident()
-
-        def echo(message: protocol.Message) -> None:
-            reader.publish(message.reply, message.payload)
-
-        reader._subscriptions[1] = Subscription(1, "s", "", echo)
-        for n in range(MORE_READS + 3):  # separate sends: separate reads
-            server.sendall(b"MSG s 1 r.%d 2\r\nhi\r\n" % n)
-            assert ours.recv(1, socket.MSG_PEEK)  # it has arrived
-        view = memoryview(bytearray(19))  # one message a read
-        assert reader._read_once(ours, view) == ""
-        assert len(counting.writes) == 1  # one write for the replies of MORE_READS + 1 reads
-        assert counting.writes[0].count(b"PUB ") == MORE_READS + 1
-        assert reader._read_once(ours, view) == ""  # the rest: the next round
-        assert [write.count(b"PUB ") for write in counting.writes] == [MORE_READS + 1, 2]
-    finally:
-        ours.close()
-        server.close()

@@ -7,17 +7,15 @@ protocol parser (:mod:`token_worker.nats.protocol`), hands each message to its
 subscription's callback, and acts on the rest: a PING is answered, a PONG wakes its
 waiter, a ``-ERR`` that keeps the connection is logged (a refused subscription is marked),
 an INFO teaches the server's limit and the cluster's other servers (lame duck mode moves
-to another server). What callbacks publish while one read is handled, and the few reads
-of what had already arrived behind it, goes out in one write. Nothing that happens while
-serving escapes: it ends as the reason the socket is lost, and the connection's life cycle
-takes it from there.
+to another server). What callbacks publish while one read is handled goes out in one
+write. Nothing that happens while serving escapes: it ends as the reason the socket is
+lost, and the connection's life cycle takes it from there.
 """
 
 from __future__ import annotations
 
 import logging
 import socket
-import ssl
 import time
 from typing import Any
 
@@ -42,10 +40,6 @@ _warn_skipped = RateLimitedLog(log, logging.WARNING, "nats message skipped unrea
 
 READ_SIZE = 64 * 1024
 """Bytes asked of the socket per read: many messages per system call under load."""
-MORE_READS = 4
-"""Reads of what has already arrived taken after a read before the replies go out: under
-load, requests that came while the last ones were handled share the replies' write (one
-``sendall`` for several reads), and a burst is still answered every few reads."""
 SERVER_ERROR_LOG_INTERVAL = 1.0
 """Seconds between two log lines of one kind of ``-ERR`` that keeps the connection (a
 permissions violation may come once per request: each line counts what it suppressed)."""
@@ -91,9 +85,7 @@ class SocketReader(SocketLink):
             self._serving = False
 
     def _read_once(self, sock: socket.socket, view: memoryview) -> str:
-        """One read (waiting for it), then up to :data:`MORE_READS` of what has already
-        arrived (never waiting); everything callbacks publish meanwhile goes out in one
-        write. Returns why the connection is lost, or ""."""
+        """One read; return why the connection is lost, or ""."""
         try:
             count = sock.recv_into(view)
         except OSError as error:
@@ -101,60 +93,37 @@ class SocketReader(SocketLink):
         if count == 0:
             return "server closed the connection"
         self._keepalive.heard(time.monotonic())
-        self._outbox = []
-        self._outbox_largest = 0
-        try:
-            problem = self._deliver(self._parser.feed(view[:count]))
-            plain = not isinstance(sock, ssl.SSLSocket)  # TLS takes no recv flags
-            for _ in range(MORE_READS if plain else 0):
-                if problem:
-                    break
-                try:
-                    count = sock.recv_into(view, 0, socket.MSG_DONTWAIT)  # 0: all it holds
-                except BlockingIOError:
-                    break
-                except OSError as error:
-                    return f"socket error: {error}"
-                if count == 0:
-                    return "server closed the connection"
-                problem = self._deliver(self._parser.feed(view[:count]))
-            return problem
-        finally:
-            self._send_outbox()
+        return self._handle(self._parser.feed(view[:count]))
 
     def _handle(self, events: list[protocol.Event]) -> str:
-        """:meth:`_deliver` ``events`` and send what callbacks published meanwhile."""
+        """Deliver messages and act on the rest; what callbacks publish meanwhile goes out
+        in one write. Returns why the connection must be dropped, or ""."""
         self._outbox = []
         self._outbox_largest = 0
-        try:
-            return self._deliver(events)
-        finally:
-            self._send_outbox()
-
-    def _deliver(self, events: list[protocol.Event]) -> str:
-        """Deliver messages and act on the rest (what callbacks publish waits in the
-        outbox). Returns why the connection must be dropped, or ""."""
         subscriptions = self._subscriptions
         sid: int
         message: Message
-        for event in events:
-            if type(event) is tuple:  # a Delivery; the other events are subclasses
-                sid, message = event  # type: ignore[assignment,misc]
-                sub = subscriptions.get(sid)
-                if sub is None:
-                    log.debug("message for a removed subscription dropped",
-                              extra={"sid": sid})
-                    continue
-                try:
-                    sub.callback(message)
-                except Exception:
-                    log.exception("subscription callback failed",
-                                  extra={"subject": sub.subject})
-            else:
-                problem = self._act_on(event)
-                if problem:
-                    return problem
-        return ""
+        try:
+            for event in events:
+                if type(event) is tuple:  # a Delivery; the other events are subclasses
+                    sid, message = event  # type: ignore[assignment,misc]
+                    sub = subscriptions.get(sid)
+                    if sub is None:
+                        log.debug("message for a removed subscription dropped",
+                                  extra={"sid": sid})
+                        continue
+                    try:
+                        sub.callback(message)
+                    except Exception:
+                        log.exception("subscription callback failed",
+                                      extra={"subject": sub.subject})
+                else:
+                    problem = self._act_on(event)
+                    if problem:
+                        return problem
+            return ""
+        finally:
+            self._send_outbox()
 
     def _act_on(self, event: protocol.Event) -> str:
         if event is Control.PING:

@@ -150,8 +150,16 @@ class TokenRequest(NamedTuple):
         The usual request (strings where strings belong, no scope list, no resource) is
         checked in one go; anything else, valid or not, takes the field-by-field path,
         which says which field is wrong. Both accept exactly the same requests."""
-        document = _request_document(payload, max_size)
-        request = _usual_request(document, short=len(payload) <= MAX_FIELD_LENGTH)
+        size = len(payload)
+        if size > max_size:
+            raise InvalidRequest(f"request is {size} bytes, the limit is {max_size}")
+        try:
+            document = orjson.loads(payload)
+        except orjson.JSONDecodeError:
+            raise InvalidRequest("Invalid request format: not a JSON object") from None
+        if type(document) is not dict:
+            raise InvalidRequest("Invalid request format: not a JSON object")
+        request = _usual_request(document, short=size <= MAX_FIELD_LENGTH)
         if request is not None:
             return request
         try:  # positional: this runs for every request
@@ -615,13 +623,12 @@ def now_rfc3339_bytes() -> bytes:
     """:func:`now_rfc3339` as the bytes a reply carries. Built for every reply, so the
     formatted second is reused until the clock moves on."""
     global _second_prefix  # noqa: PLW0603 - a one-entry memo, replaced whole (thread-safe)
-    now = time.time_ns()
-    second = now // 1_000_000_000
+    second, nanoseconds = divmod(time.time_ns(), 1_000_000_000)
     memo = _second_prefix
     if memo[0] != second:
         memo = _second_prefix = (second, time.strftime(
             "%Y-%m-%dT%H:%M:%S.", time.gmtime(second)).encode())
-    return memo[1] + b"%06dZ" % (now % 1_000_000_000 // 1000)
+    return b"%s%06dZ" % (memo[1], nanoseconds // 1000)
 
 
 def encode(body: dict[str, Any]) -> bytes:

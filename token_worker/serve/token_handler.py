@@ -184,32 +184,32 @@ class TokenHandler(_TokenPath):
         self._inline_secrets = inline_secrets
         self._named_prefix = named_prefix
 
-    def handle_message(self, message: Message) -> Reply | Waiting:
-        return self.handle(message.payload)
-
     def handle(self, payload: bytes) -> Reply | Waiting:
+        return self.handle_message(_new_tuple(Message, ("", "", payload, 0, b"")))
+
+    def handle_message(self, message: Message) -> Reply | Waiting:
         """Parse once; a bad request or a cache hit is answered now."""
         try:
-            request = wire.TokenRequest.from_bytes(payload, max_size=self._max_payload)
+            request = wire.TokenRequest.from_bytes(message.payload,
+                                                   max_size=self._max_payload)
         except InvalidRequest as error:
             return self._invalid(error)
+        request_id, client_id, secret, scope, _, skip_cache, resource, audience = request
         if not self._inline_secrets:
-            return self._refuse(request.request_id, wire.INLINE_SECRETS_DISABLED,
+            return self._refuse(request_id, wire.INLINE_SECRETS_DISABLED,
                                 "requests carrying client_secret are disabled on this "
                                 f"worker: ask on {self._named_prefix}.<credential>")
-        scope = self._default_scope if request.scope is None else request.scope
-        query = TokenQuery(request.client_id, request.client_secret, scope)
-        if request.resource or request.audience is not None:
+        if scope is None:
+            scope = self._default_scope
+        query = _new_tuple(TokenQuery, (client_id, secret, scope, None, None, None))
+        if resource or audience is not None:
             try:  # a token aimed at a resource: off the hot path
                 query = query._replace(grant=Grant(
-                    request.client_id, ClientAuth(self._default_method,
-                                                  Secret(request.client_secret)),
-                    scope, resources=request.resource, audience=request.audience))
+                    client_id, ClientAuth(self._default_method, Secret(secret)), scope,
+                    resources=resource, audience=audience))
             except ValueError as error:
-                return self._invalid(InvalidRequest(str(error),
-                                                    request_id=request.request_id))
-        return self._route(request.request_id, request.client_id, query, None,
-                           request.skip_cache)
+                return self._invalid(InvalidRequest(str(error), request_id=request_id))
+        return self._route(request_id, client_id, query, None, skip_cache)
 
 
 class NamedTokenHandler(_TokenPath):

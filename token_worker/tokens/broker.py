@@ -158,6 +158,8 @@ class TokenBroker:
         it, ``issuer`` serves them all."""
         self._metrics = NullMetrics() if metrics is None else metrics
         self._issuer = issuer
+        self._token_url = ""
+        """The issuer's token endpoint, once known without I/O (see :meth:`key`)."""
         self._endpoints = endpoints
         self._cache = cache
         self._shared = shared if cache is not None else None
@@ -207,11 +209,16 @@ class TokenBroker:
                 return None
             return CacheKey(token_url, query.client_id, grant.local_digest,
                             scope_set(query.scope), grant.auth.method)
-        token_url = self._issuer.known_token_url
+        token_url = self._token_url or self._learn_token_url()
         if not token_url:
             return None
         return cache_key(token_url, query.client_id, query.client_secret, query.scope,
                          query.auth_method or self._auth_method)
+
+    def _learn_token_url(self) -> str:
+        """The issuer's token endpoint once it is known (it never changes after), kept."""
+        self._token_url = self._issuer.known_token_url
+        return self._token_url
 
     def cached(self, query: TokenQuery, key: CacheKey | None = None) -> Answer | None:
         """A servable cached token, or None; counts one hit or one miss; never does I/O."""
@@ -228,12 +235,12 @@ class TokenBroker:
         cache = self._cache
         if cache is None:
             return None
-        entry = cache.get(key)
+        now = cache.now()
+        entry = cache.get(key, now)
         if entry is None:
             self._metrics.cache_miss()
             return None
         self._metrics.cache_hit()
-        now = cache.now()
         if now >= entry.refresh_at and not self._issuer.failing_fast:
             self._refresh_in_background(key, query)  # not while it would only fail at once
         return entry, max(0, int(entry.expires_at - now))

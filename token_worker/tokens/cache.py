@@ -133,14 +133,15 @@ class TokenCache:
         self.evictions = {"client_share": 0, "capacity": 0}
         """Entries evicted to make room: for a client over its share, or a full cache."""
 
-    def get(self, key: CacheKey) -> CachedToken | None:
-        """The entry if it may still be served (now the most recently used, of all and of
-        its client); an expired entry is dropped."""
+    def get(self, key: CacheKey, now: float | None = None) -> CachedToken | None:
+        """The entry if it may still be served at ``now`` (by default the cache's clock
+        now), and now the most recently used, of all and of its client; an expired entry
+        is dropped."""
         with self._lock:
             entry = self._entries.get(key)
             if entry is None:
                 return None
-            if self.now() >= entry.serve_until:
+            if (self.now() if now is None else now) >= entry.serve_until:
                 self._remove(key)
                 return None
             self._entries.move_to_end(key)

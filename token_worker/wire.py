@@ -29,7 +29,6 @@ could drift from the other's.
 
 from __future__ import annotations
 
-import functools
 import math
 import re
 import time
@@ -38,6 +37,21 @@ from typing import Any, NamedTuple
 import orjson
 
 from token_worker.errors import InvalidReply, InvalidRequest
+from token_worker.fields import (
+    CONTROL,
+    MAX_FIELD_LENGTH,
+    any_too_long,
+    audience_field,
+    normal_scope,
+    optional_flag,
+    optional_text,
+    readable_request_id,
+    request_document,
+    request_id_field,
+    required_text,
+    resource_field,
+    scope_field,
+)
 
 __all__ = [
     "ACCESS_TOKEN",
@@ -107,14 +121,6 @@ RFC 6750's stricter ``b64token`` is not asked for: it is the Bearer header's syn
 some IdPs issue opaque tokens outside it. What matters is that no token can carry a
 space, a control character or a line separator into a header, a reply or a log line."""
 
-MAX_FIELD_LENGTH = 4096
-"""Longest accepted value of any request string field; longer is a bad request."""
-MAX_RESOURCES = 16
-"""Most ``resource`` indicators one request may name."""
-_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
-"""C0, DEL and C1 controls (U+0085 is a line break), the Unicode line and paragraph
-separators and the bidi overrides: a reader splitting on Unicode line breaks, or a
-terminal, would see a forged or reordered log line in them."""
 
 
 # --- requests ---------------------------------------------------------------------------
@@ -163,16 +169,16 @@ class TokenRequest(NamedTuple):
         if request is not None:
             return request
         try:  # positional: this runs for every request
-            request = cls(_request_id(document), _required_text(document, "client_id"),
-                          _required_text(document, "client_secret", secret=True),
-                          _scope(document), _optional_text(document, "timestamp"),
-                          _optional_flag(document, "skip_cache"))
+            request = cls(request_id_field(document), required_text(document, "client_id"),
+                          required_text(document, "client_secret", secret=True),
+                          scope_field(document), optional_text(document, "timestamp"),
+                          optional_flag(document, "skip_cache"))
             if "resource" in document or "audience" in document:  # rare: off the hot path
-                request = request._replace(resource=_resource(document),
-                                           audience=_audience(document))
+                request = request._replace(resource=resource_field(document),
+                                           audience=audience_field(document))
             return request
         except ValueError as error:
-            raise InvalidRequest(str(error), request_id=_readable_request_id(document)
+            raise InvalidRequest(str(error), request_id=readable_request_id(document)
                                  ) from None
 
     def to_bytes(self) -> bytes:
@@ -212,25 +218,15 @@ def _usual_request(document: dict[str, Any], *, short: bool) -> TokenRequest | N
             or type(secret) is not str or type(skip_cache) is not bool
             or not (scope is None or type(scope) is str)
             or not (timestamp is None or type(timestamp) is str)
-            or (not short and _any_too_long(request_id, client_id, secret, scope, timestamp))
+            or (not short and any_too_long(request_id, client_id, secret, scope, timestamp))
             or "resource" in document or "audience" in document
             or not client_id.strip() or not secret.strip()
-            or _CONTROL.search(request_id + client_id + (scope or ""))):
+            or CONTROL.search(request_id + client_id + (scope or ""))):
         return None  # not the usual kind, or invalid: the other path says which field
     if scope is not None:
-        scope = _normal_scope(scope)
+        scope = normal_scope(scope)
     return _new_tuple(TokenRequest, (request_id, client_id, secret, scope, timestamp or "",
                                      skip_cache, (), None))
-
-
-def _any_too_long(*values: str | None) -> bool:
-    return any(value is not None and len(value) > MAX_FIELD_LENGTH for value in values)
-
-
-@functools.lru_cache(maxsize=1024)
-def _normal_scope(scope: str) -> str:
-    """Scopes separated by single spaces; memoised, as a fleet asks for few scopes."""
-    return " ".join(scope.split())
 
 
 class NamedTokenRequest(NamedTuple):
@@ -251,13 +247,13 @@ class NamedTokenRequest(NamedTuple):
         An empty body is a request with every field at its default."""
         if not payload.strip():
             return cls(request_id="")
-        document = _request_document(payload, max_size)
+        document = request_document(payload, max_size)
         try:
-            return cls(request_id=_request_id(document), scope=_scope(document),
-                       skip_cache=_optional_flag(document, "skip_cache"),
-                       timestamp=_optional_text(document, "timestamp"))
+            return cls(request_id=request_id_field(document), scope=scope_field(document),
+                       skip_cache=optional_flag(document, "skip_cache"),
+                       timestamp=optional_text(document, "timestamp"))
         except ValueError as error:
-            raise InvalidRequest(str(error), request_id=_readable_request_id(document)
+            raise InvalidRequest(str(error), request_id=readable_request_id(document)
                                  ) from None
 
     def to_bytes(self) -> bytes:
@@ -279,117 +275,7 @@ def peek_request_id(payload: bytes, *, max_size: int) -> str:
         document = orjson.loads(payload)
     except orjson.JSONDecodeError:
         return ""
-    return _readable_request_id(document) if isinstance(document, dict) else ""
-
-
-def _request_document(payload: bytes, max_size: int) -> dict[str, Any]:
-    if len(payload) > max_size:
-        raise InvalidRequest(f"request is {len(payload)} bytes, the limit is {max_size}")
-    try:
-        document = orjson.loads(payload)
-    except orjson.JSONDecodeError:
-        raise InvalidRequest("Invalid request format: not a JSON object") from None
-    if not isinstance(document, dict):
-        raise InvalidRequest("Invalid request format: not a JSON object")
-    return document
-
-
-def _readable_request_id(document: dict[str, Any]) -> str:
-    value = document.get("request_id")
-    if isinstance(value, str) and len(value) <= MAX_FIELD_LENGTH:
-        return value
-    return ""
-
-
-def _request_id(document: dict[str, Any]) -> str:
-    """Optional, as the original had it: absent (or null) is served as ""."""
-    value = document.get("request_id")
-    if value is None:
-        return ""
-    if not isinstance(value, str):
-        raise ValueError(f"field request_id must be a string, got {_json_type(value)}")
-    if len(value) > MAX_FIELD_LENGTH:
-        raise ValueError(f"field request_id is longer than {MAX_FIELD_LENGTH} characters")
-    if _CONTROL.search(value):
-        raise ValueError("field request_id must not contain control characters")
-    return value
-
-
-def _required_text(document: dict[str, Any], name: str, *, secret: bool = False) -> str:
-    value = document.get(name)
-    if value is None:
-        raise ValueError(f"missing field {name}")
-    if not isinstance(value, str):
-        raise ValueError(f"field {name} must be a string, got {_json_type(value)}")
-    if not value.strip():
-        raise ValueError(f"field {name} must not be empty")
-    if len(value) > MAX_FIELD_LENGTH:
-        raise ValueError(f"field {name} is longer than {MAX_FIELD_LENGTH} characters")
-    if not secret and _CONTROL.search(value):
-        raise ValueError(f"field {name} must not contain control characters")
-    return value
-
-
-def _optional_text(document: dict[str, Any], name: str) -> str:
-    value = document.get(name)
-    if value is None:
-        return ""
-    if not isinstance(value, str) or len(value) > MAX_FIELD_LENGTH:
-        raise ValueError(f"field {name} must be a string")
-    return value
-
-
-def _optional_flag(document: dict[str, Any], name: str) -> bool:
-    value = document.get(name, False)
-    if not isinstance(value, bool):
-        raise ValueError(f"field {name} must be true or false, got {_json_type(value)}")
-    return value
-
-
-def _scope(document: dict[str, Any]) -> str | None:
-    """Accept a space-separated string or a list of strings; ``None`` when absent."""
-    value = document.get("scope")
-    if value is None:
-        return None
-    if isinstance(value, list) and all(isinstance(item, str) for item in value):
-        value = " ".join(value)
-    if not isinstance(value, str):
-        raise ValueError("field scope must be a string or a list of strings")
-    if len(value) > MAX_FIELD_LENGTH or _CONTROL.search(value):
-        raise ValueError("field scope is not a valid scope string")
-    return _normal_scope(value)
-
-
-def _resource(document: dict[str, Any]) -> tuple[str, ...]:
-    """``resource``: a string or a list of strings, each one line, bounded (whether each
-    is an absolute URI is checked where the grant is made)."""
-    value = document.get("resource")
-    if value is None:
-        return ()
-    items = [value] if isinstance(value, str) else value
-    if not isinstance(items, list) or not items or len(items) > MAX_RESOURCES or not all(
-            isinstance(item, str) and item and len(item) <= MAX_FIELD_LENGTH
-            and not _CONTROL.search(item) for item in items):
-        raise ValueError(f"field resource must be a non-empty string or a list of at most "
-                         f"{MAX_RESOURCES} such strings")
-    return tuple(items)
-
-
-def _audience(document: dict[str, Any]) -> str | None:
-    value = document.get("audience")
-    if value is None:
-        return None
-    if not isinstance(value, str) or not value.strip() or len(value) > MAX_FIELD_LENGTH or (
-            _CONTROL.search(value)):
-        raise ValueError("field audience must be a non-empty string without control "
-                         "characters")
-    return value
-
-
-def _json_type(value: Any) -> str:
-    names = {bool: "boolean", int: "number", float: "number", str: "string", list: "array",
-             dict: "object", type(None): "null"}
-    return names.get(type(value), type(value).__name__)
+    return readable_request_id(document) if isinstance(document, dict) else ""
 
 
 # --- replies ----------------------------------------------------------------------------

@@ -27,7 +27,8 @@ from token_worker.serve.dispatch import Dispatcher, Route, unsent_to
 from token_worker.serve.pool import BoundedPool
 from token_worker.serve.replying import ReplySender, Warnings
 from token_worker.serve.token_handler import TokenHandler
-from token_worker.tokens.broker import Guards, TokenBroker
+from token_worker.tokens.broker import TokenBroker
+from token_worker.tokens.bulkheads import Guards
 from token_worker.tokens.cache import TokenCache
 
 

@@ -18,8 +18,9 @@ from token_worker.config import IdpConfig
 from token_worker.errors import IdpRefused
 from token_worker.idp.client import IdpClient
 from token_worker.idp.resilience import ResilientIdp
-from token_worker.tokens.broker import FROM_CACHE, FROM_IDP, TokenBroker, TokenQuery
+from token_worker.tokens.broker import TokenBroker
 from token_worker.tokens.cache import TokenCache
+from token_worker.tokens.model import FROM_CACHE, FROM_IDP, TokenQuery
 
 
 def make_broker(url: str, *, clock: Clock | None = None, cache: bool = True,

@@ -20,17 +20,12 @@ from token_worker.errors import (
 )
 from token_worker.metrics import Metrics
 from token_worker.secret import Secret
-from token_worker.tokens.broker import (
-    FROM_CACHE,
-    FROM_IDP,
-    Answer,
-    Guards,
-    TokenBroker,
-    TokenQuery,
-)
+from token_worker.tokens.broker import TokenBroker
+from token_worker.tokens.bulkheads import Guards
 from token_worker.tokens.cache import TokenCache
 from token_worker.tokens.grant import ClientAuth, Grant
 from token_worker.tokens.guards import Backoffs, Budgets, Refusals
+from token_worker.tokens.model import FROM_CACHE, FROM_IDP, Answer, TokenQuery
 
 QUERY = TokenQuery("svc", "secret", "read")
 

@@ -16,8 +16,9 @@ from token_worker.config import IdpConfig
 from token_worker.errors import CircuitOpen, IdpRefused, IdpTimeout, IdpUnavailable
 from token_worker.idp.client import IdpClient
 from token_worker.idp.resilience import ResilientIdp
-from token_worker.tokens.broker import TokenBroker, TokenQuery
+from token_worker.tokens.broker import TokenBroker
 from token_worker.tokens.cache import TokenCache
+from token_worker.tokens.model import TokenQuery
 
 
 def make_broker(url: str, *, sleep: Callable[[float], None] = time.sleep,

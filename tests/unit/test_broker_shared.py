@@ -13,8 +13,9 @@ import pytest
 from tests.fakes import Clock, FakeIssuer, HeldExecutor, HeldWork, ManualTimers, MemoryKeyValue
 from tests.helpers import wait_until
 from token_worker.errors import KvTimeout
-from token_worker.tokens.broker import FROM_CACHE, FROM_IDP, Answer, TokenBroker, TokenQuery
+from token_worker.tokens.broker import TokenBroker
 from token_worker.tokens.cache import TokenCache
+from token_worker.tokens.model import FROM_CACHE, FROM_IDP, Answer, TokenQuery
 from token_worker.tokens.shared import SharedTier
 
 QUERY = TokenQuery("svc", "secret", "read")

@@ -14,7 +14,8 @@ from token_worker.metrics import Metrics
 from token_worker.nats.protocol import Message
 from token_worker.serve.handler import BytesHandler, Deferred, Reply, Waiting
 from token_worker.serve.token_handler import TokenHandler
-from token_worker.tokens.broker import Guards, TokenBroker
+from token_worker.tokens.broker import TokenBroker
+from token_worker.tokens.bulkheads import Guards
 from token_worker.tokens.cache import TokenCache
 
 LIMIT = 64 * 1024

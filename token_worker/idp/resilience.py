@@ -28,6 +28,9 @@ clients cannot turn into a flood at the IdP.
 Every failed exchange logs one line (``idp call failed``) with the HTTP status or the
 network error, the reason, the attempt number and the elapsed time. Time, sleeping and
 randomness are injected, so the policy is tested without waiting.
+
+The module is longer than 400 lines because the resilient issuer is one object: its
+retries, circuit, holds, ceiling and answer times judge the same fetches.
 """
 
 from __future__ import annotations

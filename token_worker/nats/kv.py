@@ -23,6 +23,9 @@ wildcard inbox subscription. Every call has a timeout and raises a typed
 :class:`~token_worker.errors.KvError`; nothing here blocks forever. Never call this from a
 subscription callback: the replies arrive on the connection's reader thread, so a call
 made there would wait for itself until its timeout (and fails at once instead).
+
+The module is longer than 400 lines because the key-value calls are one API over one
+bucket: its requests, replies, headers and errors are read the same way by every call.
 """
 
 from __future__ import annotations

@@ -29,7 +29,8 @@ from token_worker.serve.credentials import CredentialStore
 from token_worker.serve.dispatch import Route
 from token_worker.serve.pool import BoundedPool
 from token_worker.serve.token_handler import NamedTokenHandler, TokenHandler
-from token_worker.tokens.broker import GUARD_CAPACITY, Guards, TokenBroker
+from token_worker.tokens.broker import TokenBroker
+from token_worker.tokens.bulkheads import GUARD_CAPACITY, Guards
 from token_worker.tokens.cache import TokenCache
 from token_worker.tokens.guards import Backoffs, Budgets, Refusals
 from token_worker.tokens.shared import SharedTier

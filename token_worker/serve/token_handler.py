@@ -32,8 +32,9 @@ from token_worker.secret import Secret
 from token_worker.serve.credential_folder import Credential
 from token_worker.serve.credentials import CredentialStore, name_from_subject
 from token_worker.serve.handler import Reply, RequestHandler, Waiting
-from token_worker.tokens.broker import Answer, TokenBroker, TokenQuery
+from token_worker.tokens.broker import TokenBroker
 from token_worker.tokens.grant import ClientAuth, Grant
+from token_worker.tokens.model import Answer, TokenQuery
 
 __all__ = ["NamedTokenHandler", "TokenHandler"]
 

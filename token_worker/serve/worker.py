@@ -28,6 +28,9 @@ Signals take no lock (:mod:`token_worker.serve.signals`): the handler records th
 and the byte that ``signal.set_wakeup_fd`` writes wakes the main thread, which logs and
 acts (SIGHUP reloads, never stops). The first connect runs on a helper thread, so a signal
 stops a worker that is still trying to reach NATS at once.
+
+The module is a little longer than 400 lines because the worker is one object whose
+start, readiness and shutdown order share its state.
 """
 
 from __future__ import annotations

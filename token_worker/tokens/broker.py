@@ -4,138 +4,67 @@ A request the cache cannot answer (or one that asks ``skip_cache``) goes through
 :meth:`TokenBroker.ask`, on the connection's reader thread and without I/O, which answers
 it at once, joins a fetch under way, or starts one:
 
-- **Answered at once** (each a typed :class:`~token_worker.errors.NoToken`, or a cached
-  token): a refusal the IdP gave this key moments ago (``invalid_client``,
-  ``unauthorized_client``, ``invalid_scope``: remembered for ``idp.refusalMemory``), the
-  key's back-off after its own failures, the endpoint's circuit or a client's
-  ``Retry-After``, or the client's call budget (``idp.clientRate``/``idp.clientBurst``)
-  spent: then a still-servable cached token is returned saying the fresh fetch was
-  refused, or ``rate_limited`` with ``retry_after``.
+- **Answered at once**: a key the bulkheads hold back (:mod:`token_worker.tokens.bulkheads`:
+  a refusal remembered, the key's back-off, the endpoint's circuit, a client's
+  ``Retry-After``), or a client whose call budget is spent (a still-servable cached token
+  saying the fresh fetch was refused, or ``rate_limited`` with ``retry_after``).
 - **Joined**: another request for the key is being fetched for. The request waits for that
   fetch's outcome without a thread or a pool slot (a :class:`Flight` callback); at most
   ``max_waiters_per_key`` per key and ``max_waiting`` in all, so memory stays bounded.
 - **Started**: the request leads a :class:`Flight` whose work is queued on the worker's
-  pool (``workers`` threads, ``backlog`` queued: only IdP work counts against them). When
-  a thread takes it, the deadline decides: a fetch with less time left than the IdP needs
-  (see :meth:`Issuer.time_needed`) is answered ``overloaded``, saying how long it waited,
-  and the IdP is not called. Otherwise the shared tier is read, its lease taken (or the
-  lease holder's token awaited, again without a thread), and the IdP asked.
+  pool (only IdP work counts against it). When a thread takes it, the deadline decides: a
+  fetch with less time left than the IdP needs (:meth:`Issuer.time_needed`) is answered
+  ``overloaded`` and the IdP is not called. Otherwise the shared tier is read, its lease
+  taken (or the lease holder's token awaited, again without a thread), and the IdP asked.
 
-A fetch's failure backs its key off (the client's own 5xx and timeouts; a timeout of an
-attempt the request's own deadline cut short does not count), a refusal is remembered;
-neither touches the endpoint's circuit, which only evidence about the endpoint opens
-(:mod:`token_worker.idp.circuit`). Tokens go to the local cache (fair between clients:
-:mod:`token_worker.tokens.cache`) and the shared tier before the flight's waiters get
-them.
+A fetch's failure is the bulkheads' to judge; only evidence about the endpoint opens its
+circuit (:mod:`token_worker.idp.circuit`). Tokens go to the local cache and the shared tier
+before the flight's waiters get them. Refresh-ahead: a hit past the entry's refresh point
+queues one background refresh (:mod:`token_worker.tokens.refresh`), while the valid token
+keeps being served; it takes the key's flight only when it starts.
 
-Refresh-ahead: a hit past the entry's refresh point queues one background refresh on the
-broker's own two threads (never on the request pool), while the valid token keeps being
-served. It takes the key's flight only when it starts, so a request never waits behind a
-refresh that has not begun; a failed refresh leaves the valid token in place.
+The module is longer than 400 lines because the broker is one object whose steps (on the
+reader thread, a pool thread, a refresh thread) share one lock and one table of flights.
 """
 
 from __future__ import annotations
 
-import contextlib
-import copy
 import logging
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import Executor, ThreadPoolExecutor
-from typing import NamedTuple
+from concurrent.futures import Executor
 
-from token_worker import defaults, tracing
+from token_worker import tracing
 from token_worker.errors import (
-    IdpError,
-    IdpRefused,
-    IdpTimeout,
     NoToken,
     Overloaded,
     RateLimited,
     ShuttingDown,
 )
 from token_worker.metrics import Metrics, NullMetrics
+from token_worker.tokens.bulkheads import Guards
 from token_worker.tokens.cache import CachedToken, CacheKey, TokenCache, cache_key, scope_set
 from token_worker.tokens.flight import Flight
-from token_worker.tokens.grant import Grant
-from token_worker.tokens.guards import REMEMBERED_CODES, Backoffs, Budgets, Refusals
-from token_worker.tokens.model import IssuedToken, Issuer, WorkQueue
+from token_worker.tokens.model import (
+    FROM_CACHE,
+    FROM_IDP,
+    Answer,
+    InlineWork,
+    IssuedToken,
+    Issuer,
+    Outcome,
+    TokenQuery,
+    WorkQueue,
+)
+from token_worker.tokens.refresh import RefreshQueue
 from token_worker.tokens.shared import Lease, SharedKey, SharedTier
 
 log = logging.getLogger(__name__)
 
-FROM_CACHE = "cache"
-FROM_IDP = "idp"
-TOO_MANY_REQUESTS = 429
-GUARD_CAPACITY = 100_000
-"""Keys and clients whose back-off, remembered refusal or budget is kept at once (least
-recently used forgotten first): a flood of distinct ids costs bounded memory."""
 EXPIRY_SLACK = 1.0
 """Seconds by which a shared token must outlive the local one to count as a refresh (the
 two tiers count the same expiry on different clocks' arithmetic)."""
-
-Outcome = Callable[["Answer | None", "BaseException | None"], None]
-"""Called once with a flight's outcome: an answer, or the error (a :class:`NoToken`, or
-anything a bug raised)."""
-
-
-class Answer(NamedTuple):
-    """A token for a requester: what to send and where it came from."""
-
-    token: IssuedToken
-    expires_in: int
-    """Seconds left now (recomputed for cached tokens)."""
-    source: str
-    """``cache`` or ``idp`` (the reply's ``token_source``)."""
-    fetch_refused: str = ""
-    """Why a fresh token asked for (``skip_cache``) was not fetched and this cached one is
-    served instead (``rate_limited``), else ""."""
-
-
-class TokenQuery(NamedTuple):
-    """What a request asks for."""
-
-    client_id: str
-    client_secret: str
-    scope: str
-    auth_method: str | None = None
-    """A named credential's own ``client_secret_post``/``_basic``; None: the worker's."""
-    credential: str | None = None
-    """The named credential asked for (its budget and remembered refusals are its own);
-    None for a request that carries its own secret."""
-    grant: Grant | None = None
-    """Everything the call must send when a secret is not all (a key or a certificate,
-    resources, an audience, a token endpoint or CA of its own); None: a secret method."""
-
-    def __repr__(self) -> str:
-        return f"TokenQuery(client_id={self.client_id!r}, scope={self.scope!r})"
-
-    @property
-    def budget_key(self) -> str:
-        """Whose call budget a fetch spends: the credential's, or the client id's."""
-        return f"credential:{self.credential}" if self.credential else f"client:{self.client_id}"
-
-
-class Guards(NamedTuple):
-    """The per-key and per-client bulkheads (:mod:`token_worker.tokens.guards`)."""
-
-    backoffs: Backoffs[CacheKey, NoToken]
-    refusals: Refusals[CacheKey, NoToken]
-    budgets: Budgets[str]
-
-    @classmethod
-    def from_defaults(cls, *, capacity: int = GUARD_CAPACITY,
-                      clock: Callable[[], float] = time.monotonic) -> Guards:
-        """The bulkheads as the worker's defaults set them, on ``clock``."""
-        return cls(
-            backoffs=Backoffs(first=defaults.IDP_CLIENT_BACKOFF,
-                              longest=defaults.IDP_CLIENT_BACKOFF_MAX, capacity=capacity,
-                              clock=clock),
-            refusals=Refusals(ttl=defaults.IDP_REFUSAL_MEMORY, capacity=capacity, clock=clock),
-            budgets=Budgets(rate=defaults.IDP_CLIENT_RATE, burst=defaults.IDP_CLIENT_BURST,
-                            capacity=capacity, clock=clock))
-
 
 class TokenBroker:
     """Gets tokens through the cache (if any), one fetch per key at a time, behind the
@@ -171,15 +100,16 @@ class TokenBroker:
         self._lease_ttl = lease_ttl
         self._clock = clock
         self._in_flight: dict[CacheKey, Flight[CacheKey, Answer]] = {}
-        self._refresh_queued: set[CacheKey] = set()
         self._lock = threading.Lock()
         self._waiting = 0
-        self._refresher = refresher or ThreadPoolExecutor(max_workers=2,
-                                                          thread_name_prefix="refresh")
+        self._refreshes = RefreshQueue(self._refresh, refresher)
         if self._shared is not None:
             self._shared.on_recreated = self._give_back_to_bucket
-        self.refreshes = 0
-        """Background refreshes queued."""
+
+    @property
+    def refreshes(self) -> int:
+        """Background refreshes queued so far."""
+        return self._refreshes.count
 
     @property
     def in_flight(self) -> int:
@@ -316,7 +246,7 @@ class TokenBroker:
 
     def close(self) -> None:
         """Stop background refreshes; fetches still under way end ``shutting_down``."""
-        self._refresher.shutdown(wait=False, cancel_futures=True)
+        self._refreshes.close()
         with self._lock:
             flights = list(self._in_flight.values())
         for flight in flights:
@@ -324,25 +254,8 @@ class TokenBroker:
                                                     "replica answers)"))
 
     def _held(self, key: CacheKey, query: TokenQuery) -> NoToken | None:
-        """Why the IdP is not asked for ``key`` now, or None: a remembered refusal, the
-        key's back-off, the endpoint's circuit or the client's ``Retry-After``."""
-        guards = self._guards
-        remembered = guards.refusals.recall(key)
-        if remembered is not None:
-            self._metrics.bulkhead("refusal_remembered")
-            return _again(remembered.error, remembered.retry_after,
-                          "remembered: not asked again")
-        backed_off = guards.backoffs.held(key)
-        if backed_off is not None:
-            self._metrics.bulkhead("backoff")
-            return _again(backed_off.error, backed_off.retry_after,
-                          f"{backed_off.failures} failed fetches for this client: not asked "
-                          "again")
-        refused = self._issuer_for(query).refusal(query.client_id)
-        if refused is not None:
-            self._metrics.bulkhead("circuit_open" if refused.error_code != "rate_limited"
-                                   else "client_retry_after")
-        return refused
+        """Why the IdP is not asked for ``key`` now, or None (:meth:`Guards.held`)."""
+        return self._guards.held(key, self._issuer_for(query), query.client_id, self._metrics)
 
     def _join(self, flight: Flight[CacheKey, Answer], on_outcome: Outcome) -> bool:
         """Wait for ``flight`` without a thread (lock held); False when it is full."""
@@ -549,19 +462,9 @@ class TokenBroker:
         self._settle(flight, answer=Answer(token, self._expires_in(token), FROM_IDP))
 
     def _after_failure(self, key: CacheKey, query: TokenQuery, error: NoToken) -> None:
-        """Remember a refusal; back the key off after its own failure. Refusals made before
-        any call (the circuit, a Retry-After running, the pool) and attempts the request's
-        own deadline cut short are no evidence against the client; a 429 holds the whole
-        client id at the issuer, for as long as it asked."""
-        if isinstance(error, IdpRefused) and error.error_code in REMEMBERED_CODES:
-            self._guards.refusals.remember(key, error, tag=query.credential)
-        elif isinstance(error, IdpError) and error.attempted and not (
-                isinstance(error, IdpTimeout) and error.cut_short) and (
-                error.status != TOO_MANY_REQUESTS):  # a 429 holds its client at the issuer
-            pause = self._guards.backoffs.failed(key, error, error.retry_after)
-            log.info("client backed off after a failed fetch",
-                     extra={"client_id": query.client_id, "error_code": error.error_code,
-                            "backoff_s": round(pause, 2)})
+        """What the failure costs the key (:meth:`Guards.after_failure`)."""
+        self._guards.after_failure(key, error, client_id=query.client_id,
+                                   credential=query.credential)
 
     def _wait_budget(self, deadline: float | None) -> float:
         """How long to wait for another replica's token: the lease's life, but at most half
@@ -628,34 +531,19 @@ class TokenBroker:
     def _give_back_to_bucket(self) -> None:
         """The bucket was lost and made again: store what this replica holds back into it,
         in the background, so replicas started since find those tokens there."""
-        def store_all() -> None:
-            if self._cache is None or self._shared is None:
-                return
-            entries = [e for e in self._cache.servable() if isinstance(e.shared_key, SharedKey)]
-            for entry in entries:
-                assert isinstance(entry.shared_key, SharedKey)
-                self._shared.store(entry.shared_key, entry.token)
-            log.info("shared token cache refilled after it was made again",
-                     extra={"tokens": len(entries)})
-        with contextlib.suppress(RuntimeError):  # shutting down
-            self._refresher.submit(store_all)
+        cache, shared = self._cache, self._shared
+        if cache is not None and shared is not None:
+            self._refreshes.run_in_background(lambda: shared.refill(cache.servable()))
 
-    # --- refresh-ahead (the broker's own threads) -------------------------------------------
+    # --- refresh-ahead (the refresh queue's threads) ----------------------------------------
 
     def _refresh_in_background(self, key: CacheKey, query: TokenQuery) -> None:
-        """Queue one refresh for ``key``; it takes the key's flight only when it starts."""
-        with self._lock:
-            if key in self._refresh_queued or key in self._in_flight:
-                return  # a refresh (or a fetch) for this key is already coming
-            self._refresh_queued.add(key)
-        self.refreshes += 1
+        """Queue one refresh for ``key`` (:class:`RefreshQueue`), unless a fetch for it is
+        under way; it takes the key's flight only when it starts."""
+        if key in self._in_flight or not self._refreshes.queue(key, query):
+            return  # a fetch (or a refresh) for this key is already coming
         self._metrics.cache_refresh()
         log.debug("refreshing ahead of expiry", extra={"client_id": query.client_id})
-        try:
-            self._refresher.submit(self._refresh, key, query)
-        except RuntimeError:  # shutting down
-            with self._lock:
-                self._refresh_queued.discard(key)
 
     def _due(self, key: CacheKey) -> CachedToken | None:
         """The cached entry if it still needs this refresh (no fetch replaced it meanwhile)."""
@@ -669,7 +557,6 @@ class TokenBroker:
         already leads one (its token lands in the cache all the same) or the key is held
         back (its back-off, a remembered refusal)."""
         with self._lock:
-            self._refresh_queued.discard(key)
             entry = None if key in self._in_flight else self._due(key)
             if entry is None:
                 return
@@ -705,23 +592,3 @@ class TokenBroker:
             self._settle(flight, answer=self._keep(key, token, shared_key))
         else:
             self._call_idp(flight, query, key, shared_key)  # nothing came: take over
-
-
-class InlineWork:
-    """Runs each task at once on the thread that submits it: the broker's work queue for
-    callers outside a worker (no pool, no bound)."""
-
-    closed = False
-    workers = 1
-
-    def try_submit(self, run: Callable[[], None], drop: Callable[[], None]) -> bool:
-        run()
-        return True
-
-
-def _again(error: NoToken, seconds: float, how: str) -> NoToken:
-    """A copy of a held error for one more request, saying for how long it is held."""
-    held = copy.copy(error)
-    held.retry_after = seconds
-    held.add_context(f"{how} for {max(1, round(seconds))} s")
-    return held

@@ -49,6 +49,9 @@ Refresh-ahead takes the same lease, with ``newer_than`` the local token's ``expi
 only the replica whose lease is taken refreshes (and stores, and releases); the others keep
 serving their valid local token, and may take the refreshed one with ``lookup`` (it expires
 later than theirs).
+
+The module is longer than 400 lines because the tier is one object: its reads, writes,
+leases and waits share the bucket's state, its counts and its rest after a failure.
 """
 
 from __future__ import annotations
@@ -66,6 +69,7 @@ import orjson
 
 from token_worker.errors import KvError, KvUnavailable
 from token_worker.nats.kv import ERR_STREAM_NOT_FOUND, PUT, Closeable, Entry, KeyValueStore
+from token_worker.tokens.cache import CachedToken
 from token_worker.tokens.grant import Grant
 from token_worker.tokens.model import IssuedToken
 from token_worker.tokens.sealing import FleetKey, Unsealable
@@ -272,6 +276,16 @@ class SharedTier:
                                 "than this worker's, was taken over",
                                 entry=f"{key.names[0][:12]}...", ttl=holder.ttl or None)
         return revision
+
+    def refill(self, entries: list[CachedToken]) -> None:
+        """Store back the tokens a replica holds (those cached with a shared key), after the
+        bucket was made again."""
+        kept = [(entry.shared_key, entry.token) for entry in entries
+                if isinstance(entry.shared_key, SharedKey)]
+        for shared_key, token in kept:
+            self.store(shared_key, token)
+        log.info("shared token cache refilled after it was made again",
+                 extra={"tokens": len(kept)})
 
     def release(self, key: SharedKey) -> None:
         """Give a lease back (only if it is still ours): waiters that see it go without a

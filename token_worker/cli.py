@@ -127,10 +127,26 @@ def request_main(argv: Sequence[str] | None = None) -> int:
     return EXIT_REQUEST_FAILED if reply.get("error") else EXIT_OK
 
 
+def _not_utf8(args: argparse.Namespace) -> str:
+    """The first flag whose value came from bytes that were not UTF-8 (argv is decoded
+    with surrogateescape), or ""."""
+    for name, value in vars(args).items():
+        if isinstance(value, str):
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError:
+                return "--" + name.replace("_", "-")
+    return ""
+
+
 def _request_body(args: argparse.Namespace) -> dict[str, Any] | None:
     """The request to send, or None (said on stderr) when the options do not make one."""
     from token_worker.client.exchange import named_request_body, request_body  # noqa: PLC0415
 
+    flag = _not_utf8(args)
+    if flag:
+        print(f"token-request: {flag} is not valid UTF-8", file=sys.stderr)
+        return None
     if (args.credential is None) == (args.client_id is None):
         print("token-request: give either --client-id or --credential", file=sys.stderr)
         return None
@@ -156,9 +172,15 @@ def _read_secret(client_id: str, variable: str | None) -> str | None:
         secret = getpass.getpass(f"client secret for {client_id}: ")
     else:
         secret = sys.stdin.readline().rstrip("\r\n")
+    where = f"environment variable {variable}" if variable else "standard input"
     if not secret:
-        where = f"environment variable {variable}" if variable else "standard input"
         print(f"token-request: no client secret: {where} is empty", file=sys.stderr)
+        return None
+    try:
+        secret.encode("utf-8")
+    except UnicodeEncodeError:
+        print(f"token-request: the client secret from {where} is not valid UTF-8",
+              file=sys.stderr)
         return None
     return secret
 

@@ -748,3 +748,16 @@ def test_a_good_nkey_file_loads_and_creds_and_nkey_do_not_go_together(tmp_path):
     with pytest.raises(ConfigError, match="not both") as caught:
         NatsConfig(nkey_file=str(path), creds_file=str(creds))
     assert caught.value.field == "nats.nkeyFile"
+
+
+@pytest.mark.parametrize(("argv", "env", "source"), [
+    (["-nats-url", "nats://\udcff:4222"], {}, "flag -nats-url"),
+    ([], {"NATS_URL": "nats://\udcff:4222"}, "env NATS_URL"),
+])
+def test_a_value_that_was_not_utf8_is_refused_naming_its_source(argv, env, source):
+    """argv and the environment are decoded with surrogateescape: bytes that were not UTF-8
+    become lone surrogates, which no setting may hold."""
+    with pytest.raises(ConfigError) as caught:
+        load_config(argv, env)
+    assert (caught.value.field, caught.value.source) == ("nats.url", source)
+    assert "not valid UTF-8" in str(caught.value)

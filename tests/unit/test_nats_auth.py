@@ -225,3 +225,13 @@ def test_token_request_refuses_a_malformed_nkey_file_with_exit_2(
     assert request_main(["--credential", "orders", "--nkey", str(path)]) == 2
     error = capsys.readouterr().err
     assert "nats.nkeyFile" in error and "flag --nkey" in error and seed[:16] not in error
+
+
+def test_token_request_refuses_a_flag_or_secret_that_was_not_utf8(monkeypatch, capsys):
+    """A usage error (exit 2) naming the flag, never a traceback."""
+    assert request_main(["--client-id", "\udcff", "--client-secret-env", "TW_SECRET"]) == 2
+    assert "--client-id is not valid UTF-8" in capsys.readouterr().err
+    monkeypatch.setenv("TW_SECRET", "s3cret\udcff")
+    assert request_main(["--client-id", "orders", "--client-secret-env", "TW_SECRET",
+                         "--nats-url", "nats://127.0.0.1:9"]) == 2
+    assert "TW_SECRET is not valid UTF-8" in capsys.readouterr().err

@@ -3,6 +3,7 @@ call, which are asked again, and within which budget."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import threading
 from collections.abc import Callable
@@ -16,6 +17,7 @@ from token_worker.client import requester as requester_module
 from token_worker.client import retries as retries_module
 from token_worker.client.inbox import Inbox
 from token_worker.client.requester import Requester
+from token_worker.errors import NoWorkerAnswered
 from token_worker.nats.link import State
 from token_worker.nats.protocol import Message
 from token_worker.nats.replies import ReplyMux
@@ -177,3 +179,18 @@ def test_an_attempt_that_only_got_a_forgery_is_asked_again_at_once():
     assert pauses == [0.0]
     reply, fleet, pauses = run(silence, token, retries=1, timeout=0.1, clock=Clock())
     assert reply["access_token"] == "genuine" and len(pauses) == 1 and pauses[0] > 0
+
+
+@pytest.mark.parametrize("answer", [no_responders, error(OVERLOADED)])
+def test_answers_that_come_at_once_are_asked_again_until_the_end_of_the_budget(
+        answer, requester_clock):
+    """The last back-off is cut so that one more attempt fits: the call asks for its whole
+    budget, not until the next doubled pause would overshoot it."""
+    fleet = ScriptedFleet(answer)
+    closed = Pauses(requester_clock)
+    requester = Requester(fleet, Inbox(ReplyMux(fleet, "_INBOX"), 4096),  # type: ignore[arg-type]
+                          closed, timeout=1.0, retries=2)
+    with contextlib.suppress(NoWorkerAnswered):  # no responders: said when the budget ends
+        requester.send("token.request", b'{"request_id": "r"}', "r", None, 1.0)
+    assert sum(closed.taken) == pytest.approx(1.0 - retries_module.LAST_ATTEMPT)
+    assert len(fleet.sent) == len(closed.taken) + 1

@@ -38,6 +38,9 @@ BACKOFF_FIRST = 0.05
 """First pause before asking again when no worker is subscribed or NATS is away."""
 BACKOFF_MAX = 1.0
 """Longest pause between such attempts (they go on for the whole budget)."""
+LAST_ATTEMPT = 0.05
+"""Seconds kept at the end of a call's budget for a last attempt that is answered at once
+(a 503, a worker turning the request away): the last back-off is cut to leave them."""
 
 
 class AttemptFailed(Exception):
@@ -171,8 +174,14 @@ class Course:
         error = outcome.exception() if outcome is not None else None
         assert isinstance(error, AttemptFailed)  # tenacity retries only these
         self.failure = error
-        self._delay = self._policy.pause_after(error)
-        return self._delay or 0.0
+        delay = self._policy.pause_after(error)
+        room = self._call.remaining() - LAST_ATTEMPT
+        if delay is not None and room > 0 and not isinstance(error, Unanswered):
+            # an answer that comes at once (no worker, turned away, a lost connection) is
+            # asked again for the whole budget: the last pause ends in time for one more
+            delay = min(delay, room)
+        self._delay = delay
+        return delay or 0.0
 
     def ends(self, _state: RetryCallState) -> bool:
         """tenacity's stop: the policy gave up, or the pause would outlast the budget."""

@@ -186,6 +186,8 @@ def _build(raw: Mapping[str, tuple[Any, str]]) -> Config:
     values = {}
     for key, (value, source) in raw.items():
         setting_ = _BY_KEY[key]
+        if isinstance(value, str) and not _is_utf8(value):  # argv and env: surrogateescape
+            raise ConfigError(key, source, "is not valid UTF-8")
         values[setting_.path] = setting_.read(value, source)
     try:
         return _construct(Config, (), values)
@@ -193,6 +195,15 @@ def _build(raw: Mapping[str, tuple[Any, str]]) -> Config:
         if error.source != CODE:
             raise
         raise ConfigError(error.field, _source_of(error.field, raw), error.problem) from None
+
+
+def _is_utf8(value: str) -> bool:
+    """False for text that came from bytes that were not UTF-8 (lone surrogates)."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _construct(cls: type[T], path: tuple[str, ...], values: Mapping[tuple[str, ...], Any]) -> T:

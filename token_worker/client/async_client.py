@@ -33,8 +33,8 @@ from token_worker.client.exchange import (
     Asked,
     Token,
     ask,
+    check_options,
     check_request,
-    check_subject,
     token_from_entry,
     token_from_reply,
 )
@@ -67,10 +67,8 @@ class AsyncTokenClient:
         max_reply_size: int = MAX_REPLY_SIZE,
         max_ttl: float = MAX_TTL,
     ) -> None:
-        check_subject("inbox_prefix", inbox_prefix)
-        check_subject("named_subject", named_subject)
-        if max_reply_size <= 0 or max_ttl <= 0:
-            raise ValueError("max_reply_size and max_ttl must be positive")
+        check_options(inbox_prefix=inbox_prefix, named_subject=named_subject,
+                      max_reply_size=max_reply_size, max_ttl=max_ttl)
         self._subject = subject
         self._named_subject = named_subject
         self._timeout = timeout

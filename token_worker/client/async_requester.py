@@ -27,7 +27,7 @@ import time
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, Protocol
 
-from tenacity import AsyncRetrying, retry_if_exception_type
+from tenacity import AsyncRetrying
 
 from token_worker.client.exchange import check_size, match_reply
 from token_worker.client.retries import (
@@ -38,9 +38,7 @@ from token_worker.client.retries import (
     Course,
     NoResponders,
     RetryPolicy,
-    TurnedAway,
     Unanswered,
-    final_error,
     turned_away,
     unless_turned_away,
 )
@@ -199,25 +197,11 @@ class AsyncRequester:
         waiter = _Waiter()
         subjects: list[str] = []
         course = Course(RetryPolicy(self._retries, self._timeout), call)
-        retrying = AsyncRetrying(
-            before=lambda _: self._check_open(),
-            retry=retry_if_exception_type(AttemptFailed),
-            wait=course.pause,
-            stop=course.ends,
-            sleep=self._pause,
-            reraise=True,
-        )
+        retrying = AsyncRetrying(**course.retrying(self._check_open, self._pause))
         try:
             reply: dict[str, Any] = await retrying(self._attempt, call, waiter, subjects)
-        except BudgetSpent:  # no time for another attempt: the last one says why
-            if isinstance(course.failure, TurnedAway):
-                return course.failure.reply
-            raise final_error(call, course.failure, budget_spent=True) from None
-        except TurnedAway as turned:  # no attempt fits the budget, or retries=0
-            return turned.reply
-        except AttemptFailed:
-            raise final_error(call, course.failure,
-                              budget_spent=course.budget_spent) from None
+        except (BudgetSpent, AttemptFailed) as error:
+            return course.outcome(error)
         finally:
             self._inbox.forget(subjects)
         return reply

@@ -40,8 +40,8 @@ from token_worker.client.exchange import (
     NAMED_SUBJECT,
     Token,
     ask,
+    check_options,
     check_request,
-    check_subject,
     named,
     token_from_entry,
     token_from_reply,
@@ -89,10 +89,8 @@ class TokenClient:
         max_reply_size: int = MAX_REPLY_SIZE,
         max_ttl: float = MAX_TTL,
     ) -> None:
-        check_subject("inbox_prefix", inbox_prefix)
-        check_subject("named_subject", named_subject)
-        if max_reply_size <= 0 or max_ttl <= 0:
-            raise ValueError("max_reply_size and max_ttl must be positive")
+        check_options(inbox_prefix=inbox_prefix, named_subject=named_subject,
+                      max_reply_size=max_reply_size, max_ttl=max_ttl)
         config = nats if isinstance(nats, NatsConfig) else NatsConfig(
             urls=_urls(nats), reconnect_wait=1.0, max_reconnect=-1)
         # Requests never wait in the reconnect buffer: the client retries them itself

@@ -154,6 +154,15 @@ def check_subject(field: str, value: str) -> None:
                          f"or spaces, got {value!r}")
 
 
+def check_options(*, inbox_prefix: str, named_subject: str, max_reply_size: int,
+                  max_ttl: float) -> None:
+    """The options both clients take, checked alike (``ValueError`` naming the option)."""
+    check_subject("inbox_prefix", inbox_prefix)
+    check_subject("named_subject", named_subject)
+    if max_reply_size <= 0 or max_ttl <= 0:
+        raise ValueError("max_reply_size and max_ttl must be positive")
+
+
 def request_body(client_id: str, client_secret: str, scope: str | None = None, *,
                  skip_cache: bool = False) -> dict[str, Any]:
     """A token request body (:class:`~token_worker.wire.TokenRequest`) as a dict for

@@ -17,7 +17,7 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
-from tenacity import Retrying, retry_if_exception_type
+from tenacity import Retrying
 
 from token_worker.client.exchange import check_size, match_reply
 from token_worker.client.inbox import Inbox, Waiter
@@ -29,9 +29,7 @@ from token_worker.client.retries import (
     Course,
     NoResponders,
     RetryPolicy,
-    TurnedAway,
     Unanswered,
-    final_error,
     turned_away,
     unless_turned_away,
 )
@@ -86,25 +84,12 @@ class Requester:
         waiter = Waiter()
         subjects: list[str] = []
         course = Course(RetryPolicy(self._retries, self._timeout), call)
-        retrying = Retrying(
-            before=lambda _: self._check_open(),
-            retry=retry_if_exception_type(AttemptFailed),
-            wait=course.pause,
-            stop=course.ends,
-            sleep=lambda seconds: self._pause(course.failure, seconds),
-            reraise=True,
-        )
+        retrying = Retrying(**course.retrying(
+            self._check_open, lambda seconds: self._pause(course.failure, seconds)))
         try:
             reply: dict[str, Any] = retrying(self._attempt, call, waiter, subjects)
-        except BudgetSpent:  # no time for another attempt: the last one says why
-            if isinstance(course.failure, TurnedAway):
-                return course.failure.reply  # the worker's own answer says best why
-            raise final_error(call, course.failure, budget_spent=True) from None
-        except TurnedAway as turned_away:  # no attempt fits the budget, or retries=0
-            return turned_away.reply
-        except AttemptFailed:
-            raise final_error(call, course.failure,
-                              budget_spent=course.budget_spent) from None
+        except (BudgetSpent, AttemptFailed) as error:
+            return course.outcome(error)
         finally:
             self._inbox.forget(subjects)
         return reply

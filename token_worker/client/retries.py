@@ -20,11 +20,11 @@ from __future__ import annotations
 
 import random
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from tenacity import RetryCallState
+from tenacity import RetryCallState, retry_if_exception_type
 
 from token_worker.errors import (
     NatsUnavailable,
@@ -182,6 +182,25 @@ class Course:
             delay = min(delay, room)
         self._delay = delay
         return delay or 0.0
+
+    def retrying(self, check_open: Callable[[], None], sleep: Callable[[float], Any]
+                 ) -> dict[str, Any]:
+        """The arguments of tenacity's ``Retrying`` (or ``AsyncRetrying``, with an async
+        ``sleep``) that run a call's attempts on this course."""
+        return {"before": lambda _: check_open(),
+                "retry": retry_if_exception_type(AttemptFailed), "wait": self.pause,
+                "stop": self.ends, "sleep": sleep, "reraise": True}
+
+    def outcome(self, error: Exception) -> dict[str, Any]:
+        """What ends a call whose attempts raised ``error``: the reply of a worker that
+        turned it away (its own answer says best why), or the error to raise."""
+        if isinstance(error, BudgetSpent):  # no time for another attempt: the last says why
+            if isinstance(self.failure, TurnedAway):
+                return self.failure.reply
+            raise final_error(self._call, self.failure, budget_spent=True) from None
+        if isinstance(error, TurnedAway):  # no attempt fits the budget, or retries=0
+            return error.reply
+        raise final_error(self._call, self.failure, budget_spent=self.budget_spent) from None
 
     def ends(self, _state: RetryCallState) -> bool:
         """tenacity's stop: the policy gave up, or the pause would outlast the budget."""

@@ -396,13 +396,7 @@ class KeyValue:
         last = self._get_raw(key)
         if last is None or last.operation == PUT:
             return None  # held by someone else (or gone a moment ago: let it be)
-        headers["Nats-Expected-Last-Subject-Sequence"] = str(last.revision)
-        try:
-            return self._publish(key, value, headers)
-        except KvError as error:
-            if _wrong_last_sequence(error):
-                return None
-            raise
+        return self.update(key, value, last_revision=last.revision, ttl=ttl)
 
     def update(self, key: str, value: bytes, *, last_revision: int,
                ttl: float | None = None) -> int | None:

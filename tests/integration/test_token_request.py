@@ -34,7 +34,8 @@ def token_request(*args: str, env: dict[str, str] | None = None, stdin: str | No
                             capture_output=True, timeout=timeout, check=False,
                             env={**os.environ, **(env or {})})
     CAPTURED_LOG_LINES.extend(result.stderr.splitlines())  # scanned for secrets at the end
-    CAPTURED_LOG_LINES.extend(result.stdout.splitlines())
+    if "--show-token" not in args:  # asked to print the token: its output is the token
+        CAPTURED_LOG_LINES.extend(result.stdout.splitlines())
     return result
 
 

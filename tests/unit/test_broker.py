@@ -9,6 +9,7 @@ import pytest
 
 from tests.fakes import Clock, FakeIssuer, HeldExecutor, HeldWork
 from token_worker.errors import (
+    AskedToWait,
     CircuitOpen,
     IdpRefused,
     IdpTimeout,
@@ -418,6 +419,27 @@ def test_the_issuers_refusal_is_answered_without_a_call():
     assert isinstance(outcome, CircuitOpen)
     assert idp.calls == 0
     assert broker.fetch(TokenQuery("other", "s", "read")).source == FROM_IDP
+
+
+def test_the_issuers_refusal_is_counted_under_its_own_bulkhead():
+    clock, idp, metrics = Clock(), FakeIssuer(), Metrics()
+    broker, _ = make(idp, clock, metrics=metrics)
+
+    def refusals(reason: str) -> float:
+        return metrics.registry.get_sample_value("token_worker_bulkhead_refusals_total",
+                                                 {"reason": reason}) or 0.0
+
+    idp.refused["open"] = CircuitOpen("identity provider failing", retry_after=7.0,
+                                      attempted=False)
+    idp.refused["held"] = AskedToWait("identity provider asked to wait 120 s for this client",
+                                      retry_after=120.0, attempted=False)
+    for client_id in ("open", "held", "held"):
+        broker.ask(TokenQuery(client_id, "s", "read"), deadline=None, skip_cache=False,
+                   on_outcome=Outcomes())
+    # docs/operations.md, "Bulkheads": the circuit is circuit_open, a 429's Retry-After
+    # holding one client id is client_retry_after
+    assert (refusals("circuit_open"), refusals("client_retry_after")) == (1, 2)
+    assert idp.calls == 0
 
 
 # --- budgets -----------------------------------------------------------------------------------

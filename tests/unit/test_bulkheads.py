@@ -139,6 +139,27 @@ def test_a_backoff_doubles_with_full_jitter_and_honours_a_retry_after():
     assert backoffs.failed("k", "error") == 0.5
 
 
+def test_a_backoff_doubles_up_to_its_longest_from_any_first_pause_the_config_accepts():
+    clock = Clock()
+    drawn: list[tuple[float, float]] = []
+
+    def rng(low: float, high: float) -> float:
+        drawn.append((low, high))
+        return high
+
+    # idp.clientBackoff: above 0; idp.clientBackoffMax: at most 86400 (README)
+    backoffs: Backoffs[str, str] = Backoffs(first=1e-5, longest=86400.0, capacity=10,
+                                            clock=clock.monotonic, rng=rng)
+    pauses = [backoffs.failed("k", "error") for _ in range(2000)]
+    assert pauses[:3] == [1e-5, 2e-5, 4e-5]
+    # 1e-5 s doubled 33 times is 85 899 s, short of the longest; once more reaches it
+    assert pauses[33] == pytest.approx(85899.34592)
+    assert pauses[34:] == [86400.0] * (2000 - 34) and drawn[-1] == (43200.0, 86400.0)
+    tiny: Backoffs[str, str] = Backoffs(first=1e-4, longest=86400.0, capacity=10,
+                                        clock=clock.monotonic, rng=rng)
+    assert [tiny.failed("k", "error") for _ in range(31)][-1] == 86400.0
+
+
 def test_the_tables_are_bounded_forgetting_the_least_recently_used():
     clock = Clock()
     backoffs: Backoffs[int, str] = Backoffs(first=1.0, longest=1.0, capacity=100,

@@ -351,6 +351,44 @@ def test_a_timeout_the_requests_own_deadline_cut_short_backs_nobody_off():
     assert idp.calls == 3
 
 
+def test_a_429_backs_no_key_off_its_client_is_held_at_the_issuer():
+    clock, idp = Clock(), FakeIssuer()
+    broker, _ = make(idp, clock)
+    idp.error = IdpUnavailable("identity provider failed: HTTP 429", status=429,
+                               retry_after=1.0, reason="HTTP 429")
+    for _ in range(3):
+        with pytest.raises(IdpUnavailable):
+            broker.fetch(QUERY)
+    assert idp.calls == 3
+
+
+def test_a_held_key_is_told_at_least_one_second_and_its_pause_is_logged(caplog):
+    clock, idp = Clock(), FakeIssuer()
+    broker, _ = make(idp, clock, guards=guards(clock, first=1.23456))
+    idp.error = IdpUnavailable("identity provider failed: HTTP 500", status=500)
+    with (caplog.at_level("INFO", logger="token_worker.tokens.bulkheads"),
+          pytest.raises(IdpUnavailable)):
+        broker.fetch(QUERY)
+    [line] = [r for r in caplog.records if r.message == "client backed off after a failed fetch"]
+    assert (line.client_id, line.backoff_s) == ("svc", 1.23)  # type: ignore[attr-defined]
+    clock.advance(1.0)  # 0.23 s left: the reply never says "0 s"
+    with pytest.raises(IdpUnavailable, match=r"not asked again for 1 s\)") as held:
+        broker.fetch(QUERY)
+    assert held.value.retry_after == pytest.approx(0.23456)
+
+
+def test_the_bulkheads_keep_100_000_clients_then_forget_the_least_recently_used():
+    clock = Clock()
+    kept, forgotten = (Guards.from_defaults(clock=clock.monotonic) for _ in range(2))
+    for budgets, others in ((kept.budgets, 99_999), (forgotten.budgets, 100_000)):
+        while budgets.take("first") == 0.0:  # idp.clientBurst spent
+            pass
+        for n in range(others):
+            budgets.take(f"client-{n}")
+    assert kept.budgets.take("first") > 0  # still spent: 100 000 clients fit
+    assert forgotten.budgets.take("first") == 0.0  # forgotten: a fresh budget
+
+
 def test_refusals_made_without_a_call_back_nobody_off():
     clock, idp = Clock(), FakeIssuer()
     broker, _ = make(idp, clock)

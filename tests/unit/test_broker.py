@@ -9,6 +9,7 @@ import pytest
 
 from tests.fakes import Clock, FakeIssuer, HeldExecutor, HeldWork
 from token_worker.errors import (
+    AskedToWait,
     CircuitOpen,
     IdpRefused,
     IdpTimeout,
@@ -350,6 +351,44 @@ def test_a_timeout_the_requests_own_deadline_cut_short_backs_nobody_off():
     assert idp.calls == 3
 
 
+def test_a_429_backs_no_key_off_its_client_is_held_at_the_issuer():
+    clock, idp = Clock(), FakeIssuer()
+    broker, _ = make(idp, clock)
+    idp.error = IdpUnavailable("identity provider failed: HTTP 429", status=429,
+                               retry_after=1.0, reason="HTTP 429")
+    for _ in range(3):
+        with pytest.raises(IdpUnavailable):
+            broker.fetch(QUERY)
+    assert idp.calls == 3
+
+
+def test_a_held_key_is_told_at_least_one_second_and_its_pause_is_logged(caplog):
+    clock, idp = Clock(), FakeIssuer()
+    broker, _ = make(idp, clock, guards=guards(clock, first=1.23456))
+    idp.error = IdpUnavailable("identity provider failed: HTTP 500", status=500)
+    with (caplog.at_level("INFO", logger="token_worker.tokens.bulkheads"),
+          pytest.raises(IdpUnavailable)):
+        broker.fetch(QUERY)
+    [line] = [r for r in caplog.records if r.message == "client backed off after a failed fetch"]
+    assert (line.client_id, line.backoff_s) == ("svc", 1.23)  # type: ignore[attr-defined]
+    clock.advance(1.0)  # 0.23 s left: the reply never says "0 s"
+    with pytest.raises(IdpUnavailable, match=r"not asked again for 1 s\)") as held:
+        broker.fetch(QUERY)
+    assert held.value.retry_after == pytest.approx(0.23456)
+
+
+def test_the_bulkheads_keep_100_000_clients_then_forget_the_least_recently_used():
+    clock = Clock()
+    kept, forgotten = (Guards.from_defaults(clock=clock.monotonic) for _ in range(2))
+    for budgets, others in ((kept.budgets, 99_999), (forgotten.budgets, 100_000)):
+        while budgets.take("first") == 0.0:  # idp.clientBurst spent
+            pass
+        for n in range(others):
+            budgets.take(f"client-{n}")
+    assert kept.budgets.take("first") > 0  # still spent: 100 000 clients fit
+    assert forgotten.budgets.take("first") == 0.0  # forgotten: a fresh budget
+
+
 def test_refusals_made_without_a_call_back_nobody_off():
     clock, idp = Clock(), FakeIssuer()
     broker, _ = make(idp, clock)
@@ -418,6 +457,27 @@ def test_the_issuers_refusal_is_answered_without_a_call():
     assert isinstance(outcome, CircuitOpen)
     assert idp.calls == 0
     assert broker.fetch(TokenQuery("other", "s", "read")).source == FROM_IDP
+
+
+def test_the_issuers_refusal_is_counted_under_its_own_bulkhead():
+    clock, idp, metrics = Clock(), FakeIssuer(), Metrics()
+    broker, _ = make(idp, clock, metrics=metrics)
+
+    def refusals(reason: str) -> float:
+        return metrics.registry.get_sample_value("token_worker_bulkhead_refusals_total",
+                                                 {"reason": reason}) or 0.0
+
+    idp.refused["open"] = CircuitOpen("identity provider failing", retry_after=7.0,
+                                      attempted=False)
+    idp.refused["held"] = AskedToWait("identity provider asked to wait 120 s for this client",
+                                      retry_after=120.0, attempted=False)
+    for client_id in ("open", "held", "held"):
+        broker.ask(TokenQuery(client_id, "s", "read"), deadline=None, skip_cache=False,
+                   on_outcome=Outcomes())
+    # docs/operations.md, "Bulkheads": the circuit is circuit_open, a 429's Retry-After
+    # holding one client id is client_retry_after
+    assert (refusals("circuit_open"), refusals("client_retry_after")) == (1, 2)
+    assert idp.calls == 0
 
 
 # --- budgets -----------------------------------------------------------------------------------

@@ -67,7 +67,7 @@ def test_a_clients_5xx_counts_for_that_client_only():
     for _ in range(3):  # three fetches of one client, three attempts each
         with pytest.raises(IdpUnavailable):
             idp.fetch_token("noisy", "s", "", deadline=clock.mono + 8)
-    assert len(client.timeouts) == 9
+    assert len(client.timeouts) == 9 and idp.calls == 9  # attempts, retries included
     assert idp.circuit.state is CircuitState.CLOSED
     assert idp.refusal("other") is None
 
@@ -118,6 +118,29 @@ def test_a_timeout_with_the_time_a_fresh_request_gets_is_evidence_one_cut_short_
     assert idp.circuit.state is CircuitState.OPEN  # threshold 1: one client hanging fully
 
 
+def test_a_timeout_with_exactly_half_a_fresh_requests_time_is_evidence():
+    clock = Clock()
+    hang = IdpTimeout("no complete answer within 2 s")
+    client = ScriptedClient(clock, hang, took=2.0)
+    idp = resilient(client, clock, failure_threshold=1)  # a fresh request: 4 s
+    with pytest.raises(IdpTimeout) as full:
+        idp.fetch_token("half", "s", "", deadline=clock.mono + 2.0)
+    assert client.timeouts == [2.0] and not full.value.cut_short
+    assert idp.circuit.state is CircuitState.OPEN
+
+
+def test_the_circuit_opening_is_logged_with_its_evidence_and_cool_down(caplog):
+    clock = Clock()
+    idp = resilient(ScriptedClient(clock, http_500()), clock, failure_threshold=1,
+                    cool_down=2.34)
+    with (caplog.at_level("WARNING", logger="token_worker.idp.resilience"),
+          pytest.raises(IdpUnavailable)):
+        idp.fetch_token("a", "s", "")
+    [line] = [r for r in caplog.records if r.message == "idp circuit opened: failing fast"]
+    assert line.evidence == "failures for 1 different clients in 30 s"  # type: ignore[attr-defined]
+    assert line.open_s == 2.3  # type: ignore[attr-defined]  # seconds, to a tenth
+
+
 def test_a_429_says_nothing_about_the_endpoint():
     clock = Clock()
     limited = IdpUnavailable("HTTP 429", status=429, retry_after=1)
@@ -140,6 +163,48 @@ def test_the_time_a_fetch_needs_follows_the_idps_slow_answers_within_bounds():
     for _ in range(10):
         slow.fetch_token("c", "s", "")
     assert slow.time_needed() == pytest.approx(2.0)  # at most half a fresh request's time
+    longer = resilient(ScriptedClient(clock, took=3.5), clock, timeout=6.0)
+    for _ in range(10):
+        longer.fetch_token("c", "s", "")
+    assert longer.time_needed() == pytest.approx(3.0)  # half of idp.timeout, 6 s
+
+
+def test_the_slowest_tenth_of_the_answers_decides_the_time_a_fetch_needs():
+    clock = Clock()
+    client = ScriptedClient(clock)
+    idp = resilient(client, clock)
+    for n in range(1, 21):  # 20 answers, 0.05 s to 1 s: the slowest tenth is 0.95 and 1 s
+        client.took = 0.05 * n
+        idp.fetch_token("c", "s", "")
+    assert idp.time_needed() == pytest.approx(1.5 * 0.95)
+
+
+def test_the_last_32_answers_decide_the_time_a_fetch_needs():
+    clock = Clock()
+    client = ScriptedClient(clock, took=1.2)
+    idp = resilient(client, clock)
+    for _ in range(32):
+        idp.fetch_token("c", "s", "")
+    assert idp.time_needed() == pytest.approx(1.8)
+    client.took = 0.1
+    for _ in range(28):
+        idp.fetch_token("c", "s", "")
+    assert idp.time_needed() == pytest.approx(1.8)  # 4 slow answers of the last 32: a tenth
+    idp.fetch_token("c", "s", "")
+    assert idp.time_needed() == 0.25  # 3 of 32: fast answers decide, the floor wins
+
+
+def test_an_attempt_starts_with_at_least_50_ms_left_never_with_less():
+    clock = Clock(mono=0.0)  # from 0, so that 0.05 s left is exactly 0.05
+    client = ScriptedClient(clock, took=0.0)
+    idp = resilient(client, clock)
+    idp.fetch_token("c", "s", "", deadline=clock.mono + 0.05)
+    assert client.timeouts == [0.05]
+    with pytest.raises(IdpTimeout, match="no time left") as late:
+        idp.fetch_token("c", "s", "", deadline=clock.mono + 0.04)
+    assert client.timeouts == [0.05]  # not called
+    assert late.value.attempted is False  # no evidence against the client
+    assert idp.circuit.state is CircuitState.CLOSED
 
 
 def test_the_call_ceiling_answers_overloaded_without_a_call():

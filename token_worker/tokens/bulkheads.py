@@ -21,7 +21,7 @@ from collections.abc import Callable
 from typing import NamedTuple
 
 from token_worker import defaults
-from token_worker.errors import IdpError, IdpRefused, IdpTimeout, NoToken
+from token_worker.errors import AskedToWait, IdpError, IdpRefused, IdpTimeout, NoToken
 from token_worker.metrics import Metrics
 from token_worker.tokens.cache import CacheKey
 from token_worker.tokens.guards import REMEMBERED_CODES, Backoffs, Budgets, Refusals
@@ -73,8 +73,8 @@ class Guards(NamedTuple):
                          "again")
         refused = issuer.refusal(client_id)
         if refused is not None:
-            metrics.bulkhead("circuit_open" if refused.error_code != "rate_limited"
-                             else "client_retry_after")
+            metrics.bulkhead("client_retry_after" if isinstance(refused, AskedToWait)
+                             else "circuit_open")
         return refused
 
     def after_failure(self, key: CacheKey, error: NoToken, *, client_id: str,

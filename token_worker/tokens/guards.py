@@ -55,17 +55,21 @@ class Backoffs(Generic[K, E]):
         self._longest = longest
         self._clock = clock
         self._rng = rng
-        self._held: LRUCache[K, tuple[float, E, int]] = LRUCache(capacity)
+        self._held: LRUCache[K, tuple[float, E, int, float]] = LRUCache(capacity)
+        """Key -> (held until, its error, its failures, the ceiling of its last pause)."""
         self._lock = threading.Lock()
 
     def failed(self, key: K, error: E, retry_after: float | None = None) -> float:
         """Hold ``key`` back after a failed fetch; returns the seconds it is held."""
         now = self._clock()
         with self._lock:
-            failures = self._held.get(key, (0.0, error, 0))[2] + 1
-            ceiling = min(self._longest, self._first * 2 ** min(failures - 1, 30))
+            held = self._held.get(key)
+            failures = 1 if held is None else held[2] + 1
+            # the last ceiling doubled: it reaches the longest from any first pause, and
+            # stays finite however many the failures (a power of two would need a cap)
+            ceiling = min(self._longest, self._first if held is None else 2 * held[3])
             pause = max(self._rng(ceiling / 2, ceiling), retry_after or 0.0)
-            self._held[key] = (now + pause, error, failures)
+            self._held[key] = (now + pause, error, failures, ceiling)
         return pause
 
     def succeeded(self, key: K) -> None:
@@ -87,7 +91,7 @@ class Backoffs(Generic[K, E]):
 
     def __len__(self) -> int:
         with self._lock:
-            return sum(1 for until, _, _ in self._held.values() if until > self._clock())
+            return sum(1 for until, *_ in self._held.values() if until > self._clock())
 
 
 class Refusals(Generic[K, E]):

@@ -12,6 +12,7 @@ import argparse
 import getpass
 import json
 import logging
+import math
 import os
 import sys
 from collections.abc import Sequence
@@ -125,6 +126,18 @@ def request_main(argv: Sequence[str] | None = None) -> int:
         reply["access_token"] = token[:8] + "…"
     print(json.dumps(reply, indent=2, ensure_ascii=False))
     return EXIT_REQUEST_FAILED if reply.get("error") else EXIT_OK
+
+
+def _seconds(text: str) -> float:
+    """An argparse type: a finite number of seconds above 0 (``float`` alone takes "nan",
+    "inf" and "-1", a request that never ends or ends at once)."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds above 0")
+    return value
 
 
 def _not_utf8(args: argparse.Namespace) -> str:
@@ -246,7 +259,7 @@ def _request_parser() -> argparse.ArgumentParser:
     add("--scope", default=None,
         help="scopes to ask for, space-separated (default: the worker's idp.defaultScope; "
              "\"\" for none)")
-    add("--timeout", metavar="SECONDS", type=float, default=10.0,
+    add("--timeout", metavar="SECONDS", type=_seconds, default=10.0,
         help="seconds to wait for the answer, retries included; the workers' IdP deadline "
              "is 8 s (default: %(default)s)")
     add("--show-token", action="store_true",

@@ -99,6 +99,17 @@ def test_no_worker_is_reported_at_once(nats_server):
         assert time.monotonic() - started < 5  # the server's no-responders, not the 10 s
 
 
+@pytest.mark.parametrize("budget", [float("nan"), float("inf"), 0])
+def test_a_budget_that_is_no_time_is_refused_before_anything_is_sent(nats_server, budget):
+    """NaN compares false with everything: it was a call that never ended."""
+    with TokenClient(nats_server.url, retries=0) as client:
+        with pytest.raises(ValueError, match="budget"):
+            client.get_token(*DEMO, budget=budget)
+        with pytest.raises(ValueError, match="budget"):
+            client.request({"client_id": "svc", "client_secret": "s"}, budget=budget)
+        assert client.requests_sent == 0
+
+
 def test_retries_find_a_worker_that_starts_late(nats_server, idp, start_worker):
     threading.Timer(0.3, lambda: start_worker(make_config(nats_server.url, idp.url))).start()
     with TokenClient(nats_server.url, retries=10, timeout=2) as client:

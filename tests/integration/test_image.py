@@ -335,7 +335,8 @@ def test_the_image_is_small_non_root_and_holds_no_compiler_cache_or_pip(
     # compiling at start; no toolchain, no pip, nothing left by apt or pip (seen as root).
     probe = r"""
 import importlib.util, json, os, shutil, sys
-import token_worker.cli, token_worker.serve.worker, token_worker.nats.connection, token_worker.idp.client
+import token_worker.cli, token_worker.serve.worker, token_worker.nats.connection
+import token_worker.idp.client
 missing, stale = [], []
 for module in list(sys.modules.values()):
     spec = getattr(module, "__spec__", None)

@@ -251,6 +251,12 @@ def test_arguments_are_checked_as_the_threaded_client_checks_them():
         run(client.get_token(credential="a.b"))
     with pytest.raises(ValueError, match="inbox_prefix"):
         AsyncTokenClient(FakeNats(), inbox_prefix="a.*")
+    with pytest.raises(ValueError, match="timeout"):
+        AsyncTokenClient(FakeNats(), timeout=float("nan"))
+    nats = FakeNats()
+    with pytest.raises(ValueError, match="budget"):
+        run(AsyncTokenClient(nats).get_token("svc", SECRET, budget=float("inf")))
+    assert nats.published == []  # refused before anything was sent
 
 
 def test_a_named_credential_is_asked_on_its_subject_and_must_be_named_back():

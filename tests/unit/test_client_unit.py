@@ -11,6 +11,7 @@ import pytest
 from token_worker.client.client import TokenClient
 from token_worker.client.exchange import (
     MAX_TTL,
+    call_budget,
     check_request,
     issued_from_reply,
     match_reply,
@@ -173,6 +174,29 @@ def test_a_bad_credential_name_is_refused_locally(name):
 def test_a_bad_subject_prefix_is_refused_before_connecting(field, value):
     with pytest.raises(ValueError, match=field):
         TokenClient("nats://127.0.0.1:9", **{field: value})
+
+
+@pytest.mark.parametrize(("option", "value"), [
+    ("timeout", float("nan")), ("timeout", float("inf")), ("timeout", 0), ("timeout", -1),
+    ("timeout", "10"), ("max_ttl", float("nan")), ("max_ttl", 0),
+    ("max_reply_size", 0), ("max_reply_size", 1.5), ("retries", -1), ("retries", 1.0),
+    ("retries", True),
+])
+def test_an_option_that_would_make_calls_never_end_or_end_at_once_is_refused(option, value):
+    """NaN compares false with everything: a timeout of NaN was a call that never ended."""
+    with pytest.raises(ValueError, match=option):
+        TokenClient("nats://127.0.0.1:9", **{option: value})
+
+
+@pytest.mark.parametrize("budget", [float("nan"), float("inf"), 0, -5, "5"])
+def test_a_budget_that_is_no_finite_time_above_0_is_refused(budget):
+    with pytest.raises(ValueError, match="budget must be a finite number of seconds above 0"):
+        call_budget(budget, timeout=10, retries=2)
+
+
+def test_without_a_budget_a_call_has_time_for_every_attempt_and_a_second_more():
+    assert call_budget(None, timeout=10, retries=2) == 31.0
+    assert call_budget(2.5, timeout=10, retries=2) == 2.5
 
 
 def test_a_bad_nats_url_is_refused_before_connecting():

@@ -227,6 +227,13 @@ def test_token_request_refuses_a_malformed_nkey_file_with_exit_2(
     assert "nats.nkeyFile" in error and "flag --nkey" in error and seed[:16] not in error
 
 
+@pytest.mark.parametrize("timeout", ["nan", "inf", "-1", "0", "soon"])
+def test_token_request_refuses_a_timeout_that_is_no_time_above_0(timeout, capsys):
+    """A usage error (exit 2), not a request that never ends (nan) or ends at once."""
+    assert request_main(["--credential", "orders", "--timeout", timeout]) == 2
+    assert f"argument --timeout: {timeout!r} is not a number of seconds" in capsys.readouterr().err
+
+
 def test_token_request_refuses_a_flag_or_secret_that_was_not_utf8(monkeypatch, capsys):
     """A usage error (exit 2) naming the flag, never a traceback."""
     assert request_main(["--client-id", "\udcff", "--client-secret-env", "TW_SECRET"]) == 2

@@ -33,6 +33,7 @@ from token_worker.client.exchange import (
     Asked,
     Token,
     ask,
+    call_budget,
     check_options,
     check_request,
     token_from_entry,
@@ -68,7 +69,8 @@ class AsyncTokenClient:
         max_ttl: float = MAX_TTL,
     ) -> None:
         check_options(inbox_prefix=inbox_prefix, named_subject=named_subject,
-                      max_reply_size=max_reply_size, max_ttl=max_ttl)
+                      max_reply_size=max_reply_size, max_ttl=max_ttl, timeout=timeout,
+                      retries=retries)
         self._subject = subject
         self._named_subject = named_subject
         self._timeout = timeout
@@ -136,15 +138,15 @@ class AsyncTokenClient:
         flight = self._flights.get(key)
         if flight is None:
             check_request(asked.payload, named=credential is not None)
-            flight = asyncio.ensure_future(self._fetch(asked, budget))
+            total = call_budget(budget, timeout=self._timeout, retries=self._retries)
+            flight = asyncio.ensure_future(self._fetch(asked, total))
             self._flights[key] = flight
             flight.add_done_callback(lambda done: self._landed(key, done))
         return await asyncio.shield(flight)
 
-    async def _fetch(self, asked: Asked, budget: float | None) -> Token:
-        """One request over NATS, in a span of its own when tracing (its context goes in
-        the request's headers); its token kept in the cache."""
-        total = budget if budget is not None else self._timeout * (self._retries + 1) + 1.0
+    async def _fetch(self, asked: Asked, total: float) -> Token:
+        """One request over NATS within ``total`` seconds, in a span of its own when tracing
+        (its context goes in the request's headers); its token kept in the cache."""
         sent = self._now()
         with tracing.requesting(asked.subject, asked.request_id) as headers:
             reply = await self._requester.send(asked.subject, asked.payload, asked.request_id,

@@ -40,6 +40,7 @@ from token_worker.client.exchange import (
     NAMED_SUBJECT,
     Token,
     ask,
+    call_budget,
     check_options,
     check_request,
     named,
@@ -90,7 +91,8 @@ class TokenClient:
         max_ttl: float = MAX_TTL,
     ) -> None:
         check_options(inbox_prefix=inbox_prefix, named_subject=named_subject,
-                      max_reply_size=max_reply_size, max_ttl=max_ttl)
+                      max_reply_size=max_reply_size, max_ttl=max_ttl, timeout=timeout,
+                      retries=retries)
         config = nats if isinstance(nats, NatsConfig) else NatsConfig(
             urls=_urls(nats), reconnect_wait=1.0, max_reconnect=-1)
         # Requests never wait in the reconnect buffer: the client retries them itself
@@ -160,13 +162,14 @@ class TokenClient:
         asked = ask(client_id, client_secret, scope, credential=credential,
                     skip_cache=skip_cache, subject=self._subject,
                     named_subject=self._named_subject)
+        total = call_budget(budget, timeout=self._timeout, retries=self._retries)
         here = self._sessions.here()
         if here.cache is not None and not skip_cache:
             entry = here.cache.get(asked.key)
             if entry is not None:
                 return token_from_entry(entry)
         sent = self._now()
-        reply = self._send(here, asked.payload, asked.request_id, credential, budget)
+        reply = self._send(here, asked.payload, asked.request_id, credential, total)
         return token_from_reply(reply, asked, sent, cache=here.cache, now=self._now,
                                 max_ttl=self._max_ttl)
 
@@ -184,17 +187,18 @@ class TokenClient:
             raise ClientClosed("the TokenClient is closed")
         if not isinstance(body.get("request_id"), str) or not body["request_id"]:
             body = {**body, "request_id": str(uuid.uuid4())}
+        total = call_budget(budget, timeout=self._timeout, retries=self._retries)
         return self._send(self._sessions.here(), encode(body), body["request_id"], credential,
-                          budget)
+                          total)
 
     def _send(self, here: Session, payload: bytes, request_id: str, credential: str | None,
-              budget: float | None) -> dict[str, Any]:
-        """Send one encoded request and return the decoded reply that answers it; with
-        tracing on, in a span of its own whose context the request's headers carry."""
+              total: float) -> dict[str, Any]:
+        """Send one encoded request and return the decoded reply that answers it within
+        ``total`` seconds; with tracing on, in a span of its own whose context the request's
+        headers carry."""
         subject = self._subject if credential is None else named(self._named_subject,
                                                                  credential)
         check_request(payload, named=credential is not None)
-        total = budget if budget is not None else self._timeout * (self._retries + 1) + 1.0
         with tracing.requesting(subject, request_id) as headers:
             return here.requester.send(subject, payload, request_id, credential, total,
                                        headers=headers)

@@ -16,6 +16,7 @@ No transport, no thread, no event loop here: both clients read replies the same 
 
 from __future__ import annotations
 
+import math
 import re
 import time
 import uuid
@@ -155,12 +156,37 @@ def check_subject(field: str, value: str) -> None:
 
 
 def check_options(*, inbox_prefix: str, named_subject: str, max_reply_size: int,
-                  max_ttl: float) -> None:
-    """The options both clients take, checked alike (``ValueError`` naming the option)."""
+                  max_ttl: float, timeout: float, retries: int) -> None:
+    """The options both clients take, checked alike (``ValueError`` naming the option).
+
+    A NaN or infinite time would make every comparison with it false: a call that never
+    ends, or one that ends at once, instead of an error where the option is given."""
     check_subject("inbox_prefix", inbox_prefix)
     check_subject("named_subject", named_subject)
-    if max_reply_size <= 0 or max_ttl <= 0:
-        raise ValueError("max_reply_size and max_ttl must be positive")
+    if isinstance(max_reply_size, bool) or not isinstance(max_reply_size, int) \
+            or max_reply_size <= 0:
+        raise ValueError("max_reply_size must be a whole number of bytes above 0")
+    check_seconds("max_ttl", max_ttl)
+    check_seconds("timeout", timeout)
+    if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
+        raise ValueError("retries must be a whole number, 0 or more")
+
+
+def check_seconds(name: str, value: float) -> float:
+    """``value`` if it is a finite number of seconds above 0; else ``ValueError`` naming
+    ``name``."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) \
+            or not math.isfinite(value) or value <= 0:
+        raise ValueError(f"{name} must be a finite number of seconds above 0, not {value!r}")
+    return float(value)
+
+
+def call_budget(budget: float | None, *, timeout: float, retries: int) -> float:
+    """The seconds one call may take: ``budget`` (checked), or by default enough for every
+    attempt and a second to spare."""
+    if budget is None:
+        return timeout * (retries + 1) + 1.0
+    return check_seconds("budget", budget)
 
 
 def request_body(client_id: str, client_secret: str, scope: str | None = None, *,

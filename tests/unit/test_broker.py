@@ -279,6 +279,21 @@ def test_a_fetch_without_the_time_the_idp_needs_is_overloaded_and_never_reaches_
     assert fresh.tokens == ["token-1"]
 
 
+def test_a_fetch_turned_away_by_admission_costs_no_budget():
+    clock, idp, work = Clock(), FakeIssuer(), HeldWork()
+    idp.need = 2.0
+    broker, _ = make(idp, clock, work=work, guards=guards(clock, rate=0.001, burst=1))
+    late = Outcomes()
+    broker.ask(QUERY, deadline=clock.mono + 8, skip_cache=False, on_outcome=late)
+    clock.advance(7.0)
+    work.run_all()
+    assert [type(error) for error in late.errors] == [Overloaded]
+    fresh = Outcomes()
+    broker.ask(QUERY, deadline=clock.mono + 8, skip_cache=False, on_outcome=fresh)
+    work.run_all()
+    assert fresh.tokens == ["token-1"]
+
+
 def test_enough_time_left_is_admitted():
     clock, idp, work = Clock(), FakeIssuer(), HeldWork()
     idp.need = 2.0
@@ -517,6 +532,37 @@ def test_a_named_credential_has_a_budget_of_its_own():
     with pytest.raises(RateLimited):
         broker.fetch(TokenQuery("shared-client", "s", "read", credential="orders"))
     assert idp.calls == 3
+
+
+@pytest.mark.parametrize("ended", [
+    Overloaded("this replica's ceiling of 100 identity provider calls a second is reached",
+               retry_after=0.1),
+    CircuitOpen("identity provider failing", retry_after=5.0, attempted=False),
+    AskedToWait("identity provider asked to wait", retry_after=5.0, attempted=False),
+    IdpTimeout("no time left to ask the identity provider", attempted=False),
+])
+def test_a_fetch_that_ended_before_any_call_costs_no_budget(ended):
+    """The budget counts calls made: a refusal by the replica's ceiling or the endpoint's
+    circuit must not leave the client rate_limited when its turn comes."""
+    clock, idp = Clock(), FakeIssuer()
+    broker, _ = make(idp, clock, guards=guards(clock, rate=0.001, burst=1))
+    idp.error = ended
+    for _ in range(3):
+        with pytest.raises(type(ended)):
+            broker.fetch(QUERY)
+    idp.error = None
+    assert broker.fetch(QUERY).token.access_token == "token-4"
+
+
+def test_a_fetch_that_reached_the_idp_spends_the_budget_even_when_it_failed():
+    clock, idp = Clock(), FakeIssuer()
+    broker, _ = make(idp, clock, guards=guards(clock, rate=0.001, burst=1))
+    idp.error = IdpRefused("invalid_scope", status=400)
+    with pytest.raises(IdpRefused):
+        broker.fetch(TokenQuery("svc", "s", "bad"))
+    idp.error = None
+    with pytest.raises(RateLimited):
+        broker.fetch(QUERY)
 
 
 def test_a_token_from_the_cache_costs_no_budget():

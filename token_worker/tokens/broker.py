@@ -37,6 +37,7 @@ from concurrent.futures import Executor
 
 from token_worker import tracing
 from token_worker.errors import (
+    IdpError,
     NoToken,
     Overloaded,
     RateLimited,
@@ -376,6 +377,7 @@ class TokenBroker:
         if left >= needed:
             return True
         self._metrics.bulkhead("admission")
+        self._guards.budgets.give_back(query.budget_key)  # no call made: none spent
         self._settle(flight, error=Overloaded(
             f"waited {now - flight.started:.1f} s for a worker thread; {max(0.0, left):.1f} "
             f"s of the deadline were left, the identity provider needs about {needed:.1f} s; "
@@ -449,6 +451,10 @@ class TokenBroker:
         except NoToken as error:
             if leased and shared is not None and shared_key is not None:
                 shared.release(shared_key)
+            if not (isinstance(error, IdpError) and error.attempted):
+                # Ended before any call (the replica's ceiling, the circuit, a hold, no time
+                # left): the client's budget counts calls made, so it gets this one back.
+                self._guards.budgets.give_back(query.budget_key)
             self._after_failure(key, query, error)
             self._settle(flight, error=error)
             return

@@ -176,6 +176,7 @@ def test_a_401_gets_one_retry_with_a_fresh_token_and_the_body_again(tokens, api,
     assert idp.token_calls() == calls + 1  # one fresh token, no more
 
     checking, url = api(refuse_first=1)
+    auth = TokenAuth(tokens, client_id=DEMO[0], client_secret=DEMO[1])  # no renewal yet
     with httpx.Client(auth=auth, timeout=10) as client:
         answer = client.post(url, content=b"order=8")
     assert answer.status_code == 200 and answer.json()["echo"] == "order=8"
@@ -189,6 +190,22 @@ def test_a_second_401_is_the_callers(tokens, api):
     auth = TokenAuth(tokens, client_id=DEMO[0], client_secret=DEMO[1])
     assert requests.get(url, auth=auth, timeout=10).status_code == 401
     assert len(checking.seen) == 2
+    remembered(checking)
+
+
+def test_an_api_that_refuses_every_token_costs_one_renewal_not_one_per_request(tokens, api,
+                                                                              idp):
+    """Thirty requests to an API answering 401 to everything: one IdP call, and the
+    client's budget left for its real cache misses."""
+    auth = TokenAuth(tokens, client_id=DEMO[0], client_secret=DEMO[1])
+    requests.get(api()[1], auth=auth, timeout=10)
+    calls = idp.token_calls()
+    checking, url = api(refuse_first=1000)
+    statuses = [requests.get(url, auth=auth, timeout=10).status_code for _ in range(30)]
+    assert statuses == [401] * 30
+    assert idp.token_calls() == calls + 1
+    assert len(checking.seen) == 31  # the first request sent twice, the others once
+    tokens.get_token(*DEMO, scope="profile")  # another scope: a real miss, not rate_limited
     remembered(checking)
 
 

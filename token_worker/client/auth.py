@@ -6,7 +6,13 @@ its ``get_token``) and works as ``requests.get(url, auth=...)`` and ``httpx.Clie
 and works as ``httpx.AsyncClient(auth=...)``. Each request gets ``Authorization: Bearer
 <token>`` from the client (its cache answers nearly every time, without NATS). When the API
 answers 401, the adapter asks for a fresh token once (``skip_cache``) and sends the request
-once more with it; a second 401 is the caller's.
+once more with it; a second 401 is the caller's. A fresh token is asked for only when the
+token refused is still the newest one: when another request has renewed it meanwhile, that
+token is used; when the token refused was itself fetched fresh less than
+``RENEWAL_GAP`` seconds ago, the API refuses the client, not the token, and the 401 is
+returned without asking again. So an API that answers 401 to everything costs one IdP
+call every 30 s, not one per request (each would spend the client's call budget at the
+worker, and its next real cache miss would be ``rate_limited``).
 
 Only a body that can be sent twice is sent again: none, bytes or text, a form, JSON, and
 (requests) a file that can seek back to where it started. A streamed body (a generator, an
@@ -21,8 +27,11 @@ adapter that may send a request twice.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
-from collections.abc import AsyncGenerator, Generator
+import threading
+import time
+from collections.abc import AsyncGenerator, Callable, Generator
 from typing import TYPE_CHECKING, Any, Protocol
 
 from token_worker.client.exchange import Token
@@ -30,6 +39,8 @@ from token_worker.client.exchange import Token
 __all__ = ["AsyncTokenAuth", "TokenAuth"]
 
 UNAUTHORIZED = 401
+RENEWAL_GAP = 30.0
+"""Seconds after a renewal during which a 401 for the token it brought is the caller's."""
 
 if TYPE_CHECKING:
     import httpx
@@ -83,15 +94,45 @@ def _bearer(token: Token) -> str:
     return f"Bearer {token.access_token}"
 
 
+class _Renewal:
+    """Which token is worth renewing after a 401: only the newest, and not one a renewal
+    brought moments ago (the last renewal's token is kept, as the client's cache keeps
+    it)."""
+
+    def __init__(self, clock: Callable[[], float]) -> None:
+        self._clock = clock
+        self._fresh: Token | None = None
+        self._renewed_at = 0.0
+
+    def decide(self, refused: Token, current: Token) -> Token | None:
+        """The token to retry with without asking (``current``, renewed by another
+        request), or None: ask for a fresh one (see :meth:`worth_asking`)."""
+        return current if current.access_token != refused.access_token else None
+
+    def worth_asking(self, refused: Token) -> bool:
+        """False when ``refused`` is the token the last renewal brought less than
+        ``RENEWAL_GAP`` ago: the API refuses the client, and another IdP call now would
+        bring the same answer."""
+        return (self._fresh is None or self._fresh.access_token != refused.access_token
+                or self._clock() - self._renewed_at >= RENEWAL_GAP)
+
+    def renewed(self, fresh: Token) -> Token:
+        self._fresh, self._renewed_at = fresh, self._clock()
+        return fresh
+
+
 class TokenAuth(_Base):
     """``Authorization: Bearer`` from a :class:`TokenClient`, for requests and httpx (see
     the module docstring); share one between threads as the client is shared."""
 
     def __init__(self, token_client: _Tokens, *, client_id: str | None = None,
                  client_secret: str | None = None, credential: str | None = None,
-                 scope: str | None = None) -> None:
+                 scope: str | None = None, clock: Callable[[], float] = time.monotonic
+                 ) -> None:
         self._tokens = token_client
         self._asking = _Asking(client_id, client_secret, credential, scope)
+        self._renewal = _Renewal(clock)
+        self._renewing = threading.Lock()
 
     def __repr__(self) -> str:
         return f"TokenAuth({self._asking!r})"
@@ -100,11 +141,23 @@ class TokenAuth(_Base):
         """The token a request carries (``fresh``: not the cached one)."""
         return self._tokens.get_token(**self._asking.arguments(), skip_cache=fresh)
 
+    def renew(self, refused: Token) -> Token | None:
+        """The token to send again after ``refused`` got a 401, or None: do not send again
+        (see the module docstring). Threads that see the same 401 renew once."""
+        with self._renewing:
+            current = self._renewal.decide(refused, self.token())
+            if current is not None:
+                return current
+            if not self._renewal.worth_asking(refused):
+                return None
+            return self._renewal.renewed(self.token(fresh=True))
+
     # --- requests ---------------------------------------------------------------------------
 
     def __call__(self, request: Any) -> Any:
         """requests: set the header, and look at the answer (a response hook)."""
-        request.headers["Authorization"] = _bearer(self.token())
+        sent = self.token()
+        request.headers["Authorization"] = _bearer(sent)
         rewind = _rewinder(request.body)
         retried = False
 
@@ -113,9 +166,9 @@ class TokenAuth(_Base):
             if response.status_code != UNAUTHORIZED or retried:
                 return response
             retried = True
-            fresh = self.token(fresh=True)
-            if rewind is None:
-                return response  # a streamed body cannot be sent again
+            fresh = self.renew(sent)
+            if fresh is None or rewind is None:
+                return response  # refused fresh, or a streamed body that cannot be sent again
             rewind()
             response.content  # noqa: B018 - read, so the connection can be reused
             response.close()
@@ -133,12 +186,13 @@ class TokenAuth(_Base):
 
     def auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response, None]:
         """httpx (``httpx.Client``): the header, and one retry after a 401."""
-        request.headers["Authorization"] = _bearer(self.token())
+        sent = self.token()
+        request.headers["Authorization"] = _bearer(sent)
         response = yield request
         if response.status_code != UNAUTHORIZED:
             return
-        fresh = self.token(fresh=True)
-        if _replayable(request):
+        fresh = self.renew(sent)
+        if fresh is not None and _replayable(request):
             request.headers["Authorization"] = _bearer(fresh)
             yield request
 
@@ -156,9 +210,12 @@ class AsyncTokenAuth(_Base):
 
     def __init__(self, token_client: _AsyncTokens, *, client_id: str | None = None,
                  client_secret: str | None = None, credential: str | None = None,
-                 scope: str | None = None) -> None:
+                 scope: str | None = None, clock: Callable[[], float] = time.monotonic
+                 ) -> None:
         self._tokens = token_client
         self._asking = _Asking(client_id, client_secret, credential, scope)
+        self._renewal = _Renewal(clock)
+        self._renewing: asyncio.Lock | None = None  # made in the loop that first needs it
 
     def __repr__(self) -> str:
         return f"AsyncTokenAuth({self._asking!r})"
@@ -167,15 +224,28 @@ class AsyncTokenAuth(_Base):
         """The token a request carries (``fresh``: not the cached one)."""
         return await self._tokens.get_token(**self._asking.arguments(), skip_cache=fresh)
 
+    async def renew(self, refused: Token) -> Token | None:
+        """As :meth:`TokenAuth.renew`: coroutines that see the same 401 renew once."""
+        if self._renewing is None:
+            self._renewing = asyncio.Lock()
+        async with self._renewing:
+            current = self._renewal.decide(refused, await self.token())
+            if current is not None:
+                return current
+            if not self._renewal.worth_asking(refused):
+                return None
+            return self._renewal.renewed(await self.token(fresh=True))
+
     async def async_auth_flow(self, request: httpx.Request
                               ) -> AsyncGenerator[httpx.Request, httpx.Response]:
         """httpx.AsyncClient: the header, and one retry after a 401."""
-        request.headers["Authorization"] = _bearer(await self.token())
+        sent = await self.token()
+        request.headers["Authorization"] = _bearer(sent)
         response = yield request
         if response.status_code != UNAUTHORIZED:
             return
-        fresh = await self.token(fresh=True)
-        if _replayable(request):
+        fresh = await self.renew(sent)
+        if fresh is not None and _replayable(request):
             request.headers["Authorization"] = _bearer(fresh)
             yield request
 

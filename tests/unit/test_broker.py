@@ -25,7 +25,7 @@ from token_worker.tokens.broker import TokenBroker
 from token_worker.tokens.bulkheads import Guards
 from token_worker.tokens.cache import TokenCache
 from token_worker.tokens.grant import ClientAuth, Grant
-from token_worker.tokens.guards import Backoffs, Budgets, Refusals
+from token_worker.tokens.guards import Backoffs, Budgets, Known, Refusals
 from token_worker.tokens.model import FROM_CACHE, FROM_IDP, Answer, TokenQuery
 
 QUERY = TokenQuery("svc", "secret", "read")
@@ -70,7 +70,8 @@ def guards(clock: Clock, *, rate: float = 1000.0, burst: int = 1000, memory: flo
         backoffs=Backoffs(first=first, longest=longest, capacity=100, clock=clock.monotonic,
                           rng=lambda low, high: high),
         refusals=Refusals(ttl=memory, capacity=100, clock=clock.monotonic),
-        budgets=Budgets(rate=rate, burst=burst, capacity=100, clock=clock.monotonic))
+        budgets=Budgets(rate=rate, burst=burst, capacity=100, clock=clock.monotonic),
+        proven=Known(100))
 
 
 # --- the cache in front, refresh-ahead, counting --------------------------------------------
@@ -562,6 +563,47 @@ def test_a_fetch_that_reached_the_idp_spends_the_budget_even_when_it_failed():
         broker.fetch(TokenQuery("svc", "s", "bad"))
     idp.error = None
     with pytest.raises(RateLimited):
+        broker.fetch(QUERY)
+
+
+class GuessRefused(FakeIssuer):
+    """An IdP that knows one secret per client: every other one is invalid_client."""
+
+    def fetch_token(self, client_id, client_secret, scope, **kwargs):  # type: ignore[no-untyped-def]
+        token = super().fetch_token(client_id, client_secret, scope, **kwargs)
+        if client_secret != "secret":
+            raise IdpRefused("invalid_client", status=401)
+        return token
+
+
+def test_guessed_secrets_spend_their_own_budget_never_the_proven_secrets():
+    """A requester who knows a client id but not its secret floods it with guesses: the
+    guesses are rate_limited after the burst; the service holding the real secret, which
+    has obtained a token before, keeps its own budget for its real misses."""
+    clock, idp = Clock(), GuessRefused()
+    broker, _ = make(idp, clock, guards=guards(clock, rate=0.01, burst=3))
+    broker.fetch(QUERY)  # the service: its secret is proven, one call of its own budget
+    outcomes = []
+    for n in range(100):
+        try:
+            broker.fetch(TokenQuery("svc", f"guess-{n}", "read"))
+        except (IdpRefused, RateLimited) as error:
+            outcomes.append(error.error_code)
+    assert outcomes == ["invalid_client"] * 3 + ["rate_limited"] * 97
+    assert idp.calls == 4  # one token, three guesses
+    for scope in ("write", "admin"):  # the service's real misses: its own budget, 2 left
+        assert broker.fetch(TokenQuery("svc", "secret", scope)).source == FROM_IDP
+    with pytest.raises(RateLimited):  # and its own budget is bounded too
+        broker.fetch(TokenQuery("svc", "secret", "other"))
+
+
+def test_a_secret_not_yet_proven_shares_the_client_ids_budget():
+    clock, idp = Clock(), GuessRefused()
+    broker, _ = make(idp, clock, guards=guards(clock, rate=0.01, burst=2))
+    for n in range(2):
+        with pytest.raises(IdpRefused):
+            broker.fetch(TokenQuery("svc", f"guess-{n}", "read"))
+    with pytest.raises(RateLimited):  # a first request with the real secret: not known yet
         broker.fetch(QUERY)
 
 

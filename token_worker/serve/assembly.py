@@ -32,7 +32,7 @@ from token_worker.serve.token_handler import NamedTokenHandler, TokenHandler
 from token_worker.tokens.broker import TokenBroker
 from token_worker.tokens.bulkheads import GUARD_CAPACITY, Guards
 from token_worker.tokens.cache import TokenCache
-from token_worker.tokens.guards import Backoffs, Budgets, Refusals
+from token_worker.tokens.guards import Backoffs, Budgets, Known, Refusals
 from token_worker.tokens.shared import SharedTier
 
 __all__ = ["TokenService", "credential_store", "shared_tier", "token_service"]
@@ -127,7 +127,8 @@ def bulkheads(config: Config, metrics: Metrics) -> Guards:
                           capacity=GUARD_CAPACITY),
         refusals=Refusals(ttl=idp.refusal_memory, capacity=GUARD_CAPACITY),
         budgets=Budgets(rate=idp.client_rate, burst=idp.client_burst,
-                        capacity=GUARD_CAPACITY))
+                        capacity=GUARD_CAPACITY),
+        proven=Known(GUARD_CAPACITY))
     metrics.client_backoffs.set_function(lambda: len(guards.backoffs))
     metrics.refusals_remembered.set_function(lambda: len(guards.refusals))
     return guards

@@ -202,7 +202,7 @@ class TokenHandler(_TokenPath):
                                 f"worker: ask on {self._named_prefix}.<credential>")
         if scope is None:
             scope = self._default_scope
-        query = _new_tuple(TokenQuery, (client_id, secret, scope, None, None, None))
+        query = _new_tuple(TokenQuery, (client_id, secret, scope, None, None, None, False))
         if resource or audience is not None:
             try:  # a token aimed at a resource: off the hot path
                 query = query._replace(grant=Grant(

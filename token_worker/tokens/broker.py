@@ -283,6 +283,7 @@ class TokenBroker:
     def _start(self, key: CacheKey | None, query: TokenQuery, deadline: float | None,
                skip_cache: bool, on_outcome: Outcome) -> Answer | NoToken | None:
         """Lead a new flight for ``key``: spend the client's budget and queue its work."""
+        query = self._guards.placed(query, key)
         wait = self._guards.budgets.take(query.budget_key)
         if wait > 0:
             self._metrics.bulkhead("client_budget")
@@ -459,6 +460,7 @@ class TokenBroker:
             self._settle(flight, error=error)
             return
         self._guards.backoffs.succeeded(key)
+        self._guards.proved(key, spent=query)
         if self._cache is not None:
             self._cache.put(key, token, shared_key=shared_key)
         if shared is not None and shared_key is not None:
@@ -519,6 +521,7 @@ class TokenBroker:
 
     def _keep(self, key: CacheKey, token: IssuedToken, shared_key: SharedKey) -> Answer:
         """A token from the shared tier: into the local cache with the life it has left."""
+        self._guards.proved(key)
         cache = self._cache
         if cache is None:  # not reached: the shared tier is used with a local cache only
             return Answer(token, self._expires_in(token), FROM_CACHE)

@@ -10,6 +10,11 @@ its own failures is answered with its last error, an endpoint that refuses the c
 the client's own 5xx and timeouts back its key off, while failures that are no evidence
 against the client (an attempt the request's own deadline cut short, a 429, which holds
 the whole client id at the issuer) do not.
+
+Call budgets are per client id, so wrong secrets cannot drive the IdP; and a secret that
+has obtained a token (proven) spends a budget of its own, so a requester who knows only a
+client id (not a secret) and floods it with guesses spends the guesses' budget, never the
+calls of the service that holds the real secret.
 """
 
 from __future__ import annotations
@@ -24,8 +29,8 @@ from token_worker import defaults
 from token_worker.errors import AskedToWait, IdpError, IdpRefused, IdpTimeout, NoToken
 from token_worker.metrics import Metrics
 from token_worker.tokens.cache import CacheKey
-from token_worker.tokens.guards import REMEMBERED_CODES, Backoffs, Budgets, Refusals
-from token_worker.tokens.model import Issuer
+from token_worker.tokens.guards import REMEMBERED_CODES, Backoffs, Budgets, Known, Refusals
+from token_worker.tokens.model import Issuer, TokenQuery
 
 __all__ = ["GUARD_CAPACITY", "Guards"]
 
@@ -43,6 +48,9 @@ class Guards(NamedTuple):
     backoffs: Backoffs[CacheKey, NoToken]
     refusals: Refusals[CacheKey, NoToken]
     budgets: Budgets[str]
+    proven: Known[tuple[str, str, bytes, str]]
+    """(token endpoint, client id, secret digest, auth method) of secrets that obtained a
+    token: they spend a budget of their own."""
 
     @classmethod
     def from_defaults(cls, *, capacity: int = GUARD_CAPACITY,
@@ -54,7 +62,24 @@ class Guards(NamedTuple):
                               clock=clock),
             refusals=Refusals(ttl=defaults.IDP_REFUSAL_MEMORY, capacity=capacity, clock=clock),
             budgets=Budgets(rate=defaults.IDP_CLIENT_RATE, burst=defaults.IDP_CLIENT_BURST,
-                            capacity=capacity, clock=clock))
+                            capacity=capacity, clock=clock),
+            proven=Known(capacity))
+
+    def placed(self, query: TokenQuery, key: CacheKey | None) -> TokenQuery:
+        """``query`` marked ``proven`` when its secret has obtained a token before (a
+        named credential's budget is its own already)."""
+        if query.credential or key is None or _secret_of(key) not in self.proven:
+            return query
+        return query._replace(proven=True)
+
+    def proved(self, key: CacheKey, spent: TokenQuery | None = None) -> None:
+        """A token was obtained for ``key``: its secret is proven. ``spent``: the query
+        whose budget paid the call; a call an unproven secret paid is moved to the proven
+        budget, so proving a secret grants no extra call."""
+        self.proven.add(_secret_of(key))
+        if spent is not None and not spent.proven and not spent.credential:
+            self.budgets.give_back(spent.budget_key)
+            self.budgets.take(spent._replace(proven=True).budget_key)
 
     def held(self, key: CacheKey, issuer: Issuer, client_id: str, metrics: Metrics
              ) -> NoToken | None:
@@ -92,6 +117,11 @@ class Guards(NamedTuple):
             log.info("client backed off after a failed fetch",
                      extra={"client_id": client_id, "error_code": error.error_code,
                             "backoff_s": round(pause, 2)})
+
+
+def _secret_of(key: CacheKey) -> tuple[str, str, bytes, str]:
+    """What identifies a secret (any scope) in a cache key."""
+    return key.token_url, key.client_id, key.secret_digest, key.auth_method
 
 
 def again(error: NoToken, seconds: float, how: str) -> NoToken:

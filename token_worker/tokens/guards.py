@@ -9,6 +9,8 @@ refusals and call budgets, each bounded in memory and consulted without I/O.
   a thousand times is one IdP call, not a brute-force lockout at the IdP.
 - :class:`Budgets`: a token bucket per key (a client id, a credential, a token endpoint):
   ``burst`` calls at once, then ``rate`` per second.
+- :class:`Known`: the keys that have been seen to succeed (a secret that obtained a
+  token), so they can be kept apart from those that have not.
 
 Every table is bounded (least recently used go first), so a flood of distinct keys costs
 bounded memory; its worst effect is to forget a key's state early. Time and randomness are
@@ -169,3 +171,22 @@ class Budgets(Generic[K]):
             tokens, stamp = self._buckets.get(key, (self._burst, now))
             tokens = min(self._burst, tokens + (now - stamp) * self._rate + 1.0)
             self._buckets[key] = (tokens, now)
+
+
+class Known(Generic[K]):
+    """A bounded set of keys, the least recently seen forgotten first."""
+
+    def __init__(self, capacity: int) -> None:
+        self._keys: LRUCache[K, None] = LRUCache(capacity)
+        self._lock = threading.Lock()
+
+    def add(self, key: K) -> None:
+        with self._lock:
+            self._keys[key] = None
+
+    def __contains__(self, key: object) -> bool:
+        with self._lock:
+            return key in self._keys
+
+    def __len__(self) -> int:
+        return len(self._keys)

@@ -132,14 +132,20 @@ class TokenQuery(NamedTuple):
     grant: Grant | None = None
     """Everything the call must send when a secret is not all (a key or a certificate,
     resources, an audience, a token endpoint or CA of its own); None: a secret method."""
+    proven: bool = False
+    """The request's secret has obtained a token before (set by the broker's bulkheads):
+    it spends a budget apart from the client id's other secrets."""
 
     def __repr__(self) -> str:
         return f"TokenQuery(client_id={self.client_id!r}, scope={self.scope!r})"
 
     @property
     def budget_key(self) -> str:
-        """Whose call budget a fetch spends: the credential's, or the client id's."""
-        return f"credential:{self.credential}" if self.credential else f"client:{self.client_id}"
+        """Whose call budget a fetch spends: the credential's, or the client id's (a
+        proven secret's own, or the one every other secret for that client id shares)."""
+        if self.credential:
+            return f"credential:{self.credential}"
+        return f"proven:{self.client_id}" if self.proven else f"client:{self.client_id}"
 
 
 Outcome = Callable[["Answer | None", "BaseException | None"], None]

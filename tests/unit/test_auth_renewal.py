@@ -8,12 +8,15 @@ import itertools
 import threading
 from typing import Any
 
-import httpx
+import pytest
 
 from tests.fakes import Clock
-from token_worker.auth import AsyncTokenAuth, TokenAuth
-from token_worker.client.auth import RENEWAL_GAP
 from token_worker.client.exchange import Token
+
+httpx = pytest.importorskip("httpx")  # the [httpx] extra: tox installs it
+
+from token_worker.auth import AsyncTokenAuth, TokenAuth  # noqa: E402 - after httpx, as apps
+from token_worker.client.auth import RENEWAL_GAP  # noqa: E402
 
 
 class Tokens:

@@ -597,6 +597,28 @@ def test_guessed_secrets_spend_their_own_budget_never_the_proven_secrets():
         broker.fetch(TokenQuery("svc", "secret", "other"))
 
 
+def test_before_the_endpoint_is_discovered_a_fetch_spends_the_client_ids_budget():
+    """The first request of a worker that learns its token endpoint by OIDC discovery has
+    no cache key yet: its budget is the client id's, and the secret is proven after."""
+    class Discovering(GuessRefused):
+        known_token_url = ""  # unknown until the first call learns it (I/O, on the pool)
+
+        @property  # type: ignore[override]
+        def token_url(self) -> str:
+            self.known_token_url = "https://idp.test/token"
+            return self.known_token_url
+
+    clock, idp = Clock(), Discovering()
+    broker, _ = make(idp, clock, guards=guards(clock, rate=0.01, burst=2))
+    assert broker.fetch(QUERY).source == FROM_IDP
+    for guess in ("guess-1", "guess-2"):  # the first call moved to the proven budget
+        with pytest.raises(IdpRefused):
+            broker.fetch(TokenQuery("svc", guess, "read"))
+    with pytest.raises(RateLimited):  # the id's budget spent by the guesses
+        broker.fetch(TokenQuery("svc", "guess-3", "read"))
+    assert broker.fetch(TokenQuery("svc", "secret", "write")).source == FROM_IDP  # proven
+
+
 def test_a_secret_not_yet_proven_shares_the_client_ids_budget():
     clock, idp = Clock(), GuessRefused()
     broker, _ = make(idp, clock, guards=guards(clock, rate=0.01, burst=2))

@@ -134,7 +134,7 @@ def test_a_cool_down_under_a_second_is_kept_each_time_it_opens():
     assert breaker.refusal().retry_after == 0.5  # type: ignore[union-attr]
     clock.advance(0.5)
     assert breaker.acquire() is True
-    breaker.answered(probe=True)
+    breaker.answered()
     assert breaker.failed("b", unreachable=False) is True
     assert breaker.refusal().retry_after == 0.5  # type: ignore[union-attr]
 
@@ -164,7 +164,7 @@ def test_half_open_lets_a_few_probes_through_and_the_first_answer_closes_it():
     breaker.failed("a", unreachable=False, probe=True)
     breaker.no_evidence(probe=True)  # a probe cut short says nothing: its slot back
     assert breaker.state is CircuitState.HALF_OPEN
-    breaker.answered(probe=True)
+    breaker.answered()
     assert breaker.state is CircuitState.CLOSED
     assert breaker.acquire() is False
 
@@ -230,9 +230,10 @@ def test_a_probe_of_an_earlier_round_reporting_late_frees_no_slot_of_the_next(la
     breaker.failed("a", unreachable=False)
     clock.advance(10)
     assert breaker.acquire() is True and breaker.acquire() is True  # probes A and B
-    breaker.answered(probe=True)  # A's answer closes it
+    breaker.answered()  # A's answer closes it
     breaker.failed("c", unreachable=False)  # and it opens again
     clock.advance(10)
+    assert breaker.state is CircuitState.HALF_OPEN  # the next round has begun
     if late == "failed":  # B, a probe of the round before, ends now
         breaker.failed("b", unreachable=False, probe=True)
     else:
@@ -247,7 +248,7 @@ def test_once_a_probes_answer_closed_it_the_other_probes_failures_do_not_open_it
     breaker.failed("a", unreachable=False)
     clock.advance(10)
     assert breaker.acquire() is True and breaker.acquire() is True
-    breaker.answered(probe=True)
+    breaker.answered()
     assert breaker.failed("b", unreachable=False, probe=True) is False
     assert breaker.state is CircuitState.CLOSED and breaker.openings == 1
 

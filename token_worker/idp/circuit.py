@@ -113,11 +113,10 @@ class EndpointCircuit:
                 return True
             return self._verdict()
 
-    def answered(self, *, probe: bool = False) -> None:
-        """The endpoint answered (a token, or a refusal: it works): close, forget."""
+    def answered(self) -> None:
+        """The endpoint answered (a token, or a refusal: it works): close, forget. A probe's
+        slot needs no giving back: the slots are counted afresh each time it half-opens."""
         with self._lock:
-            if probe:
-                self._probing = max(0, self._probing - 1)
             self._close()
 
     def no_evidence(self, *, probe: bool = False) -> None:

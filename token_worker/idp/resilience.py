@@ -237,7 +237,7 @@ class ResilientIdp:
             fetch.failures.append(error)
             raise
         self._latencies.append(self._clock() - started)
-        self.circuit.answered(probe=probe)
+        self.circuit.answered()
         return token
 
     def _judge(self, error: IdpError, fetch: _Fetch, budget: float, probe: bool,
@@ -251,7 +251,7 @@ class ResilientIdp:
                                                         self._config.deadline)
         if not _transient(error):
             self._latencies.append(took)
-            self.circuit.answered(probe=probe)
+            self.circuit.answered()
         elif error.status == TOO_MANY_REQUESTS or (isinstance(error, IdpTimeout)
                                                    and error.cut_short):
             self.circuit.no_evidence(probe=probe)

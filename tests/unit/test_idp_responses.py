@@ -220,9 +220,12 @@ def test_a_5xx_is_retried_and_logged_once_per_attempt_with_an_excerpt(faulty, ca
 
 def test_a_500_stays_idp_unavailable_when_the_deadline_ends_the_retries(faulty):
     server = faulty(script=[Scripted(500, b"oops"), Scripted(body=TOKEN, delay=30)])
+    # No pauses: the retries that hang use up all the time left, however busy the machine
+    # (with pauses, a slow machine could end them by the attempts' limit instead).
     with pytest.raises(IdpUnavailable) as caught:
-        resilient(server.url, timeout=0.3, deadline=0.8,
-                  failure_threshold=10).fetch_token("c", "s", "")
+        resilient(server.url, timeout=0.3, deadline=0.5, failure_threshold=10,
+                  sleep=no_pause).fetch_token("c", "s", "")
+
     assert caught.value.error_code == "idp_unavailable"
     assert "HTTP 500" in str(caught.value)
     assert "the deadline ended the retries" in str(caught.value)

@@ -36,13 +36,7 @@ from collections.abc import Callable
 from concurrent.futures import Executor
 
 from token_worker import tracing
-from token_worker.errors import (
-    IdpError,
-    NoToken,
-    Overloaded,
-    RateLimited,
-    ShuttingDown,
-)
+from token_worker.errors import IdpError, NoToken, Overloaded, RateLimited, ShuttingDown
 from token_worker.metrics import Metrics, NullMetrics
 from token_worker.tokens.bulkheads import Guards
 from token_worker.tokens.cache import CachedToken, CacheKey, TokenCache, cache_key, scope_set
@@ -66,6 +60,7 @@ log = logging.getLogger(__name__)
 EXPIRY_SLACK = 1.0
 """Seconds by which a shared token must outlive the local one to count as a refresh (the
 two tiers count the same expiry on different clocks' arithmetic)."""
+
 
 class TokenBroker:
     """Gets tokens through the cache (if any), one fetch per key at a time, behind the

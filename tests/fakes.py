@@ -14,9 +14,11 @@ Nothing here imports nats-py or starts a process.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import queue
 import re
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -507,3 +509,32 @@ class StubConnection:
                                        timeout):
                 pytest.fail(f"no reply published to {subject} within {timeout} s")
             return next(payload for to, payload in self.published if to == subject)
+
+
+@contextmanager
+def trickling_server() -> Iterator[tuple[int, threading.Event]]:
+    """A TCP server on loopback that greets one byte every 50 ms, forever, as a rogue or
+    broken NATS server might: yields its port and an Event set once the client hung up."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+    done = threading.Event()
+    hung_up = threading.Event()
+
+    def serve() -> None:
+        with contextlib.suppress(OSError):
+            client, _ = listener.accept()
+            with client:
+                while not done.wait(0.05):
+                    client.sendall(b"I")
+        hung_up.set()
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        yield listener.getsockname()[1], hung_up
+    finally:
+        done.set()
+        listener.close()
+        thread.join(5)
+

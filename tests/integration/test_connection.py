@@ -17,11 +17,13 @@ import time
 import pytest
 
 from tests.conftest import remember_secret, report_figure
+from tests.fakes import trickling_server
 from tests.helpers import wait_until
-from tests.integration.helpers import issue_certificate, make_config, tls_certificates
+from tests.integration.helpers import DEMO, issue_certificate, make_config, tls_certificates
 from tests.integration.processes import NatsServer
 from tests.integration.proxy import PartitionProxy
-from token_worker.config import Secret, TlsConfig
+from token_worker import TokenClient
+from token_worker.config import NatsConfig, Secret, TlsConfig
 from token_worker.errors import NotConnected, PayloadTooLarge, ReconnectGaveUp
 from token_worker.nats import protocol
 from token_worker.nats.connection import NatsConnection
@@ -213,6 +215,24 @@ def test_several_servers_are_tried_in_turn(start_worker, requester_factory):
     finally:
         first.cleanup()
         second.cleanup()
+
+
+def test_a_server_that_trickles_its_greeting_costs_one_connect_timeout(start_worker, idp):
+    """First in the list, a server that greets one byte at a time: the worker and a
+    TokenClient each give it the connect timeout and go on to the next server."""
+    healthy = NatsServer().start()
+    try:
+        with trickling_server() as (port, _):
+            urls = f"nats://127.0.0.1:{port},{healthy.url}"
+            worker = start_worker(make_config(urls, idp.url, nats={"no_randomize": True,
+                                                                   "connect_timeout": 0.5}))
+            assert worker.server_url == healthy.url
+            config = NatsConfig(urls=tuple(urls.split(",")), no_randomize=True,
+                                connect_timeout=0.5, max_reconnect=-1, reconnect_wait=0.2)
+            with TokenClient(config, timeout=5) as client:
+                assert client.get_token(*DEMO).access_token
+    finally:
+        healthy.cleanup()
 
 
 def test_first_connect_retries_until_the_server_comes(start_worker):

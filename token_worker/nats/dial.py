@@ -76,9 +76,14 @@ def await_first_pong(sock: socket.socket, parser: protocol.Parser, leftover: byt
                 raise HandshakeFailed(f"server refused the connection: {event.text}")
             if isinstance(event, ProtocolError):
                 raise HandshakeFailed(f"not the NATS protocol: {event.reason}")
-        if time.monotonic() > deadline:
+        left = deadline - time.monotonic()
+        if left <= 0:
             raise HandshakeFailed("no PONG after CONNECT")
-        chunk = sock.recv(FIRST_READ_SIZE)
+        sock.settimeout(left)  # a server that trickles bytes gets no more than the timeout
+        try:
+            chunk = sock.recv(FIRST_READ_SIZE)
+        except TimeoutError:
+            raise HandshakeFailed("no PONG after CONNECT") from None
         if not chunk:
             raise HandshakeFailed("server closed the connection after CONNECT")
         events = parser.feed(chunk)

@@ -24,12 +24,17 @@ import importlib.metadata
 import json
 import socket
 import sys
+import time
 import types
 from collections.abc import Callable
 from typing import Any
 
 from token_worker.config import NatsConfig
 from token_worker.errors import HandshakeFailed, NatsConnectionError
+
+GREETING_LIMIT = 1 << 20
+"""Bytes of a server's greeting (its INFO line) read at most: a real INFO, even a large
+cluster's with every ``connect_urls``, is a small fraction of it."""
 
 
 def _import_pynats2() -> types.ModuleType:
@@ -127,6 +132,7 @@ class Handshake(pynats2.NATSNoSubscribeClient):  # type: ignore[misc,name-define
         self._build_options = build_options
         self._on_socket = on_socket
         self.server_info: dict[str, Any] = {}
+        self._greeting_due = float("inf")
 
     @property
     def socket(self) -> socket.socket:
@@ -144,9 +150,12 @@ class Handshake(pynats2.NATSNoSubscribeClient):  # type: ignore[misc,name-define
         too), each socket shown to ``on_socket`` before its blocking TCP connect, and
         errors that say what went wrong."""
         options = self._conn_options
-        self._socket = open_socket(options["hostname"], options["port"],
-                                   self._socket_options["timeout"], self._on_socket)
+        timeout = self._socket_options["timeout"]
+        self._socket = open_socket(options["hostname"], options["port"], timeout,
+                                   self._on_socket)
+        self._greeting_due = time.monotonic() + timeout
         _command, result = self._recv(pynats2.client.INFO_RE)
+        self._socket.settimeout(timeout)
         if result is None:
             raise HandshakeFailed("no NATS greeting (INFO) within the connect timeout: not a NATS "
                                   "server, or it does not answer")
@@ -165,15 +174,26 @@ class Handshake(pynats2.NATSNoSubscribeClient):  # type: ignore[misc,name-define
         return command, match
 
     def _readline(self, *, size: int | None = None) -> bytes:
-        buffer: bytes = self._socket_buffer
-        while b"\r\n" not in buffer:
-            chunk = self._socket.recv(4096)
+        """The greeting's line, whole within the connect timeout (a server that trickles
+        bytes or never ends its line times out like one that says nothing) and at most
+        :data:`GREETING_LIMIT` long; each read is searched once, not the whole buffer."""
+        buffer = bytearray(self._socket_buffer)
+        searched = 0
+        while (end := buffer.find(b"\r\n", searched)) < 0:
+            if len(buffer) > GREETING_LIMIT:
+                raise HandshakeFailed(f"the server's greeting is over {GREETING_LIMIT} bytes "
+                                      "without a line end: not a NATS server")
+            left = self._greeting_due - time.monotonic()
+            if left <= 0:  # pynats2 reads a timeout as "no greeting"
+                raise TimeoutError("no complete greeting within the connect timeout")
+            self._socket.settimeout(left)
+            chunk = self._socket.recv(65536)
             if not chunk:
                 raise HandshakeFailed("server closed the connection during the handshake")
+            searched = max(0, len(buffer) - 1)  # a "\r" that ended the last read
             buffer += chunk
-        end = buffer.index(b"\r\n") + 2
-        self._socket_buffer = buffer[end:]
-        return buffer[:end]
+        self._socket_buffer = bytes(buffer[end + 2:])
+        return bytes(buffer[:end + 2])
 
 
 def open_socket(host: str, port: int, timeout: float,

@@ -1,8 +1,8 @@
 """The pipelined load generator: the raw NATS protocol on plain sockets, in several processes.
 
 Each process has one connection: it subscribes to its own inbox wildcard
-(``_BI.<random>.*``), publishes requests with reply subjects
-(``PUB <subject> _BI.<random>.<n>``), keeps its share of the concurrency outstanding, and
+(``_INBOX.<random>.*``), publishes requests with reply subjects
+(``PUB <subject> _INBOX.<random>.<n>``), keeps its share of the concurrency outstanding, and
 for every read sends as many new requests as replies arrived, in one write. So it batches
 more messages per read and write than independent requesters do (see closedloop.py for
 those), and costs a few microseconds of CPU per request.
@@ -44,7 +44,7 @@ def _generator(port: int, subject: bytes, bodies: list[bytes], window: int,  # n
     send as many new ones as replies arrived, in one write, and time each round trip.
     One loop on purpose: a function call per reply would cost the generator what it
     measures."""
-    inbox = b"_BI.%s." % os.urandom(6).hex().encode()
+    inbox = b"_INBOX.%s." % os.urandom(6).hex().encode()
     sock = _connect(port, f"bench-generator-{os.getpid()}", inbox)
     count, prefix = len(bodies), len(inbox)
     commands = [b"PUB %s %s%d %d\r\n%s\r\n" % (subject, inbox, i, len(body), body)

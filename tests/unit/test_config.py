@@ -95,6 +95,7 @@ NEW = {
     "credentials.dir": (None, ("CREDENTIALS_DIR",), "credentials-dir"),
     "credentials.inline": (True, ("INLINE_SECRETS",), None),
     "namedSubject": ("token.named", ("NAMED_SUBJECT",), None),
+    "replySubjects": (("_INBOX.>",), ("REPLY_SUBJECTS",), None),
 }
 
 ORIGINAL_DEFAULT_NAMES = {
@@ -272,7 +273,23 @@ INVALID = [
     ("credentials.dir", "/no/such/dir", "is not a directory"),
     ("credentials.inline", "sometimes", "true or false"),
     ("namedSubject", "token.*", "without wildcards"),
+    ("replySubjects", "audit.log", "<prefix>.> or >"),
+    ("replySubjects", "_INBOX.*.>", "<prefix>.> or >"),
+    ("replySubjects", "", "at least one subject pattern"),
 ]
+
+
+@pytest.mark.parametrize(("raw", "patterns"), [
+    ("_INBOX.>", ("_INBOX.>",)), (">", (">",)),
+    ("_INBOX.>, replies.orders.>", ("_INBOX.>", "replies.orders.>")),
+    (["_INBOX.>", "_I.>"], ("_INBOX.>", "_I.>")),
+])
+def test_reply_subjects_are_inbox_trees_or_anywhere(raw, patterns, tmp_path):
+    path = tmp_path / "app.json"
+    path.write_text(json.dumps({"replySubjects": raw}))
+    assert load_config(["-config", str(path)], {}).reply_subjects == patterns
+    if isinstance(raw, str):
+        assert load_config([], {"REPLY_SUBJECTS": raw}).reply_subjects == patterns
 
 
 @pytest.mark.parametrize(("key", "value", "problem"), INVALID)

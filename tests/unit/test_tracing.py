@@ -69,8 +69,8 @@ def finished(spans: Any, name: str) -> list[Any]:
 
 def test_a_miss_is_traced_from_the_requesters_span_to_each_idp_attempt(worker_on, spans):
     _worker, connection, server = worker_on(script=[(503, b"", {}), TOKEN_ANSWER])
-    deliver(connection, "in.1", "r-1", {"traceparent": f"00-{TRACE_ID}-{PARENT_ID}-01"})
-    assert b"access_token" in connection.wait_for_reply("in.1")
+    deliver(connection, "_INBOX.in.1", "r-1", {"traceparent": f"00-{TRACE_ID}-{PARENT_ID}-01"})
+    assert b"access_token" in connection.wait_for_reply("_INBOX.in.1")
     wait_until(lambda: finished(spans, "process token.request"), what="the request's span")
     [served] = finished(spans, "process token.request")
     assert f"{served.context.trace_id:032x}" == TRACE_ID
@@ -94,18 +94,18 @@ def test_a_miss_is_traced_from_the_requesters_span_to_each_idp_attempt(worker_on
 def test_a_cache_hit_has_its_span_and_no_child_and_a_request_without_context_a_root(
         worker_on, spans):
     _worker, connection, _server = worker_on(script=[TOKEN_ANSWER])
-    deliver(connection, "in.1", "r-1")
-    connection.wait_for_reply("in.1")
+    deliver(connection, "_INBOX.in.1", "r-1")
+    connection.wait_for_reply("_INBOX.in.1")
     wait_until(lambda: finished(spans, "idp token call"), what="the IdP call's span")
     spans.clear()
-    deliver(connection, "in.2", "r-2", {"traceparent": f"00-{TRACE_ID}-{PARENT_ID}-01"})
-    assert json.loads(connection.wait_for_reply("in.2"))["token_source"] == "cache"
+    deliver(connection, "_INBOX.in.2", "r-2", {"traceparent": f"00-{TRACE_ID}-{PARENT_ID}-01"})
+    assert json.loads(connection.wait_for_reply("_INBOX.in.2"))["token_source"] == "cache"
     [hit] = spans.get_finished_spans()  # ended with the reply, on the delivering thread
     assert hit.name == "process token.request" and hit.attributes[
         "token_worker.request_id"] == "r-2"
     spans.clear()
-    deliver(connection, "in.3", "r-3")
-    connection.wait_for_reply("in.3")
+    deliver(connection, "_INBOX.in.3", "r-3")
+    connection.wait_for_reply("_INBOX.in.3")
     [root] = spans.get_finished_spans()
     assert root.parent is None
 
@@ -113,12 +113,12 @@ def test_a_cache_hit_has_its_span_and_no_child_and_a_request_without_context_a_r
 def test_each_waiter_of_a_flight_has_a_span_of_its_own_and_the_leader_the_idp_call(
         worker_on, spans):
     _worker, connection, server = worker_on(script=[TOKEN_ANSWER], delay=5.0)
-    deliver(connection, "in.1", "r-lead", {"traceparent": f"00-{TRACE_ID}-{PARENT_ID}-01"})
+    deliver(connection, "_INBOX.in.1", "r-lead", {"traceparent": f"00-{TRACE_ID}-{PARENT_ID}-01"})
     wait_until(lambda: server.calls == 1, what="the leader's IdP call")
-    deliver(connection, "in.2", "r-wait")  # joins the flight: no thread, no call
+    deliver(connection, "_INBOX.in.2", "r-wait")  # joins the flight: no thread, no call
     server.release.set()
-    connection.wait_for_reply("in.1")
-    connection.wait_for_reply("in.2")
+    connection.wait_for_reply("_INBOX.in.1")
+    connection.wait_for_reply("_INBOX.in.2")
     wait_until(lambda: len(finished(spans, "process token.request")) == 2, what="both spans")
     by_id = {span.attributes["token_worker.request_id"]: span
              for span in finished(spans, "process token.request")}
@@ -136,8 +136,8 @@ def test_with_tracing_off_the_headers_are_not_even_read(worker_on, monkeypatch):
         raise AssertionError("headers parsed with tracing off")
 
     monkeypatch.setattr(dispatch, "parse_headers", unread)
-    deliver(connection, "in.1", "r-1", {"traceparent": f"00-{TRACE_ID}-{PARENT_ID}-01"})
-    assert b"access_token" in connection.wait_for_reply("in.1")
+    deliver(connection, "_INBOX.in.1", "r-1", {"traceparent": f"00-{TRACE_ID}-{PARENT_ID}-01"})
+    assert b"access_token" in connection.wait_for_reply("_INBOX.in.1")
     with tracing.requesting("token.request", "r-2") as headers:  # no app span: nothing sent
         assert headers is None
 

@@ -58,7 +58,8 @@ class Scripted(RequestHandler):
 
 
 def config(**overrides: Any) -> Config:
-    return Config(name_suffix="unit", **overrides)
+    """Replies may go anywhere here (short made-up reply subjects), unless a test says."""
+    return Config(name_suffix="unit", **{"reply_subjects": (">",), **overrides})
 
 
 @pytest.fixture
@@ -187,6 +188,29 @@ def test_per_request_warnings_are_one_line_a_second_with_a_count(made, caplog):
     assert len(lines) == 1
     assert lines[0].suppressed == 0
     assert connection.published == []
+
+
+@pytest.mark.parametrize("reply_to", ["audit.log", "$JS.API.STREAM.PURGE.EVENTS",
+                                      "_INBOXES.x", "_INBOX"])
+def test_a_reply_subject_outside_reply_subjects_gets_no_reply_and_no_work(made, caplog,
+                                                                         reply_to):
+    """A requester names where its reply goes: outside the inboxes, a token would land in
+    a stream or another service's subject. The request is dropped before any work."""
+    caplog.set_level(logging.WARNING)
+    handler = Scripted()
+    worker, connection = made(handler, reply_subjects=("_INBOX.>",))
+    ask(connection, reply_to, request_id="r1", now=1)
+    ask(connection, "_INBOX.ok.1", request_id="r2", now=1)
+    assert connection.replies_to(reply_to) == []
+    assert replied(connection, "_INBOX.ok.1")["request_id"] == "r2"
+    assert outcomes(worker) == {"ok": 1.0}  # r1 was never handled
+    connection.deliver("$SRV.PING", b"", reply=reply_to)  # discovery answers alike
+    connection.deliver("$SRV.PING", b"", reply="_INBOX.ok.2")
+    assert connection.replies_to(reply_to) == []
+    assert json.loads(connection.wait_for_reply("_INBOX.ok.2", 5))["type"].endswith("ping_response")
+    [line] = [r for r in caplog.records
+              if r.getMessage() == "request dropped: its reply subject is outside replySubjects"]
+    assert line.reply_subject == reply_to  # type: ignore[attr-defined]
 
 
 def test_a_failed_first_connect_releases_everything_and_claims_no_drain(made, caplog):

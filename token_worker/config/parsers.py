@@ -159,6 +159,27 @@ def subject_prefix(raw: Any) -> str:
     return value
 
 
+def reply_subjects(raw: Any) -> tuple[str, ...]:
+    """Subject patterns replies may be sent to: ``<prefix>.>`` (an inbox tree) or ``>``
+    (anywhere), one string separated by commas or a list."""
+    items = raw if isinstance(raw, list | tuple) else text(raw).split(",")
+    patterns = tuple(text(item).strip() for item in items if text(item).strip())
+    if not patterns:
+        raise ValueError("must name at least one subject pattern (\">\" allows any)")
+    for pattern in patterns:
+        if pattern != ">" and not (pattern.endswith(".>") and _plain_prefix(pattern[:-2])):
+            raise ValueError(f"each pattern must be <prefix>.> or >, got {pattern!r}")
+    return patterns
+
+
+def _plain_prefix(value: str) -> bool:
+    try:
+        subject_prefix(value)
+    except ValueError:
+        return False
+    return True
+
+
 def creds_file(raw: Any) -> str | None:
     """A ``.creds`` file, read and checked now (so a bad one fails at start, exit 2)."""
     path = text(raw).strip()

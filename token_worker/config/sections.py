@@ -341,6 +341,11 @@ class Config(Section):
     named_subject: str = setting(
         "namedSubject", parsers.subject_prefix, default=defaults.NAMED_SUBJECT, env="NAMED_SUBJECT",
         help="prefix of named-credential subjects (<prefix>.<credential>)")
+    reply_subjects: tuple[str, ...] = setting(
+        "replySubjects", parsers.reply_subjects, default=defaults.REPLY_SUBJECTS,
+        env="REPLY_SUBJECTS",
+        help="where replies may go: <prefix>.> patterns, comma-separated (> for anywhere); a "
+             "request whose reply subject is elsewhere is dropped, never answered")
     workers: int = setting(
         "workers", parsers.whole_number(minimum=1, maximum=1024), default=defaults.WORKERS,
         env="WORKERS", flag="workers",

@@ -138,6 +138,10 @@ class _Served:
             dispatcher.warn.no_reply({"subject": message.subject,
                                       "bytes": len(message.payload)})
             return
+        if dispatcher.reply_prefixes and not message.reply.startswith(dispatcher.reply_prefixes):
+            dispatcher.warn.reply_elsewhere({"subject": message.subject,
+                                             "reply_subject": message.reply[:128]})
+            return
         if dispatcher.tracer is not None:
             self._traced(message, received, dispatcher.tracer)
             return
@@ -177,9 +181,12 @@ class Dispatcher:
     ``shutting_down``."""
 
     def __init__(self, routes: list[Route], *, pool: BoundedPool, max_payload: int,
-                 replies: ReplySender, warnings: Warnings, tracer: Tracer | None = None
-                 ) -> None:
+                 replies: ReplySender, warnings: Warnings, tracer: Tracer | None = None,
+                 reply_prefixes: tuple[str, ...] | None = None) -> None:
         self.tracer = tracer
+        self.reply_prefixes = reply_prefixes
+        """What a reply subject must start with
+        (:func:`~token_worker.serve.replying.reply_prefixes`); None: anything."""
         """Records a span per request when set (:func:`token_worker.tracing.request_tracer`)."""
         self.pool = pool
         self.replies = replies

@@ -93,8 +93,10 @@ class ServiceResponder:
 
     def __init__(self, connection: Bus, *, version: str,
                  endpoints: list[tuple[Endpoint, Tally]], metrics: Metrics,
-                 metadata: dict[str, str]) -> None:
+                 metadata: dict[str, str], reply_prefixes: tuple[str, ...] | None = None
+                 ) -> None:
         self._connection = connection
+        self._reply_prefixes = reply_prefixes
         self._metrics = metrics
         self.instance_id = new_instance_id()
         self._identity = ServiceIdentity(SERVICE_NAME, self.instance_id, version, metadata)
@@ -111,7 +113,8 @@ class ServiceResponder:
 
     def _responder(self, answer: Callable[[], bytes]) -> Callable[[Message], None]:
         def respond(message: Message) -> None:
-            if message.reply:
+            prefixes = self._reply_prefixes
+            if message.reply and (not prefixes or message.reply.startswith(prefixes)):
                 # Without a connection there is nobody to tell; the asker will ask again.
                 with contextlib.suppress(NotConnected):
                     self._connection.publish(message.reply, answer())

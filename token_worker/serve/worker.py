@@ -56,7 +56,7 @@ from token_worker.serve.handler import BytesHandler, RequestHandler
 from token_worker.serve.health import HealthServer
 from token_worker.serve.naming import client_name
 from token_worker.serve.pool import BoundedPool
-from token_worker.serve.replying import Connection, ReplySender, Warnings
+from token_worker.serve.replying import Connection, ReplySender, Warnings, reply_prefixes
 from token_worker.serve.service import ServiceResponder
 from token_worker.serve.signals import SignalCatcher, Wakeup
 from token_worker.version import __version__
@@ -117,12 +117,14 @@ class TokenWorker:
         self._dispatch = Dispatcher(
             routes, pool=self._pool, max_payload=config.max_payload, warnings=self._warn,
             tracer=tracing.request_tracer(),
+            reply_prefixes=reply_prefixes(config.reply_subjects),
             replies=ReplySender(self._connection, metrics=self.metrics,
                                 unsent=unsent_to(routes), warnings=self._warn))
         self._service = ServiceResponder(
             self._connection, version=__version__,
             endpoints=self._dispatch.endpoints(config.queue), metrics=self.metrics,
-            metadata={"client_name": self.client_name})
+            metadata={"client_name": self.client_name},
+            reply_prefixes=reply_prefixes(config.reply_subjects))
         pool = self._pool
         self.metrics.in_flight.set_function(lambda: pool.admitted)
         self.metrics.capacity.set(pool.capacity)

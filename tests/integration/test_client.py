@@ -262,7 +262,9 @@ def test_rogue_spraying_guessed_inboxes_wins_nothing(nats_server, idp, start_wor
 def test_inboxes_are_unguessable_and_under_the_configured_prefix(nats_server, idp,
                                                                  start_worker,
                                                                  requester_factory):
-    start_worker(make_config(nats_server.url, idp.url))
+    # a custom inbox prefix outside _INBOX. is answered once the worker lists it
+    start_worker(make_config(nats_server.url, idp.url,
+                             reply_subjects=("_INBOX.>", "svc.orders.inbox.>")))
     tap = Wiretap(requester_factory(nats_server.url), "token.request")
     with TokenClient(nats_server.url) as first, TokenClient(
             nats_server.url, inbox_prefix="svc.orders.inbox") as second:
@@ -299,7 +301,8 @@ def test_nats_permissions_can_give_a_service_a_private_reply_space(idp, start_wo
         remember_secret("worker-pass", "orders-pass")
         base = f"127.0.0.1:{server.port}"
         start_worker(make_config(server.url, idp.url, nats={
-            "username": "worker", "password": Secret("worker-pass")}))
+            "username": "worker", "password": Secret("worker-pass")},
+            reply_subjects=("svc.orders.inbox.>",)))
         config = NatsConfig(urls=(f"nats://{base}",), username="orders",
                             password=Secret("orders-pass"), reconnect_wait=0.2,
                             max_reconnect=-1)
@@ -645,11 +648,11 @@ def test_token_request_with_a_credential_reads_no_secret(nats_server, named_work
     tap = Wiretap(requester_factory(nats_server.url), "token.named.>")
     monkeypatch.setattr("sys.stdin", None)  # reading a secret would fail
     code = request_main(["--nats-url", nats_server.url, "--credential", "orders",
-                         "--inbox-prefix", "svc.orders.inbox"])
+                         "--inbox-prefix", "_INBOX.orders"])
     assert code == EXIT_OK
     reply = json.loads(capsys.readouterr().out)
     assert reply["credential"] == "orders" and reply["access_token"].endswith("…")
-    assert tap.next()[1].startswith("svc.orders.inbox.")
+    assert tap.next()[1].startswith("_INBOX.orders.")
     assert request_main(["--nats-url", nats_server.url, "--credential", "orders",
                          "--inbox-prefix", "a b"]) == 2
     assert request_main(["--nats-url", nats_server.url]) == 2

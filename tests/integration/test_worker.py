@@ -378,3 +378,25 @@ def test_the_issues_oversized_tokens_get_token_too_large_and_the_next_request_is
     assert requester.request(token_request(DEMO, "next"))["access_token"] == "normal-token"
     assert worker.is_ready and worker.reconnects == 0
     assert client_before in [c["cid"] for c in nats_server.connz()]
+
+
+def test_a_token_is_never_published_to_a_reply_subject_outside_the_inboxes(
+        nats_server, idp, start_worker, requester_factory):
+    """A requester names where its reply goes. Asked to reply to a subject others read (a
+    stream's, an audit log's), the worker drops the request before any work."""
+    start_worker(make_config(nats_server.url, idp.url))
+    requester = requester_factory(nats_server.url)
+    leaked: list[bytes] = []
+
+    async def collect(message) -> None:  # type: ignore[no-untyped-def]
+        leaked.append(message.data)
+
+    requester.run(requester.nc.subscribe("audit.log", cb=collect))
+    calls = idp.token_calls()
+    requester.publish("token.request", json.dumps(token_request(DEMO)).encode(),
+                      reply="audit.log")
+    assert "access_token" in requester.request(token_request(DEMO, "r-2"))  # served after it
+    requester.run(requester.nc.flush())  # anything routed to audit.log before has arrived
+    requester.run(requester.nc.flush())
+    assert leaked == []
+    assert idp.token_calls() == calls + 1  # the dropped request cost no IdP call

@@ -140,15 +140,21 @@ def _seconds(text: str) -> float:
     return value
 
 
+REQUESTER_ENV = ("NATS_URL", "NATS_CREDS", "NATS_NKEY", "TOKEN_SUBJECT", "NAMED_SUBJECT")
+"""The environment variables token-request reads besides --client-secret-env's."""
+
+
 def _not_utf8(args: argparse.Namespace) -> str:
-    """The first flag whose value came from bytes that were not UTF-8 (argv is decoded
-    with surrogateescape), or ""."""
-    for name, value in vars(args).items():
+    """The first flag, or variable token-request reads, whose value came from bytes that
+    were not UTF-8 (argv and the environment are decoded with surrogateescape), or ""."""
+    named = [("--" + name.replace("_", "-"), value) for name, value in vars(args).items()]
+    named += [(variable, os.environ.get(variable)) for variable in REQUESTER_ENV]
+    for name, value in named:
         if isinstance(value, str):
             try:
                 value.encode("utf-8")
             except UnicodeEncodeError:
-                return "--" + name.replace("_", "-")
+                return name
     return ""
 
 

@@ -242,3 +242,6 @@ def test_token_request_refuses_a_flag_or_secret_that_was_not_utf8(monkeypatch, c
     assert request_main(["--client-id", "orders", "--client-secret-env", "TW_SECRET",
                          "--nats-url", "nats://127.0.0.1:9"]) == 2
     assert "TW_SECRET is not valid UTF-8" in capsys.readouterr().err
+    monkeypatch.setenv("NATS_URL", "nats://127.0.0.1:9\udcff")
+    assert request_main(["--credential", "orders"]) == 2
+    assert "NATS_URL is not valid UTF-8" in capsys.readouterr().err

@@ -186,6 +186,15 @@ class NoToken(TokenWorkerError):
         message."""
         self.args = (f"{self.args[0]} ({text})",) if self.args else (text,)
 
+    def __copy__(self) -> NoToken:
+        """A copy with the same message and fields. ``copy.copy`` of an exception calls
+        its class again with its ``args``: a subclass whose first argument is not the
+        message (``IdpRefused(error_code)``) would say its cause twice."""
+        twin = type(self).__new__(type(self))
+        twin.__dict__.update(self.__dict__)
+        twin.args = self.args
+        return twin
+
 
 class Overloaded(NoToken):
     """The worker has no room for the request now (its pool and backlog are full, too many

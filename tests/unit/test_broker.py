@@ -425,7 +425,9 @@ def test_a_refusal_is_remembered_for_its_key_only(code):
             broker.fetch(QUERY)
     assert idp.calls == 1
     assert refused.value.error_code == code
-    assert "remembered: not asked again for 10 s" in str(refused.value)
+    assert str(refused.value) == (f"identity provider refused the request: {code} (client "
+                                  "authentication failed) (remembered: not asked again "
+                                  "for 10 s)")  # said once, as the first time
     assert refused.value.description == "client authentication failed"
     with pytest.raises(IdpRefused):  # another secret is another key: asked
         broker.fetch(TokenQuery("svc", "right-secret", "read"))

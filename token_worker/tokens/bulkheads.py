@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import math
 import time
 from collections.abc import Callable
 from typing import NamedTuple
@@ -128,5 +129,5 @@ def again(error: NoToken, seconds: float, how: str) -> NoToken:
     """A copy of a held error for one more request, saying for how long it is held."""
     held = copy.copy(error)
     held.retry_after = seconds
-    held.add_context(f"{how} for {max(1, round(seconds))} s")
+    held.add_context(f"{how} for {max(1, math.ceil(seconds))} s")  # as retry_after says
     return held

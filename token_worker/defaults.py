@@ -130,9 +130,9 @@ HEALTH_HOST = "0.0.0.0"  # noqa: S104 - kubelet and Prometheus reach the pod's a
 """Address the health and metrics listener binds (its port is off unless set)."""
 
 NAMED_SUBJECT = "token.named"
-REPLY_SUBJECTS = ("_INBOX.>",)
-"""Where replies may go: the inboxes of every NATS client library's request()."""
 """Prefix of the named-credential subjects: a request on ``token.named.orders`` is served
 with the worker's ``orders`` credential."""
+REPLY_SUBJECTS = ("_INBOX.>",)
+"""Where replies may go: the inboxes of every NATS client library's request()."""
 INLINE_SECRETS = True
 """Serve requests that carry their own ``client_secret`` (the original's requests)."""

@@ -184,10 +184,10 @@ class Dispatcher:
                  replies: ReplySender, warnings: Warnings, tracer: Tracer | None = None,
                  reply_prefixes: tuple[str, ...] | None = None) -> None:
         self.tracer = tracer
+        """Records a span per request when set (:func:`token_worker.tracing.request_tracer`)."""
         self.reply_prefixes = reply_prefixes
         """What a reply subject must start with
         (:func:`~token_worker.serve.replying.reply_prefixes`); None: anything."""
-        """Records a span per request when set (:func:`token_worker.tracing.request_tracer`)."""
         self.pool = pool
         self.replies = replies
         self.warn = warnings

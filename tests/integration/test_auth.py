@@ -176,7 +176,8 @@ def test_a_401_gets_one_retry_with_a_fresh_token_and_the_body_again(tokens, api,
     assert idp.token_calls() == calls + 1  # one fresh token, no more
 
     checking, url = api(refuse_first=1)
-    auth = TokenAuth(tokens, client_id=DEMO[0], client_secret=DEMO[1])  # no renewal yet
+    auth = TokenAuth(tokens, client_id=DEMO[0], client_secret=DEMO[1],
+                     scope="openid")  # another token: not renewed yet
     with httpx.Client(auth=auth, timeout=10) as client:
         answer = client.post(url, content=b"order=8")
     assert answer.status_code == 200 and answer.json()["echo"] == "order=8"

@@ -82,6 +82,22 @@ def test_an_api_refusing_every_token_gets_one_renewal_per_gap_not_one_per_reques
         assert tokens.fresh_asked == 2  # a token refused a gap later may be revoked: renew
 
 
+def test_adapters_made_per_request_share_the_clients_renewal_memory():
+    """``requests.get(url, auth=TokenAuth(...))`` makes an adapter per call: the memory of
+    the last renewal is the token client's, so the 401 storm still costs one renewal."""
+    clock, tokens = Clock(), Tokens()
+    transport, seen = api({"*"})
+    with httpx.Client(transport=transport) as client:
+        for _ in range(30):
+            auth = TokenAuth(tokens, client_id="svc", client_secret="s", clock=clock.monotonic)
+            assert client.get("http://api.test/", auth=auth).status_code == 401
+    assert tokens.fresh_asked == 1 and len(seen) == 31
+    other_scope = TokenAuth(tokens, client_id="svc", client_secret="s", scope="admin",
+                            clock=clock.monotonic)
+    assert other_scope.renew(tokens.current) is not None  # another scope: its own memory
+    assert tokens.fresh_asked == 2
+
+
 def test_a_token_another_request_renewed_meanwhile_is_used_without_asking_again():
     tokens = Tokens()
     transport, seen = api({"tok-1"})

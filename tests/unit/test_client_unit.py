@@ -178,7 +178,7 @@ def test_a_bad_subject_prefix_is_refused_before_connecting(field, value):
 
 @pytest.mark.parametrize(("option", "value"), [
     ("timeout", float("nan")), ("timeout", float("inf")), ("timeout", 0), ("timeout", -1),
-    ("timeout", "10"), ("max_ttl", float("nan")), ("max_ttl", 0),
+    ("timeout", "10"), ("timeout", 1e10), ("max_ttl", float("nan")), ("max_ttl", 0),
     ("max_reply_size", 0), ("max_reply_size", 1.5), ("retries", -1), ("retries", 1.0),
     ("retries", True),
 ])
@@ -188,9 +188,9 @@ def test_an_option_that_would_make_calls_never_end_or_end_at_once_is_refused(opt
         TokenClient("nats://127.0.0.1:9", **{option: value})
 
 
-@pytest.mark.parametrize("budget", [float("nan"), float("inf"), 0, -5, "5"])
+@pytest.mark.parametrize("budget", [float("nan"), float("inf"), 0, -5, "5", 86_401])
 def test_a_budget_that_is_no_finite_time_above_0_is_refused(budget):
-    with pytest.raises(ValueError, match="budget must be a finite number of seconds above 0"):
+    with pytest.raises(ValueError, match="budget must be"):
         call_budget(budget, timeout=10, retries=2)
 
 

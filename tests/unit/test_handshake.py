@@ -5,6 +5,8 @@ bounded memory; then the next server is tried."""
 
 from __future__ import annotations
 
+import socket
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -13,7 +15,8 @@ from tests.fakes import trickling_server
 from tests.helpers import wait_until
 from token_worker.config import NatsConfig
 from token_worker.errors import HandshakeFailed
-from token_worker.nats.dial import dial
+from token_worker.nats import protocol
+from token_worker.nats.dial import await_first_pong, dial
 from token_worker.nats.handshake import GREETING_LIMIT, Handshake
 
 
@@ -42,7 +45,7 @@ def handshake(chunks: Iterator[bytes], then: object = None) -> tuple[Handshake, 
     shake = Handshake("nats://127.0.0.1:4222", config, lambda info: {}, lambda sock: None)
     sock = ScriptedSocket(chunks, then)
     shake._socket = sock
-    shake._greeting_due = float("inf")
+    shake.due = float("inf")
     return shake, sock
 
 
@@ -66,7 +69,7 @@ def test_a_trickled_greeting_gets_the_connect_timeout_not_one_per_byte():
 
     def time_passes(reads: int) -> None:
         if reads == 50:  # the connect timeout is over after the 50th byte
-            shake._greeting_due = 0.0
+            shake.due = 0.0
 
     sock.then = time_passes
     with pytest.raises(TimeoutError):
@@ -81,3 +84,13 @@ def test_a_server_that_trickles_its_greeting_is_given_up_and_its_socket_closed()
         with pytest.raises(HandshakeFailed, match="no NATS greeting"):
             dial(f"nats://127.0.0.1:{port}", config, lambda info: {}, lambda sock: None)
         wait_until(hung_up.is_set, what="the server sees the client's socket closed")
+
+
+def test_the_pong_gets_what_is_left_of_the_attempts_deadline_not_a_new_timeout():
+    """The greeting, TLS and the PONG share one connect timeout: with none of it left the
+    wait for the PONG ends at once, even on a socket where nothing will ever arrive."""
+    ours, theirs = socket.socketpair()
+    with ours, theirs:
+        with pytest.raises(HandshakeFailed, match="no PONG after CONNECT"):
+            await_first_pong(ours, protocol.Parser(), b"", time.monotonic() - 0.001)
+        assert theirs.recv(16) == b"PING\r\n"

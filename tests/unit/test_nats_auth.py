@@ -227,7 +227,7 @@ def test_token_request_refuses_a_malformed_nkey_file_with_exit_2(
     assert "nats.nkeyFile" in error and "flag --nkey" in error and seed[:16] not in error
 
 
-@pytest.mark.parametrize("timeout", ["nan", "inf", "-1", "0", "soon"])
+@pytest.mark.parametrize("timeout", ["nan", "inf", "-1", "0", "soon", "1e10"])
 def test_token_request_refuses_a_timeout_that_is_no_time_above_0(timeout, capsys):
     """A usage error (exit 2), not a request that never ends (nan) or ends at once."""
     assert request_main(["--credential", "orders", "--timeout", timeout]) == 2

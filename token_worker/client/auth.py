@@ -12,7 +12,9 @@ token is used; when the token refused was itself fetched fresh less than
 ``RENEWAL_GAP`` seconds ago, the API refuses the client, not the token, and the 401 is
 returned without asking again. So an API that answers 401 to everything costs one IdP
 call every 30 s, not one per request (each would spend the client's call budget at the
-worker, and its next real cache miss would be ``rate_limited``).
+worker, and its next real cache miss would be ``rate_limited``). That memory belongs to
+the token client (per client id or credential, and scope), so adapters made per request
+share it.
 
 Only a body that can be sent twice is sent again: none, bytes or text, a form, JSON, and
 (requests) a file that can seek back to where it started. A streamed body (a generator, an
@@ -31,6 +33,7 @@ import asyncio
 import contextlib
 import threading
 import time
+import weakref
 from collections.abc import AsyncGenerator, Callable, Generator
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -97,12 +100,16 @@ def _bearer(token: Token) -> str:
 class _Renewal:
     """Which token is worth renewing after a 401: only the newest, and not one a renewal
     brought moments ago (the last renewal's token is kept, as the client's cache keeps
-    it)."""
+    it). One per token client and asking (:func:`_renewal_of`), so that adapters made per
+    call (``requests.get(url, auth=TokenAuth(...))``) share it; its locks make threads, or
+    coroutines, that see the same 401 renew once."""
 
     def __init__(self, clock: Callable[[], float]) -> None:
         self._clock = clock
         self._fresh: Token | None = None
         self._renewed_at = 0.0
+        self.lock = threading.Lock()
+        self.async_lock: asyncio.Lock | None = None  # made in the loop that first needs it
 
     def decide(self, refused: Token, current: Token) -> Token | None:
         """The token to retry with without asking (``current``, renewed by another
@@ -121,6 +128,22 @@ class _Renewal:
         return fresh
 
 
+_RENEWALS: weakref.WeakKeyDictionary[Any, dict[tuple[str | None, ...], _Renewal]] = (
+    weakref.WeakKeyDictionary())
+"""Token client -> its renewals by asking: kept as long as the client lives."""
+_RENEWALS_LOCK = threading.Lock()
+
+
+def _renewal_of(token_client: Any, asking: _Asking, clock: Callable[[], float]) -> _Renewal:
+    """The renewal memory of ``asking`` at ``token_client``, made on first use."""
+    key = (asking.client_id, asking.credential, asking.scope)
+    with _RENEWALS_LOCK:
+        kept = _RENEWALS.setdefault(token_client, {})
+        if key not in kept:
+            kept[key] = _Renewal(clock)
+        return kept[key]
+
+
 class TokenAuth(_Base):
     """``Authorization: Bearer`` from a :class:`TokenClient`, for requests and httpx (see
     the module docstring); share one between threads as the client is shared."""
@@ -131,8 +154,7 @@ class TokenAuth(_Base):
                  ) -> None:
         self._tokens = token_client
         self._asking = _Asking(client_id, client_secret, credential, scope)
-        self._renewal = _Renewal(clock)
-        self._renewing = threading.Lock()
+        self._renewal = _renewal_of(token_client, self._asking, clock)
 
     def __repr__(self) -> str:
         return f"TokenAuth({self._asking!r})"
@@ -144,7 +166,7 @@ class TokenAuth(_Base):
     def renew(self, refused: Token) -> Token | None:
         """The token to send again after ``refused`` got a 401, or None: do not send again
         (see the module docstring). Threads that see the same 401 renew once."""
-        with self._renewing:
+        with self._renewal.lock:
             current = self._renewal.decide(refused, self.token())
             if current is not None:
                 return current
@@ -214,8 +236,7 @@ class AsyncTokenAuth(_Base):
                  ) -> None:
         self._tokens = token_client
         self._asking = _Asking(client_id, client_secret, credential, scope)
-        self._renewal = _Renewal(clock)
-        self._renewing: asyncio.Lock | None = None  # made in the loop that first needs it
+        self._renewal = _renewal_of(token_client, self._asking, clock)
 
     def __repr__(self) -> str:
         return f"AsyncTokenAuth({self._asking!r})"
@@ -226,9 +247,10 @@ class AsyncTokenAuth(_Base):
 
     async def renew(self, refused: Token) -> Token | None:
         """As :meth:`TokenAuth.renew`: coroutines that see the same 401 renew once."""
-        if self._renewing is None:
-            self._renewing = asyncio.Lock()
-        async with self._renewing:
+        renewal = self._renewal
+        if renewal.async_lock is None:
+            renewal.async_lock = asyncio.Lock()
+        async with renewal.async_lock:
             current = self._renewal.decide(refused, await self.token())
             if current is not None:
                 return current

@@ -166,18 +166,25 @@ def check_options(*, inbox_prefix: str, named_subject: str, max_reply_size: int,
     if isinstance(max_reply_size, bool) or not isinstance(max_reply_size, int) \
             or max_reply_size <= 0:
         raise ValueError("max_reply_size must be a whole number of bytes above 0")
-    check_seconds("max_ttl", max_ttl)
+    check_seconds("max_ttl", max_ttl, longest=math.inf)
     check_seconds("timeout", timeout)
     if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
         raise ValueError("retries must be a whole number, 0 or more")
 
 
-def check_seconds(name: str, value: float) -> float:
-    """``value`` if it is a finite number of seconds above 0; else ``ValueError`` naming
-    ``name``."""
+LONGEST_WAIT = 86_400.0
+"""The longest ``timeout`` or ``budget`` taken (a day): more is no deadline, and past
+``threading.TIMEOUT_MAX`` (about 292 years) waits fail with OverflowError."""
+
+
+def check_seconds(name: str, value: float, *, longest: float = LONGEST_WAIT) -> float:
+    """``value`` if it is a finite number of seconds above 0 and at most ``longest``; else
+    ``ValueError`` naming ``name``."""
     if isinstance(value, bool) or not isinstance(value, (int, float)) \
             or not math.isfinite(value) or value <= 0:
         raise ValueError(f"{name} must be a finite number of seconds above 0, not {value!r}")
+    if value > longest:
+        raise ValueError(f"{name} must be at most {longest:g} seconds, not {value!r}")
     return float(value)
 
 

@@ -52,7 +52,7 @@ def dial(url: str, config: NatsConfig, build_options: OptionsBuilder,
     try:
         handshake.connect()
         sock = handshake.socket
-        early = await_first_pong(sock, parser, handshake.leftover, config.connect_timeout)
+        early = await_first_pong(sock, parser, handshake.leftover, handshake.due)
         sock.settimeout(None)  # blocking: a timeout costs a poll() per recv and send
     except BaseException:
         with contextlib.suppress(Exception):
@@ -62,11 +62,11 @@ def dial(url: str, config: NatsConfig, build_options: OptionsBuilder,
 
 
 def await_first_pong(sock: socket.socket, parser: protocol.Parser, leftover: bytes,
-                     timeout: float) -> list[protocol.Event]:
-    """Prove the server accepted CONNECT: PING must come back as PONG, not as -ERR.
+                     deadline: float) -> list[protocol.Event]:
+    """Prove the server accepted CONNECT: PING must come back as PONG, not as -ERR, by
+    ``deadline`` (``time.monotonic()``: the connect attempt's, greeting included).
     Returns what came after the PONG in the same read, for the reader."""
     sock.sendall(b"PING\r\n")
-    deadline = time.monotonic() + timeout
     events = parser.feed(leftover)
     while True:
         for index, event in enumerate(events):

@@ -132,7 +132,9 @@ class Handshake(pynats2.NATSNoSubscribeClient):  # type: ignore[misc,name-define
         self._build_options = build_options
         self._on_socket = on_socket
         self.server_info: dict[str, Any] = {}
-        self._greeting_due = float("inf")
+        self.due = float("inf")
+        """When the connect attempt must be done (``time.monotonic()``): one
+        ``nats.connectTimeout`` from the TCP connect for the greeting, TLS and the PONG."""
 
     @property
     def socket(self) -> socket.socket:
@@ -153,15 +155,16 @@ class Handshake(pynats2.NATSNoSubscribeClient):  # type: ignore[misc,name-define
         timeout = self._socket_options["timeout"]
         self._socket = open_socket(options["hostname"], options["port"], timeout,
                                    self._on_socket)
-        self._greeting_due = time.monotonic() + timeout
+        self.due = time.monotonic() + timeout
         _command, result = self._recv(pynats2.client.INFO_RE)
-        self._socket.settimeout(timeout)
-        if result is None:
+        left = self.due - time.monotonic()
+        if result is None or left <= 0:
             raise HandshakeFailed("no NATS greeting (INFO) within the connect timeout: not a NATS "
                                   "server, or it does not answer")
         if bool(self.server_info.get("tls_required", False)) != options["tls"]:
             raise HandshakeFailed("server requires TLS: use a tls:// URL" if not options["tls"]
                                   else "server does not offer TLS: use a nats:// URL")
+        self._socket.settimeout(left)  # the TLS handshake gets what is left, no more
         if options["tls"]:
             self._connect_tls()
             self._on_socket(self._socket)
@@ -183,7 +186,7 @@ class Handshake(pynats2.NATSNoSubscribeClient):  # type: ignore[misc,name-define
             if len(buffer) > GREETING_LIMIT:
                 raise HandshakeFailed(f"the server's greeting is over {GREETING_LIMIT} bytes "
                                       "without a line end: not a NATS server")
-            left = self._greeting_due - time.monotonic()
+            left = self.due - time.monotonic()
             if left <= 0:  # pynats2 reads a timeout as "no greeting"
                 raise TimeoutError("no complete greeting within the connect timeout")
             self._socket.settimeout(left)

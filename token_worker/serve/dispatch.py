@@ -38,6 +38,7 @@ from token_worker.micro import Endpoint
 from token_worker.nats.protocol import Message, parse_headers
 from token_worker.serve.handler import Deferred, Reply, RequestHandler, Waiting
 from token_worker.serve.pool import BoundedPool
+from token_worker.serve.reply_scope import reply_allowed
 from token_worker.serve.replying import ReplySender, Warnings, error_reply
 from token_worker.serve.service import Tally
 
@@ -138,7 +139,7 @@ class _Served:
             dispatcher.warn.no_reply({"subject": message.subject,
                                       "bytes": len(message.payload)})
             return
-        if dispatcher.reply_prefixes and not message.reply.startswith(dispatcher.reply_prefixes):
+        if not reply_allowed(message.reply, dispatcher.reply_prefixes):
             dispatcher.warn.reply_elsewhere({"subject": message.subject,
                                              "reply_subject": message.reply[:128]})
             return
@@ -187,7 +188,7 @@ class Dispatcher:
         """Records a span per request when set (:func:`token_worker.tracing.request_tracer`)."""
         self.reply_prefixes = reply_prefixes
         """What a reply subject must start with
-        (:func:`~token_worker.serve.replying.reply_prefixes`); None: anything."""
+        (:func:`~token_worker.serve.reply_scope.reply_prefixes`); None: anything."""
         self.pool = pool
         self.replies = replies
         self.warn = warnings

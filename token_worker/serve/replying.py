@@ -57,17 +57,6 @@ class Connection(Protocol):
     def flush(self, timeout: float) -> None: ...
 
 
-def reply_prefixes(patterns: tuple[str, ...]) -> tuple[str, ...] | None:
-    """What a reply subject must start with under ``replySubjects`` (``_INBOX.>`` gives
-    ``_INBOX.``), or None when ``>`` lets replies go anywhere. A requester names the
-    subject its reply goes to; without this bound it could make the worker publish a token
-    (and a ``request_id`` of its choosing) to any subject the worker may publish to, such
-    as a stream's or another service's."""
-    if ">" in patterns:
-        return None
-    return tuple(pattern[:-1] for pattern in patterns)
-
-
 class Warnings:
     """The worker's per-request warnings, each at most one line a second, on ``log``."""
 

@@ -35,6 +35,7 @@ from token_worker.micro import (
     StatsResponse,
 )
 from token_worker.nats.protocol import Message
+from token_worker.serve.reply_scope import reply_allowed
 
 SERVICE_NAME = "token-worker"
 ENDPOINT_NAME = "token"
@@ -113,8 +114,7 @@ class ServiceResponder:
 
     def _responder(self, answer: Callable[[], bytes]) -> Callable[[Message], None]:
         def respond(message: Message) -> None:
-            prefixes = self._reply_prefixes
-            if message.reply and (not prefixes or message.reply.startswith(prefixes)):
+            if message.reply and reply_allowed(message.reply, self._reply_prefixes):
                 # Without a connection there is nobody to tell; the asker will ask again.
                 with contextlib.suppress(NotConnected):
                     self._connection.publish(message.reply, answer())

@@ -56,7 +56,8 @@ from token_worker.serve.handler import BytesHandler, RequestHandler
 from token_worker.serve.health import HealthServer
 from token_worker.serve.naming import client_name
 from token_worker.serve.pool import BoundedPool
-from token_worker.serve.replying import Connection, ReplySender, Warnings, reply_prefixes
+from token_worker.serve.reply_scope import reply_prefixes
+from token_worker.serve.replying import Connection, ReplySender, Warnings
 from token_worker.serve.service import ServiceResponder
 from token_worker.serve.signals import SignalCatcher, Wakeup
 from token_worker.version import __version__

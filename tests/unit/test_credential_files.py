@@ -5,7 +5,6 @@ without a value, keys never shown, and a rotated key picked up like any other fi
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -25,19 +24,6 @@ remember_secret(RSA_PEM, EC_PEM, *RSA_PEM.splitlines()[2:5], *EC_PEM.splitlines(
 @pytest.fixture(scope="module")
 def ca(tmp_path_factory: pytest.TempPathFactory) -> CertificateAuthority:
     return CertificateAuthority.create(tmp_path_factory.mktemp("ca"))
-
-
-@pytest.fixture
-def volume(tmp_path: Path) -> KubeletVolume:
-    return KubeletVolume(tmp_path / "credentials")
-
-
-@pytest.fixture
-def stores() -> Iterator[list[CredentialStore]]:
-    made: list[CredentialStore] = []
-    yield made
-    for store in made:
-        store.close()
 
 
 def store_of(stores: list[CredentialStore], volume: KubeletVolume,

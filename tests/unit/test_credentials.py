@@ -7,7 +7,6 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -22,19 +21,6 @@ from token_worker.serve.credentials import (
     is_valid_name,
     name_from_subject,
 )
-
-
-@pytest.fixture
-def volume(tmp_path: Path) -> KubeletVolume:
-    return KubeletVolume(tmp_path / "credentials")
-
-
-@pytest.fixture
-def stores() -> Iterator[list[CredentialStore]]:
-    made: list[CredentialStore] = []
-    yield made
-    for store in made:
-        store.close()
 
 
 def open_store(stores: list[CredentialStore], directory: Path, **kwargs: object) -> CredentialStore:

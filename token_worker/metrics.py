@@ -7,6 +7,7 @@ IdP's free-form codes, so the number of series stays bounded.
 
 from __future__ import annotations
 
+import threading
 import time
 from bisect import bisect_left
 from collections.abc import Callable, Iterator, Mapping
@@ -55,12 +56,14 @@ _go_float: Callable[[float], str] = prometheus_utils.floatToGoString
 """How prometheus_client writes a bucket's bound (``0.0005``, ``+Inf``)."""
 
 _OUTCOME_LABELS = (OK, *sorted(_OUTCOMES - {OK}), IDP_REFUSED)
-# Where each number of a thread's counts is (ThreadCounts): outcomes, latency buckets (the
-# last one +Inf), the latency sum, cache events.
+# Where each number of an endpoint's per-thread reply counts is (ThreadCounts): outcomes,
+# latency buckets (the last one +Inf), the latency sum.
+_REFUSED_AT = len(_OUTCOME_LABELS) - 1
 _BUCKETS_AT = len(_OUTCOME_LABELS)
 _SECONDS_AT = _BUCKETS_AT + len(LATENCY_BUCKETS) + 1
-_HIT_AT, _MISS_AT, _REFRESH_AT = range(_SECONDS_AT + 1, _SECONDS_AT + 1 + len(CACHE_EVENTS))
-_COUNTS = _REFRESH_AT + 1
+_REPLY_COUNTS = _SECONDS_AT + 1
+_CODE_AT = {label: at for at, label in enumerate(_OUTCOME_LABELS)} | {"": 0}
+"""Reply error code -> where it is counted; any other code counts as idp_refused."""
 
 
 def outcome_label(error_code: str) -> str:
@@ -82,11 +85,9 @@ class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         registry = self.registry
-        self._counts = ThreadCounts(_COUNTS)
-        self._code_at = {label: at for at, label in enumerate(_OUTCOME_LABELS)}
-        self._code_at[""] = self._code_at[OK]
-        """Reply error code -> where it is counted; any other code counts as idp_refused."""
-        registry.register(_ReplyCollector(self._counts))
+        self._cache_events = ThreadCounts(len(CACHE_EVENTS))
+        self._endpoints: list[ReplyCounts] = []
+        registry.register(_ReplyCollector(self._endpoints, self._cache_events))
         self.idp_calls = Counter("token_worker_idp_calls", "Token calls to the IdP, by outcome",
                                  ["outcome"], registry=registry)
         self.idp_seconds = Histogram("token_worker_idp_seconds", "IdP token call latency",
@@ -162,35 +163,79 @@ class Metrics:
         counts = self._shared_counts
         return None if counts is None else dict(counts())
 
-    def count_reply(self, error_code: str, seconds: float) -> None:
-        """One reply sent: its outcome and how long it took."""
-        values = self._counts.mine()
-        values[self._code_at.get(error_code, _BUCKETS_AT - 1)] += 1  # the last: idp_refused
-        values[_BUCKETS_AT + bisect_left(LATENCY_BUCKETS, seconds)] += 1
-        values[_SECONDS_AT] += seconds
+    def endpoint_counts(self) -> ReplyCounts:
+        """A new endpoint's reply counts: what it counts is exported with every other
+        endpoint's (summed) and read for its own ``$SRV.STATS``."""
+        counts = ReplyCounts()
+        self._endpoints.append(counts)
+        return counts
 
     def cache_hit(self) -> None:
         """A request served from the local cache."""
-        self._counts.mine()[_HIT_AT] += 1
+        self._cache_events.mine()[0] += 1
 
     def cache_miss(self) -> None:
         """A request the local cache could not serve."""
-        self._counts.mine()[_MISS_AT] += 1
+        self._cache_events.mine()[1] += 1
 
     def cache_refresh(self) -> None:
         """A token refreshed ahead of its expiry."""
-        self._counts.mine()[_REFRESH_AT] += 1
+        self._cache_events.mine()[2] += 1
+
+
+class ReplyCounts:
+    """One endpoint's replies, counted once for both readers: its outcomes and latencies
+    for ``token_worker_requests_total`` and ``token_worker_reply_seconds`` (summed over the
+    worker's endpoints when scraped) and its requests, errors and processing time for
+    ``$SRV.STATS``. Each thread counts without a lock (:mod:`token_worker.counting`); an
+    error, rare, also keeps the last code, under a lock."""
+
+    __slots__ = ("_counts", "_lock", "last_error")
+
+    def __init__(self) -> None:
+        self._counts = ThreadCounts(_REPLY_COUNTS)
+        self._lock = threading.Lock()
+        self.last_error = ""
+
+    def count(self, error_code: str, seconds: float) -> None:
+        """One reply sent: its outcome and how long it took (from the reader thread or a
+        pool thread)."""
+        values = self._counts.mine()
+        values[_CODE_AT.get(error_code, _REFUSED_AT)] += 1
+        values[_BUCKETS_AT + bisect_left(LATENCY_BUCKETS, seconds)] += 1
+        values[_SECONDS_AT] += seconds
+        if error_code:
+            with self._lock:
+                self.last_error = error_code
+
+    def totals(self) -> list[float]:
+        """Every number added up over the threads (the layout of this module's ``_*_AT``)."""
+        return self._counts.totals()
+
+    def summary(self) -> tuple[int, int, int, str]:
+        """Requests, errors, nanoseconds spent and the last error code: ``$SRV.STATS``."""
+        totals = self._counts.totals()
+        requests = int(sum(totals[:_BUCKETS_AT]))
+        with self._lock:
+            last_error = self.last_error
+        return (requests, requests - int(totals[_CODE_AT[OK]]),
+                int(totals[_SECONDS_AT] * 1e9), last_error)
 
 
 class _ReplyCollector(Collector):
-    """``token_worker_requests_total``, ``token_worker_reply_seconds`` and
-    ``token_worker_cache_events_total``, from the per-thread counts, when scraped."""
+    """``token_worker_requests_total``, ``token_worker_reply_seconds`` (every endpoint's
+    replies) and ``token_worker_cache_events_total``, from the per-thread counts, when
+    scraped."""
 
-    def __init__(self, counts: ThreadCounts) -> None:
-        self._counts = counts
+    def __init__(self, endpoints: list[ReplyCounts], cache_events: ThreadCounts) -> None:
+        self._endpoints = endpoints
+        self._cache_events = cache_events
 
     def collect(self) -> Iterator[Metric]:
-        totals = self._counts.totals()
+        totals: list[float] = [0] * _REPLY_COUNTS
+        for endpoint in list(self._endpoints):
+            for at, value in enumerate(endpoint.totals()):
+                totals[at] += value
         requests, latency, cache = self.describe()
         for at, label in enumerate(_OUTCOME_LABELS):
             requests.add_metric([label], totals[at])
@@ -199,8 +244,8 @@ class _ReplyCollector(Collector):
             cumulative += totals[_BUCKETS_AT + at]
             buckets.append((_go_float(bound), cumulative))
         latency.add_metric([], buckets, totals[_SECONDS_AT])
-        for at, event in enumerate(CACHE_EVENTS):
-            cache.add_metric([event], totals[_HIT_AT + at])
+        for event, count in zip(CACHE_EVENTS, self._cache_events.totals(), strict=True):
+            cache.add_metric([event], count)
         yield from (requests, latency, cache)
 
     def describe(self) -> tuple[CounterMetricFamily, HistogramMetricFamily,

@@ -17,10 +17,11 @@ from hypothesis import strategies as st
 from token_worker import wire
 from token_worker.counting import ThreadCounts
 from token_worker.errors import InvalidRequest
+from token_worker.fields import CONTROL
 from token_worker.metrics import LATENCY_BUCKETS, Metrics
 from token_worker.micro import Endpoint
 from token_worker.nats import protocol
-from token_worker.serve.service import Tally
+from token_worker.serve.service import endpoint_stats
 
 # --- counts without a lock ---------------------------------------------------------------
 
@@ -47,12 +48,14 @@ def test_thread_counts_add_up_every_thread_exactly_even_after_they_ended():
     assert counts.totals() == [40001, 20000.5]
 
 
-def test_replies_are_counted_exactly_by_outcome_and_latency_across_threads():
+def test_replies_are_counted_exactly_by_outcome_and_latency_across_threads_and_endpoints():
     metrics = Metrics()
+    token, named = metrics.endpoint_counts(), metrics.endpoint_counts()
     sample = metrics.registry.get_sample_value
-    count_in_threads(lambda: metrics.count_reply("", 0.0004), threads=4, each=2500)
-    metrics.count_reply("invalid_client", 0.02)  # an IdP refusal: counted as idp_refused
-    metrics.count_reply(wire.OVERLOADED, 20.0)  # beyond the last bucket
+    count_in_threads(lambda: token.count("", 0.0004), threads=4, each=2000)
+    count_in_threads(lambda: named.count("", 0.0004), threads=2, each=1000)
+    token.count("invalid_client", 0.02)  # an IdP refusal: counted as idp_refused
+    named.count(wire.OVERLOADED, 20.0)  # beyond the last bucket
     assert sample("token_worker_requests_total", {"outcome": "ok"}) == 10000
     assert sample("token_worker_requests_total", {"outcome": "idp_refused"}) == 1
     assert sample("token_worker_requests_total", {"outcome": "overloaded"}) == 1
@@ -68,7 +71,7 @@ def test_replies_are_counted_exactly_by_outcome_and_latency_across_threads():
 def test_a_latency_on_a_bucket_bound_is_in_that_bucket():
     """Prometheus buckets are "less than or equal": 1 ms goes to le="0.001"."""
     metrics = Metrics()
-    metrics.count_reply("", 0.001)
+    metrics.endpoint_counts().count("", 0.001)
     sample = metrics.registry.get_sample_value
     assert sample("token_worker_reply_seconds_bucket", {"le": "0.0005"}) == 0
     assert sample("token_worker_reply_seconds_bucket", {"le": "0.001"}) == 1
@@ -85,14 +88,17 @@ def test_cache_events_are_counted_per_kind():
             for event in ("hit", "miss", "refresh")] == [300, 1, 2]
 
 
-def test_an_endpoints_tally_adds_up_every_thread_and_keeps_the_last_error():
-    tally = Tally()
-    count_in_threads(lambda: tally.count("", 0.001), threads=4, each=1000)
-    tally.count(wire.OVERLOADED, 0.002)
-    stats = tally.stats(Endpoint("token", "token.request", "token-workers"))
-    assert (stats.num_requests, stats.num_errors, stats.last_error) == (4001, 1, "overloaded")
-    assert stats.processing_time == pytest.approx(4_002_000_000, rel=1e-6)  # 4.002 s
-    assert stats.average_processing_time == stats.processing_time // 4001
+def test_an_endpoints_stats_add_up_every_thread_and_keep_the_last_error():
+    metrics = Metrics()
+    counts, other = metrics.endpoint_counts(), metrics.endpoint_counts()
+    count_in_threads(lambda: counts.count("", 0.001), threads=4, each=1000)
+    counts.count(wire.OVERLOADED, 0.002)
+    counts.count("", 0.001)
+    other.count("invalid_client", 1.0)  # another endpoint's: not in this one's stats
+    stats = endpoint_stats(Endpoint("token", "token.request", "token-workers"), counts)
+    assert (stats.num_requests, stats.num_errors, stats.last_error) == (4002, 1, "overloaded")
+    assert stats.processing_time == pytest.approx(4_003_000_000, rel=1e-6)  # 4.003 s
+    assert stats.average_processing_time == stats.processing_time // 4002
 
 
 # --- the usual request, checked in one go ---------------------------------------------
@@ -125,6 +131,36 @@ def test_the_usual_path_accepts_and_refuses_exactly_what_the_field_by_field_path
         document: dict[str, Any]) -> None:
     body = json.dumps(document).encode()
     assert parse(body, usual=True) == parse(body, usual=False)
+
+
+odd_bytes = st.sampled_from([
+    b'"\\ud800"', b'"a\\udfff"', b'"\xff"', b'"\xed\xa0\x80"', b'"\xc0\x80"', b"1e400",
+    b"123456789012345678901234567890", b"NaN", b"-0", b"null", b"true", b"[]", b"{}",
+    b'"\\u0000"', b'"\\u2028"', b'" "', b'"\x01"', b"[" * 1100 + b"]" * 1100, b'"x"'])
+
+
+@settings(max_examples=1500, deadline=None)
+@given(documents, st.lists(st.tuples(st.sampled_from(
+    [b"request_id", b"client_id", b"client_secret", b"scope", b"timestamp", b"skip_cache",
+     b"resource", b"other"]), odd_bytes), max_size=3), st.sampled_from([b"", b" ", b"\n"]))
+def test_the_usual_path_agrees_on_bytes_no_json_library_writes(
+        document: dict[str, Any], extra: list[tuple[bytes, bytes]], space: bytes) -> None:
+    """Duplicated keys, escapes of lone surrogates, invalid UTF-8, numbers out of range,
+    deep nesting: msgspec reads the usual request, orjson the rest, and a request either
+    takes must come out the same (or be refused the same)."""
+    body = json.dumps({"client_id": "app", "client_secret": "s", **document}).encode()
+    for name, raw in extra:
+        body = body[:-1] + (b", " if len(body) > 2 else b"") + b'"%s": %s}' % (name, raw)
+    body = space + body + space
+    assert parse(body, usual=True) == parse(body, usual=False)
+
+
+def test_printable_text_never_holds_a_character_the_control_check_refuses():
+    """The usual path searches for control characters only in text that is not printable:
+    sound because every character the search finds is unprintable, on every code point."""
+    refused = [chr(point) for point in range(0x110000) if CONTROL.match(chr(point))]
+    assert len(refused) == 0x20 + 0x21 + 2 + 5 + 4
+    assert not any(character.isprintable() for character in refused)
 
 
 def test_a_long_body_still_has_its_fields_bounded():

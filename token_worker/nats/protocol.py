@@ -50,7 +50,7 @@ _SKIP_TAIL = 64
 _ARGUMENT_SEPARATOR = re.compile(rb"[ \t]+")
 _MESSAGE_OPS = (b"MSG ", b"HMSG")
 _USUAL_MESSAGE = re.compile(
-    rb"MSG ([^ \r\n]+) ([0-9]{1,10})(?: ([^ \r\n]+))? ([0-9]{1,10})\r\n")
+    rb"MSG ([^ \t\r\n]+) ([0-9]{1,10})(?: ([^ \t\r\n]+))? ([0-9]{1,10})\r\n")
 """``MSG <subject> <sid> [reply] <size>`` as servers send it: single spaces, plain digits."""
 
 
@@ -196,7 +196,7 @@ class Parser:
         self._needed = 0
         while pos < size:
             matched = usual(data, pos)
-            if matched is not None and matched.end() - 2 - pos <= limit:
+            if matched is not None and (start := matched.end()) - 2 - pos <= limit:
                 # the hot path: a MSG as servers send them, its line read by one regular
                 # expression; anything else takes the general path
                 subject_bytes, sid_digits, reply_bytes, total_digits = matched.groups()
@@ -204,7 +204,6 @@ class Parser:
                 subject = subject_bytes.decode("utf-8", "surrogateescape")
                 reply = "" if reply_bytes is None else reply_bytes.decode(
                     "utf-8", "surrogateescape")
-                start = matched.end()
             else:
                 end = data.find(b"\r\n", pos)
                 if end < 0 or end - pos > limit:

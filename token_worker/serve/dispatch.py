@@ -34,13 +34,13 @@ from typing import TYPE_CHECKING, Any
 
 from token_worker import tracing, wire
 from token_worker.logs import request_context
+from token_worker.metrics import ReplyCounts
 from token_worker.micro import Endpoint
 from token_worker.nats.protocol import Message, parse_headers
 from token_worker.serve.handler import Deferred, Reply, RequestHandler, Waiting
 from token_worker.serve.pool import BoundedPool
 from token_worker.serve.reply_scope import reply_allowed
 from token_worker.serve.replying import ReplySender, Warnings, error_reply
-from token_worker.serve.service import Tally
 
 if TYPE_CHECKING:
     from opentelemetry.trace import Span, Tracer
@@ -65,13 +65,13 @@ class Route:
 class _Ticket:
     """A request accepted and not answered yet."""
 
-    __slots__ = ("payload", "received", "reply_to", "request_id", "span", "tally")
+    __slots__ = ("counts", "payload", "received", "reply_to", "request_id", "span")
 
-    def __init__(self, reply_to: str, received: float, tally: Tally, payload: bytes,
+    def __init__(self, reply_to: str, received: float, counts: ReplyCounts, payload: bytes,
                  request_id: str | None, *, span: Span | None = None) -> None:
         self.reply_to = reply_to
         self.received = received
-        self.tally = tally
+        self.counts = counts
         self.payload = payload
         self.request_id = request_id
         self.span = span
@@ -119,15 +119,16 @@ class Outstanding:
 
 
 class _Served:
-    """One endpoint being served: its handler's entry, and its tally (``$SRV.STATS``)."""
+    """One endpoint being served: its handler's entry, and its reply counts (metrics and
+    ``$SRV.STATS``)."""
 
-    __slots__ = ("dispatcher", "handle", "route", "span_name", "tally")
+    __slots__ = ("counts", "dispatcher", "handle", "route", "span_name")
 
     def __init__(self, dispatcher: Dispatcher, route: Route) -> None:
         self.dispatcher = dispatcher
         self.route = route
         self.handle = route.handler.handle_message
-        self.tally = Tally()
+        self.counts = dispatcher.replies.endpoint_counts()
         self.span_name = f"process {route.subject}"
 
     def on_message(self, message: Message) -> None:
@@ -150,12 +151,12 @@ class _Served:
             outcome = self.handle(message)
         except Exception:
             dispatcher.replies.send(message.reply, dispatcher.internal_error(
-                message.payload, None), received, self.tally)
+                message.payload, None), received, self.counts)
             return
         if isinstance(outcome, Reply):
-            dispatcher.replies.send(message.reply, outcome, received, self.tally)
+            dispatcher.replies.send(message.reply, outcome, received, self.counts)
         else:
-            dispatcher.later(message, outcome, received, self.tally)
+            dispatcher.later(message, outcome, received, self.counts)
 
     def _traced(self, message: Message, received: float, tracer: Tracer) -> None:
         """:meth:`on_message` with tracing on (kept apart so that the untraced hot path
@@ -170,10 +171,10 @@ class _Served:
             except Exception:
                 outcome = dispatcher.internal_error(message.payload, None)
         if isinstance(outcome, Reply):
-            dispatcher.replies.send(message.reply, outcome, received, self.tally)
+            dispatcher.replies.send(message.reply, outcome, received, self.counts)
             finish(span, outcome)
         else:
-            dispatcher.later(message, outcome, received, self.tally, span)
+            dispatcher.later(message, outcome, received, self.counts, span)
 
 
 class Dispatcher:
@@ -198,15 +199,15 @@ class Dispatcher:
         self._max_payload = max_payload
 
     def later(self, message: Message, outcome: Deferred[Any] | Waiting, received: float,
-              tally: Tally, span: Span | None = None) -> None:
+              counts: ReplyCounts, span: Span | None = None) -> None:
         """A request not answered at once: it waits (no thread) or goes to the pool."""
         if isinstance(outcome, Waiting):
-            ticket = self.outstanding.open(_Ticket(message.reply, received, tally,
+            ticket = self.outstanding.open(_Ticket(message.reply, received, counts,
                                                    message.payload, outcome.request_id,
                                                    span=span))
             outcome.then(lambda reply: self.answer(ticket, reply))
             return
-        ticket = self.outstanding.open(_Ticket(message.reply, received, tally,
+        ticket = self.outstanding.open(_Ticket(message.reply, received, counts,
                                                message.payload, outcome.request_id,
                                                span=span))
 
@@ -219,7 +220,7 @@ class Dispatcher:
         """Send ``reply`` unless the request was answered already (late replies after the
         drain ended are dropped)."""
         if self.outstanding.close(ticket):
-            self.replies.send(ticket.reply_to, reply, ticket.received, ticket.tally)
+            self.replies.send(ticket.reply_to, reply, ticket.received, ticket.counts)
             if ticket.span is not None:
                 finish(ticket.span, reply)
         else:
@@ -243,7 +244,7 @@ class Dispatcher:
         taken = self.outstanding.take_all()
         for ticket in taken:
             reply = self._shutting_down(ticket)
-            self.replies.send(ticket.reply_to, reply, ticket.received, ticket.tally)
+            self.replies.send(ticket.reply_to, reply, ticket.received, ticket.counts)
             if ticket.span is not None:
                 finish(ticket.span, reply)
         if taken:
@@ -294,9 +295,9 @@ class Dispatcher:
             return ticket.request_id
         return wire.peek_request_id(ticket.payload, max_size=self._max_payload)
 
-    def endpoints(self, queue: str) -> list[tuple[Endpoint, Tally]]:
-        """The ``$SRV`` endpoints served, each with its tally."""
-        return [(Endpoint(served.route.name, served.route.subject, queue), served.tally)
+    def endpoints(self, queue: str) -> list[tuple[Endpoint, ReplyCounts]]:
+        """The ``$SRV`` endpoints served, each with its reply counts."""
+        return [(Endpoint(served.route.name, served.route.subject, queue), served.counts)
                 for served in self.served]
 
 

@@ -19,12 +19,11 @@ from typing import Protocol
 from token_worker import wire
 from token_worker.errors import NatsConnectionError, NotConnected, PayloadTooLarge
 from token_worker.logs import RateLimitedLog, request_context
-from token_worker.metrics import Metrics
+from token_worker.metrics import Metrics, ReplyCounts
 from token_worker.nats.link import State
 from token_worker.nats.protocol import Message
 from token_worker.nats.subscriptions import Subscription
 from token_worker.serve.handler import Reply
-from token_worker.serve.service import Tally
 
 __all__ = ["Connection", "ReplySender", "Warnings", "error_reply"]
 
@@ -87,17 +86,20 @@ class ReplySender:
         self._unsent = unsent
         self._warn = warnings
 
-    def send(self, subject: str, reply: Reply, received: float, tally: Tally) -> None:
+    def endpoint_counts(self) -> ReplyCounts:
+        """Reply counts for a new endpoint (pass them to :meth:`send` with its replies)."""
+        return self._metrics.endpoint_counts()
+
+    def send(self, subject: str, reply: Reply, received: float, counts: ReplyCounts
+             ) -> None:
         """Check the size, count the reply, then send it: whoever reads the metrics or
         ``$SRV.STATS`` after getting the reply sees it counted. ``received`` is the
-        ``time.perf_counter()`` moment the request arrived; ``tally``, its endpoint's."""
+        ``time.perf_counter()`` moment the request arrived; ``counts``, its endpoint's."""
         limit = self._connection.max_payload
         if len(reply.body) > limit:
             self._unsent(reply)
             reply = self._too_large(reply, len(reply.body), limit)
-        seconds = time.perf_counter() - received
-        self._metrics.count_reply(reply.error_code, seconds)
-        tally.count(reply.error_code, seconds)
+        counts.count(reply.error_code, time.perf_counter() - received)
         try:
             self._connection.publish(subject, reply.body)
         except PayloadTooLarge as error:  # the server's limit changed under us

@@ -9,8 +9,9 @@ types.
 
 A worker with named credentials lists two endpoints: ``token`` (the token subject) and
 ``named`` (``token.named.*``, same queue group). Each endpoint counts its own replies in
-its :class:`Tally`, where they are sent (as the NATS micro libraries count them in each
-endpoint's handler): nothing is derived from worker-wide totals.
+its :class:`~token_worker.metrics.ReplyCounts`, where they are sent (as the NATS micro
+libraries count them in each endpoint's handler): nothing is derived from worker-wide
+totals, and the worker's Prometheus numbers are these counts summed.
 """
 
 from __future__ import annotations
@@ -18,14 +19,12 @@ from __future__ import annotations
 import contextlib
 import secrets
 import string
-import threading
 from collections.abc import Callable
 from datetime import datetime, timezone
 from typing import Any, Protocol
 
-from token_worker.counting import ThreadCounts
 from token_worker.errors import NotConnected
-from token_worker.metrics import Metrics
+from token_worker.metrics import Metrics, ReplyCounts
 from token_worker.micro import (
     Endpoint,
     EndpointStats,
@@ -58,42 +57,20 @@ def new_instance_id() -> str:
     return "".join(secrets.choice(_ID_ALPHABET) for _ in range(22))
 
 
-class Tally:
-    """One endpoint's numbers for ``$SRV.STATS`` (replies, errors, time), counted by each
-    thread without a lock (:class:`~token_worker.counting.ThreadCounts`): every reply is
-    counted here, most of them on the reader thread. Errors, rare, also keep the last
-    code under a lock."""
-
-    def __init__(self) -> None:
-        self._counts = ThreadCounts(3)  # requests, errors, nanoseconds
-        self._lock = threading.Lock()
-        self.last_error = ""
-
-    def count(self, error_code: str, seconds: float) -> None:
-        """One reply sent (from the reader or a pool thread)."""
-        values = self._counts.mine()
-        values[0] += 1
-        values[2] += int(seconds * 1e9)
-        if error_code:
-            values[1] += 1
-            with self._lock:
-                self.last_error = error_code
-
-    def stats(self, endpoint: Endpoint, data: dict[str, Any] | None = None) -> EndpointStats:
-        requests, errors, nanoseconds = (int(total) for total in self._counts.totals())
-        with self._lock:
-            last_error = self.last_error
-        average = nanoseconds // requests if requests else 0
-        return EndpointStats(endpoint, requests, errors, last_error, nanoseconds, average,
-                             data)
+def endpoint_stats(endpoint: Endpoint, counts: ReplyCounts,
+                   data: dict[str, Any] | None = None) -> EndpointStats:
+    """An endpoint's ``$SRV.STATS`` entry, from its reply counts."""
+    requests, errors, nanoseconds, last_error = counts.summary()
+    average = nanoseconds // requests if requests else 0
+    return EndpointStats(endpoint, requests, errors, last_error, nanoseconds, average, data)
 
 
 class ServiceResponder:
     """Answers the services API for one worker instance, about ``endpoints`` (each with the
-    :class:`Tally` its replies are counted in)."""
+    :class:`~token_worker.metrics.ReplyCounts` its replies are counted in)."""
 
     def __init__(self, connection: Bus, *, version: str,
-                 endpoints: list[tuple[Endpoint, Tally]], metrics: Metrics,
+                 endpoints: list[tuple[Endpoint, ReplyCounts]], metrics: Metrics,
                  metadata: dict[str, str], reply_prefixes: tuple[str, ...] | None = None
                  ) -> None:
         self._connection = connection
@@ -130,7 +107,8 @@ class ServiceResponder:
     def _stats(self) -> bytes:
         started = datetime.fromtimestamp(self._metrics.started, timezone.utc)
         data = _shared_data(self._metrics.shared_stats())
-        stats = tuple(tally.stats(endpoint, data) for endpoint, tally in self._endpoints)
+        stats = tuple(endpoint_stats(endpoint, counts, data)
+                      for endpoint, counts in self._endpoints)
         return StatsResponse(self._identity, started.isoformat().replace("+00:00", "Z"),
                              stats).to_bytes()
 

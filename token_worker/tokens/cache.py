@@ -81,6 +81,8 @@ _DIGEST_KEY = secrets.token_bytes(32)
 _KEYED = hashlib.blake2b(key=_DIGEST_KEY, digest_size=32)
 """BLAKE2b with the key block already hashed: each digest starts from a copy of it."""
 _new_tuple = tuple.__new__
+_ClientKeys = OrderedDict[CacheKey, None]
+"""One client's keys, least recently used first."""
 
 
 def cache_key(token_url: str, client_id: str, client_secret: str, scope: str,
@@ -120,9 +122,10 @@ class TokenCache:
                  now: Callable[[], float], max_ttl: float = defaults.CACHE_MAX_TTL,
                  per_client: int | None = None) -> None:
         self._max_entries = max_entries
-        self._entries: OrderedDict[CacheKey, CachedToken] = OrderedDict()
+        self._entries: OrderedDict[CacheKey, tuple[CachedToken, _ClientKeys]] = OrderedDict()
+        """Each entry with its client's keys (so a hit reorders both without a lookup)."""
         self._per_client = min(per_client or max_entries, max_entries)
-        self._clients: dict[tuple[str, str], OrderedDict[CacheKey, None]] = {}
+        self._clients: dict[tuple[str, str], _ClientKeys] = {}
         """Each client's keys, least recently used first."""
         self._lock = threading.Lock()
         self._margin = expiry_margin
@@ -138,14 +141,15 @@ class TokenCache:
         now), and now the most recently used, of all and of its client; an expired entry
         is dropped."""
         with self._lock:
-            entry = self._entries.get(key)
-            if entry is None:
+            held = self._entries.get(key)
+            if held is None:
                 return None
+            entry, client_keys = held
             if (self.now() if now is None else now) >= entry.serve_until:
                 self._remove(key)
                 return None
             self._entries.move_to_end(key)
-            self._clients[key[0], key[1]].move_to_end(key)
+            client_keys.move_to_end(key)
             return entry
 
     def put(self, key: CacheKey, token: IssuedToken, *, age: float = 0.0,
@@ -186,7 +190,7 @@ class TokenCache:
             oldest, _ = entries.popitem(last=False)
             self._forget_client_key(oldest)
             self.evictions["capacity"] += 1
-        entries[key] = entry
+        entries[key] = (entry, mine)
 
     def _remove(self, key: CacheKey) -> None:
         del self._entries[key]
@@ -220,7 +224,7 @@ class TokenCache:
         this replica holds)."""
         now = self.now()
         with self._lock:
-            return [entry for entry in self._entries.values() if entry.serve_until > now]
+            return [entry for entry, _ in self._entries.values() if entry.serve_until > now]
 
     def __len__(self) -> int:
         with self._lock:

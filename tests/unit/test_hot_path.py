@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 
 from token_worker import wire
 from token_worker.counting import ThreadCounts
-from token_worker.errors import InvalidRequest
+from token_worker.errors import BadSubject, InvalidRequest
 from token_worker.fields import CONTROL
 from token_worker.metrics import LATENCY_BUCKETS, Metrics
 from token_worker.micro import Endpoint
@@ -225,3 +225,21 @@ def test_the_usual_msg_path_parses_exactly_as_the_general_path(frames: list[byte
             protocol._USUAL_MESSAGE = saved
 
     assert events(usual=True) == events(usual=False)
+
+
+# --- the PUB line's subject check -------------------------------------------------------
+
+@settings(max_examples=1500, deadline=None)
+@given(st.text(alphabet=st.sampled_from("a.>*_ \t\r\n\x0b\x0c\x85\u2028\u00a0é\udcff"),
+               max_size=6), st.sampled_from(["", "_INBOX.x", "_INBOX. x"]))
+def test_pub_refuses_exactly_the_subjects_with_whitespace_the_protocol_splits_on(
+        subject: str, reply: str) -> None:
+    """The printable shortcut never lets through what the full check refuses."""
+    refused = (not subject or any(c in subject for c in " \t\r\n")
+               or any(c in reply for c in " \t\r\n"))
+    try:
+        protocol.pub(subject, b"x", reply)
+    except BadSubject:
+        assert refused
+    else:
+        assert not refused

@@ -50,8 +50,9 @@ _SKIP_TAIL = 64
 _ARGUMENT_SEPARATOR = re.compile(rb"[ \t]+")
 _MESSAGE_OPS = (b"MSG ", b"HMSG")
 _USUAL_MESSAGE = re.compile(
-    rb"MSG ([^ \t\r\n]+) ([0-9]{1,10})(?: ([^ \t\r\n]+))? ([0-9]{1,10})\r\n")
-"""``MSG <subject> <sid> [reply] <size>`` as servers send it: single spaces, plain digits."""
+    rb"MSG (\S+) ([0-9]{1,10})(?: (\S+))? ([0-9]{1,10})\r\n")
+"""``MSG <subject> <sid> [reply] <size>`` as servers send it: single spaces, plain digits
+(a subject with any other whitespace in it takes the general path)."""
 
 
 class Message(NamedTuple):
@@ -384,8 +385,11 @@ def encode_subject(subject: str, what: str = "subject") -> bytes:
 
 
 def pub(subject: str, payload: bytes, reply: str = "") -> bytes:
-    """``PUB <subject> [reply] <size>`` and the payload (checks inlined: the hot path)."""
-    if not subject or " " in subject or "\t" in subject or "\r" in subject or "\n" in subject:
+    """``PUB <subject> [reply] <size>`` and the payload (checks inlined: the hot path; a
+    printable subject has no tab or line break, so only the other text is searched)."""
+    if not (subject and subject.isprintable() and " " not in subject) and (
+            not subject or " " in subject or "\t" in subject or "\r" in subject
+            or "\n" in subject):
         encode_subject(subject)  # raises, saying why
     if reply:
         if " " in reply or "\t" in reply or "\r" in reply or "\n" in reply:

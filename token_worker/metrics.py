@@ -57,20 +57,22 @@ _go_float: Callable[[float], str] = prometheus_utils.floatToGoString
 
 _OUTCOME_LABELS = (OK, *sorted(_OUTCOMES - {OK}), IDP_REFUSED)
 # Where each number of an endpoint's per-thread reply counts is (ThreadCounts): outcomes,
-# latency buckets (the last one +Inf), the latency sum.
+# latency buckets (the last one +Inf), the latency sum, the error replies.
 _REFUSED_AT = len(_OUTCOME_LABELS) - 1
 _BUCKETS_AT = len(_OUTCOME_LABELS)
 _SECONDS_AT = _BUCKETS_AT + len(LATENCY_BUCKETS) + 1
-_REPLY_COUNTS = _SECONDS_AT + 1
-_CODE_AT = {label: at for at, label in enumerate(_OUTCOME_LABELS)} | {"": 0}
-"""Reply error code -> where it is counted; any other code counts as idp_refused."""
+_ERRORS_AT = _SECONDS_AT + 1
+_REPLY_COUNTS = _ERRORS_AT + 1
+_CODE_AT = {label: at for at, label in enumerate(_OUTCOME_LABELS) if label != OK} | {"": 0}
+"""Reply error code -> where it is counted; any other code (an IdP's, even one it names
+``ok``) counts as idp_refused."""
 
 
 def outcome_label(error_code: str) -> str:
     """The label for a reply: ``ok``, one of token-worker's codes, or ``idp_refused``."""
     if not error_code:
         return OK
-    return error_code if error_code in _OUTCOMES else IDP_REFUSED
+    return error_code if error_code in _OUTCOMES and error_code != OK else IDP_REFUSED
 
 
 class Metrics:
@@ -205,6 +207,7 @@ class ReplyCounts:
         values[_BUCKETS_AT + bisect_left(LATENCY_BUCKETS, seconds)] += 1
         values[_SECONDS_AT] += seconds
         if error_code:
+            values[_ERRORS_AT] += 1
             with self._lock:
                 self.last_error = error_code
 
@@ -218,8 +221,8 @@ class ReplyCounts:
         requests = int(sum(totals[:_BUCKETS_AT]))
         with self._lock:
             last_error = self.last_error
-        return (requests, requests - int(totals[_CODE_AT[OK]]),
-                int(totals[_SECONDS_AT] * 1e9), last_error)
+        return (requests, int(totals[_ERRORS_AT]), int(totals[_SECONDS_AT] * 1e9),
+                last_error)
 
 
 class _ReplyCollector(Collector):

@@ -18,7 +18,7 @@ from token_worker import wire
 from token_worker.counting import ThreadCounts
 from token_worker.errors import BadSubject, InvalidRequest
 from token_worker.fields import CONTROL
-from token_worker.metrics import LATENCY_BUCKETS, Metrics
+from token_worker.metrics import LATENCY_BUCKETS, Metrics, outcome_label
 from token_worker.micro import Endpoint
 from token_worker.nats import protocol
 from token_worker.serve.service import endpoint_stats
@@ -99,6 +99,20 @@ def test_an_endpoints_stats_add_up_every_thread_and_keep_the_last_error():
     assert (stats.num_requests, stats.num_errors, stats.last_error) == (4002, 1, "overloaded")
     assert stats.processing_time == pytest.approx(4_003_000_000, rel=1e-6)  # 4.003 s
     assert stats.average_processing_time == stats.processing_time // 4002
+
+
+def test_an_idp_error_code_named_ok_is_an_error_in_stats_and_in_prometheus():
+    """An IdP may refuse with ``{"error": "ok"}``: the reply is an error all the same."""
+    metrics = Metrics()
+    counts = metrics.endpoint_counts()
+    counts.count("", 0.001)
+    counts.count("ok", 0.001)
+    stats = endpoint_stats(Endpoint("token", "token.request", "token-workers"), counts)
+    assert (stats.num_requests, stats.num_errors, stats.last_error) == (2, 1, "ok")
+    sample = metrics.registry.get_sample_value
+    assert sample("token_worker_requests_total", {"outcome": "ok"}) == 1
+    assert sample("token_worker_requests_total", {"outcome": "idp_refused"}) == 1
+    assert outcome_label("ok") == "idp_refused"
 
 
 # --- the usual request, checked in one go ---------------------------------------------

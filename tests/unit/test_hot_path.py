@@ -184,6 +184,46 @@ def test_a_long_body_still_has_its_fields_bounded():
         wire.TokenRequest.from_bytes(body, max_size=LIMIT)
 
 
+def test_a_body_of_exactly_the_size_limit_is_read_and_one_byte_more_is_not():
+    body = json.dumps({"client_id": "c", "client_secret": "s"}).encode()
+    assert wire.TokenRequest.from_bytes(body, max_size=len(body)).client_id == "c"
+    with pytest.raises(InvalidRequest, match=f"request is {len(body)} bytes, the limit is"):
+        wire.TokenRequest.from_bytes(body, max_size=len(body) - 1)
+
+
+@pytest.mark.parametrize("field", ["request_id", "client_id", "scope"])
+@pytest.mark.parametrize("character", ["\t", "\x7f", "\u2028", "\u202e"])
+@pytest.mark.parametrize("scope", [None, "read"])
+def test_a_control_character_in_an_echoed_field_is_refused_with_or_without_a_scope(
+        field: str, character: str, scope: str | None) -> None:
+    document: dict[str, Any] = {"client_id": "c", "client_secret": "s"}
+    if scope is not None:
+        document["scope"] = scope
+    document[field] = f"a{character}b"
+    refusal = {"scope": "field scope is not a valid scope string"}.get(
+        field, f"field {field} must not contain control characters")
+    with pytest.raises(InvalidRequest, match=refusal):
+        wire.TokenRequest.from_bytes(json.dumps(document).encode(), max_size=LIMIT)
+
+
+def test_an_unknown_field_is_read_as_strictly_as_a_known_one():
+    """msgspec skips the value of a field it does not know without reading it as UTF-8 or
+    a number; such a body is read by the other path, which refuses it."""
+    for raw in (b'"\xff"', b"1e400"):
+        body = b'{"client_id": "c", "client_secret": "s", "other": %s}' % raw
+        with pytest.raises(InvalidRequest, match="not a JSON object"):
+            wire.TokenRequest.from_bytes(body, max_size=LIMIT)
+
+
+def test_resource_and_audience_are_read_on_either_one_alone():
+    body = json.dumps({"client_id": "c", "client_secret": "s",
+                       "resource": "https://api.example/"}).encode()
+    assert wire.TokenRequest.from_bytes(body, max_size=LIMIT).resource == (
+        "https://api.example/",)
+    body = json.dumps({"client_id": "c", "client_secret": "s", "audience": "api"}).encode()
+    assert wire.TokenRequest.from_bytes(body, max_size=LIMIT).audience == "api"
+
+
 # --- the prepared reply -------------------------------------------------------------------
 
 tokens = st.text(alphabet=st.characters(min_codepoint=0x21, max_codepoint=0x7e), min_size=1,

@@ -312,15 +312,20 @@ def test_a_node_killed_under_load_loses_only_requests_in_flight(
     outcomes: Counter[str] = Counter()
     stop_at = [0.0]
     index = [0]
+    killed_at = float("inf")
+    lost_sent: list[float] = []
+    """When each lost request was sent, from the kill (negative: before it)."""
 
     def drive(lane: int) -> None:
         while time.monotonic() < stop_at[0]:
             index[0] += 1
             client = BURST[(lane * 7 + index[0]) % len(BURST)]
+            sent = time.monotonic()
             try:
                 reply = ask(requester, client, f"k-{lane}-{index[0]}", timeout=2.0)
             except Exception:
                 outcomes["lost"] += 1
+                lost_sent.append(sent - killed_at)
                 continue
             outcomes["ok" if "access_token" in reply else reply.get("error_code", "?")] += 1
 
@@ -347,14 +352,19 @@ def test_a_node_killed_under_load_loses_only_requests_in_flight(
                                                    for n, client in enumerate(BURST)])
     calls = idp_calls_of(fresh)
     report_figure(f"node killed under 8 concurrent requests ({len(on_victim)} replicas on "
-                  f"it): {outcomes['lost']} lost of {sum(outcomes.values())}, outcomes "
+                  f"it): {outcomes['lost']} lost of {sum(outcomes.values())}, sent at "
+                  f"{sorted(round(at * 1000, 1) for at in lost_sent)} ms from the kill, outcomes "
                   f"{dict(outcomes)}; every replica connected again {back_after:.2f} s after "
                   f"the kill; shared tier answering through a live node {tier_back_after:.2f} "
                   f"s after it; "
                   f"then {len(BURST)} known keys asked: a new replica made {calls} IdP calls "
                   f"(its shared hits {(fresh.metrics.shared_stats() or {}).get('hits', 0)}), "
                   f"the fleet {fleet_calls}")
-    assert outcomes["lost"] <= 8
+    # Lost: what was in flight to the node when it died (sent up to the requester's 2 s
+    # timeout before), or sent in the moment before the cluster saw it die (measured: a few
+    # ms). Nothing sent after that may be lost, and no lane loses more than those two.
+    assert all(-2.0 <= at <= 0.25 for at in lost_sent), sorted(lost_sent)
+    assert outcomes["lost"] <= 2 * 8
     assert set(outcomes) <= {"ok", "lost"}
     assert back_after < 5
     assert calls == 0

@@ -28,10 +28,6 @@ separators and the bidi overrides: a reader splitting on Unicode line breaks, or
 terminal, would see a forged or reordered log line in them."""
 
 
-def any_too_long(*values: str | None) -> bool:
-    return any(value is not None and len(value) > MAX_FIELD_LENGTH for value in values)
-
-
 @functools.lru_cache(maxsize=1024)
 def normal_scope(scope: str) -> str:
     """Scopes separated by single spaces; memoised, as a fleet asks for few scopes."""

@@ -178,7 +178,7 @@ class TokenRequest(NamedTuple):
             raise InvalidRequest("Invalid request format: not a JSON object") from None
         if type(document) is not dict:
             raise InvalidRequest("Invalid request format: not a JSON object")
-        try:  # positional: this runs for every request
+        try:  # every request msgspec did not take, valid or not
             request = cls(request_id_field(document), required_text(document, "client_id"),
                           required_text(document, "client_secret", secret=True),
                           scope_field(document), optional_text(document, "timestamp"),

@@ -21,9 +21,9 @@ whatever bytes arrive; parsing a reply never raises anything but
 number for a token). JSON goes through orjson: every reply is encoded on the hot path,
 where it is six times faster than the standard library, and it refuses what a token
 request never is (invalid UTF-8, NaN, nesting deeper than 1024). The usual token request
-is decoded by msgspec straight into its typed fields (one call that also checks each
-field's type and length); whatever it does not take (an unknown field, a wrong type) is
-read by orjson and checked field by field, which says what is wrong.
+is decoded by msgspec straight into its typed fields (:mod:`token_worker.request_decoding`,
+loaded on the first request parsed); whatever it does not take (an unknown field, a wrong
+type) is read by orjson and checked field by field, which says what is wrong.
 
 The module is longer than 400 lines because the contract is one piece: requests, replies
 and error codes, read and written by both ends with the same types. Split, each end's half
@@ -36,9 +36,8 @@ import math
 import re
 import time
 from collections.abc import Callable
-from typing import Annotated, Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
-import msgspec
 import orjson
 
 from token_worker.errors import InvalidReply, InvalidRequest
@@ -56,6 +55,9 @@ from token_worker.fields import (
     resource_field,
     scope_field,
 )
+
+if TYPE_CHECKING:
+    from token_worker.request_decoding import UsualRequest
 
 __all__ = [
     "ACCESS_TOKEN",
@@ -210,26 +212,20 @@ class TokenRequest(NamedTuple):
 _new_tuple = tuple.__new__
 
 
-_Bounded = Annotated[str, msgspec.Meta(max_length=MAX_FIELD_LENGTH)]
+def _load_usual_decoder(payload: bytes) -> UsualRequest:
+    """The first request parsed loads msgspec's decoder of the usual request (a requester,
+    which never parses one, never loads msgspec); later ones call the decoder itself."""
+    global _decode_usual  # noqa: PLW0603 - set once, to the same function by any thread
+    from token_worker.request_decoding import decode  # noqa: PLC0415 - loaded when first used
+
+    _decode_usual = decode
+    return decode(payload)
 
 
-class _UsualRequest(msgspec.Struct, forbid_unknown_fields=True, gc=False):
-    """The usual token request as msgspec decodes it: only the contract's fields, each of
-    its type and at most ``MAX_FIELD_LENGTH`` characters (anything else, such as an unknown
-    field, a ``resource`` or a scope list, fails here and takes the field-by-field path)."""
-
-    client_id: _Bounded
-    client_secret: _Bounded
-    request_id: _Bounded | None = None
-    scope: _Bounded | None = None
-    timestamp: _Bounded | None = None
-    skip_cache: bool = False
+_decode_usual: Callable[[bytes], UsualRequest] = _load_usual_decoder
 
 
-_decode_usual = msgspec.json.Decoder(_UsualRequest).decode
-
-
-def _usual_request(usual: _UsualRequest) -> TokenRequest | None:
+def _usual_request(usual: UsualRequest) -> TokenRequest | None:
     """The request of ``usual`` if it passes the checks types cannot say, else None (then
     the field-by-field path decides): every check of that path is made here or by the
     decoder."""

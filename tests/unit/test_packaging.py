@@ -34,8 +34,8 @@ def test_public_api():
 
 WORKER_SIDE = ("token_worker.serve", "token_worker.idp", "token_worker.tokens.broker",
                "token_worker.tokens.shared", "token_worker.tokens.keys",
-               "token_worker.metrics", "urllib3", "prometheus_client",
-               "jwt", "cryptography")
+               "token_worker.metrics", "token_worker.request_decoding", "urllib3",
+               "prometheus_client", "jwt", "cryptography", "msgspec")
 """What a requester must never load: the worker side and its heavy packages."""
 
 

@@ -206,6 +206,15 @@ def test_a_control_character_in_an_echoed_field_is_refused_with_or_without_a_sco
         wire.TokenRequest.from_bytes(json.dumps(document).encode(), max_size=LIMIT)
 
 
+@pytest.mark.parametrize("other", [{}, {"other": 1}, {"resource": "https://api.example/"}])
+def test_a_secret_may_hold_any_character_on_either_path(other: dict[str, Any]) -> None:
+    """A secret is the IdP's to judge and never echoed: control characters in it are not
+    refused, whether the usual path reads the request or, with another field, the field by
+    field path does."""
+    body = json.dumps({"client_id": "c", "client_secret": "s\te\u2028c", **other}).encode()
+    assert wire.TokenRequest.from_bytes(body, max_size=LIMIT).client_secret == "s\te\u2028c"
+
+
 def test_an_unknown_field_is_read_as_strictly_as_a_known_one():
     """msgspec skips the value of a field it does not know without reading it as UTF-8 or
     a number; such a body is read by the other path, which refuses it."""

@@ -128,10 +128,6 @@ def request_main(argv: Sequence[str] | None = None) -> int:
     return EXIT_REQUEST_FAILED if reply.get("error") else EXIT_OK
 
 
-LONGEST_TIMEOUT = 86_400.0
-"""--timeout's ceiling, a day (the client's: token_worker.client.exchange.LONGEST_WAIT)."""
-
-
 def _seconds(text: str) -> float:
     """An argparse type: a finite number of seconds above 0 (``float`` alone takes "nan",
     "inf" and "-1", a request that never ends or ends at once)."""
@@ -139,9 +135,9 @@ def _seconds(text: str) -> float:
         value = float(text)
     except ValueError:
         value = math.nan
-    if not math.isfinite(value) or value <= 0 or value > LONGEST_TIMEOUT:
+    if not math.isfinite(value) or value <= 0 or value > defaults.LONGEST_WAIT:
         raise argparse.ArgumentTypeError(
-            f"{text!r} is not a number of seconds above 0 and at most {LONGEST_TIMEOUT:g}")
+            f"{text!r} is not a number of seconds above 0 and at most {defaults.LONGEST_WAIT:g}")
     return value
 
 

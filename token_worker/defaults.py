@@ -136,3 +136,7 @@ REPLY_SUBJECTS = ("_INBOX.>",)
 """Where replies may go: the inboxes of every NATS client library's request()."""
 INLINE_SECRETS = True
 """Serve requests that carry their own ``client_secret`` (the original's requests)."""
+LONGEST_WAIT = 86_400.0
+"""The longest timeout or budget a requester takes (a day; ``token-request --timeout``
+too): more is no deadline, and past ``threading.TIMEOUT_MAX`` (about 292 years) waits fail
+with OverflowError."""

@@ -26,7 +26,7 @@ from typing import Any
 
 import orjson
 
-from token_worker import wire
+from token_worker import defaults, wire
 from token_worker.errors import InvalidReply, InvalidRequest, TokenRequestFailed
 from token_worker.tokens.cache import CachedToken, CacheKey, TokenCache, cache_key
 from token_worker.tokens.model import IssuedToken
@@ -172,12 +172,8 @@ def check_options(*, inbox_prefix: str, named_subject: str, max_reply_size: int,
         raise ValueError("retries must be a whole number, 0 or more")
 
 
-LONGEST_WAIT = 86_400.0
-"""The longest ``timeout`` or ``budget`` taken (a day): more is no deadline, and past
-``threading.TIMEOUT_MAX`` (about 292 years) waits fail with OverflowError."""
-
-
-def check_seconds(name: str, value: float, *, longest: float = LONGEST_WAIT) -> float:
+def check_seconds(name: str, value: float, *, longest: float = defaults.LONGEST_WAIT
+                  ) -> float:
     """``value`` if it is a finite number of seconds above 0 and at most ``longest``; else
     ``ValueError`` naming ``name``."""
     if isinstance(value, bool) or not isinstance(value, (int, float)) \

@@ -251,12 +251,12 @@ class AsyncTokenAuth(_Base):
         if renewal.async_lock is None:
             renewal.async_lock = asyncio.Lock()
         async with renewal.async_lock:
-            current = self._renewal.decide(refused, await self.token())
+            current = renewal.decide(refused, await self.token())
             if current is not None:
                 return current
-            if not self._renewal.worth_asking(refused):
+            if not renewal.worth_asking(refused):
                 return None
-            return self._renewal.renewed(await self.token(fresh=True))
+            return renewal.renewed(await self.token(fresh=True))
 
     async def async_auth_flow(self, request: httpx.Request
                               ) -> AsyncGenerator[httpx.Request, httpx.Response]:

@@ -115,17 +115,17 @@ class TokenWorker:
             routes = [Route("token", config.subject, handler if isinstance(
                 handler, RequestHandler) else BytesHandler(handler))]
         self._warn = Warnings(log)
+        prefixes = reply_prefixes(config.reply_subjects)
         self._dispatch = Dispatcher(
             routes, pool=self._pool, max_payload=config.max_payload, warnings=self._warn,
-            tracer=tracing.request_tracer(),
-            reply_prefixes=reply_prefixes(config.reply_subjects),
+            tracer=tracing.request_tracer(), reply_prefixes=prefixes,
             replies=ReplySender(self._connection, metrics=self.metrics,
                                 unsent=unsent_to(routes), warnings=self._warn))
         self._service = ServiceResponder(
             self._connection, version=__version__,
             endpoints=self._dispatch.endpoints(config.queue), metrics=self.metrics,
             metadata={"client_name": self.client_name},
-            reply_prefixes=reply_prefixes(config.reply_subjects))
+            reply_prefixes=prefixes)
         pool = self._pool
         self.metrics.in_flight.set_function(lambda: pool.admitted)
         self.metrics.capacity.set(pool.capacity)

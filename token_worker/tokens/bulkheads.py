@@ -12,11 +12,11 @@ against the client (an attempt the request's own deadline cut short, a 429, whic
 the whole client id at the issuer) do not.
 
 Call budgets are per client id, so wrong secrets cannot drive the IdP; and a secret that
-has obtained a token here (proven) spends a budget of its own, so a requester who knows
-only a client id (not a secret) and floods it with guesses spends the guesses' budget, not
-the calls of the service that holds the real secret. What is proven is this replica's
-memory (bounded): a new replica, or a rotated secret, shares the id's budget until its
-first token.
+has obtained a token here (proven) spends the budget of the id's proven secrets, so a
+requester who knows only a client id (not a secret) and floods it with guesses spends the
+guesses' budget, not the calls of the service that holds the real secret. What is proven
+is this replica's memory (bounded): a new replica, or a rotated secret, shares the id's
+budget until its first token.
 """
 
 from __future__ import annotations

@@ -134,15 +134,15 @@ class TokenQuery(NamedTuple):
     resources, an audience, a token endpoint or CA of its own); None: a secret method."""
     proven: bool = False
     """The request's secret has obtained a token before (set by the broker's bulkheads):
-    it spends a budget apart from the client id's other secrets."""
+    it spends the budget of the client id's proven secrets, apart from unproven ones."""
 
     def __repr__(self) -> str:
         return f"TokenQuery(client_id={self.client_id!r}, scope={self.scope!r})"
 
     @property
     def budget_key(self) -> str:
-        """Whose call budget a fetch spends: the credential's, or the client id's (a
-        proven secret's own, or the one every other secret for that client id shares)."""
+        """Whose call budget a fetch spends: the credential's, or the client id's (the one
+        its proven secrets share, or the one its unproven secrets share)."""
         if self.credential:
             return f"credential:{self.credential}"
         return f"proven:{self.client_id}" if self.proven else f"client:{self.client_id}"

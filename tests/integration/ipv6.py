@@ -2,8 +2,8 @@
 reference way for a client to reach ``host:port`` whatever the address family, and a way
 to give one subprocess a host name that resolves only to ::1.
 
-Standard library only (no import from the other test helpers), so it survives moves of
-the tests tree.
+The standard library and ``tests.free_port`` only (no import from the other test
+helpers), so it survives moves of the tests tree.
 
 Facts on this project's machines (checked, see tests/idp_features.md): the loopback has
 ::1; /etc/hosts maps ``localhost`` to 127.0.0.1 only and has no ``ip6-localhost``, so no
@@ -22,6 +22,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from tests import free_port
+
 
 def ipv6_loopback_available() -> bool:
     """Whether a socket can listen on ::1 and be reached there."""
@@ -38,10 +40,8 @@ def ipv6_loopback_available() -> bool:
 
 
 def free_port_v6() -> int:
-    """A TCP port on ::1 that nobody listens on right now."""
-    with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as sock:
-        sock.bind(("::1", 0))
-        return int(sock.getsockname()[1])
+    """A TCP port on ::1 that nobody uses right now (chosen as ``free_port`` does)."""
+    return free_port("::1", socket.AF_INET6)
 
 
 def connect_any(host: str, port: int, timeout: float = 5.0) -> socket.socket:

@@ -25,11 +25,27 @@ IDP_DIR = ROOT / "dev" / "idp"
 TOKEN_PATH = "/realms/phoenix/protocol/openid-connect/token"
 
 
-def wait_for_port(port: int, timeout: float = 10.0) -> None:
+class ExitedAtStart(RuntimeError):
+    """A process ended before it listened; ``output`` is the end of what it printed."""
+
+    def __init__(self, command: str, code: int, output: str) -> None:
+        super().__init__(f"{command} exited with {code} before it listened:\n{output}")
+        self.output = output
+
+
+def wait_for_port(port: int, timeout: float = 10.0,
+                  process: subprocess.Popen[bytes] | None = None,
+                  log: Path | None = None, log_from: int = 0) -> None:
+    """Until something listens on 127.0.0.1:``port``; when ``process`` ends first, raise
+    ``ExitedAtStart`` at once with the end of what it wrote to ``log`` (after byte
+    ``log_from``), rather than wait out the time for a server that will never come."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
             return
+        if process is not None and process.poll() is not None:
+            output = log.read_bytes()[log_from:][-2000:].decode(errors="replace") if log else ""
+            raise ExitedAtStart(str(process.args[0]), int(process.returncode), output)
         time.sleep(0.02)
     raise TimeoutError(f"nothing listens on 127.0.0.1:{port} after {timeout} s")
 
@@ -68,12 +84,27 @@ class NatsServer:
         self._config_text = config_text
         self._dir = tempfile.mkdtemp(prefix="tw-nats-")
         self.process: subprocess.Popen[bytes] | None = None
+        self._started = False
 
     @property
     def url(self) -> str:
         return f"nats://127.0.0.1:{self.port}"
 
     def start(self) -> NatsServer:
+        """Start on this server's ports; on a first start, when another process took a
+        port between its choosing and the bind, choose new ports and start again (a
+        restart keeps its ports, as a restarted node does)."""
+        for attempt in range(3):
+            try:
+                return self._start_once()
+            except ExitedAtStart as failure:
+                taken = "address already in use" in failure.output
+                if self._started or not taken or attempt == 2:
+                    raise
+                self.port, self.monitor_port = free_port(), free_port()
+        raise AssertionError("unreachable")
+
+    def _start_once(self) -> NatsServer:
         command = [nats_server_binary(), "-a", "127.0.0.1", "-p", str(self.port),
                    "-m", str(self.monitor_port)]
         if self._config_text:
@@ -81,11 +112,14 @@ class NatsServer:
             path.write_text(self._config_text)
             command += ["-c", str(path)]
         command += list(self.extra_args)
-        log = open(Path(self._dir) / "server.log", "ab")  # noqa: SIM115 - lives with the process
+        log_path = Path(self._dir) / "server.log"
+        log = open(log_path, "ab")  # noqa: SIM115 - lives with the process
+        written = log.tell()
         self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
         log.close()
-        wait_for_port(self.port)
-        wait_for_port(self.monitor_port)
+        for port in (self.port, self.monitor_port):
+            wait_for_port(port, process=self.process, log=log_path, log_from=written)
+        self._started = True
         return self
 
     def kill(self) -> None:
@@ -150,7 +184,7 @@ class IdpServer:
             ["node", "server.mjs"], cwd=IDP_DIR, env=self._env,
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )
-        wait_for_port(self.port, timeout=20)
+        wait_for_port(self.port, timeout=20, process=self.process)
         return self
 
     def stop(self) -> None:

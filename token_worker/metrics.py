@@ -174,7 +174,11 @@ class Metrics:
 
     def cache_hit(self) -> None:
         """A request served from the local cache."""
-        self._cache_events.mine()[0] += 1
+        try:
+            values = self._cache_events.local.values
+        except AttributeError:
+            values = self._cache_events.mine()
+        values[0] += 1
 
     def cache_miss(self) -> None:
         """A request the local cache could not serve."""
@@ -202,7 +206,10 @@ class ReplyCounts:
     def count(self, error_code: str, seconds: float) -> None:
         """One reply sent: its outcome and how long it took (from the reader thread or a
         pool thread)."""
-        values = self._counts.mine()
+        try:
+            values = self._counts.local.values
+        except AttributeError:
+            values = self._counts.mine()
         values[_CODE_AT.get(error_code, _REFUSED_AT)] += 1
         values[_BUCKETS_AT + bisect_left(LATENCY_BUCKETS, seconds)] += 1
         values[_SECONDS_AT] += seconds

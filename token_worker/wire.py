@@ -88,6 +88,7 @@ __all__ = [
     "reply_from_document",
     "retry_seconds",
     "text_field",
+    "usual_token_request",
 ]
 
 # --- error codes of token-worker's own (the IdP's OAuth2 codes pass through unchanged) ---
@@ -166,14 +167,9 @@ class TokenRequest(NamedTuple):
         size = len(payload)
         if size > max_size:
             raise InvalidRequest(f"request is {size} bytes, the limit is {max_size}")
-        try:
-            usual = _decode_usual(payload)
-        except (ValueError, RecursionError):  # msgspec.DecodeError is a ValueError
-            pass
-        else:
-            request = _usual_request(usual)
-            if request is not None:
-                return request
+        request = usual_token_request(payload)
+        if request is not None:
+            return request
         try:
             document = orjson.loads(payload)
         except orjson.JSONDecodeError:
@@ -225,10 +221,16 @@ def _load_usual_decoder(payload: bytes) -> UsualRequest:
 _decode_usual: Callable[[bytes], UsualRequest] = _load_usual_decoder
 
 
-def _usual_request(usual: UsualRequest) -> TokenRequest | None:
-    """The request of ``usual`` if it passes the checks types cannot say, else None (then
-    the field-by-field path decides): every check of that path is made here or by the
-    decoder."""
+def usual_token_request(payload: bytes) -> TokenRequest | None:
+    """The usual request (see :meth:`TokenRequest.from_bytes`), checked, or None for any
+    other body, valid or not (which ``from_bytes`` reads field by field and judges). The
+    caller has checked the size. The decoder checks types, lengths and field names; what
+    types cannot say (a blank id or secret, control characters) is checked here, every
+    check of the field-by-field path being made by one or the other."""
+    try:
+        usual = _decode_usual(payload)
+    except (ValueError, RecursionError):  # msgspec.DecodeError is a ValueError
+        return None
     request_id = usual.request_id or ""
     client_id = usual.client_id
     scope = usual.scope

@@ -128,15 +128,15 @@ documents = st.dictionaries(
 
 def parse(body: bytes, *, usual: bool) -> wire.TokenRequest | str:
     """The request, or the error it raises: by the usual path, or field by field."""
-    saved = wire._usual_request
+    saved = wire.usual_token_request
     try:
         if not usual:
-            wire._usual_request = lambda *_args, **_kwargs: None  # type: ignore[assignment]
+            wire.usual_token_request = lambda *_args, **_kwargs: None  # type: ignore[assignment]
         return wire.TokenRequest.from_bytes(body, max_size=LIMIT)
     except InvalidRequest as error:
         return f"{error.request_id!r}: {error}"
     finally:
-        wire._usual_request = saved
+        wire.usual_token_request = saved
 
 
 @settings(max_examples=1500, deadline=None)

@@ -489,6 +489,9 @@ class StubConnection:
             self.published.append((subject, payload))
             self._sent.notify_all()
 
+    def publish_reply(self, subject: str, payload: bytes) -> None:
+        self.publish(subject, payload)
+
     def flush(self, timeout: float) -> None:
         if not self.is_connected:
             raise NotConnected("stub: not connected")

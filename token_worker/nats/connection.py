@@ -275,7 +275,7 @@ class NatsConnection(SocketReader):
                         self._pending_pongs.append(SubscribeCheck(kept))
                     self._sendall(sock, b"".join(protocol.sub(s.subject, s.sid, s.queue)
                                                  for s in kept) + b"PING\r\n")
-                data, writes, dropped = self._pending.take(self._max_payload)
+                data, writes, dropped = self._pending.take(self.max_payload)
                 if data:
                     self._sendall(sock, data)
             except NotConnected as error:
@@ -284,7 +284,7 @@ class NatsConnection(SocketReader):
                 raise HandshakeFailed(str(error)) from None
         if dropped:
             log.warning("messages lost: larger than this server's max_payload",
-                        extra={"writes": dropped, "max_payload": self._max_payload})
+                        extra={"writes": dropped, "max_payload": self.max_payload})
         if writes:
             log.info("sent messages published while reconnecting", extra={"writes": writes})
 

@@ -72,18 +72,15 @@ class SocketLink:
         self._keepalive = KeepAlive(config.ping_interval, config.max_pings_out)
         self._loss_reason = ""
         self._state = State.DISCONNECTED
-        self._max_payload = DEFAULT_MAX_PAYLOAD
+        self.max_payload = DEFAULT_MAX_PAYLOAD
+        """The largest message the current server accepts (its INFO ``max_payload``,
+        refreshed on every connect and asynchronous INFO; 1 MiB before the first). A plain
+        attribute: the hot path reads it for every reply."""
 
     @property
     def buffered_bytes(self) -> int:
         """Bytes published while reconnecting that wait for the next server."""
         return self._pending.size
-
-    @property
-    def max_payload(self) -> int:
-        """The largest message the current server accepts (its INFO ``max_payload``,
-        refreshed on every connect and asynchronous INFO; 1 MiB before the first)."""
-        return self._max_payload
 
     def publish(self, subject: str, payload: bytes, reply: str = "", *,
                 headers: Mapping[str, str] | None = None) -> None:
@@ -101,14 +98,31 @@ class SocketLink:
         if headers:
             block = protocol.encode_headers(headers)
             size = len(block) + len(payload)
-            if size > self._max_payload:
-                raise PayloadTooLarge(size, self._max_payload)
+            if size > self.max_payload:
+                raise PayloadTooLarge(size, self.max_payload)
             data = protocol.hpub(subject, block, payload, reply)
         else:
             size = len(payload)
-            if size > self._max_payload:
-                raise PayloadTooLarge(size, self._max_payload)
+            if size > self.max_payload:
+                raise PayloadTooLarge(size, self.max_payload)
             data = protocol.pub(subject, payload, reply)
+        self._send(data, size)
+
+    def publish_reply(self, subject: str, payload: bytes) -> None:
+        """:meth:`publish` (no headers, no reply subject) of a reply to a message this
+        connection received, to that message's reply subject: the parser read it as one
+        token of the MSG line, so it holds no whitespace and needs no check. The hot path's
+        publish."""
+        size = len(payload)
+        if size > self.max_payload:
+            raise PayloadTooLarge(size, self.max_payload)
+        self._send(protocol.PUB_FORMAT % (subject.encode("utf-8", "surrogateescape"), size,
+                                          payload), size)
+
+    def _send(self, data: bytes, size: int) -> None:
+        """Join the reader thread's outbox when called from it (the callback of a message
+        being handled), else write now; ``size`` is the payload's, for the reconnect
+        buffer's bound."""
         outbox = self._outbox
         if outbox is not None and threading.get_ident() == self._reader_ident:
             outbox.append(data)

@@ -384,6 +384,11 @@ def encode_subject(subject: str, what: str = "subject") -> bytes:
     return subject.encode("utf-8", "surrogateescape")
 
 
+PUB_FORMAT = b"PUB %s %d\r\n%s\r\n"
+"""A PUB without a reply subject: ``PUB_FORMAT % (subject, size, payload)``, the subject
+encoded (``SUBJECT_ENCODING``) and checked."""
+
+
 def pub(subject: str, payload: bytes, reply: str = "") -> bytes:
     """``PUB <subject> [reply] <size>`` and the payload (checks inlined: the hot path; a
     printable subject has no tab or line break, so only the other text is searched)."""
@@ -397,8 +402,7 @@ def pub(subject: str, payload: bytes, reply: str = "") -> bytes:
         return b"PUB %s %s %d\r\n%s\r\n" % (
             subject.encode("utf-8", "surrogateescape"),
             reply.encode("utf-8", "surrogateescape"), len(payload), payload)
-    return b"PUB %s %d\r\n%s\r\n" % (subject.encode("utf-8", "surrogateescape"),
-                                       len(payload), payload)
+    return PUB_FORMAT % (subject.encode("utf-8", "surrogateescape"), len(payload), payload)
 
 
 def hpub(subject: str, headers: bytes, payload: bytes, reply: str = "") -> bytes:

@@ -186,6 +186,6 @@ class SocketReader(SocketLink):
         """Take what an INFO says: the payload limit and the cluster's other servers."""
         limit = info.get("max_payload")
         if isinstance(limit, int) and not isinstance(limit, bool) and limit > 0:
-            self._max_payload = limit
+            self.max_payload = limit
         for url in self._pool.learn(info.get("connect_urls"), self.server_url):
             log.info("nats server discovered", extra={"server": url})

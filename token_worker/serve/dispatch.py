@@ -122,12 +122,16 @@ class _Served:
     """One endpoint being served: its handler's entry, and its reply counts (metrics and
     ``$SRV.STATS``)."""
 
-    __slots__ = ("counts", "dispatcher", "handle", "route", "span_name")
+    __slots__ = ("at_once", "counts", "dispatcher", "handle", "route", "span_name")
 
     def __init__(self, dispatcher: Dispatcher, route: Route) -> None:
         self.dispatcher = dispatcher
         self.route = route
         self.handle = route.handler.handle_message
+        handler_type = type(route.handler)
+        self.at_once = (None if handler_type.answer_at_once is RequestHandler.answer_at_once
+                        else route.handler.answer_at_once)
+        """The handler's hot path, if it has one (else not called at all)."""
         self.counts = dispatcher.replies.endpoint_counts()
         self.span_name = f"process {route.subject}"
 
@@ -147,7 +151,14 @@ class _Served:
         if dispatcher.tracer is not None:
             self._traced(message, received, dispatcher.tracer)
             return
+        at_once = self.at_once
         try:
+            if at_once is not None:
+                replies = dispatcher.replies
+                body = at_once(message, replies.max_size)
+                if body is not None:
+                    replies.send_ok(message.reply, body, received, self.counts)
+                    return
             outcome = self.handle(message)
         except Exception:
             dispatcher.replies.send(message.reply, dispatcher.internal_error(

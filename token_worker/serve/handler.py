@@ -16,6 +16,10 @@ returns, without blocking:
   token handler answers this way while a token is being fetched: however many requests
   wait for one key, they cost the pool one task.
 
+A handler with a hot path also overrides :meth:`RequestHandler.answer_at_once`: the body
+of a reply it can build at once (the token handler's cache hit), tried before anything
+else, so the commonest request costs no :class:`Reply` and no other call.
+
 Outcomes travel with the reply (``Reply.error_code``), so counting them never reads the
 bytes. A plain function from request bytes to reply bytes becomes a handler through
 :class:`BytesHandler` (always deferred; its replies count as ``ok``)::
@@ -136,6 +140,14 @@ class RequestHandler(abc.ABC):
         Override it to see the subject (the named-credential endpoint reads the
         credential's name there)."""
         return self.handle(message.payload)
+
+    def answer_at_once(self, message: Message, max_size: int) -> bytes | None:
+        """The hot path, for handlers that have one: the body of a successful reply (it
+        counts as ``ok``) of at most ``max_size`` bytes (what the server takes), built from
+        parts made ready earlier, such as a cached token's; None for any other request,
+        having counted and changed nothing (then :meth:`handle_message` serves it). Called
+        first for every request, on the reader thread, only when a subclass overrides it."""
+        return None
 
     def unsent(self, reply: Reply) -> None:  # noqa: B027 - a hook: doing nothing is right
         """The worker replaced ``reply`` (too large to send, ``token_too_large``): forget

@@ -53,6 +53,7 @@ class Connection(Protocol):
                   queue: str = "") -> Subscription: ...
     def unsubscribe(self, sub: Subscription, *, drain_timeout: float = 0.0) -> None: ...
     def publish(self, subject: str, payload: bytes, reply: str = "") -> None: ...
+    def publish_reply(self, subject: str, payload: bytes) -> None: ...
     def flush(self, timeout: float) -> None: ...
 
 
@@ -101,12 +102,27 @@ class ReplySender:
             reply = self._too_large(reply, len(reply.body), limit)
         counts.count(reply.error_code, time.perf_counter() - received)
         try:
-            self._connection.publish(subject, reply.body)
+            self._connection.publish_reply(subject, reply.body)
         except PayloadTooLarge as error:  # the server's limit changed under us
             self._unsent(reply)
             with contextlib.suppress(NatsConnectionError):
-                self._connection.publish(subject,
-                                         self._too_large(reply, error.size, error.limit).body)
+                self._connection.publish_reply(
+                    subject, self._too_large(reply, error.size, error.limit).body)
+        except NotConnected as error:
+            self._warn.reply_lost({"error": str(error)})
+
+    @property
+    def max_size(self) -> int:
+        """The largest reply the server takes (its ``max_payload``)."""
+        return self._connection.max_payload
+
+    def send_ok(self, subject: str, body: bytes, received: float, counts: ReplyCounts
+                ) -> None:
+        """:meth:`send` for a handler's hot path: a token (outcome ``ok``) of at most
+        :attr:`max_size` bytes, counted, then sent."""
+        counts.count("", time.perf_counter() - received)
+        try:
+            self._connection.publish_reply(subject, body)
         except NotConnected as error:
             self._warn.reply_lost({"error": str(error)})
 

@@ -171,6 +171,28 @@ class TokenBroker:
             self._refresh_in_background(key, query)  # not while it would only fail at once
         return entry, max(0, int(entry.expires_at - now))
 
+    def hit_reply(self, client_id: str, client_secret: str, scope: str, request_id: str,
+                  max_size: int) -> tuple[bytes, int] | None:
+        """The hottest path: the reply (at most ``max_size`` bytes) to a request for a
+        token the cache holds and need not refresh yet (the client's own, with the
+        worker's auth method), and its ``expires_in``, counted as a hit; None for anything
+        else, counting nothing (then :meth:`key`, :meth:`hit` and :meth:`ask` decide, as
+        for any request). Never does I/O."""
+        cache, token_url = self._cache, self._token_url
+        if cache is None or not token_url:
+            return None
+        key = cache_key(token_url, client_id, client_secret, scope, self._auth_method)
+        now = cache.now()
+        entry = cache.get(key, now)
+        if entry is None or now >= entry.refresh_at:
+            return None
+        expires_in = max(0, int(entry.expires_at - now))
+        body = entry.reply_parts.encode(request_id, expires_in, None)
+        if len(body) > max_size:
+            return None
+        self._metrics.cache_hit()
+        return body, expires_in
+
     def ask(self, query: TokenQuery, *, deadline: float | None, skip_cache: bool,
             on_outcome: Outcome, key: CacheKey | None = None) -> Answer | NoToken | None:
         """After a cache miss (or for ``skip_cache``): an answer now (a token, or the

@@ -15,12 +15,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from token_worker import wire
+from token_worker.config import NatsConfig
 from token_worker.counting import ThreadCounts
-from token_worker.errors import BadSubject, InvalidRequest
+from token_worker.errors import BadSubject, InvalidRequest, PayloadTooLarge
 from token_worker.fields import CONTROL
 from token_worker.metrics import LATENCY_BUCKETS, Metrics, outcome_label
 from token_worker.micro import Endpoint
 from token_worker.nats import protocol
+from token_worker.nats.connection import NatsConnection
+from token_worker.nats.link import State
 from token_worker.serve.service import endpoint_stats
 
 # --- counts without a lock ---------------------------------------------------------------
@@ -306,3 +309,45 @@ def test_pub_refuses_exactly_the_subjects_with_whitespace_the_protocol_splits_on
         assert refused
     else:
         assert not refused
+
+
+class _Recorder:
+    """A socket that keeps what it is given."""
+
+    def __init__(self) -> None:
+        self.sent: list[bytes] = []
+
+    def sendall(self, data: bytes) -> None:
+        self.sent.append(data)
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.lists(st.binary(min_size=1, max_size=8).filter(
+    lambda raw: not any(byte in raw for byte in b" \t\r\n\x0b\x0c")), min_size=1, max_size=4))
+def test_a_reply_published_to_a_received_reply_subject_is_the_checked_pub(
+        raw_subjects: list[bytes]) -> None:
+    """Whatever reply subject the parser can hand over (one MSG-line token: any bytes but
+    whitespace), publish_reply writes the PUB that publish, with every check, writes."""
+    connection = NatsConnection(NatsConfig(), "unit")
+    socket = _Recorder()
+    connection._sock = socket  # type: ignore[assignment]
+    connection._state = State.CONNECTED
+    for raw in raw_subjects:
+        frame = b"MSG token.request 1 %s 2\r\n{}\r\n" % raw
+        [(_, message)] = protocol.Parser().feed(frame)  # type: ignore[misc]
+        connection.publish_reply(message.reply, b'{"a":1}')
+        connection.publish(message.reply, b'{"a":1}')
+    assert socket.sent[0::2] == socket.sent[1::2]
+    assert socket.sent[0].startswith(b"PUB %s 7\r\n" % raw_subjects[0])
+
+
+def test_a_reply_over_the_servers_limit_is_refused_and_never_written() -> None:
+    connection = NatsConnection(NatsConfig(), "unit")
+    socket = _Recorder()
+    connection._sock = socket  # type: ignore[assignment]
+    connection._state = State.CONNECTED
+    connection.max_payload = 4
+    connection.publish_reply("_INBOX.a", b"1234")
+    with pytest.raises(PayloadTooLarge):
+        connection.publish_reply("_INBOX.a", b"12345")
+    assert socket.sent == [b"PUB _INBOX.a 4\r\n1234\r\n"]

@@ -145,8 +145,9 @@ class RequestHandler(abc.ABC):
         """The hot path, for handlers that have one: the body of a successful reply (it
         counts as ``ok``) of at most ``max_size`` bytes (what the server takes), built from
         parts made ready earlier, such as a cached token's; None for any other request,
-        having counted and changed nothing (then :meth:`handle_message` serves it). Called
-        first for every request, on the reader thread, only when a subclass overrides it."""
+        having counted nothing (then :meth:`handle_message` serves it, as if this had not
+        been asked). Called first for every request, on the reader thread, only when a
+        subclass overrides it."""
         return None
 
     def unsent(self, reply: Reply) -> None:  # noqa: B027 - a hook: doing nothing is right

@@ -177,7 +177,7 @@ class TokenBroker:
         token the cache holds and need not refresh yet (the client's own, with the
         worker's auth method), and its ``expires_in``, counted as a hit; None for anything
         else, counting nothing (then :meth:`key`, :meth:`hit` and :meth:`ask` decide, as
-        for any request). Never does I/O."""
+        for any request: a refresh due is started there). Never does I/O."""
         cache, token_url = self._cache, self._token_url
         if cache is None or not token_url:
             return None

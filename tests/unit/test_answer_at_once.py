@@ -36,15 +36,18 @@ class World:
     """A token handler over a broker and cache on a hand-moved clock, the IdP work run by
     the asking thread (so a miss is answered before the call returns)."""
 
-    def __init__(self, *, at_once: bool, max_payload: int = 2048) -> None:
+    def __init__(self, *, at_once: bool, max_payload: int = 2048, margin: float = 30.0,
+                 refresh_ahead: float = 0.2, cache: bool = True,
+                 wall: float = 1_800_000_000.0) -> None:
         self.at_once = at_once
-        self.clock = Clock()
+        self.clock = Clock(wall=wall)
         self.issuer = FakeIssuer(expires_in=300, issued_at=self.clock.time)
         self.metrics = Metrics()
         self.refresher = HeldExecutor(self.clock)
-        self.cache = TokenCache(max_entries=100, expiry_margin=30.0, refresh_ahead=0.2,
-                                now=self.clock)
-        self.broker = TokenBroker(self.issuer, self.cache, auth_method="client_secret_post",
+        self.cache = TokenCache(max_entries=100, expiry_margin=margin,
+                                refresh_ahead=refresh_ahead, now=self.clock)
+        self.broker = TokenBroker(self.issuer, self.cache if cache else None,
+                                  auth_method="client_secret_post",
                                   metrics=self.metrics, refresher=self.refresher,
                                   guards=Guards.from_defaults(clock=self.clock.monotonic),
                                   clock=self.clock.monotonic)
@@ -181,6 +184,60 @@ def test_a_token_due_for_refresh_or_a_reply_over_the_server_limit_goes_general()
     assert len(world.refresher.queued) == 1, "the general path starts the refresh"
 
 
+def test_the_bounds_are_the_general_paths_a_body_or_reply_at_the_limit_is_answered_at_once():
+    world = World(at_once=True, max_payload=2048)
+    usual = {"client_id": "svc-a", "client_secret": "secret-a"}
+    world.ask(orjson.dumps(usual))
+    padded = orjson.dumps({**usual, "timestamp": ""})
+    at_limit = orjson.dumps({**usual, "timestamp": "x" * (2048 - len(padded))})
+    assert len(at_limit) == 2048
+    body = world.handler.answer_at_once(Message(SUBJECT, "_INBOX.x", at_limit), SERVER_LIMIT)
+    assert body is not None
+    message = Message(SUBJECT, "_INBOX.x", orjson.dumps(usual))
+    assert world.handler.answer_at_once(message, len(body)) is not None
+    assert world.handler.answer_at_once(message, len(body) - 1) is None
+
+
+def test_at_the_refresh_point_itself_the_general_path_answers_and_starts_the_refresh():
+    world = World(at_once=True)
+    body = orjson.dumps({"client_id": "svc-a", "client_secret": "secret-a"})
+    world.ask(body)
+    [(entry, _)] = world.cache._entries.values()
+    world.clock.advance(entry.refresh_at - world.clock.time())
+    assert world.handler.answer_at_once(Message(SUBJECT, "_INBOX.x", body),
+                                        SERVER_LIMIT) is None
+    assert world.ask(body)[0] == "general"
+    assert len(world.refresher.queued) == 1
+
+
+def test_a_token_in_its_last_second_is_answered_at_once_with_expires_in_0():
+    world = World(at_once=True, margin=0.0, refresh_ahead=0.0)  # served to the end
+    body = orjson.dumps({"client_id": "svc-a", "client_secret": "secret-a"})
+    world.ask(body)
+    world.clock.advance(299.5)
+    how, (reply, _) = world.ask(body)
+    assert (how, reply["expires_in"]) == ("at once", 0)
+
+
+@pytest.mark.parametrize("wall", [1_800_000_000.0, 100.0])
+def test_expires_in_counts_down_from_the_tokens_life_on_any_clock(wall: float) -> None:
+    world = World(at_once=True, wall=wall)
+    body = orjson.dumps({"client_id": "svc-a", "client_secret": "secret-a"})
+    world.ask(body)
+    world.clock.advance(10.25)
+    how, (reply, _) = world.ask(body)
+    assert (how, reply["expires_in"]) == ("at once", 289)
+
+
+def test_a_worker_without_a_cache_answers_nothing_at_once():
+    world = World(at_once=True, cache=False)
+    body = orjson.dumps({"client_id": "svc-a", "client_secret": "secret-a"})
+    assert world.ask(body)[0] == "general"  # the token endpoint is known from here on
+    assert world.handler.answer_at_once(Message(SUBJECT, "_INBOX.x", body),
+                                        SERVER_LIMIT) is None
+    assert world.issuer.calls == 1
+
+
 def test_with_debug_logs_on_an_answer_at_once_says_so_as_the_general_path_does(
         caplog: pytest.LogCaptureFixture) -> None:
     lines = []
@@ -226,6 +283,10 @@ class AtOnce(RequestHandler):
         body = json.loads(message.payload)
         if body.get("raise"):
             raise RuntimeError("boom")
+        if body.get("oversize"):
+            return b"x" * (max_size + 1)
+        if body.get("text"):
+            return '{"at_once": "text"}'  # type: ignore[return-value]
         return orjson.dumps({"at_once": body["id"]}) if body.get("at_once") else None
 
     def handle(self, payload: bytes) -> Reply | Deferred[Any]:
@@ -275,6 +336,18 @@ def test_the_worker_sends_and_counts_an_answer_at_once_without_asking_handle(wor
     assert requests_counted(made, "ok") == 1
     assert requests_counted(made, "invalid_request") == 1
     assert requests_counted(made, "internal_error") == 1
+
+
+@pytest.mark.parametrize("broken", ["oversize", "text"])
+def test_an_answer_at_once_that_breaks_the_contract_is_the_handlers_failure_counted_once(
+        worker: Any, broken: str) -> None:
+    made, connection = worker(AtOnce())
+    connection.deliver(SUBJECT, orjson.dumps({"id": 1, broken: True}), "_INBOX.a")
+    reply = json.loads(connection.wait_for_reply("_INBOX.a"))
+    assert reply["error_code"] == wire.INTERNAL_ERROR
+    assert requests_counted(made, "ok") == 0
+    assert requests_counted(made, "internal_error") == 1
+    assert len(connection.published) == 1
 
 
 def test_a_handler_without_a_hot_path_is_never_asked_for_one(worker: Any,

@@ -192,7 +192,8 @@ def test_per_request_warnings_are_one_line_a_second_with_a_count(made, caplog):
 
 @pytest.mark.parametrize("reply_to", ["audit.log", "$JS.API.STREAM.PURGE.EVENTS",
                                       "_INBOXES.x", "_INBOX", "_INBOX.>", "_INBOX.*",
-                                      "_INBOX.billing.*", "_INBOX..a", "_INBOX.a."])
+                                      "_INBOX.billing.*", "_INBOX..a", "_INBOX.a.",
+                                      "_INBOX.a\rb", "_INBOX.a\tevil", "_INBOX.a\nb"])
 def test_a_reply_subject_outside_reply_subjects_gets_no_reply_and_no_work(made, caplog,
                                                                          reply_to):
     """A requester names where its reply goes: outside the inboxes, a token would land in

@@ -110,9 +110,13 @@ class SocketLink:
 
     def publish_reply(self, subject: str, payload: bytes) -> None:
         """:meth:`publish` (no headers, no reply subject) of a reply to a message this
-        connection received, to that message's reply subject: the parser read it as one
-        token of the MSG line, so it holds no whitespace and needs no check. The hot path's
-        publish."""
+        connection received, to that message's reply subject (not empty: the caller
+        checked). The hot path's publish: a space, or what a server may have passed on in
+        the MSG line's token (a tab, a bare CR or LF, which no printable text holds), is
+        refused with :class:`BadSubject`; nothing else is searched for."""
+        if " " in subject or (not subject.isprintable() and (
+                "\t" in subject or "\r" in subject or "\n" in subject)):
+            protocol.encode_subject(subject, "reply subject")  # raises, saying why
         size = len(payload)
         if size > self.max_payload:
             raise PayloadTooLarge(size, self.max_payload)

@@ -155,9 +155,10 @@ class _Served:
         try:
             if at_once is not None:
                 replies = dispatcher.replies
-                body = at_once(message, replies.max_size)
+                limit = replies.max_size
+                body = at_once(message, limit)
                 if body is not None:
-                    replies.send_ok(message.reply, body, received, self.counts)
+                    replies.send_ok(message.reply, body, received, self.counts, limit)
                     return
             outcome = self.handle(message)
         except Exception:

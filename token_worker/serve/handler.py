@@ -147,7 +147,12 @@ class RequestHandler(abc.ABC):
         parts made ready earlier, such as a cached token's; None for any other request,
         having counted nothing (then :meth:`handle_message` serves it, as if this had not
         been asked). Called first for every request, on the reader thread, only when a
-        subclass overrides it."""
+        subclass overrides it, and not while the worker traces requests (a request's span
+        records what :meth:`handle_message` says of it).
+
+        Should not raise, nor return anything but ``bytes`` of at most ``max_size``; if it
+        does, the requester gets ``internal_error`` (counted once) and the failure is
+        logged, as for :meth:`handle`."""
         return None
 
     def unsent(self, reply: Reply) -> None:  # noqa: B027 - a hook: doing nothing is right

@@ -27,8 +27,11 @@ def reply_prefixes(patterns: tuple[str, ...]) -> tuple[str, ...] | None:
 def reply_allowed(reply: str, prefixes: tuple[str, ...] | None) -> bool:
     """Whether a reply may be sent to ``reply``: under ``prefixes`` (None: anywhere) and a
     literal subject. A reply subject with a wildcard token (``_INBOX.>``) would reach every
-    subscriber it matches at once, one with an empty token nobody; no NATS library makes
-    either."""
+    subscriber it matches at once, one with an empty token nobody; one with a tab, CR or LF
+    in it (a server may pass a bare CR on) would be read as another subject, or break the
+    stream, by whoever parses the PUB. No NATS library makes any of them."""
     if prefixes is not None and not reply.startswith(prefixes):
         return False
-    return not ("*" in reply or ">" in reply or ".." in reply or reply.endswith("."))
+    if "*" in reply or ">" in reply or ".." in reply or reply.endswith("."):
+        return False
+    return reply.isprintable() or not ("\t" in reply or "\r" in reply or "\n" in reply)

@@ -116,10 +116,16 @@ class ReplySender:
         """The largest reply the server takes (its ``max_payload``)."""
         return self._connection.max_payload
 
-    def send_ok(self, subject: str, body: bytes, received: float, counts: ReplyCounts
-                ) -> None:
-        """:meth:`send` for a handler's hot path: a token (outcome ``ok``) of at most
-        :attr:`max_size` bytes, counted, then sent."""
+    def send_ok(self, subject: str, body: bytes, received: float, counts: ReplyCounts,
+                max_size: int) -> None:
+        """:meth:`send` for a handler's hot path (``answer_at_once``): a reply (outcome
+        ``ok``) checked, counted, then sent. A body that breaks the hook's contract (not
+        ``bytes``, or longer than ``max_size``, what the hook was given) raises
+        ``TypeError`` before anything is counted: the handler failed."""
+        if type(body) is not bytes or len(body) > max_size:
+            raise TypeError(f"answer_at_once returned {type(body).__name__} of "
+                            f"{len(body) if isinstance(body, (bytes, bytearray)) else '?'} "
+                            f"bytes, not bytes of at most {max_size}")
         counts.count("", time.perf_counter() - received)
         try:
             self._connection.publish_reply(subject, body)

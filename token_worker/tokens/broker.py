@@ -186,7 +186,7 @@ class TokenBroker:
         entry = cache.get(key, now)
         if entry is None or now >= entry.refresh_at:
             return None
-        expires_in = max(0, int(entry.expires_at - now))
+        expires_in = int(entry.expires_at - now)  # now < refresh_at <= expires_at: >= 0
         body = entry.reply_parts.encode(request_id, expires_in, None)
         if len(body) > max_size:
             return None

@@ -376,9 +376,17 @@ def _err_text(line: bytes) -> str:
 # --- bytes out ------------------------------------------------------------------------
 
 
+def holds_separator(text: str) -> bool:
+    """Whether ``text`` holds what the protocol reads as the end of an argument or of a line
+    (a space, a tab, CR or LF). Printable text can hold only the space, so the others are
+    searched for only in text that is not: a clean subject costs two C calls."""
+    return " " in text or (not text.isprintable() and (
+        "\t" in text or "\r" in text or "\n" in text))
+
+
 def encode_subject(subject: str, what: str = "subject") -> bytes:
     """``subject`` as wire bytes (the exact bytes a parsed subject came with)."""
-    if not subject or " " in subject or "\t" in subject or "\r" in subject or "\n" in subject:
+    if not subject or holds_separator(subject):
         raise BadSubject(f"{what} must be non-empty without spaces, tabs or line breaks: "
                          f"{subject[:200]!r}")
     return subject.encode("utf-8", "surrogateescape")
@@ -390,14 +398,11 @@ encoded (``SUBJECT_ENCODING``) and checked."""
 
 
 def pub(subject: str, payload: bytes, reply: str = "") -> bytes:
-    """``PUB <subject> [reply] <size>`` and the payload (checks inlined: the hot path; a
-    printable subject has no tab or line break, so only the other text is searched)."""
-    if not (subject and subject.isprintable() and " " not in subject) and (
-            not subject or " " in subject or "\t" in subject or "\r" in subject
-            or "\n" in subject):
+    """``PUB <subject> [reply] <size>`` and the payload, both subjects checked."""
+    if not subject or holds_separator(subject):
         encode_subject(subject)  # raises, saying why
     if reply:
-        if " " in reply or "\t" in reply or "\r" in reply or "\n" in reply:
+        if holds_separator(reply):
             encode_subject(reply, "reply subject")
         return b"PUB %s %s %d\r\n%s\r\n" % (
             subject.encode("utf-8", "surrogateescape"),

@@ -10,6 +10,8 @@ subject would reach every inbox it matches at once.
 
 from __future__ import annotations
 
+from token_worker.nats.protocol import holds_separator
+
 __all__ = ["reply_allowed", "reply_prefixes"]
 
 
@@ -32,6 +34,5 @@ def reply_allowed(reply: str, prefixes: tuple[str, ...] | None) -> bool:
     stream, by whoever parses the PUB. No NATS library makes any of them."""
     if prefixes is not None and not reply.startswith(prefixes):
         return False
-    if "*" in reply or ">" in reply or ".." in reply or reply.endswith("."):
-        return False
-    return reply.isprintable() or not ("\t" in reply or "\r" in reply or "\n" in reply)
+    return not ("*" in reply or ">" in reply or ".." in reply or reply.endswith(".")
+                or holds_separator(reply))

@@ -66,7 +66,8 @@ class Warnings:
 
         self.no_reply = limited(logging.WARNING, "request without reply subject dropped")
         self.reply_elsewhere = limited(
-            logging.WARNING, "request dropped: its reply subject is outside replySubjects")
+            logging.WARNING,
+            "request dropped: its reply subject is outside replySubjects or not literal")
         self.overloaded = limited(logging.WARNING, "overloaded: requests rejected")
         self.too_large = limited(logging.WARNING,
                                  "reply too large for NATS: answered token_too_large")

@@ -48,6 +48,9 @@ class Opened:
         return self.sessions[index].connection
 
 
+# Python 3.12+ warns of any fork of a threaded process (the suite has threads by now): a
+# fork of a threaded program, as under gunicorn or celery, is what this test is about.
+@pytest.mark.filterwarnings("ignore:This process .* is multi-threaded:DeprecationWarning")
 def test_a_forked_child_lets_go_of_the_parents_session_at_once_and_opens_its_own():
     opened = Opened()
     sessions = Sessions(opened)

@@ -234,15 +234,16 @@ def usual_token_request(payload: bytes) -> TokenRequest | None:
     request_id = usual.request_id or ""
     client_id = usual.client_id
     scope = usual.scope
-    if not client_id.strip() or not usual.client_secret.strip():
-        return None  # invalid: the other path says which field
+    secret = usual.client_secret
+    if not client_id or client_id.isspace() or not secret or secret.isspace():
+        return None  # invalid (blank: what strip() would empty): the other path says which
     if not (request_id.isprintable() and client_id.isprintable()
             and (scope is None or scope.isprintable())) and CONTROL.search(
                 request_id + client_id + (scope or "")):
         return None  # printable text holds no control character: searched only if not
     if scope is not None:
         scope = normal_scope(scope)
-    return _new_tuple(TokenRequest, (request_id, client_id, usual.client_secret, scope,
+    return _new_tuple(TokenRequest, (request_id, client_id, secret, scope,
                                      usual.timestamp or "", usual.skip_cache, (), None))
 
 
